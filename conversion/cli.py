@@ -1,0 +1,101 @@
+"""The ``gpt2`` command line (also ``python -m conversion``).
+
+Subcommands: ``demo`` (the showcase), ``inspect`` (what a checkpoint directory holds),
+``convert`` (any format to any format through the canonical state dict). The CLI lives in the
+top layer because it drives every backend; backends are imported only when a command needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+log = logging.getLogger("gpt2")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from conversion import demo
+
+    return demo.run(model=args.model, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
+                    out=args.out, frameworks=args.frameworks)
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from conversion import inspect_ckpt as insp
+
+    print(insp.describe(args.path, prefer=args.format))
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from conversion import convert
+
+    convert.convert(args.src, args.out, to=args.to, dtype=args.dtype,
+                    max_shard_size=args.max_shard_size, force=args.force, head=args.head,
+                    prefer=args.src_format)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gpt2",
+        description="gpt2-zoo: one GPT-2 in PyTorch, TensorFlow/Keras and JAX/Flax, "
+                    "with checkpoint conversion between them.",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    d = sub.add_parser("demo", help="tokenise, build a seeded checkpoint, convert it through "
+                                    "every format and run it in every installed framework")
+    d.add_argument("--model", default=None,
+                   help="use this checkpoint directory or hub id instead of seeded weights")
+    d.add_argument("--prompt", default="The quick brown fox jumps over the lazy dog. GPT-2 is")
+    d.add_argument("--max-new-tokens", type=int, default=16)
+    d.add_argument("--out", default=None, help="keep the converted checkpoints here")
+    d.add_argument("--frameworks", default="torch,tf,flax",
+                   help="comma-separated frameworks to run (default: all installed)")
+    d.set_defaults(func=_cmd_demo)
+
+    i = sub.add_parser("inspect", help="print config, format, parameter count, dtypes, shards")
+    i.add_argument("path", help="checkpoint directory or hub id")
+    i.add_argument("--format", default=None, help="which format to read when several are present")
+    i.set_defaults(func=_cmd_inspect)
+
+    c = sub.add_parser("convert", help="convert a checkpoint to another format")
+    c.add_argument("src", help="source checkpoint directory or hub id")
+    c.add_argument("out", help="output directory (must not exist or be empty, unless --force)")
+    c.add_argument("--to", required=True, choices=["safetensors", "pytorch", "tf", "flax"])
+    c.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"])
+    c.add_argument("--max-shard-size", default="5GB")
+    c.add_argument("--head", default=None,
+                   help="model class to convert for (default: from config.json architectures)")
+    c.add_argument("--src-format", default=None, help="which source format to read when several")
+    c.add_argument("--force", action="store_true", help="replace a non-empty OUT")
+    c.set_defaults(func=_cmd_convert)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (OSError, ValueError, KeyError) as e:
+        if args.verbose:
+            raise
+        print(f"gpt2 {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

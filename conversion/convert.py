@@ -1,0 +1,73 @@
+"""Convert a checkpoint between formats through the canonical state dict.
+
+    SRC (any format) --read--> canonical numpy dict --write--> OUT (one format)
+
+Writing is atomic at the directory level: everything goes to a temporary sibling directory
+that is renamed to OUT only when complete, so an error or Ctrl-C never leaves a half-written
+checkpoint. Tokenizer and generation files travel with the weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from gpt2_core import checkpoint, hub, naming
+from gpt2_core.config import CONFIG_NAME, GPT2Config
+from gpt2_core.io_utils import atomic_directory
+
+log = logging.getLogger(__name__)
+
+#: files copied unchanged from SRC to OUT
+SIDE_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json",
+              "special_tokens_map.json", "generation_config.json")
+
+
+def head_from_config(config: GPT2Config) -> str:
+    """The head named by config.json's ``architectures`` (LM when absent or unknown)."""
+    for arch in config.extra.get("architectures") or []:
+        if arch in naming.ARCHITECTURES:
+            return naming.ARCHITECTURES[arch]
+    return "lm"
+
+
+def convert(src: str | os.PathLike, out: str | os.PathLike, *, to: str, dtype: Any = None,
+            max_shard_size: int | str = "5GB", force: bool = False, head: str | None = None,
+            prefer: str | None = None) -> Path:
+    """Convert ``src`` into ``out`` in format ``to``; returns ``out``.
+
+    Refuses to write into ``src`` itself, or into a non-empty ``out`` unless ``force``.
+    Raises :class:`gpt2_core.naming.CheckpointError` naming missing, unexpected or mis-shaped
+    weights; legacy buffers and tied weights are reported as such, never as missing.
+    """
+    src_dir = hub.resolve_dir(src)
+    out = Path(out)
+    if out.exists() and out.resolve() == src_dir.resolve():
+        raise ValueError(f"refusing to overwrite the source checkpoint {src_dir}")
+    config = GPT2Config.from_json_file(src_dir / CONFIG_NAME)
+    head = naming.head_of(head) if head else head_from_config(config)
+    config, sd, report = checkpoint.load_pretrained(src_dir, head, config=config, prefer=prefer)
+    if report.newly_initialized:
+        raise naming.CheckpointError(
+            f"{src_dir} lacks the {naming.HEADS[head]} head weights "
+            f"({', '.join(report.newly_initialized)}); pass --head base or the checkpoint's head"
+        )
+    notes = []
+    if report.ignored_buffers:
+        notes.append(f"dropped {len(report.ignored_buffers)} legacy buffers (attn.bias/masked_bias)")
+    if report.tied:
+        notes.append(f"tied weights stored once: {', '.join(report.tied)}")
+    with atomic_directory(out, overwrite=force) as tmp:
+        checkpoint.save_pretrained(sd, config, tmp, head, max_shard_size=max_shard_size,
+                                   dtype=dtype, formats=(to,))
+        for name in SIDE_FILES:
+            if (src_dir / name).is_file():
+                shutil.copy2(src_dir / name, tmp / name)
+    for n in notes:
+        log.info("%s", n)
+    print(f"converted {src_dir} ({naming.HEADS[head]}) -> {out} [{to}]"
+          + (f"; {'; '.join(notes)}" if notes else ""))
+    return out

@@ -1,0 +1,54 @@
+"""``gpt2 inspect DIR``: what a checkpoint directory holds, without loading a framework."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+import numpy as np
+
+from gpt2_core import checkpoint, hub, naming
+from gpt2_core.config import CONFIG_NAME, GPT2Config
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def describe(path: str | os.PathLike, prefer: str | None = None) -> str:
+    d = hub.resolve_dir(path)
+    lines = [f"checkpoint: {d}"]
+    config = GPT2Config.from_json_file(d / CONFIG_NAME) if (d / CONFIG_NAME).is_file() else None
+    formats = checkpoint.detect_formats(d)
+    lines.append(f"formats:    {', '.join(formats) if formats else 'none'}")
+    if config is not None:
+        lines.append(
+            f"config:     n_layer={config.n_layer} n_head={config.n_head} n_embd={config.n_embd} "
+            f"vocab={config.vocab_size} n_positions={config.n_positions} "
+            f"act={config.activation_function} tied={config.tie_word_embeddings}"
+        )
+        arch = config.extra.get("architectures")
+        if arch:
+            lines.append(f"arch:       {', '.join(arch)}")
+    if not formats:
+        return "\n".join(lines)
+    sd, info = checkpoint.read_state_dict(d, prefer=prefer)
+    lines.append(f"reading:    {info.format} ({len(info.files)} file(s): "
+                 f"{', '.join(p.name for p in info.files[:4])}{' ...' if len(info.files) > 4 else ''})")
+    total = sum(int(np.prod(v.shape)) for k, v in sd.items() if not naming.is_buffer_key(k))
+    size = sum(f.stat().st_size for f in info.files)
+    dtypes = Counter(str(v.dtype) for v in sd.values())
+    lines.append(f"tensors:    {len(sd)} ({', '.join(f'{n} {t}' for t, n in dtypes.items())})")
+    lines.append(f"parameters: {total:,} stored, {_fmt_bytes(size)} on disk")
+    if config is not None:
+        from conversion.convert import head_from_config
+
+        head = head_from_config(config)
+        _, report = naming.normalize_state_dict(sd, config, head)
+        lines.append(f"as {naming.HEADS[head]}: {config.num_parameters(head):,} parameters; "
+                     f"{report.summary()}")
+    return "\n".join(lines)

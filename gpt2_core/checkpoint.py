@@ -1,0 +1,263 @@
+"""Checkpoint directories: detect the format, read a canonical state dict, write one.
+
+This is what every backend's ``from_pretrained`` / ``save_pretrained`` calls:
+
+    config, state_dict, report = load_pretrained("path/or/hub-id", head="lm")
+    save_pretrained(state_dict, config, "out/", head="lm", max_shard_size="2GB")
+
+``state_dict`` is canonical (see :mod:`gpt2_core.naming`): numpy arrays with HF PyTorch names
+and layouts, keys as in the ``head`` model (``transformer.`` prefix except for the base model).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+from gpt2_core import hub, naming
+from gpt2_core.config import CONFIG_NAME, GPT2Config
+from gpt2_core.formats import safetensors as st
+
+logger = logging.getLogger(__name__)
+
+#: format name -> the file that marks it, in the order transformers prefers them.
+FORMAT_FILES: dict[str, str] = {
+    "safetensors-sharded": st.SAFE_WEIGHTS_INDEX_NAME,
+    "safetensors": st.SAFE_WEIGHTS_NAME,
+    "pytorch-sharded": "pytorch_model.bin.index.json",
+    "pytorch": "pytorch_model.bin",
+    "tf": "tf_model.h5",
+    "flax": "flax_model.msgpack",
+}
+FORMATS = tuple(FORMAT_FILES)
+# --prefer / --to names users type
+_FORMAT_ALIASES = {
+    "safetensors": ("safetensors-sharded", "safetensors"),
+    "pytorch": ("pytorch-sharded", "pytorch"),
+    "bin": ("pytorch-sharded", "pytorch"),
+    "tf": ("tf",), "h5": ("tf",),
+    "flax": ("flax",), "msgpack": ("flax",),
+}
+
+_DTYPES = {
+    "fp32": np.float32, "float32": np.float32,
+    "fp16": np.float16, "float16": np.float16, "half": np.float16,
+    "bf16": ml_dtypes.bfloat16, "bfloat16": ml_dtypes.bfloat16,
+}
+
+
+def to_numpy_dtype(dtype: Any) -> np.dtype:
+    """``"fp16"``, ``"bfloat16"``, ``np.float32``, ``torch.float16``... -> a numpy dtype."""
+    if dtype is None:
+        raise ValueError("dtype is None")
+    if isinstance(dtype, str):
+        key = dtype.lower().removeprefix("torch.").removeprefix("jnp.").removeprefix("tf.")
+        if key not in _DTYPES:
+            raise ValueError(f"unsupported dtype {dtype!r}; use one of fp32, fp16, bf16")
+        return np.dtype(_DTYPES[key])
+    name = getattr(dtype, "name", None) or str(dtype)
+    name = name.removeprefix("torch.")
+    if name in _DTYPES:
+        return np.dtype(_DTYPES[name])
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as e:
+        raise ValueError(f"unsupported dtype {dtype!r}; use one of fp32, fp16, bf16") from e
+    if dt not in (np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)):
+        raise ValueError(f"unsupported dtype {dtype!r}; use one of fp32, fp16, bf16")
+    return dt
+
+
+def cast_state_dict(state_dict: Mapping[str, np.ndarray], dtype: Any) -> dict[str, np.ndarray]:
+    """Cast floating-point tensors to ``dtype`` (integer tensors untouched; no copy if equal)."""
+    dt = to_numpy_dtype(dtype)
+    out = {}
+    for k, v in state_dict.items():
+        v = np.asarray(v)
+        is_float = np.issubdtype(v.dtype, np.floating) or v.dtype == np.dtype(ml_dtypes.bfloat16)
+        out[k] = v.astype(dt) if is_float and v.dtype != dt else v
+    return out
+
+
+@dataclass
+class CheckpointInfo:
+    """Where a state dict came from."""
+
+    directory: Path
+    format: str
+    files: list[Path] = field(default_factory=list)
+    other_formats: list[str] = field(default_factory=list)
+
+
+def detect_formats(directory: str | os.PathLike) -> list[str]:
+    """Formats present in ``directory``, most preferred first."""
+    d = Path(directory)
+    found = [fmt for fmt, fname in FORMAT_FILES.items() if (d / fname).is_file()]
+    # an index makes the single-file name redundant only for the same family
+    if "safetensors-sharded" in found and "safetensors" in found:
+        found.remove("safetensors")
+    if "pytorch-sharded" in found and "pytorch" in found:
+        found.remove("pytorch")
+    return found
+
+
+def choose_format(directory: str | os.PathLike, prefer: str | None = None) -> tuple[str, list[str]]:
+    """Pick the format to read: ``prefer`` if given, else the first of :data:`FORMATS` present.
+
+    Returns ``(format, others_present)``; raises ``FileNotFoundError`` listing what was looked for.
+    """
+    d = Path(directory)
+    found = detect_formats(d)
+    if not found:
+        raise FileNotFoundError(
+            f"{d} holds no GPT-2 weights: looked for {', '.join(FORMAT_FILES.values())}"
+        )
+    if prefer is not None:
+        if prefer not in _FORMAT_ALIASES and prefer not in FORMATS:
+            raise ValueError(f"unknown format {prefer!r}; use one of {sorted(_FORMAT_ALIASES)}")
+        wanted = _FORMAT_ALIASES.get(prefer, (prefer,))
+        chosen = [f for f in found if f in wanted]
+        if not chosen:
+            raise FileNotFoundError(f"{d} has no {prefer} weights (found: {', '.join(found)})")
+        fmt = chosen[0]
+    else:
+        fmt = found[0]
+    others = [f for f in found if f != fmt]
+    if others:
+        logger.info("%s holds several formats (%s); reading %s", d, ", ".join(found), fmt)
+    return fmt, others
+
+
+def read_state_dict(directory: str | os.PathLike, *, prefer: str | None = None,
+                    mmap: bool = True) -> tuple[dict[str, np.ndarray], CheckpointInfo]:
+    """Read the weights of a checkpoint directory as a canonical-named numpy dict.
+
+    Keys keep the prefix convention of the file (with or without ``transformer.``);
+    :func:`gpt2_core.naming.normalize_state_dict` maps them onto a head.
+    """
+    d = Path(directory)
+    fmt, others = choose_format(d, prefer)
+    path = d / FORMAT_FILES[fmt]
+    if fmt == "safetensors":
+        sd = st.load_file(path, mmap=mmap)
+        files = [path]
+    elif fmt == "safetensors-sharded":
+        sd = st.load_sharded(path, mmap=mmap)
+        files = [path, *sorted({d / f for f in st.read_index(path).values()})]
+    elif fmt in ("pytorch", "pytorch-sharded"):
+        from gpt2_core.formats import torch_bin
+
+        sd, files = torch_bin.load_checkpoint(path)
+    elif fmt == "tf":
+        from gpt2_core.formats import tf_h5
+
+        sd = tf_h5.load(path)
+        files = [path]
+    elif fmt == "flax":
+        from gpt2_core.formats import flax_msgpack
+
+        sd = flax_msgpack.load(path)
+        files = [path]
+    else:  # pragma: no cover - FORMATS is closed
+        raise AssertionError(fmt)
+    return sd, CheckpointInfo(directory=d, format=fmt, files=files, other_formats=others)
+
+
+def load_pretrained(
+    name_or_path: str | os.PathLike,
+    head: str,
+    *,
+    config: GPT2Config | None = None,
+    dtype: Any = None,
+    prefer: str | None = None,
+    strict: bool = True,
+    **config_overrides: Any,
+) -> tuple[GPT2Config, dict[str, np.ndarray], naming.LoadReport]:
+    """Config, canonical state dict for ``head`` and a load report, from a directory or hub id.
+
+    A base-model checkpoint loaded for a head model leaves the head weights to be initialised:
+    they are listed in ``report.newly_initialized`` and logged. Missing, unexpected or mis-shaped
+    weights raise :class:`gpt2_core.naming.CheckpointError` naming them (``strict=False`` only
+    logs them). ``dtype`` casts floating tensors (``"fp32"``, ``"fp16"``, ``"bf16"``).
+    """
+    directory = hub.resolve_dir(name_or_path)
+    if config is None:
+        if not (directory / CONFIG_NAME).is_file():
+            raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}")
+        config = GPT2Config.from_json_file(directory / CONFIG_NAME)
+        if config_overrides:
+            config = config.copy(**config_overrides)
+    elif config_overrides:
+        config = config.copy(**config_overrides)
+    raw, info = read_state_dict(directory, prefer=prefer)
+    sd, report = naming.normalize_state_dict(raw, config, head, source=str(info.files[0]))
+    if not report.ok:
+        if strict:
+            report.raise_if_error()
+        logger.warning("loading %s: %s", directory, report.summary())
+    if report.newly_initialized:
+        logger.warning(
+            "%s: some weights of %s were not in the checkpoint and are newly initialised: %s. "
+            "Train the model on a down-stream task before using it.",
+            directory, naming.HEADS[naming.head_of(head)], ", ".join(report.newly_initialized),
+        )
+    if report.ignored_buffers or report.tied:
+        logger.info("loading %s: %s", directory, report.summary())
+    if dtype is not None:
+        sd = cast_state_dict(sd, dtype)
+    return config, sd, report
+
+
+def save_pretrained(
+    state_dict: Mapping[str, np.ndarray],
+    config: GPT2Config,
+    directory: str | os.PathLike,
+    head: str,
+    *,
+    max_shard_size: int | str = "5GB",
+    dtype: Any = None,
+    formats: tuple[str, ...] = ("safetensors",),
+) -> list[Path]:
+    """Write ``config.json`` and the weights in each of ``formats`` into ``directory``.
+
+    Formats: ``safetensors`` (default; sharded past ``max_shard_size``), ``pytorch``
+    (pytorch_model.bin), ``tf`` (tf_model.h5 in transformers' layout), ``flax``
+    (flax_model.msgpack). Tied weights are not stored twice. Each file is written atomically.
+    The architecture is recorded in ``config.json`` so transformers picks the right class.
+    """
+    head = naming.head_of(head)
+    sd, report = naming.normalize_state_dict(state_dict, config, head, allow_new_head=False)
+    report.raise_if_error()
+    if dtype is not None:
+        sd = cast_state_dict(sd, dtype)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    cfg = config.copy()
+    cfg.extra["architectures"] = [naming.HEADS[head]]
+    written = [cfg.save_pretrained(directory)]
+    to_write = naming.drop_tied(sd, config, head)
+    for fmt in formats:
+        if fmt == "safetensors":
+            written += st.save_sharded(to_write, directory, max_shard_size=max_shard_size)
+        elif fmt == "pytorch":
+            from gpt2_core.formats import torch_bin
+
+            written.append(torch_bin.save(to_write, directory / FORMAT_FILES["pytorch"]))
+        elif fmt == "tf":
+            from gpt2_core.formats import tf_h5
+
+            written.append(tf_h5.save(sd, directory / FORMAT_FILES["tf"], config, head))
+        elif fmt == "flax":
+            from gpt2_core.formats import flax_msgpack
+
+            written.append(flax_msgpack.save(sd, directory / FORMAT_FILES["flax"], config, head))
+        else:
+            raise ValueError(f"unknown format {fmt!r}; use safetensors, pytorch, tf or flax")
+    return written

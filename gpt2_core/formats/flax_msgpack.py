@@ -1,0 +1,179 @@
+"""transformers' ``flax_model.msgpack`` without JAX: read and write its parameter tree.
+
+The file is ``flax.serialization.to_bytes(params)``: a msgpack map of nested dicts whose leaves
+are arrays packed as ``ExtType(1, msgpack((shape, dtype_name, raw_bytes)))``; arrays above
+2**30 bytes are split into ``{"__msgpack_chunked_array__": True, "shape", "chunks"}``.
+
+transformers' Flax GPT-2 tree, and how it maps to the canonical (HF PyTorch) names:
+
+    transformer/wte/embedding (V, E)             -> transformer.wte.weight
+    transformer/h/0/ln_1/scale                   -> transformer.h.0.ln_1.weight
+    transformer/h/0/attn/c_attn/kernel (3E, E)   -> transformer.h.0.attn.c_attn.weight (E, 3E)
+    lm_head/kernel (E, V)   (untied only)        -> lm_head.weight (V, E)
+
+The trap: transformers' ``FlaxConv1D`` stores its kernel **(out, in)** — the transpose of both
+PyTorch's Conv1D and a Flax ``nn.Dense`` kernel — so every 2-D ``kernel`` is transposed on the
+way in and out: Conv1D (out, in) -> (in, out), Dense heads (in, out) -> (out, in). ``GPT2Model``
+files have no ``transformer`` level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import ml_dtypes
+import msgpack
+import numpy as np
+
+from gpt2_core import naming
+from gpt2_core.config import GPT2Config
+from gpt2_core.io_utils import atomic_write_bytes
+
+_EXT_NDARRAY, _EXT_COMPLEX, _EXT_NPSCALAR = 1, 2, 3
+_MAX_CHUNK = 2**30
+_CHUNKED = "__msgpack_chunked_array__"
+_LEAF_TO_CANON = {"embedding": "weight", "scale": "weight", "kernel": "weight"}
+
+
+class FlaxMsgpackError(ValueError):
+    """A malformed flax_model.msgpack (names the file and the parameter path)."""
+
+
+def _dtype(name: str) -> np.dtype:
+    if name == "bfloat16":
+        return np.dtype(ml_dtypes.bfloat16)
+    try:
+        return np.dtype(name)
+    except TypeError as e:
+        raise FlaxMsgpackError(f"unknown dtype {name!r}") from e
+
+
+def _array_from_ext(data: bytes) -> np.ndarray:
+    shape, dtype_name, buf = msgpack.unpackb(data, raw=True)
+    dt = _dtype(dtype_name.decode() if isinstance(dtype_name, bytes) else dtype_name)
+    shape = tuple(int(s) for s in shape)
+    if len(buf) != int(np.prod(shape, dtype=np.int64)) * dt.itemsize:
+        raise FlaxMsgpackError(f"array of shape {shape} / {dt} has {len(buf)} bytes")
+    return np.frombuffer(buf, dtype=dt).reshape(shape)
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code == _EXT_NDARRAY:
+        return _array_from_ext(data)
+    if code == _EXT_NPSCALAR:
+        return _array_from_ext(data)[()]
+    if code == _EXT_COMPLEX:
+        re_, im = msgpack.unpackb(data)
+        return complex(re_, im)
+    raise FlaxMsgpackError(f"unknown msgpack extension type {code}")
+
+
+def _unchunk(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        if tree.get(_CHUNKED):
+            shape = tuple(tree["shape"][str(i)] for i in range(len(tree["shape"])))
+            chunks = [tree["chunks"][str(i)] for i in range(len(tree["chunks"]))]
+            return np.concatenate(chunks).reshape(shape)
+        return {k: _unchunk(v) for k, v in tree.items()}
+    return tree
+
+
+def read_tree(path: str | Path) -> dict[str, Any]:
+    """The raw nested parameter dict of a flax msgpack file."""
+    path = Path(path)
+    try:
+        tree = msgpack.unpackb(path.read_bytes(), ext_hook=_ext_hook, raw=False,
+                               strict_map_key=False)
+    except (msgpack.UnpackException, ValueError) as e:
+        raise FlaxMsgpackError(f"{path}: not a valid flax msgpack file ({e})") from e
+    if not isinstance(tree, dict):
+        raise FlaxMsgpackError(f"{path}: expected a parameter dict, found {type(tree).__name__}")
+    return _unchunk(tree)
+
+
+def _flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    out: dict[tuple[str, ...], Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, (*prefix, str(k))))
+        else:
+            out[(*prefix, str(k))] = v
+    return out
+
+
+def load(path: str | Path) -> dict[str, np.ndarray]:
+    """Read transformers' flax_model.msgpack as a canonical-named numpy dict."""
+    path = Path(path)
+    tree = read_tree(path)
+    # transformers wraps Flax params as {"params": ...} in some saves: unwrap
+    if set(tree) == {"params"} and isinstance(tree["params"], dict):
+        tree = tree["params"]
+    out: dict[str, np.ndarray] = {}
+    for keys, value in _flatten(tree).items():
+        if not isinstance(value, np.ndarray):
+            raise FlaxMsgpackError(f"{path}: {'/'.join(keys)} is not an array")
+        *scope, leaf = keys
+        name = ".".join([*scope, _LEAF_TO_CANON.get(leaf, leaf)])
+        if leaf == "kernel":
+            if value.ndim != 2:
+                raise FlaxMsgpackError(f"{path}: {'/'.join(keys)} has rank {value.ndim}, expected 2")
+            value = value.T  # (out, in) Conv1D / (in, out) Dense -> canonical
+        out[name] = np.asarray(value, order="C")
+    return out
+
+
+def to_tree(state_dict: Mapping[str, np.ndarray], config: GPT2Config, head: str) -> dict[str, Any]:
+    """Canonical dict -> transformers' Flax parameter tree for ``head`` (tied keys dropped)."""
+    head = naming.head_of(head)
+    sd = naming.drop_tied(state_dict, config, head)
+    tree: dict[str, Any] = {}
+    for key, value in sd.items():
+        arr = np.asarray(value)
+        parts = key.split(".")
+        *scope, leaf = parts
+        module = scope[-1] if scope else ""
+        if leaf == "weight":
+            if module in ("wte", "wpe"):
+                leaf = "embedding"
+            elif module.startswith("ln_"):
+                leaf = "scale"
+            else:
+                leaf, arr = "kernel", arr.T  # Conv1D (in,out) -> (out,in); Linear (out,in) -> (in,out)
+        node = tree
+        for p in scope:
+            node = node.setdefault(p, {})
+        node[leaf] = np.asarray(arr, order="C")
+    return tree
+
+
+def _pack_default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        payload = msgpack.packb((obj.shape, obj.dtype.name, obj.tobytes("C")), use_bin_type=True)
+        return msgpack.ExtType(_EXT_NDARRAY, payload)
+    if isinstance(obj, np.generic):
+        payload = msgpack.packb(((), obj.dtype.name, np.asarray(obj).tobytes()), use_bin_type=True)
+        return msgpack.ExtType(_EXT_NPSCALAR, payload)
+    raise TypeError(f"cannot serialise {type(obj).__name__}")
+
+
+def _chunk_big(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {k: _chunk_big(v) for k, v in tree.items()}
+    if isinstance(tree, np.ndarray) and tree.nbytes > _MAX_CHUNK:
+        step = max(1, _MAX_CHUNK // tree.dtype.itemsize)
+        flat = tree.reshape(-1)
+        chunks = [flat[i:i + step] for i in range(0, flat.size, step)]
+        return {_CHUNKED: True, "shape": {str(i): d for i, d in enumerate(tree.shape)},
+                "chunks": {str(i): c for i, c in enumerate(chunks)}}
+    return tree
+
+
+def save(state_dict: Mapping[str, np.ndarray], path: str | Path, config: GPT2Config,
+         head: str) -> Path:
+    """Write a flax_model.msgpack that transformers' FlaxGPT2*Model.from_pretrained loads."""
+    path = Path(path)
+    tree = _chunk_big(to_tree(state_dict, config, head))
+    atomic_write_bytes(path, msgpack.packb(tree, default=_pack_default, strict_types=True))
+    return path

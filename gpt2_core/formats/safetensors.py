@@ -1,0 +1,226 @@
+"""safetensors read/write with numpy only: memory-mapped reads, bf16 through ml_dtypes, shards.
+
+The format (https://github.com/huggingface/safetensors): an 8-byte little-endian header length,
+a JSON header ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}``
+and the raw little-endian tensor bytes. It is simple enough to implement exactly here, which
+lets us memory-map without the safetensors package, read bfloat16 into numpy, and validate the
+header (offsets inside the file, sizes equal to dtype x shape) with errors that name the file
+and the tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+from gpt2_core.io_utils import atomic_output_file, atomic_write_text, parse_size
+
+SAFE_WEIGHTS_NAME = "model.safetensors"
+SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+_MAX_HEADER = 100 * 1024 * 1024  # the reference implementation's limit
+
+DTYPES: dict[str, np.dtype] = {
+    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
+    "U64": np.dtype("<u8"), "U32": np.dtype("<u4"), "U16": np.dtype("<u2"), "U8": np.dtype("u1"),
+    "BOOL": np.dtype("bool"),
+}
+_NAMES = {v: k for k, v in DTYPES.items()}
+
+
+class SafetensorsError(ValueError):
+    """A malformed safetensors file; the message names the file and the tensor."""
+
+
+def dtype_name(dtype: np.dtype) -> str:
+    dt = np.dtype(dtype).newbyteorder("<") if np.dtype(dtype).byteorder == ">" else np.dtype(dtype)
+    if dt not in _NAMES:
+        raise SafetensorsError(f"dtype {dt} cannot be stored in safetensors")
+    return _NAMES[dt]
+
+
+def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str], int]:
+    """Return ``(tensors_header, metadata, data_start)`` after validating the header."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise SafetensorsError(f"{path}: too short to be a safetensors file ({size} bytes)")
+        n = int.from_bytes(raw, "little")
+        if n > _MAX_HEADER or 8 + n > size:
+            raise SafetensorsError(f"{path}: header length {n} is invalid for a file of {size} bytes")
+        try:
+            header = json.loads(f.read(n).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise SafetensorsError(f"{path}: header is not valid JSON: {e}") from e
+    if not isinstance(header, dict):
+        raise SafetensorsError(f"{path}: header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    data_len = size - 8 - n
+    for name, info in header.items():
+        try:
+            dt = DTYPES[info["dtype"]]
+            shape = [int(s) for s in info["shape"]]
+            begin, end = (int(x) for x in info["data_offsets"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise SafetensorsError(f"{path}: bad header entry for tensor {name!r}: {info!r}") from e
+        if any(s < 0 for s in shape):
+            raise SafetensorsError(f"{path}: tensor {name!r} has a negative dimension {shape}")
+        if not 0 <= begin <= end <= data_len:
+            raise SafetensorsError(
+                f"{path}: tensor {name!r} data offsets [{begin}, {end}] fall outside the "
+                f"{data_len}-byte data section"
+            )
+        if end - begin != math.prod(shape) * dt.itemsize:
+            raise SafetensorsError(
+                f"{path}: tensor {name!r} has {end - begin} bytes but dtype {info['dtype']} x "
+                f"shape {shape} needs {math.prod(shape) * dt.itemsize}"
+            )
+    return header, metadata, 8 + n
+
+
+def load_file(path: str | os.PathLike, *, mmap: bool = True,
+              keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """Read tensors from one safetensors file.
+
+    With ``mmap=True`` (default) the arrays are read-only views on a memory map: nothing is read
+    until used, so converting a large checkpoint stays near one copy of the weights.
+    """
+    path = Path(path)
+    header, _, start = read_header(path)
+    wanted = header.keys() if keys is None else keys
+    out: dict[str, np.ndarray] = {}
+    if mmap:
+        size = path.stat().st_size
+        buf = np.memmap(path, dtype=np.uint8, mode="r") if size > 0 else np.zeros(0, np.uint8)
+    else:
+        buf = np.frombuffer(path.read_bytes(), dtype=np.uint8)
+    for name in wanted:
+        if name not in header:
+            raise KeyError(f"{path}: no tensor named {name!r}")
+        info = header[name]
+        begin, end = info["data_offsets"]
+        dt = DTYPES[info["dtype"]]
+        arr = buf[start + begin:start + end].view(dt).reshape(info["shape"])
+        out[name] = arr
+    return out
+
+
+def save_file(tensors: Mapping[str, np.ndarray], path: str | os.PathLike,
+              metadata: Mapping[str, str] | None = None) -> None:
+    """Write ``tensors`` to ``path`` atomically (readable by the safetensors package and torch)."""
+    header: dict[str, Any] = {}
+    if metadata:
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+            raise SafetensorsError("safetensors metadata must map str -> str")
+        header["__metadata__"] = dict(metadata)
+    offset = 0
+    arrays: list[np.ndarray] = []
+    for name, value in tensors.items():
+        if not isinstance(name, str):
+            raise SafetensorsError(f"tensor names must be strings, got {name!r}")
+        arr = np.asarray(value)
+        name_dt = dtype_name(arr.dtype)
+        arr = np.asarray(arr, dtype=DTYPES[name_dt], order="C")  # (keeps 0-d arrays 0-d)
+        header[name] = {"dtype": name_dt, "shape": list(arr.shape),
+                        "data_offsets": [offset, offset + arr.nbytes]}
+        offset += arr.nbytes
+        arrays.append(arr)
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # align the data section to 8 bytes, as the reference writer
+    with atomic_output_file(path) as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        for arr in arrays:
+            f.write(memoryview(arr.reshape(-1).view(np.uint8)) if arr.size else b"")
+
+
+# ---------------------------------------------------------------------------- sharded checkpoints
+def shard_plan(sizes: Mapping[str, int], max_shard_size: int | str) -> list[list[str]]:
+    """Greedy split of tensor names into shards of at most ``max_shard_size`` bytes (a tensor
+    larger than the limit gets a shard of its own, as in transformers)."""
+    limit = parse_size(max_shard_size)
+    shards: list[list[str]] = [[]]
+    current = 0
+    for name, n in sizes.items():
+        if shards[-1] and current + n > limit:
+            shards.append([])
+            current = 0
+        shards[-1].append(name)
+        current += n
+    return shards
+
+
+def save_sharded(tensors: Mapping[str, np.ndarray], directory: str | os.PathLike,
+                 max_shard_size: int | str = "5GB", metadata: Mapping[str, str] | None = None,
+                 progress: Callable[[int], None] | None = None) -> list[Path]:
+    """Write ``model.safetensors``, or shards ``model-0000i-of-0000n.safetensors`` plus
+    ``model.safetensors.index.json`` when the tensors exceed ``max_shard_size``.
+
+    Returns the files written. ``progress(nbytes)`` is called after each shard.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    sizes = {k: np.asarray(v).nbytes for k, v in tensors.items()}
+    plan = shard_plan(sizes, max_shard_size)
+    meta = {"format": "pt", **(metadata or {})}
+    if len(plan) == 1:
+        path = directory / SAFE_WEIGHTS_NAME
+        save_file(tensors, path, meta)
+        if progress:
+            progress(sum(sizes.values()))
+        return [path]
+    n = len(plan)
+    files: list[Path] = []
+    weight_map: dict[str, str] = {}
+    for i, names in enumerate(plan, 1):
+        fname = f"model-{i:05d}-of-{n:05d}.safetensors"
+        save_file({k: tensors[k] for k in names}, directory / fname, meta)
+        files.append(directory / fname)
+        weight_map.update({k: fname for k in names})
+        if progress:
+            progress(sum(sizes[k] for k in names))
+    index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map}
+    atomic_write_text(directory / SAFE_WEIGHTS_INDEX_NAME, json.dumps(index, indent=2, sort_keys=True) + "\n")
+    files.append(directory / SAFE_WEIGHTS_INDEX_NAME)
+    return files
+
+
+def read_index(index_path: str | os.PathLike) -> dict[str, str]:
+    """weight_map of a sharded checkpoint, with every shard checked to exist."""
+    index_path = Path(index_path)
+    try:
+        index = json.loads(index_path.read_text("utf-8"))
+        weight_map = index["weight_map"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise SafetensorsError(f"{index_path}: not a valid shard index ({e})") from e
+    if not isinstance(weight_map, dict):
+        raise SafetensorsError(f"{index_path}: weight_map must be an object")
+    for shard in set(weight_map.values()):
+        if not isinstance(shard, str) or "/" in shard or "\\" in shard or shard.startswith("."):
+            raise SafetensorsError(f"{index_path}: invalid shard file name {shard!r}")
+        if not (index_path.parent / shard).is_file():
+            raise SafetensorsError(f"{index_path}: shard {shard} is missing")
+    return weight_map
+
+
+def load_sharded(index_path: str | os.PathLike, *, mmap: bool = True) -> dict[str, np.ndarray]:
+    """Read every tensor of a sharded checkpoint (each shard memory-mapped)."""
+    index_path = Path(index_path)
+    weight_map = read_index(index_path)
+    by_shard: dict[str, list[str]] = {}
+    for name, shard in weight_map.items():
+        by_shard.setdefault(shard, []).append(name)
+    out: dict[str, np.ndarray] = {}
+    for shard, names in sorted(by_shard.items()):
+        out.update(load_file(index_path.parent / shard, mmap=mmap, keys=names))
+    return out

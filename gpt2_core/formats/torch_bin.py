@@ -1,0 +1,375 @@
+"""``pytorch_model.bin`` without torch and without running code from the file.
+
+A ``.bin`` checkpoint is a pickle, and unpickling runs whatever callables the file names — a
+well-known way to ship malware inside "weights". This reader uses a restricted unpickler that
+resolves only the handful of globals a state dict needs (``collections.OrderedDict``, torch's
+tensor-rebuild functions and storage types) to harmless numpy stand-ins; any other global
+raises :class:`UnsafeCheckpointError` naming it. Tensors are rebuilt with numpy from the raw
+storage bytes.
+
+Two container layouts exist:
+
+* the zip format (torch >= 1.6): ``<root>/data.pkl`` plus one ``<root>/data/<key>`` entry of
+  raw bytes per storage;
+* the legacy format (old hub checkpoints, ``_use_new_zipfile_serialization=False``): a stream
+  of pickles (magic number, protocol, sys info, the object, the storage keys) followed by each
+  storage as an int64 element count and its raw bytes.
+
+Writing produces the zip format, loadable by ``torch.load(weights_only=True)`` and transformers.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import struct
+import zipfile
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+from gpt2_core.io_utils import atomic_output_file
+
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_LEGACY_PROTOCOL = 1001
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """The pickle names a global that a state dict never needs: refused, nothing was run."""
+
+
+class TorchBinError(ValueError):
+    """A malformed pytorch_model.bin (bad archive, missing storage, inconsistent sizes)."""
+
+
+# storage class name -> numpy dtype (legacy typed-storage names are what torch.save writes)
+_STORAGE_DTYPES: dict[str, np.dtype] = {
+    "DoubleStorage": np.dtype("<f8"), "FloatStorage": np.dtype("<f4"),
+    "HalfStorage": np.dtype("<f2"), "BFloat16Storage": np.dtype(ml_dtypes.bfloat16),
+    "LongStorage": np.dtype("<i8"), "IntStorage": np.dtype("<i4"),
+    "ShortStorage": np.dtype("<i2"), "CharStorage": np.dtype("i1"),
+    "ByteStorage": np.dtype("u1"), "BoolStorage": np.dtype("bool"),
+}
+# torch.<dtype> globals (used by _rebuild_tensor_v3 and UntypedStorage files)
+_TORCH_DTYPES: dict[str, np.dtype] = {
+    "float64": np.dtype("<f8"), "float32": np.dtype("<f4"), "float16": np.dtype("<f2"),
+    "bfloat16": np.dtype(ml_dtypes.bfloat16), "int64": np.dtype("<i8"), "int32": np.dtype("<i4"),
+    "int16": np.dtype("<i2"), "int8": np.dtype("i1"), "uint8": np.dtype("u1"),
+    "bool": np.dtype("bool"),
+}
+_NP_TO_STORAGE = {v: k for k, v in _STORAGE_DTYPES.items()}
+
+
+class _StorageType:
+    """Stand-in for ``torch.FloatStorage`` etc.: only carries the dtype."""
+
+    def __init__(self, name: str, dtype: np.dtype | None) -> None:
+        self.name, self.dtype = name, dtype
+
+
+class _DType:
+    def __init__(self, dtype: np.dtype) -> None:
+        self.dtype = dtype
+
+
+class _Storage:
+    """A storage resolved by persistent_load: raw bytes interpreted with ``dtype``."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.data = data  # 1-D array of the storage's dtype
+
+
+def _rebuild_tensor(storage: _Storage, offset: int, size: tuple, stride: tuple, *_: Any) -> np.ndarray:
+    data = storage.data
+    size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
+    if len(size) != len(stride):
+        raise TorchBinError(f"tensor size {size} and stride {stride} have different ranks")
+    if any(s < 0 for s in size) or any(s < 0 for s in stride) or offset < 0:
+        raise TorchBinError(f"negative size/stride/offset in tensor ({size}, {stride}, {offset})")
+    n = int(np.prod(size)) if size else 1
+    if n == 0:
+        return np.zeros(size, dtype=data.dtype)
+    last = offset + sum((s - 1) * st for s, st in zip(size, stride))
+    if last >= data.size:
+        raise TorchBinError(
+            f"tensor of size {size} / stride {stride} / offset {offset} reads past its storage "
+            f"of {data.size} elements"
+        )
+    view = np.lib.stride_tricks.as_strided(
+        data[offset:], shape=size, strides=tuple(st * data.itemsize for st in stride), writeable=False
+    )
+    return np.array(view)  # own, contiguous copy
+
+
+def _rebuild_tensor_v3(storage, offset, size, stride, requires_grad, hooks, dtype, *_):
+    if isinstance(dtype, _DType) and storage.data.dtype != dtype.dtype:
+        storage = _Storage(storage.data.view(np.uint8).view(dtype.dtype))
+    return _rebuild_tensor(storage, offset, size, stride)
+
+
+def _rebuild_parameter(data: np.ndarray, *_: Any) -> np.ndarray:
+    return data
+
+
+_SAFE_GLOBALS: dict[tuple[str, str], Any] = {
+    ("collections", "OrderedDict"): OrderedDict,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    ("torch", "Size"): tuple,
+}
+for _name, _dt in _STORAGE_DTYPES.items():
+    _SAFE_GLOBALS[("torch", _name)] = _StorageType(_name, _dt)
+_SAFE_GLOBALS[("torch", "UntypedStorage")] = _StorageType("UntypedStorage", None)
+for _name, _dt in _TORCH_DTYPES.items():
+    _SAFE_GLOBALS[("torch", _name)] = _DType(_dt)
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file: io.BufferedIOBase, load_storage, source: str,
+                 overrides: dict[tuple[str, str], Any] | None = None) -> None:
+        super().__init__(file)
+        self._load_storage = load_storage
+        self._source = source
+        self._globals = {**_SAFE_GLOBALS, **(overrides or {})}
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return self._globals[(module, name)]
+        except KeyError:
+            raise UnsafeCheckpointError(
+                f"{self._source}: refusing to load global '{module}.{name}' — a weights file "
+                "never needs it, and unpickling it could run code. Nothing was executed."
+            ) from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        if not (isinstance(pid, tuple) and pid and pid[0] == "storage" and len(pid) >= 5):
+            raise UnsafeCheckpointError(f"{self._source}: unsupported persistent id {pid!r}")
+        storage_type, key, _location, numel = pid[1:5]
+        if not isinstance(storage_type, _StorageType):
+            raise UnsafeCheckpointError(f"{self._source}: bad storage type in {pid!r}")
+        return self._load_storage(storage_type, str(key), int(numel))
+
+
+def _load_zip(path: Path) -> Any:
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as e:
+        raise TorchBinError(f"{path}: not a zip archive ({e})") from e
+    with zf:
+        names = zf.namelist()
+        pkl = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
+        if len(pkl) != 1:
+            raise TorchBinError(f"{path}: expected one data.pkl in the archive, found {len(pkl)}")
+        root = pkl[0][: -len("data.pkl")]
+        byteorder = root + "byteorder"
+        if byteorder in names and zf.read(byteorder).strip() not in (b"little", b""):
+            raise TorchBinError(f"{path}: big-endian checkpoints are not supported")
+        cache: dict[str, _Storage] = {}
+
+        def load_storage(stype: _StorageType, key: str, numel: int) -> _Storage:
+            if key not in cache:
+                entry = f"{root}data/{key}"
+                if entry not in names:
+                    raise TorchBinError(f"{path}: storage {key} is missing from the archive")
+                raw = zf.read(entry)
+                dtype = stype.dtype or np.dtype("u1")
+                if len(raw) % dtype.itemsize:
+                    raise TorchBinError(f"{path}: storage {key} size is not a multiple of {dtype}")
+                cache[key] = _Storage(np.frombuffer(raw, dtype=dtype))
+            return cache[key]
+
+        with zf.open(pkl[0]) as f:
+            return _RestrictedUnpickler(io.BufferedReader(f), load_storage, str(path)).load()
+
+
+def _load_legacy(path: Path) -> Any:
+    with open(path, "rb") as f:
+        def small_load():
+            return _RestrictedUnpickler(f, _no_storage, str(path)).load()
+
+        def _no_storage(*_):
+            raise UnsafeCheckpointError(f"{path}: storage reference in a header pickle")
+
+        try:
+            magic = small_load()
+        except (pickle.UnpicklingError, EOFError) as e:
+            if isinstance(e, UnsafeCheckpointError):
+                raise
+            raise TorchBinError(f"{path}: neither a zip archive nor a legacy torch file ({e})") from e
+        if magic != _LEGACY_MAGIC:
+            raise TorchBinError(f"{path}: not a PyTorch checkpoint (bad magic number)")
+        if small_load() != _LEGACY_PROTOCOL:
+            raise TorchBinError(f"{path}: unsupported legacy protocol version")
+        sys_info = small_load()
+        if isinstance(sys_info, dict) and not sys_info.get("little_endian", True):
+            raise TorchBinError(f"{path}: big-endian checkpoints are not supported")
+        pending: dict[str, tuple[_StorageType, int]] = {}
+        storages: dict[str, _Storage] = {}
+
+        def load_storage(stype: _StorageType, key: str, numel: int) -> _Storage:
+            # storages come after the object pickle: hand out a placeholder filled in below
+            if key not in storages:
+                pending[key] = (stype, numel)
+                storages[key] = _Storage(np.zeros(0, dtype=stype.dtype or np.dtype("u1")))
+            return storages[key]
+
+        # The object pickle references storages that are only read afterwards, so tensors are
+        # rebuilt lazily: record the calls, then resolve them once the bytes are known.
+        deferred: list[tuple[Any, ...]] = []
+
+        class _Lazy:
+            def __init__(self, args: tuple) -> None:
+                self.args = args
+                deferred.append(args)
+
+        def lazy_rebuild(storage, offset, size, stride, *rest):
+            return _Lazy((storage, offset, size, stride))
+
+        overrides = {("torch._utils", "_rebuild_tensor_v2"): lazy_rebuild,
+                     ("torch._utils", "_rebuild_tensor"): lazy_rebuild}
+        obj = _RestrictedUnpickler(f, load_storage, str(path), overrides).load()
+        keys = _RestrictedUnpickler(f, _no_storage, str(path)).load()
+        if not isinstance(keys, list):
+            raise TorchBinError(f"{path}: malformed storage key list")
+        for key in keys:
+            key = str(key)
+            if key not in pending:
+                raise TorchBinError(f"{path}: unknown storage {key}")
+            stype, numel = pending[key]
+            head = f.read(8)
+            if len(head) < 8:
+                raise TorchBinError(f"{path}: truncated before storage {key}")
+            (count,) = struct.unpack("<q", head)
+            dtype = stype.dtype or np.dtype("u1")
+            raw = f.read(count * dtype.itemsize)
+            if len(raw) != count * dtype.itemsize:
+                raise TorchBinError(f"{path}: storage {key} is truncated")
+            storages[key].data = np.frombuffer(raw, dtype=dtype)
+
+    def resolve(x: Any) -> Any:
+        if isinstance(x, _Lazy):
+            return _rebuild_tensor(*x.args)
+        if isinstance(x, dict):
+            out = type(x)() if isinstance(x, OrderedDict) else {}
+            for k, v in x.items():
+                out[k] = resolve(v)
+            return out
+        if isinstance(x, list | tuple):
+            return type(x)(resolve(v) for v in x)
+        return x
+
+    return resolve(obj)
+
+
+def load(path: str | Path) -> dict[str, np.ndarray]:
+    """Read a ``pytorch_model.bin`` (zip or legacy) as ``{name: np.ndarray}`` without torch."""
+    path = Path(path)
+    obj = _load_zip(path) if zipfile.is_zipfile(path) else _load_legacy(path)
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]  # training checkpoints wrap the weights
+    if not isinstance(obj, Mapping):
+        raise TorchBinError(f"{path}: expected a state dict, found {type(obj).__name__}")
+    out: dict[str, np.ndarray] = {}
+    for k, v in obj.items():
+        if not isinstance(k, str) or not isinstance(v, np.ndarray):
+            raise TorchBinError(f"{path}: entry {k!r} is not a tensor ({type(v).__name__})")
+        out[k] = v
+    return out
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], list[Path]]:
+    """Read ``pytorch_model.bin`` or a sharded ``pytorch_model.bin.index.json``."""
+    path = Path(path)
+    if path.name.endswith(".index.json"):
+        try:
+            weight_map = json.loads(path.read_text("utf-8"))["weight_map"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise TorchBinError(f"{path}: not a valid shard index ({e})") from e
+        shards = sorted(set(weight_map.values()))
+        out: dict[str, np.ndarray] = {}
+        for shard in shards:
+            if "/" in shard or "\\" in shard or shard.startswith("."):
+                raise TorchBinError(f"{path}: invalid shard name {shard!r}")
+            out.update(load(path.parent / shard))
+        return out, [path, *(path.parent / s for s in shards)]
+    return load(path), [path]
+
+
+# ---------------------------------------------------------------------------- writer
+# The pickle is emitted opcode by opcode: pickling stand-in objects would make the pickler
+# import torch to verify the globals it names.
+def _op_str(s: str) -> bytes:
+    b = s.encode("utf-8")
+    return pickle.BINUNICODE + struct.pack("<I", len(b)) + b
+
+
+def _op_int(n: int) -> bytes:
+    if 0 <= n < 2**31:
+        return pickle.BININT + struct.pack("<i", n)
+    b = n.to_bytes((n.bit_length() + 8) // 8, "little", signed=True)
+    return pickle.LONG1 + bytes([len(b)]) + b
+
+
+def _op_tuple(items: list[bytes]) -> bytes:
+    return pickle.MARK + b"".join(items) + pickle.TUPLE
+
+
+def _op_global(module: str, name: str) -> bytes:
+    return pickle.GLOBAL + f"{module}\n{name}\n".encode("ascii")
+
+
+def _pickle_state_dict(entries: list[tuple[str, str, str, int, tuple, tuple]]) -> bytes:
+    """entries: (name, storage_class, storage_key, numel, size, stride)."""
+    empty_od = _op_global("collections", "OrderedDict") + pickle.EMPTY_TUPLE + pickle.REDUCE
+    out = [pickle.PROTO + bytes([2]), empty_od, pickle.MARK]
+    for name, storage_cls, key, numel, size, stride in entries:
+        pid = _op_tuple([_op_str("storage"), _op_global("torch", storage_cls), _op_str(key),
+                         _op_str("cpu"), _op_int(numel)]) + pickle.BINPERSID
+        args = _op_tuple([pid, _op_int(0), _op_tuple([_op_int(d) for d in size]),
+                          _op_tuple([_op_int(d) for d in stride]), pickle.NEWFALSE, empty_od])
+        out += [_op_str(name), _op_global("torch._utils", "_rebuild_tensor_v2"), args, pickle.REDUCE]
+    out += [pickle.SETITEMS, pickle.STOP]
+    return b"".join(out)
+
+
+def save(state_dict: Mapping[str, np.ndarray], path: str | Path) -> Path:
+    """Write ``state_dict`` as a zip-format ``pytorch_model.bin`` (atomically).
+
+    Arrays that are the same object (tied weights) share one storage, as torch.save does.
+    """
+    path = Path(path)
+    storages: list[np.ndarray] = []
+    by_id: dict[int, str] = {}
+    entries = []
+    for name, value in state_dict.items():
+        if id(value) not in by_id:
+            arr = np.asarray(value, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
+            if arr.dtype not in _NP_TO_STORAGE:
+                raise TorchBinError(f"cannot store {name!r} of dtype {arr.dtype} in pytorch_model.bin")
+            by_id[id(value)] = str(len(storages))
+            storages.append(arr)
+        key = by_id[id(value)]
+        arr = storages[int(key)]
+        stride = []
+        acc = 1
+        for d in reversed(arr.shape):
+            stride.insert(0, acc)
+            acc *= d
+        entries.append((name, _NP_TO_STORAGE[arr.dtype], key, arr.size, arr.shape, tuple(stride)))
+    data = _pickle_state_dict(entries)
+    root = "archive/"
+    with atomic_output_file(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr(root + "data.pkl", data)
+        zf.writestr(root + "byteorder", "little")
+        for i, arr in enumerate(storages):
+            zf.writestr(f"{root}data/{i}", arr.tobytes())
+        zf.writestr(root + "version", "3\n")
+    return path
