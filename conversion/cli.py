@@ -66,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="convert a checkpoint to another format")
     c.add_argument("src", help="source checkpoint directory or hub id")
     c.add_argument("out", help="output directory (must not exist or be empty, unless --force)")
-    c.add_argument("--to", required=True, choices=["safetensors", "pytorch", "tf", "flax"])
+    c.add_argument("--to", required=True,
+                   choices=["safetensors", "pytorch", "tf", "flax", "openai"],
+                   help="target format (openai: the original TF1 release layout, needs tensorflow)")
     c.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"])
     c.add_argument("--max-shard-size", default="5GB")
     c.add_argument("--head", default=None,

@@ -15,12 +15,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from conversion import openai_ckpt
 from gpt2_core import checkpoint, hub, naming
 from gpt2_core.config import CONFIG_NAME, GPT2Config
 from gpt2_core.io_utils import atomic_directory
 
 log = logging.getLogger(__name__)
 
+#: values of ``--to``
+TARGETS = ("safetensors", "pytorch", "tf", "flax", "openai")
 #: files copied unchanged from SRC to OUT
 SIDE_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json",
               "special_tokens_map.json", "generation_config.json")
@@ -43,13 +46,22 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, to: str, dtype: A
     Raises :class:`gpt2_core.naming.CheckpointError` naming missing, unexpected or mis-shaped
     weights; legacy buffers and tied weights are reported as such, never as missing.
     """
+    if to not in TARGETS:
+        raise ValueError(f"unknown target format {to!r}; use one of {', '.join(TARGETS)}")
     src_dir = hub.resolve_dir(src)
     out = Path(out)
     if out.exists() and out.resolve() == src_dir.resolve():
         raise ValueError(f"refusing to overwrite the source checkpoint {src_dir}")
-    config = GPT2Config.from_json_file(src_dir / CONFIG_NAME)
-    head = naming.head_of(head) if head else head_from_config(config)
-    config, sd, report = checkpoint.load_pretrained(src_dir, head, config=config, prefer=prefer)
+    from_openai = openai_ckpt.is_openai_dir(src_dir) and not (src_dir / CONFIG_NAME).is_file()
+    if from_openai:
+        config, raw = openai_ckpt.load(src_dir)
+        head = naming.head_of(head) if head else "lm"
+        sd, report = naming.normalize_state_dict(raw, config, head, source=str(src_dir))
+        report.raise_if_error()
+    else:
+        config = GPT2Config.from_json_file(src_dir / CONFIG_NAME)
+        head = naming.head_of(head) if head else head_from_config(config)
+        config, sd, report = checkpoint.load_pretrained(src_dir, head, config=config, prefer=prefer)
     if report.newly_initialized:
         raise naming.CheckpointError(
             f"{src_dir} lacks the {naming.HEADS[head]} head weights "
@@ -61,10 +73,18 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, to: str, dtype: A
     if report.tied:
         notes.append(f"tied weights stored once: {', '.join(report.tied)}")
     with atomic_directory(out, overwrite=force) as tmp:
-        checkpoint.save_pretrained(sd, config, tmp, head, max_shard_size=max_shard_size,
-                                   dtype=dtype, formats=(to,))
+        if to == "openai":
+            if dtype not in (None, "fp32", "float32"):
+                raise ValueError("the OpenAI format stores float32 only")
+            openai_ckpt.save(sd, config, tmp)
+            openai_ckpt.copy_tokenizer_files(src_dir, tmp, to_openai=True)
+        else:
+            checkpoint.save_pretrained(sd, config, tmp, head, max_shard_size=max_shard_size,
+                                       dtype=dtype, formats=(to,))
+            if from_openai:
+                openai_ckpt.copy_tokenizer_files(src_dir, tmp, to_openai=False)
         for name in SIDE_FILES:
-            if (src_dir / name).is_file():
+            if (src_dir / name).is_file() and not (tmp / name).exists():
                 shutil.copy2(src_dir / name, tmp / name)
     for n in notes:
         log.info("%s", n)

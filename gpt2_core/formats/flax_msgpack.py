@@ -29,7 +29,7 @@ import numpy as np
 
 from gpt2_core import naming
 from gpt2_core.config import GPT2Config
-from gpt2_core.io_utils import atomic_write_bytes
+from gpt2_core.io_utils import atomic_output_file
 
 _EXT_NDARRAY, _EXT_COMPLEX, _EXT_NPSCALAR = 1, 2, 3
 _MAX_CHUNK = 2**30
@@ -144,36 +144,51 @@ def to_tree(state_dict: Mapping[str, np.ndarray], config: GPT2Config, head: str)
         node = tree
         for p in scope:
             node = node.setdefault(p, {})
-        node[leaf] = np.asarray(arr, order="C")
+        node[leaf] = arr  # a view: bytes are produced one array at a time when written
     return tree
+
+
+def _pack_array(arr: np.ndarray) -> msgpack.ExtType:
+    payload = msgpack.packb((arr.shape, arr.dtype.name, arr.tobytes("C")), use_bin_type=True)
+    return msgpack.ExtType(_EXT_NDARRAY, payload)
 
 
 def _pack_default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
-        payload = msgpack.packb((obj.shape, obj.dtype.name, obj.tobytes("C")), use_bin_type=True)
-        return msgpack.ExtType(_EXT_NDARRAY, payload)
+        return _pack_array(obj)
     if isinstance(obj, np.generic):
         payload = msgpack.packb(((), obj.dtype.name, np.asarray(obj).tobytes()), use_bin_type=True)
         return msgpack.ExtType(_EXT_NPSCALAR, payload)
     raise TypeError(f"cannot serialise {type(obj).__name__}")
 
 
-def _chunk_big(tree: Any) -> Any:
-    if isinstance(tree, dict):
-        return {k: _chunk_big(v) for k, v in tree.items()}
-    if isinstance(tree, np.ndarray) and tree.nbytes > _MAX_CHUNK:
-        step = max(1, _MAX_CHUNK // tree.dtype.itemsize)
-        flat = tree.reshape(-1)
-        chunks = [flat[i:i + step] for i in range(0, flat.size, step)]
-        return {_CHUNKED: True, "shape": {str(i): d for i, d in enumerate(tree.shape)},
-                "chunks": {str(i): c for i, c in enumerate(chunks)}}
-    return tree
+def _chunk(arr: np.ndarray) -> dict[str, Any]:
+    step = max(1, _MAX_CHUNK // arr.dtype.itemsize)
+    flat = arr.reshape(-1)
+    chunks = [flat[i:i + step] for i in range(0, flat.size, step)]
+    return {_CHUNKED: True, "shape": {str(i): d for i, d in enumerate(arr.shape)},
+            "chunks": {str(i): c for i, c in enumerate(chunks)}}
+
+
+def _write_tree(f, packer: msgpack.Packer, tree: Mapping[str, Any]) -> None:
+    """Stream a nested dict as msgpack: one array's bytes in memory at a time, never the file."""
+    f.write(packer.pack_map_header(len(tree)))
+    for key, value in tree.items():
+        f.write(packer.pack(key))
+        if isinstance(value, Mapping):
+            _write_tree(f, packer, value)
+        elif isinstance(value, np.ndarray) and value.nbytes > _MAX_CHUNK:
+            _write_tree(f, packer, _chunk(value))  # as flax does for arrays >= 1 GiB
+        else:
+            f.write(packer.pack(value))
 
 
 def save(state_dict: Mapping[str, np.ndarray], path: str | Path, config: GPT2Config,
          head: str) -> Path:
     """Write a flax_model.msgpack that transformers' FlaxGPT2*Model.from_pretrained loads."""
     path = Path(path)
-    tree = _chunk_big(to_tree(state_dict, config, head))
-    atomic_write_bytes(path, msgpack.packb(tree, default=_pack_default, strict_types=True))
+    tree = to_tree(state_dict, config, head)
+    packer = msgpack.Packer(default=_pack_default, strict_types=True, use_bin_type=True)
+    with atomic_output_file(path) as f:
+        _write_tree(f, packer, tree)
     return path

@@ -96,3 +96,35 @@ def test_demo_numpy_path(tmp_path, capsys):
     assert cli.main(["demo", "--frameworks", "", "--out", str(tmp_path), "--max-new-tokens", "2"]) == 0
     out = capsys.readouterr().out
     assert out.count("yes") == 5 and "demo passed" in out
+
+
+def test_openai_tf1_round_trip(src, tmp_path):
+    """--to openai writes OpenAI's release layout; converting it back is bit-exact."""
+    pytest.importorskip("tensorflow")
+    import json
+
+    import tensorflow as tf
+
+    oa = tmp_path / "openai"
+    assert cli.main(["convert", str(src), str(oa), "--to", "openai"]) == 0
+    assert json.loads((oa / "hparams.json").read_text()) == {
+        "n_vocab": 257, "n_ctx": 32, "n_embd": 36, "n_head": 3, "n_layer": 2}
+    assert (oa / "encoder.json").exists()  # vocab.json under OpenAI's name
+    shapes = dict(tf.train.list_variables(str(oa / "model.ckpt")))
+    assert shapes["model/h0/attn/c_attn/w"] == [1, 36, 108]
+    assert shapes["model/h1/ln_2/g"] == [36] and shapes["model/wte"] == [257, 36]
+    back = tmp_path / "back"
+    assert cli.main(["convert", str(oa), str(back), "--to", "safetensors"]) == 0
+    assert (back / "vocab.json").exists()
+    _, a, _ = checkpoint.load_pretrained(src, "lm")
+    _, b, _ = checkpoint.load_pretrained(back, "lm")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_openai_export_refuses_unrepresentable_config(tmp_path):
+    pytest.importorskip("tensorflow")
+    cfg = tiny_config(activation_function="relu")
+    d = tmp_path / "relu"
+    checkpoint.save_pretrained(random_state_dict(cfg, "lm", seed=0), cfg, d, "lm")
+    assert cli.main(["convert", str(d), str(tmp_path / "o"), "--to", "openai"]) == 1
+    assert not (tmp_path / "o").exists()
