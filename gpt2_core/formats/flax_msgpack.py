@@ -179,8 +179,22 @@ def _write_tree(f, packer: msgpack.Packer, tree: Mapping[str, Any]) -> None:
             _write_tree(f, packer, value)
         elif isinstance(value, np.ndarray) and value.nbytes > _MAX_CHUNK:
             _write_tree(f, packer, _chunk(value))  # as flax does for arrays >= 1 GiB
+        elif isinstance(value, np.ndarray):
+            _write_array(f, packer, value)
         else:
             f.write(packer.pack(value))
+
+
+def _write_array(f, packer: msgpack.Packer, arr: np.ndarray) -> None:
+    """Write ``ExtType(1, msgpack((shape, dtype, bytes)))`` without copying the bytes twice:
+    the ext32 and bin32 headers are written by hand and the data straight from the array."""
+    data = np.asarray(arr, order="C")  # the only copy, and only for transposed views
+    inner = b"\x93" + packer.pack(list(data.shape)) + packer.pack(data.dtype.name)
+    inner += b"\xc6" + data.nbytes.to_bytes(4, "big")  # bin32 header
+    f.write(b"\xc9" + (len(inner) + data.nbytes).to_bytes(4, "big") + bytes([_EXT_NDARRAY]))
+    f.write(inner)
+    if data.nbytes:
+        f.write(memoryview(data.reshape(-1).view(np.uint8)))
 
 
 def save(state_dict: Mapping[str, np.ndarray], path: str | Path, config: GPT2Config,

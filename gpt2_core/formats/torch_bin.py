@@ -370,6 +370,7 @@ def save(state_dict: Mapping[str, np.ndarray], path: str | Path) -> Path:
         zf.writestr(root + "data.pkl", data)
         zf.writestr(root + "byteorder", "little")
         for i, arr in enumerate(storages):
-            zf.writestr(f"{root}data/{i}", arr.tobytes())
+            with zf.open(f"{root}data/{i}", "w", force_zip64=True) as entry:
+                entry.write(memoryview(arr.reshape(-1).view(np.uint8)) if arr.size else b"")
         zf.writestr(root + "version", "3\n")
     return path
