@@ -34,8 +34,19 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
     convert.convert(args.src, args.out, to=args.to, dtype=args.dtype,
                     max_shard_size=args.max_shard_size, force=args.force, head=args.head,
-                    prefer=args.src_format)
+                    prefer=args.src_format, verify=args.verify)
     return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from conversion import verify
+
+    frameworks = [f.strip() for f in args.frameworks.split(",")] if args.frameworks else None
+    table, worst = verify.verify_dir(args.path, frameworks=frameworks, head=args.head)
+    print(table)
+    ok = worst <= args.tolerance
+    print(f"worst max|diff| {worst:.2e}: {'ok' if ok else 'MISMATCH'} (tolerance {args.tolerance:g})")
+    return 0 if ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,7 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model class to convert for (default: from config.json architectures)")
     c.add_argument("--src-format", default=None, help="which source format to read when several")
     c.add_argument("--force", action="store_true", help="replace a non-empty OUT")
+    c.add_argument("--verify", action="store_true",
+                   help="run SRC and OUT in their frameworks on fixed inputs; print max|diff|")
     c.set_defaults(func=_cmd_convert)
+
+    v = sub.add_parser("verify", help="load a checkpoint in every framework; print a parity table")
+    v.add_argument("path", help="checkpoint directory or hub id")
+    v.add_argument("--frameworks", default=None, help="comma-separated (default: all installed)")
+    v.add_argument("--head", default=None, help="model class (default: config.json architectures)")
+    v.add_argument("--tolerance", type=float, default=1e-4)
+    v.set_defaults(func=_cmd_verify)
     return p
 
 
@@ -92,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
         if args.verbose:
             raise
         print(f"gpt2 {args.command}: error: {e}", file=sys.stderr)

@@ -15,6 +15,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from conversion import openai_ckpt
 from gpt2_core import checkpoint, hub, naming
 from gpt2_core.config import CONFIG_NAME, GPT2Config
@@ -39,7 +41,7 @@ def head_from_config(config: GPT2Config) -> str:
 
 def convert(src: str | os.PathLike, out: str | os.PathLike, *, to: str, dtype: Any = None,
             max_shard_size: int | str = "5GB", force: bool = False, head: str | None = None,
-            prefer: str | None = None) -> Path:
+            prefer: str | None = None, verify: bool = False) -> Path:
     """Convert ``src`` into ``out`` in format ``to``; returns ``out``.
 
     Refuses to write into ``src`` itself, or into a non-empty ``out`` unless ``force``.
@@ -90,4 +92,29 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, to: str, dtype: A
         log.info("%s", n)
     print(f"converted {src_dir} ({naming.HEADS[head]}) -> {out} [{to}]"
           + (f"; {'; '.join(notes)}" if notes else ""))
+    if verify:
+        _verify(src_dir, out, to, head, from_openai, dtype)
     return out
+
+
+def _verify(src_dir: Path, out: Path, to: str, head: str, from_openai: bool,
+            dtype: Any) -> None:
+    """Run SRC and OUT in the frameworks of their formats; raise if they disagree."""
+    from conversion import verify
+
+    if to == "openai" or from_openai:
+        # no backend reads OpenAI's layout: compare the weights both sides hold, bit for bit
+        oa_dir, other_dir = (out, src_dir) if to == "openai" else (src_dir, out)
+        _, oa = openai_ckpt.load(oa_dir)
+        _, other, _ = checkpoint.load_pretrained(other_dir, head, dtype="fp32")
+        bad = [k for k in oa if not np.array_equal(oa[k], other[k])]
+        if bad:
+            raise ValueError(f"--verify failed: {len(bad)} weights differ, e.g. {bad[0]}")
+        print(f"verify: the {len(oa)} OpenAI checkpoint tensors equal the other side bit for bit")
+        return
+    diff, scale = verify.verify_pair(src_dir, out, head)
+    # fp32 conversions are exact up to kernel differences between frameworks; a reduced
+    # dtype rounds every weight, so its outputs are only expected to agree to ~1%
+    rel = 1e-4 if dtype in (None, "fp32", "float32") else 2e-2
+    if diff > rel * max(1.0, scale):
+        raise ValueError(f"--verify failed: max|diff| {diff:.3e} exceeds {rel:g} x {max(1.0, scale):.3g}")
