@@ -1,0 +1,276 @@
+"""GPT2TokenizerFast: the same ids as GPT2Tokenizer, from Rust BPE engines.
+
+Two engines, each used where it is best:
+
+* **tiktoken** for plain ``encode`` / ``__call__`` on GPT-2's own vocabulary: an ``Encoding``
+  built offline from the shipped vocab.json (token bytes -> rank = id, GPT-2's regex,
+  ``<|endoftext|>`` = 50256); ``tiktoken.get_encoding`` is never called (it downloads). tiktoken
+  ranks merged byte strings rather than replaying merges.txt, which gives the same result only
+  for a vocabulary whose merges were derived that way, so other vocabularies use ``tokenizers``.
+* **tokenizers** (Hugging Face) for offsets, pre-split words and any other vocabulary: a
+  ``Tokenizer`` configured exactly as transformers 4.57 converts GPT-2 (ByteLevel pre-tokenizer,
+  BPE, ByteLevel post-processor with ``trim_offsets=False``), built lazily on first use. It is
+  also what ``save_pretrained`` writes as tokenizer.json.
+
+Batches above a few kilobytes are encoded on ``num_threads`` threads; both engines release the
+GIL while they work.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import tiktoken
+
+from gpt2_core._tokenizer_base import (
+    ENDOFTEXT,
+    GPT2_PATTERN,
+    VOCAB_FILES_NAMES,
+    GPT2TokenizerBase,
+    VocabFiles,
+    _shipped_files,
+    load_vocab_files,
+    token_to_bytes,
+)
+from gpt2_core.io_utils import atomic_write_text
+
+__all__ = ["GPT2TokenizerFast"]
+
+#: below this many characters in a batch, thread start-up costs more than it saves
+_PARALLEL_MIN_CHARS = 32_768
+
+
+def _default_threads() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        n = os.cpu_count() or 1
+    return max(1, min(n, 8))
+
+
+@functools.cache
+def gpt2_tiktoken_encoding() -> tiktoken.Encoding:
+    """A tiktoken ``Encoding`` equal to GPT-2's, built offline from the shipped vocabulary."""
+    vocab, _ = _shipped_files()
+    ranks = {token_to_bytes(t): i for t, i in vocab.items() if t != ENDOFTEXT}
+    return tiktoken.Encoding("gpt2-gpt2_core", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                             special_tokens={ENDOFTEXT: vocab[ENDOFTEXT]})
+
+
+class GPT2TokenizerFast(GPT2TokenizerBase):
+    """GPT-2's tokenizer on tiktoken and tokenizers, with transformers' API.
+
+    Same ids as :class:`~gpt2_core.GPT2Tokenizer` and transformers' ``GPT2TokenizerFast``.
+    Adds ``return_offsets_mapping`` (character spans, as transformers' fast tokenizer returns
+    them: the leading space belongs to the token, ``" world"`` -> ``(5, 11)``),
+    ``BatchEncoding.word_ids()`` and pre-split words. Differences from transformers, all
+    relaxations: ``add_prefix_space`` may be passed per call, and ``is_split_into_words=True``
+    works without ``add_prefix_space=True`` at construction (each word gets a leading space, as
+    the slow tokenizer does).
+
+    Args:
+        vocab_file, merges_file: vocab.json / merges.txt paths (or a dict / list of pairs);
+            all None for GPT-2's shipped vocabulary.
+        tokenizer_file: a tokenizers tokenizer.json, instead of vocab_file + merges_file.
+        add_prefix_space: encode "Hello" like " Hello"; applies to each stretch of text
+            between special tokens (transformers' fast behaviour).
+        trim_offsets: leave the leading space out of a token's offsets (``" world"`` ->
+            ``(6, 11)``); default False, as transformers' GPT-2 fast tokenizer.
+        num_threads: threads for batches (default: the usable cores, at most 8).
+        **kwargs: as :class:`~gpt2_core.GPT2Tokenizer` (``pad_token``, ``add_bos_token``,
+            ``model_max_length``, ``padding_side``, ...).
+
+    Example:
+        >>> from gpt2_core import GPT2TokenizerFast
+        >>> tok = GPT2TokenizerFast.from_pretrained("gpt2")
+        >>> tok.encode("Hello world")
+        [15496, 995]
+        >>> tok("Hello world", return_offsets_mapping=True)["offset_mapping"]
+        [(0, 5), (5, 11)]
+        >>> tok.pad_token = tok.eos_token
+        >>> batch = tok(["Hi", "Hello world"], padding=True, padding_side="left",
+        ...             return_tensors="np")
+        >>> batch["attention_mask"].tolist()
+        [[0, 1], [1, 1]]
+    """
+
+    is_fast = True
+    _bos_before_pair = False
+    _special_set = frozenset({ENDOFTEXT})  # what tiktoken may match in text
+
+    def __init__(
+        self,
+        vocab_file: str | os.PathLike | dict[str, int] | None = None,
+        merges_file: str | os.PathLike | list[tuple[str, str]] | None = None,
+        tokenizer_file: str | os.PathLike | None = None,
+        *,
+        unk_token: Any = ENDOFTEXT,
+        bos_token: Any = ENDOFTEXT,
+        eos_token: Any = ENDOFTEXT,
+        add_prefix_space: bool = False,
+        trim_offsets: bool = False,
+        num_threads: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # as transformers, the argument (not tokenizer.json's pre-tokenizer) sets
+        # add_prefix_space; from_pretrained passes the value stored in the files
+        files = load_vocab_files(vocab_file, merges_file, tokenizer_file)
+        self._init(files, unk_token=unk_token, bos_token=bos_token, eos_token=eos_token,
+                   add_prefix_space=add_prefix_space, trim_offsets=trim_offsets,
+                   num_threads=num_threads, **kwargs)
+
+    def _init(self, files: VocabFiles, *, num_threads: int | None = None,
+              trim_offsets: bool = False, **kwargs: Any) -> None:
+        self.num_threads = _default_threads() if num_threads is None else max(1, int(num_threads))
+        self._backends: dict[bool, Any] = {}  # add_prefix_space -> tokenizers.Tokenizer
+        self._trim_offsets = bool(trim_offsets)
+        self._native_special = False
+        super().__init__(files, **kwargs)
+
+    @classmethod
+    def _from_files(cls, files: VocabFiles, **kwargs: Any) -> GPT2TokenizerFast:
+        tok = cls.__new__(cls)
+        tok._init(files, **kwargs)
+        return tok
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the engines are rebuilt on demand: Rust objects need not survive pickling
+        state = self.__dict__.copy()
+        state["_backends"] = {}
+        return state
+
+    # -- engines --------------------------------------------------------------------------------
+
+    def _on_vocab_changed(self) -> None:
+        self._backends = {}
+        # tiktoken splits on <|endoftext|> itself when that is the only added token and it
+        # strips nothing; other added tokens are split here, then tiktoken encodes the pieces
+        info = [self._added_info[i] for i in self._added.values()]
+        self._native_special = (self.is_gpt2_vocab and list(self._added) == [ENDOFTEXT]
+                                and not info[0].lstrip and not info[0].rstrip)
+
+    @property
+    def trim_offsets(self) -> bool:
+        """Drop the spaces a token starts with from its offsets (tokenizers' ByteLevel
+        ``trim_offsets``). False by default: transformers' GPT-2 keeps them."""
+        return self._trim_offsets
+
+    @trim_offsets.setter
+    def trim_offsets(self, value: bool) -> None:
+        self._trim_offsets = bool(value)
+        self._backends = {}
+
+    @property
+    def _tiktoken(self) -> tiktoken.Encoding | None:
+        return gpt2_tiktoken_encoding() if self.is_gpt2_vocab else None
+
+    def _backend(self, add_prefix_space: bool) -> Any:
+        """The tokenizers ``Tokenizer`` for offsets / pre-split words / other vocabularies."""
+        tk = self._backends.get(add_prefix_space)
+        if tk is None:
+            tk = self._build_backend(add_prefix_space)
+            self._backends[add_prefix_space] = tk
+        return tk
+
+    def _build_backend(self, add_prefix_space: bool) -> Any:
+        from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+
+        merges = [pair for pair, _ in sorted(self.bpe_ranks.items(), key=lambda kv: kv[1])]
+        tk = Tokenizer(models.BPE(vocab=dict(self.encoder), merges=merges, dropout=None,
+                                  continuing_subword_prefix="", end_of_word_suffix="",
+                                  fuse_unk=False))
+        tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
+        tk.decoder = decoders.ByteLevel()
+        # transformers' GPT2Converter: ByteLevel(trim_offsets=False), or a BOS template. The
+        # template only matters when transformers reads our tokenizer.json: we add BOS ourselves
+        # and encode with add_special_tokens=False (the ByteLevel step still trims offsets).
+        byte_level = processors.ByteLevel(trim_offsets=self._trim_offsets)
+        if self.add_bos_token and self.bos_token is not None:
+            bos = self.bos_token
+            template = processors.TemplateProcessing(
+                single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 $B:1",
+                special_tokens=[(bos, self.bos_token_id)])
+            tk.post_processor = (processors.Sequence([byte_level, template])
+                                 if self._trim_offsets else template)
+        else:
+            tk.post_processor = byte_level
+        for i in sorted(self._added_info):
+            t = self._added_info[i]
+            added = AddedToken(t.content, single_word=t.single_word, lstrip=t.lstrip,
+                               rstrip=t.rstrip, normalized=t.normalized, special=t.special)
+            (tk.add_special_tokens if t.special else tk.add_tokens)([added])
+            if tk.token_to_id(t.content) != i:
+                raise RuntimeError(f"tokenizers gave added token {t.content!r} id "
+                                   f"{tk.token_to_id(t.content)}, expected {i} (ids with gaps?)")
+        return tk
+
+    @property
+    def backend_tokenizer(self) -> Any:
+        """The ``tokenizers.Tokenizer`` used for offsets (built on first access)."""
+        return self._backend(self.add_prefix_space)
+
+    # -- hooks for the shared pipeline ----------------------------------------------------------
+
+    def _encode_text(self, text: str, add_prefix_space: bool) -> list[int]:
+        tt = self._tiktoken
+        if tt is None:
+            return self._backend(add_prefix_space).encode(text, add_special_tokens=False).ids
+        if self._native_special and not (add_prefix_space and ENDOFTEXT in text):
+            if add_prefix_space and text and text[0] != " ":
+                text = " " + text
+            return tt.encode(text, allowed_special=self._special_set, disallowed_special=())
+        # tokenizers' ByteLevel(add_prefix_space) prefixes every stretch of text between added
+        # tokens that does not start with a space
+        ids: list[int] = []
+        for piece in self._split_added(text):
+            if isinstance(piece, int):
+                ids.append(piece)
+            elif piece:
+                if add_prefix_space and piece[0] != " ":
+                    piece = " " + piece
+                ids += tt.encode_ordinary(piece)
+        return ids
+
+    def _encode_batch(self, inputs: list[Any], *, is_split_into_words: bool,
+                      add_prefix_space: bool, return_offsets: bool):
+        if return_offsets or is_split_into_words or self._tiktoken is None:
+            # pre-split words always get their leading space (the slow tokenizer's rule)
+            tk = self._backend(add_prefix_space or is_split_into_words)
+            encs = tk.encode_batch(inputs, is_pretokenized=is_split_into_words,
+                                   add_special_tokens=False)
+            ids = [e.ids for e in encs]
+            if not return_offsets and not is_split_into_words:
+                return ids, None, None
+            return ids, [e.offsets for e in encs], [e.word_ids for e in encs]
+        encode = functools.partial(self._encode_text, add_prefix_space=add_prefix_space)
+        if (self.num_threads > 1 and len(inputs) > 1
+                and sum(map(len, inputs)) >= _PARALLEL_MIN_CHARS):
+            with ThreadPoolExecutor(min(self.num_threads, len(inputs))) as pool:
+                return list(pool.map(encode, inputs)), None, None
+        return [encode(t) for t in inputs], None, None
+
+    def encode_batch(self, texts: list[str], *, add_special_tokens: bool = True,
+                     add_prefix_space: bool | None = None) -> list[list[int]]:
+        """Ids of many texts, on ``num_threads`` threads: ``__call__`` without the dict."""
+        if not isinstance(texts, list | tuple):
+            raise TypeError(f"texts must be a list of str, got {type(texts).__name__}")
+        _, firsts, _ = self._normalize_inputs(list(texts), None, False)
+        aps = self.add_prefix_space if add_prefix_space is None else bool(add_prefix_space)
+        ids, _, _ = self._encode_batch(firsts, is_split_into_words=False, add_prefix_space=aps,
+                                       return_offsets=False)
+        if add_special_tokens and self.add_bos_token and self.bos_token_id is not None:
+            ids = [[self.bos_token_id, *x] for x in ids]
+        return ids
+
+    # -- saving ---------------------------------------------------------------------------------
+
+    def _save_extra(self, directory: Path, prefix: str) -> list[str]:
+        path = directory / f"{prefix}{VOCAB_FILES_NAMES['tokenizer_file']}"
+        # built afresh: add_bos_token may have changed since the cached engine was made. The
+        # layout is what tokenizers' Tokenizer.save writes (and transformers saves).
+        atomic_write_text(path, self._build_backend(self.add_prefix_space).to_str(pretty=True))
+        return [str(path)]
