@@ -6,7 +6,7 @@ transformers' TF models save with Keras 2's ``save_weights`` (HDF5): the root at
 variable names whose first scope is the Keras model name, and each variable is a dataset at
 ``<layer>/<weight name>``:
 
-    layer "transformer", weight "tfgp_t2lm_head_model/transformer/h_._0/attn/c_attn/weight:0"
+    layer "transformer", weight "tfgpt2lm_head_model/transformer/h_._0/attn/c_attn/weight:0"
 
 Mapping to canonical names (transformers' own ``convert_tf_weight_name_to_pt_weight_name``):
 drop ``:0`` and the model scope, ``h_._0`` -> ``h.0``, leaves ``embeddings`` / ``gamma`` ->
@@ -34,12 +34,12 @@ logger = logging.getLogger(__name__)
 
 #: Keras' automatic name of each transformers TF class (the first scope of every variable).
 MODEL_SCOPES = {
-    "base": "tfgp_t2model",
-    "lm": "tfgp_t2lm_head_model",
-    "double_heads": "tfgp_t2_double_heads_model",
-    "sequence_classification": "tfgp_t2for_sequence_classification",
-    "token_classification": "tfgp_t2for_token_classification",
-    "question_answering": "tfgp_t2for_question_answering",
+    "base": "tfgpt2_model",
+    "lm": "tfgpt2lm_head_model",
+    "double_heads": "tfgpt2_double_heads_model",
+    "sequence_classification": "tfgpt2_for_sequence_classification",
+    "token_classification": "tfgpt2_for_token_classification",
+    "question_answering": "tfgpt2_for_question_answering",
 }
 _TOP_LAYERS = ("transformer", "score", "multiple_choice_head", "classifier", "qa_outputs", "lm_head")
 _LEAF_TO_CANON = {"embeddings": "weight", "gamma": "weight", "beta": "bias", "kernel": "weight",
@@ -65,7 +65,7 @@ def _attr_list(group: h5py.Group, name: str) -> list[str] | None:
 
 
 def tf_name_to_canonical(name: str) -> tuple[str, bool]:
-    """``tfgp_t2lm_head_model/transformer/h_._0/ln_1/gamma:0`` -> (canonical key, transpose?)."""
+    """``tfgpt2lm_head_model/transformer/h_._0/ln_1/gamma:0`` -> (canonical key, transpose?)."""
     parts = [p for p in re.sub(r":\d+$", "", name).split("/") if p]
     if len(parts) > 1 and parts[0] not in _TOP_LAYERS:
         parts = parts[1:]  # the Keras model scope

@@ -48,17 +48,17 @@ def test_tf_h5_layout_matches_transformers(tmp_path):
     with h5py.File(tmp_path / "tf_model.h5") as f:
         assert strs(f.attrs["layer_names"]) == ["transformer", "score"]
         names = strs(f["transformer"].attrs["weight_names"])
-        assert "tfgp_t2for_sequence_classification/transformer/h_._0/attn/c_attn/weight:0" in names
-        assert "tfgp_t2for_sequence_classification/transformer/wte/embeddings:0" in names
-        assert "tfgp_t2for_sequence_classification/transformer/ln_f/gamma:0" in names
-        bias = f["transformer"]["tfgp_t2for_sequence_classification/transformer/h_._1/mlp/c_fc/bias:0"]
+        assert "tfgpt2_for_sequence_classification/transformer/h_._0/attn/c_attn/weight:0" in names
+        assert "tfgpt2_for_sequence_classification/transformer/wte/embeddings:0" in names
+        assert "tfgpt2_for_sequence_classification/transformer/ln_f/gamma:0" in names
+        bias = f["transformer"]["tfgpt2_for_sequence_classification/transformer/h_._1/mlp/c_fc/bias:0"]
         assert bias.shape == (1, 144)  # TFConv1D bias (1, n)
-        kernel = f["score"]["tfgp_t2for_sequence_classification/score/kernel:0"]
+        kernel = f["score"]["tfgpt2_for_sequence_classification/score/kernel:0"]
         assert kernel.shape == (36, 3)  # Dense kernel (in, out)
 
 
 def test_tf_name_mapping():
-    assert tf_h5.tf_name_to_canonical("tfgp_t2lm_head_model/transformer/h_._11/ln_2/beta:0") == (
+    assert tf_h5.tf_name_to_canonical("tfgpt2lm_head_model/transformer/h_._11/ln_2/beta:0") == (
         "transformer.h.11.ln_2.bias", False)
     assert tf_h5.tf_name_to_canonical("m/transformer/wte/weight:0") == ("transformer.wte.weight", False)
     assert tf_h5.tf_name_to_canonical("m/multiple_choice_head/summary/kernel:0") == (
@@ -127,3 +127,27 @@ def test_reads_transformers_files(name):
         if src_key not in source:
             continue  # a head weight the fixture case drew separately
         np.testing.assert_array_equal(v, source[src_key], err_msg=f"{name}: {k}")
+
+
+@pytest.mark.parametrize("name", [n for n in _format_dirs() if n not in ("base_only", "flax_base",
+                                                                         "tf_base", "tf_double", "tf_seqcls")])
+def test_transformers_files_give_transformers_logits(name):
+    """End to end: weights read from each transformers file, run by the numpy reference, give
+    the logits transformers computed in that file's own framework."""
+    from safetensors.numpy import load_file
+
+    from gpt2_core import reference
+
+    d = FORMATS_DIR / name
+    cfg, sd, _ = checkpoint.load_pretrained(d, "lm")
+    g = load_file(str(d / "expected_logits.safetensors"))
+    for scenario in ("nomask", "left_pad"):
+        ids = g["inputs/input_ids"] if scenario == "nomask" else g["inputs/left_pad/input_ids"]
+        mask = g.get(f"inputs/{scenario}/attention_mask")
+        pos = g.get(f"inputs/{scenario}/position_ids")
+        got = reference.lm_logits(sd, cfg, ids, attention_mask=mask, position_ids=pos)
+        # transformers' Flax ignores scale_attn_weights=False; for that file the fixture keeps
+        # transformers' PyTorch eager logits (the reference semantics) as pt_eager/*
+        want = g.get(f"pt_eager/{scenario}/logits", g[f"outputs/{scenario}/logits"])
+        real = np.ones(ids.shape, bool) if mask is None else mask.astype(bool)
+        np.testing.assert_allclose(got[real], want[real], rtol=1e-4, atol=1e-4, err_msg=name)
