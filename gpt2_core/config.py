@@ -386,6 +386,11 @@ class GPT2Config:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, GPT2Config) and self.to_dict() == other.to_dict()
 
+    def __hash__(self) -> int:
+        # consistent with __eq__ (jit caches hash static attributes such as the config); do
+        # not mutate a config while it is a key somewhere
+        return hash(self.to_json_string())
+
     def __repr__(self) -> str:
         diff = {k: getattr(self, k) for k, v in _DEFAULTS.items() if getattr(self, k) != v}
         inner = ", ".join(f"{k}={v!r}" for k, v in diff.items())

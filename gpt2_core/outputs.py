@@ -23,6 +23,11 @@ class ModelOutput(OrderedDict):
     FIELDS: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if len(args) == 1 and not kwargs and (
+                isinstance(args[0], dict) or _is_pairs(args[0])):
+            # dict-style construction (what tf.function / pytree rebuilds call): type(out)(pairs)
+            kwargs = dict(args[0])
+            args = ()
         if args:
             if len(args) > len(self.FIELDS):
                 raise TypeError(f"{type(self).__name__} takes at most {len(self.FIELDS)} positional fields")
@@ -66,6 +71,12 @@ class ModelOutput(OrderedDict):
 
     def __reduce__(self):
         return (type(self), (), None, None, iter(self.items()))
+
+
+def _is_pairs(x: Any) -> bool:
+    """A list/tuple of (str, value) pairs, as ``dict(...)`` accepts."""
+    return isinstance(x, list | tuple) and bool(x) and all(
+        isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in x)
 
 
 def _output(name: str, fields: tuple[str, ...], doc: str) -> type[ModelOutput]:

@@ -189,3 +189,9 @@ def test_transformers_config_round_trip(name, tmp_path):
 
 def test_transformers_fixture_present():
     assert _hf_configs(), f"missing transformers-written configs under {FIXTURES}"
+
+
+def test_hash_consistent_with_eq():
+    a, b = GPT2Config(n_embd=48, n_head=4), GPT2Config(n_embd=48, n_head=4)
+    assert a == b and hash(a) == hash(b) and len({a, b}) == 1
+    assert hash(a) != hash(GPT2Config(n_embd=48, n_head=6))

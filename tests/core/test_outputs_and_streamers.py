@@ -60,3 +60,11 @@ def test_text_iterator_streamer_in_a_thread():
 
     threading.Thread(target=produce).start()
     assert "".join(s) == "a a "
+
+
+def test_output_rebuilds_from_pairs_like_a_dict():
+    out = CausalLMOutputWithCrossAttentions(loss=1, logits=2)
+    again = type(out)(list(out.items()))
+    assert again == out and again.to_tuple() == (1, 2)
+    assert type(out)(dict(out)) == out
+    assert CausalLMOutputWithCrossAttentions(3).loss == 3  # positional still means fields

@@ -1,0 +1,154 @@
+"""Greedy decode and prefill speed of gpt2_flax vs transformers 4.57.6's jitted FlaxGPT2LMHeadModel.
+
+GPT-2 small shapes with random weights (no download), batch 1, float32: a 16-token prompt and 64
+new greedy tokens, and a 256-token prefill (one jitted forward). The transformers side runs in a
+subprocess with /work/hfvenv/bin/python (or $HF_PYTHON) when that venv has transformers' Flax
+classes; both sides run in the same invocation so the ratio is meaningful on a shared machine.
+
+Usage:
+    python benchmarks/bench_flax_generate.py            # full run (report for the lead)
+    python benchmarks/bench_flax_generate.py --quick    # tiny smoke run (small model, few reps)
+
+The report prints tokens/s, the ratio to transformers, first-call compile times and the
+fraction of the memory-bandwidth bound (--bound-tok-s, ~70 tok/s for fp32 GPT-2 small here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HF_PYTHON = os.environ.get("HF_PYTHON", "/work/hfvenv/bin/python")
+
+
+def shapes(quick: bool) -> dict:
+    if quick:
+        return dict(n_layer=2, n_embd=128, n_head=4, vocab_size=1000, n_positions=512,
+                    bos_token_id=0, eos_token_id=0)
+    return dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024)
+
+
+def bench_ours(cfg_kwargs: dict, prompt: int, new: int, prefill: int, reps: int) -> dict:
+    sys.path.insert(0, str(ROOT))
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from gpt2_core.config import GPT2Config
+    from gpt2_flax import GPT2LMHeadModel
+
+    cfg = GPT2Config(**cfg_kwargs, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = GPT2LMHeadModel(cfg, rngs=nnx.Rngs(0))
+    model.eval()
+    ids = jnp.asarray((jnp.arange(prompt)[None] * 7919) % cfg.vocab_size, jnp.int32)
+
+    def gen():
+        return model.generate(ids, max_new_tokens=new, eos_token_id=None).block_until_ready()
+
+    t = time.perf_counter()
+    gen()
+    first = time.perf_counter() - t
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        gen()
+        times.append(time.perf_counter() - t)
+    best = min(times)
+
+    long_ids = jnp.asarray((jnp.arange(prefill)[None] * 31) % cfg.vocab_size, jnp.int32)
+    graphdef, state = nnx.split(model)  # functional forward, as transformers' jax.jit(params)
+    fwd = jax.jit(lambda s, x: nnx.merge(graphdef, s)(input_ids=x, use_cache=False).logits)
+    t = time.perf_counter()
+    fwd(state, long_ids).block_until_ready()
+    fwd_compile = time.perf_counter() - t
+    ftimes = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fwd(state, long_ids).block_until_ready()
+        ftimes.append(time.perf_counter() - t)
+    return dict(tok_s=new / best, gen_s=best, first_call_s=first, compile_s=first - best,
+                prefill_s=min(ftimes), prefill_compile_s=fwd_compile, jax=jax.__version__)
+
+
+HF_SCRIPT = textwrap.dedent("""
+    import json, sys, time
+    import jax, jax.numpy as jnp
+    from transformers import GPT2Config, FlaxGPT2LMHeadModel
+    args = json.loads(sys.argv[1])
+    cfg = GPT2Config(**args["cfg"], resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = FlaxGPT2LMHeadModel(cfg, seed=0)
+    P, N, L, reps = args["prompt"], args["new"], args["prefill"], args["reps"]
+    ids = (jnp.arange(P)[None] * 7919) % cfg.vocab_size
+    gen = jax.jit(lambda p, x: model.generate(x, params=p, max_new_tokens=N, do_sample=False,
+                                              pad_token_id=0, eos_token_id=None).sequences)
+    t = time.perf_counter(); gen(model.params, ids).block_until_ready(); first = time.perf_counter() - t
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter(); gen(model.params, ids).block_until_ready()
+        times.append(time.perf_counter() - t)
+    long_ids = (jnp.arange(L)[None] * 31) % cfg.vocab_size
+    fwd = jax.jit(lambda p, x: model(x, params=p).logits)
+    t = time.perf_counter(); fwd(model.params, long_ids).block_until_ready(); fc = time.perf_counter() - t
+    ft = []
+    for _ in range(reps):
+        t = time.perf_counter(); fwd(model.params, long_ids).block_until_ready()
+        ft.append(time.perf_counter() - t)
+    best = min(times)
+    print(json.dumps(dict(tok_s=N / best, gen_s=best, first_call_s=first, compile_s=first - best,
+                          prefill_s=min(ft), prefill_compile_s=fc)))
+""")
+
+
+def bench_hf(cfg_kwargs: dict, prompt: int, new: int, prefill: int, reps: int) -> dict | str:
+    if not Path(HF_PYTHON).exists():
+        return f"skipped: {HF_PYTHON} not found"
+    args = json.dumps(dict(cfg=cfg_kwargs, prompt=prompt, new=new, prefill=prefill, reps=reps))
+    proc = subprocess.run([HF_PYTHON, "-c", HF_SCRIPT, args], capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=3600)
+    if proc.returncode != 0:
+        return "failed: " + proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small model, few repetitions")
+    ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--bound-tok-s", type=float, default=70.0,
+                    help="memory-bandwidth bound of fp32 GPT-2 small decode on this machine")
+    args = ap.parse_args()
+    cfg = shapes(args.quick)
+    prompt, new, prefill = (16, 16, 64) if args.quick else (16, 64, 256)
+    reps = args.reps or (2 if args.quick else 5)
+    ours = bench_ours(cfg, prompt, new, prefill, reps)
+    hf = bench_hf(cfg, prompt, new, prefill, reps)
+
+    print(f"# gpt2_flax generate benchmark ({'quick' if args.quick else 'GPT-2 small'}, fp32, "
+          f"batch 1, prompt {prompt}, {new} new greedy tokens; prefill {prefill})")
+    print(f"cpu cores: {os.cpu_count()}   jax {ours['jax']}")
+    print(f"ours          : {ours['tok_s']:8.1f} tok/s   first call {ours['first_call_s']:.1f} s "
+          f"(compile ~{ours['compile_s']:.1f} s)   prefill {prefill}: {ours['prefill_s'] * 1e3:.1f} ms "
+          f"(compile {ours['prefill_compile_s']:.1f} s)")
+    if isinstance(hf, dict):
+        print(f"transformers  : {hf['tok_s']:8.1f} tok/s   first call {hf['first_call_s']:.1f} s "
+              f"(compile ~{hf['compile_s']:.1f} s)   prefill {prefill}: {hf['prefill_s'] * 1e3:.1f} ms "
+              f"(compile {hf['prefill_compile_s']:.1f} s)")
+        print(f"decode ratio  : {ours['tok_s'] / hf['tok_s']:.2f}x (target >= 2x)")
+        print(f"prefill ratio : {hf['prefill_s'] / ours['prefill_s']:.2f}x "
+              "(transformers time / ours; target >= 1x)")
+    else:
+        print(f"transformers  : {hf}")
+    if not args.quick:
+        print(f"bandwidth     : {ours['tok_s'] / args.bound_tok_s:.0%} of the ~{args.bound_tok_s:.0f} "
+              "tok/s memory-bandwidth bound")
+
+
+if __name__ == "__main__":
+    main()

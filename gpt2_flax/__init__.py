@@ -1,0 +1,47 @@
+"""GPT-2 in JAX / Flax NNX: six models, compiled generation, sharding.
+
+Example:
+    >>> import jax.numpy as jnp
+    >>> from gpt2_flax import GPT2LMHeadModel
+    >>> model = GPT2LMHeadModel.from_pretrained("gpt2")          # any transformers checkpoint
+    >>> model.generate(jnp.array([[464, 2068]]), max_new_tokens=8)
+
+See docs/jax.md for jit, grad, an optax train step, split/merge and sharding.
+"""
+
+from gpt2_flax.generation import GenerationMixin, bucket, trace_count
+from gpt2_flax.modeling import (
+    ACT2FN,
+    GPT2MLP,
+    MODEL_CLASSES,
+    FlaxGPT2DoubleHeadsModel,
+    FlaxGPT2ForQuestionAnswering,
+    FlaxGPT2ForSequenceClassification,
+    FlaxGPT2ForTokenClassification,
+    FlaxGPT2LMHeadModel,
+    FlaxGPT2Model,
+    GPT2Attention,
+    GPT2Block,
+    GPT2DoubleHeadsModel,
+    GPT2ForQuestionAnswering,
+    GPT2ForSequenceClassification,
+    GPT2ForTokenClassification,
+    GPT2LMHeadModel,
+    GPT2Model,
+    GPT2PreTrainedModel,
+    GPT2SequenceSummary,
+    KVCache,
+    checked,
+    cross_entropy,
+)
+from gpt2_flax.sharding import ShardingConfig, shard_batch, shard_model
+
+__all__ = [
+    "ACT2FN", "MODEL_CLASSES", "FlaxGPT2DoubleHeadsModel", "FlaxGPT2ForQuestionAnswering",
+    "FlaxGPT2ForSequenceClassification", "FlaxGPT2ForTokenClassification", "FlaxGPT2LMHeadModel",
+    "FlaxGPT2Model", "GPT2Attention", "GPT2Block", "GPT2DoubleHeadsModel",
+    "GPT2ForQuestionAnswering", "GPT2ForSequenceClassification", "GPT2ForTokenClassification",
+    "GPT2LMHeadModel", "GPT2MLP", "GPT2Model", "GPT2PreTrainedModel", "GPT2SequenceSummary",
+    "GenerationMixin", "KVCache", "ShardingConfig", "bucket", "checked", "cross_entropy",
+    "shard_batch", "shard_model", "trace_count",
+]

@@ -1,0 +1,428 @@
+"""Compiled generation for the Flax GPT-2: one ``jit``-compiled ``lax.while_loop``.
+
+``model.generate(...)`` takes the same arguments and :class:`gpt2_core.GenerationConfig` as the
+other backends (greedy, sampling with temperature / top-k / top-p, beam search with
+transformers 4.57 semantics, repetition penalty, no-repeat n-grams, min/max new tokens, several
+EOS ids, padding, streamers) and runs the whole decode as a single XLA program:
+
+* the prompt is left-padded to a **bucket** length (a power of two >= 16) and the static KV
+  cache (:class:`gpt2_flax.modeling.KVCache`) gets a bucketed length too, so prompts of 17..32
+  tokens share one compiled program (``max_new_tokens`` and ``min_new_tokens`` are traced
+  values, not compile-time constants);
+* extra left padding changes nothing: keys at pad slots are masked and position ids come from
+  the attention mask (``cumsum - 1``, pads set to 1 as transformers 4.x);
+* streaming uses an ordered ``io_callback`` from inside the loop, so tokens reach the streamer
+  while the program runs.
+
+The compiled function is ``jax.jit``'s cache keyed by (graphdef, options, bucket shapes);
+:func:`trace_count` reports how many times it was traced (tests use it to prove that two prompt
+lengths in one bucket compile once).
+
+Shape legend: B batch, K candidates kept per step, R rows (B, or B * num_beams), Tu user prompt
+length, Tb bucketed prompt length, M cache length, V vocab.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+import logging
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.experimental import io_callback
+
+from gpt2_core.generation_config import GenerationConfig
+
+logger = logging.getLogger(__name__)
+
+_TRACES: collections.Counter = collections.Counter()
+_STREAMERS: dict[int, Any] = {}
+_STREAM_IDS = itertools.count(1)
+MIN_BUCKET = 16
+
+
+def trace_count(mode: str | None = None) -> int:
+    """How many times the generation program was traced (all modes, or one of
+    ``"greedy"``, ``"sample"``, ``"beam"``)."""
+    return sum(_TRACES.values()) if mode is None else _TRACES[mode]
+
+
+def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
+    """The next power of two >= max(n, minimum): the compiled shapes are drawn from these."""
+    return max(minimum, 1 << max(0, int(n) - 1).bit_length())
+
+
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    """Everything that shapes the compiled program (a static, hashable jit argument)."""
+
+    mode: str  # "greedy" | "sample" | "beam"
+    cache_len: int
+    vocab_size: int
+    n_eos: int = 0
+    use_temperature: bool = False
+    top_k: int = 0  # static: lax.top_k needs a static k
+    use_top_p: bool = False
+    use_repetition_penalty: bool = False
+    no_repeat_ngram_size: int = 0
+    num_beams: int = 1
+    num_return_sequences: int = 1
+    early_stopping: bool | str = False
+    positive_length_penalty: bool = True  # picks the "never" early-stop heuristic
+    stream: bool = False
+
+
+def _params(gen: GenerationConfig, eos: tuple[int, ...], pad: int) -> dict[str, jax.Array]:
+    """The numeric settings passed as traced values: changing them does not recompile."""
+    return dict(eos=jnp.asarray(eos if eos else (-1,), jnp.int32), pad=jnp.int32(pad),
+                temperature=jnp.float32(gen.temperature), top_p=jnp.float32(gen.top_p),
+                repetition_penalty=jnp.float32(gen.repetition_penalty),
+                length_penalty=jnp.float32(gen.length_penalty))
+
+
+# ---------------------------------------------------------------------------- logits processors
+def _process(scores: jax.Array, buf: jax.Array, valid: jax.Array, cur: jax.Array,
+             step: jax.Array, min_new: jax.Array, opts: _Options, params: dict) -> jax.Array:
+    """transformers' processors, in its order: repetition penalty, no-repeat n-gram, min length.
+
+    ``scores`` (R, V) float32; ``buf`` (R, M) tokens; ``valid`` (R, M) marks the slots that are
+    part of the sequence (the user's prompt, pads included as transformers does, and the
+    generated tokens; not our bucket padding); ``cur`` = filled slots.
+    """
+    R, V = scores.shape
+    rows = jnp.arange(R)[:, None]
+    if opts.use_repetition_penalty:
+        p = params["repetition_penalty"]
+        seen = jnp.zeros((R, V), bool).at[rows, jnp.where(valid, buf, V)].set(True, mode="drop")
+        scores = jnp.where(seen, jnp.where(scores < 0, scores * p, scores / p), scores)
+    n = opts.no_repeat_ngram_size
+    if n > 0:
+        M = buf.shape[1]
+        W = M - n + 1  # candidate n-gram starts
+        if W > 0:
+            # the last n-1 tokens (slots cur-n+1 .. cur-1) must all be real
+            starts = cur - (n - 1)
+            last = jax.lax.dynamic_slice_in_dim(buf, jnp.maximum(starts, 0), n - 1, axis=1)
+            last_ok = jax.lax.dynamic_slice_in_dim(valid, jnp.maximum(starts, 0), n - 1, axis=1)
+            match = jnp.all(last_ok, axis=1, keepdims=True) & (starts >= 0)  # (R, 1)
+            for k in range(n - 1):  # n-gram at s: buf[s : s+n-1] == last, token buf[s+n-1] banned
+                match = match & (buf[:, k:k + W] == last[:, k:k + 1]) & valid[:, k:k + W]
+            match = match & valid[:, n - 1:] & (jnp.arange(W)[None, :] + n - 1 < cur)
+            banned_tok = jnp.where(match, buf[:, n - 1:], V)
+            banned = jnp.zeros((R, V), bool).at[rows, banned_tok].set(True, mode="drop")
+            scores = jnp.where(banned, -jnp.inf, scores)
+    if opts.n_eos:
+        is_eos = jnp.zeros((V,), bool).at[params["eos"]].set(True)
+        scores = jnp.where(is_eos[None, :] & (step < min_new), -jnp.inf, scores)
+    return scores
+
+
+def _warp(scores: jax.Array, opts: _Options, params: dict) -> jax.Array:
+    """Sampling warpers in transformers' order: temperature, top-k, top-p."""
+    if opts.use_temperature:
+        scores = scores / params["temperature"]
+    V = scores.shape[-1]
+    if opts.top_k > 0:
+        kth = jax.lax.top_k(scores, min(opts.top_k, V))[0][:, -1:]
+        scores = jnp.where(scores < kth, -jnp.inf, scores)
+    if opts.use_top_p:
+        order = jnp.argsort(scores, axis=-1)  # ascending, as transformers
+        sorted_scores = jnp.take_along_axis(scores, order, axis=-1)
+        cum = jnp.cumsum(jax.nn.softmax(sorted_scores, axis=-1), axis=-1)
+        remove_sorted = cum <= (1 - params["top_p"])
+        remove_sorted = remove_sorted.at[:, -1:].set(False)  # keep at least one token
+        rows = jnp.arange(scores.shape[0])[:, None]
+        remove = jnp.zeros_like(remove_sorted).at[rows, order].set(remove_sorted)
+        scores = jnp.where(remove, -jnp.inf, scores)
+    return scores
+
+
+# ---------------------------------------------------------------------------- streaming
+def _stream_put(stream_id, tokens) -> None:
+    streamer = _STREAMERS.get(int(stream_id))
+    if streamer is not None:
+        streamer.put(np.asarray(tokens))
+
+
+# ---------------------------------------------------------------------------- the program
+def _generate_program(graphdef, opts: _Options, state, ids, mask, offset, max_new, min_new,
+                      key, stream_id, params):
+    """ids/mask (B, Tb) left-padded; ``offset`` = Tb - Tu (first slot of the user's prompt)."""
+    _TRACES[opts.mode] += 1
+    model = nnx.merge(graphdef, state)
+    config = model.config
+    B, Tb = ids.shape
+    M, V = opts.cache_len, opts.vocab_size
+    nb = opts.num_beams
+    R = B * nb
+    pad, eos = params["pad"], params["eos"]
+
+    full_mask = jnp.concatenate([mask, jnp.ones((B, M - Tb), mask.dtype)], axis=1)  # (B, M)
+    prompt_pos = jnp.where(mask != 0, jnp.cumsum(mask, axis=1) - 1, 1)  # (B, Tb)
+    next_pos = jnp.sum(mask, axis=1).astype(jnp.int32)  # (B,) position of the first new token
+
+    from gpt2_flax.modeling import KVCache  # modeling imports this module
+
+    cache = KVCache.init(config, B, M, model.transformer.dtype)
+    out = model(ids, past_key_values=cache, attention_mask=full_mask, position_ids=prompt_pos,
+                use_cache=True, logits_to_keep=1, deterministic=True)
+    logits, cache = out.logits[:, -1, :].astype(jnp.float32), out.past_key_values  # (B, V)
+
+    buf = jnp.full((B, M), pad, jnp.int32).at[:, :Tb].set(ids.astype(jnp.int32))
+    slots = jnp.arange(M)[None, :]
+
+    def forward(tokens, cache, pos, row_mask):
+        out = model(tokens[:, None], past_key_values=cache, attention_mask=row_mask,
+                    position_ids=pos[:, None], use_cache=True, deterministic=True)
+        return out.logits[:, -1, :].astype(jnp.float32), out.past_key_values
+
+    if opts.mode != "beam":
+        def select(logits, step, buf, unfinished):
+            valid = (slots >= offset) & (slots < Tb + step)
+            scores = _process(logits, buf, valid, Tb + step, step, min_new, opts, params)
+            if opts.mode == "sample":
+                scores = _warp(scores, opts, params)
+                tok = jax.random.categorical(jax.random.fold_in(key, step), scores)
+            else:
+                tok = jnp.argmax(scores, axis=-1)
+            tok = tok.astype(jnp.int32)
+            if opts.n_eos:
+                tok = jnp.where(unfinished, tok, pad)  # finished rows get pad
+                unfinished = unfinished & ~jnp.isin(tok, eos)
+            buf = jax.lax.dynamic_update_slice(buf, tok[:, None], (0, Tb + step))
+            if opts.stream:
+                io_callback(_stream_put, None, stream_id, tok, ordered=True)
+            return tok, buf, unfinished
+
+        tok, buf, unfinished = select(logits, jnp.int32(0), buf, jnp.ones((B,), bool))
+
+        def cond(c):
+            step, _, unfinished, *_ = c
+            return (step < max_new) & jnp.any(unfinished)
+
+        def body(c):
+            step, buf, unfinished, tok, cache, pos = c
+            logits, cache = forward(tok, cache, pos, full_mask)
+            tok, buf, unfinished = select(logits, step, buf, unfinished)
+            return step + 1, buf, unfinished, tok, cache, pos + 1
+
+        c = (jnp.int32(1), buf, unfinished, tok, cache, next_pos)
+        c = jax.lax.while_loop(cond, body, c)
+        return c[1], c[0]
+
+    # ---- beam search (transformers 4.57 `_beam_search`, vectorised)
+    K = max(2, 1 + opts.n_eos) * nb  # candidates kept per step
+    lp, es = params["length_penalty"], opts.early_stopping
+    rows_of = jnp.repeat(jnp.arange(B), nb)  # (R,) beam row -> prompt row
+    cache = cache.reorder(rows_of)
+    logits = logits[rows_of]
+    beam_mask = full_mask[rows_of]
+    # transformers fills beam buffers with `pad_token_id or eos_token_id[0]` (so with pad id 0,
+    # the first EOS id) and finished hypotheses keep that filler after their last token
+    fill = jnp.where(pad != 0, pad, eos[0]) if opts.n_eos else jnp.int32(-1)
+    buf = jnp.where(slots >= Tb, fill.astype(jnp.int32), buf)
+    run_seqs = jnp.broadcast_to(buf[:, None, :], (B, nb, M))
+    run_scores = jnp.zeros((B, nb), jnp.float32).at[:, 1:].set(-1e9)
+    init = dict(
+        run_seqs=run_seqs, run_scores=run_scores,
+        fin_seqs=run_seqs, fin_scores=jnp.full((B, nb), -1e9, jnp.float32),
+        fin_len=jnp.zeros((B, nb), jnp.int32), is_fin=jnp.zeros((B, nb), bool),
+        heur=jnp.ones((B, 1), bool), all_hit=jnp.zeros((), bool))
+    top_mask = jnp.arange(K) < nb
+
+    def take(x, idx):  # gather along the beam axis; idx (B, k)
+        return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
+
+    def beam_select(logits, step, c):
+        valid = (slots >= offset) & (slots < Tb + step)
+        scores = jax.nn.log_softmax(logits, axis=-1)
+        scores = _process(scores, c["run_seqs"].reshape(R, M), valid, Tb + step, step, min_new,
+                          opts, params)
+        scores = scores.reshape(B, nb, V) + c["run_scores"][:, :, None]
+        topk_lp, topk_idx = jax.lax.top_k(scores.reshape(B, nb * V), K)  # (B, K)
+        src, tok = topk_idx // V, (topk_idx % V).astype(jnp.int32)
+        topk_seqs = take(c["run_seqs"], src)  # (B, K, M)
+        topk_seqs = jax.lax.dynamic_update_slice(topk_seqs, tok[:, :, None], (0, 0, Tb + step))
+        hits = jnp.isin(tok, eos) | (step + 1 >= max_new)  # (B, K)
+        # running beams for the next step: the best nb candidates that did not stop
+        run_lp = topk_lp + hits.astype(jnp.float32) * -1.0e9
+        nxt = jax.lax.top_k(run_lp, nb)[1]
+        new = dict(run_seqs=take(topk_seqs, nxt), run_scores=take(run_lp, nxt))
+        # finished hypotheses: merge the candidates that just stopped among the top nb
+        just = hits & top_mask[None, :]
+        fin_lp = topk_lp / ((step + 1).astype(jnp.float32) ** lp)
+        full = jnp.all(c["is_fin"], axis=-1, keepdims=True) & (es is True)
+        fin_lp = fin_lp + full.astype(jnp.float32) * -1.0e9
+        fin_lp = fin_lp + (~c["heur"]).astype(jnp.float32) * -1.0e9
+        fin_lp = fin_lp + (~just).astype(jnp.float32) * -1.0e9
+        m_scores = jnp.concatenate([c["fin_scores"], fin_lp], axis=1)
+        best = jax.lax.top_k(m_scores, nb)[1]
+        new["fin_seqs"] = take(jnp.concatenate([c["fin_seqs"], topk_seqs], axis=1), best)
+        new["fin_scores"] = take(m_scores, best)
+        new["fin_len"] = take(jnp.concatenate(
+            [c["fin_len"], jnp.full((B, K), step + 1, jnp.int32)], axis=1), best)
+        new["is_fin"] = take(jnp.concatenate([c["is_fin"], just], axis=1), best)
+        # can the running beams still beat the worst finished one?
+        if es == "never" and opts.positive_length_penalty:
+            best_len = max_new.astype(jnp.float32)
+        else:
+            best_len = (step + 1).astype(jnp.float32)
+        best_running = new["run_scores"][:, :1] / best_len ** lp
+        worst = jnp.where(new["is_fin"], jnp.min(new["fin_scores"], axis=1, keepdims=True), -1.0e9)
+        new["heur"] = c["heur"] & jnp.any(best_running > worst, axis=-1, keepdims=True)
+        new["all_hit"] = jnp.all(hits)
+        flat_src = (jnp.arange(B)[:, None] * nb + take(src, nxt)).reshape(R)
+        return new, flat_src, take(tok, nxt).reshape(R)
+
+    def keep_going(c, step):
+        open_beam = ~(jnp.all(c["is_fin"]) & (es is True))
+        return (step < max_new) & jnp.any(c["heur"]) & open_beam & ~c["all_hit"]
+
+    c, src, tok = beam_select(logits, jnp.int32(0), init)
+    cache = cache.reorder(src)
+    pos = next_pos[rows_of]
+
+    def cond(carry):
+        step, c, *_ = carry
+        return keep_going(c, step)
+
+    def body(carry):
+        step, c, tok, cache, pos = carry
+        logits, cache = forward(tok, cache, pos, beam_mask)
+        c, src, tok = beam_select(logits, step, c)
+        return step + 1, c, tok, cache.reorder(src), pos + 1
+
+    _, c, *_ = jax.lax.while_loop(cond, body, (jnp.int32(1), c, tok, cache, pos))
+    nr = opts.num_return_sequences
+    seqs = c["fin_seqs"][:, :nr].reshape(B * nr, M)
+    return seqs, jnp.max(c["fin_len"][:, :nr])
+
+
+_program = jax.jit(_generate_program, static_argnums=(0, 1))
+
+
+# ---------------------------------------------------------------------------- public API
+def _prepare_ids(input_ids: Any, gen: GenerationConfig, vocab_size: int) -> np.ndarray:
+    if input_ids is None:
+        if gen.bos_token_id is None:
+            raise ValueError("generate() needs input_ids or a bos_token_id to start from")
+        return np.full((1, 1), gen.bos_token_id, np.int32)
+    ids = np.asarray(input_ids)
+    if not np.issubdtype(ids.dtype, np.integer) or ids.dtype == np.bool_:
+        raise TypeError(f"input_ids must hold integers, got dtype {ids.dtype}")
+    if ids.ndim == 1:
+        ids = ids[None, :]
+    if ids.ndim != 2 or ids.shape[1] == 0:
+        raise ValueError(f"input_ids must have shape (batch, seq_len >= 1), got {ids.shape}")
+    if ids.min() < 0 or ids.max() >= vocab_size:
+        bad = ids.min() if ids.min() < 0 else ids.max()
+        raise ValueError(f"input_ids contains {bad}, outside [0, {vocab_size}) "
+                         f"(vocab_size={vocab_size})")
+    return ids.astype(np.int32)
+
+
+class GenerationMixin:
+    """``generate`` for :class:`gpt2_flax.GPT2LMHeadModel` (see the module docstring)."""
+
+    def generate(self, input_ids: Any = None, attention_mask: Any = None,
+                 generation_config: GenerationConfig | None = None, *,
+                 prng_key: jax.Array | None = None, streamer: Any = None,
+                 **kwargs: Any) -> jax.Array:
+        """Generate continuations; returns token ids (B * num_return_sequences, Tu + new).
+
+        Args:
+            input_ids: (B, Tu) or (Tu,) prompt ids; batches must be **left**-padded.
+            attention_mask: (B, Tu), 0 at pads. If None it is inferred as transformers does
+                (``ids != pad`` when the pad id occurs and differs from EOS, else all ones).
+            generation_config: a :class:`gpt2_core.GenerationConfig` (default: from the model
+                config); ``**kwargs`` override its fields (``max_new_tokens=20, num_beams=4``).
+            prng_key: ``jax.random`` key for sampling (default: from ``seed``, else 0).
+            streamer: gets ``put(prompt)``, ``put(token)`` per step from inside the compiled
+                loop, then ``end()``; batch size 1, no beam search (as transformers).
+
+        The model runs in inference mode (dropout off) whatever its train/eval state.
+
+        Example:
+            >>> out = model.generate(jnp.array([[464, 2068]]), max_new_tokens=8)
+            >>> out = model.generate(ids, attention_mask=mask, num_beams=4, length_penalty=0.8)
+            >>> out = model.generate(ids, do_sample=True, top_p=0.9, prng_key=jax.random.key(1))
+        """
+        config = self.config
+        gen = GenerationConfig.resolve(generation_config, config, **kwargs)
+        gen.validate_for_model(config.vocab_size)
+        ids = _prepare_ids(input_ids, gen, config.vocab_size)
+        B, Tu = ids.shape
+        eos = tuple(gen.eos_token_ids)
+        pad = gen.effective_pad_token_id
+        if attention_mask is None:
+            infer = gen.pad_token_id is not None and gen.pad_token_id not in eos
+            mask = (ids != gen.pad_token_id) if infer and (ids == gen.pad_token_id).any() \
+                else np.ones_like(ids)
+        else:
+            mask = np.asarray(attention_mask)
+            if mask.shape != ids.shape:
+                raise ValueError(f"attention_mask shape {mask.shape} != input_ids shape {ids.shape}")
+        mask = (mask != 0).astype(np.int32)
+        if B > 1 and (mask[:, -1] == 0).any():
+            logger.warning("A decoder-only architecture is being used, but right-padding was "
+                           "detected! For correct generation results, use left padding.")
+        max_new = gen.max_new_tokens_for(Tu, config.n_positions)
+        if max_new == 0:
+            return jnp.asarray(ids)
+        min_new = gen.min_new_tokens_for(Tu)
+        if gen.num_beams > 1:
+            mode = "beam"
+        else:
+            mode = "sample" if gen.do_sample else "greedy"
+        if streamer is not None and (mode == "beam" or B > 1):
+            raise ValueError("streamer supports batch size 1 without beam search "
+                             "(num_beams=1), as transformers")
+
+        # bucket the shapes: left-pad the prompt to Tb, the cache to M
+        Tb = bucket(Tu)
+        M = bucket(Tb + max_new)
+        ids_b = np.full((B, Tb), pad, np.int32)
+        ids_b[:, Tb - Tu:] = ids
+        mask_b = np.zeros((B, Tb), np.int32)
+        mask_b[:, Tb - Tu:] = mask
+        sample = mode == "sample"
+        opts = _Options(
+            mode=mode, cache_len=M, vocab_size=config.vocab_size, n_eos=len(eos),
+            use_temperature=sample and gen.temperature != 1.0,
+            top_k=int(gen.top_k) if sample else 0,
+            use_top_p=sample and gen.top_p < 1.0,
+            use_repetition_penalty=gen.repetition_penalty != 1.0,
+            no_repeat_ngram_size=int(gen.no_repeat_ngram_size),
+            num_beams=gen.num_beams, num_return_sequences=gen.num_return_sequences,
+            early_stopping=gen.early_stopping if mode == "beam" else False,
+            positive_length_penalty=gen.length_penalty > 0, stream=streamer is not None)
+        if mode == "sample" and gen.num_return_sequences > 1:
+            ids_b = np.repeat(ids_b, gen.num_return_sequences, axis=0)
+            mask_b = np.repeat(mask_b, gen.num_return_sequences, axis=0)
+            ids = np.repeat(ids, gen.num_return_sequences, axis=0)
+        if prng_key is None:
+            prng_key = jax.random.key(gen.seed if gen.seed is not None else 0)
+
+        stream_id = 0
+        if streamer is not None:
+            stream_id = next(_STREAM_IDS)
+            _STREAMERS[stream_id] = streamer
+            streamer.put(ids)
+        graphdef, state = nnx.split(self)
+        try:
+            seqs, n_new = _program(graphdef, opts, state, jnp.asarray(ids_b), jnp.asarray(mask_b),
+                                   jnp.int32(Tb - Tu), jnp.int32(max_new), jnp.int32(min_new),
+                                   prng_key, jnp.int32(stream_id), _params(gen, eos, pad))
+            n_new = int(n_new)  # waits for the program (and its callbacks) to finish
+        finally:
+            if streamer is not None:
+                jax.effects_barrier()
+                _STREAMERS.pop(stream_id, None)
+        if streamer is not None:
+            streamer.end()
+        return seqs[:, Tb - Tu:Tb + n_new]

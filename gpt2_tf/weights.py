@@ -1,0 +1,158 @@
+"""Keras variables <-> the canonical numpy state dict.
+
+The Keras layers carry the canonical names (``h_0`` for ``h.0``, LayerNorm ``gamma``/``beta``
+for ``weight``/``bias``, Embedding ``embeddings`` for ``weight``), so the mapping is a walk over
+attributes plus one declared transpose rule: the Linear heads (``lm_head``, ``score``,
+``classifier``, ``qa_outputs``, ``multiple_choice_head.summary``) are Keras ``Dense`` layers
+whose ``kernel`` is (in, out), the transpose of the canonical nn.Linear (out, in). GPT-2's
+Conv1D weights are (in, out) in both. Key sets and shapes are asserted both ways.
+
+Example:
+    >>> from gpt2_core.init import random_state_dict, tiny_config
+    >>> from gpt2_tf import GPT2LMHeadModel
+    >>> cfg = tiny_config()
+    >>> model = GPT2LMHeadModel(cfg)
+    >>> report = load_canonical(model, random_state_dict(cfg, "lm", std=0.3))
+    >>> to_canonical(model)["transformer.h.0.attn.c_attn.weight"].shape
+    (36, 108)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import tensorflow as tf
+
+from gpt2_core import naming
+
+if TYPE_CHECKING:
+    from gpt2_tf.modeling import GPT2PreTrainedModel
+
+#: canonical leaf modules whose weight is a Keras Dense kernel, stored transposed
+TRANSPOSED = naming.LINEAR_HEAD_WEIGHTS
+
+
+def _block_vars(block, prefix: str) -> dict[str, Any]:
+    out = {}
+
+    def conv(name, layer):
+        out[f"{prefix}{name}.weight"] = layer.weight
+        out[f"{prefix}{name}.bias"] = layer.bias
+
+    def ln(name, layer):
+        out[f"{prefix}{name}.weight"] = layer.gamma
+        out[f"{prefix}{name}.bias"] = layer.beta
+
+    ln("ln_1", block.ln_1)
+    conv("attn.c_attn", block.attn.c_attn)
+    conv("attn.c_proj", block.attn.c_proj)
+    if block.add_cross_attention:
+        conv("crossattention.c_attn", block.crossattention.c_attn)
+        conv("crossattention.q_attn", block.crossattention.q_attn)
+        conv("crossattention.c_proj", block.crossattention.c_proj)
+        ln("ln_cross_attn", block.ln_cross_attn)
+    ln("ln_2", block.ln_2)
+    conv("mlp.c_fc", block.mlp.c_fc)
+    conv("mlp.c_proj", block.mlp.c_proj)
+    return out
+
+
+def variable_map(model: GPT2PreTrainedModel) -> dict[str, Any]:
+    """canonical key -> Keras variable (tied keys left out). Dense kernels are in ``TRANSPOSED``."""
+    head = model.head
+    base = model if head == "base" else model.transformer
+    p = "" if head == "base" else naming.PREFIX
+    out: dict[str, Any] = {f"{p}wte.weight": base.wte.embeddings,
+                           f"{p}wpe.weight": base.wpe.embeddings}
+    for i, block in enumerate(base.h):
+        out.update(_block_vars(block, f"{p}h.{i}."))
+    out[f"{p}ln_f.weight"] = base.ln_f.gamma
+    out[f"{p}ln_f.bias"] = base.ln_f.beta
+    if head in ("lm", "double_heads") and model.lm_head is not None:
+        out["lm_head.weight"] = model.lm_head.kernel
+    if head == "double_heads" and model.multiple_choice_head.summary is not None:
+        out["multiple_choice_head.summary.weight"] = model.multiple_choice_head.summary.kernel
+        out["multiple_choice_head.summary.bias"] = model.multiple_choice_head.summary.bias
+    if head == "sequence_classification":
+        out["score.weight"] = model.score.kernel
+    if head == "token_classification":
+        out["classifier.weight"] = model.classifier.kernel
+        out["classifier.bias"] = model.classifier.bias
+    if head == "question_answering":
+        out["qa_outputs.weight"] = model.qa_outputs.kernel
+        out["qa_outputs.bias"] = model.qa_outputs.bias
+    return out
+
+
+def _check_key_set(model: GPT2PreTrainedModel, vmap: Mapping[str, Any]) -> None:
+    expected = set(naming.expected_shapes(model.config, model.head))
+    expected -= set(naming.tied_keys(model.config, model.head))
+    if set(vmap) != expected:
+        raise AssertionError(
+            f"{type(model).__name__}: variable map and canonical schema differ: "
+            f"extra {sorted(set(vmap) - expected)}, missing {sorted(expected - set(vmap))}")
+    n_model = len(model.weights)
+    if n_model != len(vmap):
+        raise AssertionError(f"{type(model).__name__} has {n_model} variables but only "
+                             f"{len(vmap)} are mapped to canonical keys")
+
+
+def _to_numpy(v) -> np.ndarray:
+    return np.asarray(v.numpy() if hasattr(v, "numpy") else v)
+
+
+def to_canonical(model: GPT2PreTrainedModel) -> dict[str, np.ndarray]:
+    """The model's weights as a canonical ``dict[str, np.ndarray]`` (tied head included)."""
+    vmap = variable_map(model)
+    _check_key_set(model, vmap)
+    shapes = naming.expected_shapes(model.config, model.head)
+    out: dict[str, np.ndarray] = {}
+    for key, var in vmap.items():
+        arr = _to_numpy(var)
+        if key in TRANSPOSED:
+            arr = np.ascontiguousarray(arr.T)
+        if arr.shape != shapes[key]:
+            raise AssertionError(f"{key}: shape {arr.shape}, canonical {shapes[key]}")
+        out[key] = arr
+    for tied, src in naming.tied_keys(model.config, model.head).items():
+        out[tied] = out[src]
+    return out
+
+
+def load_canonical(model: GPT2PreTrainedModel, state_dict: Mapping[str, Any], *,
+                   strict: bool = True, init_missing: bool = False) -> naming.LoadReport:
+    """Assign a canonical state dict to the model's variables (cast to each variable's dtype).
+
+    Keys may carry or lack the ``transformer.`` prefix; legacy buffers are dropped and tied keys
+    filled (see :func:`gpt2_core.naming.normalize_state_dict`). Missing, unexpected or
+    mis-shaped keys raise :class:`gpt2_core.naming.CheckpointError` when ``strict``. Head weights
+    absent from a base-model checkpoint keep their current value, or with ``init_missing`` get
+    transformers' init (N(0, initializer_range), zero bias).
+
+    Returns the :class:`gpt2_core.naming.LoadReport`.
+    """
+    sd, report = naming.normalize_state_dict(state_dict, model.config, model.head,
+                                             allow_new_head=True)
+    if strict:
+        report.raise_if_error()
+    vmap = variable_map(model)
+    _check_key_set(model, vmap)
+    rng = np.random.default_rng()
+    for key, var in vmap.items():
+        if key in sd:
+            arr = np.asarray(sd[key])
+            if key in TRANSPOSED:
+                arr = arr.T
+        elif init_missing and key in report.newly_initialized:
+            shape = tuple(var.shape)
+            arr = (np.zeros(shape) if key.endswith("bias")
+                   else rng.normal(0.0, model.config.initializer_range, shape))
+        else:
+            continue
+        if tuple(arr.shape) != tuple(var.shape):
+            raise naming.CheckpointError(f"{key}: checkpoint shape {arr.shape}, variable "
+                                         f"{tuple(var.shape)}")
+        var.assign(tf.cast(tf.convert_to_tensor(arr), var.dtype))
+    return report
