@@ -1,0 +1,204 @@
+"""Benchmark: gpt2_torch generation and prefill against transformers 4.57.6, same weights, same run.
+
+GPT-2 small shapes (124M parameters, random weights with transformers' init from
+gpt2_core.init.random_state_dict), batch 1, fp32, greedy. Measures:
+
+* decode throughput: a 16-token prompt, 64 new tokens (min_new_tokens forces all 64), tok/s;
+* prefill: one forward over 256 tokens (ours: model forward and generate's prefill into the
+  static cache; transformers: model forward);
+* the first call of the compiled step (``compile=True``): compile time and tok/s afterwards;
+* the fraction of the memory-bandwidth bound: every decode step must stream all fp32 weights
+  (~498 MB) from memory, so tok/s <= bandwidth / 498 MB. The bandwidth is measured here by
+  summing a 512 MB tensor (``--bandwidth-gbs`` overrides it).
+
+transformers runs in a subprocess with /work/hfvenv/bin/python (or ``--hf-python``) on the very
+same weights, saved to a temporary directory with our ``save_pretrained``; its greedy tokens are
+compared with ours.
+
+Usage:
+    python benchmarks/bench_torch_generate.py            # full run (about 2-4 minutes)
+    python benchmarks/bench_torch_generate.py --quick    # smoke run: fewer repeats, no compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gpt2_core import GPT2Config
+from gpt2_core.init import random_state_dict
+from gpt2_torch import GPT2LMHeadModel, weights
+
+HF_PYTHON = "/work/hfvenv/bin/python"
+
+_HF_SCRIPT = textwrap.dedent("""
+    import json, statistics, sys, time, warnings
+    warnings.filterwarnings("ignore")
+    import torch
+    from transformers import GPT2LMHeadModel
+    from transformers.utils import logging
+    logging.set_verbosity_error()
+    d, threads, prompt, new, prefill, repeats = sys.argv[1], *map(int, sys.argv[2:7])
+    torch.set_num_threads(threads)
+    model = GPT2LMHeadModel.from_pretrained(d).eval()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (1, prompt), generator=g)
+    kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False,
+              pad_token_id=model.config.eos_token_id, attention_mask=torch.ones_like(ids))
+    res = {}
+    with torch.inference_mode():
+        model.generate(ids, **dict(kw, max_new_tokens=4, min_new_tokens=4))
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter(); out = model.generate(ids, **kw); times.append(time.perf_counter() - t)
+        res["tok_s"] = new / statistics.median(times)
+        res["best_tok_s"] = new / min(times)
+        res["tokens"] = out[0, prompt:].tolist()
+        x = torch.randint(0, model.config.vocab_size, (1, prefill), generator=g)
+        model(x, use_cache=False)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter(); model(x, use_cache=False); times.append(time.perf_counter() - t)
+        res["prefill_s"] = statistics.median(times)
+    print("RESULT " + json.dumps(res))
+""")
+
+
+def measure_bandwidth_gbs(mb: int = 512, repeats: int = 5) -> float:
+    """Sustained read bandwidth: sum a tensor much larger than the caches."""
+    x = torch.ones(mb * 1024 * 1024 // 4)
+    x.sum()
+    best = min(_timed(lambda: x.sum()) for _ in range(repeats))
+    return x.numel() * 4 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def run_hf(directory: Path, args) -> dict | None:
+    python = args.hf_python
+    if args.no_hf or not Path(python).exists():
+        return None
+    cmd = [python, "-c", _HF_SCRIPT, str(directory), str(args.threads), str(args.prompt),
+           str(args.new_tokens), str(args.prefill), str(args.repeats)]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TRANSFORMERS_NO_TF="1", USE_TF="0")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    print("transformers run failed:\n" + proc.stderr[-2000:], file=sys.stderr)
+    return None
+
+
+def bench_ours(model, ids, args, compile: bool) -> dict:
+    kw = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, compile=compile)
+    res = {}
+    t = time.perf_counter()
+    model.generate(ids, max_new_tokens=4, min_new_tokens=4, compile=compile)
+    res["first_call_s"] = time.perf_counter() - t
+    times, out = [], None
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        out = model.generate(ids, **kw)
+        times.append(time.perf_counter() - t)
+    res["tok_s"] = args.new_tokens / statistics.median(times)
+    res["best_tok_s"] = args.new_tokens / min(times)
+    res["tokens"] = out[0, ids.shape[1]:].tolist()
+    return res
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smoke run: 2 repeats, 16 new tokens, no compile")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--prompt", type=int, default=16)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--prefill", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--no-hf", action="store_true", help="skip transformers")
+    p.add_argument("--hf-python", default=HF_PYTHON)
+    p.add_argument("--bandwidth-gbs", type=float, default=None)
+    args = p.parse_args()
+    if args.quick:
+        args.repeats, args.new_tokens, args.no_compile = 2, 16, True
+    torch.set_num_threads(args.threads)
+
+    cfg = GPT2Config()  # GPT-2 small
+    sd = random_state_dict(cfg, "lm", seed=0)
+    weight_bytes = sum(v.nbytes for k, v in sd.items() if k != "lm_head.weight")
+    with torch.device("meta"):
+        model = GPT2LMHeadModel(cfg)
+    weights.load_canonical(model, sd, assign=True)
+    model.eval()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, cfg.vocab_size, (1, args.prompt), generator=g)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        hf = run_hf(Path(tmp), args)
+
+    ours = bench_ours(model, ids, args, compile=False)
+    compiled = None if args.no_compile else bench_ours(model, ids, args, compile=True)
+    x = torch.randint(0, cfg.vocab_size, (1, args.prefill), generator=g)
+    with torch.inference_mode():
+        model(x, use_cache=False)
+        prefill = statistics.median(_timed(lambda: model(x, use_cache=False))
+                                    for _ in range(args.repeats))
+    gen_prefill = statistics.median(
+        _timed(lambda: model.generate(x, max_new_tokens=1)) for _ in range(args.repeats))
+    bw = args.bandwidth_gbs or measure_bandwidth_gbs()
+    bound = bw * 1e9 / weight_bytes
+
+    lines = [
+        "gpt2_torch generate benchmark",
+        f"  model: GPT-2 small ({cfg.num_parameters('lm'):,} params, fp32, {weight_bytes / 1e6:.0f} MB "
+        f"read per token), batch 1, prompt {args.prompt}, {args.new_tokens} new greedy tokens",
+        f"  torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} CPUs, "
+        f"repeats {args.repeats} (median)",
+        f"  memory bandwidth {bw:.1f} GB/s -> bound {bound:.1f} tok/s",
+        "",
+        "decode (tok/s, median of repeats; best in the last column)",
+        f"  ours eager       {ours['tok_s']:8.2f}   ({ours['tok_s'] / bound:5.1%} of bound)   "
+        f"best {ours['best_tok_s']:.2f}",
+    ]
+    if compiled:
+        lines.append(f"  ours compiled    {compiled['tok_s']:8.2f}   ({compiled['tok_s'] / bound:5.1%} of bound)"
+                     f"   best {compiled['best_tok_s']:.2f}, first call (compile) "
+                     f"{compiled['first_call_s']:.1f} s")
+    if hf:
+        lines.append(f"  transformers     {hf['tok_s']:8.2f}   ({hf['tok_s'] / bound:5.1%} of bound)   "
+                     f"best {hf['best_tok_s']:.2f}")
+        lines.append(f"  speed-up eager   {ours['tok_s'] / hf['tok_s']:8.2f}x   (target >= 2x)")
+        if compiled:
+            lines.append(f"  speed-up compiled{compiled['tok_s'] / hf['tok_s']:8.2f}x")
+        same = ours["tokens"] == hf["tokens"]
+        lines.append(f"  greedy tokens identical to transformers: {'yes' if same else 'NO'}")
+    else:
+        lines.append("  transformers     (not run: no --hf-python interpreter or --no-hf)")
+    lines += ["", f"prefill of {args.prefill} tokens (s)",
+              f"  ours forward     {prefill:8.3f}",
+              f"  ours generate    {gen_prefill:8.3f}   (prefill into the static cache + 1 token)"]
+    if hf:
+        lines.append(f"  transformers     {hf['prefill_s']:8.3f}   "
+                     f"(ours/transformers {prefill / hf['prefill_s']:.2f}, target <= 1)")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

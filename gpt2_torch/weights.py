@@ -1,0 +1,135 @@
+"""PyTorch variables <-> the canonical numpy state dict.
+
+The PyTorch modules are named after the canonical schema (HF PyTorch names and layouts: Conv1D
+weights (in, out), Linear heads (out, in)), so the mapping is the identity: no renames and no
+transposes. What this module adds is the guard rails -- exact key sets, shape checks, the tied
+head -- and the numpy <-> torch dtype bridge (bfloat16 goes through ``ml_dtypes``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
+
+import ml_dtypes
+import numpy as np
+import torch
+
+from gpt2_core import naming
+
+if TYPE_CHECKING:
+    from gpt2_torch.modeling import GPT2PreTrainedModel
+
+#: canonical key -> torch key renames (none: the module tree *is* the canonical schema)
+RENAMES: dict[str, str] = {}
+#: canonical keys stored transposed in torch (none: Conv1D keeps the (in, out) layout)
+TRANSPOSED: tuple[str, ...] = ()
+
+_BF16 = np.dtype(ml_dtypes.bfloat16)
+
+
+def tensor_to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A CPU numpy copy of ``t``; bfloat16 becomes ``ml_dtypes.bfloat16``."""
+    t = t.detach().cpu()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(_BF16).copy()
+    return t.numpy().copy()
+
+
+def numpy_to_tensor(a: np.ndarray) -> torch.Tensor:
+    """A torch tensor owning a copy of ``a`` (so read-only / memory-mapped arrays are safe)."""
+    a = np.asarray(a)
+    if a.dtype == _BF16:
+        return torch.from_numpy(np.array(a.view(np.int16))).view(torch.bfloat16)
+    return torch.from_numpy(np.array(a, copy=True))
+
+
+def torch_dtype_of(state_dict: Mapping[str, np.ndarray]) -> torch.dtype:
+    """The floating dtype of a canonical state dict (float32 if it has none)."""
+    for v in state_dict.values():
+        dt = np.asarray(v).dtype
+        if dt == _BF16:
+            return torch.bfloat16
+        if np.issubdtype(dt, np.floating):
+            return {np.dtype(np.float16): torch.float16, np.dtype(np.float64): torch.float64}.get(
+                dt, torch.float32)
+    return torch.float32
+
+
+def to_canonical(model: GPT2PreTrainedModel) -> dict[str, np.ndarray]:
+    """The model's weights as a canonical ``dict[str, np.ndarray]`` (tied head included).
+
+    Example:
+        >>> sd = to_canonical(GPT2LMHeadModel(tiny_config()))
+        >>> sd["transformer.h.0.attn.c_attn.weight"].shape   # (in, out)
+        (36, 108)
+    """
+    expected = naming.expected_shapes(model.config, model._head)
+    out: dict[str, np.ndarray] = {}
+    for key, tensor in model.state_dict().items():
+        if key not in expected:
+            raise AssertionError(f"{type(model).__name__} has a variable {key!r} that the "
+                                 "canonical schema does not know")
+        arr = tensor_to_numpy(tensor)
+        if arr.shape != expected[key]:
+            raise AssertionError(f"{key}: shape {arr.shape}, canonical {expected[key]}")
+        out[key] = arr
+    missing = set(expected) - set(out)
+    if missing:
+        raise AssertionError(f"{type(model).__name__} lacks canonical keys {sorted(missing)}")
+    return out
+
+
+def load_canonical(
+    model: GPT2PreTrainedModel,
+    state_dict: Mapping[str, np.ndarray | torch.Tensor],
+    *,
+    assign: bool = False,
+    strict: bool = True,
+    allow_missing: Iterable[str] = (),
+) -> None:
+    """Load a canonical state dict into ``model`` (in place), checking keys and shapes.
+
+    Args:
+        model: any of the six model classes.
+        state_dict: canonical keys for the model's head (``transformer.`` prefix in head models);
+            run :func:`gpt2_core.naming.normalize_state_dict` first for other conventions.
+        assign: use the given tensors as the parameters (for a model built on the meta device)
+            instead of copying into the existing ones.
+        strict: raise :class:`gpt2_core.naming.CheckpointError` on unexpected keys.
+        allow_missing: keys that may be absent (a new head); they keep their current values.
+
+    Raises:
+        CheckpointError: missing, unexpected or mis-shaped keys, named.
+    """
+    cfg, head = model.config, model._head
+    expected = naming.expected_shapes(cfg, head)
+    ties = naming.tied_keys(cfg, head)
+    allowed_missing = set(allow_missing) | set(ties)
+    missing = sorted(k for k in expected if k not in state_dict and k not in allowed_missing)
+    unexpected = sorted(k for k in state_dict if k not in expected)
+    mismatched = [(k, expected[k], tuple(v.shape)) for k, v in state_dict.items()
+                  if k in expected and tuple(v.shape) != expected[k]]
+    if missing or (unexpected and strict) or mismatched:
+        report = naming.LoadReport(missing=missing, unexpected=unexpected if strict else [],
+                                   mismatched=mismatched, source=type(model).__name__)
+        raise naming.CheckpointError(report.summary())
+    for tied, src in ties.items():
+        if tied in state_dict and src in state_dict and not np.array_equal(
+                _as_numpy(state_dict[tied]), _as_numpy(state_dict[src])):
+            raise naming.CheckpointError(f"{tied} differs from {src} but config.tie_word_embeddings"
+                                         "=True; load with tie_word_embeddings=False")
+    tensors = {}
+    for k, v in state_dict.items():
+        if k not in expected or (k in ties and ties[k] in state_dict):
+            continue  # unexpected (non-strict) or a tied copy: the source provides it
+        tensors[k] = v.detach().clone() if isinstance(v, torch.Tensor) else numpy_to_tensor(v)
+    if not assign:
+        params = model.state_dict()
+        tensors = {k: t.to(params[k].dtype) for k, t in tensors.items()}
+    model.load_state_dict(tensors, strict=False, assign=assign)
+    model.tie_weights()  # assign replaced Parameter objects: share lm_head with wte again
+
+
+def _as_numpy(v: np.ndarray | torch.Tensor) -> np.ndarray:
+    return tensor_to_numpy(v) if isinstance(v, torch.Tensor) else np.asarray(v)
