@@ -49,6 +49,13 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from conversion import train
+
+    print(train.run(args))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gpt2",
@@ -96,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--head", default=None, help="model class (default: config.json architectures)")
     v.add_argument("--tolerance", type=float, default=1e-4)
     v.set_defaults(func=_cmd_verify)
+
+    from conversion import train as train_cli  # flags only; frameworks load when a run starts
+
+    t = sub.add_parser("train", help="fine-tune a causal LM on text files (torch, tf or flax; "
+                                     "one device, DDP/FSDP, tf.distribute or a JAX mesh)")
+    train_cli.add_arguments(t)
+    t.set_defaults(func=_cmd_train)
     return p
 
 

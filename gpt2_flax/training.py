@@ -32,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -170,13 +171,21 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(init, update)
 
 
-def make_optimizer(params: Any, cfg: TrainConfig) -> optax.GradientTransformation:
+def make_optimizer(params: Any, cfg: TrainConfig, *, mask: Any = None
+                   ) -> optax.GradientTransformation:
     """Global-norm clip, then AdamW (decay on matrices only) on the schedule of
-    :func:`gpt2_core.training.learning_rate` (a float32 table indexed by the update count)."""
-    table = jnp.asarray([learning_rate(cfg, s) for s in range(cfg.steps)], jnp.float32)
-    schedule = lambda count: table[jnp.minimum(count, cfg.steps - 1)]  # noqa: E731
-    mask = jax.tree_util.tree_map_with_path(
-        lambda path, p: decays(_key(path), p.ndim), params)
+    :func:`gpt2_core.training.learning_rate` (a float32 table indexed by the update count).
+
+    Args:
+        params: the parameter pytree (for the decay mask), or None when ``mask`` is given.
+        cfg: the settings.
+        mask: a params-shaped pytree of bools (True: decay); default from ``params``.
+    """
+    table = np.asarray([learning_rate(cfg, s) for s in range(cfg.steps)], np.float32)
+    schedule = lambda count: jnp.asarray(table)[jnp.minimum(count, cfg.steps - 1)]  # noqa: E731
+    if mask is None:
+        mask = jax.tree_util.tree_map_with_path(
+            lambda path, p: decays(_key(path), p.ndim), params)
     adamw = optax.adamw(schedule, b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps,
                         weight_decay=cfg.weight_decay, mask=mask)
     if cfg.grad_clip:
@@ -280,9 +289,11 @@ def _restore_moments(opt_state: Any, moments: dict[str, np.ndarray], step: int) 
         opt_state, mu=_from_canonical(mu, moments, "exp_avg/"),
         nu=_from_canonical(nu, moments, "exp_avg_sq/"),
         count=jnp.asarray(step, jnp.int32))
-    # tree_set put one count array in two places; the train step donates its inputs, and one
-    # buffer cannot be donated twice
-    return jax.tree.map(lambda x: jnp.array(x, copy=True), restored)
+    # a fresh buffer per leaf (tree_set put one count array in two places, and the step
+    # donates its inputs), with the dtype and placement of the initial state, so that the
+    # compiled step is reused rather than retraced
+    return jax.tree.map(lambda x, like: jax.device_put(jnp.array(x, like.dtype, copy=True),
+                                                       like.sharding), restored, opt_state)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -336,44 +347,17 @@ def train(
 
     model.train()  # dropout on (as the config says); the flag is static in the graphdef
     graphdef, params, rngs, rest = nnx.split(model, nnx.Param, nnx.RngState, ...)
-    tx = make_optimizer(params, cfg)
-    opt_state = jax.jit(tx.init)(params)  # moments inherit the parameters' shardings
+    decay_spec = tuple((_key(path), p.ndim)
+                       for path, p in jax.tree_util.tree_flatten_with_path(params)[0])
+    tx, init_jit, step_jit, eval_jit = _programs(
+        graphdef, jax.tree.structure(params), decay_spec,
+        tuple(sorted(cfg.to_dict().items())))
+    opt_state = init_jit(params)  # moments inherit the parameters' shardings
     if moments is not None:
         opt_state = _restore_moments(opt_state, moments, int(state["adam_step"]))
 
     A, B, T = cfg.grad_accum, cfg.batch_size, train_ds.block_size
     compute_dtype = jnp.bfloat16 if cfg.precision == "bf16" else None
-    base_key = jax.random.key(cfg.seed)
-
-    def loss_fn(p, rng_state, x):
-        if compute_dtype is not None:  # bf16 compute, float32 master weights
-            p = jax.tree.map(lambda w: w.astype(compute_dtype), p)
-        m = nnx.merge(graphdef, p, rng_state, rest)
-        loss = m(input_ids=x, labels=x, use_cache=False).loss
-        return loss, nnx.state(m, nnx.RngState)
-
-    def step_fn(params, opt_state, rng_state, xs, step):
-        # dropout streams restart from fold_in(key(seed), step): resumable at any step
-        leaves, treedef = jax.tree.flatten(rng_state)
-        step_key = jax.random.fold_in(base_key, step)
-        leaves = [jax.random.fold_in(step_key, i) if jnp.issubdtype(v.dtype, jax.dtypes.prng_key)
-                  else jnp.zeros_like(v) for i, v in enumerate(leaves)]
-        rng_state = jax.tree.unflatten(treedef, leaves)
-        grads, loss = None, 0.0
-        for a in range(A):  # unrolled: A is small and static
-            (l, rng_state), g = jax.value_and_grad(loss_fn, has_aux=True)(params, rng_state,
-                                                                          xs[a])
-            grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
-            loss = loss + l
-        grads = jax.tree.map(lambda g: g / A, grads)
-        grad_norm = optax.tree.norm(grads)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        return params, opt_state, rng_state, loss / A, grad_norm
-
-    step_jit = jax.jit(step_fn, donate_argnums=(0, 1))
-    eval_jit = jax.jit(lambda p, r, x: nnx.merge(graphdef, p, r, rest)(
-        input_ids=x, labels=x, use_cache=False, deterministic=True).loss)
     batch_sharding = None
     if mesh is not None:
         spec = sharding.batch if sharding is not None and sharding.batch is not None else P()
@@ -387,7 +371,7 @@ def train(
         t0 = time.perf_counter()
         blocks = train_ds.batch(step, A * B, cfg.seed).reshape(A, B, T)  # (A*B, T) -> (A, B, T)
         xs = _global_array(blocks.astype(np.int32), batch_sharding)
-        params, opt_state, rngs, loss, grad_norm = step_jit(params, opt_state, rngs, xs,
+        params, opt_state, rngs, loss, grad_norm = step_jit(params, opt_state, rngs, rest, xs,
                                                             jnp.asarray(step, jnp.int32))
         loss_value = float(loss)
         if not math.isfinite(loss_value):
@@ -397,7 +381,7 @@ def train(
         record = {"step": step + 1, "loss": loss_value, "lr": learning_rate(cfg, step),
                   "tokens_per_s": cfg.tokens_per_step / elapsed, "grad_norm": float(grad_norm)}
         if eval_ds is not None and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
-            ev = _evaluate(eval_jit, params, rngs, eval_ds, cfg, mesh, compute_dtype)
+            ev = _evaluate(eval_jit, params, rngs, rest, eval_ds, cfg, mesh, compute_dtype)
             record.update(eval_loss=ev, eval_ppl=math.exp(min(ev, 50.0)))
             result.eval_losses[step + 1] = ev
         result.losses.append(loss_value)
@@ -428,6 +412,51 @@ def train(
     return result
 
 
+@functools.lru_cache(maxsize=8)
+def _programs(graphdef: Any, params_treedef: Any, decay_spec: tuple, cfg_items: tuple):
+    """(optimizer, jitted init, jitted update step, jitted eval loss) for one model structure
+    and one TrainConfig. Cached, so that repeated ``train`` calls in a process (a resumed run,
+    a notebook) reuse the compiled programs instead of tracing fresh closures."""
+    cfg = TrainConfig(**dict(cfg_items))
+    mask = jax.tree.unflatten(params_treedef, [decays(k, nd) for k, nd in decay_spec])
+    tx = make_optimizer(None, cfg, mask=mask)
+    A = cfg.grad_accum
+    compute_dtype = jnp.bfloat16 if cfg.precision == "bf16" else None
+    base_key = jax.random.key(cfg.seed)
+
+    def loss_fn(p, rng_state, rest, x):
+        if compute_dtype is not None:  # bf16 compute, float32 master weights
+            p = jax.tree.map(lambda w: w.astype(compute_dtype), p)
+        m = nnx.merge(graphdef, p, rng_state, rest)
+        loss = m(input_ids=x, labels=x, use_cache=False).loss
+        return loss, nnx.state(m, nnx.RngState)
+
+    def step_fn(params, opt_state, rng_state, rest, xs, step):
+        # dropout streams restart from fold_in(key(seed), step): resumable at any step
+        leaves, treedef = jax.tree.flatten(rng_state)
+        step_key = jax.random.fold_in(base_key, step)
+        leaves = [jax.random.fold_in(step_key, i) if jnp.issubdtype(v.dtype, jax.dtypes.prng_key)
+                  else jnp.zeros_like(v) for i, v in enumerate(leaves)]
+        rng_state = jax.tree.unflatten(treedef, leaves)
+        grads, loss = None, 0.0
+        for a in range(A):  # unrolled: A is small and static
+            (l, rng_state), g = jax.value_and_grad(loss_fn, has_aux=True)(params, rng_state,
+                                                                          rest, xs[a])
+            grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
+            loss = loss + l
+        grads = jax.tree.map(lambda g: g / A, grads)
+        grad_norm = optax.tree.norm(grads)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, rng_state, loss / A, grad_norm
+
+    def eval_fn(p, r, rest, x):
+        m = nnx.merge(graphdef, p, r, rest)
+        return m(input_ids=x, labels=x, use_cache=False, deterministic=True).loss
+
+    return (tx, jax.jit(tx.init), jax.jit(step_fn, donate_argnums=(0, 1)), jax.jit(eval_fn))
+
+
 def _validate(model: Any, train_ds: PackedDataset, eval_ds: PackedDataset | None,
               cfg: TrainConfig, mesh: Mesh | None) -> None:
     config = model.config
@@ -454,7 +483,7 @@ def _global_array(blocks: np.ndarray, sharding: NamedSharding | None) -> jax.Arr
     return jax.make_array_from_callback(blocks.shape, sharding, lambda idx: blocks[idx])
 
 
-def _evaluate(eval_jit, params, rngs, eval_ds, cfg, mesh, compute_dtype) -> float:
+def _evaluate(eval_jit, params, rngs, rest, eval_ds, cfg, mesh, compute_dtype) -> float:
     """Mean held-out loss over up to ``cfg.eval_batches`` batches."""
     if compute_dtype is not None:
         params = jax.tree.map(lambda w: w.astype(compute_dtype), params)
@@ -465,7 +494,7 @@ def _evaluate(eval_jit, params, rngs, eval_ds, cfg, mesh, compute_dtype) -> floa
         x = batch.astype(np.int32)  # (B', T); the last batch may be smaller
         if mesh is not None:
             x = _global_array(x, NamedSharding(mesh, P()))  # replicated: any B' works
-        total += float(eval_jit(params, rngs, x)) * len(batch)
+        total += float(eval_jit(params, rngs, rest, x)) * len(batch)
         count += len(batch)
     return total / count
 
