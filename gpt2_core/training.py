@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +155,107 @@ def plot_loss_curve(metrics: list[dict[str, Any]], path: str | os.PathLike, titl
     plt.close(fig)
     os.replace(tmp, path)
     return path
+
+
+# ---------------------------------------------------------------------------- run directories
+# OUT/checkpoint-<step>/ holds config.json + model.safetensors (canonical weights),
+# optimizer.safetensors (AdamW moments under the same canonical names) and trainer_state.json;
+# OUT/last names the newest complete one. One layout for every framework, no pickle.
+STATE_FORMAT = "gpt2-zoo-train-state/1"
+
+
+@dataclass
+class TrainResult:
+    """What each backend's ``train`` returns.
+
+    Args:
+        losses: training loss of every step run in this call (step ``start_step + i + 1``).
+        eval_losses: ``{step: held-out loss}`` of the evaluations run in this call.
+        start_step: the step the run started from (0, or the resumed checkpoint's step).
+        steps: the last completed step.
+        model: the trained (unwrapped) model.
+    """
+
+    losses: list[float] = field(default_factory=list)
+    eval_losses: dict[int, float] = field(default_factory=dict)
+    start_step: int = 0
+    steps: int = 0
+    model: Any = None
+
+
+def checkpoint_dir(out_dir: str | os.PathLike, step: int) -> Path:
+    return Path(out_dir) / f"checkpoint-{step}"
+
+
+def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint named by ``OUT/last`` (None when the run has none yet)."""
+    from gpt2_core.data import DataError
+
+    pointer = Path(out_dir) / "last"
+    if not pointer.is_file():
+        return None
+    path = Path(out_dir) / pointer.read_text().strip()
+    if not (path / "trainer_state.json").is_file():
+        raise DataError(f"{pointer} names {path}, which is not a complete checkpoint")
+    return path
+
+
+def check_out_dir(out_dir: str | os.PathLike, resume: bool) -> Path:
+    """Create OUT and prove it is writable, before any training; refuse to mix two runs."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise OSError(f"output directory {out} is not writable: {e}") from e
+    if not resume and ((out / "last").exists() or (out / "metrics.jsonl").exists()):
+        raise FileExistsError(f"{out} already holds a training run; pass resume=True "
+                              "(--resume) to continue it or choose another directory")
+    return out
+
+
+def save_checkpoint(out_dir: str | os.PathLike, step: int, state_dict: dict[str, Any],
+                    moments: dict[str, Any], config: Any, cfg: TrainConfig,
+                    extra: dict[str, Any], rng: str) -> Path:
+    """Write ``OUT/checkpoint-<step>/`` atomically, then point ``OUT/last`` at it.
+
+    ``rng`` says, for people reading the state, how the backend derives its random streams.
+    """
+    from gpt2_core import checkpoint as ckpt
+    from gpt2_core.formats import safetensors as st
+    from gpt2_core.io_utils import atomic_directory
+
+    target = checkpoint_dir(out_dir, step)
+    with atomic_directory(target, overwrite=True) as tmp:
+        ckpt.save_pretrained(state_dict, config, tmp, "lm")
+        st.save_file(moments, tmp / "optimizer.safetensors")
+        state = {"format": STATE_FORMAT, "step": step, "adam_step": step,
+                 "train_config": cfg.to_dict(), "rng": rng, **extra}
+        atomic_write_text(tmp / "trainer_state.json", json.dumps(state, indent=2) + "\n")
+    atomic_write_text(Path(out_dir) / "last", target.name + "\n")
+    return target
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(trainer_state, canonical weights, moments) of a checkpoint directory."""
+    from gpt2_core import checkpoint as ckpt
+    from gpt2_core.data import DataError
+    from gpt2_core.formats import safetensors as st
+
+    state = json.loads((path / "trainer_state.json").read_text())
+    if state.get("format") != STATE_FORMAT:
+        raise DataError(f"{path}: unknown trainer state format {state.get('format')!r}")
+    _, sd, _ = ckpt.load_pretrained(path, "lm")
+    moments = st.load_file(path / "optimizer.safetensors", mmap=False)
+    return state, sd, moments
+
+
+def progress_bar(total: int, start: int, enabled: bool, desc: str):
+    """A tqdm bar of optimizer steps (None when disabled)."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc=desc, unit="step", dynamic_ncols=True)

@@ -33,13 +33,11 @@ Example:
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,69 +52,31 @@ from jax.sharding import PartitionSpec as P
 from gpt2_core import checkpoint as ckpt
 from gpt2_core import naming
 from gpt2_core.data import DataError, PackedDataset
-from gpt2_core.formats import safetensors as st
-from gpt2_core.io_utils import atomic_directory, atomic_write_text
-from gpt2_core.training import MetricsLog, TrainConfig, decays, learning_rate, plot_loss_curve
+from gpt2_core.training import (
+    MetricsLog,
+    TrainConfig,
+    TrainResult,
+    check_out_dir,
+    decays,
+    latest_checkpoint,
+    learning_rate,
+    plot_loss_curve,
+    progress_bar,
+    read_checkpoint,
+    save_checkpoint,
+)
 from gpt2_flax import weights
 from gpt2_flax.sharding import ShardingConfig, auto_mesh, shard_model
 
 logger = logging.getLogger(__name__)
 
 STRATEGIES = ("none", "dp", "fsdp")
-STATE_FORMAT = "gpt2-zoo-train-state/1"
+_RNG = "dropout keys fold_in(key(seed), step); data order from (seed, step)"
 
 
-@dataclass
-class TrainResult:
-    """What :func:`train` returns.
-
-    Args:
-        losses: training loss of every step run in this call (step ``start_step + i + 1``).
-        eval_losses: ``{step: held-out loss}`` of the evaluations run in this call.
-        start_step: the step the run started from (0, or the resumed checkpoint's step).
-        steps: the last completed step.
-        model: the trained model (parameters written back with ``nnx.update``).
-    """
-
-    losses: list[float] = field(default_factory=list)
-    eval_losses: dict[int, float] = field(default_factory=dict)
-    start_step: int = 0
-    steps: int = 0
-    model: Any = None
 
 
 # ----------------------------------------------------------------------------- run directory
-def checkpoint_dir(out_dir: str | os.PathLike, step: int) -> Path:
-    return Path(out_dir) / f"checkpoint-{step}"
-
-
-def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
-    """The checkpoint named by ``OUT/last`` (None when the run has none yet)."""
-    pointer = Path(out_dir) / "last"
-    if not pointer.is_file():
-        return None
-    path = Path(out_dir) / pointer.read_text().strip()
-    if not (path / "trainer_state.json").is_file():
-        raise DataError(f"{pointer} names {path}, which is not a complete checkpoint")
-    return path
-
-
-def check_out_dir(out_dir: str | os.PathLike, resume: bool) -> Path:
-    """Create OUT and prove it is writable, before any training; refuse to mix two runs."""
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise OSError(f"output directory {out} is not writable: {e}") from e
-    if not resume and ((out / "last").exists() or (out / "metrics.jsonl").exists()):
-        raise FileExistsError(f"{out} already holds a training run; pass resume=True "
-                              "(--resume) to continue it or choose another directory")
-    return out
-
-
 # ----------------------------------------------------------------------------- mesh
 def make_mesh(strategy: str = "dp", axes: dict[str, int] | None = None
               ) -> tuple[Mesh | None, ShardingConfig | None]:
@@ -246,33 +206,6 @@ def _from_canonical(like: Any, values: dict[str, np.ndarray], prefix: str = "") 
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def save_checkpoint(out_dir: Path, step: int, state_dict: dict[str, np.ndarray],
-                    moments: dict[str, np.ndarray], config: Any, cfg: TrainConfig,
-                    extra: dict[str, Any]) -> Path:
-    """Write ``OUT/checkpoint-<step>/`` atomically, then point ``OUT/last`` at it."""
-    target = checkpoint_dir(out_dir, step)
-    with atomic_directory(target, overwrite=True) as tmp:
-        ckpt.save_pretrained(state_dict, config, tmp, "lm")
-        st.save_file(moments, tmp / "optimizer.safetensors")
-        state = {"format": STATE_FORMAT, "step": step, "adam_step": step,
-                 "train_config": cfg.to_dict(),
-                 "rng": "dropout keys fold_in(key(seed), step); data order from (seed, step)",
-                 **extra}
-        atomic_write_text(tmp / "trainer_state.json", json.dumps(state, indent=2) + "\n")
-    atomic_write_text(Path(out_dir) / "last", target.name + "\n")
-    return target
-
-
-def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(trainer_state, canonical weights, moments) of a checkpoint directory."""
-    state = json.loads((path / "trainer_state.json").read_text())
-    if state.get("format") != STATE_FORMAT:
-        raise DataError(f"{path}: unknown trainer state format {state.get('format')!r}")
-    _, sd, _ = ckpt.load_pretrained(path, "lm")
-    moments = st.load_file(path / "optimizer.safetensors", mmap=False)
-    return state, sd, moments
-
-
 def _moments(opt_state: Any, config: Any) -> dict[str, np.ndarray]:
     mu = optax.tree_utils.tree_get(opt_state, "mu")
     nu = optax.tree_utils.tree_get(opt_state, "nu")
@@ -366,7 +299,7 @@ def train(
     log = MetricsLog(out / "metrics.jsonl",
                      resume_from_step=start_step if resume else None) if is_main else None
     result = TrainResult(start_step=start_step, steps=start_step, model=model)
-    bar = _progress_bar(cfg.steps, start_step, enabled=progress and is_main)
+    bar = progress_bar(cfg.steps, start_step, enabled=progress and is_main, desc="train (flax)")
     for step in range(start_step, cfg.steps):
         t0 = time.perf_counter()
         blocks = train_ds.batch(step, A * B, cfg.seed).reshape(A, B, T)  # (A*B, T) -> (A, B, T)
@@ -397,7 +330,7 @@ def train(
             if is_main:
                 save_checkpoint(out, step + 1, sd, mom, model.config, cfg, {
                     "framework": "flax", "mesh": dict(mesh.shape) if mesh is not None else None,
-                    "seed": cfg.seed})
+                    "seed": cfg.seed}, rng=_RNG)
         if on_step is not None:
             on_step(step + 1, record)
     if bar is not None:
@@ -497,16 +430,6 @@ def _evaluate(eval_jit, params, rngs, rest, eval_ds, cfg, mesh, compute_dtype) -
         total += float(eval_jit(params, rngs, rest, x)) * len(batch)
         count += len(batch)
     return total / count
-
-
-def _progress_bar(total: int, start: int, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a project dependency
-        return None
-    return tqdm(total=total, initial=start, desc="train (flax)", unit="step", dynamic_ncols=True)
 
 
 __all__ = ["STRATEGIES", "TrainResult", "check_out_dir", "clip_by_global_norm",

@@ -33,13 +33,11 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,68 +47,30 @@ import tensorflow as tf
 
 from gpt2_core import checkpoint as ckpt
 from gpt2_core.data import DataError, PackedDataset
-from gpt2_core.formats import safetensors as st
-from gpt2_core.io_utils import atomic_directory, atomic_write_text
-from gpt2_core.training import MetricsLog, TrainConfig, decays, learning_rate, plot_loss_curve
+from gpt2_core.training import (
+    MetricsLog,
+    TrainConfig,
+    TrainResult,
+    check_out_dir,
+    decays,
+    latest_checkpoint,
+    learning_rate,
+    plot_loss_curve,
+    progress_bar,
+    read_checkpoint,
+    save_checkpoint,
+)
 from gpt2_tf.weights import TRANSPOSED, load_canonical, to_canonical, variable_map
 
 logger = logging.getLogger(__name__)
 
 STRATEGIES = ("none", "mirrored", "multiworker")
-STATE_FORMAT = "gpt2-zoo-train-state/1"
+_RNG = "dropout seed state [hash(seed, layer), step]; data order from (seed, step)"
 
 
-@dataclass
-class TrainResult:
-    """What :func:`train` returns.
-
-    Args:
-        losses: training loss of every step run in this call (step ``start_step + i + 1``).
-        eval_losses: ``{step: held-out loss}`` of the evaluations run in this call.
-        start_step: the step the run started from (0, or the resumed checkpoint's step).
-        steps: the last completed step.
-        model: the trained model.
-    """
-
-    losses: list[float] = field(default_factory=list)
-    eval_losses: dict[int, float] = field(default_factory=dict)
-    start_step: int = 0
-    steps: int = 0
-    model: Any = None
 
 
 # ----------------------------------------------------------------------------- run directory
-def checkpoint_dir(out_dir: str | os.PathLike, step: int) -> Path:
-    return Path(out_dir) / f"checkpoint-{step}"
-
-
-def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
-    """The checkpoint named by ``OUT/last`` (None when the run has none yet)."""
-    pointer = Path(out_dir) / "last"
-    if not pointer.is_file():
-        return None
-    path = Path(out_dir) / pointer.read_text().strip()
-    if not (path / "trainer_state.json").is_file():
-        raise DataError(f"{pointer} names {path}, which is not a complete checkpoint")
-    return path
-
-
-def check_out_dir(out_dir: str | os.PathLike, resume: bool) -> Path:
-    """Create OUT and prove it is writable, before any training; refuse to mix two runs."""
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise OSError(f"output directory {out} is not writable: {e}") from e
-    if not resume and ((out / "last").exists() or (out / "metrics.jsonl").exists()):
-        raise FileExistsError(f"{out} already holds a training run; pass resume=True "
-                              "(--resume) to continue it or choose another directory")
-    return out
-
-
 # ----------------------------------------------------------------------------- strategy
 def make_strategy(name: str = "none") -> tf.distribute.Strategy:
     """The ``tf.distribute`` strategy called ``name``.
@@ -204,34 +164,6 @@ def _slots(opt: TorchAdamW, model: keras.Model) -> dict[str, tuple[Any, Any, boo
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def save_checkpoint(out_dir: Path, step: int, state_dict: dict[str, np.ndarray],
-                    moments: dict[str, np.ndarray], config: Any, cfg: TrainConfig,
-                    extra: dict[str, Any]) -> Path:
-    """Write ``OUT/checkpoint-<step>/`` atomically, then point ``OUT/last`` at it."""
-    target = checkpoint_dir(out_dir, step)
-    with atomic_directory(target, overwrite=True) as tmp:
-        ckpt.save_pretrained(state_dict, config, tmp, "lm")
-        st.save_file(moments, tmp / "optimizer.safetensors")
-        state = {"format": STATE_FORMAT, "step": step, "adam_step": step,
-                 "train_config": cfg.to_dict(),
-                 "rng": "dropout seed state [hash(seed, layer), step]; data order from "
-                        "(seed, step)",
-                 **extra}
-        atomic_write_text(tmp / "trainer_state.json", json.dumps(state, indent=2) + "\n")
-    atomic_write_text(Path(out_dir) / "last", target.name + "\n")
-    return target
-
-
-def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(trainer_state, canonical weights, moments) of a checkpoint directory."""
-    state = json.loads((path / "trainer_state.json").read_text())
-    if state.get("format") != STATE_FORMAT:
-        raise DataError(f"{path}: unknown trainer state format {state.get('format')!r}")
-    _, sd, _ = ckpt.load_pretrained(path, "lm")
-    moments = st.load_file(path / "optimizer.safetensors", mmap=False)
-    return state, sd, moments
-
-
 def _moments(opt: TorchAdamW, model: keras.Model) -> dict[str, np.ndarray]:
     out = {}
     for key, (m, v, transposed) in _slots(opt, model).items():
@@ -359,7 +291,7 @@ def train(
     log = MetricsLog(out / "metrics.jsonl",
                      resume_from_step=start_step if resume else None) if chief else None
     result = TrainResult(start_step=start_step, steps=start_step, model=model)
-    bar = _progress_bar(cfg.steps, start_step, enabled=progress and chief)
+    bar = progress_bar(cfg.steps, start_step, enabled=progress and chief, desc="train (tf)")
     for step in range(start_step, cfg.steps):
         t0 = time.perf_counter()
         lr = learning_rate(cfg, step)
@@ -394,7 +326,7 @@ def train(
             if chief:
                 save_checkpoint(out, step + 1, sd, mom, model.config, cfg,
                                 {"framework": "tf", "strategy": type(strategy).__name__,
-                                 "replicas": W, "seed": cfg.seed})
+                                 "replicas": W, "seed": cfg.seed}, rng=_RNG)
         if on_step is not None:
             on_step(step + 1, record)
     if bar is not None:
@@ -446,16 +378,6 @@ def _evaluate(eval_loss, eval_ds: PackedDataset, cfg: TrainConfig) -> float:
         total += float(eval_loss(tf.constant(batch.astype(np.int32)))) * len(batch)
         count += len(batch)
     return total / count
-
-
-def _progress_bar(total: int, start: int, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a project dependency
-        return None
-    return tqdm(total=total, initial=start, desc="train (tf)", unit="step", dynamic_ncols=True)
 
 
 __all__ = ["STRATEGIES", "TorchAdamW", "TrainResult", "check_out_dir", "latest_checkpoint",

@@ -34,7 +34,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -51,69 +50,31 @@ from torch import nn
 
 from gpt2_core import checkpoint as ckpt
 from gpt2_core.data import DataError, PackedDataset
-from gpt2_core.formats import safetensors as st
-from gpt2_core.io_utils import atomic_directory, atomic_write_text
-from gpt2_core.training import MetricsLog, TrainConfig, decays, learning_rate, plot_loss_curve
+from gpt2_core.training import (
+    MetricsLog,
+    TrainConfig,
+    TrainResult,
+    check_out_dir,
+    decays,
+    latest_checkpoint,
+    learning_rate,
+    plot_loss_curve,
+    progress_bar,
+    read_checkpoint,
+    save_checkpoint,
+)
 from gpt2_torch import weights
 from gpt2_torch.modeling import GPT2LMHeadModel
 
 logger = logging.getLogger(__name__)
 
 STRATEGIES = ("none", "ddp", "fsdp")
-STATE_FORMAT = "gpt2-zoo-train-state/1"
+_RNG = "dropout seeded from (seed, step, rank); data order from (seed, step)"
 
 
-@dataclass
-class TrainResult:
-    """What :func:`train` returns.
-
-    Args:
-        losses: training loss of every step run in this call (step ``start_step + i + 1``).
-        eval_losses: ``{step: held-out loss}`` of the evaluations run in this call.
-        start_step: the step the run started from (0, or the resumed checkpoint's step).
-        steps: the last completed step.
-        model: the trained (unwrapped) model.
-    """
-
-    losses: list[float] = field(default_factory=list)
-    eval_losses: dict[int, float] = field(default_factory=dict)
-    start_step: int = 0
-    steps: int = 0
-    model: Any = None
 
 
 # ----------------------------------------------------------------------------- run directory
-def checkpoint_dir(out_dir: str | os.PathLike, step: int) -> Path:
-    return Path(out_dir) / f"checkpoint-{step}"
-
-
-def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
-    """The checkpoint named by ``OUT/last`` (None when the run has none yet)."""
-    pointer = Path(out_dir) / "last"
-    if not pointer.is_file():
-        return None
-    path = Path(out_dir) / pointer.read_text().strip()
-    if not (path / "trainer_state.json").is_file():
-        raise DataError(f"{pointer} names {path}, which is not a complete checkpoint")
-    return path
-
-
-def check_out_dir(out_dir: str | os.PathLike, resume: bool) -> Path:
-    """Create OUT and prove it is writable, before any training; refuse to mix two runs."""
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise OSError(f"output directory {out} is not writable: {e}") from e
-    if not resume and ((out / "last").exists() or (out / "metrics.jsonl").exists()):
-        raise FileExistsError(f"{out} already holds a training run; pass resume=True "
-                              "(--resume) to continue it or choose another directory")
-    return out
-
-
 def _step_seed(seed: int, step: int, rank: int) -> int:
     """The dropout seed of one (seed, step, rank): independent of how the run got there."""
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, np.uint64)[0] >> 1)
@@ -235,33 +196,6 @@ def _full_state(wrapped: nn.Module, inner: nn.Module, optimizer: torch.optim.Opt
         moments[f"exp_avg/{key}"] = weights.tensor_to_numpy(s["exp_avg"])
         moments[f"exp_avg_sq/{key}"] = weights.tensor_to_numpy(s["exp_avg_sq"])
     return sd, moments
-
-
-def save_checkpoint(out_dir: Path, step: int, state_dict: dict[str, np.ndarray],
-                    moments: dict[str, np.ndarray], config: Any, cfg: TrainConfig,
-                    extra: dict[str, Any]) -> Path:
-    """Write ``OUT/checkpoint-<step>/`` atomically, then point ``OUT/last`` at it."""
-    target = checkpoint_dir(out_dir, step)
-    with atomic_directory(target, overwrite=True) as tmp:
-        ckpt.save_pretrained(state_dict, config, tmp, "lm")
-        st.save_file(moments, tmp / "optimizer.safetensors")
-        state = {"format": STATE_FORMAT, "step": step, "adam_step": step,
-                 "train_config": cfg.to_dict(),
-                 "rng": "dropout seeded from (seed, step, rank); data order from (seed, step)",
-                 **extra}
-        atomic_write_text(tmp / "trainer_state.json", json.dumps(state, indent=2) + "\n")
-    atomic_write_text(Path(out_dir) / "last", target.name + "\n")
-    return target
-
-
-def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(trainer_state, canonical weights, moments) of a checkpoint directory."""
-    state = json.loads((path / "trainer_state.json").read_text())
-    if state.get("format") != STATE_FORMAT:
-        raise DataError(f"{path}: unknown trainer state format {state.get('format')!r}")
-    _, sd, _ = ckpt.load_pretrained(path, "lm")
-    moments = st.load_file(path / "optimizer.safetensors", mmap=False)
-    return state, sd, moments
 
 
 def _load_optimizer(wrapped: nn.Module, inner: nn.Module, optimizer: torch.optim.Optimizer,
@@ -412,7 +346,7 @@ def _train(model, train_ds, eval_ds, cfg, out_dir, resume, d: _Dist, progress, o
     A, B, T = cfg.grad_accum, cfg.batch_size, train_ds.block_size
     b = B // d.world  # blocks per rank per micro-step
     result = TrainResult(start_step=start_step, steps=start_step, model=model)
-    bar = _progress_bar(cfg.steps, start_step, enabled=progress and d.is_main)
+    bar = progress_bar(cfg.steps, start_step, enabled=progress and d.is_main, desc="train (torch)")
     params = [p for p in model.parameters() if p.requires_grad]
     for step in range(start_step, cfg.steps):
         t0 = time.perf_counter()
@@ -469,7 +403,7 @@ def _train(model, train_ds, eval_ds, cfg, out_dir, resume, d: _Dist, progress, o
             if d.is_main:
                 save_checkpoint(out, step + 1, sd, mom, model.config, cfg,
                                 {"framework": "torch", "strategy": d.strategy,
-                                 "world_size": d.world, "seed": cfg.seed})
+                                 "world_size": d.world, "seed": cfg.seed}, rng=_RNG)
         if on_step is not None:
             on_step(step + 1, record)
     if bar is not None:
@@ -496,16 +430,6 @@ def _finish(wrapped: nn.Module, model: nn.Module, out: Path, d: _Dist,
             plot_loss_curve(log.read(), out / "loss.png", title="gpt2-zoo fine-tuning (torch)")
     if d.world > 1:
         dist.barrier()
-
-
-def _progress_bar(total: int, start: int, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a project dependency
-        return None
-    return tqdm(total=total, initial=start, desc="train (torch)", unit="step", dynamic_ncols=True)
 
 
 __all__ = ["STRATEGIES", "TrainResult", "check_out_dir", "latest_checkpoint", "make_optimizer",
