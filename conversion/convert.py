@@ -9,6 +9,7 @@ checkpoint. Tokenizer and generation files travel with the weights.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -81,8 +82,10 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, to: str, dtype: A
             openai_ckpt.save(sd, config, tmp)
             openai_ckpt.copy_tokenizer_files(src_dir, tmp, to_openai=True)
         else:
-            checkpoint.save_pretrained(sd, config, tmp, head, max_shard_size=max_shard_size,
-                                       dtype=dtype, formats=(to,))
+            with _progress(sd, config, head, dtype, to) as bar:
+                checkpoint.save_pretrained(sd, config, tmp, head, max_shard_size=max_shard_size,
+                                           dtype=dtype, formats=(to,),
+                                           progress=bar.update if bar is not None else None)
             if from_openai:
                 openai_ckpt.copy_tokenizer_files(src_dir, tmp, to_openai=False)
         for name in SIDE_FILES:
@@ -95,6 +98,21 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, to: str, dtype: A
     if verify:
         _verify(src_dir, out, to, head, from_openai, dtype)
     return out
+
+
+@contextlib.contextmanager
+def _progress(sd: dict, config: GPT2Config, head: str, dtype: Any, to: str):
+    """A byte progress bar on stderr for checkpoints above 100 MB (hidden when not a terminal)."""
+    stored = naming.drop_tied(sd, config, head)
+    itemsize = checkpoint.to_numpy_dtype(dtype).itemsize if dtype else None
+    total = sum(v.size * (itemsize or v.dtype.itemsize) for v in stored.values())
+    if total < 100e6:
+        yield None
+        return
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, unit="B", unit_scale=True, desc=f"writing {to}", disable=None) as bar:
+        yield bar
 
 
 def _verify(src_dir: Path, out: Path, to: str, head: str, from_openai: bool,

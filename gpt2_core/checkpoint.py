@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,6 +224,7 @@ def save_pretrained(
     max_shard_size: int | str = "5GB",
     dtype: Any = None,
     formats: tuple[str, ...] = ("safetensors",),
+    progress: Callable[[int], None] | None = None,
 ) -> list[Path]:
     """Write ``config.json`` and the weights in each of ``formats`` into ``directory``.
 
@@ -231,6 +232,7 @@ def save_pretrained(
     (pytorch_model.bin), ``tf`` (tf_model.h5 in transformers' layout), ``flax``
     (flax_model.msgpack). Tied weights are not stored twice. Each file is written atomically.
     The architecture is recorded in ``config.json`` so transformers picks the right class.
+    ``progress(nbytes)`` is called as tensors are written (for a progress bar).
     """
     head = naming.head_of(head)
     sd, report = naming.normalize_state_dict(state_dict, config, head, allow_new_head=False)
@@ -245,19 +247,21 @@ def save_pretrained(
     to_write = naming.drop_tied(sd, config, head)
     for fmt in formats:
         if fmt == "safetensors":
-            written += st.save_sharded(to_write, directory, max_shard_size=max_shard_size)
+            written += st.save_sharded(to_write, directory, max_shard_size=max_shard_size,
+                                       progress=progress)
         elif fmt == "pytorch":
             from gpt2_core.formats import torch_bin
 
-            written.append(torch_bin.save(to_write, directory / FORMAT_FILES["pytorch"]))
+            written.append(torch_bin.save(to_write, directory / FORMAT_FILES["pytorch"], progress))
         elif fmt == "tf":
             from gpt2_core.formats import tf_h5
 
-            written.append(tf_h5.save(sd, directory / FORMAT_FILES["tf"], config, head))
+            written.append(tf_h5.save(sd, directory / FORMAT_FILES["tf"], config, head, progress))
         elif fmt == "flax":
             from gpt2_core.formats import flax_msgpack
 
-            written.append(flax_msgpack.save(sd, directory / FORMAT_FILES["flax"], config, head))
+            written.append(flax_msgpack.save(sd, directory / FORMAT_FILES["flax"], config, head,
+                                             progress))
         else:
             raise ValueError(f"unknown format {fmt!r}; use safetensors, pytorch, tf or flax")
     return written

@@ -19,7 +19,7 @@ files have no ``transformer`` level.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -170,17 +170,20 @@ def _chunk(arr: np.ndarray) -> dict[str, Any]:
             "chunks": {str(i): c for i, c in enumerate(chunks)}}
 
 
-def _write_tree(f, packer: msgpack.Packer, tree: Mapping[str, Any]) -> None:
+def _write_tree(f, packer: msgpack.Packer, tree: Mapping[str, Any],
+                progress: Callable[[int], None] | None = None) -> None:
     """Stream a nested dict as msgpack: one array's bytes in memory at a time, never the file."""
     f.write(packer.pack_map_header(len(tree)))
     for key, value in tree.items():
         f.write(packer.pack(key))
         if isinstance(value, Mapping):
-            _write_tree(f, packer, value)
+            _write_tree(f, packer, value, progress)
         elif isinstance(value, np.ndarray) and value.nbytes > _MAX_CHUNK:
-            _write_tree(f, packer, _chunk(value))  # as flax does for arrays >= 1 GiB
+            _write_tree(f, packer, _chunk(value), progress)  # as flax does for arrays >= 1 GiB
         elif isinstance(value, np.ndarray):
             _write_array(f, packer, value)
+            if progress:
+                progress(value.nbytes)
         else:
             f.write(packer.pack(value))
 
@@ -198,11 +201,11 @@ def _write_array(f, packer: msgpack.Packer, arr: np.ndarray) -> None:
 
 
 def save(state_dict: Mapping[str, np.ndarray], path: str | Path, config: GPT2Config,
-         head: str) -> Path:
+         head: str, progress: Callable[[int], None] | None = None) -> Path:
     """Write a flax_model.msgpack that transformers' FlaxGPT2*Model.from_pretrained loads."""
     path = Path(path)
     tree = to_tree(state_dict, config, head)
     packer = msgpack.Packer(default=_pack_default, strict_types=True, use_bin_type=True)
     with atomic_output_file(path) as f:
-        _write_tree(f, packer, tree)
+        _write_tree(f, packer, tree, progress)
     return path

@@ -116,8 +116,12 @@ def load_file(path: str | os.PathLike, *, mmap: bool = True,
 
 
 def save_file(tensors: Mapping[str, np.ndarray], path: str | os.PathLike,
-              metadata: Mapping[str, str] | None = None) -> None:
-    """Write ``tensors`` to ``path`` atomically (readable by the safetensors package and torch)."""
+              metadata: Mapping[str, str] | None = None,
+              progress: Callable[[int], None] | None = None) -> None:
+    """Write ``tensors`` to ``path`` atomically (readable by the safetensors package and torch).
+
+    ``progress(nbytes)`` is called after each tensor is written.
+    """
     header: dict[str, Any] = {}
     if metadata:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
@@ -142,6 +146,8 @@ def save_file(tensors: Mapping[str, np.ndarray], path: str | os.PathLike,
         f.write(raw)
         for arr in arrays:
             f.write(memoryview(arr.reshape(-1).view(np.uint8)) if arr.size else b"")
+            if progress:
+                progress(arr.nbytes)
 
 
 # ---------------------------------------------------------------------------- sharded checkpoints
@@ -166,7 +172,7 @@ def save_sharded(tensors: Mapping[str, np.ndarray], directory: str | os.PathLike
     """Write ``model.safetensors``, or shards ``model-0000i-of-0000n.safetensors`` plus
     ``model.safetensors.index.json`` when the tensors exceed ``max_shard_size``.
 
-    Returns the files written. ``progress(nbytes)`` is called after each shard.
+    Returns the files written. ``progress(nbytes)`` is called after each tensor.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -175,20 +181,16 @@ def save_sharded(tensors: Mapping[str, np.ndarray], directory: str | os.PathLike
     meta = {"format": "pt", **(metadata or {})}
     if len(plan) == 1:
         path = directory / SAFE_WEIGHTS_NAME
-        save_file(tensors, path, meta)
-        if progress:
-            progress(sum(sizes.values()))
+        save_file(tensors, path, meta, progress)
         return [path]
     n = len(plan)
     files: list[Path] = []
     weight_map: dict[str, str] = {}
     for i, names in enumerate(plan, 1):
         fname = f"model-{i:05d}-of-{n:05d}.safetensors"
-        save_file({k: tensors[k] for k in names}, directory / fname, meta)
+        save_file({k: tensors[k] for k in names}, directory / fname, meta, progress)
         files.append(directory / fname)
         weight_map.update({k: fname for k in names})
-        if progress:
-            progress(sum(sizes[k] for k in names))
     index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map}
     atomic_write_text(directory / SAFE_WEIGHTS_INDEX_NAME, json.dumps(index, indent=2, sort_keys=True) + "\n")
     files.append(directory / SAFE_WEIGHTS_INDEX_NAME)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import h5py
@@ -149,7 +149,7 @@ def _tf_variable(key: str, arr: np.ndarray, scope: str) -> tuple[str, str, np.nd
 
 
 def save(state_dict: Mapping[str, np.ndarray], path: str | Path, config: GPT2Config,
-         head: str) -> Path:
+         head: str, progress: Callable[[int], None] | None = None) -> Path:
     """Write a tf_model.h5 in transformers' layout (loads with ``TFGPT2*.from_pretrained``).
 
     Head layers transformers' TF never had (token classification, QA) follow the same Dense
@@ -179,4 +179,6 @@ def save(state_dict: Mapping[str, np.ndarray], path: str | Path, config: GPT2Con
             g.attrs["weight_names"] = [n.encode("utf8") for n, _ in variables]
             for name, arr in variables:
                 g.create_dataset(name, data=arr)
+                if progress:
+                    progress(arr.nbytes)
     return path

@@ -26,7 +26,7 @@ import pickle
 import struct
 import zipfile
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -340,7 +340,8 @@ def _pickle_state_dict(entries: list[tuple[str, str, str, int, tuple, tuple]]) -
     return b"".join(out)
 
 
-def save(state_dict: Mapping[str, np.ndarray], path: str | Path) -> Path:
+def save(state_dict: Mapping[str, np.ndarray], path: str | Path,
+         progress: Callable[[int], None] | None = None) -> Path:
     """Write ``state_dict`` as a zip-format ``pytorch_model.bin`` (atomically).
 
     Arrays that are the same object (tied weights) share one storage, as torch.save does.
@@ -372,5 +373,7 @@ def save(state_dict: Mapping[str, np.ndarray], path: str | Path) -> Path:
         for i, arr in enumerate(storages):
             with zf.open(f"{root}data/{i}", "w", force_zip64=True) as entry:
                 entry.write(memoryview(arr.reshape(-1).view(np.uint8)) if arr.size else b"")
+            if progress:
+                progress(arr.nbytes)
         zf.writestr(root + "version", "3\n")
     return path

@@ -151,3 +151,16 @@ def test_transformers_files_give_transformers_logits(name):
         want = g.get(f"pt_eager/{scenario}/logits", g[f"outputs/{scenario}/logits"])
         real = np.ones(ids.shape, bool) if mask is None else mask.astype(bool)
         np.testing.assert_allclose(got[real], want[real], rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pytorch", "tf", "flax"])
+def test_writers_report_progress_in_bytes(tmp_path, fmt):
+    """The progress callback (the convert progress bar) sees every stored byte once."""
+    cfg = CONFIGS["tied"]
+    sd = random_state_dict(cfg, "lm", seed=0, std=0.3)
+    seen = []
+    checkpoint.save_pretrained(sd, cfg, tmp_path, "lm", formats=(fmt,), progress=seen.append,
+                               max_shard_size="20KB")
+    stored = naming.drop_tied(sd, cfg, "lm")
+    assert sum(seen) == sum(v.nbytes for v in stored.values())
+    assert len(seen) == len(stored)
