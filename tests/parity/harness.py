@@ -187,6 +187,13 @@ class FlaxAdapter:
         return np.asarray(out)
 
 
+def load_pretrained(framework: str, directory, head: str):
+    """``<Class>.from_pretrained(directory)`` in ``framework`` (inference mode)."""
+    from conversion import verify
+
+    return verify.load_model(framework, directory, head)
+
+
 ADAPTERS = {"torch": TorchAdapter, "tf": TFAdapter, "flax": FlaxAdapter}
 _INSTANCES: dict[str, Any] = {}
 
