@@ -85,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("src", help="source checkpoint directory or hub id")
     c.add_argument("out", help="output directory (must not exist or be empty, unless --force)")
     c.add_argument("--to", required=True,
-                   choices=["safetensors", "pytorch", "tf", "flax", "openai"],
-                   help="target format (openai: the original TF1 release layout, needs tensorflow)")
+                   choices=["safetensors", "pytorch", "tf", "flax", "openai", "keras", "nnx"],
+                   help="target format (openai: the original TF1 release layout; keras: a "
+                        "gpt2_tf model.keras; nnx: a gpt2_flax NNX state)")
     c.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"])
     c.add_argument("--max-shard-size", default="5GB")
     c.add_argument("--head", default=None,

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from conversion import openai_ckpt
+from conversion import native, openai_ckpt
 from gpt2_core import checkpoint, hub, naming
 from gpt2_core.config import CONFIG_NAME, GPT2Config
 from gpt2_core.io_utils import atomic_directory
@@ -26,7 +26,7 @@ from gpt2_core.io_utils import atomic_directory
 log = logging.getLogger(__name__)
 
 #: values of ``--to``
-TARGETS = ("safetensors", "pytorch", "tf", "flax", "openai")
+TARGETS = ("safetensors", "pytorch", "tf", "flax", "openai", "keras", "nnx")
 #: files copied unchanged from SRC to OUT
 SIDE_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json",
               "special_tokens_map.json", "generation_config.json")
@@ -56,7 +56,13 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, to: str, dtype: A
     if out.exists() and out.resolve() == src_dir.resolve():
         raise ValueError(f"refusing to overwrite the source checkpoint {src_dir}")
     from_openai = openai_ckpt.is_openai_dir(src_dir) and not (src_dir / CONFIG_NAME).is_file()
-    if from_openai:
+    src_native = native.detect(src_dir) if not checkpoint.detect_formats(src_dir) else None
+    if src_native:
+        config, raw, src_head = native.load(src_dir, src_native)
+        head = naming.head_of(head) if head else src_head
+        sd, report = naming.normalize_state_dict(raw, config, head, source=str(src_dir))
+        report.raise_if_error()
+    elif from_openai:
         config, raw = openai_ckpt.load(src_dir)
         head = naming.head_of(head) if head else "lm"
         sd, report = naming.normalize_state_dict(raw, config, head, source=str(src_dir))
@@ -76,7 +82,11 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, to: str, dtype: A
     if report.tied:
         notes.append(f"tied weights stored once: {', '.join(report.tied)}")
     with atomic_directory(out, overwrite=force) as tmp:
-        if to == "openai":
+        if to in native.NATIVE_FORMATS:
+            if dtype not in (None, "fp32", "float32"):
+                raise ValueError(f"--to {to} writes float32 only")
+            native.save(sd, config, head, tmp, to)
+        elif to == "openai":
             if dtype not in (None, "fp32", "float32"):
                 raise ValueError("the OpenAI format stores float32 only")
             openai_ckpt.save(sd, config, tmp)
@@ -115,20 +125,32 @@ def _progress(sd: dict, config: GPT2Config, head: str, dtype: Any, to: str):
         yield bar
 
 
+def _read_any(directory: Path, head: str) -> dict:
+    """Canonical weights of any directory this module reads (fp32)."""
+    if openai_ckpt.is_openai_dir(directory) and not (directory / CONFIG_NAME).is_file():
+        return openai_ckpt.load(directory)[1]
+    fmt = native.detect(directory) if not checkpoint.detect_formats(directory) else None
+    if fmt:
+        return native.load(directory, fmt)[1]
+    return checkpoint.load_pretrained(directory, head, dtype="fp32")[1]
+
+
 def _verify(src_dir: Path, out: Path, to: str, head: str, from_openai: bool,
             dtype: Any) -> None:
     """Run SRC and OUT in the frameworks of their formats; raise if they disagree."""
     from conversion import verify
 
-    if to == "openai" or from_openai:
-        # no backend reads OpenAI's layout: compare the weights both sides hold, bit for bit
-        oa_dir, other_dir = (out, src_dir) if to == "openai" else (src_dir, out)
-        _, oa = openai_ckpt.load(oa_dir)
-        _, other, _ = checkpoint.load_pretrained(other_dir, head, dtype="fp32")
-        bad = [k for k in oa if not np.array_equal(oa[k], other[k])]
-        if bad:
-            raise ValueError(f"--verify failed: {len(bad)} weights differ, e.g. {bad[0]}")
-        print(f"verify: the {len(oa)} OpenAI checkpoint tensors equal the other side bit for bit")
+    special = {"openai", *native.NATIVE_FORMATS}
+    src_special = from_openai or (native.detect(src_dir) and not checkpoint.detect_formats(src_dir))
+    if to in special or src_special:
+        # layouts no backend's from_pretrained reads: compare the weights bit for bit instead
+        a, b = _read_any(src_dir, head), _read_any(out, head)
+        keys = set(a) & set(b)
+        bad = [k for k in sorted(keys) if not np.array_equal(np.asarray(a[k], np.float32),
+                                                             np.asarray(b[k], np.float32))]
+        if bad or not keys:
+            raise ValueError(f"--verify failed: {len(bad)} weights differ, e.g. {bad[:1]}")
+        print(f"verify: the {len(keys)} tensors of SRC and OUT are equal bit for bit")
         return
     diff, scale = verify.verify_pair(src_dir, out, head)
     # fp32 conversions are exact up to kernel differences between frameworks; a reduced

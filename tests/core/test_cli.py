@@ -128,3 +128,17 @@ def test_openai_export_refuses_unrepresentable_config(tmp_path):
     checkpoint.save_pretrained(random_state_dict(cfg, "lm", seed=0), cfg, d, "lm")
     assert cli.main(["convert", str(d), str(tmp_path / "o"), "--to", "openai"]) == 1
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("native_fmt", ["keras", "nnx"])
+def test_backend_native_formats_round_trip(src, tmp_path, native_fmt):
+    """--to keras / nnx write each backend's own save format; converting back is bit-exact."""
+    pytest.importorskip("tensorflow" if native_fmt == "keras" else "flax")
+    out = tmp_path / native_fmt
+    assert cli.main(["convert", str(src), str(out), "--to", native_fmt, "--verify"]) == 0
+    assert (out / ("model.keras" if native_fmt == "keras" else "nnx_state.msgpack")).is_file()
+    back = tmp_path / "back"
+    assert cli.main(["convert", str(out), str(back), "--to", "safetensors"]) == 0
+    _, a, _ = checkpoint.load_pretrained(src, "lm")
+    _, b, _ = checkpoint.load_pretrained(back, "lm")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
