@@ -4,10 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from flax_helpers import FLAGS, build, jrun, maxdiff, np_lm_logits
+from flax_helpers import FLAGS, build, jrun, maxdiff
 
 import gpt2_flax as gf
 from gpt2_core.init import tiny_config
+from gpt2_core.reference import lm_logits
 
 RNG = np.random.default_rng(0)
 IDS = RNG.integers(1, 257, (2, 7))
@@ -17,7 +18,7 @@ def test_logits_match_numpy_reference():
     # every config flag at once; tests/flax/test_flax_golden.py covers each case against HF
     cfg, sd, model = build("lm", seed=3, **FLAGS)
     got = jrun(model, input_ids=IDS).logits
-    assert maxdiff(got, np_lm_logits(cfg, sd, IDS)) < 2e-4
+    assert maxdiff(got, lm_logits(sd, cfg, IDS)) < 2e-4
 
 
 def test_left_padding_with_positions_matches_unpadded(lm):
@@ -29,7 +30,7 @@ def test_left_padding_with_positions_matches_unpadded(lm):
     alone = jrun(model, input_ids=ids[:1, 2:]).logits
     assert maxdiff(out[0, 2:], alone[0]) < 1e-5
     assert np.isfinite(np.asarray(out)).all()  # fully masked pad rows stay finite (finfo.min)
-    ref = np_lm_logits(cfg, sd, ids, mask, pos)
+    ref = lm_logits(sd, cfg, ids, attention_mask=mask, position_ids=pos)
     assert maxdiff(out[0, 2:], ref[0, 2:]) < 2e-4 and maxdiff(out[1], ref[1]) < 2e-4
 
 
