@@ -55,14 +55,13 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, to: str, dtype: A
     out = Path(out)
     if out.exists() and out.resolve() == src_dir.resolve():
         raise ValueError(f"refusing to overwrite the source checkpoint {src_dir}")
-    from_openai = openai_ckpt.is_openai_dir(src_dir) and not (src_dir / CONFIG_NAME).is_file()
-    src_native = native.detect(src_dir) if not checkpoint.detect_formats(src_dir) else None
-    if src_native:
-        config, raw, src_head = native.load(src_dir, src_native)
+    src_kind = special_format(src_dir)
+    if src_kind in native.NATIVE_FORMATS:
+        config, raw, src_head = native.load(src_dir, src_kind)
         head = naming.head_of(head) if head else src_head
         sd, report = naming.normalize_state_dict(raw, config, head, source=str(src_dir))
         report.raise_if_error()
-    elif from_openai:
+    elif src_kind == "openai":
         config, raw = openai_ckpt.load(src_dir)
         head = naming.head_of(head) if head else "lm"
         sd, report = naming.normalize_state_dict(raw, config, head, source=str(src_dir))
@@ -96,7 +95,7 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, to: str, dtype: A
                 checkpoint.save_pretrained(sd, config, tmp, head, max_shard_size=max_shard_size,
                                            dtype=dtype, formats=(to,),
                                            progress=bar.update if bar is not None else None)
-            if from_openai:
+            if src_kind == "openai":
                 openai_ckpt.copy_tokenizer_files(src_dir, tmp, to_openai=False)
         for name in SIDE_FILES:
             if (src_dir / name).is_file() and not (tmp / name).exists():
@@ -106,7 +105,7 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, to: str, dtype: A
     print(f"converted {src_dir} ({naming.HEADS[head]}) -> {out} [{to}]"
           + (f"; {'; '.join(notes)}" if notes else ""))
     if verify:
-        _verify(src_dir, out, to, head, from_openai, dtype)
+        _verify(src_dir, out, to, head, src_kind, dtype)
     return out
 
 
@@ -125,24 +124,33 @@ def _progress(sd: dict, config: GPT2Config, head: str, dtype: Any, to: str):
         yield bar
 
 
+def special_format(directory: Path) -> str | None:
+    """``"openai"`` (an OpenAI release without config.json), ``"keras"`` / ``"nnx"`` (a
+    backend's native file and no transformers format), else None: the layouts no backend's
+    ``from_pretrained`` reads."""
+    if openai_ckpt.is_openai_dir(directory) and not (directory / CONFIG_NAME).is_file():
+        return "openai"
+    if checkpoint.detect_formats(directory):
+        return None
+    return native.detect(directory)
+
+
 def _read_any(directory: Path, head: str) -> dict:
     """Canonical weights of any directory this module reads (fp32)."""
-    if openai_ckpt.is_openai_dir(directory) and not (directory / CONFIG_NAME).is_file():
+    kind = special_format(directory)
+    if kind == "openai":
         return openai_ckpt.load(directory)[1]
-    fmt = native.detect(directory) if not checkpoint.detect_formats(directory) else None
-    if fmt:
-        return native.load(directory, fmt)[1]
+    if kind:
+        return native.load(directory, kind)[1]
     return checkpoint.load_pretrained(directory, head, dtype="fp32")[1]
 
 
-def _verify(src_dir: Path, out: Path, to: str, head: str, from_openai: bool,
+def _verify(src_dir: Path, out: Path, to: str, head: str, src_kind: str | None,
             dtype: Any) -> None:
     """Run SRC and OUT in the frameworks of their formats; raise if they disagree."""
     from conversion import verify
 
-    special = {"openai", *native.NATIVE_FORMATS}
-    src_special = from_openai or (native.detect(src_dir) and not checkpoint.detect_formats(src_dir))
-    if to in special or src_special:
+    if to in ("openai", *native.NATIVE_FORMATS) or src_kind:
         # layouts no backend's from_pretrained reads: compare the weights bit for bit instead
         a, b = _read_any(src_dir, head), _read_any(out, head)
         keys = set(a) & set(b)
