@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from gpt2_core.generation_config import GenerationConfig
 from gpt2_core.outputs import ModelOutput
+from gpt2_torch import _cpu_kernels
 from gpt2_torch.modeling import (
     GPT2PreTrainedModel,
     StaticCache,
@@ -42,14 +43,29 @@ _compiled_step: Callable | None = None
 
 
 # ----------------------------------------------------------------------------- the model step
-def _lm_head_matrix(model: GPT2PreTrainedModel) -> torch.Tensor:
-    """The LM head as a (C, V) matrix for ``h @ W``.
+def _lm_head_matrix(model: GPT2PreTrainedModel, compile: bool) -> torch.Tensor:
+    """The LM head for :func:`_lm_logits`: the (V, C) weight itself where the CPU kernels take
+    it (no copy), else a (C, V) matrix for ``h @ W``.
 
-    On CPU a single-row ``h @ W.T`` with W stored (V, C) runs at about half the memory bandwidth
-    of ``h @ W`` with a contiguous (C, V) copy, so generation pays one transpose up front.
+    On CPU a single-row ``h @ W.T`` through torch with W stored (V, C) runs at about half the
+    memory bandwidth of ``h @ W`` with a contiguous (C, V) copy, so without the kernels
+    generation pays one transpose up front.
     """
     w = model.lm_head.weight
-    return w.t().contiguous() if w.device.type == "cpu" else w.t()
+    if w.device.type != "cpu":
+        return w.t()
+    if not compile and _cpu_kernels.load() is not None and w.dtype == torch.float32:
+        return w
+    return w.t().contiguous()
+
+
+def _lm_logits(model: GPT2PreTrainedModel, h: torch.Tensor, head_w: torch.Tensor) -> torch.Tensor:
+    """Logits (B, V) of the last hidden states (B, C); ``head_w`` from :func:`_lm_head_matrix`."""
+    if head_w is model.lm_head.weight:  # (V, C), the kernels' layout
+        if _cpu_kernels.usable(h, head_w):
+            return _cpu_kernels.linear_nk(h, head_w)  # the weight is read once for all rows
+        return F.linear(h, head_w)
+    return h @ head_w
 
 
 def _forward_step(model: GPT2PreTrainedModel, head_w: torch.Tensor, cache: StaticCache,
@@ -74,7 +90,7 @@ def _forward_step(model: GPT2PreTrainedModel, head_w: torch.Tensor, cache: Stati
         h = block(h, layer_past, bias, None, enc_states, enc_bias,
                   cache_position=cache_position, static_cache=True)[0]
     h = tr.ln_f(h[:, -1])  # (B, C): only the last position is needed
-    return h @ head_w  # (B, V)
+    return _lm_logits(model, h, head_w)  # (B, V)
 
 
 def _decode_step(model: GPT2PreTrainedModel, head_w: torch.Tensor, cache: StaticCache,
@@ -112,7 +128,7 @@ class _Decoder:
         device = model.lm_head.weight.device
         dtype = model.lm_head.weight.dtype
         self.cache = StaticCache.allocate(model.config, batch, max_length, dtype, device)
-        self.head_w = _lm_head_matrix(model)
+        self.head_w = _lm_head_matrix(model, compile)
         T0 = prompt_mask.shape[1]
         slot_mask = torch.ones(batch, max_length, dtype=torch.long, device=device)
         slot_mask[:, :T0] = prompt_mask
@@ -142,6 +158,14 @@ class _Decoder:
                 k, v = att.c_attn(enc).split(att.embed_dim, dim=2)
                 cross_kv.append((att._split_heads(k), att._split_heads(v)))  # (B, H, S_enc, D)
             self.encoder = (enc, enc_bias, cross_kv)
+        # the fused single-token kernel (CPU, fp32, eval); otherwise the torch modules
+        self.fused: _cpu_kernels.DecodeStep | None = None
+        if not compile and self.encoder is None and device.type == "cpu":
+            reason = _cpu_kernels.DecodeStep.unsupported_reason(model, self.cache, batch)
+            if reason is None:
+                self.fused = _cpu_kernels.DecodeStep(model, self.cache, batch)
+            else:
+                logger.debug("generate: torch modules for decoding (%s)", reason)
 
     def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Run the prompt (B, T0) with the model's own forward, then copy its keys/values into
@@ -158,10 +182,15 @@ class _Decoder:
             k_buf[:, :, :T0] = present[0]  # (B, H, T0, D)
             v_buf[:, :, :T0] = present[1]
         self.length = T0
-        return out.last_hidden_state[:, -1] @ self.head_w  # (B, V)
+        return _lm_logits(self.model, out.last_hidden_state[:, -1], self.head_w)  # (B, V)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one new token per row (B,); logits (B, V) for the next one."""
+        if self.fused is not None:
+            logits = self.fused(tokens, self.next_position, self.pad_bias, self.length)
+            self.next_position = self.next_position + 1
+            self.length += 1
+            return logits
         cache_position = torch.tensor([self.length], device=tokens.device)
         logits = self.step_fn(self.model, self.head_w, self.cache, tokens[:, None],
                               self.next_position, cache_position, self.pad_bias, self.encoder)

@@ -1,0 +1,383 @@
+/*
+ * gpt2_zoo CPU kernels: fp32 matrix x few-rows products for single-token decoding.
+ *
+ * Decoding one token reads every weight once and does two flops per weight, so it is bound by
+ * memory bandwidth. On the 2-core AMD EPYC this project is measured on, MKL's GEMV for one row
+ * streams about 15 GB/s; these loops stream 24-28 GB/s with two threads (the machine peaks
+ * near 34 GB/s). They are plain C with GCC/Clang vector extensions (compiled with
+ * -march=native, so AVX-512, AVX2 or NEON as the machine has) and OpenMP, built at first use by
+ * gpt2_torch/_cpu_kernels.py and called through ctypes. The OpenMP runtime is torch's own
+ * (same soname, already loaded), so these threads are torch's intra-op threads.
+ *
+ * Two layouts, both reading each weight exactly once for all M rows of X:
+ *   kn: Y = bias + X @ W   with W (K, N) row-major  (GPT-2 Conv1D, (in, out))
+ *   nk: Y = X @ W^T        with W (N, K) row-major  (nn.Linear / the tied LM head, (V, C))
+ * No bounds checks here: the Python wrapper checks shapes, dtypes and contiguity.
+ */
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define VL 16
+typedef float vf __attribute__((vector_size(64)));
+typedef float vfu __attribute__((vector_size(64), aligned(4))); /* unaligned access */
+
+static inline vf ld(const float *p) { return *(const vfu *)p; }
+static inline void st(float *p, vf v) { *(vfu *)p = v; }
+
+/* Y[m, :] += sum_{k0 <= k < k1} X[m, k] * W[k, :]; streams rows k0..k1 of W contiguously,
+   several rows of W per pass, their broadcast x values hoisted out of the column loop. */
+#define KN_MB 8 /* rows of X per pass over a block of W */
+static void kn_rows(const float *restrict X, int64_t ldx, const float *restrict W,
+                    float *restrict Y, int64_t ldy, int64_t M, int64_t k0, int64_t k1,
+                    int64_t N) {
+    const int64_t Nv = N / VL * VL;
+    int64_t k = k0;
+    if (M == 1) /* the decoding case: eight rows of W per pass over Y */
+        for (; k + 8 <= k1; k += 8) {
+            const float *w = W + k * N;
+            vf xv[8];
+            for (int i = 0; i < 8; ++i) xv[i] = (vf){0} + X[k + i];
+            for (int64_t n = 0; n < Nv; n += VL) {
+                vf acc = ld(Y + n);
+                acc += xv[0] * ld(w + n) + xv[1] * ld(w + N + n) + xv[2] * ld(w + 2 * N + n) +
+                       xv[3] * ld(w + 3 * N + n);
+                acc += xv[4] * ld(w + 4 * N + n) + xv[5] * ld(w + 5 * N + n) +
+                       xv[6] * ld(w + 6 * N + n) + xv[7] * ld(w + 7 * N + n);
+                st(Y + n, acc);
+            }
+            for (int64_t n = Nv; n < N; ++n)
+                for (int i = 0; i < 8; ++i) Y[n] += X[k + i] * w[i * N + n];
+        }
+    for (; k + 4 <= k1; k += 4) {
+        const float *w0 = W + k * N, *w1 = w0 + N, *w2 = w1 + N, *w3 = w2 + N;
+        if (M == 1) {
+            const vf x0 = (vf){0} + X[k], x1 = (vf){0} + X[k + 1], x2 = (vf){0} + X[k + 2],
+                     x3 = (vf){0} + X[k + 3];
+            for (int64_t n = 0; n < Nv; n += VL)
+                st(Y + n, ld(Y + n) + x0 * ld(w0 + n) + x1 * ld(w1 + n) + x2 * ld(w2 + n) +
+                              x3 * ld(w3 + n));
+        } else {
+            for (int64_t mb = 0; mb < M; mb += KN_MB) {
+                const int64_t me = mb + KN_MB < M ? mb + KN_MB : M;
+                vf xb[KN_MB][4];
+                for (int64_t m = mb; m < me; ++m)
+                    for (int i = 0; i < 4; ++i) xb[m - mb][i] = (vf){0} + X[m * ldx + k + i];
+                for (int64_t n = 0; n < Nv; n += VL) {
+                    const vf a = ld(w0 + n), b = ld(w1 + n), c = ld(w2 + n), d = ld(w3 + n);
+                    for (int64_t m = mb; m < me; ++m) {
+                        float *y = Y + m * ldy + n;
+                        const vf *xv = xb[m - mb];
+                        st(y, ld(y) + xv[0] * a + xv[1] * b + xv[2] * c + xv[3] * d);
+                    }
+                }
+            }
+        }
+        for (int64_t n = Nv; n < N; ++n)
+            for (int64_t m = 0; m < M; ++m) {
+                const float *x = X + m * ldx + k;
+                Y[m * ldy + n] += x[0] * w0[n] + x[1] * w1[n] + x[2] * w2[n] + x[3] * w3[n];
+            }
+    }
+    for (; k < k1; ++k)
+        for (int64_t m = 0; m < M; ++m) {
+            const float xk = X[m * ldx + k];
+            const float *w = W + k * N;
+            float *y = Y + m * ldy;
+            for (int64_t n = 0; n < N; ++n) y[n] += xk * w[n];
+        }
+}
+
+static void kn_init(const float *bias, float *Y, int64_t ldy, int64_t M, int64_t N) {
+    for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = 0; n < N; ++n) Y[m * ldy + n] = bias ? bias[n] : 0.f;
+}
+
+/*
+ * Y (M, N) = bias + X (M, K) @ W (K, N). With nt > 1 the K rows are split into nt contiguous
+ * blocks (each thread streams one block of W), the partial sums of threads 1.. go to `scratch`
+ * ((nt - 1) * M * N floats), and are added into Y after a barrier.
+ */
+void gpt2_gemv_kn(const float *X, int64_t ldx, const float *W, const float *bias, float *Y,
+                  int64_t ldy, int64_t M, int64_t K, int64_t N, float *scratch, int nt) {
+    if (nt <= 1) {
+        kn_init(bias, Y, ldy, M, N);
+        kn_rows(X, ldx, W, Y, ldy, M, 0, K, N);
+        return;
+    }
+#pragma omp parallel num_threads(nt)
+    {
+#ifdef _OPENMP
+        const int t = omp_get_thread_num(), T = omp_get_num_threads();
+#else
+        const int t = 0, T = 1;
+#endif
+        const int64_t chunk = (K + T - 1) / T;
+        int64_t k0 = t * chunk, k1 = k0 + chunk;
+        if (k1 > K) k1 = K;
+        float *acc = t == 0 ? Y : scratch + (int64_t)(t - 1) * M * N;
+        const int64_t lda = t == 0 ? ldy : N;
+        kn_init(t == 0 ? bias : 0, acc, lda, M, N);
+        if (k0 < k1) kn_rows(X, ldx, W, acc, lda, M, k0, k1, N);
+#pragma omp barrier
+        /* reduce: each thread adds the partials for its share of the columns */
+        const int64_t c = ((N + T - 1) / T + VL - 1) / VL * VL;
+        int64_t n0 = t * c, n1 = n0 + c;
+        if (n1 > N) n1 = N;
+        for (int j = 1; j < T; ++j) {
+            const float *p = scratch + (int64_t)(j - 1) * M * N;
+            for (int64_t m = 0; m < M; ++m)
+                for (int64_t n = n0; n < n1; ++n) Y[m * ldy + n] += p[m * N + n];
+        }
+    }
+}
+
+static inline float hsum(vf v) {
+#if defined(__AVX512F__)
+    return _mm512_reduce_add_ps((__m512)v);
+#else
+    float s = 0.f;
+    for (int i = 0; i < VL; ++i) s += v[i];
+    return s;
+#endif
+}
+
+/* Y[m, n] = dot(X[m, :], W[n, :]) for n0 <= n < n1, four rows of W at a time. */
+static void nk_rows(const float *X, int64_t ldx, const float *W, float *Y, int64_t ldy,
+                    int64_t M, int64_t K, int64_t n0, int64_t n1) {
+    const int64_t Kv = K / VL * VL;
+    int64_t n = n0;
+    for (; n + 4 <= n1; n += 4) {
+        const float *w0 = W + n * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
+        for (int64_t m = 0; m < M; ++m) {
+            const float *x = X + m * ldx;
+            vf a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+            for (int64_t k = 0; k < Kv; k += VL) {
+                const vf xv = ld(x + k);
+                a0 += xv * ld(w0 + k);
+                a1 += xv * ld(w1 + k);
+                a2 += xv * ld(w2 + k);
+                a3 += xv * ld(w3 + k);
+            }
+            float s0 = hsum(a0), s1 = hsum(a1), s2 = hsum(a2), s3 = hsum(a3);
+            for (int64_t k = Kv; k < K; ++k) {
+                s0 += x[k] * w0[k];
+                s1 += x[k] * w1[k];
+                s2 += x[k] * w2[k];
+                s3 += x[k] * w3[k];
+            }
+            float *y = Y + m * ldy + n;
+            y[0] = s0;
+            y[1] = s1;
+            y[2] = s2;
+            y[3] = s3;
+        }
+    }
+    for (; n < n1; ++n)
+        for (int64_t m = 0; m < M; ++m) {
+            const float *x = X + m * ldx, *w = W + n * K;
+            float s = 0.f;
+            for (int64_t k = 0; k < K; ++k) s += x[k] * w[k];
+            Y[m * ldy + n] = s;
+        }
+}
+
+/* Y (M, N) = X (M, K) @ W^T with W (N, K); the N rows are split into nt contiguous blocks. */
+void gpt2_gemv_nk(const float *X, int64_t ldx, const float *W, float *Y, int64_t ldy, int64_t M,
+                  int64_t K, int64_t N, int nt) {
+    if (nt <= 1) {
+        nk_rows(X, ldx, W, Y, ldy, M, K, 0, N);
+        return;
+    }
+#pragma omp parallel num_threads(nt)
+    {
+#ifdef _OPENMP
+        const int t = omp_get_thread_num(), T = omp_get_num_threads();
+#else
+        const int t = 0, T = 1;
+#endif
+        const int64_t chunk = ((N + T - 1) / T + 3) / 4 * 4;
+        int64_t n0 = t * chunk, n1 = n0 + chunk;
+        if (n1 > N) n1 = N;
+        if (n0 < n1) nk_rows(X, ldx, W, Y, ldy, M, K, n0, n1);
+    }
+}
+
+
+/* ------------------------------------------------------------------------------------------ */
+/* One whole single-token decoding step of GPT-2 (fp32, eval mode, no cross-attention).        */
+/* ------------------------------------------------------------------------------------------ */
+
+enum { ACT_GELU_TANH = 0, ACT_GELU_ERF, ACT_RELU, ACT_QUICK_GELU, ACT_SILU, ACT_TANH,
+       ACT_SIGMOID, ACT_LINEAR };
+
+static inline float activate(float x, int act) {
+    switch (act) {
+    case ACT_GELU_TANH:
+        return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+    case ACT_GELU_ERF: return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f));
+    case ACT_RELU: return x > 0.f ? x : 0.f;
+    case ACT_QUICK_GELU: return x / (1.0f + expf(-1.702f * x));
+    case ACT_SILU: return x / (1.0f + expf(-x));
+    case ACT_TANH: return tanhf(x);
+    case ACT_SIGMOID: return 1.0f / (1.0f + expf(-x));
+    default: return x;
+    }
+}
+
+static inline float dot(const float *a, const float *b, int64_t n) {
+    const int64_t nv = n / VL * VL;
+    vf acc = {0};
+    for (int64_t i = 0; i < nv; i += VL) acc += ld(a + i) * ld(b + i);
+    float s = hsum(acc);
+    for (int64_t i = nv; i < n; ++i) s += a[i] * b[i];
+    return s;
+}
+
+static void layer_norm(const float *x, const float *w, const float *b, float *y, int64_t C,
+                       float eps) {
+    double mean = 0.0, var = 0.0;
+    for (int64_t i = 0; i < C; ++i) mean += x[i];
+    mean /= (double)C;
+    for (int64_t i = 0; i < C; ++i) {
+        const double d = x[i] - mean;
+        var += d * d;
+    }
+    var /= (double)C;
+    const float r = (float)(1.0 / sqrt(var + (double)eps)), m = (float)mean;
+    for (int64_t i = 0; i < C; ++i) y[i] = (x[i] - m) * r * w[i] + b[i];
+}
+
+#ifdef _OPENMP
+#define BARRIER _Pragma("omp barrier")
+#else
+#define BARRIER
+#endif
+
+/*
+ * Inside a team of T threads: out = act(bias + X (M, K) @ W (K, N)), or, with `resid`,
+ * resid += bias + X @ W. Thread t streams rows [t*K/T, (t+1)*K/T) of W into its own partial
+ * (thread 0 into `Y`, the others into `part`), then each thread reduces a block of columns.
+ */
+static void kn_team(const float *X, const float *W, const float *bias, float *Y, float *part,
+                    float *resid, int act, int64_t M, int64_t K, int64_t N, int t, int T) {
+    const int64_t chunk = (K + T - 1) / T;
+    int64_t k0 = t * chunk, k1 = k0 + chunk;
+    if (k1 > K) k1 = K;
+    float *acc = t == 0 ? Y : part + (int64_t)(t - 1) * M * N;
+    kn_init(t == 0 ? bias : 0, acc, N, M, N);
+    if (k0 < k1) kn_rows(X, K, W, acc, N, M, k0, k1, N);
+    BARRIER
+    const int64_t c = ((N + T - 1) / T + VL - 1) / VL * VL;
+    int64_t n0 = t * c, n1 = n0 + c;
+    if (n1 > N) n1 = N;
+    for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = n0; n < n1; ++n) {
+            float y = Y[m * N + n];
+            for (int j = 1; j < T; ++j) y += part[(int64_t)(j - 1) * M * N + m * N + n];
+            if (resid) resid[m * N + n] += y;
+            else Y[m * N + n] = activate(y, act);
+        }
+    BARRIER
+}
+
+/*
+ * logits (M, V) for one new token per row.
+ *   ids, positions (M): token ids and position ids (already validated by the caller)
+ *   glob: wte (V, C), wpe (P, C), ln_f weight, ln_f bias, head (V, C)
+ *   layers: per layer 14 pointers: ln_1 w, b, c_attn w (C, 3C), b, attn c_proj w (C, C), b,
+ *           ln_2 w, b, c_fc w (C, F), b, mlp c_proj w (F, C), b, key cache, value cache
+ *           (M, H, L, D); the new key/value are written at slot `pos`
+ *   scales (n_layer): the attention score scale of each layer
+ *   bias (M, L): additive mask over cache slots (padding); slots after `pos` are never read
+ *   work: gpt2_decode_work_floats(...) floats of scratch
+ */
+void gpt2_decode_step(const int64_t *ids, const int64_t *positions, void *const *glob,
+                      void *const *layers, const float *scales, const float *bias, int64_t pos,
+                      int64_t M, int64_t C, int64_t H, int64_t L, int64_t F, int64_t V,
+                      int64_t n_layer, float eps, int act, float *logits, float *work, int nt) {
+    const int64_t D = C / H;
+    const int64_t NMAX = F > 3 * C ? F : 3 * C;
+    float *h = work, *x = h + M * C, *qkv = x + M * C, *att = qkv + M * 3 * C,
+          *f = att + M * C, *tmp = f + M * F, *scores = tmp + M * C, *part = scores + M * H * L;
+    const float *wte = glob[0], *wpe = glob[1], *lnf_w = glob[2], *lnf_b = glob[3],
+                *head = glob[4];
+    if (nt < 1) nt = 1;
+#pragma omp parallel num_threads(nt)
+    {
+#ifdef _OPENMP
+        const int t = omp_get_thread_num(), T = omp_get_num_threads();
+#else
+        const int t = 0, T = 1;
+#endif
+        (void)NMAX;
+        for (int64_t m = t; m < M; m += T)
+            for (int64_t i = 0; i < C; ++i)
+                h[m * C + i] = wte[ids[m] * C + i] + wpe[positions[m] * C + i];
+        BARRIER
+        for (int64_t l = 0; l < n_layer; ++l) {
+            void *const *p = layers + l * 14;
+            float *kc = p[12], *vc = p[13];
+            for (int64_t m = t; m < M; m += T)
+                layer_norm(h + m * C, p[0], p[1], x + m * C, C, eps);
+            BARRIER
+            kn_team(x, p[2], p[3], qkv, part, 0, ACT_LINEAR, M, C, 3 * C, t, T);
+            /* attention: each (row, head) pair writes its new key/value, then attends */
+            const float scale = scales[l];
+            for (int64_t pr = t; pr < M * H; pr += T) {
+                const int64_t m = pr / H, hh = pr % H;
+                const float *q = qkv + m * 3 * C + hh * D;
+                float *kh = kc + pr * L * D, *vh = vc + pr * L * D;
+                memcpy(kh + pos * D, qkv + m * 3 * C + C + hh * D, D * sizeof(float));
+                memcpy(vh + pos * D, qkv + m * 3 * C + 2 * C + hh * D, D * sizeof(float));
+                float *s = scores + pr * L, mx = -INFINITY, sum = 0.f;
+                const float *bm = bias + m * L;
+                for (int64_t j = 0; j <= pos; ++j) {
+                    s[j] = dot(q, kh + j * D, D) * scale + bm[j];
+                    if (s[j] > mx) mx = s[j];
+                }
+                for (int64_t j = 0; j <= pos; ++j) {
+                    s[j] = expf(s[j] - mx);
+                    sum += s[j];
+                }
+                float *o = att + m * C + hh * D;
+                for (int64_t d = 0; d < D; ++d) o[d] = 0.f;
+                const float inv = 1.0f / sum;
+                for (int64_t j = 0; j <= pos; ++j) {
+                    const float w = s[j] * inv;
+                    const float *vj = vh + j * D;
+                    for (int64_t d = 0; d < D; ++d) o[d] += w * vj[d];
+                }
+            }
+            BARRIER
+            kn_team(att, p[4], p[5], tmp, part, h, ACT_LINEAR, M, C, C, t, T);
+            for (int64_t m = t; m < M; m += T)
+                layer_norm(h + m * C, p[6], p[7], x + m * C, C, eps);
+            BARRIER
+            kn_team(x, p[8], p[9], f, part, 0, act, M, C, F, t, T);
+            kn_team(f, p[10], p[11], tmp, part, h, ACT_LINEAR, M, F, C, t, T);
+        }
+        for (int64_t m = t; m < M; m += T)
+            layer_norm(h + m * C, lnf_w, lnf_b, x + m * C, C, eps);
+        BARRIER
+        const int64_t chunk = ((V + T - 1) / T + 3) / 4 * 4;
+        int64_t n0 = t * chunk, n1 = n0 + chunk;
+        if (n1 > V) n1 = V;
+        if (n0 < n1) nk_rows(x, C, head, logits, V, M, C, n0, n1);
+    }
+}
+
+/* Scratch floats gpt2_decode_step needs. */
+int64_t gpt2_decode_work_floats(int64_t M, int64_t C, int64_t H, int64_t L, int64_t F, int nt) {
+    const int64_t NMAX = F > 3 * C ? F : 3 * C;
+    if (nt < 1) nt = 1;
+    return M * C * 4 + M * 3 * C + M * F + M * H * L + (int64_t)(nt - 1) * M * NMAX + 64;
+}
+
+int gpt2_kernels_abi(void) { return 2; }
