@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import make_model
 
+from gpt2_core import cpu_kernels as core
 from gpt2_torch import _cpu_kernels as K
 from gpt2_torch.generation import _Decoder
 from gpt2_torch.modeling import StaticCache
@@ -167,7 +168,7 @@ def test_missing_compiler_falls_back_to_torch(monkeypatch, tmp_path):
     expected = model.generate(ids, max_new_tokens=6)
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("GPT2_ZOO_CACHE", str(tmp_path / "cache"))
-    K._reset()
+    core._reset()
     try:
         assert K.load() is None
         assert "unavailable" in K.status()
@@ -176,32 +177,32 @@ def test_missing_compiler_falls_back_to_torch(monkeypatch, tmp_path):
         assert torch.equal(model.generate(ids, max_new_tokens=6), expected)
     finally:
         monkeypatch.undo()
-        K._reset()
+        core._reset()
         assert K.load() is not None
 
 
 def test_env_switch_disables(monkeypatch):
     monkeypatch.setenv("GPT2_ZOO_CPU_KERNELS", "0")
-    K._reset()
+    core._reset()
     try:
         assert K.load() is None
         assert "disabled" in K.status()
     finally:
         monkeypatch.undo()
-        K._reset()
+        core._reset()
 
 
 def test_build_is_cached_and_atomic(monkeypatch, tmp_path):
     monkeypatch.setenv("GPT2_ZOO_CACHE", str(tmp_path))
-    K._reset()
+    core._reset()
     try:
         assert K.load() is not None
         built = list((tmp_path / "kernels").iterdir())
         assert len(built) == 1 and built[0].suffix == ".so"  # no temporary files left
         mtime = built[0].stat().st_mtime_ns
-        K._reset()
+        core._reset()
         assert K.load() is not None
         assert built[0].stat().st_mtime_ns == mtime  # reused, not rebuilt
     finally:
         monkeypatch.undo()
-        K._reset()
+        core._reset()

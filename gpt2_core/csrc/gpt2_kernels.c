@@ -6,8 +6,9 @@
  * streams about 15 GB/s; these loops stream 24-28 GB/s with two threads (the machine peaks
  * near 34 GB/s). They are plain C with GCC/Clang vector extensions (compiled with
  * -march=native, so AVX-512, AVX2 or NEON as the machine has) and OpenMP, built at first use by
- * gpt2_torch/_cpu_kernels.py and called through ctypes. The OpenMP runtime is torch's own
- * (same soname, already loaded), so these threads are torch's intra-op threads.
+ * gpt2_core/cpu_kernels.py and called through ctypes by the torch and TF backends. Under torch
+ * the OpenMP runtime is torch's own (same soname, already loaded), so these threads are torch's
+ * intra-op threads.
  *
  * Two layouts, both reading each weight exactly once for all M rows of X:
  *   kn: Y = bias + X @ W   with W (K, N) row-major  (GPT-2 Conv1D, (in, out))
@@ -290,7 +291,8 @@ static void kn_team(const float *X, const float *W, const float *bias, float *Y,
 /*
  * logits (M, V) for one new token per row.
  *   ids, positions (M): token ids and position ids (already validated by the caller)
- *   glob: wte (V, C), wpe (P, C), ln_f weight, ln_f bias, head (V, C)
+ *   glob: wte (V, C), wpe (P, C), ln_f weight, ln_f bias, LM head: (V, C) or, with
+ *         head_kn, (C, V)
  *   layers: per layer 14 pointers: ln_1 w, b, c_attn w (C, 3C), b, attn c_proj w (C, C), b,
  *           ln_2 w, b, c_fc w (C, F), b, mlp c_proj w (F, C), b, key cache, value cache
  *           (M, H, L, D); the new key/value are written at slot `pos`
@@ -301,7 +303,8 @@ static void kn_team(const float *X, const float *W, const float *bias, float *Y,
 void gpt2_decode_step(const int64_t *ids, const int64_t *positions, void *const *glob,
                       void *const *layers, const float *scales, const float *bias, int64_t pos,
                       int64_t M, int64_t C, int64_t H, int64_t L, int64_t F, int64_t V,
-                      int64_t n_layer, float eps, int act, float *logits, float *work, int nt) {
+                      int64_t n_layer, float eps, int act, int head_kn, float *logits,
+                      float *work, int nt) {
     const int64_t D = C / H;
     const int64_t NMAX = F > 3 * C ? F : 3 * C;
     float *h = work, *x = h + M * C, *qkv = x + M * C, *att = qkv + M * 3 * C,
@@ -366,18 +369,24 @@ void gpt2_decode_step(const int64_t *ids, const int64_t *positions, void *const 
         for (int64_t m = t; m < M; m += T)
             layer_norm(h + m * C, lnf_w, lnf_b, x + m * C, C, eps);
         BARRIER
-        const int64_t chunk = ((V + T - 1) / T + 3) / 4 * 4;
-        int64_t n0 = t * chunk, n1 = n0 + chunk;
-        if (n1 > V) n1 = V;
-        if (n0 < n1) nk_rows(x, C, head, logits, V, M, C, n0, n1);
+        if (head_kn) {
+            kn_team(x, head, 0, logits, part, 0, ACT_LINEAR, M, C, V, t, T);
+        } else {
+            const int64_t chunk = ((V + T - 1) / T + 3) / 4 * 4;
+            int64_t n0 = t * chunk, n1 = n0 + chunk;
+            if (n1 > V) n1 = V;
+            if (n0 < n1) nk_rows(x, C, head, logits, V, M, C, n0, n1);
+        }
     }
 }
 
 /* Scratch floats gpt2_decode_step needs. */
-int64_t gpt2_decode_work_floats(int64_t M, int64_t C, int64_t H, int64_t L, int64_t F, int nt) {
-    const int64_t NMAX = F > 3 * C ? F : 3 * C;
+int64_t gpt2_decode_work_floats(int64_t M, int64_t C, int64_t H, int64_t L, int64_t F, int64_t V,
+                                int nt) {
+    int64_t NMAX = F > 3 * C ? F : 3 * C;
+    if (V > NMAX) NMAX = V; /* an LM head stored (C, V) reduces partial logits */
     if (nt < 1) nt = 1;
     return M * C * 4 + M * 3 * C + M * F + M * H * L + (int64_t)(nt - 1) * M * NMAX + 64;
 }
 
-int gpt2_kernels_abi(void) { return 2; }
+int gpt2_kernels_abi(void) { return 3; }
