@@ -1,11 +1,15 @@
-"""Benchmark: gpt2_tf XLA generation vs transformers 4.57.6's TF XLA generate, same weights.
+"""Benchmark: gpt2_tf generation vs transformers 4.57.6's TF XLA generate, same weights.
 
 GPT-2 small shapes with random weights, batch 1, float32, a 16-token prompt, 64 new greedy
-tokens (EOS disabled so every run makes all 64). Also the prefill of a 256-token prompt against
-transformers' XLA-compiled forward, and the first call's compile time of each.
+tokens (EOS disabled so every run makes all 64). Ours runs with its default engine on a CPU (XLA
+prefill and token choice, the fused CPU kernel for each token's forward) and, for reference,
+with the all-XLA loop (``cpu_kernels.disabled()``, what runs on accelerators and in bf16). Also
+the prefill of a 256-token prompt against transformers' XLA-compiled forward, and the first
+call's compile time of each.
 
-transformers runs in a subprocess with /work/hfvenv/bin/python (or --hf-python) when it exists;
-it needs tf-keras there. Prints a self-contained report; ``--quick`` makes a fast smoke run.
+transformers runs in a subprocess with /work/hfvenv/bin/python (or --hf-python) when it exists
+(it needs tf-keras there), as a server: rounds alternate ours / transformers so that a slow
+patch of a shared machine hits both. Prints a self-contained report; ``--quick`` for a smoke run.
 
 Usage:
     python benchmarks/bench_tf_generate.py [--quick] [--runs N] [--hf-python PATH]
@@ -54,41 +58,74 @@ HF_SCRIPT = textwrap.dedent("""
     kw = dict(max_new_tokens=new, do_sample=False, eos_token_id=None, pad_token_id=0,
               attention_mask=tf.ones_like(ids))
     t = time.perf_counter(); out = gen(ids, **kw).numpy(); compile_s = time.perf_counter() - t
-    times, cpu = [], []
-    for _ in range(runs):
-        t, c = time.perf_counter(), time.process_time()
-        out = gen(ids, **kw).numpy()
-        times.append(time.perf_counter() - t); cpu.append(time.process_time() - c)
     fwd = tf.function(lambda x: model(x).logits, jit_compile=True)
     long = tf.constant(np.load(os.path.join(ckpt, "long.npy")))
     t = time.perf_counter(); fwd(long).numpy(); fwd_compile = time.perf_counter() - t
-    ftimes, fcpu = [], []
-    for _ in range(runs):
-        t, c = time.perf_counter(), time.process_time()
-        fwd(long).numpy()
-        ftimes.append(time.perf_counter() - t); fcpu.append(time.process_time() - c)
+    # a server from here on, so that its timings interleave with ours: one line on stdin
+    # ("decode" / "prefill") -> one timed run -> one JSON line (wall and process CPU seconds)
     print(json.dumps({"tokens": out[0].tolist(), "compile_s": compile_s,
-                      "gen_s": statistics.median(times), "prefill_s": statistics.median(ftimes),
-                      "gen_cpu_s": statistics.median(cpu), "prefill_cpu_s": statistics.median(fcpu),
-                      "prefill_compile_s": fwd_compile}))
+                      "prefill_compile_s": fwd_compile}), flush=True)
+    for line in sys.stdin:
+        fn = {"decode": lambda: gen(ids, **kw).numpy(), "prefill": lambda: fwd(long).numpy()}.get(
+            line.strip())
+        if fn is None:
+            break
+        t, c = time.perf_counter(), time.process_time()
+        fn()
+        print(json.dumps({"s": time.perf_counter() - t, "cpu_s": time.process_time() - c}),
+              flush=True)
 """)
 
 
-def _median_time(fn, runs: int) -> tuple[float, float]:
-    """Median wall and CPU (process) seconds; CPU time is steadier on a shared machine."""
-    wall, cpu = [], []
-    for _ in range(runs):
-        t, c = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - t)
-        cpu.append(time.process_time() - c)
-    return statistics.median(wall), statistics.median(cpu)
+def _timed(fn) -> tuple[float, float]:
+    """Wall and CPU (process) seconds of one call."""
+    t, c = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - t, time.process_time() - c
+
+
+def _median(pairs: list[tuple[float, float]]) -> tuple[float, float]:
+    return statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+
+
+class HFServer:
+    """transformers' TF model in its own interpreter, timed one run at a time on request."""
+
+    def __init__(self, hf_python: str, ckpt: str, prompt_len: int, new: int, prefill_len: int):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+        self.proc = subprocess.Popen(
+            [hf_python, "-c", HF_SCRIPT, ckpt, str(prompt_len), str(new), str(prefill_len), "0"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=env)
+        self.info = self._read()  # tokens and compile times, after loading and compiling
+
+    def _read(self) -> dict:
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError("transformers side failed:\n" + self.proc.stderr.read()[-2000:])
+            if line.startswith("{"):
+                return json.loads(line)
+
+    def run(self, cmd: str) -> tuple[float, float]:
+        self.proc.stdin.write(cmd + "\n")
+        self.proc.stdin.flush()
+        r = self._read()
+        return r["s"], r["cpu_s"]
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        self.proc.wait(timeout=60)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, one timed run")
-    ap.add_argument("--runs", type=int, default=None, help="timed runs (median reported)")
+    ap.add_argument("--runs", type=int, default=None, help="timed rounds (median reported)")
     ap.add_argument("--hf-python", default="/work/hfvenv/bin/python")
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers side")
     args = ap.parse_args()
@@ -100,6 +137,7 @@ def main() -> None:
     import numpy as np
     import tensorflow as tf
 
+    from gpt2_core import cpu_kernels
     from gpt2_core.config import GPT2Config
     from gpt2_core.init import random_state_dict
     from gpt2_tf import GPT2LMHeadModel, load_canonical
@@ -114,14 +152,44 @@ def main() -> None:
     prompt = rng.integers(0, cfg.vocab_size, (1, prompt_len)).astype(np.int32)
     long = rng.integers(0, cfg.vocab_size, (1, prefill_len)).astype(np.int32)
 
-    # ours: generation (one XLA loop) -----------------------------------------------------
+    # transformers, same weights, in its own interpreter (loaded and compiled first) ----------
+    hf = None
+    if not args.no_hf and Path(args.hf_python).exists():
+        with tempfile.TemporaryDirectory() as d:
+            try:  # a transformers-layout tf_model.h5 (needs gpt2_core.formats.tf_h5)
+                model.save_pretrained(d, tf_h5=True)
+            except ImportError:
+                model.save_pretrained(d)
+            np.save(Path(d) / "prompt.npy", prompt)
+            np.save(Path(d) / "long.npy", long)
+            try:
+                hf = HFServer(args.hf_python, d, prompt_len, new, prefill_len)
+            except RuntimeError as e:
+                print(e, file=sys.stderr)
+
+    # ours: generation. Default engine = XLA prefill + fused CPU kernel per token (fp32 on a
+    # CPU); the all-XLA loop (what runs on accelerators or in bf16) is measured too -----------
     def gen():
         return model.generate(prompt, max_new_tokens=new, eos_token_id=None).numpy()
+
+    def gen_xla():
+        with cpu_kernels.disabled():
+            return model.generate(prompt, max_new_tokens=new, eos_token_id=None).numpy()
 
     t = time.perf_counter()
     ours_tokens = gen()[0]
     ours_compile = time.perf_counter() - t
-    ours_gen, ours_gen_cpu = _median_time(gen, runs)
+    t = time.perf_counter()
+    xla_tokens = gen_xla()[0]
+    xla_compile = time.perf_counter() - t
+    ours_t, xla_t, hf_t = [], [], []
+    for _ in range(runs):  # interleaved rounds: a slow patch of the machine hits every side
+        ours_t.append(_timed(gen))
+        xla_t.append(_timed(gen_xla))
+        if hf:
+            hf_t.append(hf.run("decode"))
+    ours_gen, ours_gen_cpu = _median(ours_t)
+    xla_gen, xla_gen_cpu = _median(xla_t)
 
     # ours: prefill of a long prompt (the generation prefill: last-token logits) and a full
     # forward with logits for every position (the same work as transformers' forward)
@@ -140,61 +208,57 @@ def main() -> None:
     t = time.perf_counter()
     prefill()
     ours_prefill_compile = time.perf_counter() - t
-    ours_prefill, ours_prefill_cpu = _median_time(prefill, runs)
     fwd = tf.function(lambda x: model(input_ids=x, use_cache=False).logits, jit_compile=True)
     fwd(long_t).numpy()
-    ours_fwd, ours_fwd_cpu = _median_time(lambda: fwd(long_t).numpy(), runs)
-
-    # transformers, same weights, in its own interpreter -------------------------------------
-    hf = None
-    if not args.no_hf and Path(args.hf_python).exists():
-        with tempfile.TemporaryDirectory() as d:
-            try:  # a transformers-layout tf_model.h5 (needs gpt2_core.formats.tf_h5)
-                model.save_pretrained(d, tf_h5=True)
-            except ImportError:
-                model.save_pretrained(d)
-            np.save(Path(d) / "prompt.npy", prompt)
-            np.save(Path(d) / "long.npy", long)
-            res = subprocess.run(
-                [args.hf_python, "-c", HF_SCRIPT, d, str(prompt_len), str(new),
-                 str(prefill_len), str(runs)], capture_output=True, text=True)
-        if res.returncode == 0:
-            hf = json.loads(res.stdout.strip().splitlines()[-1])
-        else:
-            print("transformers side failed:\n" + res.stderr[-2000:], file=sys.stderr)
+    pre_t, fwd_t, hf_pre_t = [], [], []
+    for _ in range(runs):
+        pre_t.append(_timed(prefill))
+        fwd_t.append(_timed(lambda: fwd(long_t).numpy()))
+        if hf:
+            hf_pre_t.append(hf.run("prefill"))
+    ours_prefill, ours_prefill_cpu = _median(pre_t)
+    ours_fwd, ours_fwd_cpu = _median(fwd_t)
+    if hf:
+        hf.close()
 
     # report -------------------------------------------------------------------------------
     ours_tps = new / ours_gen
     print(f"# gpt2_tf generation benchmark ({'quick' if args.quick else 'full'})")
     print(f"machine: {os.cpu_count()} CPUs, TensorFlow {tf.__version__}, GPT-2 small "
           f"({cfg.num_parameters('lm'):,} params, random weights, fp32), batch 1")
-    print(f"model build + weight load: {build_s:.1f} s; median of {runs} timed run(s)")
+    print(f"model build + weight load: {build_s:.1f} s; median of {runs} interleaved round(s)")
+    print(f"CPU kernels: {cpu_kernels.status()}")
     print(f"greedy: prompt {prompt_len} tokens, {new} new tokens")
-    print(f"  ours          : {ours_tps:7.1f} tok/s  ({ours_gen * 1e3:.0f} ms/run, CPU "
+    print(f"  ours (fused CPU step): {ours_tps:7.1f} tok/s  ({ours_gen * 1e3:.0f} ms/run, CPU "
           f"{ours_gen_cpu * 1e3:.0f} ms), first call (trace + XLA compile) {ours_compile:.1f} s")
+    print(f"  ours (all-XLA loop)  : {new / xla_gen:7.1f} tok/s  ({xla_gen * 1e3:.0f} ms/run, CPU "
+          f"{xla_gen_cpu * 1e3:.0f} ms), first call {xla_compile:.1f} s; identical tokens: "
+          f"{xla_tokens.tolist() == ours_tokens.tolist()}")
     print(f"  fraction of the ~{BANDWIDTH_BOUND_TOK_S:.0f} tok/s memory-bandwidth bound: "
           f"{ours_tps / BANDWIDTH_BOUND_TOK_S:.2f}")
-    if hf is not None:
-        hf_tps = new / hf["gen_s"]
-        same = hf["tokens"] == ours_tokens.tolist()
-        print(f"  transformers  : {hf_tps:7.1f} tok/s  ({hf['gen_s'] * 1e3:.0f} ms/run, CPU "
-              f"{hf['gen_cpu_s'] * 1e3:.0f} ms), first call {hf['compile_s']:.1f} s  "
+    if hf:
+        hf_gen, hf_gen_cpu = _median(hf_t)
+        hf_tps = new / hf_gen
+        same = hf.info["tokens"] == ours_tokens.tolist()
+        ratios = [h[0] / o[0] for o, h in zip(ours_t, hf_t)]
+        print(f"  transformers         : {hf_tps:7.1f} tok/s  ({hf_gen * 1e3:.0f} ms/run, CPU "
+              f"{hf_gen_cpu * 1e3:.0f} ms), first call {hf.info['compile_s']:.1f} s  "
               "[tf.function(generate, jit_compile=True)]")
-        print(f"  speed-up      : {ours_tps / hf_tps:.2f}x wall, "
-              f"{hf['gen_cpu_s'] / ours_gen_cpu:.2f}x CPU time (target >= 1.2x); "
-              f"identical tokens: {same}")
+        print(f"  speed-up             : {statistics.median(ratios):.2f}x wall (median of "
+              f"{len(ratios)} rounds, each {min(ratios):.2f}-{max(ratios):.2f}x), "
+              f"{hf_gen_cpu / ours_gen_cpu:.2f}x CPU time (target >= 1.2x); all-XLA loop "
+              f"{hf_gen / xla_gen:.2f}x; identical tokens: {same}")
     print(f"prefill: {prefill_len}-token prompt")
     print(f"  ours (generation prefill, last-token logits): {ours_prefill * 1e3:7.1f} ms "
           f"(CPU {ours_prefill_cpu * 1e3:.0f}), first call {ours_prefill_compile:.1f} s")
     print(f"  ours (XLA forward, logits at every position): {ours_fwd * 1e3:7.1f} ms "
           f"(CPU {ours_fwd_cpu * 1e3:.0f})")
-    if hf is not None:
-        print(f"  transformers XLA forward                    : {hf['prefill_s'] * 1e3:7.1f} ms "
-              f"(CPU {hf['prefill_cpu_s'] * 1e3:.0f}), first call {hf['prefill_compile_s']:.1f} s")
-        print(f"  ratio ours prefill / transformers forward: {ours_prefill / hf['prefill_s']:.2f} "
-              f"(target <= 1.0); full forward: {ours_fwd / hf['prefill_s']:.2f}")
-    elif not args.no_hf:
-        print(f"  (transformers side skipped: {args.hf_python} not found or failed)")
+    if hf:
+        hf_pre, hf_pre_cpu = _median(hf_pre_t)
+        print(f"  transformers XLA forward                    : {hf_pre * 1e3:7.1f} ms "
+              f"(CPU {hf_pre_cpu * 1e3:.0f}), first call {hf.info['prefill_compile_s']:.1f} s")
+        print(f"  ratio ours prefill / transformers forward: {ours_prefill / hf_pre:.2f} "
+              f"(target <= 1.0); full forward: {ours_fwd / hf_pre:.2f}")
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ class _Spec:
     n_eos: int
     early_stopping: bool | str
     n_return: int = 1  # sequences returned per prompt (beam search)
+    host: bool = False  # forwards run by the host through the fused CPU kernel
 
     @property
     def rows(self) -> int:
@@ -140,6 +141,16 @@ class GenerationMixin:
         }
         ids_t = tf.constant(ids_p, tf.int32)
         mask_t = tf.constant(mask_p, tf.int32)
+        reason = self._host_decode_reason(spec.rows, S)
+        if reason is None:
+            spec = dataclasses.replace(spec, host=True)
+            host_sc = {"pad": pad, "eos": np.asarray(eos, np.int64).reshape(-1),
+                       "min_new": min_new}
+            seq, n_new = self._host_generate(spec, ids_t, mask_t, sc, streamer, ids, max_new,
+                                             host_sc)
+            seq = seq.numpy()[:, extra:Tb + int(n_new)]
+            return tf.constant(seq, tf.int32)
+        logger.debug("generate: XLA loop (fused CPU step unavailable: %s)", reason)
         fns = self._generation_functions(spec)
         if streamer is None:
             seq, n_new = fns["full"](ids_t, mask_t, sc)
@@ -220,7 +231,10 @@ class GenerationMixin:
                     return self._beam_result(spec, state)
                 return state["seq"], state["step"]
 
+            body = self._beam_step if spec.mode == "beam" else self._sample_step
             cache[spec] = {
+                "select": tf.function(lambda state, sc: self._select(body, spec, sc, state),
+                                      jit_compile=True),
                 "full": tf.function(full, jit_compile=True),
                 "prefill": tf.function(lambda ids, mask, sc: self._gen_prefill(spec, ids, mask, sc),
                                        jit_compile=True),
@@ -228,6 +242,142 @@ class GenerationMixin:
                                     jit_compile=True),
             }
         return cache[spec]
+
+    # ------------------------------------------------------------------ fused CPU decoding
+    def _host_decode_reason(self, rows: int, slots: int) -> str | None:
+        """``None`` when decoding can run through :class:`gpt2_core.cpu_kernels.DecodeStep`
+        (fp32 weights on the CPU, no accelerator, no cross-attention), else why not."""
+        from gpt2_core import cpu_kernels
+
+        reason = cpu_kernels.DecodeStep.unsupported_reason(self.config, rows, slots)
+        if reason is not None:
+            return reason
+        if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
+            return "an accelerator is visible (the XLA loop runs there)"
+        if self.transformer.compute_dtype != "float32":
+            return f"compute dtype {self.transformer.compute_dtype}"
+        for v in self.weights:
+            if v.dtype != "float32":
+                return f"variable {v.path} is {v.dtype}"
+            device = getattr(getattr(v, "value", v), "device", "") or ""
+            if device and "CPU" not in device.upper():
+                return f"variable {v.path} is on {device}"
+        return None
+
+    def _kernel_weights(self) -> tuple[dict[str, np.ndarray], bool, list]:
+        """Canonical name -> zero-copy numpy view of each variable (a read of the variable:
+        later assignments copy-on-write, so the views stay valid and unchanged), whether the LM
+        head is stored (C, V), and the tensors to keep alive."""
+        from gpt2_tf import weights as W
+
+        arrays, keep = {}, []
+        for name, var in W.variable_map(self).items():
+            v = getattr(var, "value", var)
+            t = v.read_value() if hasattr(v, "read_value") else tf.convert_to_tensor(v)
+            try:
+                a = t._numpy()  # shares the CPU buffer
+            except AttributeError:
+                a = np.asarray(t)
+            keep.append(t)
+            arrays[name] = a
+        head_transposed = "lm_head.weight" in arrays and "lm_head.weight" in W.TRANSPOSED
+        arrays.setdefault("lm_head.weight", arrays["transformer.wte.weight"])  # tied
+        return arrays, head_transposed, keep
+
+    def _host_generate(self, spec: _Spec, ids_t, mask_t, sc, streamer, ids, max_new: int,
+                       host_sc: dict):
+        """The XLA prefill, then per token: one XLA call choosing the token (processors,
+        sampling or beam search, stopping) and one fused CPU-kernel forward on the host.
+        Plain greedy search (no repetition penalty or n-gram ban) chooses on the host too: an
+        argmax needs no compiled call, which costs ~1.3 ms per token here."""
+        from gpt2_core import cpu_kernels
+
+        fns = self._generation_functions(spec)
+        Tb, R = spec.prompt_len, spec.rows
+        state = dict(fns["prefill"](ids_t, mask_t, sc))
+        cache = state.pop("cache")
+        keys = [np.array(k, np.float32) for k, _ in cache]  # writable (R, H, S, D) buffers
+        values = [np.array(v, np.float32) for _, v in cache]
+        weights, head_transposed, keep = self._kernel_weights()
+        step_fn = cpu_kernels.DecodeStep(self.config, weights, keys, values, R,
+                                         head_transposed=head_transposed)
+        if spec.mode == "greedy" and not spec.repetition and not spec.ngram:
+            try:
+                return self._host_greedy(spec, state, step_fn, host_sc, streamer, ids, max_new)
+            finally:
+                del keep
+        state["tokens"] = tf.zeros([R], tf.int32)
+        if spec.mode == "beam":
+            state["reorder"] = tf.range(R, dtype=tf.int32)
+        if streamer is not None:
+            streamer.put(ids.copy())
+        low = np.float32(np.finfo(np.float32).min / 2)
+        identity = np.arange(R)
+        while True:
+            state = fns["select"](state, sc)
+            step = int(state["step"])
+            if streamer is not None:
+                streamer.put(state["tokens"].numpy())
+            if bool(state["finished"]) or step >= max_new:
+                break
+            if spec.mode == "beam":
+                idx = state["reorder"].numpy()
+                if not np.array_equal(idx, identity):
+                    for buf in (*keys, *values):
+                        buf[...] = buf[idx]
+            bias = np.where(state["mask"].numpy() == 1, np.float32(0), low)
+            logits = step_fn(state["tokens"].numpy(), state["pos"].numpy() - 1, bias,
+                             Tb + step - 1)
+            state["logits"] = tf.constant(logits)
+        del keep
+        if streamer is not None:
+            streamer.end()
+        if spec.mode == "beam":
+            return self._beam_result(spec, state)
+        return state["seq"], state["step"]
+
+    @staticmethod
+    def _host_greedy(spec: _Spec, state, step_fn, host_sc: dict, streamer, ids, max_new: int):
+        """Greedy search on the host, step for step what ``_sample_step`` does in XLA: EOS
+        suppressed before ``min_new_tokens``, argmax (first maximum), finished rows padded,
+        stop when every row has emitted an EOS."""
+        Tb = spec.prompt_len
+        seq = np.array(state["seq"])  # (R, S) writable copies
+        mask = np.array(state["mask"])
+        pos = np.array(state["pos"], np.int64)
+        logits = np.asarray(state["logits"])
+        done = np.zeros(seq.shape[0], bool)
+        pad, eos, min_new = host_sc["pad"], host_sc["eos"], host_sc["min_new"]
+        low = np.float32(np.finfo(np.float32).min / 2)
+        if streamer is not None:
+            streamer.put(ids.copy())
+        step = 0
+        while step < max_new:
+            scores = logits
+            if eos.size and step < min_new:
+                scores = scores.copy()
+                scores[:, eos] = -np.inf
+            tokens = np.where(done, pad, scores.argmax(-1)).astype(np.int32)
+            if eos.size:
+                done |= np.isin(tokens, eos)
+            cur = Tb + step
+            seq[:, cur] = tokens
+            mask[:, cur] = 1
+            step += 1
+            if streamer is not None:
+                streamer.put(tokens.copy())
+            if done.all() or step >= max_new:
+                break
+            logits = step_fn(tokens, pos, np.where(mask == 1, np.float32(0), low), cur)
+            pos += 1
+        if streamer is not None:
+            streamer.end()
+        return tf.constant(seq), step
+
+    def _select(self, body, spec: _Spec, sc, state):
+        """Choose the next tokens from ``state["logits"]`` (no forward: ``spec.host``)."""
+        self._count_trace()
+        return body(spec, sc, state)
 
     def _count_trace(self) -> None:
         # runs only while tracing: a Python side effect inside tf.function
@@ -366,6 +516,13 @@ class GenerationMixin:
         seq = xla.dynamic_update_slice(state["seq"], tokens[:, None], [0, cur])
         mask = xla.dynamic_update_slice(state["mask"], tf.ones_like(tokens)[:, None], [0, cur])
         step = state["step"] + 1
+        if spec.host:  # the host runs the forward of `tokens` (at slot `cur`) itself
+            new = dict(state, seq=seq, mask=mask, step=step, tokens=tokens,
+                       pos=state["pos"] + 1, finished=finished)
+            if spec.repetition:
+                new["presence"] = tf.maximum(state["presence"],
+                                             tf.one_hot(tokens, self.config.vocab_size))
+            return new
         run = (step < sc["max_new"]) & ~finished
         logits, cache = tf.cond(
             run,
@@ -447,10 +604,15 @@ class GenerationMixin:
             unfinished &= ~tf.reduce_all(beam_finished)
         # reorder the rows (cache, presence) to follow their source beams
         flat_src = tf.reshape(run_src + tf.range(B)[:, None] * nb, [-1])  # (R,)
+        if spec.host:  # the host reorders its cache buffers
+            moved = {"reorder": flat_src}
+        else:
+            moved = {"cache": tf.nest.map_structure(lambda t: tf.gather(t, flat_src),
+                                                    state["cache"])}
         state = dict(
             state,
             seq=tf.gather(state["seq"], flat_src),
-            cache=tf.nest.map_structure(lambda t: tf.gather(t, flat_src), state["cache"]),
+            **moved,
             running_scores=run_scores, beam_seq=beam_seq, beam_scores=beam_scores,
             beam_finished=beam_finished, beam_len=beam_len, improvable=improvable)
         if spec.repetition:

@@ -149,44 +149,26 @@ static inline float hsum(vf v) {
 #endif
 }
 
-/* Y[m, n] = dot(X[m, :], W[n, :]) for n0 <= n < n1, four rows of W at a time. */
-static void nk_rows(const float *X, int64_t ldx, const float *W, float *Y, int64_t ldy,
-                    int64_t M, int64_t K, int64_t n0, int64_t n1) {
-    const int64_t Kv = K / VL * VL;
-    int64_t n = n0;
-    for (; n + 4 <= n1; n += 4) {
-        const float *w0 = W + n * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
+/* Y[m, n] = dot(X[m, :], W[n, :]) for n0 <= n < n1. One row of W at a time: a single
+   sequential stream per thread reads ~25% faster here than four interleaved rows. */
+static void nk_rows(const float *restrict X, int64_t ldx, const float *restrict W,
+                    float *restrict Y, int64_t ldy, int64_t M, int64_t K, int64_t n0,
+                    int64_t n1) {
+    const int64_t K2 = K / (2 * VL) * (2 * VL);
+    for (int64_t n = n0; n < n1; ++n) {
+        const float *w = W + n * K;
         for (int64_t m = 0; m < M; ++m) {
             const float *x = X + m * ldx;
-            vf a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-            for (int64_t k = 0; k < Kv; k += VL) {
-                const vf xv = ld(x + k);
-                a0 += xv * ld(w0 + k);
-                a1 += xv * ld(w1 + k);
-                a2 += xv * ld(w2 + k);
-                a3 += xv * ld(w3 + k);
+            vf a0 = {0}, a1 = {0};
+            for (int64_t k = 0; k < K2; k += 2 * VL) {
+                a0 += ld(x + k) * ld(w + k);
+                a1 += ld(x + k + VL) * ld(w + k + VL);
             }
-            float s0 = hsum(a0), s1 = hsum(a1), s2 = hsum(a2), s3 = hsum(a3);
-            for (int64_t k = Kv; k < K; ++k) {
-                s0 += x[k] * w0[k];
-                s1 += x[k] * w1[k];
-                s2 += x[k] * w2[k];
-                s3 += x[k] * w3[k];
-            }
-            float *y = Y + m * ldy + n;
-            y[0] = s0;
-            y[1] = s1;
-            y[2] = s2;
-            y[3] = s3;
-        }
-    }
-    for (; n < n1; ++n)
-        for (int64_t m = 0; m < M; ++m) {
-            const float *x = X + m * ldx, *w = W + n * K;
-            float s = 0.f;
-            for (int64_t k = 0; k < K; ++k) s += x[k] * w[k];
+            float s = hsum(a0 + a1);
+            for (int64_t k = K2; k < K; ++k) s += x[k] * w[k];
             Y[m * ldy + n] = s;
         }
+    }
 }
 
 /* Y (M, N) = X (M, K) @ W^T with W (N, K); the N rows are split into nt contiguous blocks. */
@@ -203,7 +185,7 @@ void gpt2_gemv_nk(const float *X, int64_t ldx, const float *W, float *Y, int64_t
 #else
         const int t = 0, T = 1;
 #endif
-        const int64_t chunk = ((N + T - 1) / T + 3) / 4 * 4;
+        const int64_t chunk = (N + T - 1) / T;
         int64_t n0 = t * chunk, n1 = n0 + chunk;
         if (n1 > N) n1 = N;
         if (n0 < n1) nk_rows(X, ldx, W, Y, ldy, M, K, n0, n1);
@@ -372,7 +354,7 @@ void gpt2_decode_step(const int64_t *ids, const int64_t *positions, void *const 
         if (head_kn) {
             kn_team(x, head, 0, logits, part, 0, ACT_LINEAR, M, C, V, t, T);
         } else {
-            const int64_t chunk = ((V + T - 1) / T + 3) / 4 * 4;
+            const int64_t chunk = (V + T - 1) / T;
             int64_t n0 = t * chunk, n1 = n0 + chunk;
             if (n1 > V) n1 = V;
             if (n0 < n1) nk_rows(x, C, head, logits, V, M, C, n0, n1);
