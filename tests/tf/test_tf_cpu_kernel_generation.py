@@ -1,0 +1,95 @@
+"""generate() on a CPU in fp32 runs each token's forward through the fused CPU kernel
+(gpt2_core.cpu_kernels): it must give exactly the tokens of the all-XLA loop, for every decoding
+mode, and step aside where it cannot run (bf16, too many rows, cross-attention)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tf_helpers import ids_like, make_model
+
+from gpt2_core import cpu_kernels
+from gpt2_core.streamers import CallbackStreamer
+
+pytestmark = pytest.mark.skipif(cpu_kernels.load() is None,
+                                reason=f"CPU kernels: {cpu_kernels.status()}")
+
+
+def _both(model, *args, **kw):
+    fast = model.generate(*args, **kw).numpy()
+    with cpu_kernels.disabled():
+        ref = model.generate(*args, **kw).numpy()
+    return fast, ref
+
+
+def _host_specs(model):
+    return [spec for spec in model.__dict__.get("_gen_fns", {}) if spec.host]
+
+
+@pytest.mark.parametrize("kw", [
+    dict(max_new_tokens=9, eos_token_id=None),  # plain greedy: chosen on the host
+    dict(max_new_tokens=9, eos_token_id=[7, 11], min_new_tokens=3, pad_token_id=2),
+    dict(max_new_tokens=8, repetition_penalty=1.4, no_repeat_ngram_size=2, eos_token_id=None),
+    dict(max_new_tokens=8, do_sample=True, top_k=20, top_p=0.9, temperature=0.7, seed=3,
+         eos_token_id=None),
+    dict(max_new_tokens=7, num_beams=3, num_return_sequences=2, eos_token_id=None),
+    dict(max_new_tokens=7, num_beams=2, eos_token_id=5, length_penalty=0.5),
+])
+def test_kernel_generation_equals_xla_loop(rng, kw):
+    model = make_model("lm")[0]
+    batch = ids_like(rng, (2, 6))
+    mask = np.ones_like(batch)
+    batch[1, :2], mask[1, :2] = 0, 0  # left padding
+    fast, ref = _both(model, batch, attention_mask=mask, **kw)
+    np.testing.assert_array_equal(fast, ref)
+    assert _host_specs(model), "the kernel path did not run"
+
+
+@pytest.mark.parametrize("overrides", [
+    {"tie_word_embeddings": False},  # the LM head is a Dense kernel stored (C, V)
+    {"activation_function": "gelu", "scale_attn_by_inverse_layer_idx": True},
+    {"activation_function": "quick_gelu", "scale_attn_weights": False, "n_inner": 50},
+])
+def test_kernel_generation_honours_config(rng, overrides):
+    model = make_model("lm", **overrides)[0]
+    prompt = ids_like(rng, (1, 5))
+    fast, ref = _both(model, prompt, max_new_tokens=8, eos_token_id=None)
+    np.testing.assert_array_equal(fast, ref)
+    fast, ref = _both(model, prompt, max_new_tokens=6, num_beams=2, eos_token_id=None)
+    np.testing.assert_array_equal(fast, ref)
+
+
+def test_kernel_generation_streams_each_token(rng):
+    model = make_model("lm")[0]
+    prompt = ids_like(rng, (1, 4))
+    for kw in (dict(), dict(repetition_penalty=1.3)):  # host greedy, and XLA token choice
+        pieces = []
+        out = model.generate(prompt, max_new_tokens=5, eos_token_id=None,
+                             streamer=CallbackStreamer(pieces.append), **kw).numpy()[0]
+        assert [int(p[0]) for p in pieces] == out[4:].tolist()
+
+
+def test_kernel_path_does_not_retrace_within_a_bucket(rng):
+    model = make_model("lm")[0]
+    kw = dict(max_new_tokens=5, repetition_penalty=1.2, eos_token_id=None)
+    model.generate(ids_like(rng, (1, 3)), **kw)
+    traces = model.generation_trace_count
+    model.generate(ids_like(rng, (1, 9)), **kw)
+    assert model.generation_trace_count == traces
+
+
+def test_kernel_steps_aside(rng):
+    model = make_model("lm")[0]
+    assert model._host_decode_reason(1, 32) is None
+    assert "rows" in model._host_decode_reason(cpu_kernels.MAX_ROWS + 1, 32)
+    assert "n_positions" in model._host_decode_reason(1, 10 ** 6)
+    with cpu_kernels.disabled():
+        assert "disabled" in model._host_decode_reason(1, 32)
+    bf16 = make_model("lm", dtype="mixed_bfloat16")[0]
+    assert "bfloat16" in bf16._host_decode_reason(1, 32)
+    cross = make_model("lm", add_cross_attention=True)[0]
+    assert "cross" in cross._host_decode_reason(1, 32)
+    # many rows take the XLA loop and still work
+    many = ids_like(rng, (cpu_kernels.MAX_ROWS + 1, 3))
+    out = model.generate(many, max_new_tokens=2, eos_token_id=None).numpy()
+    assert out.shape == (cpu_kernels.MAX_ROWS + 1, 5)
