@@ -18,10 +18,8 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -30,6 +28,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from json_server import JsonServer
 
 #: tokens/s that a 124M-parameter fp32 model can reach when each token reads every weight once
 #: from memory on the reference 2-core machine (the figure the project budgets against)
@@ -84,42 +84,12 @@ def _timed(fn) -> tuple[float, float]:
     return time.perf_counter() - t, time.process_time() - c
 
 
+def _pair(r: dict) -> tuple[float, float]:
+    return r["s"], r["cpu_s"]
+
+
 def _median(pairs: list[tuple[float, float]]) -> tuple[float, float]:
     return statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
-
-
-class HFServer:
-    """transformers' TF model in its own interpreter, timed one run at a time on request."""
-
-    def __init__(self, hf_python: str, ckpt: str, prompt_len: int, new: int, prefill_len: int):
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-        self.proc = subprocess.Popen(
-            [hf_python, "-c", HF_SCRIPT, ckpt, str(prompt_len), str(new), str(prefill_len), "0"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env=env)
-        self.info = self._read()  # tokens and compile times, after loading and compiling
-
-    def _read(self) -> dict:
-        while True:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise RuntimeError("transformers side failed:\n" + self.proc.stderr.read()[-2000:])
-            if line.startswith("{"):
-                return json.loads(line)
-
-    def run(self, cmd: str) -> tuple[float, float]:
-        self.proc.stdin.write(cmd + "\n")
-        self.proc.stdin.flush()
-        r = self._read()
-        return r["s"], r["cpu_s"]
-
-    def close(self) -> None:
-        try:
-            self.proc.stdin.write("quit\n")
-            self.proc.stdin.close()
-        except OSError:
-            pass
-        self.proc.wait(timeout=60)
 
 
 def main() -> None:
@@ -162,8 +132,10 @@ def main() -> None:
                 model.save_pretrained(d)
             np.save(Path(d) / "prompt.npy", prompt)
             np.save(Path(d) / "long.npy", long)
+            cmd = [args.hf_python, "-c", HF_SCRIPT, d, str(prompt_len), str(new),
+                   str(prefill_len), "0"]
             try:
-                hf = HFServer(args.hf_python, d, prompt_len, new, prefill_len)
+                hf = JsonServer(cmd, dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
             except RuntimeError as e:
                 print(e, file=sys.stderr)
 
@@ -187,7 +159,7 @@ def main() -> None:
         ours_t.append(_timed(gen))
         xla_t.append(_timed(gen_xla))
         if hf:
-            hf_t.append(hf.run("decode"))
+            hf_t.append(_pair(hf.request("decode")))
     ours_gen, ours_gen_cpu = _median(ours_t)
     xla_gen, xla_gen_cpu = _median(xla_t)
 
@@ -215,7 +187,7 @@ def main() -> None:
         pre_t.append(_timed(prefill))
         fwd_t.append(_timed(lambda: fwd(long_t).numpy()))
         if hf:
-            hf_pre_t.append(hf.run("prefill"))
+            hf_pre_t.append(_pair(hf.request("prefill")))
     ours_prefill, ours_prefill_cpu = _median(pre_t)
     ours_fwd, ours_fwd_cpu = _median(fwd_t)
     if hf:

@@ -23,10 +23,8 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -40,6 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gpt2_core import GPT2Config
 from gpt2_core.init import random_state_dict
 from gpt2_torch import GPT2LMHeadModel, weights
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from json_server import JsonServer
 
 HF_PYTHON = "/work/hfvenv/bin/python"
 
@@ -92,42 +93,15 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
-class HFServer:
-    """transformers 4.57.6 in its own interpreter, timed one run at a time on request."""
-
-    def __init__(self, directory: Path, args) -> None:
-        cmd = [args.hf_python, "-c", _HF_SCRIPT, str(directory), str(args.threads),
-               str(args.prompt), str(args.new_tokens), str(args.prefill)]
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TRANSFORMERS_NO_TF="1", USE_TF="0")
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=env)
-        self._read()  # {"ready": true}, after loading and warming up
-
-    def _read(self) -> dict:
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("transformers run failed:\n" + self.proc.stderr.read()[-2000:])
-        return json.loads(line)
-
-    def run(self, cmd: str) -> dict:
-        self.proc.stdin.write(cmd + "\n")
-        self.proc.stdin.flush()
-        return self._read()
-
-    def close(self) -> None:
-        try:
-            self.proc.stdin.write("quit\n")
-            self.proc.stdin.close()
-        except OSError:
-            pass
-        self.proc.wait(timeout=60)
-
-
-def start_hf(directory: Path, args) -> HFServer | None:
+def start_hf(directory: Path, args) -> JsonServer | None:
+    """transformers 4.57.6 in its own interpreter, loaded, warmed up and waiting for requests."""
     if args.no_hf or not Path(args.hf_python).exists():
         return None
+    cmd = [args.hf_python, "-c", _HF_SCRIPT, str(directory), str(args.threads), str(args.prompt),
+           str(args.new_tokens), str(args.prefill)]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TRANSFORMERS_NO_TF="1", USE_TF="0")
     try:
-        return HFServer(directory, args)
+        return JsonServer(cmd, env)
     except RuntimeError as e:
         print(e, file=sys.stderr)
         return None
@@ -194,7 +168,7 @@ def main() -> None:
         out = model.generate(ids, **kw)
         ours_t.append(time.perf_counter() - t)
         if hf:
-            r = hf.run("decode")
+            r = hf.request("decode")
             hf_t.append(r["s"])
             hf_tokens = r["tokens"]
     ours = dict(summary(ours_t, args.new_tokens), first_call_s=first_call,
@@ -209,7 +183,7 @@ def main() -> None:
         for _ in range(args.repeats):
             pre_t.append(_timed(lambda: model(x, use_cache=False)))
             if hf:
-                hf_pre_t.append(hf.run("prefill")["s"])
+                hf_pre_t.append(hf.request("prefill")["s"])
     prefill = statistics.median(pre_t)
     gen_prefill = statistics.median(
         _timed(lambda: model.generate(x, max_new_tokens=1)) for _ in range(args.repeats))

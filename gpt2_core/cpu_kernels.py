@@ -152,6 +152,12 @@ def load() -> ctypes.CDLL | None:
             _status = "unavailable: no C compiler (cc / gcc / $CC) found"
             return None
         before = _openmp_runtimes()
+        if not before and not ({"GOMP_SPINCOUNT", "OMP_WAIT_POLICY"} & set(os.environ)):
+            # our libgomp is the process's first OpenMP runtime: it reads this as it loads.
+            # libgomp's default (~300k spins before sleeping) makes a waiting thread burn a
+            # core; on a busy machine that halved TF generation here (16.8 vs 30.2 tok/s with
+            # two competing processes), and idle it changes nothing measurable.
+            os.environ["GOMP_SPINCOUNT"] = "10000"
         try:
             source = _SOURCE.read_bytes()
             key = hashlib.sha256(b"\0".join([source, " ".join(_FLAGS).encode(), cc.encode(),

@@ -26,6 +26,15 @@
 #endif
 
 #define VL 16
+
+#ifdef _OPENMP
+#define BARRIER _Pragma("omp barrier")
+/* this thread's index t and the team size T, inside a parallel region */
+#define TEAM_ID const int t = omp_get_thread_num(), T = omp_get_num_threads()
+#else
+#define BARRIER
+#define TEAM_ID const int t = 0, T = 1
+#endif
 typedef float vf __attribute__((vector_size(64)));
 typedef float vfu __attribute__((vector_size(64), aligned(4))); /* unaligned access */
 
@@ -100,6 +109,53 @@ static void kn_init(const float *bias, float *Y, int64_t ldy, int64_t M, int64_t
         for (int64_t n = 0; n < N; ++n) Y[m * ldy + n] = bias ? bias[n] : 0.f;
 }
 
+enum { ACT_GELU_TANH = 0, ACT_GELU_ERF, ACT_RELU, ACT_QUICK_GELU, ACT_SILU, ACT_TANH,
+       ACT_SIGMOID, ACT_LINEAR };
+
+static inline float activate(float x, int act) {
+    switch (act) {
+    case ACT_GELU_TANH:
+        return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+    case ACT_GELU_ERF: return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f));
+    case ACT_RELU: return x > 0.f ? x : 0.f;
+    case ACT_QUICK_GELU: return x / (1.0f + expf(-1.702f * x));
+    case ACT_SILU: return x / (1.0f + expf(-x));
+    case ACT_TANH: return tanhf(x);
+    case ACT_SIGMOID: return 1.0f / (1.0f + expf(-x));
+    default: return x;
+    }
+}
+
+/*
+ * Inside a team of T threads: Y = act(bias + X (M, K) @ W (K, N)), or, with `resid`,
+ * resid += bias + X @ W (then Y is scratch). Thread t streams rows [t*K/T, (t+1)*K/T) of W into
+ * its own partial (thread 0 into Y, the others into `part`, (T - 1) * M * N floats), then after
+ * a barrier each thread reduces a block of columns. Row strides: X ldx, Y and resid ldy.
+ */
+static void kn_team(const float *X, int64_t ldx, const float *W, const float *bias, float *Y,
+                    int64_t ldy, float *part, float *resid, int act, int64_t M, int64_t K,
+                    int64_t N, int t, int T) {
+    const int64_t chunk = (K + T - 1) / T;
+    int64_t k0 = t * chunk, k1 = k0 + chunk;
+    if (k1 > K) k1 = K;
+    float *acc = t == 0 ? Y : part + (int64_t)(t - 1) * M * N;
+    const int64_t lda = t == 0 ? ldy : N;
+    kn_init(t == 0 ? bias : 0, acc, lda, M, N);
+    if (k0 < k1) kn_rows(X, ldx, W, acc, lda, M, k0, k1, N);
+    BARRIER
+    const int64_t c = ((N + T - 1) / T + VL - 1) / VL * VL;
+    int64_t n0 = t * c, n1 = n0 + c;
+    if (n1 > N) n1 = N;
+    for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = n0; n < n1; ++n) {
+            float y = Y[m * ldy + n];
+            for (int j = 1; j < T; ++j) y += part[(int64_t)(j - 1) * M * N + m * N + n];
+            if (resid) resid[m * ldy + n] += y;
+            else Y[m * ldy + n] = activate(y, act);
+        }
+    BARRIER
+}
+
 /*
  * Y (M, N) = bias + X (M, K) @ W (K, N). With nt > 1 the K rows are split into nt contiguous
  * blocks (each thread streams one block of W), the partial sums of threads 1.. go to `scratch`
@@ -114,28 +170,8 @@ void gpt2_gemv_kn(const float *X, int64_t ldx, const float *W, const float *bias
     }
 #pragma omp parallel num_threads(nt)
     {
-#ifdef _OPENMP
-        const int t = omp_get_thread_num(), T = omp_get_num_threads();
-#else
-        const int t = 0, T = 1;
-#endif
-        const int64_t chunk = (K + T - 1) / T;
-        int64_t k0 = t * chunk, k1 = k0 + chunk;
-        if (k1 > K) k1 = K;
-        float *acc = t == 0 ? Y : scratch + (int64_t)(t - 1) * M * N;
-        const int64_t lda = t == 0 ? ldy : N;
-        kn_init(t == 0 ? bias : 0, acc, lda, M, N);
-        if (k0 < k1) kn_rows(X, ldx, W, acc, lda, M, k0, k1, N);
-#pragma omp barrier
-        /* reduce: each thread adds the partials for its share of the columns */
-        const int64_t c = ((N + T - 1) / T + VL - 1) / VL * VL;
-        int64_t n0 = t * c, n1 = n0 + c;
-        if (n1 > N) n1 = N;
-        for (int j = 1; j < T; ++j) {
-            const float *p = scratch + (int64_t)(j - 1) * M * N;
-            for (int64_t m = 0; m < M; ++m)
-                for (int64_t n = n0; n < n1; ++n) Y[m * ldy + n] += p[m * N + n];
-        }
+        TEAM_ID;
+        kn_team(X, ldx, W, bias, Y, ldy, scratch, 0, ACT_LINEAR, M, K, N, t, T);
     }
 }
 
@@ -180,11 +216,7 @@ void gpt2_gemv_nk(const float *X, int64_t ldx, const float *W, float *Y, int64_t
     }
 #pragma omp parallel num_threads(nt)
     {
-#ifdef _OPENMP
-        const int t = omp_get_thread_num(), T = omp_get_num_threads();
-#else
-        const int t = 0, T = 1;
-#endif
+        TEAM_ID;
         const int64_t chunk = (N + T - 1) / T;
         int64_t n0 = t * chunk, n1 = n0 + chunk;
         if (n1 > N) n1 = N;
@@ -196,23 +228,6 @@ void gpt2_gemv_nk(const float *X, int64_t ldx, const float *W, float *Y, int64_t
 /* ------------------------------------------------------------------------------------------ */
 /* One whole single-token decoding step of GPT-2 (fp32, eval mode, no cross-attention).        */
 /* ------------------------------------------------------------------------------------------ */
-
-enum { ACT_GELU_TANH = 0, ACT_GELU_ERF, ACT_RELU, ACT_QUICK_GELU, ACT_SILU, ACT_TANH,
-       ACT_SIGMOID, ACT_LINEAR };
-
-static inline float activate(float x, int act) {
-    switch (act) {
-    case ACT_GELU_TANH:
-        return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
-    case ACT_GELU_ERF: return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f));
-    case ACT_RELU: return x > 0.f ? x : 0.f;
-    case ACT_QUICK_GELU: return x / (1.0f + expf(-1.702f * x));
-    case ACT_SILU: return x / (1.0f + expf(-x));
-    case ACT_TANH: return tanhf(x);
-    case ACT_SIGMOID: return 1.0f / (1.0f + expf(-x));
-    default: return x;
-    }
-}
 
 static inline float dot(const float *a, const float *b, int64_t n) {
     const int64_t nv = n / VL * VL;
@@ -237,38 +252,6 @@ static void layer_norm(const float *x, const float *w, const float *b, float *y,
     for (int64_t i = 0; i < C; ++i) y[i] = (x[i] - m) * r * w[i] + b[i];
 }
 
-#ifdef _OPENMP
-#define BARRIER _Pragma("omp barrier")
-#else
-#define BARRIER
-#endif
-
-/*
- * Inside a team of T threads: out = act(bias + X (M, K) @ W (K, N)), or, with `resid`,
- * resid += bias + X @ W. Thread t streams rows [t*K/T, (t+1)*K/T) of W into its own partial
- * (thread 0 into `Y`, the others into `part`), then each thread reduces a block of columns.
- */
-static void kn_team(const float *X, const float *W, const float *bias, float *Y, float *part,
-                    float *resid, int act, int64_t M, int64_t K, int64_t N, int t, int T) {
-    const int64_t chunk = (K + T - 1) / T;
-    int64_t k0 = t * chunk, k1 = k0 + chunk;
-    if (k1 > K) k1 = K;
-    float *acc = t == 0 ? Y : part + (int64_t)(t - 1) * M * N;
-    kn_init(t == 0 ? bias : 0, acc, N, M, N);
-    if (k0 < k1) kn_rows(X, K, W, acc, N, M, k0, k1, N);
-    BARRIER
-    const int64_t c = ((N + T - 1) / T + VL - 1) / VL * VL;
-    int64_t n0 = t * c, n1 = n0 + c;
-    if (n1 > N) n1 = N;
-    for (int64_t m = 0; m < M; ++m)
-        for (int64_t n = n0; n < n1; ++n) {
-            float y = Y[m * N + n];
-            for (int j = 1; j < T; ++j) y += part[(int64_t)(j - 1) * M * N + m * N + n];
-            if (resid) resid[m * N + n] += y;
-            else Y[m * N + n] = activate(y, act);
-        }
-    BARRIER
-}
 
 /*
  * logits (M, V) for one new token per row.
@@ -296,11 +279,7 @@ void gpt2_decode_step(const int64_t *ids, const int64_t *positions, void *const 
     if (nt < 1) nt = 1;
 #pragma omp parallel num_threads(nt)
     {
-#ifdef _OPENMP
-        const int t = omp_get_thread_num(), T = omp_get_num_threads();
-#else
-        const int t = 0, T = 1;
-#endif
+        TEAM_ID;
         (void)NMAX;
         for (int64_t m = t; m < M; m += T)
             for (int64_t i = 0; i < C; ++i)
@@ -312,7 +291,7 @@ void gpt2_decode_step(const int64_t *ids, const int64_t *positions, void *const 
             for (int64_t m = t; m < M; m += T)
                 layer_norm(h + m * C, p[0], p[1], x + m * C, C, eps);
             BARRIER
-            kn_team(x, p[2], p[3], qkv, part, 0, ACT_LINEAR, M, C, 3 * C, t, T);
+            kn_team(x, C, p[2], p[3], qkv, 3 * C, part, 0, ACT_LINEAR, M, C, 3 * C, t, T);
             /* attention: each (row, head) pair writes its new key/value, then attends */
             const float scale = scales[l];
             for (int64_t pr = t; pr < M * H; pr += T) {
@@ -341,18 +320,18 @@ void gpt2_decode_step(const int64_t *ids, const int64_t *positions, void *const 
                 }
             }
             BARRIER
-            kn_team(att, p[4], p[5], tmp, part, h, ACT_LINEAR, M, C, C, t, T);
+            kn_team(att, C, p[4], p[5], tmp, C, part, h, ACT_LINEAR, M, C, C, t, T);
             for (int64_t m = t; m < M; m += T)
                 layer_norm(h + m * C, p[6], p[7], x + m * C, C, eps);
             BARRIER
-            kn_team(x, p[8], p[9], f, part, 0, act, M, C, F, t, T);
-            kn_team(f, p[10], p[11], tmp, part, h, ACT_LINEAR, M, F, C, t, T);
+            kn_team(x, C, p[8], p[9], f, F, part, 0, act, M, C, F, t, T);
+            kn_team(f, F, p[10], p[11], tmp, C, part, h, ACT_LINEAR, M, F, C, t, T);
         }
         for (int64_t m = t; m < M; m += T)
             layer_norm(h + m * C, lnf_w, lnf_b, x + m * C, C, eps);
         BARRIER
         if (head_kn) {
-            kn_team(x, head, 0, logits, part, 0, ACT_LINEAR, M, C, V, t, T);
+            kn_team(x, C, head, 0, logits, V, part, 0, ACT_LINEAR, M, C, V, t, T);
         } else {
             const int64_t chunk = (V + T - 1) / T;
             int64_t n0 = t * chunk, n1 = n0 + chunk;

@@ -16,6 +16,7 @@ print(",".join(bad))
 @pytest.mark.parametrize("module", [
     "gpt2_core", "gpt2_core.checkpoint", "gpt2_core.formats.torch_bin", "gpt2_core.formats.tf_h5",
     "gpt2_core.formats.flax_msgpack", "gpt2_core.generation_config", "gpt2_core.reference",
+    "gpt2_core.cpu_kernels",
     "conversion.cli", "conversion.convert",
 ])
 def test_no_framework_imported(module):

@@ -1,0 +1,133 @@
+"""gpt2_core.cpu_kernels with numpy only: the fused decoding step against the float64 numpy
+reference (gpt2_core.reference), the GEMVs against numpy, input checks, and the loader's
+process-level behaviour (no framework import, OpenMP spin default)."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from gpt2_core import cpu_kernels as K
+from gpt2_core import reference
+from gpt2_core.init import random_state_dict, tiny_config
+
+pytestmark = pytest.mark.skipif(K.load() is None, reason=f"CPU kernels: {K.status()}")
+
+
+def _canonical(cfg, seed=0):
+    sd = random_state_dict(cfg, "lm", seed=seed, std=0.3)
+    sd = {k: np.ascontiguousarray(v, np.float32) for k, v in sd.items()}
+    sd.setdefault("lm_head.weight", sd["transformer.wte.weight"])
+    return sd
+
+
+@pytest.mark.parametrize("nt", [1, 2])
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"activation_function": "gelu", "scale_attn_by_inverse_layer_idx": True},
+    {"activation_function": "relu", "scale_attn_weights": False, "n_inner": 50},
+    {"activation_function": "sigmoid", "layer_norm_epsilon": 1e-2},
+])
+def test_decode_steps_equal_the_numpy_reference(nt, overrides):
+    """Feed a left-padded batch one token per step; the logits of every step equal the float64
+    reference's full forward over the same prefix."""
+    cfg = tiny_config(**overrides)
+    sd = _canonical(cfg)
+    rng = np.random.default_rng(0)
+    B, T, L = 3, 7, 8
+    ids = rng.integers(0, cfg.vocab_size, (B, T))
+    mask = np.ones((B, T), np.int64)
+    mask[1, :2] = 0
+    mask[2, :5] = 0
+    positions = np.where(mask == 1, np.cumsum(mask, 1) - 1, 1)
+    H, D = cfg.n_head, cfg.n_embd // cfg.n_head
+    keys = [np.zeros((B, H, L, D), np.float32) for _ in range(cfg.n_layer)]
+    values = [np.zeros((B, H, L, D), np.float32) for _ in range(cfg.n_layer)]
+    step = K.DecodeStep(cfg, sd, keys, values, B, nt=nt)
+    bias = np.where(np.pad(mask, [(0, 0), (0, L - T)], constant_values=1) == 1, 0.0,
+                    np.finfo(np.float32).min / 2).astype(np.float32)
+    ref = reference.lm_logits(sd, cfg, ids, attention_mask=mask, position_ids=positions)
+    for t in range(T):
+        logits = step(ids[:, t], positions[:, t], bias, t)
+        for b in range(B):
+            if mask[b, t]:  # padded positions have no meaning of their own
+                want = ref[b, t]
+                assert np.abs(logits[b] - want).max() <= 2e-5 * np.abs(want).max(), (t, b)
+
+
+def test_head_stored_transposed():
+    cfg = tiny_config(tie_word_embeddings=False)
+    sd = _canonical(cfg, seed=1)
+    H, D, L = cfg.n_head, cfg.n_embd // cfg.n_head, 4
+    kv = lambda: [np.zeros((1, H, L, D), np.float32) for _ in range(cfg.n_layer)]  # noqa: E731
+    plain = K.DecodeStep(cfg, sd, kv(), kv(), 1)
+    flipped = dict(sd, **{"lm_head.weight": np.ascontiguousarray(sd["lm_head.weight"].T)})
+    transposed = K.DecodeStep(cfg, flipped, kv(), kv(), 1, head_transposed=True)
+    bias = np.zeros((1, L), np.float32)
+    a = plain(np.array([5]), np.array([0]), bias, 0)
+    b = transposed(np.array([5]), np.array([0]), bias, 0)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(a).max())
+
+
+@pytest.mark.parametrize("nt", [1, 2])
+def test_gemv_equal_numpy(nt):
+    rng = np.random.default_rng(1)
+    for M, Kd, N in [(1, 37, 19), (3, 36, 108), (16, 300, 1000)]:
+        x = rng.standard_normal((M, Kd), dtype=np.float32)
+        w = rng.standard_normal((Kd, N), dtype=np.float32)
+        b = rng.standard_normal(N, dtype=np.float32)
+        want = x.astype(np.float64) @ w + b
+        np.testing.assert_allclose(K.linear_kn(x, w, b, nt=nt), want, rtol=0,
+                                   atol=2e-6 * np.abs(want).max())
+        want = x.astype(np.float64) @ w
+        np.testing.assert_allclose(K.linear_nk(x, np.ascontiguousarray(w.T), nt=nt), want,
+                                   rtol=0, atol=2e-6 * np.abs(want).max())
+
+
+def test_bad_inputs_are_named():
+    cfg = tiny_config()
+    sd = _canonical(cfg)
+    H, D = cfg.n_head, cfg.n_embd // cfg.n_head
+    kv = [np.zeros((1, H, 4, D), np.float32) for _ in range(cfg.n_layer)]
+    with pytest.raises(TypeError, match="float32"):
+        K.linear_kn(np.ones((1, 3), np.float32), np.ones((3, 2)))
+    with pytest.raises(ValueError, match="features"):
+        K.linear_kn(np.ones((1, 4), np.float32), np.ones((3, 2), np.float32))
+    bad = dict(sd, **{"transformer.h.0.attn.c_attn.weight": np.zeros((3, 3), np.float32)})
+    with pytest.raises(ValueError, match=r"transformer\.h\.0\.attn\.c_attn\.weight"):
+        K.DecodeStep(cfg, bad, kv, kv, 1)
+    with pytest.raises(ValueError, match="keys"):
+        K.DecodeStep(cfg, sd, [np.zeros((1, H, 4, D + 1), np.float32)] * cfg.n_layer, kv, 1)
+    step = K.DecodeStep(cfg, sd, kv, [v.copy() for v in kv], 1)
+    with pytest.raises(ValueError, match="slot"):
+        step(np.array([1]), np.array([0]), np.zeros((1, 4), np.float32), 4)
+
+
+def test_reasons_for_not_running():
+    cfg = tiny_config()
+    assert K.DecodeStep.unsupported_reason(cfg, 1, 8) is None
+    assert "rows" in K.DecodeStep.unsupported_reason(cfg, K.MAX_ROWS + 1, 8)
+    assert "n_positions" in K.DecodeStep.unsupported_reason(cfg, 1, cfg.n_positions + 1)
+    assert "cross" in K.DecodeStep.unsupported_reason(tiny_config(add_cross_attention=True), 1, 8)
+    with K.disabled():
+        assert "disabled" in K.DecodeStep.unsupported_reason(cfg, 1, 8)
+
+
+def _in_subprocess(code, **env):
+    import os
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={k: v for k, v in {**os.environ, **env}.items() if v is not None},
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_loading_imports_no_framework_and_tames_openmp_spinning():
+    code = ("import os, sys; from gpt2_core import cpu_kernels as k; assert k.load() is not None;"
+            "print(sorted(m for m in ('torch', 'tensorflow', 'jax') if m in sys.modules),"
+            " os.environ.get('GOMP_SPINCOUNT'))")
+    assert _in_subprocess(code, GOMP_SPINCOUNT=None, OMP_WAIT_POLICY=None) == "[] 10000"
+    # a user's own OpenMP setting wins
+    assert _in_subprocess(code, GOMP_SPINCOUNT=None, OMP_WAIT_POLICY="active") == "[] None"
