@@ -112,6 +112,7 @@ def _decode_both(model, ids, mask, steps=4, nt=1):
     {"activation_function": "quick_gelu", "scale_attn_weights": False},
     {"activation_function": "silu", "reorder_and_upcast_attn": True, "layer_norm_epsilon": 1e-3},
     {"n_inner": 50, "activation_function": "tanh"},
+    {"tie_word_embeddings": False},
 ])
 def test_fused_step_equals_torch_modules(nt, overrides):
     model = make_model("lm", **overrides)
