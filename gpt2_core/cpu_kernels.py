@@ -268,7 +268,7 @@ def linear_kn(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
     if x.shape[1] != K:
         raise ValueError(f"x has {x.shape[1]} features, w expects {K}")
     if b is not None:
-        _f32(b, "b", (N,))
+        _f32(b, "bias", (N,))
     M = x.shape[0]
     nt = threads(nt)
     y = np.empty((M, N), np.float32)

@@ -44,6 +44,12 @@ def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
+def _slot_bias(mask: np.ndarray) -> np.ndarray:
+    """The fused CPU step's additive mask over cache slots: 0 where ``mask`` (R, S) is 1, else
+    half the float32 minimum (finite, as the model's own padding mask)."""
+    return np.where(mask == 1, np.float32(0), np.float32(np.finfo(np.float32).min / 2))
+
+
 @dataclasses.dataclass(frozen=True)
 class _Spec:
     """Everything static about one compiled generation function (the cache key)."""
@@ -311,7 +317,6 @@ class GenerationMixin:
             state["reorder"] = tf.range(R, dtype=tf.int32)
         if streamer is not None:
             streamer.put(ids.copy())
-        low = np.float32(np.finfo(np.float32).min / 2)
         identity = np.arange(R)
         while True:
             state = fns["select"](state, sc)
@@ -325,9 +330,8 @@ class GenerationMixin:
                 if not np.array_equal(idx, identity):
                     for buf in (*keys, *values):
                         buf[...] = buf[idx]
-            bias = np.where(state["mask"].numpy() == 1, np.float32(0), low)
-            logits = step_fn(state["tokens"].numpy(), state["pos"].numpy() - 1, bias,
-                             Tb + step - 1)
+            logits = step_fn(state["tokens"].numpy(), state["pos"].numpy() - 1,
+                             _slot_bias(state["mask"].numpy()), Tb + step - 1)
             state["logits"] = tf.constant(logits)
         del keep
         if streamer is not None:
@@ -348,7 +352,6 @@ class GenerationMixin:
         logits = np.asarray(state["logits"])
         done = np.zeros(seq.shape[0], bool)
         pad, eos, min_new = host_sc["pad"], host_sc["eos"], host_sc["min_new"]
-        low = np.float32(np.finfo(np.float32).min / 2)
         if streamer is not None:
             streamer.put(ids.copy())
         step = 0
@@ -368,7 +371,7 @@ class GenerationMixin:
                 streamer.put(tokens.copy())
             if done.all() or step >= max_new:
                 break
-            logits = step_fn(tokens, pos, np.where(mask == 1, np.float32(0), low), cur)
+            logits = step_fn(tokens, pos, _slot_bias(mask), cur)
             pos += 1
         if streamer is not None:
             streamer.end()

@@ -45,36 +45,22 @@ def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def linear_kn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``bias + x @ weight`` for ``weight`` (K, N) (GPT-2's Conv1D layout); x (..., K)."""
-    K, N = weight.shape
-    if x.shape[-1] != K:
-        raise ValueError(f"x has {x.shape[-1]} features, weight expects {K}")
-    x2 = x.reshape(-1, K).contiguous()
-    M = x2.shape[0]
-    if bias is not None:
-        if bias.shape != (N,) or bias.dtype != torch.float32 or bias.device.type != "cpu":
-            raise ValueError(f"bias must be fp32 CPU of shape ({N},), got {tuple(bias.shape)}")
-        bias = bias.contiguous()
-    y = torch.empty(M, N, dtype=torch.float32)
-    nt = _threads()
-    scratch = torch.empty((nt - 1) * M * N if nt > 1 else 1, dtype=torch.float32)
-    core.library().gpt2_gemv_kn(x2.data_ptr(), K, weight.data_ptr(),
-                                None if bias is None else bias.data_ptr(), y.data_ptr(), N, M,
-                                K, N, scratch.data_ptr(), nt)
-    return y.view(*x.shape[:-1], N)
+    """``bias + x @ weight`` for ``weight`` (K, N) (GPT-2's Conv1D layout); x (..., K).
+    :func:`gpt2_core.cpu_kernels.linear_kn` over zero-copy numpy views."""
+    y = core.linear_kn(_view(x.reshape(-1, x.shape[-1])), _view(weight),
+                       None if bias is None else _view(bias), nt=_threads())
+    return torch.from_numpy(y).view(*x.shape[:-1], y.shape[1])
 
 
 def linear_nk(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``x @ weight.T`` for ``weight`` (N, K) (nn.Linear's layout, e.g. the tied LM head)."""
-    N, K = weight.shape
-    if x.shape[-1] != K:
-        raise ValueError(f"x has {x.shape[-1]} features, weight expects {K}")
-    x2 = x.reshape(-1, K).contiguous()
-    M = x2.shape[0]
-    y = torch.empty(M, N, dtype=torch.float32)
-    core.library().gpt2_gemv_nk(x2.data_ptr(), K, weight.data_ptr(), y.data_ptr(), N, M, K, N,
-                                _threads())
-    return y.view(*x.shape[:-1], N)
+    y = core.linear_nk(_view(x.reshape(-1, x.shape[-1])), _view(weight), nt=_threads())
+    return torch.from_numpy(y).view(*x.shape[:-1], y.shape[1])
+
+
+def _view(t: torch.Tensor):
+    """A numpy view of a CPU tensor (no copy; the core checks dtype, layout and shape)."""
+    return t.detach().numpy()
 
 
 class DecodeStep:
@@ -87,10 +73,10 @@ class DecodeStep:
     """
 
     def __init__(self, model: torch.nn.Module, cache, batch: int) -> None:
-        weights = {name: p.detach().numpy() for name, p in _canonical_params(model)}
+        weights = {name: _view(p) for name, p in _canonical_params(model)}
         self._step = core.DecodeStep(
-            model.config, weights, [k.numpy() for k in cache.keys],
-            [v.numpy() for v in cache.values], batch,
+            model.config, weights, [_view(k) for k in cache.keys],
+            [_view(v) for v in cache.values], batch,
             scales=[float(b.attn.scale) for b in model.transformer.h], nt=_threads())
         self._tensors = (list(model.parameters()), cache)  # keep the storage alive
 
@@ -113,7 +99,7 @@ class DecodeStep:
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor, bias: torch.Tensor,
                  slot: int) -> torch.Tensor:
         out = torch.empty(self._step.M, self._step.V, dtype=torch.float32)
-        self._step(ids.numpy(), positions.numpy(), bias.numpy(), slot, out=out.numpy())
+        self._step(_view(ids), _view(positions), _view(bias), slot, out=out.numpy())
         return out
 
 

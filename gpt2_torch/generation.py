@@ -54,7 +54,7 @@ def _lm_head_matrix(model: GPT2PreTrainedModel, compile: bool) -> torch.Tensor:
     w = model.lm_head.weight
     if w.device.type != "cpu":
         return w.t()
-    if not compile and _cpu_kernels.load() is not None and w.dtype == torch.float32:
+    if not compile and _cpu_kernels.core.active() and w.dtype == torch.float32:
         return w
     return w.t().contiguous()
 
@@ -188,12 +188,10 @@ class _Decoder:
         """Feed one new token per row (B,); logits (B, V) for the next one."""
         if self.fused is not None:
             logits = self.fused(tokens, self.next_position, self.pad_bias, self.length)
-            self.next_position = self.next_position + 1
-            self.length += 1
-            return logits
-        cache_position = torch.tensor([self.length], device=tokens.device)
-        logits = self.step_fn(self.model, self.head_w, self.cache, tokens[:, None],
-                              self.next_position, cache_position, self.pad_bias, self.encoder)
+        else:
+            cache_position = torch.tensor([self.length], device=tokens.device)
+            logits = self.step_fn(self.model, self.head_w, self.cache, tokens[:, None],
+                                  self.next_position, cache_position, self.pad_bias, self.encoder)
         self.next_position = self.next_position + 1
         self.length += 1
         return logits

@@ -271,7 +271,6 @@ void gpt2_decode_step(const int64_t *ids, const int64_t *positions, void *const 
                       int64_t n_layer, float eps, int act, int head_kn, float *logits,
                       float *work, int nt) {
     const int64_t D = C / H;
-    const int64_t NMAX = F > 3 * C ? F : 3 * C;
     float *h = work, *x = h + M * C, *qkv = x + M * C, *att = qkv + M * 3 * C,
           *f = att + M * C, *tmp = f + M * F, *scores = tmp + M * C, *part = scores + M * H * L;
     const float *wte = glob[0], *wpe = glob[1], *lnf_w = glob[2], *lnf_b = glob[3],
@@ -280,7 +279,6 @@ void gpt2_decode_step(const int64_t *ids, const int64_t *positions, void *const 
 #pragma omp parallel num_threads(nt)
     {
         TEAM_ID;
-        (void)NMAX;
         for (int64_t m = t; m < M; m += T)
             for (int64_t i = 0; i < C; ++i)
                 h[m * C + i] = wte[ids[m] * C + i] + wpe[positions[m] * C + i];
