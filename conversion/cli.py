@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -52,6 +53,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from conversion import train
 
+    if not train.is_main_process(args):
+        # under torchrun every rank runs this command: only rank 0 speaks
+        logging.getLogger().setLevel(logging.ERROR)
+        train.run(args)
+        return 0
     print(train.run(args))
     return 0
 
@@ -114,9 +120,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _quiet_frameworks() -> None:
+    """Keep TensorFlow's C++ and absl start-up banners out of the command's output (a user's
+    own setting wins; -v shows them)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.verbose:
+        _quiet_frameworks()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):

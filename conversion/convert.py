@@ -56,6 +56,7 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, to: str, dtype: A
     if out.exists() and out.resolve() == src_dir.resolve():
         raise ValueError(f"refusing to overwrite the source checkpoint {src_dir}")
     src_kind = special_format(src_dir)
+    _require_frameworks(src_dir, src_kind, to, verify, prefer)
     if src_kind in native.NATIVE_FORMATS:
         config, raw, src_head = native.load(src_dir, src_kind)
         head = naming.head_of(head) if head else src_head
@@ -107,6 +108,27 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, to: str, dtype: A
     if verify:
         _verify(src_dir, out, to, head, src_kind, dtype)
     return out
+
+
+#: formats that only a framework reads or writes (OpenAI TF1 checkpoints, model.keras, NNX)
+_FORMAT_FRAMEWORK = {"openai": "tf", "keras": "tf", "nnx": "flax"}
+
+
+def _require_frameworks(src_dir: Path, src_kind: str | None, to: str, verify: bool,
+                        prefer: str | None) -> None:
+    """Every framework this conversion will need, checked before anything is written."""
+    from conversion import frameworks
+    from conversion import verify as verify_mod
+
+    if src_kind in _FORMAT_FRAMEWORK:
+        frameworks.require(_FORMAT_FRAMEWORK[src_kind], f"reading the {src_kind} checkpoint {src_dir}")
+    if to in _FORMAT_FRAMEWORK:
+        frameworks.require(_FORMAT_FRAMEWORK[to], f"gpt2 convert --to {to}")
+    if verify and not (to in _FORMAT_FRAMEWORK or src_kind):
+        # --verify runs SRC and OUT in the frameworks that natively read their formats
+        src_fmt = checkpoint.choose_format(src_dir, prefer)[0]
+        for fw in dict.fromkeys((verify_mod.NATIVE[src_fmt], verify_mod.NATIVE[to])):
+            frameworks.require(fw, f"gpt2 convert --verify ({src_fmt} -> {to})")
 
 
 @contextlib.contextmanager

@@ -19,12 +19,39 @@ def _fmt_bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
+def _describe_special(d, lines: list[str]) -> str:
+    """Directories only ``gpt2 convert`` reads: an OpenAI release, a Keras ``model.keras``, an
+    NNX state. Say which, and what converting them needs; never 'none' for what convert reads."""
+    from conversion import native, openai_ckpt
+    from conversion.convert import special_format
+
+    kind = special_format(d)
+    if kind is None:
+        lines.append("formats:    none (no config.json with weights, OpenAI release, model.keras "
+                     "or NNX state here)")
+        return "\n".join(lines)
+    files = {"openai": f"{openai_ckpt.HPARAMS} + {openai_ckpt.CKPT_PREFIX}.*",
+             "keras": native.KERAS_FILE, "nnx": native.NNX_FILE}[kind]
+    needs = {"openai": "TensorFlow", "keras": "TensorFlow/Keras", "nnx": "JAX/Flax"}[kind]
+    lines.append(f"formats:    {kind} ({files}; read by `gpt2 convert`, which needs {needs})")
+    if kind == "openai":
+        import json
+
+        hp = json.loads((d / openai_ckpt.HPARAMS).read_text())
+        lines.append("config:     " + " ".join(f"{k}={v}" for k, v in sorted(hp.items())))
+    size = sum(f.stat().st_size for f in d.iterdir() if f.is_file())
+    lines.append(f"on disk:    {_fmt_bytes(size)}")
+    return "\n".join(lines)
+
+
 def describe(path: str | os.PathLike, prefer: str | None = None) -> str:
     d = hub.resolve_dir(path)
     lines = [f"checkpoint: {d}"]
     config = GPT2Config.from_json_file(d / CONFIG_NAME) if (d / CONFIG_NAME).is_file() else None
     formats = checkpoint.detect_formats(d)
-    lines.append(f"formats:    {', '.join(formats) if formats else 'none'}")
+    if not formats:
+        return _describe_special(d, lines)
+    lines.append(f"formats:    {', '.join(formats)}")
     if config is not None:
         lines.append(
             f"config:     n_layer={config.n_layer} n_head={config.n_head} n_embd={config.n_embd} "
@@ -34,8 +61,6 @@ def describe(path: str | os.PathLike, prefer: str | None = None) -> str:
         arch = config.extra.get("architectures")
         if arch:
             lines.append(f"arch:       {', '.join(arch)}")
-    if not formats:
-        return "\n".join(lines)
     sd, info = checkpoint.read_state_dict(d, prefer=prefer)
     lines.append(f"reading:    {info.format} ({len(info.files)} file(s): "
                  f"{', '.join(p.name for p in info.files[:4])}{' ...' if len(info.files) > 4 else ''})")

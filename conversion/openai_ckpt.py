@@ -64,7 +64,8 @@ def config_from_hparams(hparams: dict) -> GPT2Config:
     try:
         return GPT2Config(vocab_size=hparams["n_vocab"], n_positions=hparams["n_ctx"],
                           n_embd=hparams["n_embd"], n_head=hparams["n_head"],
-                          n_layer=hparams["n_layer"], n_ctx=hparams["n_ctx"])
+                          n_layer=hparams["n_layer"], n_ctx=hparams["n_ctx"],
+                          n_inner=hparams.get("n_inner"))
     except KeyError as e:
         raise OpenAICheckpointError(f"{HPARAMS} lacks {e.args[0]!r}") from e
 
@@ -120,6 +121,10 @@ def load(directory: str | Path) -> tuple[GPT2Config, dict[str, np.ndarray]]:
                 raise OpenAICheckpointError(f"{prefix}: {name} has shape {arr.shape}, expected (1, in, out)")
             arr = arr[0]
         out[openai_to_canonical(name)] = arr
+    # hparams.json has no MLP width: read it from the tensors (GPT-2's is 4 x n_embd)
+    fc = out.get(f"{naming.PREFIX}h.0.mlp.c_fc.weight")
+    if fc is not None and fc.ndim == 2 and fc.shape[1] != config.inner_dim:
+        config.n_inner = int(fc.shape[1])
     return config, out
 
 

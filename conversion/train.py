@@ -60,14 +60,18 @@ def get_tokenizer(name: str) -> Any:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``gpt2 train`` flags (defaults: :class:`gpt2_core.training.TrainConfig`)."""
     d = TrainConfig()
-    p.add_argument("out", help="run directory: checkpoints, metrics.jsonl, loss.png, final model")
+    p.add_argument("out", nargs="?", default=None,
+                   help="run directory: checkpoints, metrics.jsonl, loss.png, final model "
+                        "(anywhere on the line, or as --out)")
+    p.add_argument("--out", dest="out_option", default=None, metavar="OUT",
+                   help="the run directory, as an option")
     p.add_argument("--framework", required=True, choices=FRAMEWORKS)
     p.add_argument("--model", required=True,
                    help="checkpoint directory, or a preset / hub id (gpt2, gpt2-medium, ...)")
     p.add_argument("--from-scratch", action="store_true",
                    help="use only the model's config, with a fresh init seeded by --seed")
-    p.add_argument("--data", required=True, nargs="+",
-                   help="text files, globs or directories (*.txt, *.md inside)")
+    p.add_argument("--data", required=True, nargs="+", action="extend",
+                   help="text files, globs or directories (*.txt, *.md inside); repeatable")
     p.add_argument("--tokenizer", default="gpt2", choices=("gpt2", "bytes"),
                    help="gpt2 (default) or bytes (UTF-8 bytes + EOS 256, for 257-token toys)")
     p.add_argument("--steps", type=int, default=d.steps, help="optimizer updates")
@@ -78,7 +82,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
     p.add_argument("--min-lr-ratio", type=float, default=d.min_lr_ratio,
                    help="cosine floor as a fraction of --lr")
-    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--warmup-steps", type=int, default=None,
+                   help="linear warm-up (default: 10%% of --steps, between 1 and 100)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay,
                    help="AdamW decoupled decay, on matrices only")
     p.add_argument("--beta1", type=float, default=d.beta1)
@@ -113,6 +118,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
 
 
+def resolve_out(args: argparse.Namespace) -> None:
+    """Find OUT wherever the user typed it.
+
+    ``--data`` takes several values, so in ``--data "notes/*.txt" out/ --steps 20`` argparse
+    hands OUT to --data. When no OUT was given, the last --data value is OUT -- unless it can
+    only be data (an existing file, a glob, a directory holding text), which is an error that
+    says how to write the line.
+    """
+    if args.out is not None and args.out_option is not None and args.out != args.out_option:
+        raise ValueError(f"two run directories given: {args.out!r} and --out {args.out_option!r}")
+    args.out = args.out or args.out_option
+    if args.out is not None:
+        return
+    data = list(args.data)
+    last = data[-1] if len(data) > 1 else None
+    usage = ("name the run directory OUT, e.g. `gpt2 train --framework torch --model ckpt "
+             "--data notes/*.txt --out runs/ft` (or put OUT before --data)")
+    if last is None:
+        raise ValueError(f"missing OUT: {usage}")
+    p = Path(last)
+    looks_like_data = (p.is_file() or any(c in last for c in "*?[")
+                       or p.is_dir() and any(p.iterdir()) and not (p / "metrics.jsonl").exists()
+                       and not (p / "last").exists())
+    if looks_like_data:
+        raise ValueError(f"missing OUT: the last --data value {last!r} is data, not a run "
+                         f"directory; {usage}")
+    args.out, args.data = last, data[:-1]
+
+
 def train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
@@ -124,13 +158,19 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def _overrides(cfg: TrainConfig) -> dict[str, float]:
-    if cfg.dropout is None:
-        return {}
-    return {"resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout}
+    return cfg.model_overrides()
 
 
 def _is_main_process(framework: str) -> bool:
     return framework != "torch" or int(os.environ.get("RANK", "0")) == 0
+
+
+def is_main_process(args: argparse.Namespace) -> bool:
+    """Rank 0 under torchrun (which sets RANK), process 0 of a JAX multi-host run, else True:
+    only that process prints the summary and warnings."""
+    if args.framework == "flax" and args.process_id:
+        return False
+    return _is_main_process(args.framework)
 
 
 def _check_out(out: Path, resume: bool) -> None:
@@ -152,10 +192,23 @@ def run(args: argparse.Namespace) -> str:
 
     Returns a one-line summary (losses, held-out loss, where the model went).
     """
+    from conversion import frameworks
+
     fw = args.framework
+    frameworks.require(fw, f"gpt2 train --framework {fw}")
+    resolve_out(args)
     if args.strategy not in STRATEGIES[fw]:
         raise ValueError(f"--strategy {args.strategy!r} is not one of {STRATEGIES[fw]} for {fw}")
+    if args.cpu_devices and fw == "torch":
+        raise ValueError("--cpu-devices splits the CPU for tf and flax only; for torch use "
+                         "torchrun --nproc-per-node N --strategy ddp|fsdp")
+    if args.cpu_devices and args.strategy == "none":
+        raise ValueError(f"--cpu-devices {args.cpu_devices} has no effect without --strategy "
+                         f"(one of {', '.join(STRATEGIES[fw][1:])}): the devices would sit idle")
     cfg = train_config(args)
+    if args.warmup_steps is None:
+        logger.info("warm-up: %d steps (10%% of --steps %d, between 1 and 100)",
+                    cfg.warmup_steps, cfg.steps)
     config = GPT2Config.from_pretrained(args.model, **_overrides(cfg))
     tokenizer = get_tokenizer(args.tokenizer)
     tok_vocab = getattr(tokenizer, "vocab_size", None) or len(tokenizer)
@@ -168,14 +221,23 @@ def run(args: argparse.Namespace) -> str:
     logger.info("data: %d training blocks, %d held-out blocks of %d tokens", len(train_ds),
                 len(eval_ds) if eval_ds is not None else 0, cfg.block_size)
     out = Path(args.out)
+    created = not out.exists()
     if _is_main_process(fw):
         _check_out(out, args.resume)
     progress = not args.no_progress
-    if fw == "torch":
-        return _run_torch(args, cfg, config, train_ds, eval_ds, out, progress)
-    if fw == "tf":
-        return _run_tf(args, cfg, config, train_ds, eval_ds, out, progress)
-    return _run_flax(args, cfg, config, train_ds, eval_ds, out, progress)
+    runner = {"torch": _run_torch, "tf": _run_tf, "flax": _run_flax}[fw]
+    try:
+        return runner(args, cfg, config, train_ds, eval_ds, out, progress) + _warmup_note(args, cfg)
+    except BaseException:
+        # a run that failed before writing anything leaves no empty OUT behind
+        if created and _is_main_process(fw) and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+
+
+def _warmup_note(args: argparse.Namespace, cfg: TrainConfig) -> str:
+    return f" (warm-up {cfg.warmup_steps} steps, chosen for --steps {cfg.steps})" \
+        if args.warmup_steps is None else ""
 
 
 def _fresh_weights(config: GPT2Config, seed: int) -> dict[str, np.ndarray]:

@@ -169,8 +169,10 @@ class GPT2Config:
                 kwargs[field] = value
         for name, default in _DEFAULTS.items():
             object.__setattr__(self, name, copy.deepcopy(kwargs.pop(name, default)))
-        if kwargs.pop("model_type", MODEL_TYPE) != MODEL_TYPE:
-            raise ValueError("GPT2Config: model_type must be 'gpt2'")
+        model_type = kwargs.pop("model_type", MODEL_TYPE)
+        if model_type != MODEL_TYPE:
+            raise ValueError(f"GPT2Config: this is a {model_type!r} config (model_type "
+                             f"{model_type!r}); gpt2-zoo runs GPT-2 only (model_type 'gpt2')")
         id2label = kwargs.pop("id2label", None)
         label2id = kwargs.pop("label2id", None)
         num_labels = kwargs.pop("num_labels", None)

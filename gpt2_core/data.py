@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import glob
+import inspect
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -58,6 +59,16 @@ def resolve_files(patterns: str | os.PathLike | Sequence[str | os.PathLike]) -> 
     return unique
 
 
+def _encode_document(tokenizer: Any, text: str) -> list[int]:
+    """A whole document's ids. Documents longer than the model's context are expected here
+    (they are packed into blocks), so the tokenizer's "sequence length is longer than the
+    specified maximum" warning is turned off where the tokenizer has the switch."""
+    if "verbose" in inspect.signature(tokenizer.encode).parameters or hasattr(
+            tokenizer, "model_max_length"):
+        return tokenizer.encode(text, verbose=False)
+    return tokenizer.encode(text)
+
+
 def tokenize_files(files: Iterable[Path], tokenizer: Any, eos_token_id: int | None = None) -> np.ndarray:
     """Token ids of every file, in order, each document followed by EOS (int32)."""
     eos = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
@@ -69,7 +80,7 @@ def tokenize_files(files: Iterable[Path], tokenizer: Any, eos_token_id: int | No
             raise DataError(f"data file {f} is not UTF-8 text: {e}") from e
         if not text.strip():
             raise DataError(f"data file {f} holds no text")
-        ids = tokenizer.encode(text)
+        ids = _encode_document(tokenizer, text)
         chunks.append(np.asarray([*ids, eos], dtype=np.int32))
     if not chunks:
         raise DataError("no data files")

@@ -10,13 +10,21 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from gpt2_core.io_utils import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+# (eos id, vocab size) pairs already warned about: one warning per model, not per call
+_WARNED_UNREACHABLE: set[tuple[int, int]] = set()
 
 GENERATION_CONFIG_NAME = "generation_config.json"
 
@@ -146,17 +154,52 @@ class GenerationConfig:
             if v is not None and (not _is_int(v) or v < 0):
                 fail(f"{name} must be None or an int >= 0, got {v!r}")
 
-    def validate_for_model(self, vocab_size: int) -> None:
-        """Check token ids against the model's vocabulary."""
-        for e in self.eos_token_ids:
-            if e >= vocab_size:
-                raise ValueError(f"GenerationConfig: eos_token_id {e} is outside the vocabulary "
-                                 f"(size {vocab_size})")
-        for name in ("pad_token_id", "bos_token_id"):
-            v = getattr(self, name)
-            if v is not None and v >= vocab_size:
-                raise ValueError(f"GenerationConfig: {name} {v} is outside the vocabulary "
-                                 f"(size {vocab_size})")
+    def validate_for_model(self, vocab_size: int, *, has_prompt: bool = True) -> None:
+        """Check the token ids this config would use against the model's vocabulary (see
+        :meth:`for_model`)."""
+        self.for_model(vocab_size, has_prompt=has_prompt)
+
+    def for_model(self, vocab_size: int, *, has_prompt: bool = True) -> GenerationConfig:
+        """The config a model of ``vocab_size`` generates with: a copy, checked.
+
+        Only ids that generation actually uses must be in the vocabulary:
+
+        - an EOS id the model can never emit (``>= vocab_size``, e.g. 50256 kept by a model
+          trained with a 300-token vocabulary, which transformers accepts) is harmless: it is
+          dropped from the copy's EOS list, with a warning once per id and vocabulary size;
+        - the pad id is written after a reachable EOS (and fills beams): it must fit then;
+        - the BOS id starts generation when there is no prompt: it must fit then.
+
+        The pad id is fixed before the EOS list is trimmed (an implicit pad becomes the first
+        reachable EOS), so mask inference and padding see a stable pad.
+
+        Raises:
+            ValueError: naming the id that is used but outside ``[0, vocab_size)``.
+        """
+        out = copy.deepcopy(self)
+        eos = self.eos_token_ids
+        reachable = [e for e in eos if e < vocab_size]
+        unreachable = [e for e in eos if e >= vocab_size]
+        for e in unreachable:
+            if (e, vocab_size) not in _WARNED_UNREACHABLE:
+                _WARNED_UNREACHABLE.add((e, vocab_size))
+                logger.warning("eos_token_id %d is outside the vocabulary (size %d): the model "
+                               "can never emit it, so it never ends a sequence", e, vocab_size)
+        if unreachable:
+            # an implicit pad is the first EOS (transformers): the first one the model can emit
+            out.pad_token_id = (self.pad_token_id if self.pad_token_id is not None
+                                else reachable[0] if reachable else self.effective_pad_token_id)
+            out.eos_token_id = (reachable if isinstance(self.eos_token_id, list) and reachable
+                                else reachable[0] if reachable else None)
+        if reachable and out.effective_pad_token_id >= vocab_size:
+            raise ValueError(f"GenerationConfig: pad_token_id {out.effective_pad_token_id} is "
+                             f"outside the vocabulary (size {vocab_size}); it is written after "
+                             f"EOS {reachable[0]}: set pad_token_id to an id below {vocab_size}")
+        if not has_prompt and self.bos_token_id is not None and self.bos_token_id >= vocab_size:
+            raise ValueError(f"GenerationConfig: bos_token_id {self.bos_token_id} is outside the "
+                             f"vocabulary (size {vocab_size}) and there is no prompt to start "
+                             "from: pass input_ids or a bos_token_id below the vocabulary size")
+        return out
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -266,3 +309,21 @@ def normalize_eos(eos: int | Sequence[int] | None) -> list[int]:
     if _is_int(eos):
         return [int(eos)]
     return [int(e) for e in eos]
+
+
+def sampling_seed(seed: int | None) -> int:
+    """The seed a sampling ``generate`` call uses: ``seed`` when given (reproducible), else a
+    fresh one from the OS's entropy, so that two unseeded calls draw different samples.
+
+    This is the one unseeded-sampling rule of the TF and Flax backends; torch draws from
+    torch's global generator instead (so ``torch.manual_seed`` applies, as in transformers).
+
+    Example:
+        >>> sampling_seed(7)
+        7
+        >>> 0 <= sampling_seed(None) < 2**31
+        True
+    """
+    if seed is not None:
+        return int(seed)
+    return int(np.random.SeedSequence().entropy % 2**31)

@@ -247,6 +247,7 @@ def normalize_state_dict(
     own_head = set(head_shapes(config, head))
     prefix = "" if head == "base" else PREFIX
     out: dict[str, Any] = {}
+    misshaped: set[str] = set()
     for key, value in state_dict.items():
         if is_buffer_key(key):
             report.ignored_buffers.append(key)
@@ -264,6 +265,7 @@ def normalize_state_dict(
         shape = tuple(getattr(value, "shape", ()))
         if shape != expected[target]:
             report.mismatched.append((key, expected[target], shape))
+            misshaped.add(target)
             continue
         out[target] = value
     for tied, src in ties.items():
@@ -279,7 +281,7 @@ def normalize_state_dict(
             out[tied] = out[src]
             report.tied.append(tied)
     for key in expected:
-        if key in out:
+        if key in out or key in misshaped:  # a mis-shaped key is reported once, as such
             continue
         if key in own_head and allow_new_head:
             report.newly_initialized.append(key)

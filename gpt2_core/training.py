@@ -9,6 +9,7 @@ loss curves are compared.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import asdict, dataclass, field, fields
@@ -16,6 +17,25 @@ from pathlib import Path
 from typing import Any
 
 from gpt2_core.io_utils import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+# The config fields ``TrainConfig.dropout`` sets: embeddings, attention probabilities and the
+# residual branches (attention and MLP outputs) -- the three GPT-2 dropouts.
+DROPOUT_FIELDS = ("resid_pdrop", "embd_pdrop", "attn_pdrop")
+
+# Settings a resumed run must share with the run it continues: they decide the data order, the
+# schedule or the update rule, so changing one would silently make a different run.
+RESUME_FIELDS = ("steps", "batch_size", "grad_accum", "block_size", "lr", "min_lr_ratio",
+                 "warmup_steps", "weight_decay", "beta1", "beta2", "eps", "grad_clip", "seed",
+                 "dropout", "precision", "eval_fraction")
+
+
+def default_warmup(steps: int) -> int:
+    """Warm-up of a run of ``steps`` updates when none is given: 10% of the run, at least 1
+    and at most 100 steps -- so a 20-step run reaches its peak lr at step 2 and then decays,
+    and long runs keep the usual 100."""
+    return max(1, min(100, steps // 10))
 
 
 @dataclass
@@ -27,6 +47,8 @@ class TrainConfig:
         >>> cfg = TrainConfig(steps=100, lr=1e-3, warmup_steps=10)
         >>> round(learning_rate(cfg, 0), 6), learning_rate(cfg, 10), round(learning_rate(cfg, 100), 6)
         (0.0001, 0.001, 0.0001)
+        >>> TrainConfig(steps=20).warmup_steps   # default: 10% of the run, between 1 and 100
+        2
     """
 
     steps: int = 1000
@@ -34,7 +56,7 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 3e-4
     min_lr_ratio: float = 0.1
-    warmup_steps: int = 100
+    warmup_steps: int | None = None  # None: default_warmup(steps)
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -59,6 +81,8 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 fail(f"{name} must be an int >= 1, got {v!r}")
+        if self.warmup_steps is None and isinstance(self.steps, int):
+            self.warmup_steps = default_warmup(self.steps)
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             fail(f"warmup_steps must be an int >= 0, got {self.warmup_steps!r}")
         if not self.lr > 0:
@@ -71,6 +95,12 @@ class TrainConfig:
             fail(f"dropout must be in [0, 1], got {self.dropout!r}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             fail(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+
+    def model_overrides(self) -> dict[str, float]:
+        """Config fields to set on the model: the three dropouts when ``dropout`` is set."""
+        if self.dropout is None:
+            return {}
+        return dict.fromkeys(DROPOUT_FIELDS, self.dropout)
 
     @property
     def tokens_per_step(self) -> int:
@@ -129,13 +159,19 @@ class MetricsLog:
 
 
 def plot_loss_curve(metrics: list[dict[str, Any]], path: str | os.PathLike, title: str = "") -> Path | None:
-    """Write a loss-curve PNG (training loss, and eval loss where recorded). None without matplotlib."""
+    """Write a loss-curve PNG (training loss, and eval loss where recorded).
+
+    Without matplotlib it logs a warning saying so and returns None (metrics.jsonl holds the
+    same numbers).
+    """
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        logger.warning("%s not written: matplotlib is not installed (pip install matplotlib, "
+                       "or the gpt2-zoo[all] extra); the losses are in metrics.jsonl", path)
         return None
     steps = [m["step"] for m in metrics if "loss" in m]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
@@ -238,8 +274,29 @@ def save_checkpoint(out_dir: str | os.PathLike, step: int, state_dict: dict[str,
     return target
 
 
-def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """(trainer_state, canonical weights, moments) of a checkpoint directory."""
+def check_resume(state: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
+    """Refuse to resume the run saved in ``path`` with settings that would make another run.
+
+    Raises:
+        ValueError: naming each setting of :data:`RESUME_FIELDS` that differs, with both values.
+    """
+    saved = state.get("train_config") or {}
+    now = cfg.to_dict()
+    changed = [f"{k} was {saved[k]!r}, now {now[k]!r}" for k in RESUME_FIELDS
+               if k in saved and saved[k] != now[k]]
+    if changed:
+        raise ValueError(f"cannot resume the run in {path.parent}: " + "; ".join(changed) +
+                         ". A resumed run must use the settings it started with (they fix the "
+                         "data order and the schedule): pass the same values, or start a new "
+                         "run in another OUT")
+
+
+def read_checkpoint(path: Path, cfg: TrainConfig | None = None
+                    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(trainer_state, canonical weights, moments) of a checkpoint directory.
+
+    With ``cfg`` (the settings of the run that resumes), :func:`check_resume` runs first.
+    """
     from gpt2_core import checkpoint as ckpt
     from gpt2_core.data import DataError
     from gpt2_core.formats import safetensors as st
@@ -247,9 +304,28 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[st
     state = json.loads((path / "trainer_state.json").read_text())
     if state.get("format") != STATE_FORMAT:
         raise DataError(f"{path}: unknown trainer state format {state.get('format')!r}")
+    if cfg is not None:
+        check_resume(state, cfg, path)
     _, sd, _ = ckpt.load_pretrained(path, "lm")
     moments = st.load_file(path / "optimizer.safetensors", mmap=False)
     return state, sd, moments
+
+
+def save_final_model(out_dir: str | os.PathLike, state_dict: dict[str, Any], config: Any,
+                     generation_config: Any, log: MetricsLog | None, framework: str) -> None:
+    """The end of every backend's run: the model (config.json + model.safetensors), its
+    generation_config.json and loss.png in OUT -- one layout whatever the framework."""
+    from gpt2_core import checkpoint as ckpt
+
+    out = Path(out_dir)
+    ckpt.save_pretrained(state_dict, config, out, "lm")
+    if generation_config is None:
+        from gpt2_core.generation_config import GenerationConfig
+
+        generation_config = GenerationConfig.from_model_config(config)
+    generation_config.save_pretrained(out)
+    if log is not None:
+        plot_loss_curve(log.read(), out / "loss.png", title=f"gpt2-zoo fine-tuning ({framework})")
 
 
 def progress_bar(total: int, start: int, enabled: bool, desc: str):

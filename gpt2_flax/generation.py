@@ -36,7 +36,8 @@ import numpy as np
 from flax import nnx
 from jax.experimental import io_callback
 
-from gpt2_core.generation_config import GenerationConfig
+from gpt2_core.generation_config import GenerationConfig, sampling_seed
+from gpt2_core.inputs import check_prompt_shape
 
 logger = logging.getLogger(__name__)
 
@@ -317,8 +318,7 @@ def _prepare_ids(input_ids: Any, gen: GenerationConfig, vocab_size: int) -> np.n
         raise TypeError(f"input_ids must hold integers, got dtype {ids.dtype}")
     if ids.ndim == 1:
         ids = ids[None, :]
-    if ids.ndim != 2 or ids.shape[1] == 0:
-        raise ValueError(f"input_ids must have shape (batch, seq_len >= 1), got {ids.shape}")
+    check_prompt_shape(ids.shape)
     if ids.min() < 0 or ids.max() >= vocab_size:
         bad = ids.min() if ids.min() < 0 else ids.max()
         raise ValueError(f"input_ids contains {bad}, outside [0, {vocab_size}) "
@@ -341,7 +341,8 @@ class GenerationMixin:
                 (``ids != pad`` when the pad id occurs and differs from EOS, else all ones).
             generation_config: a :class:`gpt2_core.GenerationConfig` (default: from the model
                 config); ``**kwargs`` override its fields (``max_new_tokens=20, num_beams=4``).
-            prng_key: ``jax.random`` key for sampling (default: from ``seed``, else 0).
+            prng_key: ``jax.random`` key for sampling (default: from ``seed``, else a fresh
+                seed from OS entropy, so unseeded calls differ as in the other backends).
             streamer: gets ``put(prompt)``, ``put(token)`` per step from inside the compiled
                 loop, then ``end()``; batch size 1, no beam search (as transformers).
 
@@ -354,7 +355,7 @@ class GenerationMixin:
         """
         config = self.config
         gen = GenerationConfig.resolve(generation_config, config, **kwargs)
-        gen.validate_for_model(config.vocab_size)
+        gen = gen.for_model(config.vocab_size, has_prompt=input_ids is not None)
         ids = _prepare_ids(input_ids, gen, config.vocab_size)
         B, Tu = ids.shape
         eos = tuple(gen.eos_token_ids)
@@ -405,8 +406,8 @@ class GenerationMixin:
             ids_b = np.repeat(ids_b, gen.num_return_sequences, axis=0)
             mask_b = np.repeat(mask_b, gen.num_return_sequences, axis=0)
             ids = np.repeat(ids, gen.num_return_sequences, axis=0)
-        if prng_key is None:
-            prng_key = jax.random.key(gen.seed if gen.seed is not None else 0)
+        if prng_key is None:  # seeded: reproducible; unseeded: a fresh sample every call
+            prng_key = jax.random.key(sampling_seed(gen.seed))
 
         stream_id = 0
         if streamer is not None:

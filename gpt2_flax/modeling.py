@@ -40,6 +40,7 @@ from jax.experimental import checkify
 
 from gpt2_core import outputs as core_outputs
 from gpt2_core.config import GPT2Config
+from gpt2_core.inputs import check_ids_shape, dtype_name, stored_dtype_name
 from gpt2_core.outputs import (
     BaseModelOutputWithPastAndCrossAttentions,
     CausalLMOutputWithCrossAttentions,
@@ -205,23 +206,44 @@ def _embed(table: jax.Array, ids: jax.Array) -> jax.Array:
     return jnp.take(table, safe, axis=0, mode="fill", fill_value=jnp.nan)
 
 
+def _jnp_dtype(dtype: Any, state_dict: dict[str, Any] | None = None) -> Any:
+    """A dtype argument in any spelling -> a jnp dtype; ``"auto"``: the checkpoint's dtype."""
+    name = dtype_name(dtype)
+    if name is None:
+        return jnp.float32
+    if name == "auto":
+        name = stored_dtype_name(state_dict or {})
+    return jnp.dtype(name)
+
+
 def checked(fn):
     """Wrap ``fn`` (e.g. a jitted forward) so that bad ids raise under ``jit`` too.
 
     Outside ``jit`` the models check concrete ids themselves. Inside ``jit`` the ids are
     tracers; the models register :func:`jax.experimental.checkify.debug_check` checks, which
     this wrapper turns on (``checkify.checkify``) and raises as ``JaxRuntimeError`` naming the
-    problem.
+    problem. Modules passed as arguments are split into state and merged inside the checked
+    trace (their RNG counts and other state are written back afterwards), so a model in train
+    mode -- dropout drawing keys -- works as in eval mode. Pass the model as an argument rather
+    than closing over it.
 
     Example:
-        >>> fwd = checked(jax.jit(lambda m, ids: m(ids).logits))   # doctest: +SKIP
+        >>> fwd = checked(nnx.jit(lambda m, ids: m(input_ids=ids).logits))   # doctest: +SKIP
         >>> fwd(model, jnp.array([[5, 999999]]))  # raises: input_ids out of range
     """
-    checked_fn = checkify.checkify(fn, errors=checkify.user_checks)
+
+    def pure(graphdef, state):
+        args, kwargs = nnx.merge(graphdef, state, copy=True)  # fresh Variables in this trace
+        out = fn(*args, **kwargs)
+        return out, nnx.state((args, kwargs))
+
+    checked_fn = checkify.checkify(pure, errors=checkify.user_checks)
 
     def wrapper(*args, **kwargs):
-        err, out = checked_fn(*args, **kwargs)
+        graphdef, state = nnx.split((list(args), kwargs))
+        err, (out, new_state) = checked_fn(graphdef, state)
         err.throw()
+        nnx.update((list(args), kwargs), new_state)
         return out
 
     return wrapper
@@ -493,7 +515,9 @@ class GPT2PreTrainedModel(nnx.Module):
 
         Args:
             name_or_path: directory, preset name or hub id.
-            dtype: computation dtype; param_dtype: dtype the weights are stored in.
+            dtype: computation dtype; param_dtype: dtype the weights are stored in. Either
+                takes any spelling of :func:`gpt2_core.inputs.dtype_name` (``jnp.bfloat16``,
+                ``"bf16"``, ``"float32"`` ...) or ``"auto"``: the checkpoint's own dtype.
             config: use this config instead of the checkpoint's config.json.
             prefer: format to read when several are present ("safetensors", "flax", ...).
             seed: seeds the dropout streams and any head weights absent from the checkpoint.
@@ -509,6 +533,7 @@ class GPT2PreTrainedModel(nnx.Module):
 
         config, sd, _report = load_pretrained(name_or_path, cls.head, config=config,
                                               prefer=prefer, **config_overrides)
+        dtype, param_dtype = (_jnp_dtype(d, sd) for d in (dtype, param_dtype))
         return cls.from_state_dict(config, sd, dtype=dtype, param_dtype=param_dtype, seed=seed,
                                    sharding=sharding)
 
@@ -613,14 +638,12 @@ class GPT2Model(GPT2PreTrainedModel):
             raise ValueError("You cannot specify both input_ids and inputs_embeds at the same time")
         if input_ids is not None:
             input_ids = _as_int_array(input_ids, "input_ids")
-            if input_ids.ndim < 1:
-                raise ValueError("input_ids must have at least one dimension (batch, seq_len)")
-            if input_ids.ndim == 1:
-                input_ids = input_ids[None, :]
+            check_ids_shape(input_ids.shape)
             input_shape = input_ids.shape
             input_ids = input_ids.reshape(-1, input_shape[-1])  # (B, T); double heads: (B*N, T)
         elif inputs_embeds is not None:
             inputs_embeds = jnp.asarray(inputs_embeds)
+            check_ids_shape(inputs_embeds.shape[:-1], "inputs_embeds")
             if inputs_embeds.ndim < 3 or inputs_embeds.shape[-1] != cfg.n_embd:
                 raise ValueError(f"inputs_embeds must have shape (batch, seq_len, {cfg.n_embd}), "
                                  f"got {inputs_embeds.shape}")

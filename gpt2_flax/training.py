@@ -49,7 +49,6 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from gpt2_core import checkpoint as ckpt
 from gpt2_core import naming
 from gpt2_core.data import DataError, PackedDataset
 from gpt2_core.training import (
@@ -60,10 +59,10 @@ from gpt2_core.training import (
     decays,
     latest_checkpoint,
     learning_rate,
-    plot_loss_curve,
     progress_bar,
     read_checkpoint,
     save_checkpoint,
+    save_final_model,
 )
 from gpt2_flax import weights
 from gpt2_flax.sharding import ShardingConfig, auto_mesh, shard_model
@@ -265,11 +264,12 @@ def train(
     """
     is_main = jax.process_index() == 0
     _validate(model, train_ds, eval_ds, cfg, mesh)
+    apply_dropout(model, cfg)
     out = check_out_dir(out_dir, resume) if is_main else Path(out_dir)
     start_step, moments, state = 0, None, None
     last = latest_checkpoint(out) if resume else None
     if last is not None:
-        state, sd, moments = read_checkpoint(last)
+        state, sd, moments = read_checkpoint(last, cfg)
         start_step = int(state["step"])
         model.load_state_dict(sd)
         logger.info("resuming from %s (step %d)", last, start_step)
@@ -338,9 +338,8 @@ def train(
     nnx.update(model, params, rngs)
     sd = _canonical(params, model.config)
     if is_main:
-        ckpt.save_pretrained(sd, model.config, out, "lm")
-        if log is not None:
-            plot_loss_curve(log.read(), out / "loss.png", title="gpt2-zoo fine-tuning (flax)")
+        save_final_model(out, sd, model.config, getattr(model, "generation_config", None), log,
+                         "flax")
     model.eval()
     return result
 
@@ -360,7 +359,7 @@ def _programs(graphdef: Any, params_treedef: Any, decay_spec: tuple, cfg_items: 
     def loss_fn(p, rng_state, rest, x):
         if compute_dtype is not None:  # bf16 compute, float32 master weights
             p = jax.tree.map(lambda w: w.astype(compute_dtype), p)
-        m = nnx.merge(graphdef, p, rng_state, rest)
+        m = nnx.merge(graphdef, p, rng_state, rest, copy=True)  # fresh Variables in this trace
         loss = m(input_ids=x, labels=x, use_cache=False).loss
         return loss, nnx.state(m, nnx.RngState)
 
@@ -388,6 +387,17 @@ def _programs(graphdef: Any, params_treedef: Any, decay_spec: tuple, cfg_items: 
         return m(input_ids=x, labels=x, use_cache=False, deterministic=True).loss
 
     return (tx, jax.jit(tx.init), jax.jit(step_fn, donate_argnums=(0, 1)), jax.jit(eval_fn))
+
+
+def apply_dropout(model: Any, cfg: TrainConfig) -> None:
+    """Set ``cfg.dropout`` (when given) on the model's config and on every dropout of its
+    transformer (embeddings, attention probabilities, residual branches)."""
+    if cfg.dropout is not None:
+        # a copy: the caller's config object is left alone
+        model.config = model.config.copy(**cfg.model_overrides())
+        for _, module in nnx.iter_graph(model.transformer):
+            if isinstance(module, nnx.Dropout):
+                module.rate = cfg.dropout
 
 
 def _validate(model: Any, train_ds: PackedDataset, eval_ds: PackedDataset | None,

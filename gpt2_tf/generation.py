@@ -29,7 +29,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
-from gpt2_core.generation_config import GenerationConfig
+from gpt2_core.generation_config import GenerationConfig, sampling_seed
+from gpt2_core.inputs import check_prompt_shape
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ class GenerationMixin:
         gc = GenerationConfig.resolve(
             generation_config if generation_config is not None else self.generation_config,
             cfg, **kwargs)
-        gc.validate_for_model(cfg.vocab_size)
+        gc = gc.for_model(cfg.vocab_size, has_prompt=input_ids is not None)
         ids, mask = self._host_inputs(input_ids, attention_mask, gc)
         B, T = ids.shape
         max_new = gc.max_new_tokens_for(T, cfg.n_positions)
@@ -131,7 +132,7 @@ class GenerationMixin:
         extra = Tb - T
         ids_p = np.concatenate([np.repeat(ids[:, :1], extra, axis=1), ids], axis=1)
         mask_p = np.concatenate([np.zeros((B, extra), np.int32), mask], axis=1)
-        seed = gc.seed if gc.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
+        seed = sampling_seed(gc.seed)
         sc = {
             "max_new": tf.constant(max_new, tf.int32),
             "min_new": tf.constant(min_new, tf.int32),
@@ -192,9 +193,7 @@ class GenerationMixin:
             raise TypeError(f"input_ids must hold integers, got dtype {ids.dtype}")
         if ids.ndim == 1:
             ids = ids[None]
-        if ids.ndim != 2 or ids.shape[1] == 0 or ids.shape[0] == 0:
-            raise ValueError(f"input_ids must be (batch, seq_len) with seq_len >= 1, "
-                             f"got shape {ids.shape}")
+        check_prompt_shape(ids.shape)
         bad = ids[(ids < 0) | (ids >= V)]
         if bad.size:
             raise ValueError(f"input_ids contains {bad.flat[0]}, outside the vocabulary [0, {V})")

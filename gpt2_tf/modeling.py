@@ -33,6 +33,7 @@ from tensorflow.compiler.tf2xla.python import xla
 from gpt2_core import naming
 from gpt2_core import outputs as core_outputs
 from gpt2_core.config import GPT2Config
+from gpt2_core.inputs import check_ids_shape, dtype_name, stored_dtype_name
 
 logger = logging.getLogger(__name__)
 
@@ -441,15 +442,15 @@ class GPT2SequenceSummary(keras.layers.Layer):
 
 # ----------------------------------------------------------------------------- losses
 def _masked_ce(logits, labels, ignore_index=-100):
-    """Mean cross-entropy over labels != ignore_index (0 when none is left), in float32."""
+    """Mean cross-entropy over labels != ignore_index, in float32. Every label ignored gives
+    NaN, as transformers' (torch's) 0/0 -- the same in all three backends."""
     logits = tf.cast(logits, tf.float32)
     labels = tf.cast(labels, tf.int32)
     keep = tf.not_equal(labels, ignore_index)
     per = tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels=tf.where(keep, labels, 0), logits=logits)
     keep = tf.cast(keep, tf.float32)
-    # transformers divides by the count (NaN when every label is ignored); 0 keeps fit() alive
-    return tf.math.divide_no_nan(tf.reduce_sum(per * keep), tf.reduce_sum(keep))
+    return tf.reduce_sum(per * keep) / tf.reduce_sum(keep)
 
 
 def causal_lm_loss(logits, labels, vocab_size: int):
@@ -522,8 +523,10 @@ class GPT2PreTrainedModel(keras.Model):
         Args:
             name_or_path: a directory with config.json and model.safetensors (also sharded),
                 pytorch_model.bin, tf_model.h5 or flax_model.msgpack; or a hub id.
-            dtype: ``"fp32"`` / ``"bf16"`` / ``"fp16"`` (variables and compute in that dtype) or
-                a Keras policy name such as ``"mixed_bfloat16"``; default: Keras' global policy.
+            dtype: ``"fp32"`` / ``"bf16"`` / ``"fp16"`` (variables and compute in that dtype, any
+                spelling of :func:`gpt2_core.inputs.dtype_name`), ``"auto"`` (the checkpoint's
+                dtype) or a Keras policy name such as ``"mixed_bfloat16"``; default: Keras'
+                global policy.
             config: use this config instead of the checkpoint's config.json.
             prefer: read this format when several are present.
             strict: raise on missing / unexpected / mis-shaped weights.
@@ -538,6 +541,8 @@ class GPT2PreTrainedModel(keras.Model):
         cfg, sd, report = checkpoint.load_pretrained(
             name_or_path, cls.head, config=config, prefer=prefer, strict=strict,
             **config_overrides)
+        if isinstance(dtype, str) and dtype.lower() == "auto":
+            dtype = stored_dtype_name(sd)  # the checkpoint's own dtype
         with _no_init():
             model = cls(cfg, dtype=_policy(dtype))
         load_canonical(model, sd, strict=strict, init_missing=True)
@@ -619,25 +624,70 @@ class GPT2PreTrainedModel(keras.Model):
             object.__setattr__(self, "_jit_fn", fn)
         return fn(checked)
 
-    def export_serving(self, path: str | os.PathLike) -> None:
-        """Write a SavedModel whose ``serving_default`` maps (input_ids, attention_mask) to the
-        head's outputs (int32 (B, T) each; ``(B, C, T)`` for the double-heads model). It loads
-        with plain ``tf.saved_model.load`` — no gpt2_tf, no Keras needed.
-        """
+    def _outputs_dict(self, out: Mapping[str, Any]) -> dict[str, Any]:
+        """The head's outputs (``_OUTPUT_KEYS``, plus ``loss`` when computed) as a plain dict:
+        what Keras' ``predict`` / ``evaluate`` and SavedModel signatures can carry."""
+        keys = ("last_hidden_state",) if self.head == "base" else self._OUTPUT_KEYS
+        return {k: out[k] for k in (*self._LOSS_KEYS, *keys) if out.get(k) is not None}
+
+    def _forward_kwargs(self) -> dict[str, Any]:
+        return {} if self.head == "question_answering" else {"use_cache": False}
+
+    def predict_step(self, data):
+        """Keras hook of ``predict`` / ``predict_on_batch``: x is ``input_ids`` or a dict of
+        call arguments; returns the head's outputs as a dict of arrays (``{"logits": ...}``),
+        without the cache."""
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        if isinstance(x, Mapping):
+            out = self(**{**self._forward_kwargs(), **x}, training=False)
+        else:
+            out = self(input_ids=x, training=False, **self._forward_kwargs())
+        return self._outputs_dict(out)
+
+    def _serving_archive(self) -> Any:
         rank = 3 if self.head == "double_heads" else 2
         spec = [tf.TensorSpec([None] * rank, tf.int32, name="input_ids"),
                 tf.TensorSpec([None] * rank, tf.int32, name="attention_mask")]
         keys = ("last_hidden_state",) if self.head == "base" else self._OUTPUT_KEYS
 
         def serve(input_ids, attention_mask):
-            kw = {} if self.head == "question_answering" else {"use_cache": False}
-            out = self(input_ids=input_ids, attention_mask=attention_mask, training=False, **kw)
+            out = self(input_ids=input_ids, attention_mask=attention_mask, training=False,
+                       **self._forward_kwargs())
             return {k: tf.cast(out[k], tf.float32) for k in keys}
 
         archive = keras.export.ExportArchive()
         archive.track(self)
+        return archive, serve, spec
+
+    def export_serving(self, path: str | os.PathLike) -> None:
+        """Write a SavedModel whose ``serving_default`` maps (input_ids, attention_mask) to the
+        head's outputs (int32 (B, T) each; ``(B, C, T)`` for the double-heads model). It loads
+        with plain ``tf.saved_model.load`` — no gpt2_tf, no Keras needed.
+        """
+        archive, serve, spec = self._serving_archive()
         archive.add_endpoint("serving_default", serve, input_signature=spec)
         archive.write_out(str(path), verbose=False)
+
+    def export(self, filepath: str | os.PathLike, format: str = "tf_saved_model",
+               verbose: bool | None = None, input_signature: Any = None, **kwargs: Any) -> None:
+        """Keras 3's ``model.export``: for ``format="tf_saved_model"`` without an explicit
+        ``input_signature``, a SavedModel with Keras' ``serve`` endpoint (and
+        ``serving_default``) taking int32 ``input_ids`` and ``attention_mask`` and returning
+        the head's outputs as a dict -- whether or not the model was called before. Other
+        formats and explicit signatures go to Keras.
+
+        Example:
+            >>> model.export("exported/")                     # doctest: +SKIP
+            >>> tf.saved_model.load("exported/").serve(ids, mask)["logits"]  # doctest: +SKIP
+        """
+        if format != "tf_saved_model" or input_signature is not None:
+            return super().export(filepath, format=format, verbose=verbose,
+                                  input_signature=input_signature, **kwargs)
+        archive, serve, spec = self._serving_archive()
+        archive.add_endpoint("serve", serve, input_signature=spec)
+        archive.add_endpoint("serving_default", serve, input_signature=spec)
+        archive.write_out(str(filepath), verbose=bool(verbose))
+        return None
 
 
 def _policy(dtype: Any):
@@ -646,14 +696,14 @@ def _policy(dtype: Any):
         return None
     if isinstance(dtype, keras.DTypePolicy):
         return dtype
-    name = getattr(dtype, "name", None) or str(dtype)
-    name = name.lower().removeprefix("tf.").removeprefix("torch.")
-    aliases = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16",
-               "mixed_bf16": "mixed_bfloat16", "mixed_fp16": "mixed_float16"}
-    name = aliases.get(name, name)
-    if name not in ("float32", "float16", "bfloat16", "mixed_bfloat16", "mixed_float16"):
-        raise ValueError(f"unsupported dtype {dtype!r}; use fp32, bf16, fp16, mixed_bfloat16 "
-                         "or mixed_float16")
+    if isinstance(dtype, str) and dtype.lower() in ("mixed_bfloat16", "mixed_bf16"):
+        return keras.DTypePolicy("mixed_bfloat16")
+    if isinstance(dtype, str) and dtype.lower() in ("mixed_float16", "mixed_fp16"):
+        return keras.DTypePolicy("mixed_float16")
+    name = dtype_name(dtype)
+    if name == "auto":
+        raise ValueError("dtype='auto' (the checkpoint's dtype) is for from_pretrained; give "
+                         "fp32, bf16 or fp16 here")
     return keras.DTypePolicy(name)
 
 
@@ -739,9 +789,8 @@ class GPT2Model(GPT2PreTrainedModel):
             raise ValueError("You cannot specify both input_ids and inputs_embeds at the same time")
         checks = []
         if input_ids is not None:
-            if input_ids.shape.rank is not None and input_ids.shape.rank < 2:
-                raise ValueError(f"input_ids must be (batch, seq_len), got shape {input_ids.shape}; "
-                                 "add a batch dimension")
+            if input_ids.shape.rank is not None:
+                check_ids_shape(input_ids.shape.as_list())
             if not static:
                 checks += _check_int_ids("input_ids", input_ids, cfg.vocab_size,
                                          "the vocabulary") or []

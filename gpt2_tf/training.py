@@ -45,7 +45,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gpt2_core import checkpoint as ckpt
 from gpt2_core.data import DataError, PackedDataset
 from gpt2_core.training import (
     MetricsLog,
@@ -55,10 +54,10 @@ from gpt2_core.training import (
     decays,
     latest_checkpoint,
     learning_rate,
-    plot_loss_curve,
     progress_bar,
     read_checkpoint,
     save_checkpoint,
+    save_final_model,
 )
 from gpt2_tf.weights import TRANSPOSED, load_canonical, to_canonical, variable_map
 
@@ -236,11 +235,12 @@ def train(
     W = strategy.num_replicas_in_sync
     chief = _is_chief(strategy)
     _validate(model, train_ds, eval_ds, cfg, strategy)
+    apply_dropout(model, cfg)
     out = check_out_dir(out_dir, resume) if chief else Path(out_dir)
     start_step, moments, state = 0, None, None
     last = latest_checkpoint(out) if resume else None
     if last is not None:
-        state, sd, moments = read_checkpoint(last)
+        state, sd, moments = read_checkpoint(last, cfg)
         start_step = int(state["step"])
         load_canonical(model, sd)
         logger.info("resuming from %s (step %d)", last, start_step)
@@ -332,10 +332,20 @@ def train(
     if bar is not None:
         bar.close()
     if chief:
-        ckpt.save_pretrained(to_canonical(model), model.config, out, "lm")
-        if log is not None:
-            plot_loss_curve(log.read(), out / "loss.png", title="gpt2-zoo fine-tuning (tf)")
+        save_final_model(out, to_canonical(model), model.config, model.generation_config, log,
+                         "tf")
     return result
+
+
+def apply_dropout(model: keras.Model, cfg: TrainConfig) -> None:
+    """Set ``cfg.dropout`` (when given) on the model's config and on every dropout of its
+    transformer (embeddings, attention probabilities, residual branches)."""
+    if cfg.dropout is not None:
+        # a copy: the caller's config object is left alone
+        model.config = model.config.copy(**cfg.model_overrides())
+        for layer in model.transformer._flatten_layers(include_self=False, recursive=True):
+            if isinstance(layer, keras.layers.Dropout):
+                layer.rate = cfg.dropout
 
 
 def _validate(model: keras.Model, train_ds: PackedDataset, eval_ds: PackedDataset | None,

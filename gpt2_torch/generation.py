@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from gpt2_core.generation_config import GenerationConfig
+from gpt2_core.inputs import check_prompt_shape
 from gpt2_core.outputs import ModelOutput
 from gpt2_torch import _cpu_kernels
 from gpt2_torch.modeling import (
@@ -347,7 +348,7 @@ def _generate(
         generation_config = model.generation_config
     gen = GenerationConfig.resolve(generation_config, model.config, **kwargs)
     cfg = model.config
-    gen.validate_for_model(cfg.vocab_size)
+    gen = gen.for_model(cfg.vocab_size, has_prompt=input_ids is not None)
     device = model.lm_head.weight.device
 
     if input_ids is None:
@@ -355,6 +356,7 @@ def _generate(
             raise ValueError("no input_ids and no bos_token_id to start from")
         input_ids = torch.tensor([[gen.bos_token_id]])
     ids = _as_ids(input_ids, "input_ids").to(device)
+    check_prompt_shape(tuple(ids.shape))
     _check_ids("input_ids", ids, cfg.vocab_size)
     eos_list = gen.eos_token_ids
     if attention_mask is None:

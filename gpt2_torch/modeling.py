@@ -39,6 +39,7 @@ from gpt2_core import checkpoint as ckpt
 from gpt2_core import naming
 from gpt2_core.config import GPT2Config
 from gpt2_core.generation_config import GENERATION_CONFIG_NAME, GenerationConfig
+from gpt2_core.inputs import check_ids_shape
 from gpt2_core.outputs import (
     BaseModelOutputWithPastAndCrossAttentions,
     CausalLMOutputWithCrossAttentions,
@@ -424,7 +425,11 @@ def _check_ids(name: str, ids: torch.Tensor, upper: int) -> None:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(ids).__name__}")
     if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer ids, got dtype {ids.dtype}")
-    if ids.numel():
+    if ids.numel() and torch.compiler.is_compiling():
+        # no data-dependent Python branch (a Dynamo graph break): an in-graph assertion instead
+        torch._assert_async(((ids >= 0) & (ids < upper)).all(),
+                            f"{name} contains ids outside [0, {upper})")
+    elif ids.numel():
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= upper:
             bad = lo if lo < 0 else hi
@@ -724,11 +729,11 @@ class GPT2Model(GPT2PreTrainedModel):
             raise ValueError("pass either input_ids or inputs_embeds, not both")
         if input_ids is not None:
             _check_ids("input_ids", input_ids, cfg.vocab_size)
-            if input_ids.dim() == 0:
-                raise ValueError("input_ids must have shape (batch, seq_len)")
+            check_ids_shape(tuple(input_ids.shape))
             input_shape = input_ids.shape
             input_ids = input_ids.reshape(-1, input_shape[-1])  # (B, T)
         elif inputs_embeds is not None:
+            check_ids_shape(tuple(inputs_embeds.shape[:-1]), "inputs_embeds")
             if inputs_embeds.dim() < 3 or inputs_embeds.shape[-1] != cfg.n_embd:
                 raise ValueError(f"inputs_embeds must be (batch, seq_len, {cfg.n_embd}), "
                                  f"got {tuple(inputs_embeds.shape)}")

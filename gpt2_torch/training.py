@@ -48,7 +48,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from gpt2_core import checkpoint as ckpt
 from gpt2_core.data import DataError, PackedDataset
 from gpt2_core.training import (
     MetricsLog,
@@ -58,10 +57,10 @@ from gpt2_core.training import (
     decays,
     latest_checkpoint,
     learning_rate,
-    plot_loss_curve,
     progress_bar,
     read_checkpoint,
     save_checkpoint,
+    save_final_model,
 )
 from gpt2_torch import weights
 from gpt2_torch.modeling import GPT2LMHeadModel
@@ -311,15 +310,27 @@ def _validate(model: nn.Module, train_ds: PackedDataset, eval_ds: PackedDataset 
         raise ValueError("fp16 training needs a CUDA device; use --precision bf16 on CPU")
 
 
+def apply_dropout(model: nn.Module, cfg: TrainConfig) -> None:
+    """Set ``cfg.dropout`` (when given) on the model's config and on every dropout of its
+    transformer (embeddings, attention probabilities, residual branches)."""
+    if cfg.dropout is not None:
+        # a copy: the caller's config object is left alone
+        model.config = model.config.copy(**cfg.model_overrides())
+        for module in model.transformer.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = cfg.dropout
+
+
 def _train(model, train_ds, eval_ds, cfg, out_dir, resume, d: _Dist, progress, on_step):
     _validate(model, train_ds, eval_ds, cfg, d)
+    apply_dropout(model, cfg)
     out = check_out_dir(out_dir, resume) if d.is_main else Path(out_dir)
     if d.world > 1:
         dist.barrier()  # rank 0 has checked OUT before anyone reads or writes it
     start_step, moments, state = 0, None, None
     last = latest_checkpoint(out) if resume else None
     if last is not None:
-        state, sd, moments = read_checkpoint(last)
+        state, sd, moments = read_checkpoint(last, cfg)
         start_step = int(state["step"])
         weights.load_canonical(model, sd)
         logger.info("resuming from %s (step %d)", last, start_step)
@@ -424,10 +435,7 @@ def _finish(wrapped: nn.Module, model: nn.Module, out: Path, d: _Dist,
     else:
         sd = weights.to_canonical(model)
     if d.is_main:
-        ckpt.save_pretrained(sd, model.config, out, "lm")
-        model.generation_config.save_pretrained(out)
-        if log is not None:
-            plot_loss_curve(log.read(), out / "loss.png", title="gpt2-zoo fine-tuning (torch)")
+        save_final_model(out, sd, model.config, model.generation_config, log, "torch")
     if d.world > 1:
         dist.barrier()
 

@@ -47,9 +47,29 @@ def test_from_model_config_and_resolution():
     cfg = GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=300, pad_token_id=7)
     g = GenerationConfig.resolve(None, cfg, max_new_tokens=4)
     assert g.eos_token_ids == [50256] and g.pad_token_id == 7 and g.max_new_tokens == 4
-    with pytest.raises(ValueError, match="eos_token_id 50256 is outside the vocabulary"):
-        g.validate_for_model(cfg.vocab_size)
     assert GenerationConfig(eos_token_id=[3, 4]).effective_pad_token_id == 3
+
+
+def test_unreachable_eos_is_dropped_with_one_warning(caplog):
+    # transformers keeps bos/eos 50256 in a model saved with vocab_size 300 and generates
+    cfg = GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=300, pad_token_id=7)
+    g = GenerationConfig.resolve(None, cfg, max_new_tokens=4)
+    with caplog.at_level("WARNING"):
+        m = g.for_model(cfg.vocab_size)
+        g.for_model(cfg.vocab_size)
+    assert m.eos_token_ids == [] and m.pad_token_id == 7
+    assert g.eos_token_ids == [50256]  # the caller's config is untouched
+    assert sum("eos_token_id 50256 is outside the vocabulary" in r.message
+               for r in caplog.records) == 1
+    # a reachable EOS is kept; pad (used after it) must then fit
+    m = GenerationConfig(eos_token_id=[50256, 5], pad_token_id=None).for_model(300)
+    assert m.eos_token_ids == [5] and m.pad_token_id == 5
+    with pytest.raises(ValueError, match="pad_token_id 400 is outside the vocabulary"):
+        GenerationConfig(eos_token_id=5, pad_token_id=400).for_model(300)
+    # bos matters only without a prompt
+    GenerationConfig(bos_token_id=50256, eos_token_id=5).for_model(300)
+    with pytest.raises(ValueError, match="bos_token_id 50256 is outside"):
+        GenerationConfig(bos_token_id=50256, eos_token_id=5).for_model(300, has_prompt=False)
 
 
 def test_lengths():

@@ -103,7 +103,8 @@ def test_end_to_end_from_scratch_with_the_gpt2_tokenizer(tmp_path, corpus, capsy
     # resuming a finished run has nothing to do
     code, cap = _train(capsys, "--framework", "torch", "--model", model, "--from-scratch",
                        "--data", corpus, "--block-size", 16, "--batch-size", 4, "--steps", 4,
-                       "--resume", "--no-progress", out)
+                       "--eval-every", 2, "--save-every", 2, "--warmup-steps", 1, "--lr", 3e-3,
+                       "--precision", "bf16", "--resume", "--no-progress", out)
     assert code == 0 and "nothing to do" in cap.out
     # the final model in OUT loads in every backend and gives the same logits
     ids = np.array([[464, 2068, 7586, 21831]])
