@@ -235,7 +235,8 @@ def train(
     W = strategy.num_replicas_in_sync
     chief = _is_chief(strategy)
     _validate(model, train_ds, eval_ds, cfg, strategy)
-    apply_dropout(model, cfg)
+    with strategy.scope():  # seed state of newly enabled dropouts lives with the model
+        apply_dropout(model, cfg)
     out = check_out_dir(out_dir, resume) if chief else Path(out_dir)
     start_step, moments, state = 0, None, None
     last = latest_checkpoint(out) if resume else None
@@ -346,6 +347,12 @@ def apply_dropout(model: keras.Model, cfg: TrainConfig) -> None:
         for layer in model.transformer._flatten_layers(include_self=False, recursive=True):
             if isinstance(layer, keras.layers.Dropout):
                 layer.rate = cfg.dropout
+                if cfg.dropout > 0 and getattr(layer, "seed_generator", None) is None:
+                    # Keras creates a dropout's seed state only when its rate starts > 0, and
+                    # locks a built layer's state: add it the way __init__ would have
+                    layer._tracker.unlock()
+                    layer.seed_generator = keras.random.SeedGenerator(layer.seed)
+                    layer._tracker.lock()
 
 
 def _validate(model: keras.Model, train_ds: PackedDataset, eval_ds: PackedDataset | None,
