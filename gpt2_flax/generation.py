@@ -387,7 +387,9 @@ class GenerationMixin:
         # bucket the shapes: left-pad the prompt to Tb, the cache to M
         Tb = bucket(Tu)
         M = bucket(Tb + max_new)
-        ids_b = np.full((B, Tb), pad, np.int32)
+        # the bucket's extra slots repeat the first column (a valid id: the pad id may lie
+        # outside the vocabulary, and a NaN embedding would reach the masked values)
+        ids_b = np.repeat(ids[:, :1], Tb, axis=1).astype(np.int32)
         ids_b[:, Tb - Tu:] = ids
         mask_b = np.zeros((B, Tb), np.int32)
         mask_b[:, Tb - Tu:] = mask
