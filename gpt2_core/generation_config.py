@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from gpt2_core.io_utils import atomic_write_text
+from gpt2_core.io_utils import atomic_write_text, load_json_file
 
 GENERATION_CONFIG_NAME = "generation_config.json"
 
@@ -253,9 +253,11 @@ class GenerationConfig:
         if path.is_dir():
             path = path / GENERATION_CONFIG_NAME
         try:
-            d = json.loads(path.read_text("utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
+            d = load_json_file(path, "generation config")
+        except OSError as e:
             raise ValueError(f"cannot read generation config {path}: {e}") from e
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: expected a JSON object, got {type(d).__name__}")
         return cls.from_dict(d)
 
 
