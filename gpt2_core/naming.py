@@ -206,9 +206,10 @@ class TensorLimits:
 
 
 def check_config_fits(config: GPT2Config, weight_bytes: int, source: str) -> None:
-    """Refuse a config that needs more weight bytes than the checkpoint files hold (at 2 bytes
-    a parameter, the smallest float): e.g. ``n_layer`` 10**6 next to a small file, which would
-    otherwise allocate gigabytes of expected shapes before failing."""
+    """Refuse a config that needs more weight bytes than the checkpoint holds (at 2 bytes a
+    parameter, the smallest float; tied and head weights not counted): e.g. ``n_layer`` 10**6
+    next to a small file, which would otherwise allocate gigabytes of expected shapes before
+    failing."""
     V, P, E, F, L = (config.vocab_size, config.n_positions, config.n_embd, config.inner_dim,
                      config.n_layer)
     per_layer = 4 * E + (3 * E * E + 3 * E) + (E * E + E) + (E * F + F) + (F * E + E)
@@ -216,7 +217,7 @@ def check_config_fits(config: GPT2Config, weight_bytes: int, source: str) -> Non
     if 2 * params > weight_bytes:
         raise ResourceLimitError(
             f"{source}: config.json declares {params} parameters (n_layer={L}, n_embd={E}, "
-            f"vocab_size={V}) but the weight files hold only {weight_bytes} bytes")
+            f"vocab_size={V}) but the weights hold only {weight_bytes} bytes")
 
 
 def is_float_dtype(dtype: Any) -> bool:

@@ -131,8 +131,8 @@ def read_tree(path: str | Path, limits: Any = None) -> dict[str, Any]:
         return _unchunk(tree)
     except FlaxMsgpackError as e:
         raise FlaxMsgpackError(f"{path}: {e}") from None
-    except RecursionError:
-        raise FlaxMsgpackError(f"{path}: nested too deeply") from None
+    except (RecursionError, msgpack.StackError):
+        raise FlaxMsgpackError(f"{path}: nested too deeply to be a parameter tree") from None
     except (msgpack.UnpackException, ValueError, TypeError) as e:
         raise FlaxMsgpackError(f"{path}: not a valid flax msgpack file ({e})") from e
 

@@ -284,8 +284,12 @@ class _RestrictedUnpickler(pickle._Unpickler):
     def load(self) -> Any:
         try:
             return super().load()
-        except (UnsafeCheckpointError, TorchBinError):
+        except UnsafeCheckpointError:
             raise
+        except TorchBinError as e:
+            if str(e).startswith(self._source):
+                raise
+            raise TorchBinError(f"{self._source}: {e}") from None
         except RecursionError:
             raise TorchBinError(f"{self._source}: the pickle is nested too deeply") from None
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
@@ -450,6 +454,10 @@ def _load_legacy(path: Path, limits: Any = None) -> Any:
         return resolve(obj)
     except RecursionError:
         raise TorchBinError(f"{path}: the state dict is nested too deeply") from None
+    except TorchBinError as e:
+        if str(e).startswith(str(path)):
+            raise
+        raise TorchBinError(f"{path}: {e}") from None
 
 
 def load(path: str | Path, limits: Any = None) -> dict[str, np.ndarray]:
