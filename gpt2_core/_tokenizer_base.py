@@ -1448,6 +1448,10 @@ def _to_id_list(ids: Any) -> list[int]:
         out = list(out)
     if out and isinstance(out[0], list):
         raise TypeError("decode takes one sequence of ids; use batch_decode for a batch")
+    if not (isinstance(ids, np.ndarray) and ids.dtype.kind in "iu"):
+        for i in out:  # None, True, 1.5, "a": a clear TypeError, never a silent id
+            if type(i) is not int and not _is_int(i):
+                raise TypeError(f"token ids must be integers, got {i!r}")
     return out
 
 
