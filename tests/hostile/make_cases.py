@@ -590,6 +590,52 @@ def index_shard_escapes(root):
     return src
 
 
+# -- the backends' native files (checked before Keras / Flax build anything)
+def _keras_src(root: Path, spec: dict) -> Path:
+    src = root / "src"
+    src.mkdir(parents=True)
+    with zipfile.ZipFile(src / "model.keras", "w") as zf:
+        zf.writestr("metadata.json", json.dumps({"keras_version": "3.15.0"}))
+        zf.writestr("config.json", json.dumps(spec))
+        zf.writestr("model.weights.h5", b"\0" * 4096)
+    _secret(root)
+    return src
+
+
+def keras_huge_n_layer(root):
+    d = CFG.to_dict()
+    d["n_layer"] = 3000
+    return _keras_src(root, {"module": "gpt2_tf.modeling", "class_name": "GPT2LMHeadModel",
+                             "config": {"config": d, "name": "m"}})
+
+
+def keras_foreign_class(root):
+    return _keras_src(root, {"module": "keras.layers", "class_name": "Lambda",
+                             "config": {"config": {}, "function": "os.system"}})
+
+
+def nnx_huge_n_layer(root):
+    src = root / "src"
+    src.mkdir(parents=True)
+    d = CFG.to_dict()
+    d["n_layer"] = 10**6
+    (src / "config.json").write_text(json.dumps(d))
+    (src / "nnx_state.msgpack").write_bytes(msgpack.packb({"wte": {}}))
+    _secret(root)
+    return src
+
+
+def nnx_duplicate_key(root):
+    src = root / "src"
+    src.mkdir(parents=True)
+    CFG.save_pretrained(src)
+    raw = b"\x82" + msgpack.packb("wte") + msgpack.packb({}) + msgpack.packb("wte") + \
+        msgpack.packb({})
+    (src / "nnx_state.msgpack").write_bytes(raw)
+    _secret(root)
+    return src
+
+
 # ---------------------------------------------------------------------------- the corpus
 CASES: list[Case] = [
     # reading outside the checkpoint
@@ -709,6 +755,14 @@ CASES: list[Case] = [
          "flax_model.msgpack"),
     Case("side_file_fifo", "resources", side_file_fifo, "not a regular file",
          "generation_config.json", bomb=True),
+    Case("keras_huge_n_layer", "resources", keras_huge_n_layer,
+         "declares .* parameters \\(n_layer=3000", "model.keras", bomb=True),
+    Case("keras_foreign_class", "pickle", keras_foreign_class, "not a gpt2_tf model",
+         "model.keras"),
+    Case("nnx_huge_n_layer", "resources", nnx_huge_n_layer,
+         "declares .* parameters \\(n_layer=1000000", "nnx_state.msgpack", bomb=True),
+    Case("nnx_duplicate_key", "duplicates", nnx_duplicate_key, "duplicate key 'wte'",
+         "nnx_state.msgpack"),
 ]
 BY_NAME = {c.name: c for c in CASES}
 

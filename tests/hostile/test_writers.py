@@ -18,7 +18,7 @@ from gpt2_core import checkpoint, io_utils
 from gpt2_core.formats import torch_bin
 
 sys.path.insert(0, str(Path(__file__).parent))
-import make_cases as mc  # noqa: E402
+import make_cases as mc
 
 REPO = Path(__file__).resolve().parents[2]
 
