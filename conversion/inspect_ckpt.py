@@ -22,7 +22,8 @@ def _fmt_bytes(n: float) -> str:
 def describe(path: str | os.PathLike, prefer: str | None = None) -> str:
     d = hub.resolve_dir(path)
     lines = [f"checkpoint: {d}"]
-    config = GPT2Config.from_json_file(d / CONFIG_NAME) if (d / CONFIG_NAME).is_file() else None
+    config = (GPT2Config.from_json_file(checkpoint.checked_file(d, CONFIG_NAME))
+              if (d / CONFIG_NAME).exists() else None)
     formats = checkpoint.detect_formats(d)
     lines.append(f"formats:    {', '.join(formats) if formats else 'none'}")
     if config is not None:
@@ -36,7 +37,7 @@ def describe(path: str | os.PathLike, prefer: str | None = None) -> str:
             lines.append(f"arch:       {', '.join(arch)}")
     if not formats:
         return "\n".join(lines)
-    sd, info = checkpoint.read_state_dict(d, prefer=prefer)
+    sd, info = checkpoint.read_state_dict(d, prefer=prefer, config=config)
     lines.append(f"reading:    {info.format} ({len(info.files)} file(s): "
                  f"{', '.join(p.name for p in info.files[:4])}{' ...' if len(info.files) > 4 else ''})")
     total = sum(int(np.prod(v.shape)) for k, v in sd.items() if not naming.is_buffer_key(k))

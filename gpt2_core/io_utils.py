@@ -205,6 +205,10 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
             continue
         if _pid_alive(int(m.group("pid"))) or entry.is_symlink() or not entry.is_dir():
             continue
+        if m.group(3) == "old" and not path.exists() and (entry / "x").is_dir():
+            # killed between moving the previous OUT aside and renaming the new one in:
+            # put the previous one back rather than lose it
+            os.replace(entry / "x", path)
         shutil.rmtree(entry, ignore_errors=True)
         removed.append(entry)
     return removed

@@ -76,6 +76,16 @@ def test_stale_temporaries_of_dead_processes_are_removed(src, tmp_path):
     assert not stale.exists() and live.exists()
 
 
+def test_a_previous_out_moved_aside_by_a_killed_writer_is_restored(src, tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    aside = tmp_path / f".out.{dead.pid}.xyz.old"
+    (aside / "x").mkdir(parents=True)
+    (aside / "x" / "config.json").write_text("{}")
+    io_utils.remove_stale_temporaries(tmp_path / "out")
+    assert (tmp_path / "out" / "config.json").exists() and not aside.exists()
+
+
 def test_sigterm_leaves_no_temporary(src, tmp_path):
     out = tmp_path / "out"
     script = f"""
