@@ -29,7 +29,13 @@ import numpy as np
 
 from gpt2_core import naming
 from gpt2_core.config import GPT2Config
-from gpt2_core.io_utils import atomic_write_text, check_weight_file, copy_side_file, load_json_file
+from gpt2_core.io_utils import (
+    atomic_write_text,
+    check_weight_file,
+    copy_side_file,
+    load_json_file,
+    read_regular_file,
+)
 
 HPARAMS = "hparams.json"
 CKPT_PREFIX = "model.ckpt"
@@ -51,7 +57,8 @@ def is_openai_dir(directory: str | Path) -> bool:
 def _prefix(d: Path) -> Path | None:
     ckpt = d / "checkpoint"
     if ckpt.is_file():  # TF's pointer file: model_checkpoint_path: "model.ckpt"
-        m = re.search(r'model_checkpoint_path:\s*"([^"]+)"', ckpt.read_text())
+        text = read_regular_file(ckpt, 1 << 20, "checkpoint pointer").decode("utf-8", "replace")
+        m = re.search(r'model_checkpoint_path:\s*"([^"]+)"', text)
         if m and (d / (Path(m.group(1)).name + ".index")).is_file():
             return d / Path(m.group(1)).name
     if (d / f"{CKPT_PREFIX}.index").is_file():

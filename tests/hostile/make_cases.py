@@ -336,6 +336,49 @@ def bin_code_execution(root):
     return src
 
 
+def _bin_payload(root: Path, body: bytes) -> Path:
+    src = _bin_src(root)
+    _write_bin(src / "pytorch_model.bin", body + pickle.STOP, {})
+    return src
+
+
+def _touch(root: Path) -> bytes:
+    return tb._op_str(f"touch {root / 'pwned'}")
+
+
+def bin_stack_global(root):
+    # protocol 4 STACK_GLOBAL: module and name from the stack
+    return _bin_payload(root, b"\x80\x04" + tb._op_str("os") + tb._op_str("system")
+                        + pickle.STACK_GLOBAL + tb._op_tuple([_touch(root)]) + pickle.REDUCE)
+
+
+def bin_inst_opcode(root):
+    # protocol 0 INST: calls the class with the marked arguments
+    return _bin_payload(root, pickle.MARK + _touch(root) + b"ios\nsystem\n")
+
+
+def bin_obj_opcode(root):
+    return _bin_payload(root, b"\x80\x02" + pickle.MARK + tb._op_global("subprocess", "Popen")
+                        + tb._op_tuple([_touch(root)]) + pickle.OBJ)
+
+
+def bin_builtins_eval(root):
+    return _bin_payload(root, b"\x80\x02" + tb._op_global("builtins", "eval")
+                        + tb._op_tuple([tb._op_str("__import__('os').system('true')")])
+                        + pickle.REDUCE)
+
+
+def bin_allowed_name_other_module(root):
+    # an allow-listed name under another module must not resolve
+    return _bin_payload(root, b"\x80\x02" + tb._op_global("os", "OrderedDict") + pickle.EMPTY_TUPLE
+                        + pickle.REDUCE)
+
+
+def bin_persistent_id_not_storage(root):
+    return _bin_payload(root, b"\x80\x02" + tb._op_tuple([tb._op_str("module"),
+                                                            tb._op_str("os")]) + pickle.BINPERSID)
+
+
 def bin_build_poison(root):
     src = _bin_src(root)
     good = tb._pickle_state_dict([("transformer.wte.weight", "FloatStorage", "0", 4, (4,), (1,))])
@@ -658,6 +701,18 @@ CASES: list[Case] = [
     # pickles: code execution and poisoning later loads
     Case("bin_code_execution", "pickle", bin_code_execution, "refusing to load global 'os.system'",
          "pytorch_model.bin"),
+    Case("bin_stack_global", "pickle", bin_stack_global, "refusing to load global 'os.system'",
+         "pytorch_model.bin"),
+    Case("bin_inst_opcode", "pickle", bin_inst_opcode, "refusing to load global 'os.system'",
+         "pytorch_model.bin"),
+    Case("bin_obj_opcode", "pickle", bin_obj_opcode,
+         "refusing to load global 'subprocess.Popen'", "pytorch_model.bin"),
+    Case("bin_builtins_eval", "pickle", bin_builtins_eval,
+         "refusing to load global 'builtins.eval'", "pytorch_model.bin"),
+    Case("bin_allowed_name_other_module", "pickle", bin_allowed_name_other_module,
+         "refusing to load global 'os.OrderedDict'", "pytorch_model.bin"),
+    Case("bin_persistent_id_not_storage", "pickle", bin_persistent_id_not_storage,
+         "unsupported persistent id", "pytorch_model.bin"),
     Case("bin_build_poison", "pickle", bin_build_poison, "sets the state of a _StorageType",
          "pytorch_model.bin"),
     Case("bin_build_on_tensor", "pickle", bin_build_on_tensor, "sets the state of a ndarray",
