@@ -186,3 +186,14 @@ def test_config_json_stays_loadable_after_refusals(src):
     cfg = json.loads((src / "config.json").read_text())
     assert cfg["n_layer"] == 2
     assert checkpoint.load_pretrained(src, "lm")[0].n_layer == 2
+
+
+@pytest.mark.parametrize("command", [["inspect"], ["verify", "--frameworks", "torch"]])
+def test_inspect_and_verify_do_not_hang_on_a_fifo_config(tmp_path, command):
+    src = mc.config_fifo(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "conversion", command[0], str(src), *command[1:]],
+                       capture_output=True, text=True, timeout=120, cwd=REPO,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 1
+    assert "config.json" in r.stderr and "not a regular file" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
