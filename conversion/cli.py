@@ -142,11 +142,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
+    except Exception as e:  # a user's file can fail in any library: one line, -v for more
         if args.verbose:
             raise
-        print(f"gpt2 {args.command}: error: {e}", file=sys.stderr)
+        print(f"gpt2 {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 1
+
+
+#: errors whose message already says what is wrong; others get their type name prepended
+_PLAIN_ERRORS = (OSError, ValueError, KeyError, RuntimeError)
+
+
+def _one_line(e: BaseException) -> str:
+    """``e`` as one line: its message (with the type when that says more), newlines folded,
+    capped at 500 characters; the traceback is what ``-v`` is for."""
+    msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    if isinstance(e, MemoryError) or not msg:
+        msg = f"{type(e).__name__}{': ' + msg if msg else ''} (run with -v for the traceback)"
+    elif not isinstance(e, _PLAIN_ERRORS) or type(e).__module__.startswith(("tensorflow", "jax")):
+        msg = f"{type(e).__name__}: {msg}"
+    msg = " ".join(msg.split())
+    return msg if len(msg) <= 500 else msg[:497] + "..."
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import numpy as np
 from conversion import native, openai_ckpt
 from gpt2_core import checkpoint, hub, naming
 from gpt2_core.config import CONFIG_NAME, GPT2Config
-from gpt2_core.io_utils import atomic_directory
+from gpt2_core.io_utils import atomic_directory, copy_side_file
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +52,10 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, to: str, dtype: A
         raise ValueError(f"unknown target format {to!r}; use one of {', '.join(TARGETS)}")
     src_dir = hub.resolve_dir(src)
     out = Path(out)
-    if out.exists() and out.resolve() == src_dir.resolve():
-        raise ValueError(f"refusing to overwrite the source checkpoint {src_dir}")
+    if out.exists() and (out.resolve() == src_dir.resolve()
+                         or out.resolve() in src_dir.resolve().parents):
+        raise ValueError(f"refusing to overwrite the source checkpoint {src_dir} (OUT {out} "
+                         "is or contains it)")
     src_kind = special_format(src_dir)
     _require_frameworks(src_dir, src_kind, to, verify, prefer)
     if src_kind in native.NATIVE_FORMATS:
@@ -68,7 +69,7 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, to: str, dtype: A
         sd, report = naming.normalize_state_dict(raw, config, head, source=str(src_dir))
         report.raise_if_error()
     else:
-        config = GPT2Config.from_json_file(src_dir / CONFIG_NAME)
+        config = GPT2Config.from_json_file(checkpoint.checked_file(src_dir, CONFIG_NAME))
         head = naming.head_of(head) if head else head_from_config(config)
         config, sd, report = checkpoint.load_pretrained(src_dir, head, config=config, prefer=prefer)
     if report.newly_initialized:
@@ -81,7 +82,8 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, to: str, dtype: A
         notes.append(f"dropped {len(report.ignored_buffers)} legacy buffers (attn.bias/masked_bias)")
     if report.tied:
         notes.append(f"tied weights stored once: {', '.join(report.tied)}")
-    with atomic_directory(out, overwrite=force) as tmp:
+    with atomic_directory(out, overwrite=force, protect=(src_dir,),
+                          replaceable=holds_checkpoint) as tmp:
         if to in native.NATIVE_FORMATS:
             if dtype not in (None, "fp32", "float32"):
                 raise ValueError(f"--to {to} writes float32 only")
@@ -99,8 +101,8 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, to: str, dtype: A
             if src_kind == "openai":
                 openai_ckpt.copy_tokenizer_files(src_dir, tmp, to_openai=False)
         for name in SIDE_FILES:
-            if (src_dir / name).is_file() and not (tmp / name).exists():
-                shutil.copy2(src_dir / name, tmp / name)
+            if (src_dir / name).exists() and not (tmp / name).exists():
+                copy_side_file(src_dir / name, tmp / name, src_dir)
     for n in notes:
         log.info("%s", n)
     print(f"converted {src_dir} ({naming.HEADS[head]}) -> {out} [{to}]"
@@ -129,6 +131,13 @@ def _require_frameworks(src_dir: Path, src_kind: str | None, to: str, verify: bo
         src_fmt = checkpoint.choose_format(src_dir, prefer)[0]
         for fw in dict.fromkeys((verify_mod.NATIVE[src_fmt], verify_mod.NATIVE[to])):
             frameworks.require(fw, f"gpt2 convert --verify ({src_fmt} -> {to})")
+
+
+def holds_checkpoint(directory: Path) -> bool:
+    """Whether ``directory`` looks like a checkpoint (``--force`` replaces only those)."""
+    names = {CONFIG_NAME, openai_ckpt.HPARAMS, *checkpoint.FORMAT_FILES.values(),
+             *native.NATIVE_FORMATS.values()}
+    return any((directory / n).exists() for n in names)
 
 
 @contextlib.contextmanager

@@ -47,7 +47,8 @@ def _describe_special(d, lines: list[str]) -> str:
 def describe(path: str | os.PathLike, prefer: str | None = None) -> str:
     d = hub.resolve_dir(path)
     lines = [f"checkpoint: {d}"]
-    config = GPT2Config.from_json_file(d / CONFIG_NAME) if (d / CONFIG_NAME).is_file() else None
+    config = (GPT2Config.from_json_file(checkpoint.checked_file(d, CONFIG_NAME))
+              if (d / CONFIG_NAME).exists() else None)
     formats = checkpoint.detect_formats(d)
     if not formats:
         return _describe_special(d, lines)
@@ -61,7 +62,7 @@ def describe(path: str | os.PathLike, prefer: str | None = None) -> str:
         arch = config.extra.get("architectures")
         if arch:
             lines.append(f"arch:       {', '.join(arch)}")
-    sd, info = checkpoint.read_state_dict(d, prefer=prefer)
+    sd, info = checkpoint.read_state_dict(d, prefer=prefer, config=config)
     lines.append(f"reading:    {info.format} ({len(info.files)} file(s): "
                  f"{', '.join(p.name for p in info.files[:4])}{' ...' if len(info.files) > 4 else ''})")
     total = sum(int(np.prod(v.shape)) for k, v in sd.items() if not naming.is_buffer_key(k))

@@ -12,11 +12,13 @@ only when such a file is read or written.
 
 from __future__ import annotations
 
+import json
+import zipfile
 from pathlib import Path
 
 from gpt2_core import naming
 from gpt2_core.config import CONFIG_NAME, GPT2Config
-from gpt2_core.io_utils import atomic_write_bytes
+from gpt2_core.io_utils import atomic_write_bytes, check_weight_file
 
 KERAS_FILE = "model.keras"
 NNX_FILE = "nnx_state.msgpack"
@@ -36,6 +38,7 @@ def load(directory: str | Path, fmt: str) -> tuple[GPT2Config, dict, str]:
     """(config, canonical state dict, head) of a native checkpoint."""
     d = Path(directory)
     if fmt == "keras":
+        check_keras_archive(d / KERAS_FILE, d)
         import keras
 
         import gpt2_tf  # registers the classes with Keras
@@ -46,27 +49,75 @@ def load(directory: str | Path, fmt: str) -> tuple[GPT2Config, dict, str]:
         return model.config, gpt2_tf.to_canonical(model), model.head
     if fmt == "nnx":
         import numpy as np
-        from flax import serialization
 
         from conversion.convert import head_from_config
+        from gpt2_core.formats import flax_msgpack
         from gpt2_flax.weights import canonical_key, is_transposed
 
-        config = GPT2Config.from_json_file(d / CONFIG_NAME)
+        config = GPT2Config.from_json_file(check_weight_file(d / CONFIG_NAME, d, CONFIG_NAME))
         head = head_from_config(config)
-        try:
-            pure = serialization.msgpack_restore((d / NNX_FILE).read_bytes())
-        except Exception as e:
-            raise ValueError(f"{d / NNX_FILE} is not a msgpack parameter state: {e}") from e
+        file = check_weight_file(d / NNX_FILE, d, NNX_FILE)
+        # our strict reader of flax's msgpack (flax_model.msgpack's format), not flax's own
+        pure = flax_msgpack.read_tree(file, naming.TensorLimits.from_config(config))
         raw = {}
         for path, value in _flatten(pure):
             key = canonical_key(path)  # NNX attribute paths are the canonical names
             arr = np.asarray(value)
             raw[key] = arr.T if is_transposed(key) else arr
+        naming.check_config_fits(config, sum(int(v.nbytes) for v in raw.values()), str(file))
         sd, report = naming.normalize_state_dict(raw, config, head, allow_new_head=False,
                                                  source=str(d / NNX_FILE))
         report.raise_if_error()
         return config, sd, head
     raise ValueError(f"unknown native format {fmt!r}")
+
+
+#: gpt2_tf's Keras classes, the only ones a model.keras may name
+_KERAS_CLASSES = {"GPT2Model", "GPT2LMHeadModel", "GPT2DoubleHeadsModel",
+                  "GPT2ForSequenceClassification", "GPT2ForTokenClassification",
+                  "GPT2ForQuestionAnswering"}
+_MAX_KERAS_CONFIG = 16 * 1024 * 1024
+
+
+def check_keras_archive(path: Path, root: Path) -> GPT2Config:
+    """Check a ``model.keras`` before Keras builds anything from it: a regular file inside the
+    checkpoint, naming one of gpt2_tf's classes with a valid config whose weights fit in the
+    archive (a config with ``n_layer`` 3000 would otherwise take minutes to build and fail)."""
+    check_weight_file(path, root, KERAS_FILE)
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ValueError(f"{path}: not a Keras archive ({e})") from e
+    with zf:
+        infos = {i.filename: i for i in zf.infolist()}
+        for name in ("config.json", "model.weights.h5"):
+            if name not in infos:
+                raise ValueError(f"{path}: not a Keras archive (no {name})")
+        for info in infos.values():
+            if info.compress_type != zipfile.ZIP_STORED and info.file_size > 64 * max(
+                    info.compress_size, 1):
+                raise ValueError(f"{path}: entry {info.filename} expands {info.compress_size} "
+                                 f"bytes to {info.file_size} (a decompression bomb?)")
+        if infos["config.json"].file_size > _MAX_KERAS_CONFIG:
+            raise ValueError(f"{path}: config.json of {infos['config.json'].file_size} bytes")
+        try:
+            spec = json.loads(zf.read("config.json").decode("utf-8"))
+            cls_name, inner = spec["class_name"], spec["config"]["config"]
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: unreadable config.json ({type(e).__name__}: {e})") from e
+        except RecursionError:
+            raise ValueError(f"{path}: config.json is nested too deeply") from None
+        if spec.get("module") != "gpt2_tf.modeling" or cls_name not in _KERAS_CLASSES:
+            raise ValueError(f"{path}: names {spec.get('module')}.{cls_name}, not a gpt2_tf "
+                             "model; refused before Keras builds it")
+        if not isinstance(inner, dict):
+            raise ValueError(f"{path}: config.json has no GPT-2 config")
+        try:
+            config = GPT2Config.from_dict(inner)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{path}: {e}") from e
+        naming.check_config_fits(config, infos["model.weights.h5"].file_size, str(path))
+    return config
 
 
 def _flatten(tree: dict, prefix: tuple = ()):

@@ -23,14 +23,19 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from gpt2_core import naming
 from gpt2_core.config import GPT2Config
-from gpt2_core.io_utils import atomic_write_text
+from gpt2_core.io_utils import (
+    atomic_write_text,
+    check_weight_file,
+    copy_side_file,
+    load_json_file,
+    read_regular_file,
+)
 
 HPARAMS = "hparams.json"
 CKPT_PREFIX = "model.ckpt"
@@ -52,7 +57,8 @@ def is_openai_dir(directory: str | Path) -> bool:
 def _prefix(d: Path) -> Path | None:
     ckpt = d / "checkpoint"
     if ckpt.is_file():  # TF's pointer file: model_checkpoint_path: "model.ckpt"
-        m = re.search(r'model_checkpoint_path:\s*"([^"]+)"', ckpt.read_text())
+        text = read_regular_file(ckpt, 1 << 20, "checkpoint pointer").decode("utf-8", "replace")
+        m = re.search(r'model_checkpoint_path:\s*"([^"]+)"', text)
         if m and (d / (Path(m.group(1)).name + ".index")).is_file():
             return d / Path(m.group(1)).name
     if (d / f"{CKPT_PREFIX}.index").is_file():
@@ -107,7 +113,9 @@ def load(directory: str | Path) -> tuple[GPT2Config, dict[str, np.ndarray]]:
     if prefix is None or not (d / HPARAMS).is_file():
         raise OpenAICheckpointError(f"{d} is not an OpenAI GPT-2 release (needs {HPARAMS} and "
                                     f"{CKPT_PREFIX}.index)")
-    config = config_from_hparams(json.loads((d / HPARAMS).read_text()))
+    config = config_from_hparams(load_json_file(d / HPARAMS, HPARAMS))
+    for f in d.glob(prefix.name + ".*"):  # the TF bundle's .index / .data-* files
+        check_weight_file(f, d)
     import tensorflow as tf
 
     reader = tf.train.load_checkpoint(str(prefix))
@@ -164,4 +172,4 @@ def copy_tokenizer_files(src: Path, dst: Path, to_openai: bool) -> None:
     pairs = TOKENIZER_FILES.items() if not to_openai else ((b, a) for a, b in TOKENIZER_FILES.items())
     for a, b in pairs:
         if (src / a).is_file():
-            shutil.copy2(src / a, dst / b)
+            copy_side_file(src / a, dst / b, src)

@@ -88,7 +88,7 @@ def verify_dir(directory: str | Path, frameworks: list[str] | None = None,
     from conversion.convert import head_from_config
 
     directory = Path(directory)
-    config = GPT2Config.from_json_file(directory / CONFIG_NAME)
+    config = GPT2Config.from_json_file(checkpoint.checked_file(directory, CONFIG_NAME))
     head = naming.head_of(head) if head else head_from_config(config)
     ids = fixed_inputs(config)
     frameworks = [f for f in (frameworks or list(PACKAGES)) if available(f)]
@@ -125,7 +125,7 @@ def verify_dir(directory: str | Path, frameworks: list[str] | None = None,
 def verify_pair(src: str | Path, out: str | Path, head: str) -> tuple[float, float]:
     """(max|diff|, max|output|) of SRC and OUT, each run in the framework of its format."""
     fmts = [checkpoint.choose_format(d)[0] for d in (src, out)]
-    config = GPT2Config.from_json_file(Path(out) / CONFIG_NAME)
+    config = GPT2Config.from_json_file(checkpoint.checked_file(out, CONFIG_NAME))
     ids = fixed_inputs(config)
     outputs = []
     for d, fmt in ((src, fmts[0]), (out, fmts[1])):

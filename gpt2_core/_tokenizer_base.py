@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from gpt2_core import hub, presets
-from gpt2_core.io_utils import atomic_write_text
+from gpt2_core.io_utils import atomic_write_text, load_json_file, read_regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -212,9 +212,30 @@ class VocabFiles:
     init_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
+#: tokenizer files are read with a size cap (GPT-2's tokenizer.json is 1.4 MB)
+_MAX_TOKENIZER_FILE = 256 * 1024 * 1024
+
+
+def _read_text(path: str | os.PathLike, what: str) -> str:
+    data = read_regular_file(path, _MAX_TOKENIZER_FILE, what)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: {what} is not UTF-8 ({e})") from e
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    d = load_json_file(path, "tokenizer config", _MAX_TOKENIZER_FILE)
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(d).__name__}")
+    return d
+
+
 def read_tokenizer_json(path: str | os.PathLike) -> VocabFiles:
     """Vocabulary, merges, added tokens and ``add_prefix_space`` from a tokenizers tokenizer.json."""
-    data = json.loads(Path(path).read_text("utf-8"))
+    data = load_json_file(path, "tokenizer file", _MAX_TOKENIZER_FILE)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
     model = data.get("model") or {}
     if model.get("type", "BPE") != "BPE" or "vocab" not in model or "merges" not in model:
         raise ValueError(f"{path} does not hold a BPE model (type {model.get('type')!r})")
@@ -275,9 +296,11 @@ def load_vocab_files(vocab_file: Any = None, merges_file: Any = None,
     if isinstance(vocab_file, Mapping):
         vocab = dict(vocab_file)
     else:
-        vocab = json.loads(Path(vocab_file).read_text("utf-8"))
+        vocab = load_json_file(vocab_file, "vocabulary file", _MAX_TOKENIZER_FILE)
+        if not isinstance(vocab, dict):
+            raise ValueError(f"{vocab_file}: expected a JSON object of token -> id")
     if isinstance(merges_file, str | os.PathLike):
-        merges = parse_merges(Path(merges_file).read_text("utf-8"), str(merges_file))
+        merges = parse_merges(_read_text(merges_file, "merges file"), str(merges_file))
     else:
         merges = _merges_from_json(list(merges_file))
     return VocabFiles(vocab, merges)
@@ -302,15 +325,15 @@ def read_pretrained(name_or_path: str | os.PathLike, *, prefer_tokenizer_json: b
                                 "or tokenizer.json")
     config: dict[str, Any] = {}
     if (d / TOKENIZER_CONFIG_FILE).is_file():
-        config = json.loads((d / TOKENIZER_CONFIG_FILE).read_text("utf-8"))
+        config = _json_object(d / TOKENIZER_CONFIG_FILE)
     if (d / SPECIAL_TOKENS_MAP_FILE).is_file():
         # as transformers: special_tokens_map.json wins over tokenizer_config.json
-        config.update(json.loads((d / SPECIAL_TOKENS_MAP_FILE).read_text("utf-8")))
+        config.update(_json_object(d / SPECIAL_TOKENS_MAP_FILE))
     added = {i: t for i, t in files.added}
     for i, t in (config.pop("added_tokens_decoder", None) or {}).items():
         added[int(i)] = _as_added_token(t, special=False)
     if (d / ADDED_TOKENS_FILE).is_file():  # legacy file, only used when nothing else says
-        for content, i in json.loads((d / ADDED_TOKENS_FILE).read_text("utf-8")).items():
+        for content, i in _json_object(d / ADDED_TOKENS_FILE).items():
             if int(i) not in added:
                 added[int(i)] = _as_added_token(content, special=False)
     files.added = sorted(added.items())
@@ -1425,6 +1448,10 @@ def _to_id_list(ids: Any) -> list[int]:
         out = list(out)
     if out and isinstance(out[0], list):
         raise TypeError("decode takes one sequence of ids; use batch_decode for a batch")
+    if not (isinstance(ids, np.ndarray) and ids.dtype.kind in "iu"):
+        for i in out:  # None, True, 1.5, "a": a clear TypeError, never a silent id
+            if type(i) is not int and not _is_int(i):
+                raise TypeError(f"token ids must be integers, got {i!r}")
     return out
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from gpt2_core import hub, naming
 from gpt2_core.config import CONFIG_NAME, GPT2Config
 from gpt2_core.formats import safetensors as st
+from gpt2_core.io_utils import check_weight_file
 
 logger = logging.getLogger(__name__)
 
@@ -135,38 +136,65 @@ def choose_format(directory: str | os.PathLike, prefer: str | None = None) -> tu
     return fmt, others
 
 
+def checked_file(directory: str | os.PathLike, name: str) -> Path:
+    """``directory / name`` after checking it is a regular file inside the checkpoint (or its
+    Hugging Face cache ``blobs/``): see :func:`gpt2_core.io_utils.check_weight_file`."""
+    return check_weight_file(Path(directory) / name, directory, name)
+
+
+def weight_files(directory: str | os.PathLike, fmt: str) -> list[Path]:
+    """The files holding ``fmt``'s weights in ``directory`` (index first, then its shards),
+    each checked to be a regular file inside the checkpoint."""
+    d = Path(directory)
+    path = checked_file(d, FORMAT_FILES[fmt])
+    if fmt == "safetensors-sharded":
+        shards = sorted(set(st.read_index(path).values()))
+    elif fmt == "pytorch-sharded":
+        from gpt2_core.formats import torch_bin
+
+        shards = sorted(set(torch_bin.read_index(path).values()))
+    else:
+        return [path]
+    return [path, *(checked_file(d, s) for s in shards)]
+
+
 def read_state_dict(directory: str | os.PathLike, *, prefer: str | None = None,
-                    mmap: bool = True) -> tuple[dict[str, np.ndarray], CheckpointInfo]:
+                    mmap: bool = True, config: GPT2Config | None = None,
+                    ) -> tuple[dict[str, np.ndarray], CheckpointInfo]:
     """Read the weights of a checkpoint directory as a canonical-named numpy dict.
 
     Keys keep the prefix convention of the file (with or without ``transformer.``);
-    :func:`gpt2_core.naming.normalize_state_dict` maps them onto a head.
+    :func:`gpt2_core.naming.normalize_state_dict` maps them onto a head. Every weight file must
+    be a regular file inside ``directory``. With ``config``, declared tensor counts and shapes
+    are checked against it before any data is read (:class:`gpt2_core.naming.TensorLimits`).
     """
     d = Path(directory)
     fmt, others = choose_format(d, prefer)
-    path = d / FORMAT_FILES[fmt]
+    files = weight_files(d, fmt)
+    path = files[0]
+    limits = None if config is None else naming.TensorLimits.from_config(config)
     if fmt == "safetensors":
-        sd = st.load_file(path, mmap=mmap)
-        files = [path]
+        sd = st.load_file(path, mmap=mmap, limits=limits)
     elif fmt == "safetensors-sharded":
-        sd = st.load_sharded(path, mmap=mmap)
-        files = [path, *sorted({d / f for f in st.read_index(path).values()})]
+        sd = st.load_sharded(path, mmap=mmap, limits=limits)
     elif fmt in ("pytorch", "pytorch-sharded"):
         from gpt2_core.formats import torch_bin
 
-        sd, files = torch_bin.load_checkpoint(path)
+        sd, _ = torch_bin.load_checkpoint(path, limits=limits)
     elif fmt == "tf":
         from gpt2_core.formats import tf_h5
 
-        sd = tf_h5.load(path)
-        files = [path]
+        sd = tf_h5.load(path, limits=limits)
     elif fmt == "flax":
         from gpt2_core.formats import flax_msgpack
 
-        sd = flax_msgpack.load(path)
-        files = [path]
+        sd = flax_msgpack.load(path, limits=limits)
     else:  # pragma: no cover - FORMATS is closed
         raise AssertionError(fmt)
+    if config is not None:
+        # before normalising builds the config's expected keys (12 per layer): a config with
+        # n_layer 10**6 next to a small file fails here in O(1)
+        naming.check_config_fits(config, sum(int(v.nbytes) for v in sd.values()), str(path))
     return sd, CheckpointInfo(directory=d, format=fmt, files=files, other_formats=others)
 
 
@@ -189,14 +217,14 @@ def load_pretrained(
     """
     directory = hub.resolve_dir(name_or_path)
     if config is None:
-        if not (directory / CONFIG_NAME).is_file():
+        if not (directory / CONFIG_NAME).exists():
             raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}")
-        config = GPT2Config.from_json_file(directory / CONFIG_NAME)
+        config = GPT2Config.from_json_file(checked_file(directory, CONFIG_NAME))
         if config_overrides:
             config = config.copy(**config_overrides)
     elif config_overrides:
         config = config.copy(**config_overrides)
-    raw, info = read_state_dict(directory, prefer=prefer)
+    raw, info = read_state_dict(directory, prefer=prefer, config=config)
     sd, report = naming.normalize_state_dict(raw, config, head, source=str(info.files[0]))
     if not report.ok:
         if strict:

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gpt2_core.io_utils import atomic_write_text
+from gpt2_core.io_utils import atomic_write_text, load_json_file
 
 CONFIG_NAME = "config.json"
 MODEL_TYPE = "gpt2"
@@ -259,8 +259,10 @@ class GPT2Config:
             if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 <= v <= 1.0:
                 raise ValueError(f"GPT2Config: {name} must be a probability in [0, 1], got {v!r}")
         eps = self.layer_norm_epsilon
-        if isinstance(eps, bool) or not isinstance(eps, int | float) or not eps > 0:
-            raise ValueError(f"GPT2Config: layer_norm_epsilon must be > 0, got {eps!r}")
+        if (isinstance(eps, bool) or not isinstance(eps, int | float) or not eps > 0
+                or math.isinf(eps)):
+            raise ValueError(f"GPT2Config: layer_norm_epsilon must be a finite number > 0, "
+                             f"got {eps!r}")
         ir = self.initializer_range
         if isinstance(ir, bool) or not isinstance(ir, int | float) or not ir >= 0 or math.isinf(ir):
             raise ValueError(f"GPT2Config: initializer_range must be a finite number >= 0, got {ir!r}")
@@ -322,19 +324,12 @@ class GPT2Config:
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> GPT2Config:
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as e:
-            raise OSError(f"cannot read config file {path}: {e}") from e
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from e
+        d = load_json_file(path, "config file")
         if not isinstance(d, dict):
             raise ValueError(f"{path}: expected a JSON object, got {type(d).__name__}")
         try:
             return cls.from_dict(d)
-        except ValueError as e:
+        except (ValueError, TypeError) as e:
             raise ValueError(f"{path}: {e}") from e
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:

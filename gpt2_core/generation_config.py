@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from gpt2_core.io_utils import atomic_write_text
+from gpt2_core.io_utils import atomic_write_text, load_json_file
 
 logger = logging.getLogger(__name__)
 
@@ -296,9 +296,11 @@ class GenerationConfig:
         if path.is_dir():
             path = path / GENERATION_CONFIG_NAME
         try:
-            d = json.loads(path.read_text("utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
+            d = load_json_file(path, "generation config")
+        except OSError as e:
             raise ValueError(f"cannot read generation config {path}: {e}") from e
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: expected a JSON object, got {type(d).__name__}")
         return cls.from_dict(d)
 
 

@@ -166,6 +166,67 @@ def count_parameters(config: GPT2Config, head: str = "base", exclude_embeddings:
     return sum(math.prod(s) for s in shapes.values())
 
 
+# ---------------------------------------------------------------------------- size limits
+class ResourceLimitError(ValueError):
+    """A file declares more tensors or larger ones than its config.json allows: refused before
+    any data is read or memory allocated."""
+
+
+@dataclass(frozen=True)
+class TensorLimits:
+    """Upper bounds on what a checkpoint of ``config`` can hold, computed in O(1) (a config with
+    ``n_layer`` 10**6 must not build a dict of 12 million expected keys first).
+
+    ``check(source, name, shape)`` is called by every reader before a tensor's data is read.
+    """
+
+    max_numel: int
+    max_tensors: int
+
+    @classmethod
+    def from_config(cls, config: GPT2Config) -> TensorLimits:
+        V, P, E, F = config.vocab_size, config.n_positions, config.n_embd, config.inner_dim
+        N = max(config.num_labels, 2)
+        max_numel = max(V * E, P * E, 3 * E * E, E * F, N * E, P * P)  # P*P: legacy attn.bias
+        per_layer = 12 + (8 if config.add_cross_attention else 0) + 2  # + 2 legacy buffers
+        # x2: the same weight may be stored with and without ``transformer.``
+        return cls(max_numel=max_numel, max_tensors=2 * (per_layer * config.n_layer + 16))
+
+    def check(self, source: str, name: str, shape: tuple[int, ...] | list[int]) -> None:
+        numel = math.prod(int(s) for s in shape)
+        if numel > self.max_numel:
+            raise ResourceLimitError(
+                f"{source}: tensor {name!r} declares shape {tuple(shape)} ({numel} elements), "
+                f"larger than any weight of its config ({self.max_numel}); refused before reading")
+
+    def check_count(self, source: str, n: int) -> None:
+        if n > self.max_tensors:
+            raise ResourceLimitError(f"{source}: {n} tensors, more than its config allows "
+                                     f"({self.max_tensors}); refused before reading")
+
+
+def check_config_fits(config: GPT2Config, weight_bytes: int, source: str) -> None:
+    """Refuse a config that needs far more weights than the checkpoint holds: e.g. ``n_layer``
+    10**6 next to a small file, which would otherwise allocate gigabytes of expected shapes
+    before failing. The bound is loose on purpose (8x, at 2 bytes a parameter, the smallest
+    float; head weights not counted), so a partial checkpoint read with ``strict=False`` still
+    gets its report of missing keys, whose cost stays proportional to the file."""
+    V, P, E, F, L = (config.vocab_size, config.n_positions, config.n_embd, config.inner_dim,
+                     config.n_layer)
+    per_layer = 4 * E + (3 * E * E + 3 * E) + (E * E + E) + (E * F + F) + (F * E + E)
+    params = V * E + P * E + 2 * E + L * per_layer
+    if 2 * params > 8 * weight_bytes + (1 << 20):
+        raise ResourceLimitError(
+            f"{source}: config.json declares {params} parameters (n_layer={L}, n_embd={E}, "
+            f"vocab_size={V}) but the weights hold only {weight_bytes} bytes")
+
+
+def is_float_dtype(dtype: Any) -> bool:
+    """True for floating dtypes of numpy, ml_dtypes (bfloat16), torch, tf or jax."""
+    name = getattr(dtype, "name", None) or str(dtype)
+    return "float" in str(name)
+
+
 # ---------------------------------------------------------------------------- load reports
 class CheckpointError(ValueError):
     """A checkpoint does not match the model: the message lists keys by name."""
@@ -262,6 +323,10 @@ def normalize_state_dict(
             if not np.array_equal(np.asarray(out[target]), np.asarray(value)):
                 raise CheckpointError(f"{key} appears twice with different values{_in(source)}")
             continue
+        dtype = getattr(value, "dtype", None)
+        if dtype is not None and not is_float_dtype(dtype):
+            raise CheckpointError(f"{key}{_in(source)} has dtype {dtype}; GPT-2 weights are "
+                                  "floating point (an integer or string tensor would compute garbage)")
         shape = tuple(getattr(value, "shape", ()))
         if shape != expected[target]:
             report.mismatched.append((key, expected[target], shape))

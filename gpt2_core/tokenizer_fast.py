@@ -19,7 +19,9 @@ GIL while they work.
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,19 @@ __all__ = ["GPT2TokenizerFast"]
 
 #: below this many characters in a batch, thread start-up costs more than it saves
 _PARALLEL_MIN_CHARS = 32_768
+#: whitespace runs this long are BPE'd in Python (tiktoken's regex fails near 10**6)
+_LONG_WS = 65_536
+# Unicode White_Space, the set both regex engines' \s match
+_LONG_WS_RE = re.compile("[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029"
+                         "\u202f\u205f\u3000]{" + str(_LONG_WS) + ",}")
+logger = logging.getLogger(__name__)
+
+
+def _is_engine_failure(e: BaseException) -> bool:
+    """A Rust engine's own failure: a regex error (ValueError) or a pyo3 ``PanicException``
+    (a BaseException, which ``except Exception`` would not catch)."""
+    return (type(e).__name__ == "PanicException"
+            or (isinstance(e, ValueError) and "regex" in str(e).lower()))
 
 
 def _default_threads() -> int:
@@ -216,13 +231,85 @@ class GPT2TokenizerFast(GPT2TokenizerBase):
     # -- hooks for the shared pipeline ----------------------------------------------------------
 
     def _encode_text(self, text: str, add_prefix_space: bool) -> list[int]:
+        try:
+            return self._encode_text_engines(text, add_prefix_space)
+        except BaseException as e:
+            if not _is_engine_failure(e):
+                raise
+            # a Rust engine gave up (regex backtracking limit, a panic): the pure-Python BPE
+            # gives the ids the slow tokenizer gives, by construction
+            logger.debug("tokenizer engine failed (%s: %s); using the Python BPE",
+                         type(e).__name__, e)
+            return self._encode_text_python(text, add_prefix_space)
+
+    def _python_bpe(self):
+        """A slow tokenizer over this vocabulary, used only for its regex + BPE of plain text."""
+        if self.__dict__.get("_py_engine") is None:
+            from gpt2_core.tokenizer import GPT2Tokenizer
+
+            merges = sorted(self.bpe_ranks, key=self.bpe_ranks.__getitem__)
+            self._py_engine = GPT2Tokenizer._from_files(VocabFiles(dict(self.encoder), merges))
+        return self._py_engine
+
+    def _encode_text_python(self, text: str, add_prefix_space: bool) -> list[int]:
+        """What :meth:`_encode_text_engines` computes, with the slow tokenizer's pre-tokenizer
+        and BPE for the plain text between added tokens (same prefix-space rules)."""
+        py = self._python_bpe()
+        native = (self._tiktoken is not None and self._native_special
+                  and not (add_prefix_space and ENDOFTEXT in text))
+        if native and add_prefix_space and text and text[0] != " ":
+            text = " " + text
+        ids: list[int] = []
+        for piece in self._split_added(text):
+            if isinstance(piece, int):
+                ids.append(piece)
+            elif piece:
+                if not native and add_prefix_space and piece[0] != " ":
+                    piece = " " + piece
+                ids += py._encode_ordinary(piece)
+        py.cache.clear()
+        return ids
+
+    def _tt_encode(self, text: str, special: bool) -> list[int]:
+        """tiktoken's ids of ``text``, with whitespace runs of :data:`_LONG_WS` or more BPE'd
+        in Python: fancy-regex's ``\\s+(?!\\S)`` overflows its stack near a million characters.
+
+        A maximal run W followed by text B pre-tokenizes as W[:-1] | W[-1] + B... (the
+        lookahead gives one character back), and as W alone at the end, so the pieces around
+        the run encode independently to the same ids.
+        """
+        tt = self._tiktoken
+        if len(text) < _LONG_WS:
+            return (tt.encode(text, allowed_special=self._special_set, disallowed_special=())
+                    if special else tt.encode_ordinary(text))
+        ids: list[int] = []
+        pos = 0
+        for m in _LONG_WS_RE.finditer(text):
+            start, end = m.span()
+            head, run = text[pos:start], text[start:end]
+            if end < len(text):
+                run, pos = run[:-1], end - 1  # the last whitespace starts the next piece
+            else:
+                pos = end
+            if head:
+                ids += self._tt_encode(head, special)
+            py = self._python_bpe()
+            ids += py._encode_word(run)
+            py.cache.pop(run, None)
+        if pos < len(text):
+            rest = text[pos:]
+            ids += (tt.encode(rest, allowed_special=self._special_set, disallowed_special=())
+                    if special else tt.encode_ordinary(rest))
+        return ids
+
+    def _encode_text_engines(self, text: str, add_prefix_space: bool) -> list[int]:
         tt = self._tiktoken
         if tt is None:
             return self._backend(add_prefix_space).encode(text, add_special_tokens=False).ids
         if self._native_special and not (add_prefix_space and ENDOFTEXT in text):
             if add_prefix_space and text and text[0] != " ":
                 text = " " + text
-            return tt.encode(text, allowed_special=self._special_set, disallowed_special=())
+            return self._tt_encode(text, special=True)
         # tokenizers' ByteLevel(add_prefix_space) prefixes every stretch of text between added
         # tokens that does not start with a space
         ids: list[int] = []
@@ -232,7 +319,7 @@ class GPT2TokenizerFast(GPT2TokenizerBase):
             elif piece:
                 if add_prefix_space and piece[0] != " ":
                     piece = " " + piece
-                ids += tt.encode_ordinary(piece)
+                ids += self._tt_encode(piece, special=False)
         return ids
 
     def _encode_batch(self, inputs: list[Any], *, is_split_into_words: bool,

@@ -19,6 +19,7 @@ files have no ``transformer`` level.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -41,56 +42,99 @@ class FlaxMsgpackError(ValueError):
     """A malformed flax_model.msgpack (names the file and the parameter path)."""
 
 
+_NUMERIC_KINDS = "fiub"
+
+
 def _dtype(name: str) -> np.dtype:
     if name == "bfloat16":
         return np.dtype(ml_dtypes.bfloat16)
     try:
-        return np.dtype(name)
-    except TypeError as e:
+        dt = np.dtype(name)
+    except (TypeError, ValueError) as e:
         raise FlaxMsgpackError(f"unknown dtype {name!r}") from e
+    if dt.kind not in _NUMERIC_KINDS:
+        raise FlaxMsgpackError(f"dtype {name!r} is not numeric")
+    return dt
 
 
-def _array_from_ext(data: bytes) -> np.ndarray:
-    shape, dtype_name, buf = msgpack.unpackb(data, raw=True)
-    dt = _dtype(dtype_name.decode() if isinstance(dtype_name, bytes) else dtype_name)
-    shape = tuple(int(s) for s in shape)
-    if len(buf) != int(np.prod(shape, dtype=np.int64)) * dt.itemsize:
+def _array_from_ext(data: bytes, limits: Any = None, source: str = "") -> np.ndarray:
+    try:
+        shape, dtype_name, buf = msgpack.unpackb(data, raw=True)
+        if isinstance(dtype_name, bytes):
+            dtype_name = dtype_name.decode()
+        shape = tuple(shape)
+    except (msgpack.UnpackException, ValueError, TypeError) as e:
+        raise FlaxMsgpackError(f"malformed array ({e})") from None
+    if not isinstance(buf, bytes) or not isinstance(dtype_name, str) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise FlaxMsgpackError(f"malformed array header (shape {shape!r})")
+    dt = _dtype(dtype_name)
+    if limits is not None:
+        limits.check(source, "array", shape)
+    if len(buf) != math.prod(shape) * dt.itemsize:
         raise FlaxMsgpackError(f"array of shape {shape} / {dt} has {len(buf)} bytes")
     return np.frombuffer(buf, dtype=dt).reshape(shape)
 
 
+def _ext_hook_for(limits: Any = None, source: str = "") -> Callable[[int, bytes], Any]:
+    def hook(code: int, data: bytes) -> Any:
+        if code == _EXT_NDARRAY:
+            return _array_from_ext(data, limits, source)
+        if code == _EXT_NPSCALAR:
+            return _array_from_ext(data, limits, source)[()]
+        raise FlaxMsgpackError(f"unsupported msgpack extension type {code}")
+    return hook
+
+
 def _ext_hook(code: int, data: bytes) -> Any:
-    if code == _EXT_NDARRAY:
-        return _array_from_ext(data)
-    if code == _EXT_NPSCALAR:
-        return _array_from_ext(data)[()]
-    if code == _EXT_COMPLEX:
-        re_, im = msgpack.unpackb(data)
-        return complex(re_, im)
-    raise FlaxMsgpackError(f"unknown msgpack extension type {code}")
+    return _ext_hook_for()(code, data)
+
+
+def _unique_pairs(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    out: dict[Any, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise FlaxMsgpackError(f"duplicate key {k!r} in a map")
+        out[k] = v
+    return out
 
 
 def _unchunk(tree: Any) -> Any:
     if isinstance(tree, dict):
         if tree.get(_CHUNKED):
-            shape = tuple(tree["shape"][str(i)] for i in range(len(tree["shape"])))
-            chunks = [tree["chunks"][str(i)] for i in range(len(tree["chunks"]))]
-            return np.concatenate(chunks).reshape(shape)
+            try:
+                shape = tuple(int(tree["shape"][str(i)]) for i in range(len(tree["shape"])))
+                chunks = [tree["chunks"][str(i)] for i in range(len(tree["chunks"]))]
+                if not all(isinstance(c, np.ndarray) and c.ndim == 1 for c in chunks):
+                    raise TypeError("chunks must be 1-D arrays")
+                return np.concatenate(chunks).reshape(shape)
+            except (KeyError, TypeError, ValueError) as e:
+                raise FlaxMsgpackError(f"malformed chunked array ({e})") from None
         return {k: _unchunk(v) for k, v in tree.items()}
     return tree
 
 
-def read_tree(path: str | Path) -> dict[str, Any]:
-    """The raw nested parameter dict of a flax msgpack file."""
+def read_tree(path: str | Path, limits: Any = None) -> dict[str, Any]:
+    """The raw nested parameter dict of a flax msgpack file.
+
+    Refused with :class:`FlaxMsgpackError` naming the file: bad msgpack, duplicate map keys,
+    unknown extension types, non-numeric dtypes, sizes that disagree with the bytes, nesting
+    deeper than msgpack's limit.
+    """
     path = Path(path)
     try:
-        tree = msgpack.unpackb(path.read_bytes(), ext_hook=_ext_hook, raw=False,
-                               strict_map_key=False)
-    except (msgpack.UnpackException, ValueError) as e:
+        tree = msgpack.unpackb(path.read_bytes(), ext_hook=_ext_hook_for(limits, str(path)),
+                               raw=False, strict_map_key=False,
+                               object_pairs_hook=_unique_pairs)
+        if not isinstance(tree, dict):
+            raise FlaxMsgpackError(f"expected a parameter dict, found {type(tree).__name__}")
+        return _unchunk(tree)
+    except FlaxMsgpackError as e:
+        raise FlaxMsgpackError(f"{path}: {e}") from None
+    except (RecursionError, msgpack.StackError):
+        raise FlaxMsgpackError(f"{path}: nested too deeply to be a parameter tree") from None
+    except (msgpack.UnpackException, ValueError, TypeError) as e:
         raise FlaxMsgpackError(f"{path}: not a valid flax msgpack file ({e})") from e
-    if not isinstance(tree, dict):
-        raise FlaxMsgpackError(f"{path}: expected a parameter dict, found {type(tree).__name__}")
-    return _unchunk(tree)
 
 
 def _flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
@@ -103,15 +147,37 @@ def _flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tupl
     return out
 
 
-def load(path: str | Path) -> dict[str, np.ndarray]:
-    """Read transformers' flax_model.msgpack as a canonical-named numpy dict."""
+def load(path: str | Path, limits: Any = None) -> dict[str, np.ndarray]:
+    """Read transformers' flax_model.msgpack as a canonical-named numpy dict.
+
+    Two parameter paths that map to one canonical key (``wte/embedding`` and ``wte/weight``,
+    or the integer key 0 next to the string "0") are refused naming both.
+    """
     path = Path(path)
-    tree = read_tree(path)
+    tree = read_tree(path, limits)
     # transformers wraps Flax params as {"params": ...} in some saves: unwrap
     if set(tree) == {"params"} and isinstance(tree["params"], dict):
         tree = tree["params"]
     out: dict[str, np.ndarray] = {}
-    for keys, value in _flatten(tree).items():
+    source: dict[str, str] = {}
+    flat: dict[tuple[str, ...], Any] = {}
+    seen_paths: set[tuple[str, ...]] = set()
+
+    def walk(node: Mapping[Any, Any], prefix: tuple[str, ...]) -> None:
+        for k, v in node.items():
+            p = (*prefix, str(k))
+            if p in seen_paths:
+                raise FlaxMsgpackError(f"{path}: two keys spell {'/'.join(p)} ({k!r})")
+            seen_paths.add(p)
+            if isinstance(v, Mapping):
+                walk(v, p)
+            else:
+                flat[p] = v
+
+    walk(tree, ())
+    if limits is not None:
+        limits.check_count(str(path), len(flat))
+    for keys, value in flat.items():
         if not isinstance(value, np.ndarray):
             raise FlaxMsgpackError(f"{path}: {'/'.join(keys)} is not an array")
         *scope, leaf = keys
@@ -120,7 +186,11 @@ def load(path: str | Path) -> dict[str, np.ndarray]:
             if value.ndim != 2:
                 raise FlaxMsgpackError(f"{path}: {'/'.join(keys)} has rank {value.ndim}, expected 2")
             value = value.T  # (out, in) Conv1D / (in, out) Dense -> canonical
+        if name in out:
+            raise FlaxMsgpackError(f"{path}: {source[name]} and {'/'.join(keys)} both map to "
+                                   f"{name}")
         out[name] = np.asarray(value, order="C")
+        source[name] = "/".join(keys)
     return out
 
 

@@ -24,7 +24,9 @@ from gpt2_core.io_utils import atomic_output_file, atomic_write_text, parse_size
 
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
-_MAX_HEADER = 100 * 1024 * 1024  # the reference implementation's limit
+_MAX_HEADER = 100_000_000  # the reference implementation's MAX_HEADER_SIZE
+#: more tensors than any GPT-2 (XL has 580) could hold: refused before the header is parsed
+MAX_TENSORS = 100_000
 
 DTYPES: dict[str, np.dtype] = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
@@ -47,56 +49,136 @@ def dtype_name(dtype: np.dtype) -> str:
     return _NAMES[dt]
 
 
-def read_header(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str], int]:
-    """Return ``(tensors_header, metadata, data_start)`` after validating the header."""
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise SafetensorsError(f"duplicate key {k!r} in the header")
+        out[k] = v
+    return out
+
+
+def _no_constants(name: str) -> Any:
+    raise SafetensorsError(f"{name} is not JSON")
+
+
+def _uint(x: Any) -> int:
+    """A JSON unsigned integer (the reference's usize): not a bool, float, string or < 0."""
+    if isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < 2**64:
+        raise TypeError(f"{x!r} is not an unsigned integer")
+    return x
+
+
+def read_header(path: str | os.PathLike, limits: Any = None,
+                ) -> tuple[dict[str, Any], dict[str, str], int]:
+    """Return ``(tensors_header, metadata, data_start)`` after validating the header.
+
+    The rules are the reference implementation's (``safetensors`` 0.8 ``Metadata::validate``),
+    each tested against it: the header at most 100,000,000 bytes, UTF-8 JSON (no NaN), an
+    object of tensor entries ``{"dtype", "shape": [uint...], "data_offsets": [uint, uint]}``
+    plus an optional ``__metadata__`` of strings; the tensors, sorted by offsets, tile the data
+    section exactly (no overlap, no hole, no trailing bytes) and each has dtype x shape bytes.
+    Stricter than the reference: a duplicate key is refused (the reference keeps one silently)
+    and more than :data:`MAX_TENSORS` entries (or ``limits.max_tensors``) are refused before
+    parsing. ``limits`` (a :class:`gpt2_core.naming.TensorLimits`) also bounds each shape.
+    """
     path = Path(path)
-    size = path.stat().st_size
     with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
         raw = f.read(8)
         if len(raw) < 8:
             raise SafetensorsError(f"{path}: too short to be a safetensors file ({size} bytes)")
         n = int.from_bytes(raw, "little")
-        if n > _MAX_HEADER or 8 + n > size:
+        if n > _MAX_HEADER:
+            raise SafetensorsError(f"{path}: header of {n} bytes is over the {_MAX_HEADER}-byte "
+                                   "limit")
+        if 8 + n > size:
             raise SafetensorsError(f"{path}: header length {n} is invalid for a file of {size} bytes")
-        try:
-            header = json.loads(f.read(n).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise SafetensorsError(f"{path}: header is not valid JSON: {e}") from e
+        text = f.read(n)
+    count = text.count(b'"data_offsets"')
+    max_tensors = MAX_TENSORS if limits is None else min(MAX_TENSORS, limits.max_tensors)
+    if count > max_tensors:
+        raise SafetensorsError(f"{path}: header declares {count} tensors, over the limit of "
+                               f"{max_tensors}; refused before parsing")
+    try:
+        header = json.loads(text.decode("utf-8"), object_pairs_hook=_no_duplicates,
+                            parse_constant=_no_constants)
+    except UnicodeDecodeError as e:
+        raise SafetensorsError(f"{path}: header is not UTF-8: {e}") from e
+    except json.JSONDecodeError as e:
+        raise SafetensorsError(f"{path}: header is not valid JSON: {e}") from e
+    except SafetensorsError as e:
+        raise SafetensorsError(f"{path}: {e}") from None
+    except RecursionError:
+        raise SafetensorsError(f"{path}: header is nested too deeply") from None
     if not isinstance(header, dict):
         raise SafetensorsError(f"{path}: header is not a JSON object")
-    metadata = header.pop("__metadata__", None) or {}
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise SafetensorsError(f"{path}: __metadata__ must map strings to strings")
     data_len = size - 8 - n
+    spans = []
     for name, info in header.items():
         try:
-            dt = DTYPES[info["dtype"]]
-            shape = [int(s) for s in info["shape"]]
-            begin, end = (int(x) for x in info["data_offsets"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise SafetensorsError(f"{path}: bad header entry for tensor {name!r}: {info!r}") from e
-        if any(s < 0 for s in shape):
-            raise SafetensorsError(f"{path}: tensor {name!r} has a negative dimension {shape}")
-        if not 0 <= begin <= end <= data_len:
+            if not isinstance(info, dict):
+                raise TypeError("not an object")
+            if not isinstance(info["dtype"], str):
+                raise TypeError("dtype is not a string")
+            if not isinstance(info["shape"], list) or not isinstance(info["data_offsets"], list):
+                raise TypeError("shape and data_offsets must be lists")
+            shape = [_uint(s) for s in info["shape"]]
+            if len(info["data_offsets"]) != 2:
+                raise TypeError("data_offsets must have 2 elements")
+            begin, end = (_uint(x) for x in info["data_offsets"])
+        except (KeyError, TypeError) as e:
+            raise SafetensorsError(f"{path}: bad header entry for tensor {name!r} ({e}): "
+                                   f"{str(info)[:200]}") from None
+        if info["dtype"] not in DTYPES:
+            raise SafetensorsError(f"{path}: tensor {name!r} has unsupported dtype "
+                                   f"{info['dtype']!r} (supported: {', '.join(DTYPES)})")
+        if end > data_len:
             raise SafetensorsError(
                 f"{path}: tensor {name!r} data offsets [{begin}, {end}] fall outside the "
-                f"{data_len}-byte data section"
-            )
-        if end - begin != math.prod(shape) * dt.itemsize:
+                f"{data_len}-byte data section")
+        if limits is not None:
+            limits.check(str(path), name, shape)
+        spans.append((begin, end, name, shape, DTYPES[info["dtype"]]))
+    # the reference's validate(): sorted by offsets, each tensor starts where the last ended
+    spans.sort(key=lambda t: (t[0], t[1]))
+    start = 0
+    for begin, end, name, shape, dt in spans:
+        if begin != start or end < begin:
             raise SafetensorsError(
-                f"{path}: tensor {name!r} has {end - begin} bytes but dtype {info['dtype']} x "
-                f"shape {shape} needs {math.prod(shape) * dt.itemsize}"
-            )
+                f"{path}: tensor {name!r} data offsets [{begin}, {end}] overlap another tensor "
+                f"or leave a hole (expected it to start at byte {start})")
+        start = end
+        nbytes = math.prod(shape) * dt.itemsize
+        if nbytes >= 2**64:
+            raise SafetensorsError(f"{path}: tensor {name!r} shape {shape} overflows")
+        if end - begin != nbytes:
+            raise SafetensorsError(
+                f"{path}: tensor {name!r} has {end - begin} bytes but dtype "
+                f"{header[name]['dtype']} x shape {shape} needs {nbytes}")
+    if start != data_len:
+        raise SafetensorsError(
+            f"{path}: the tensors cover {start} bytes of the {data_len}-byte data section "
+            "(the file is truncated or has trailing bytes)")
+    for _, _, name, shape, _ in spans:
+        header[name] = {**header[name], "shape": shape}
     return header, metadata, 8 + n
 
 
 def load_file(path: str | os.PathLike, *, mmap: bool = True,
-              keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+              keys: Iterable[str] | None = None, limits: Any = None) -> dict[str, np.ndarray]:
     """Read tensors from one safetensors file.
 
     With ``mmap=True`` (default) the arrays are read-only views on a memory map: nothing is read
     until used, so converting a large checkpoint stays near one copy of the weights.
     """
     path = Path(path)
-    header, _, start = read_header(path)
+    header, _, start = read_header(path, limits)
     wanted = header.keys() if keys is None else keys
     out: dict[str, np.ndarray] = {}
     if mmap:
@@ -200,29 +282,61 @@ def save_sharded(tensors: Mapping[str, np.ndarray], directory: str | os.PathLike
 def read_index(index_path: str | os.PathLike) -> dict[str, str]:
     """weight_map of a sharded checkpoint, with every shard checked to exist."""
     index_path = Path(index_path)
-    try:
-        index = json.loads(index_path.read_text("utf-8"))
-        weight_map = index["weight_map"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise SafetensorsError(f"{index_path}: not a valid shard index ({e})") from e
-    if not isinstance(weight_map, dict):
-        raise SafetensorsError(f"{index_path}: weight_map must be an object")
+    weight_map = read_weight_map(index_path, SafetensorsError)
     for shard in set(weight_map.values()):
-        if not isinstance(shard, str) or "/" in shard or "\\" in shard or shard.startswith("."):
-            raise SafetensorsError(f"{index_path}: invalid shard file name {shard!r}")
         if not (index_path.parent / shard).is_file():
             raise SafetensorsError(f"{index_path}: shard {shard} is missing")
     return weight_map
 
 
-def load_sharded(index_path: str | os.PathLike, *, mmap: bool = True) -> dict[str, np.ndarray]:
-    """Read every tensor of a sharded checkpoint (each shard memory-mapped)."""
+def read_weight_map(index_path: Path, error: type[Exception]) -> dict[str, str]:
+    """The ``weight_map`` of a ``*.index.json`` (safetensors or pytorch_model.bin): a regular
+    file with unique keys, mapping tensor names to plain shard file names."""
+    from gpt2_core.io_utils import read_regular_file
+
+    try:
+        raw = read_regular_file(index_path, 64 * 1024 * 1024, "shard index")
+        index = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+        weight_map = index["weight_map"]
+    except (UnicodeDecodeError, json.JSONDecodeError, SafetensorsError, KeyError,
+            TypeError) as e:
+        raise error(f"{index_path}: not a valid shard index ({e})") from e
+    except RecursionError:
+        raise error(f"{index_path}: shard index is nested too deeply") from None
+    if not isinstance(weight_map, dict):
+        raise error(f"{index_path}: weight_map must be an object")
+    for shard in set(weight_map.values()):
+        if (not isinstance(shard, str) or not shard or "/" in shard or "\\" in shard
+                or shard.startswith(".") or "\0" in shard):
+            raise error(f"{index_path}: invalid shard file name {shard!r}")
+    return weight_map
+
+
+def load_sharded(index_path: str | os.PathLike, *, mmap: bool = True,
+                 limits: Any = None) -> dict[str, np.ndarray]:
+    """Read every tensor of a sharded checkpoint (each shard memory-mapped).
+
+    Each shard must hold exactly the tensors the index assigns to it: a tensor the index does
+    not list, or assigns to another shard, is refused naming both files (it would otherwise
+    be silently dropped or shadow the real one).
+    """
     index_path = Path(index_path)
     weight_map = read_index(index_path)
+    if limits is not None:
+        limits.check_count(str(index_path), len(weight_map))
     by_shard: dict[str, list[str]] = {}
     for name, shard in weight_map.items():
         by_shard.setdefault(shard, []).append(name)
     out: dict[str, np.ndarray] = {}
     for shard, names in sorted(by_shard.items()):
-        out.update(load_file(index_path.parent / shard, mmap=mmap, keys=names))
+        path = index_path.parent / shard
+        header, _, _ = read_header(path, limits)
+        extra = sorted(set(header) - set(names))
+        if extra:
+            where = weight_map.get(extra[0])
+            raise SafetensorsError(
+                f"{path}: holds {extra[0]!r}, which {index_path} "
+                + (f"assigns to {where}" if where else "does not list")
+                + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
+        out.update(load_file(path, mmap=mmap, keys=names, limits=limits))
     return out

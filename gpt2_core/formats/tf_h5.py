@@ -18,6 +18,7 @@ drop ``:0`` and the model scope, ``h_._0`` -> ``h.0``, leaves ``embeddings`` / `
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -79,35 +80,82 @@ def tf_name_to_canonical(name: str) -> tuple[str, bool]:
     return ".".join(out), leaf == "kernel"
 
 
-def load(path: str | Path) -> dict[str, np.ndarray]:
-    """Read a transformers tf_model.h5 as a canonical-named numpy dict."""
+#: an HDF5 dataset with filters may expand this much (real weights compress ~1.1x)
+_MAX_COMPRESSION_RATIO = 64
+
+
+def _link_kind(f: h5py.File, name: str) -> str | None:
+    """The first link on the path ``name`` that is not a hard link ("soft" / "external")."""
+    parts = [p for p in name.split("/") if p]
+    for i in range(1, len(parts) + 1):
+        sub = "/".join(parts[:i])
+        link = f.get(sub, getlink=True)
+        if isinstance(link, h5py.SoftLink):
+            return f"soft link to {link.path!r}"
+        if isinstance(link, h5py.ExternalLink):
+            return f"external link to {link.filename!r}:{link.path!r}"
+    return None
+
+
+def _check_dataset(path: Path, name: str, ds: h5py.Dataset, limits) -> None:
+    """Refuse, before reading, a dataset whose data is not plain bytes inside this file:
+    external raw storage (``/etc/passwd`` as a weight), a virtual dataset (data from other
+    files), a size the file cannot hold (a 4 GB fill-value dataset in a 187 KB file), or a
+    non-numeric type."""
+    plist = ds.id.get_create_plist()
+    if plist.get_layout() == h5py.h5d.VIRTUAL:
+        raise TFH5Error(f"{path}: variable {name!r} is a virtual dataset (its data lives in "
+                        "other files); refused")
+    if plist.get_external_count() > 0:
+        target = plist.get_external(0)[0]
+        target = target.decode("utf-8", "replace") if isinstance(target, bytes) else target
+        raise TFH5Error(f"{path}: variable {name!r} stores its data in the external file "
+                        f"{target!r}; only data inside the file is read")
+    if ds.dtype.kind not in "fiub":
+        raise TFH5Error(f"{path}: variable {name!r} has non-numeric type {ds.dtype}")
+    shape = tuple(ds.shape or ())
+    if limits is not None:
+        limits.check(str(path), name, shape)
+    nbytes = math.prod(shape) * ds.dtype.itemsize
+    stored = ds.id.get_storage_size()
+    ratio = _MAX_COMPRESSION_RATIO if plist.get_nfilters() else 1
+    if nbytes > ratio * stored and nbytes > 0:
+        raise TFH5Error(
+            f"{path}: variable {name!r} declares {nbytes} bytes (shape {shape}) but stores "
+            f"{stored}; refused before reading (a fill-value or decompression bomb?)")
+
+
+def load(path: str | Path, limits=None) -> dict[str, np.ndarray]:
+    """Read a transformers tf_model.h5 as a canonical-named numpy dict.
+
+    Only datasets whose data lives inside the file are read: external storage, external
+    links, virtual datasets and soft links are refused by name (see docs/security.md).
+    ``limits`` (a :class:`gpt2_core.naming.TensorLimits`) bounds counts and shapes.
+    """
     path = Path(path)
     try:
         f = h5py.File(path, "r")
     except OSError as e:
         raise TFH5Error(f"{path}: not an HDF5 file ({e})") from e
     out: dict[str, np.ndarray] = {}
+    source: dict[str, str] = {}
     with f:
-        entries: list[tuple[str, h5py.Dataset]] = []
-        layer_names = _attr_list(f, "layer_names")
-        if layer_names is not None:
-            for layer in layer_names:
-                if layer not in f:
-                    raise TFH5Error(f"{path}: layer {layer!r} listed but absent")
-                g = f[layer]
-                weight_names = _attr_list(g, "weight_names") or []
-                for wn in weight_names:
-                    if wn not in g:
-                        raise TFH5Error(f"{path}: variable {wn!r} listed but absent")
-                    entries.append((wn, g[wn]))
-        else:  # no Keras attributes: take every dataset, path below the layer group as name
-            def visit(name: str, obj) -> None:
-                if isinstance(obj, h5py.Dataset):
-                    entries.append((name.split("/", 1)[1] if "/" in name else name, obj))
-            f.visititems(visit)
-        for wn, ds in entries:
+        try:
+            entries = _entries(path, f)
+        except (OSError, KeyError, ValueError, TypeError) as e:
+            if isinstance(e, TFH5Error):
+                raise
+            raise TFH5Error(f"{path}: unreadable HDF5 structure ({e})") from e
+        if limits is not None:
+            limits.check_count(str(path), len(entries))
+        for _wn, full, ds in entries:
+            _check_dataset(path, full, ds, limits)
+        for wn, full, ds in entries:
             key, transpose = tf_name_to_canonical(wn)
-            arr = np.asarray(ds[()])
+            try:
+                arr = np.asarray(ds[()])
+            except (OSError, ValueError, TypeError) as e:
+                raise TFH5Error(f"{path}: cannot read variable {full!r} ({e})") from e
             if transpose:
                 if arr.ndim != 2:
                     raise TFH5Error(f"{path}: kernel {wn!r} has rank {arr.ndim}, expected 2")
@@ -115,9 +163,57 @@ def load(path: str | Path) -> dict[str, np.ndarray]:
             elif key.endswith(".bias") and arr.ndim == 2 and arr.shape[0] == 1:
                 arr = arr[0]  # TFConv1D bias (1, n)
             if key in out:
-                raise TFH5Error(f"{path}: two variables map to {key}")
+                raise TFH5Error(f"{path}: two variables map to {key}: {source[key]!r} and "
+                                f"{full!r}")
             out[key] = arr
+            source[key] = full
     return out
+
+
+def _entries(path: Path, f: h5py.File) -> list[tuple[str, str, h5py.Dataset]]:
+    """(variable name, HDF5 path, dataset) of every weight, links checked before opening."""
+    entries: list[tuple[str, str, h5py.Dataset]] = []
+
+    def add(wn: str, full: str) -> None:
+        kind = _link_kind(f, full)
+        if kind:
+            raise TFH5Error(f"{path}: variable {full!r} is a {kind}; only datasets stored in "
+                            "the file are read")
+        obj = f.get(full)
+        if not isinstance(obj, h5py.Dataset):
+            raise TFH5Error(f"{path}: {full!r} is not a dataset")
+        entries.append((wn, full, obj))
+
+    layer_names = _attr_list(f, "layer_names")
+    if layer_names is not None:
+        for layer in layer_names:
+            kind = _link_kind(f, layer)
+            if kind:
+                raise TFH5Error(f"{path}: layer {layer!r} is a {kind}; refused")
+            if layer not in f:
+                raise TFH5Error(f"{path}: layer {layer!r} listed but absent")
+            g = f[layer]
+            if not isinstance(g, h5py.Group):
+                raise TFH5Error(f"{path}: layer {layer!r} is not a group")
+            weight_names = _attr_list(g, "weight_names") or []
+            for wn in weight_names:
+                full = f"{layer}/{wn}"
+                if _link_kind(f, full) is None and wn not in g:
+                    raise TFH5Error(f"{path}: variable {wn!r} listed but absent")
+                add(wn, full)
+    else:  # no Keras attributes: take every dataset, path below the layer group as name
+        names: list[str] = []
+
+        def visit(name: str, link) -> None:
+            if isinstance(link, h5py.SoftLink | h5py.ExternalLink):
+                names.append(name)  # refused by add() with its name
+            elif f.get(name, getclass=True) is h5py.Dataset:
+                names.append(name)
+
+        f.visit_links(visit)
+        for name in names:
+            add(name.split("/", 1)[1] if "/" in name else name, name)
+    return entries
 
 
 def _tf_variable(key: str, arr: np.ndarray, scope: str) -> tuple[str, str, np.ndarray]:

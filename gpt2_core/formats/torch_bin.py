@@ -21,10 +21,11 @@ Writing produces the zip format, loadable by ``torch.load(weights_only=True)`` a
 from __future__ import annotations
 
 import io
-import json
+import math
 import pickle
 import struct
 import zipfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -66,15 +67,29 @@ _NP_TO_STORAGE = {v: k for k, v in _STORAGE_DTYPES.items()}
 
 
 class _StorageType:
-    """Stand-in for ``torch.FloatStorage`` etc.: only carries the dtype."""
+    """Stand-in for ``torch.FloatStorage`` etc.: only carries the dtype. Immutable, and a fresh
+    one per load, so a crafted pickle cannot change what a later load sees."""
+
+    __slots__ = ("name", "dtype")
 
     def __init__(self, name: str, dtype: np.dtype | None) -> None:
-        self.name, self.dtype = name, dtype
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "dtype", dtype)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise UnsafeCheckpointError(f"the pickle tries to set {key!r} on torch.{self.name}")
 
 
 class _DType:
+    """Stand-in for ``torch.float32`` etc. (immutable, fresh per load)."""
+
+    __slots__ = ("dtype",)
+
     def __init__(self, dtype: np.dtype) -> None:
-        self.dtype = dtype
+        object.__setattr__(self, "dtype", dtype)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise UnsafeCheckpointError(f"the pickle tries to set {key!r} on a torch dtype")
 
 
 class _Storage:
@@ -84,15 +99,47 @@ class _Storage:
         self.data = data  # 1-D array of the storage's dtype
 
 
-def _rebuild_tensor(storage: _Storage, offset: int, size: tuple, stride: tuple, *_: Any) -> np.ndarray:
+class _Budget:
+    """Per-load bound on the bytes tensors may copy out of their storages (a stride-0 or
+    repeated view of a small storage must not allocate gigabytes), and on shapes."""
+
+    def __init__(self, source: str, limits: Any = None) -> None:
+        self.source, self.limits = source, limits
+        self.storage_bytes = 0
+        self.copied = 0
+        self.tensors = 0
+
+    def take(self, shape: tuple[int, ...], nbytes: int) -> None:
+        self.tensors += 1
+        if self.limits is not None:
+            self.limits.check(self.source, f"tensor #{self.tensors}", shape)
+            self.limits.check_count(self.source, self.tensors)
+        self.copied += nbytes
+        # tied weights share a storage (2x); 4x leaves room for any honest layout
+        if self.copied > 4 * self.storage_bytes + (1 << 20):
+            raise TorchBinError(
+                f"{self.source}: tensors copy {self.copied} bytes out of {self.storage_bytes} "
+                "bytes of storage (overlapping views); refused")
+
+
+def _rebuild_tensor(storage: _Storage, offset: int, size: tuple, stride: tuple, *_: Any,
+                    budget: _Budget | None = None) -> np.ndarray:
+    if not isinstance(storage, _Storage):
+        raise TorchBinError(f"tensor rebuilt from {type(storage).__name__}, not a storage")
     data = storage.data
-    size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
+    try:
+        size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
+        offset = int(offset)
+    except (TypeError, ValueError) as e:
+        raise TorchBinError(f"tensor size/stride/offset are not integers ({e})") from None
     if len(size) != len(stride):
         raise TorchBinError(f"tensor size {size} and stride {stride} have different ranks")
     if any(s < 0 for s in size) or any(s < 0 for s in stride) or offset < 0:
         raise TorchBinError(f"negative size/stride/offset in tensor ({size}, {stride}, {offset})")
-    n = int(np.prod(size)) if size else 1
+    n = math.prod(size)
     if n == 0:
+        if budget is not None:
+            budget.take(size, 0)
         return np.zeros(size, dtype=data.dtype)
     last = offset + sum((s - 1) * st for s, st in zip(size, stride))
     if last >= data.size:
@@ -100,50 +147,107 @@ def _rebuild_tensor(storage: _Storage, offset: int, size: tuple, stride: tuple, 
             f"tensor of size {size} / stride {stride} / offset {offset} reads past its storage "
             f"of {data.size} elements"
         )
+    if n > data.size - offset:
+        raise TorchBinError(
+            f"tensor of size {size} / stride {stride} has {n} elements but its storage only "
+            f"{data.size - offset} from offset {offset} (overlapping, e.g. stride-0, views are "
+            "not weights)")
+    if budget is not None:
+        budget.take(size, n * data.itemsize)
     view = np.lib.stride_tricks.as_strided(
         data[offset:], shape=size, strides=tuple(st * data.itemsize for st in stride), writeable=False
     )
     return np.array(view)  # own, contiguous copy
 
 
-def _rebuild_tensor_v3(storage, offset, size, stride, requires_grad, hooks, dtype, *_):
+def _rebuild_tensor_v3(storage, offset, size, stride, requires_grad, hooks, dtype, *_,
+                       budget=None):
+    if not isinstance(storage, _Storage):
+        raise TorchBinError(f"tensor rebuilt from {type(storage).__name__}, not a storage")
     if isinstance(dtype, _DType) and storage.data.dtype != dtype.dtype:
-        storage = _Storage(storage.data.view(np.uint8).view(dtype.dtype))
-    return _rebuild_tensor(storage, offset, size, stride)
+        raw = storage.data.view(np.uint8)
+        if raw.size % dtype.dtype.itemsize:
+            raise TorchBinError(f"storage of {raw.size} bytes is not a whole number of {dtype.dtype}")
+        storage = _Storage(raw.view(dtype.dtype))
+    return _rebuild_tensor(storage, offset, size, stride, budget=budget)
 
 
 def _rebuild_parameter(data: np.ndarray, *_: Any) -> np.ndarray:
     return data
 
 
-_SAFE_GLOBALS: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): OrderedDict,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("torch", "Size"): tuple,
-}
-for _name, _dt in _STORAGE_DTYPES.items():
-    _SAFE_GLOBALS[("torch", _name)] = _StorageType(_name, _dt)
-_SAFE_GLOBALS[("torch", "UntypedStorage")] = _StorageType("UntypedStorage", None)
-for _name, _dt in _TORCH_DTYPES.items():
-    _SAFE_GLOBALS[("torch", _name)] = _DType(_dt)
+def _safe_globals(budget: _Budget | None) -> dict[tuple[str, str], Any]:
+    """The globals a state dict needs, with fresh stand-ins for this load only."""
+    def v2(*args):
+        return _rebuild_tensor(*args[:4], budget=budget)
+
+    def v3(*args):
+        return _rebuild_tensor_v3(*args, budget=budget)
+
+    out: dict[tuple[str, str], Any] = {
+        ("collections", "OrderedDict"): OrderedDict,
+        ("torch._utils", "_rebuild_tensor"): v2,
+        ("torch._utils", "_rebuild_tensor_v2"): v2,
+        ("torch._utils", "_rebuild_tensor_v3"): v3,
+        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+        ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+        ("torch", "Size"): tuple,
+    }
+    for name, dt in _STORAGE_DTYPES.items():
+        out[("torch", name)] = _StorageType(name, dt)
+    out[("torch", "UntypedStorage")] = _StorageType("UntypedStorage", None)
+    for name, dt in _TORCH_DTYPES.items():
+        out[("torch", name)] = _DType(dt)
+    return out
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file: io.BufferedIOBase, load_storage, source: str,
-                 overrides: dict[tuple[str, str], Any] | None = None) -> None:
+class _ClampedReader:
+    """A file whose ``read(n)`` never asks for more than what is left: a pickle opcode
+    declaring a 2**60-byte string must fail on a short read, not allocate first."""
+
+    def __init__(self, f, size: int) -> None:
+        self.f, self.left = f, size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n is None or n < 0 else min(n, self.left)
+        data = self.f.read(n)
+        self.left -= len(data)
+        return data
+
+    def readline(self) -> bytes:
+        line = self.f.readline(min(self.left, 1 << 20))
+        self.left -= len(line)
+        return line
+
+
+def _remaining(f) -> int:
+    pos = f.tell()
+    end = f.seek(0, io.SEEK_END)
+    f.seek(pos)
+    return end - pos
+
+
+class _RestrictedUnpickler(pickle._Unpickler):
+    """The pure-Python unpickler with three changes: ``find_class`` resolves only the
+    allow-list (fresh stand-ins per load), ``persistent_load`` only storages, and BUILD (which
+    sets attributes or calls ``__setstate__``) only on the dicts the pickle itself created —
+    the ``_metadata`` of a state dict, which is dropped. Protocol 5 out-of-band buffers are
+    refused (a BYTEARRAY8 opcode allocates its declared size before reading)."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def __init__(self, file, load_storage, source: str,
+                 overrides: dict[tuple[str, str], Any] | None = None,
+                 budget: _Budget | None = None) -> None:
         super().__init__(file)
         self._load_storage = load_storage
         self._source = source
-        self._globals = {**_SAFE_GLOBALS, **(overrides or {})}
+        self._globals = {**_safe_globals(budget), **(overrides or {})}
 
     def find_class(self, module: str, name: str) -> Any:
         try:
             return self._globals[(module, name)]
-        except KeyError:
+        except (KeyError, TypeError):
             raise UnsafeCheckpointError(
                 f"{self._source}: refusing to load global '{module}.{name}' — a weights file "
                 "never needs it, and unpickling it could run code. Nothing was executed."
@@ -155,54 +259,126 @@ class _RestrictedUnpickler(pickle.Unpickler):
         storage_type, key, _location, numel = pid[1:5]
         if not isinstance(storage_type, _StorageType):
             raise UnsafeCheckpointError(f"{self._source}: bad storage type in {pid!r}")
-        return self._load_storage(storage_type, str(key), int(numel))
+        if isinstance(numel, bool) or not isinstance(numel, int) or numel < 0:
+            raise TorchBinError(f"{self._source}: bad storage size in {pid!r}")
+        return self._load_storage(storage_type, str(key), numel)
+
+    def _load_build(self) -> None:
+        state = self.stack.pop()
+        inst = self.stack[-1]
+        if type(inst) not in (OrderedDict, dict) or not isinstance(state, dict | tuple):
+            raise UnsafeCheckpointError(
+                f"{self._source}: the pickle sets the state of a {type(inst).__name__} (BUILD); "
+                "a state dict only sets its own _metadata. Refused, nothing was changed.")
+        # the state (torch's _metadata: version numbers) is not needed: dropped
+
+    def _refuse(self) -> None:
+        raise UnsafeCheckpointError(f"{self._source}: out-of-band pickle buffers are not "
+                                    "used by weights files; refused")
+
+    dispatch[pickle.BUILD[0]] = _load_build
+    dispatch[pickle.BYTEARRAY8[0]] = _refuse
+    dispatch[pickle.NEXT_BUFFER[0]] = _refuse
+    dispatch[pickle.READONLY_BUFFER[0]] = _refuse
+
+    def load(self) -> Any:
+        try:
+            return super().load()
+        except UnsafeCheckpointError:
+            raise
+        except TorchBinError as e:
+            if str(e).startswith(self._source):
+                raise
+            raise TorchBinError(f"{self._source}: {e}") from None
+        except RecursionError:
+            raise TorchBinError(f"{self._source}: the pickle is nested too deeply") from None
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
+                AttributeError, struct.error, OverflowError, UnicodeDecodeError) as e:
+            raise TorchBinError(f"{self._source}: malformed pickle ({type(e).__name__}: "
+                                f"{str(e)[:200]})") from None
 
 
-def _load_zip(path: Path) -> Any:
+#: a zip entry expanding more than this (deflate tops out near 1032x on zeros; real weights
+#: compress ~1.1x) is a decompression bomb
+_MAX_COMPRESSION_RATIO = 64
+_MAX_PICKLE_BYTES = 256 * 1024 * 1024
+
+
+def _check_entry(path: Path, info: zipfile.ZipInfo) -> None:
+    if (info.compress_type != zipfile.ZIP_STORED
+            and info.file_size > _MAX_COMPRESSION_RATIO * max(info.compress_size, 1)):
+        raise TorchBinError(
+            f"{path}: archive entry {info.filename} expands {info.compress_size} bytes to "
+            f"{info.file_size} (a decompression bomb?); refused before reading")
+
+
+def _load_zip(path: Path, limits: Any = None) -> Any:
     try:
         zf = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as e:
+    except (zipfile.BadZipFile, ValueError, OSError) as e:
         raise TorchBinError(f"{path}: not a zip archive ({e})") from e
     with zf:
-        names = zf.namelist()
+        infos = {i.filename: i for i in zf.infolist()}
+        names = list(infos)
         pkl = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
         if len(pkl) != 1:
             raise TorchBinError(f"{path}: expected one data.pkl in the archive, found {len(pkl)}")
         root = pkl[0][: -len("data.pkl")]
         byteorder = root + "byteorder"
-        if byteorder in names and zf.read(byteorder).strip() not in (b"little", b""):
-            raise TorchBinError(f"{path}: big-endian checkpoints are not supported")
+        if byteorder in names:
+            _check_entry(path, infos[byteorder])
+            if infos[byteorder].file_size > 64 or zf.read(byteorder).strip() not in (b"little", b""):
+                raise TorchBinError(f"{path}: big-endian checkpoints are not supported")
         cache: dict[str, _Storage] = {}
+        budget = _Budget(str(path), limits)
 
         def load_storage(stype: _StorageType, key: str, numel: int) -> _Storage:
             if key not in cache:
                 entry = f"{root}data/{key}"
                 if entry not in names:
                     raise TorchBinError(f"{path}: storage {key} is missing from the archive")
-                raw = zf.read(entry)
+                info = infos[entry]
                 dtype = stype.dtype or np.dtype("u1")
+                _check_entry(path, info)
+                if info.file_size != numel * dtype.itemsize:
+                    raise TorchBinError(
+                        f"{path}: storage {key} declares {numel} x {dtype} but its archive "
+                        f"entry holds {info.file_size} bytes")
+                if limits is not None:
+                    limits.check(str(path), f"storage {key}", (numel,))
+                raw = zf.read(entry)
                 if len(raw) % dtype.itemsize:
                     raise TorchBinError(f"{path}: storage {key} size is not a multiple of {dtype}")
                 cache[key] = _Storage(np.frombuffer(raw, dtype=dtype))
+                budget.storage_bytes += len(raw)
             return cache[key]
 
-        with zf.open(pkl[0]) as f:
-            return _RestrictedUnpickler(io.BufferedReader(f), load_storage, str(path)).load()
+        info = infos[pkl[0]]
+        _check_entry(path, info)
+        if info.file_size > _MAX_PICKLE_BYTES:
+            raise TorchBinError(f"{path}: data.pkl of {info.file_size} bytes is too large for a "
+                                "state dict")
+        try:
+            with zf.open(pkl[0]) as f:
+                return _RestrictedUnpickler(_ClampedReader(f, info.file_size), load_storage,
+                                            str(path), budget=budget).load()
+        except (zipfile.BadZipFile, zlib.error, NotImplementedError) as e:
+            raise TorchBinError(f"{path}: damaged archive ({e})") from None
 
 
-def _load_legacy(path: Path) -> Any:
+def _load_legacy(path: Path, limits: Any = None) -> Any:
+    budget = _Budget(str(path), limits)
     with open(path, "rb") as f:
         def small_load():
-            return _RestrictedUnpickler(f, _no_storage, str(path)).load()
+            return _RestrictedUnpickler(_ClampedReader(f, _remaining(f)), _no_storage,
+                                        str(path)).load()
 
         def _no_storage(*_):
             raise UnsafeCheckpointError(f"{path}: storage reference in a header pickle")
 
         try:
             magic = small_load()
-        except (pickle.UnpicklingError, EOFError) as e:
-            if isinstance(e, UnsafeCheckpointError):
-                raise
+        except TorchBinError as e:
             raise TorchBinError(f"{path}: neither a zip archive nor a legacy torch file ({e})") from e
         if magic != _LEGACY_MAGIC:
             raise TorchBinError(f"{path}: not a PyTorch checkpoint (bad magic number)")
@@ -235,8 +411,10 @@ def _load_legacy(path: Path) -> Any:
 
         overrides = {("torch._utils", "_rebuild_tensor_v2"): lazy_rebuild,
                      ("torch._utils", "_rebuild_tensor"): lazy_rebuild}
-        obj = _RestrictedUnpickler(f, load_storage, str(path), overrides).load()
-        keys = _RestrictedUnpickler(f, _no_storage, str(path)).load()
+        obj = _RestrictedUnpickler(_ClampedReader(f, _remaining(f)), load_storage, str(path),
+                                   overrides).load()
+        keys = _RestrictedUnpickler(_ClampedReader(f, _remaining(f)), _no_storage,
+                                    str(path)).load()
         if not isinstance(keys, list):
             raise TorchBinError(f"{path}: malformed storage key list")
         for key in keys:
@@ -249,14 +427,20 @@ def _load_legacy(path: Path) -> Any:
                 raise TorchBinError(f"{path}: truncated before storage {key}")
             (count,) = struct.unpack("<q", head)
             dtype = stype.dtype or np.dtype("u1")
+            if count < 0 or count * dtype.itemsize > _remaining(f):
+                raise TorchBinError(f"{path}: storage {key} declares {count} elements, more "
+                                    "than the file holds")
+            if limits is not None:
+                limits.check(str(path), f"storage {key}", (count,))
             raw = f.read(count * dtype.itemsize)
             if len(raw) != count * dtype.itemsize:
                 raise TorchBinError(f"{path}: storage {key} is truncated")
             storages[key].data = np.frombuffer(raw, dtype=dtype)
+            budget.storage_bytes += len(raw)
 
     def resolve(x: Any) -> Any:
         if isinstance(x, _Lazy):
-            return _rebuild_tensor(*x.args)
+            return _rebuild_tensor(*x.args, budget=budget)
         if isinstance(x, dict):
             out = type(x)() if isinstance(x, OrderedDict) else {}
             for k, v in x.items():
@@ -266,13 +450,27 @@ def _load_legacy(path: Path) -> Any:
             return type(x)(resolve(v) for v in x)
         return x
 
-    return resolve(obj)
+    try:
+        return resolve(obj)
+    except RecursionError:
+        raise TorchBinError(f"{path}: the state dict is nested too deeply") from None
+    except TorchBinError as e:
+        if str(e).startswith(str(path)):
+            raise
+        raise TorchBinError(f"{path}: {e}") from None
 
 
-def load(path: str | Path) -> dict[str, np.ndarray]:
-    """Read a ``pytorch_model.bin`` (zip or legacy) as ``{name: np.ndarray}`` without torch."""
+def load(path: str | Path, limits: Any = None) -> dict[str, np.ndarray]:
+    """Read a ``pytorch_model.bin`` (zip or legacy) as ``{name: np.ndarray}`` without torch.
+
+    ``limits`` (a :class:`gpt2_core.naming.TensorLimits`) bounds tensor counts and shapes.
+    """
     path = Path(path)
-    obj = _load_zip(path) if zipfile.is_zipfile(path) else _load_legacy(path)
+    try:
+        is_zip = zipfile.is_zipfile(path)
+    except OSError as e:
+        raise TorchBinError(f"{path}: cannot read ({e})") from e
+    obj = _load_zip(path, limits) if is_zip else _load_legacy(path, limits)
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]  # training checkpoints wrap the weights
     if not isinstance(obj, Mapping):
@@ -285,22 +483,43 @@ def load(path: str | Path) -> dict[str, np.ndarray]:
     return out
 
 
-def load_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], list[Path]]:
-    """Read ``pytorch_model.bin`` or a sharded ``pytorch_model.bin.index.json``."""
+def read_index(path: str | Path) -> dict[str, str]:
+    """weight_map of a ``pytorch_model.bin.index.json`` (unique keys, plain shard names)."""
+    from gpt2_core.formats.safetensors import read_weight_map
+
+    return read_weight_map(Path(path), TorchBinError)
+
+
+def load_checkpoint(path: str | Path, limits: Any = None) -> tuple[dict[str, np.ndarray], list[Path]]:
+    """Read ``pytorch_model.bin`` or a sharded ``pytorch_model.bin.index.json``.
+
+    Each shard must hold exactly the tensors the index assigns to it: a key the index puts in
+    another shard, or does not list, is refused naming both files.
+    """
     path = Path(path)
     if path.name.endswith(".index.json"):
-        try:
-            weight_map = json.loads(path.read_text("utf-8"))["weight_map"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-            raise TorchBinError(f"{path}: not a valid shard index ({e})") from e
+        weight_map = read_index(path)
+        if limits is not None:
+            limits.check_count(str(path), len(weight_map))
         shards = sorted(set(weight_map.values()))
         out: dict[str, np.ndarray] = {}
         for shard in shards:
-            if "/" in shard or "\\" in shard or shard.startswith("."):
-                raise TorchBinError(f"{path}: invalid shard name {shard!r}")
-            out.update(load(path.parent / shard))
+            shard_path = path.parent / shard
+            part = load(shard_path, limits)
+            for k in part:
+                if weight_map.get(k) != shard:
+                    where = weight_map.get(k)
+                    raise TorchBinError(
+                        f"{shard_path}: holds {k!r}, which {path} "
+                        + (f"assigns to {where}" if where else "does not list"))
+            listed = [k for k, v in weight_map.items() if v == shard and k not in part]
+            if listed:
+                raise TorchBinError(f"{shard_path}: lacks {listed[0]!r}, which {path} assigns "
+                                    f"to it" + (f" (and {len(listed) - 1} more)"
+                                                if len(listed) > 1 else ""))
+            out.update(part)
         return out, [path, *(path.parent / s for s in shards)]
-    return load(path), [path]
+    return load(path, limits), [path]
 
 
 # ---------------------------------------------------------------------------- writer

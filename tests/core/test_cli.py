@@ -55,6 +55,10 @@ def test_convert_refuses_to_clobber(src, tmp_path, capsys):
     (out / "keep.txt").write_text("x")
     assert cli.main(["convert", str(src), str(out), "--to", "tf"]) == 1
     assert "not empty" in capsys.readouterr().err
+    # --force replaces only a directory that holds a checkpoint, never any tree
+    assert cli.main(["convert", str(src), str(out), "--to", "tf", "--force"]) == 1
+    assert "holds no checkpoint" in capsys.readouterr().err and (out / "keep.txt").exists()
+    (out / "config.json").write_text("{}")
     assert cli.main(["convert", str(src), str(out), "--to", "tf", "--force"]) == 0
     assert not (out / "keep.txt").exists() and (out / "tf_model.h5").exists()
 
