@@ -21,7 +21,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from gpt2_core import hub, naming
+from gpt2_core import hub, lowmem, naming
 from gpt2_core.config import CONFIG_NAME, GPT2Config
 from gpt2_core.formats import safetensors as st
 from gpt2_core.io_utils import check_weight_file
@@ -77,13 +77,21 @@ def to_numpy_dtype(dtype: Any) -> np.dtype:
 
 
 def cast_state_dict(state_dict: Mapping[str, np.ndarray], dtype: Any) -> dict[str, np.ndarray]:
-    """Cast floating-point tensors to ``dtype`` (integer tensors untouched; no copy if equal)."""
+    """Cast floating-point tensors to ``dtype`` (integer tensors untouched; no copy if equal).
+
+    A memory-mapped source tensor's pages are released once cast, so casting a checkpoint
+    costs the cast copy, not the cast copy plus the whole file (:mod:`gpt2_core.lowmem`).
+    """
     dt = to_numpy_dtype(dtype)
     out = {}
     for k, v in state_dict.items():
         v = np.asarray(v)
         is_float = np.issubdtype(v.dtype, np.floating) or v.dtype == np.dtype(ml_dtypes.bfloat16)
-        out[k] = v.astype(dt) if is_float and v.dtype != dt else v
+        if is_float and v.dtype != dt:
+            out[k] = v.astype(dt)
+            lowmem.release(v)
+        else:
+            out[k] = v
     return out
 
 

@@ -335,7 +335,8 @@ def normalize_state_dict(
         out[target] = value
     for tied, src in ties.items():
         if tied in out:
-            if src in out and not np.array_equal(np.asarray(out[tied]), np.asarray(out[src])):
+            if (src in out and out[tied] is not out[src]  # (the same array: no need to read it)
+                    and not np.array_equal(np.asarray(out[tied]), np.asarray(out[src]))):
                 # an untied checkpoint loaded with tie_word_embeddings=True would silently lose
                 # its head: refuse instead
                 raise CheckpointError(

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gpt2_core import naming
+from gpt2_core import lowmem, naming
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,12 @@ def _from_canonical_array(key: str, value: Any, shape: tuple, dtype: Any) -> jax
         arr = arr.T
     if tuple(arr.shape) != tuple(shape):
         raise naming.CheckpointError(f"{key}: expected shape {tuple(shape)}, got {arr.shape}")
-    return jnp.asarray(arr, dtype=dtype)
+    if lowmem.mapped_buffer(arr) is None:
+        return jnp.asarray(arr, dtype=dtype)
+    # from a memory map (from_pretrained): an aligned copy made block by block, which
+    # device_put adopts on CPU, so the file's pages and the array never coexist in full
+    host = lowmem.owned_copy(arr, np.dtype(dtype))
+    return jax.device_put(host).block_until_ready()
 
 
 def _params(model: nnx.Module) -> list[tuple[tuple, nnx.Variable]]:

@@ -596,7 +596,7 @@ class GPT2PreTrainedModel(nn.Module):
         )
         with torch.device("meta"):
             model = cls(config)
-        weights.load_canonical(model, state_dict, assign=True,
+        weights.load_canonical(model, state_dict, assign=True, consume=True,
                                allow_missing=report.newly_initialized, strict=strict)
         model._materialize_missing(dtype=weights.torch_dtype_of(state_dict))
         model.to(device)

@@ -15,7 +15,7 @@ import ml_dtypes
 import numpy as np
 import torch
 
-from gpt2_core import naming
+from gpt2_core import lowmem, naming
 
 if TYPE_CHECKING:
     from gpt2_torch.modeling import GPT2PreTrainedModel
@@ -36,12 +36,23 @@ def tensor_to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.numpy().copy()
 
 
-def numpy_to_tensor(a: np.ndarray) -> torch.Tensor:
-    """A torch tensor owning a copy of ``a`` (so read-only / memory-mapped arrays are safe)."""
+def numpy_to_tensor(a: np.ndarray, *, copy: bool = True) -> torch.Tensor:
+    """A torch tensor owning a copy of ``a`` (so read-only / memory-mapped arrays are safe).
+
+    With ``copy=False`` a writable array that owns its memory (e.g. the result of a dtype cast)
+    is wrapped without copying; read-only and memory-mapped arrays are still copied.
+    """
     a = np.asarray(a)
-    if a.dtype == _BF16:
-        return torch.from_numpy(np.array(a.view(np.int16))).view(torch.bfloat16)
-    return torch.from_numpy(np.array(a, copy=True))
+    mapped = lowmem.mapped_buffer(a) is not None
+    share = not copy and a.flags.writeable and a.flags.c_contiguous and not mapped
+    bits = a.view(np.int16) if a.dtype == _BF16 else a
+    if share:
+        t = torch.from_numpy(bits)
+    elif mapped:  # copied block by block, each source block's pages released as it lands
+        t = torch.from_numpy(lowmem.owned_copy(bits))
+    else:
+        t = torch.from_numpy(np.array(bits, copy=True))
+    return t.view(torch.bfloat16) if a.dtype == _BF16 else t
 
 
 def torch_dtype_of(state_dict: Mapping[str, np.ndarray]) -> torch.dtype:
@@ -87,6 +98,7 @@ def load_canonical(
     assign: bool = False,
     strict: bool = True,
     allow_missing: Iterable[str] = (),
+    consume: bool = False,
 ) -> None:
     """Load a canonical state dict into ``model`` (in place), checking keys and shapes.
 
@@ -98,6 +110,10 @@ def load_canonical(
             instead of copying into the existing ones.
         strict: raise :class:`gpt2_core.naming.CheckpointError` on unexpected keys.
         allow_missing: keys that may be absent (a new head); they keep their current values.
+        consume: the state dict is the caller's to give away (``from_pretrained``): writable
+            arrays become the parameters without a copy, and each memory-mapped array's pages
+            are released once copied (:func:`gpt2_core.lowmem.release`), so loading peaks near
+            one copy of the weights.
 
     Raises:
         CheckpointError: missing, unexpected or mis-shaped keys, named.
@@ -115,15 +131,21 @@ def load_canonical(
                                    mismatched=mismatched, source=type(model).__name__)
         raise naming.CheckpointError(report.summary())
     for tied, src in ties.items():
-        if tied in state_dict and src in state_dict and not np.array_equal(
-                _as_numpy(state_dict[tied]), _as_numpy(state_dict[src])):
+        pair = (state_dict.get(tied), state_dict.get(src))
+        if (pair[0] is not None and pair[1] is not None and pair[0] is not pair[1]
+                and not np.array_equal(_as_numpy(pair[0]), _as_numpy(pair[1]))):
             raise naming.CheckpointError(f"{tied} differs from {src} but config.tie_word_embeddings"
                                          "=True; load with tie_word_embeddings=False")
     tensors = {}
     for k, v in state_dict.items():
         if k not in expected or (k in ties and ties[k] in state_dict):
             continue  # unexpected (non-strict) or a tied copy: the source provides it
-        tensors[k] = v.detach().clone() if isinstance(v, torch.Tensor) else numpy_to_tensor(v)
+        if isinstance(v, torch.Tensor):
+            tensors[k] = v.detach().clone()
+        else:
+            tensors[k] = numpy_to_tensor(v, copy=not consume)
+            if consume:
+                lowmem.release(v)
     if not assign:
         params = model.state_dict()
         tensors = {k: t.to(params[k].dtype) for k, t in tensors.items()}

@@ -1,0 +1,109 @@
+"""Loading at one copy: give back a memory-mapped tensor's pages once a backend holds its own.
+
+``from_pretrained`` reads safetensors through a read-only memory map
+(:func:`gpt2_core.formats.safetensors.load_file`): nothing is read until a tensor is used, and
+the pages a backend touches while copying a tensor into its own buffer count in the process'
+resident set. Left alone, a loaded model would therefore peak at two copies of the weights:
+the framework's buffers plus the whole mapped file. :func:`release` drops the pages of one
+array right after it was copied, so the peak stays near one copy plus the largest tensor.
+
+It is only ever a memory hint: the mapping stays valid (a later read of the same array faults
+the bytes back in from the file), arrays that are not memory-mapped are left alone, and
+platforms without ``madvise`` simply skip it.
+
+Example:
+    >>> from gpt2_core.formats.safetensors import load_file
+    >>> sd = load_file("model.safetensors")                 # doctest: +SKIP
+    >>> wte = torch.from_numpy(np.array(sd["wte.weight"]))  # doctest: +SKIP
+    >>> release(sd["wte.weight"])                           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import mmap
+from typing import Any
+
+import numpy as np
+
+_PAGE = mmap.PAGESIZE
+_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
+
+
+def mapped_buffer(arr: Any) -> mmap.mmap | None:
+    """The ``mmap.mmap`` an array's memory belongs to, or None (an ordinary array)."""
+    base = arr
+    for _ in range(64):  # numpy collapses view chains; the bound only guards odd bases
+        if isinstance(base, mmap.mmap):
+            return base
+        base = getattr(base, "base", None)
+        if base is None:
+            return None
+    return None
+
+
+def release(arr: Any) -> bool:
+    """Drop the resident pages of a memory-mapped ``arr`` (no-op for other arrays).
+
+    Returns True when pages were released. Safe to call on any array: the data stays readable
+    (re-read from the file on the next access), so a wrong call costs time, never correctness.
+    Only read-only mappings are touched (a private writable mapping would lose its writes).
+    """
+    if _DONTNEED is None or not isinstance(arr, np.ndarray) or arr.size == 0:
+        return False
+    mm = mapped_buffer(arr)
+    if mm is None or mm.closed:
+        return False
+    try:
+        view = np.frombuffer(mm, dtype=np.uint8)
+    except (TypeError, ValueError, BufferError):
+        return False
+    if view.flags.writeable:  # ACCESS_WRITE / ACCESS_COPY: DONTNEED could drop data
+        return False
+    lo, hi = np.lib.array_utils.byte_bounds(arr)
+    base = view.ctypes.data
+    start = max(0, (lo - base) // _PAGE * _PAGE)
+    end = min(len(mm), -(-(hi - base) // _PAGE) * _PAGE)
+    if end <= start:
+        return False
+    try:
+        mm.madvise(_DONTNEED, start, end - start)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+#: block size for :func:`owned_copy`: the most a copy holds of the source at once
+BLOCK_BYTES = 16 * 1024 * 1024
+
+
+def owned_copy(arr: Any, dtype: Any = None, *, align: int = 64) -> np.ndarray:
+    """A C-contiguous copy of ``arr`` (cast to ``dtype``) in new memory aligned to ``align``.
+
+    Made in row blocks of about :data:`BLOCK_BYTES`, releasing each memory-mapped source
+    block as it is copied, so the transient is one block, not a second tensor. The alignment
+    lets a framework adopt the buffer instead of copying it again (``jax.device_put`` aliases
+    a 64-byte-aligned host array on CPU).
+
+    Example:
+        >>> owned_copy(np.arange(6, dtype=np.float32).reshape(2, 3).T, np.float64).shape
+        (3, 2)
+    """
+    arr = np.asarray(arr)
+    dt = np.dtype(dtype) if dtype is not None else arr.dtype
+    n = arr.size * dt.itemsize
+    raw = np.empty(n + align, np.uint8)
+    offset = (-raw.ctypes.data) % align
+    out = raw[offset:offset + n].view(dt).reshape(arr.shape)
+    if arr.ndim == 0 or arr.size == 0:
+        out[...] = arr
+        return out
+    row_bytes = max(1, arr[:1].size * max(arr.dtype.itemsize, dt.itemsize))
+    rows = max(1, BLOCK_BYTES // row_bytes)
+    contiguous = arr.flags.c_contiguous
+    for start in range(0, arr.shape[0], rows):
+        block = arr[start:start + rows]
+        out[start:start + rows] = block
+        if contiguous:
+            release(block)
+    release(arr)
+    return out
