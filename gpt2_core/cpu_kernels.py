@@ -36,6 +36,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ ACTIVATION_CODES = {
 
 _SOURCE = Path(__file__).with_name("csrc") / "gpt2_kernels.c"
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
-_ABI = 3
+_ABI = 4
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -119,12 +120,12 @@ def _build(cc: str, out: Path) -> None:
 
 def _declare(lib: ctypes.CDLL) -> None:
     vp, i64, cint, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
-    lib.gpt2_gemv_kn.argtypes = [vp, i64, vp, vp, vp, i64, i64, i64, i64, vp, cint]
+    lib.gpt2_gemv_kn.argtypes = [vp, i64, vp, cint, vp, vp, i64, i64, i64, i64, vp, cint]
     lib.gpt2_gemv_kn.restype = None
-    lib.gpt2_gemv_nk.argtypes = [vp, i64, vp, vp, i64, i64, i64, i64, cint]
+    lib.gpt2_gemv_nk.argtypes = [vp, i64, vp, cint, vp, i64, i64, i64, i64, cint]
     lib.gpt2_gemv_nk.restype = None
     lib.gpt2_decode_step.argtypes = [vp, vp, vp, vp, vp, vp, i64, i64, i64, i64, i64, i64,
-                                     i64, i64, f32, cint, cint, vp, vp, cint]
+                                     i64, i64, f32, cint, cint, vp, vp, cint, cint]
     lib.gpt2_decode_step.restype = None
     lib.gpt2_decode_work_floats.argtypes = [i64, i64, i64, i64, i64, i64, cint]
     lib.gpt2_decode_work_floats.restype = i64
@@ -252,6 +253,10 @@ def threads(requested: int | None = None) -> int:
 
 
 # ----------------------------------------------------------------------------- numpy entry points
+#: the weight dtypes the kernels read: float32, and bfloat16 (``ml_dtypes``) widened on the fly
+BF16 = np.dtype(ml_dtypes.bfloat16)
+
+
 def _f32(a: np.ndarray, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
     if not isinstance(a, np.ndarray) or a.dtype != np.float32 or not a.flags.c_contiguous:
         raise TypeError(f"{name} must be a C-contiguous float32 numpy array")
@@ -260,10 +265,22 @@ def _f32(a: np.ndarray, name: str, shape: tuple[int, ...] | None = None) -> np.n
     return a
 
 
+def _weight(a: np.ndarray, name: str, shape: tuple[int, ...] | None = None) -> int:
+    """Check a weight matrix (C-contiguous float32 or bfloat16); 1 if bfloat16, else 0."""
+    if not isinstance(a, np.ndarray) or a.dtype not in (np.float32, BF16) \
+            or not a.flags.c_contiguous:
+        raise TypeError(f"{name} must be a C-contiguous float32 or bfloat16 numpy array")
+    if shape is not None and a.shape != shape:
+        raise ValueError(f"{name} has shape {a.shape}, expected {shape}")
+    return int(a.dtype == BF16)
+
+
 def linear_kn(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
               nt: int | None = None) -> np.ndarray:
-    """``b + x @ w`` for x (M, K), w (K, N) (GPT-2's Conv1D layout), all float32."""
-    K, N = _f32(w, "w").shape
+    """``b + x @ w`` for x (M, K), w (K, N) (GPT-2's Conv1D layout); x and b float32, w float32
+    or bfloat16 (widened to fp32 in registers: the sums are fp32 either way)."""
+    wbf16 = _weight(w, "w")
+    K, N = w.shape
     x = np.ascontiguousarray(x, np.float32).reshape(-1, x.shape[-1])
     if x.shape[1] != K:
         raise ValueError(f"x has {x.shape[1]} features, w expects {K}")
@@ -273,20 +290,23 @@ def linear_kn(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
     nt = threads(nt)
     y = np.empty((M, N), np.float32)
     scratch = np.empty(max(1, (nt - 1) * M * N), np.float32)
-    library().gpt2_gemv_kn(x.ctypes.data, K, w.ctypes.data, None if b is None else b.ctypes.data,
-                           y.ctypes.data, N, M, K, N, scratch.ctypes.data, nt)
+    library().gpt2_gemv_kn(x.ctypes.data, K, w.ctypes.data, wbf16,
+                           None if b is None else b.ctypes.data, y.ctypes.data, N, M, K, N,
+                           scratch.ctypes.data, nt)
     return y
 
 
 def linear_nk(x: np.ndarray, w: np.ndarray, nt: int | None = None) -> np.ndarray:
-    """``x @ w.T`` for x (M, K), w (N, K) (nn.Linear's layout, e.g. the tied LM head)."""
-    N, K = _f32(w, "w").shape
+    """``x @ w.T`` for x (M, K), w (N, K) (nn.Linear's layout, e.g. the tied LM head); w
+    float32 or bfloat16."""
+    wbf16 = _weight(w, "w")
+    N, K = w.shape
     x = np.ascontiguousarray(x, np.float32).reshape(-1, x.shape[-1])
     if x.shape[1] != K:
         raise ValueError(f"x has {x.shape[1]} features, w expects {K}")
     y = np.empty((x.shape[0], N), np.float32)
-    library().gpt2_gemv_nk(x.ctypes.data, K, w.ctypes.data, y.ctypes.data, N, x.shape[0], K, N,
-                           threads(nt))
+    library().gpt2_gemv_nk(x.ctypes.data, K, w.ctypes.data, wbf16, y.ctypes.data, N, x.shape[0],
+                           K, N, threads(nt))
     return y
 
 
@@ -309,8 +329,11 @@ class DecodeStep:
 
     Args:
         config: the GPT2Config.
-        weights: canonical name -> C-contiguous float32 array, canonical layouts (Conv1D
-            (in, out)); ``lm_head.weight`` (V, C), or (C, V) with ``head_transposed``.
+        weights: canonical name -> C-contiguous array, canonical layouts (Conv1D (in, out));
+            ``lm_head.weight`` (V, C), or (C, V) with ``head_transposed``. The matrices (wte,
+            the LM head, c_attn, c_proj, c_fc) are all float32 or all bfloat16 (half the bytes
+            to read per token; widened to fp32 in registers); the layer norms, biases and wpe
+            are float32, or bfloat16 widened to a float32 copy here (they are small).
         keys, values: per layer (B, H, L, D) float32 buffers, written at each step's slot.
         batch: B rows (at most :data:`MAX_ROWS`).
         scales: per-layer attention scales (default :func:`attention_scales`).
@@ -324,6 +347,8 @@ class DecodeStep:
     LAYER_NAMES = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
                    "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight", "ln_2.bias",
                    "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias")
+    MATRICES = frozenset(("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight",
+                          "mlp.c_proj.weight"))
 
     @staticmethod
     def unsupported_reason(config: Any, batch: int, max_length: int) -> str | None:
@@ -358,23 +383,35 @@ class DecodeStep:
         D = C // H
         cache_shape = (batch, H, self.L, D)
 
-        def ptr(name: str, shape: tuple[int, ...] | None = None) -> int:
-            a = _f32(weights[name], name, shape)
+        wte = weights["transformer.wte.weight"]
+        self.wbf16 = _weight(wte, "transformer.wte.weight", (config.vocab_size, C))
+
+        def ptr(name: str, shape: tuple[int, ...] | None = None, matrix: bool = False) -> int:
+            a = weights[name]
+            if matrix:
+                if _weight(a, name, shape) != self.wbf16:
+                    raise TypeError(f"{name} is {a.dtype} but transformer.wte.weight is "
+                                    f"{wte.dtype}: the weight matrices must share one dtype")
+            else:
+                if isinstance(a, np.ndarray) and a.dtype == BF16:
+                    a = a.astype(np.float32)  # a vector or wpe: widened once, exactly
+                _f32(a, name, shape)
             self._keep.append(a)
             return a.ctypes.data
 
         head_shape = (C, V) if head_transposed else (V, C)
-        glob = [ptr("transformer.wte.weight", (V, C)),
+        glob = [ptr("transformer.wte.weight", (V, C), matrix=True),
                 ptr("transformer.wpe.weight", (config.n_positions, C)),
                 ptr("transformer.ln_f.weight", (C,)), ptr("transformer.ln_f.bias", (C,)),
-                ptr("lm_head.weight", head_shape)]
+                ptr("lm_head.weight", head_shape, matrix=True)]
         shapes = [(C,), (C,), (C, 3 * C), (3 * C,), (C, C), (C,), (C,), (C,), (C, F), (F,),
                   (F, C), (C,)]
         per_layer = []
         if len(keys) != config.n_layer or len(values) != config.n_layer:
             raise ValueError(f"need {config.n_layer} key and value buffers")
         for i, (k, v) in enumerate(zip(keys, values)):
-            per_layer += [ptr(f"transformer.h.{i}.{n}", s) for n, s in zip(self.LAYER_NAMES, shapes)]
+            per_layer += [ptr(f"transformer.h.{i}.{n}", s, matrix=n in self.MATRICES)
+                          for n, s in zip(self.LAYER_NAMES, shapes)]
             for name, buf in (("keys", k), ("values", v)):
                 _f32(buf, f"{name}[{i}]", cache_shape)
                 if not buf.flags.writeable:
@@ -407,5 +444,5 @@ class DecodeStep:
             ids.ctypes.data, positions.ctypes.data, self._glob, self._layers,
             self._scales.ctypes.data, bias.ctypes.data, slot, M, self.C, self.H, L, self.F,
             self.V, self.n_layer, self.eps, self.act, self.head_kn, out.ctypes.data,
-            self._work.ctypes.data, self.nt)
+            self._work.ctypes.data, self.nt, self.wbf16)
         return out

@@ -13,6 +13,12 @@
  * Two layouts, both reading each weight exactly once for all M rows of X:
  *   kn: Y = bias + X @ W   with W (K, N) row-major  (GPT-2 Conv1D, (in, out))
  *   nk: Y = X @ W^T        with W (N, K) row-major  (nn.Linear / the tied LM head, (V, C))
+ * W may also be bfloat16 (`wbf16`): half the bytes to stream, so up to twice the tokens/s.
+ * Each bf16 weight is widened to fp32 in registers (a zero-extend and a 16-bit shift: exact)
+ * and multiplied by fp32 activations with fp32 accumulation, so the only rounding beyond the
+ * fp32 kernel's is the weights' own. (AVX512-BF16's vdpbf16ps would also round the activations
+ * to bf16; the widening costs two cheap instructions per 16 weights and the loop stays bound
+ * by memory, so it is not needed for speed.)
  * No bounds checks here: the Python wrapper checks shapes, dtypes and contiguity.
  */
 #if defined(__AVX512F__)
@@ -40,6 +46,19 @@ typedef float vfu __attribute__((vector_size(64), aligned(4))); /* unaligned acc
 
 static inline vf ld(const float *p) { return *(const vfu *)p; }
 static inline void st(float *p, vf v) { *(vfu *)p = v; }
+
+/* bfloat16 is the top half of an fp32: widening is exact (zero-extend, shift left by 16) */
+typedef uint16_t vhu __attribute__((vector_size(32), aligned(2)));
+typedef uint32_t vu32 __attribute__((vector_size(64)));
+static inline vf ldh(const uint16_t *p) {
+    return (vf)(__builtin_convertvector(*(const vhu *)p, vu32) << 16);
+}
+static inline float bf(uint16_t h) {
+    const uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
 
 /* Y[m, :] += sum_{k0 <= k < k1} X[m, k] * W[k, :]; streams rows k0..k1 of W contiguously,
    several rows of W per pass, their broadcast x values hoisted out of the column loop. */
@@ -104,6 +123,60 @@ static void kn_rows(const float *restrict X, int64_t ldx, const float *restrict 
         }
 }
 
+/* kn_rows for a bfloat16 W: four rows of W per pass for any M, eight when M == 1. */
+static void kn_rows_bf16(const float *restrict X, int64_t ldx, const uint16_t *restrict W,
+                         float *restrict Y, int64_t ldy, int64_t M, int64_t k0, int64_t k1,
+                         int64_t N) {
+    const int64_t Nv = N / VL * VL;
+    int64_t k = k0;
+    if (M == 1)
+        for (; k + 8 <= k1; k += 8) {
+            const uint16_t *w = W + k * N;
+            vf xv[8];
+            for (int i = 0; i < 8; ++i) xv[i] = (vf){0} + X[k + i];
+            for (int64_t n = 0; n < Nv; n += VL) {
+                vf acc = ld(Y + n);
+                acc += xv[0] * ldh(w + n) + xv[1] * ldh(w + N + n) + xv[2] * ldh(w + 2 * N + n) +
+                       xv[3] * ldh(w + 3 * N + n);
+                acc += xv[4] * ldh(w + 4 * N + n) + xv[5] * ldh(w + 5 * N + n) +
+                       xv[6] * ldh(w + 6 * N + n) + xv[7] * ldh(w + 7 * N + n);
+                st(Y + n, acc);
+            }
+            for (int64_t n = Nv; n < N; ++n)
+                for (int i = 0; i < 8; ++i) Y[n] += X[k + i] * bf(w[i * N + n]);
+        }
+    for (; k + 4 <= k1; k += 4) {
+        const uint16_t *w0 = W + k * N, *w1 = w0 + N, *w2 = w1 + N, *w3 = w2 + N;
+        for (int64_t mb = 0; mb < M; mb += KN_MB) {
+            const int64_t me = mb + KN_MB < M ? mb + KN_MB : M;
+            vf xb[KN_MB][4];
+            for (int64_t m = mb; m < me; ++m)
+                for (int i = 0; i < 4; ++i) xb[m - mb][i] = (vf){0} + X[m * ldx + k + i];
+            for (int64_t n = 0; n < Nv; n += VL) {
+                const vf a = ldh(w0 + n), b = ldh(w1 + n), c = ldh(w2 + n), d = ldh(w3 + n);
+                for (int64_t m = mb; m < me; ++m) {
+                    float *y = Y + m * ldy + n;
+                    const vf *xv = xb[m - mb];
+                    st(y, ld(y) + xv[0] * a + xv[1] * b + xv[2] * c + xv[3] * d);
+                }
+            }
+        }
+        for (int64_t n = Nv; n < N; ++n)
+            for (int64_t m = 0; m < M; ++m) {
+                const float *x = X + m * ldx + k;
+                Y[m * ldy + n] += x[0] * bf(w0[n]) + x[1] * bf(w1[n]) + x[2] * bf(w2[n]) +
+                                  x[3] * bf(w3[n]);
+            }
+    }
+    for (; k < k1; ++k)
+        for (int64_t m = 0; m < M; ++m) {
+            const float xk = X[m * ldx + k];
+            const uint16_t *w = W + k * N;
+            float *y = Y + m * ldy;
+            for (int64_t n = 0; n < N; ++n) y[n] += xk * bf(w[n]);
+        }
+}
+
 static void kn_init(const float *bias, float *Y, int64_t ldy, int64_t M, int64_t N) {
     for (int64_t m = 0; m < M; ++m)
         for (int64_t n = 0; n < N; ++n) Y[m * ldy + n] = bias ? bias[n] : 0.f;
@@ -132,16 +205,19 @@ static inline float activate(float x, int act) {
  * its own partial (thread 0 into Y, the others into `part`, (T - 1) * M * N floats), then after
  * a barrier each thread reduces a block of columns. Row strides: X ldx, Y and resid ldy.
  */
-static void kn_team(const float *X, int64_t ldx, const float *W, const float *bias, float *Y,
-                    int64_t ldy, float *part, float *resid, int act, int64_t M, int64_t K,
-                    int64_t N, int t, int T) {
+static void kn_team(const float *X, int64_t ldx, const void *W, int wbf16, const float *bias,
+                    float *Y, int64_t ldy, float *part, float *resid, int act, int64_t M,
+                    int64_t K, int64_t N, int t, int T) {
     const int64_t chunk = (K + T - 1) / T;
     int64_t k0 = t * chunk, k1 = k0 + chunk;
     if (k1 > K) k1 = K;
     float *acc = t == 0 ? Y : part + (int64_t)(t - 1) * M * N;
     const int64_t lda = t == 0 ? ldy : N;
     kn_init(t == 0 ? bias : 0, acc, lda, M, N);
-    if (k0 < k1) kn_rows(X, ldx, W, acc, lda, M, k0, k1, N);
+    if (k0 < k1) {
+        if (wbf16) kn_rows_bf16(X, ldx, W, acc, lda, M, k0, k1, N);
+        else kn_rows(X, ldx, W, acc, lda, M, k0, k1, N);
+    }
     BARRIER
     const int64_t c = ((N + T - 1) / T + VL - 1) / VL * VL;
     int64_t n0 = t * c, n1 = n0 + c;
@@ -161,17 +237,19 @@ static void kn_team(const float *X, int64_t ldx, const float *W, const float *bi
  * blocks (each thread streams one block of W), the partial sums of threads 1.. go to `scratch`
  * ((nt - 1) * M * N floats), and are added into Y after a barrier.
  */
-void gpt2_gemv_kn(const float *X, int64_t ldx, const float *W, const float *bias, float *Y,
-                  int64_t ldy, int64_t M, int64_t K, int64_t N, float *scratch, int nt) {
+void gpt2_gemv_kn(const float *X, int64_t ldx, const void *W, int wbf16, const float *bias,
+                  float *Y, int64_t ldy, int64_t M, int64_t K, int64_t N, float *scratch,
+                  int nt) {
     if (nt <= 1) {
         kn_init(bias, Y, ldy, M, N);
-        kn_rows(X, ldx, W, Y, ldy, M, 0, K, N);
+        if (wbf16) kn_rows_bf16(X, ldx, W, Y, ldy, M, 0, K, N);
+        else kn_rows(X, ldx, W, Y, ldy, M, 0, K, N);
         return;
     }
 #pragma omp parallel num_threads(nt)
     {
         TEAM_ID;
-        kn_team(X, ldx, W, bias, Y, ldy, scratch, 0, ACT_LINEAR, M, K, N, t, T);
+        kn_team(X, ldx, W, wbf16, bias, Y, ldy, scratch, 0, ACT_LINEAR, M, K, N, t, T);
     }
 }
 
@@ -207,11 +285,38 @@ static void nk_rows(const float *restrict X, int64_t ldx, const float *restrict 
     }
 }
 
+/* nk_rows for a bfloat16 W. */
+static void nk_rows_bf16(const float *restrict X, int64_t ldx, const uint16_t *restrict W,
+                         float *restrict Y, int64_t ldy, int64_t M, int64_t K, int64_t n0,
+                         int64_t n1) {
+    const int64_t K2 = K / (2 * VL) * (2 * VL);
+    for (int64_t n = n0; n < n1; ++n) {
+        const uint16_t *w = W + n * K;
+        for (int64_t m = 0; m < M; ++m) {
+            const float *x = X + m * ldx;
+            vf a0 = {0}, a1 = {0};
+            for (int64_t k = 0; k < K2; k += 2 * VL) {
+                a0 += ld(x + k) * ldh(w + k);
+                a1 += ld(x + k + VL) * ldh(w + k + VL);
+            }
+            float s = hsum(a0 + a1);
+            for (int64_t k = K2; k < K; ++k) s += x[k] * bf(w[k]);
+            Y[m * ldy + n] = s;
+        }
+    }
+}
+
+static void nk_any(const float *X, int64_t ldx, const void *W, int wbf16, float *Y, int64_t ldy,
+                   int64_t M, int64_t K, int64_t n0, int64_t n1) {
+    if (wbf16) nk_rows_bf16(X, ldx, W, Y, ldy, M, K, n0, n1);
+    else nk_rows(X, ldx, W, Y, ldy, M, K, n0, n1);
+}
+
 /* Y (M, N) = X (M, K) @ W^T with W (N, K); the N rows are split into nt contiguous blocks. */
-void gpt2_gemv_nk(const float *X, int64_t ldx, const float *W, float *Y, int64_t ldy, int64_t M,
-                  int64_t K, int64_t N, int nt) {
+void gpt2_gemv_nk(const float *X, int64_t ldx, const void *W, int wbf16, float *Y, int64_t ldy,
+                  int64_t M, int64_t K, int64_t N, int nt) {
     if (nt <= 1) {
-        nk_rows(X, ldx, W, Y, ldy, M, K, 0, N);
+        nk_any(X, ldx, W, wbf16, Y, ldy, M, K, 0, N);
         return;
     }
 #pragma omp parallel num_threads(nt)
@@ -220,7 +325,7 @@ void gpt2_gemv_nk(const float *X, int64_t ldx, const float *W, float *Y, int64_t
         const int64_t chunk = (N + T - 1) / T;
         int64_t n0 = t * chunk, n1 = n0 + chunk;
         if (n1 > N) n1 = N;
-        if (n0 < n1) nk_rows(X, ldx, W, Y, ldy, M, K, n0, n1);
+        if (n0 < n1) nk_any(X, ldx, W, wbf16, Y, ldy, M, K, n0, n1);
     }
 }
 
@@ -264,24 +369,28 @@ static void layer_norm(const float *x, const float *w, const float *b, float *y,
  *   scales (n_layer): the attention score scale of each layer
  *   bias (M, L): additive mask over cache slots (padding); slots after `pos` are never read
  *   work: gpt2_decode_work_floats(...) floats of scratch
+ *   wbf16: wte, the LM head and the four matrices of each layer are bfloat16 (the layer norms,
+ *          biases, wpe and the cache stay fp32)
  */
 void gpt2_decode_step(const int64_t *ids, const int64_t *positions, void *const *glob,
                       void *const *layers, const float *scales, const float *bias, int64_t pos,
                       int64_t M, int64_t C, int64_t H, int64_t L, int64_t F, int64_t V,
                       int64_t n_layer, float eps, int act, int head_kn, float *logits,
-                      float *work, int nt) {
+                      float *work, int nt, int wbf16) {
     const int64_t D = C / H;
     float *h = work, *x = h + M * C, *qkv = x + M * C, *att = qkv + M * 3 * C,
           *f = att + M * C, *tmp = f + M * F, *scores = tmp + M * C, *part = scores + M * H * L;
-    const float *wte = glob[0], *wpe = glob[1], *lnf_w = glob[2], *lnf_b = glob[3],
-                *head = glob[4];
+    const float *wte = glob[0], *wpe = glob[1], *lnf_w = glob[2], *lnf_b = glob[3];
+    const void *head = glob[4];
+    const uint16_t *wte_h = glob[0];
     if (nt < 1) nt = 1;
 #pragma omp parallel num_threads(nt)
     {
         TEAM_ID;
         for (int64_t m = t; m < M; m += T)
             for (int64_t i = 0; i < C; ++i)
-                h[m * C + i] = wte[ids[m] * C + i] + wpe[positions[m] * C + i];
+                h[m * C + i] = (wbf16 ? bf(wte_h[ids[m] * C + i]) : wte[ids[m] * C + i]) +
+                               wpe[positions[m] * C + i];
         BARRIER
         for (int64_t l = 0; l < n_layer; ++l) {
             void *const *p = layers + l * 14;
@@ -289,7 +398,7 @@ void gpt2_decode_step(const int64_t *ids, const int64_t *positions, void *const 
             for (int64_t m = t; m < M; m += T)
                 layer_norm(h + m * C, p[0], p[1], x + m * C, C, eps);
             BARRIER
-            kn_team(x, C, p[2], p[3], qkv, 3 * C, part, 0, ACT_LINEAR, M, C, 3 * C, t, T);
+            kn_team(x, C, p[2], wbf16, p[3], qkv, 3 * C, part, 0, ACT_LINEAR, M, C, 3 * C, t, T);
             /* attention: each (row, head) pair writes its new key/value, then attends */
             const float scale = scales[l];
             for (int64_t pr = t; pr < M * H; pr += T) {
@@ -318,23 +427,23 @@ void gpt2_decode_step(const int64_t *ids, const int64_t *positions, void *const 
                 }
             }
             BARRIER
-            kn_team(att, C, p[4], p[5], tmp, C, part, h, ACT_LINEAR, M, C, C, t, T);
+            kn_team(att, C, p[4], wbf16, p[5], tmp, C, part, h, ACT_LINEAR, M, C, C, t, T);
             for (int64_t m = t; m < M; m += T)
                 layer_norm(h + m * C, p[6], p[7], x + m * C, C, eps);
             BARRIER
-            kn_team(x, C, p[8], p[9], f, F, part, 0, act, M, C, F, t, T);
-            kn_team(f, F, p[10], p[11], tmp, C, part, h, ACT_LINEAR, M, F, C, t, T);
+            kn_team(x, C, p[8], wbf16, p[9], f, F, part, 0, act, M, C, F, t, T);
+            kn_team(f, F, p[10], wbf16, p[11], tmp, C, part, h, ACT_LINEAR, M, F, C, t, T);
         }
         for (int64_t m = t; m < M; m += T)
             layer_norm(h + m * C, lnf_w, lnf_b, x + m * C, C, eps);
         BARRIER
         if (head_kn) {
-            kn_team(x, C, head, 0, logits, V, part, 0, ACT_LINEAR, M, C, V, t, T);
+            kn_team(x, C, head, wbf16, 0, logits, V, part, 0, ACT_LINEAR, M, C, V, t, T);
         } else {
             const int64_t chunk = (V + T - 1) / T;
             int64_t n0 = t * chunk, n1 = n0 + chunk;
             if (n1 > V) n1 = V;
-            if (n0 < n1) nk_rows(x, C, head, logits, V, M, C, n0, n1);
+            if (n0 < n1) nk_any(x, C, head, wbf16, logits, V, M, C, n0, n1);
         }
     }
 }
@@ -348,4 +457,4 @@ int64_t gpt2_decode_work_floats(int64_t M, int64_t C, int64_t H, int64_t L, int6
     return M * C * 4 + M * 3 * C + M * F + M * H * L + (int64_t)(nt - 1) * M * NMAX + 64;
 }
 
-int gpt2_kernels_abi(void) { return 3; }
+int gpt2_kernels_abi(void) { return 4; }

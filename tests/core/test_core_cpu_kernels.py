@@ -104,6 +104,72 @@ def test_bad_inputs_are_named():
         step(np.array([1]), np.array([0]), np.zeros((1, 4), np.float32), 4)
 
 
+# bf16 weights: the kernel widens each weight exactly and sums in fp32, so against a float64
+# reference over the *same bf16-rounded weights* the error is the fp32 kernel's (docs/cpu-kernels.md)
+def _bf16(sd):
+    return {k: v.astype(K.BF16) for k, v in sd.items()}
+
+
+def _widened(sd):
+    return {k: v.astype(np.float32) for k, v in sd.items()}
+
+
+@pytest.mark.parametrize("nt", [1, 2])
+def test_bf16_gemv_equal_numpy_over_the_rounded_weights(nt):
+    rng = np.random.default_rng(2)
+    for M, Kd, N in [(1, 37, 19), (1, 64, 47), (3, 36, 108), (16, 300, 1000)]:
+        x = rng.standard_normal((M, Kd), dtype=np.float32)
+        w = rng.standard_normal((Kd, N), dtype=np.float32).astype(K.BF16)
+        b = rng.standard_normal(N, dtype=np.float32)
+        want = x.astype(np.float64) @ w.astype(np.float64) + b
+        np.testing.assert_allclose(K.linear_kn(x, w, b, nt=nt), want, rtol=0,
+                                   atol=2e-6 * np.abs(want).max())
+        want = x.astype(np.float64) @ w.astype(np.float64)
+        np.testing.assert_allclose(K.linear_nk(x, np.ascontiguousarray(w.T), nt=nt), want,
+                                   rtol=0, atol=2e-6 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("nt", [1, 2])
+@pytest.mark.parametrize("overrides", [{}, {"tie_word_embeddings": False, "n_inner": 50,
+                                            "activation_function": "gelu"}])
+def test_bf16_decode_steps_equal_the_numpy_reference(nt, overrides):
+    cfg = tiny_config(**overrides)
+    sd = _bf16(_canonical(cfg, seed=3))
+    rng = np.random.default_rng(3)
+    B, T, L = 2, 6, 8
+    ids = rng.integers(0, cfg.vocab_size, (B, T))
+    mask = np.ones((B, T), np.int64)
+    mask[1, :3] = 0
+    positions = np.where(mask == 1, np.cumsum(mask, 1) - 1, 1)
+    H, D = cfg.n_head, cfg.n_embd // cfg.n_head
+    keys = [np.zeros((B, H, L, D), np.float32) for _ in range(cfg.n_layer)]
+    values = [np.zeros((B, H, L, D), np.float32) for _ in range(cfg.n_layer)]
+    step = K.DecodeStep(cfg, sd, keys, values, B, nt=nt)
+    assert step.wbf16 == 1
+    bias = np.where(np.pad(mask, [(0, 0), (0, L - T)], constant_values=1) == 1, 0.0,
+                    np.finfo(np.float32).min / 2).astype(np.float32)
+    ref = reference.lm_logits(_widened(sd), cfg, ids, attention_mask=mask, position_ids=positions)
+    for t in range(T):
+        logits = step(ids[:, t], positions[:, t], bias, t)
+        for b in range(B):
+            if mask[b, t]:
+                want = ref[b, t]
+                assert np.abs(logits[b] - want).max() <= 2e-5 * np.abs(want).max(), (t, b)
+
+
+def test_bf16_matrices_must_not_mix_with_fp32():
+    cfg = tiny_config()
+    sd = _canonical(cfg)
+    H, D = cfg.n_head, cfg.n_embd // cfg.n_head
+    kv = [np.zeros((1, H, 4, D), np.float32) for _ in range(cfg.n_layer)]
+    mixed = dict(sd, **{"transformer.h.1.mlp.c_fc.weight":
+                        sd["transformer.h.1.mlp.c_fc.weight"].astype(K.BF16)})
+    with pytest.raises(TypeError, match=r"transformer\.h\.1\.mlp\.c_fc\.weight is bfloat16"):
+        K.DecodeStep(cfg, mixed, kv, kv, 1)
+    with pytest.raises(TypeError, match="float32 or bfloat16"):
+        K.linear_nk(np.ones((1, 3), np.float32), np.ones((2, 3), np.float16))
+
+
 def test_reasons_for_not_running():
     cfg = tiny_config()
     assert K.DecodeStep.unsupported_reason(cfg, 1, 8) is None
