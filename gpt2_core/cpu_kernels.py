@@ -88,6 +88,17 @@ def _cpu_signature() -> str:
     return "\n".join(sig)
 
 
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (x86 AVX512-BF16 / AMX-BF16, Arm BF16).
+
+    Without it, frameworks emulate bf16 matrix products: torch's bf16 prefill of a 16-token
+    prompt for GPT-2 small takes 3.3 s on this AVX2 machine against 0.2 s in fp32, so
+    ``generate`` feeds short prompts of bf16 models through the kernel token by token instead.
+    """
+    flags = set(_cpu_signature().replace(":", " ").split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
 def _openmp_runtimes() -> set[str]:
     """Distinct OpenMP runtime files mapped into this process (Linux)."""
     found = set()

@@ -1,8 +1,10 @@
-"""torch side of the fp32 CPU decoding kernels (:mod:`gpt2_core.cpu_kernels`).
+"""torch side of the CPU decoding kernels (:mod:`gpt2_core.cpu_kernels`).
 
 ``Conv1D`` sends a few rows without autograd (decoding) through :func:`linear_kn`; ``generate``
 runs each single-token step through :class:`DecodeStep` (one kernel call per token) where
-:meth:`DecodeStep.unsupported_reason` allows, and through the torch modules otherwise. The
+:meth:`DecodeStep.unsupported_reason` allows, and through the torch modules otherwise. Models
+in float32 or bfloat16 both take the step (bf16 weights are read as they are, half the bytes;
+the cache and the sums stay fp32, see :data:`CACHE_DTYPE`). The
 kernels' OpenMP runtime is the one torch already loaded, so they run on torch's intra-op
 threads (``torch.set_num_threads``).
 
@@ -18,6 +20,12 @@ import torch
 
 from gpt2_core import cpu_kernels as core
 from gpt2_core.cpu_kernels import MAX_ROWS, disabled, load, status  # noqa: F401  (re-exported)
+
+
+#: the cache dtype the fused step needs, whatever the weights' dtype
+CACHE_DTYPE = torch.float32
+#: parameter dtypes the fused step reads
+STEP_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def _threads() -> int:
@@ -59,8 +67,12 @@ def linear_nk(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def _view(t: torch.Tensor):
-    """A numpy view of a CPU tensor (no copy; the core checks dtype, layout and shape)."""
-    return t.detach().numpy()
+    """A numpy view of a CPU tensor (no copy; the core checks dtype, layout and shape);
+    bfloat16 becomes ``ml_dtypes.bfloat16``, which numpy cannot get from torch directly."""
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(core.BF16)
+    return t.numpy()
 
 
 class DecodeStep:
@@ -90,10 +102,15 @@ class DecodeStep:
             return "model in training mode (dropout)"
         if not hasattr(model, "lm_head"):
             return "no LM head"
-        for t in [*model.parameters(), *cache.keys, *cache.values]:
-            if (type(t) not in (torch.Tensor, torch.nn.Parameter) or t.dtype != torch.float32
-                    or t.device.type != "cpu" or not t.is_contiguous()):
-                return "weights or cache not contiguous fp32 CPU tensors"
+        params = list(model.parameters())
+        if len({p.dtype for p in params}) != 1 or params[0].dtype not in STEP_DTYPES:
+            return "weights not all float32 or all bfloat16"
+        for t in [*params, *cache.keys, *cache.values]:
+            if (type(t) not in (torch.Tensor, torch.nn.Parameter) or t.device.type != "cpu"
+                    or not t.is_contiguous()):
+                return "weights or cache not contiguous CPU tensors"
+        if any(t.dtype != CACHE_DTYPE for t in [*cache.keys, *cache.values]):
+            return "cache not float32"
         return None
 
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor, bias: torch.Tensor,

@@ -41,6 +41,9 @@ from gpt2_torch.modeling import (
 logger = logging.getLogger(__name__)
 
 _compiled_step: Callable | None = None
+#: longest prompt of a bf16 model that :meth:`_Decoder.prefill` feeds through the CPU kernel
+#: token by token when the CPU has no native bf16 (each token costs one decoding step)
+KERNEL_PROMPT_TOKENS = 64
 
 
 # ----------------------------------------------------------------------------- the model step
@@ -128,7 +131,11 @@ class _Decoder:
         self.model = model
         device = model.lm_head.weight.device
         dtype = model.lm_head.weight.dtype
-        self.cache = StaticCache.allocate(model.config, batch, max_length, dtype, device)
+        # the fused CPU step reads bf16 weights but keeps its cache (and sums) in fp32
+        fused_bf16 = (dtype == torch.bfloat16 and not compile and device.type == "cpu"
+                      and encoder_hidden_states is None and _cpu_kernels.core.active())
+        cache_dtype = _cpu_kernels.CACHE_DTYPE if fused_bf16 else dtype
+        self.cache = StaticCache.allocate(model.config, batch, max_length, cache_dtype, device)
         self.head_w = _lm_head_matrix(model, compile)
         T0 = prompt_mask.shape[1]
         slot_mask = torch.ones(batch, max_length, dtype=torch.long, device=device)
@@ -167,12 +174,25 @@ class _Decoder:
                 self.fused = _cpu_kernels.DecodeStep(model, self.cache, batch)
             else:
                 logger.debug("generate: torch modules for decoding (%s)", reason)
+        self.fused_prompt = fused_bf16 and not _cpu_kernels.core.native_bf16()
+        if self.fused is None and cache_dtype != dtype:  # the modules want the model's dtype
+            self.cache = StaticCache.allocate(model.config, batch, max_length, dtype, device)
 
     def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Run the prompt (B, T0) with the model's own forward, then copy its keys/values into
         the first T0 slots of the cache: the prompt pass keeps SDPA's causal kernel and attends
-        over T0 keys only, not over the whole buffer. Logits (B, V) of the last position."""
+        over T0 keys only, not over the whole buffer. Logits (B, V) of the last position.
+
+        A bf16 model on a CPU without native bf16 products instead feeds a prompt of up to
+        :data:`KERNEL_PROMPT_TOKENS` tokens through the fused kernel one token at a time (the
+        same causal computation; torch's emulated bf16 GEMM is ~16x slower than fp32 there)."""
         T0 = input_ids.shape[1]
+        if self.fused is not None and self.fused_prompt and T0 <= KERNEL_PROMPT_TOKENS:
+            for t in range(T0):
+                logits = self.fused(input_ids[:, t], self.prompt_positions[:, t], self.pad_bias,
+                                    t)
+            self.length = T0
+            return logits
         enc_states, enc_mask = self.encoder_inputs
         out = self.model.transformer(
             input_ids, attention_mask=self.prompt_mask, position_ids=self.prompt_positions,

@@ -21,7 +21,7 @@
  * by memory, so it is not needed for speed.)
  * No bounds checks here: the Python wrapper checks shapes, dtypes and contiguity.
  */
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 #include <math.h>
@@ -48,11 +48,6 @@ static inline vf ld(const float *p) { return *(const vfu *)p; }
 static inline void st(float *p, vf v) { *(vfu *)p = v; }
 
 /* bfloat16 is the top half of an fp32: widening is exact (zero-extend, shift left by 16) */
-typedef uint16_t vhu __attribute__((vector_size(32), aligned(2)));
-typedef uint32_t vu32 __attribute__((vector_size(64)));
-static inline vf ldh(const uint16_t *p) {
-    return (vf)(__builtin_convertvector(*(const vhu *)p, vu32) << 16);
-}
 static inline float bf(uint16_t h) {
     const uint32_t u = (uint32_t)h << 16;
     float f;
@@ -123,50 +118,50 @@ static void kn_rows(const float *restrict X, int64_t ldx, const float *restrict 
         }
 }
 
-/* kn_rows for a bfloat16 W: four rows of W per pass for any M, eight when M == 1. */
+/* kn_rows for a bfloat16 W. The widening needs registers, so these loops use the machine's
+   own vector width (16 floats with AVX-512, else 8): with 16-float vectors split over AVX2's
+   8-float registers, eight rows in flight spill and the loop turns compute-bound. */
+#if defined(__AVX512F__)
+#define NW 16
+#else
+#define NW 8
+#endif
+typedef float vn __attribute__((vector_size(NW * 4)));
+typedef float vnu __attribute__((vector_size(NW * 4), aligned(4)));
+typedef uint16_t vnh __attribute__((vector_size(NW * 2), aligned(2)));
+typedef uint32_t vn32 __attribute__((vector_size(NW * 4)));
+static inline vn ldn(const float *p) { return *(const vnu *)p; }
+static inline void stn(float *p, vn v) { *(vnu *)p = v; }
+/* the widening as one zero-extending load and a shift (GCC's generic convertvector for AVX2
+   splits it into 128-bit halves and shuffles: three times the port-5 work, compute-bound) */
+static inline vn ldnh(const uint16_t *p) {
+#if defined(__AVX512F__)
+    return (vn)_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16);
+#elif defined(__AVX2__)
+    return (vn)_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16);
+#else
+    return (vn)(__builtin_convertvector(*(const vnh *)p, vn32) << 16);
+#endif
+}
+
 static void kn_rows_bf16(const float *restrict X, int64_t ldx, const uint16_t *restrict W,
                          float *restrict Y, int64_t ldy, int64_t M, int64_t k0, int64_t k1,
                          int64_t N) {
-    const int64_t Nv = N / VL * VL;
+    const int64_t Nv = N / NW * NW;
     int64_t k = k0;
-    if (M == 1)
-        for (; k + 8 <= k1; k += 8) {
-            const uint16_t *w = W + k * N;
-            vf xv[8];
-            for (int i = 0; i < 8; ++i) xv[i] = (vf){0} + X[k + i];
-            for (int64_t n = 0; n < Nv; n += VL) {
-                vf acc = ld(Y + n);
-                acc += xv[0] * ldh(w + n) + xv[1] * ldh(w + N + n) + xv[2] * ldh(w + 2 * N + n) +
-                       xv[3] * ldh(w + 3 * N + n);
-                acc += xv[4] * ldh(w + 4 * N + n) + xv[5] * ldh(w + 5 * N + n) +
-                       xv[6] * ldh(w + 6 * N + n) + xv[7] * ldh(w + 7 * N + n);
-                st(Y + n, acc);
-            }
-            for (int64_t n = Nv; n < N; ++n)
-                for (int i = 0; i < 8; ++i) Y[n] += X[k + i] * bf(w[i * N + n]);
-        }
     for (; k + 4 <= k1; k += 4) {
         const uint16_t *w0 = W + k * N, *w1 = w0 + N, *w2 = w1 + N, *w3 = w2 + N;
-        for (int64_t mb = 0; mb < M; mb += KN_MB) {
-            const int64_t me = mb + KN_MB < M ? mb + KN_MB : M;
-            vf xb[KN_MB][4];
-            for (int64_t m = mb; m < me; ++m)
-                for (int i = 0; i < 4; ++i) xb[m - mb][i] = (vf){0} + X[m * ldx + k + i];
-            for (int64_t n = 0; n < Nv; n += VL) {
-                const vf a = ldh(w0 + n), b = ldh(w1 + n), c = ldh(w2 + n), d = ldh(w3 + n);
-                for (int64_t m = mb; m < me; ++m) {
-                    float *y = Y + m * ldy + n;
-                    const vf *xv = xb[m - mb];
-                    st(y, ld(y) + xv[0] * a + xv[1] * b + xv[2] * c + xv[3] * d);
-                }
-            }
+        for (int64_t m = 0; m < M; ++m) {
+            const float *x = X + m * ldx + k;
+            const vn x0 = (vn){0} + x[0], x1 = (vn){0} + x[1], x2 = (vn){0} + x[2],
+                     x3 = (vn){0} + x[3];
+            float *y = Y + m * ldy;
+            for (int64_t n = 0; n < Nv; n += NW)
+                stn(y + n, ldn(y + n) + x0 * ldnh(w0 + n) + x1 * ldnh(w1 + n) +
+                               x2 * ldnh(w2 + n) + x3 * ldnh(w3 + n));
+            for (int64_t n = Nv; n < N; ++n)
+                y[n] += x[0] * bf(w0[n]) + x[1] * bf(w1[n]) + x[2] * bf(w2[n]) + x[3] * bf(w3[n]);
         }
-        for (int64_t n = Nv; n < N; ++n)
-            for (int64_t m = 0; m < M; ++m) {
-                const float *x = X + m * ldx + k;
-                Y[m * ldy + n] += x[0] * bf(w0[n]) + x[1] * bf(w1[n]) + x[2] * bf(w2[n]) +
-                                  x[3] * bf(w3[n]);
-            }
     }
     for (; k < k1; ++k)
         for (int64_t m = 0; m < M; ++m) {
@@ -285,21 +280,23 @@ static void nk_rows(const float *restrict X, int64_t ldx, const float *restrict 
     }
 }
 
-/* nk_rows for a bfloat16 W. */
+/* nk_rows for a bfloat16 W (native vector width, as kn_rows_bf16). */
 static void nk_rows_bf16(const float *restrict X, int64_t ldx, const uint16_t *restrict W,
                          float *restrict Y, int64_t ldy, int64_t M, int64_t K, int64_t n0,
                          int64_t n1) {
-    const int64_t K2 = K / (2 * VL) * (2 * VL);
+    const int64_t K2 = K / (2 * NW) * (2 * NW);
     for (int64_t n = n0; n < n1; ++n) {
         const uint16_t *w = W + n * K;
         for (int64_t m = 0; m < M; ++m) {
             const float *x = X + m * ldx;
-            vf a0 = {0}, a1 = {0};
-            for (int64_t k = 0; k < K2; k += 2 * VL) {
-                a0 += ld(x + k) * ldh(w + k);
-                a1 += ld(x + k + VL) * ldh(w + k + VL);
+            vn a0 = {0}, a1 = {0};
+            for (int64_t k = 0; k < K2; k += 2 * NW) {
+                a0 += ldn(x + k) * ldnh(w + k);
+                a1 += ldn(x + k + NW) * ldnh(w + k + NW);
             }
-            float s = hsum(a0 + a1);
+            a0 += a1;
+            float s = 0.f;
+            for (int i = 0; i < NW; ++i) s += a0[i];
             for (int64_t k = K2; k < K; ++k) s += x[k] * bf(w[k]);
             Y[m * ldy + n] = s;
         }

@@ -139,8 +139,15 @@ def test_fused_step_not_used_where_unsupported():
     model.eval()
     assert "cross" in K.DecodeStep.unsupported_reason(
         make_model("lm", add_cross_attention=True), cache, 1)
-    assert "fp32" in K.DecodeStep.unsupported_reason(
-        make_model("lm").to(torch.bfloat16), cache, 1)
+    assert K.DecodeStep.unsupported_reason(make_model("lm").to(torch.bfloat16), cache, 1) is None
+    bf16_cache = StaticCache.allocate(model.config, 1, 8, torch.bfloat16)
+    assert "cache not float32" in K.DecodeStep.unsupported_reason(model, bf16_cache, 1)
+    assert "float32 or all bfloat16" in K.DecodeStep.unsupported_reason(
+        make_model("lm").to(torch.float16), cache, 1)
+    mixed = make_model("lm")
+    mixed.transformer.h[0].mlp.c_fc.weight.data = mixed.transformer.h[0].mlp.c_fc.weight.data.to(
+        torch.bfloat16)
+    assert "float32 or all bfloat16" in K.DecodeStep.unsupported_reason(mixed, cache, 1)
     with K.disabled():
         assert "disabled" in K.DecodeStep.unsupported_reason(model, cache, 1)
 
@@ -207,3 +214,74 @@ def test_build_is_cached_and_atomic(monkeypatch, tmp_path):
     finally:
         monkeypatch.undo()
         core._reset()
+
+
+@pytest.mark.parametrize("nt", [1, 2])
+@pytest.mark.parametrize("overrides", [{}, {"tie_word_embeddings": False, "n_inner": 50}])
+def test_bf16_model_decodes_on_the_kernel_equal_to_fp32_modules_over_its_weights(nt, overrides):
+    """A bf16 model's steps run on the fused kernel (bf16 weights, fp32 cache and sums). From
+    the same cache, its logits equal the fp32 torch modules over the same (widened) weights up
+    to fp32 summation order: the kernel adds no rounding beyond the weights' own."""
+    model = make_model("lm", **overrides).to(torch.bfloat16)
+    wide = make_model("lm", **overrides)
+    wide.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+    g = torch.Generator().manual_seed(7)
+    ids = torch.randint(1, 257, (2, 5), generator=g)
+    mask = torch.ones(2, 5, dtype=torch.long)
+    mask[1, :2] = 0
+    with threads(nt), torch.no_grad():
+        fast = _Decoder(model, 2, 9, mask, compile=False)
+        assert fast.fused is not None and fast.cache.keys[0].dtype == torch.float32
+        with K.disabled():
+            ref = _Decoder(wide, 2, 9, mask, compile=False)
+        assert ref.fused is None
+        tok = fast.prefill(ids).float().argmax(-1)
+        ref.prefill(ids)
+        for a, b in zip([*fast.cache.keys, *fast.cache.values], [*ref.cache.keys, *ref.cache.values]):
+            b.copy_(a)  # the same state: only the steps are compared
+        for _ in range(3):
+            got = fast.step(tok)
+            with K.disabled():
+                want = ref.step(tok)
+            assert got.dtype == torch.float32
+            assert _rel(got, want) < 1e-5
+            tok = want.argmax(-1)
+
+
+def test_bf16_generate_runs_on_the_kernel():
+    model = make_model("lm").to(torch.bfloat16)
+    ids = torch.randint(1, 257, (1, 4), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        d = _Decoder(model, 1, 8, torch.ones_like(ids), compile=False)
+        assert d.fused is not None
+        with K.disabled():
+            d = _Decoder(model, 1, 8, torch.ones_like(ids), compile=False)
+        assert d.fused is None and d.cache.keys[0].dtype == torch.bfloat16  # the modules' dtype
+    out = model.generate(ids, max_new_tokens=5, do_sample=False)
+    assert out.shape == (1, 9)
+
+
+def test_bf16_short_prompt_runs_on_the_kernel_without_native_bf16(monkeypatch):
+    """Without native bf16 products a short prompt of a bf16 model goes through the kernel one
+    token at a time: its logits and cache equal the fp32 modules' over the widened weights."""
+    monkeypatch.setattr(K.core, "native_bf16", lambda: False)
+    model = make_model("lm").to(torch.bfloat16)
+    wide = make_model("lm")
+    wide.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+    ids = torch.randint(1, 257, (2, 6), generator=torch.Generator().manual_seed(9))
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[0, :4] = 0
+    with torch.no_grad():
+        fast = _Decoder(model, 2, 10, mask, compile=False)
+        assert fast.fused_prompt
+        with K.disabled():
+            ref = _Decoder(wide, 2, 10, mask, compile=False)
+            want = ref.prefill(ids)
+        got = fast.prefill(ids)
+        assert got.dtype == torch.float32 and _rel(got, want) < 1e-5
+        for a, b in zip(fast.cache.keys, ref.cache.keys):
+            assert _rel(a[1, :, :6], b[1, :, :6]) < 1e-5  # the unpadded row's keys
+            assert _rel(a[0, :, 4:6], b[0, :, 4:6]) < 1e-5
+    monkeypatch.setattr(K.core, "native_bf16", lambda: True)
+    with torch.no_grad():
+        assert not _Decoder(model, 2, 10, mask, compile=False).fused_prompt
