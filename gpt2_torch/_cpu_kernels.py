@@ -21,7 +21,6 @@ import torch
 from gpt2_core import cpu_kernels as core
 from gpt2_core.cpu_kernels import MAX_ROWS, disabled, load, status  # noqa: F401  (re-exported)
 
-
 #: the cache dtype the fused step needs, whatever the weights' dtype
 CACHE_DTYPE = torch.float32
 #: parameter dtypes the fused step reads
