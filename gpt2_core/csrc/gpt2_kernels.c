@@ -149,6 +149,21 @@ static void kn_rows_bf16(const float *restrict X, int64_t ldx, const uint16_t *r
                          int64_t N) {
     const int64_t Nv = N / NW * NW;
     int64_t k = k0;
+    if (M == 1) /* the decoding case: eight rows of W per load and store of Y */
+        for (; k + 8 <= k1; k += 8) {
+            const uint16_t *w = W + k * N;
+            vn xv[8];
+            for (int i = 0; i < 8; ++i) xv[i] = (vn){0} + X[k + i];
+            for (int64_t n = 0; n < Nv; n += NW) {
+                vn acc = ldn(Y + n) + xv[0] * ldnh(w + n) + xv[1] * ldnh(w + N + n);
+                acc += xv[2] * ldnh(w + 2 * N + n) + xv[3] * ldnh(w + 3 * N + n);
+                acc += xv[4] * ldnh(w + 4 * N + n) + xv[5] * ldnh(w + 5 * N + n);
+                acc += xv[6] * ldnh(w + 6 * N + n) + xv[7] * ldnh(w + 7 * N + n);
+                stn(Y + n, acc);
+            }
+            for (int64_t n = Nv; n < N; ++n)
+                for (int i = 0; i < 8; ++i) Y[n] += X[k + i] * bf(w[i * N + n]);
+        }
     for (; k + 4 <= k1; k += 4) {
         const uint16_t *w0 = W + k * N, *w1 = w0 + N, *w2 = w1 + N, *w3 = w2 + N;
         for (int64_t m = 0; m < M; ++m) {
