@@ -88,8 +88,8 @@ def cast_state_dict(state_dict: Mapping[str, np.ndarray], dtype: Any) -> dict[st
         v = np.asarray(v)
         is_float = np.issubdtype(v.dtype, np.floating) or v.dtype == np.dtype(ml_dtypes.bfloat16)
         if is_float and v.dtype != dt:
-            out[k] = v.astype(dt)
-            lowmem.release(v)
+            # from a memory map: cast block by block, each source block released as it lands
+            out[k] = lowmem.owned_copy(v, dt) if lowmem.mapped_buffer(v) is not None else v.astype(dt)
         else:
             out[k] = v
     return out

@@ -20,7 +20,10 @@ Example:
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import mmap
+import sys
 from typing import Any
 
 import numpy as np
@@ -72,6 +75,39 @@ def release(arr: Any) -> bool:
     return True
 
 
+_HUGE = 2 * 1024 * 1024
+_MADV_HUGEPAGE = 14  # Linux
+
+
+def _libc_madvise():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_madvise = _libc_madvise()
+
+
+def _fresh(nbytes: int, align: int) -> np.ndarray:
+    """``nbytes`` of new memory aligned to ``align``; big buffers ask for transparent huge
+    pages: first-touch page faults, not the copy, bound loading speed on a VM (0.3-0.5 GB/s
+    with 4 KB pages here, about 1.7x that with 2 MB pages)."""
+    if nbytes < 4 * _HUGE or _madvise is None:
+        raw = np.empty(nbytes + align, np.uint8)
+        offset = (-raw.ctypes.data) % align
+        return raw[offset:offset + nbytes]
+    raw = np.empty(nbytes + _HUGE, np.uint8)
+    offset = (-raw.ctypes.data) % _HUGE
+    _madvise(raw.ctypes.data + offset, nbytes - nbytes % _HUGE, _MADV_HUGEPAGE)  # a hint only
+    return raw[offset:offset + nbytes]
+
+
 #: block size for :func:`owned_copy`: the most a copy holds of the source at once
 BLOCK_BYTES = 16 * 1024 * 1024
 
@@ -90,10 +126,7 @@ def owned_copy(arr: Any, dtype: Any = None, *, align: int = 64) -> np.ndarray:
     """
     arr = np.asarray(arr)
     dt = np.dtype(dtype) if dtype is not None else arr.dtype
-    n = arr.size * dt.itemsize
-    raw = np.empty(n + align, np.uint8)
-    offset = (-raw.ctypes.data) % align
-    out = raw[offset:offset + n].view(dt).reshape(arr.shape)
+    out = _fresh(arr.size * dt.itemsize, align).view(dt).reshape(arr.shape)
     if arr.ndim == 0 or arr.size == 0:
         out[...] = arr
         return out

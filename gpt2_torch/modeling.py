@@ -508,8 +508,10 @@ class GPT2PreTrainedModel(nn.Module):
                                               std=std / math.sqrt(2 * self.config.n_layer))
 
     def post_init(self) -> None:
-        """Initialise every weight (HF's scheme) and tie the LM head."""
-        self.apply(self._init_weights)
+        """Initialise every weight (HF's scheme) and tie the LM head (no init for a model
+        built on the meta device: ``from_pretrained`` assigns the checkpoint instead)."""
+        if not any(p.is_meta for p in self.parameters()):
+            self.apply(self._init_weights)
         self.tie_weights()
 
     def tie_weights(self) -> None:
@@ -594,7 +596,7 @@ class GPT2PreTrainedModel(nn.Module):
             name_or_path, cls._head, config=config, dtype=np_dtype, prefer=prefer, strict=strict,
             **config_overrides,
         )
-        with torch.device("meta"):
+        with torch.device("meta"), weights.skip_init():
             model = cls(config)
         weights.load_canonical(model, state_dict, assign=True, consume=True,
                                allow_missing=report.newly_initialized, strict=strict)
