@@ -7,7 +7,7 @@ with the all-XLA loop (``cpu_kernels.disabled()``, what runs on accelerators and
 the prefill of a 256-token prompt against transformers' XLA-compiled forward, and the first
 call's compile time of each.
 
-transformers runs in a subprocess with /work/hfvenv/bin/python (or --hf-python) when it exists
+transformers runs in a subprocess with --hf-python (default $GPT2_ZOO_HF_PYTHON) when it is set
 (it needs tf-keras there), as a server: rounds alternate ours / transformers so that a slow
 patch of a shared machine hits both. Prints a self-contained report; ``--quick`` for a smoke run.
 
@@ -96,7 +96,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, one timed run")
     ap.add_argument("--runs", type=int, default=None, help="timed rounds (median reported)")
-    ap.add_argument("--hf-python", default="/work/hfvenv/bin/python")
+    ap.add_argument("--hf-python", default=os.environ.get("GPT2_ZOO_HF_PYTHON", ""),
+                    help="python with transformers 4.57.6 (default $GPT2_ZOO_HF_PYTHON; unset: rows skipped)")
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers side")
     args = ap.parse_args()
     prompt_len, new, prefill_len = 16, 64, 256
@@ -124,7 +125,7 @@ def main() -> None:
 
     # transformers, same weights, in its own interpreter (loaded and compiled first) ----------
     hf = None
-    if not args.no_hf and Path(args.hf_python).exists():
+    if not args.no_hf and args.hf_python and Path(args.hf_python).is_file():
         with tempfile.TemporaryDirectory() as d:
             try:  # a transformers-layout tf_model.h5 (needs gpt2_core.formats.tf_h5)
                 model.save_pretrained(d, tf_h5=True)

@@ -7,7 +7,7 @@ interpreter with transformers installed -- transformers' slow and fast GPT2Token
 ours >= 2x their slow one). Every row is checked to give the same ids.
 
     python benchmarks/bench_tokenizer.py
-    python benchmarks/bench_tokenizer.py --hf-python /work/tokvenv/bin/python --mb 1.5
+    python benchmarks/bench_tokenizer.py --hf-python /path/to/venv/bin/python --mb 1.5
     python benchmarks/bench_tokenizer.py --quick     # smoke run (make bench)
 
 The corpus is this repository's Python/Markdown files, the shared reference docs next to it,
@@ -112,7 +112,9 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=5, help="best of N for the fast rows")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2,
                     help="threads for the batch row (default: all cores)")
-    ap.add_argument("--hf-python", help="python with transformers installed, for the HF rows")
+    ap.add_argument("--hf-python", default=os.environ.get("GPT2_ZOO_HF_PYTHON") or None,
+                    help="python with transformers installed, for the HF rows "
+                         "(default $GPT2_ZOO_HF_PYTHON)")
     ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
                     help="single-threaded rows: thread CPU time (default) or wall-clock time")
     ap.add_argument("--quick", action="store_true",

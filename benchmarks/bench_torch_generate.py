@@ -11,7 +11,7 @@ gpt2_core.init.random_state_dict), batch 1, fp32, greedy. Measures:
   (~498 MB) from memory, so tok/s <= bandwidth / 498 MB. The bandwidth is measured here by
   summing a 512 MB tensor (``--bandwidth-gbs`` overrides it).
 
-transformers runs in a subprocess with /work/hfvenv/bin/python (or ``--hf-python``) on the very
+transformers runs in a subprocess with ``--hf-python`` (default $GPT2_ZOO_HF_PYTHON) on the very
 same weights, saved to a temporary directory with our ``save_pretrained``; its greedy tokens are
 compared with ours.
 
@@ -42,7 +42,8 @@ from gpt2_torch import GPT2LMHeadModel, weights
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from json_server import JsonServer
 
-HF_PYTHON = "/work/hfvenv/bin/python"
+#: an interpreter with transformers 4.57.6; unset: the transformers rows are skipped
+HF_PYTHON = os.environ.get("GPT2_ZOO_HF_PYTHON", "")
 
 _HF_SCRIPT = textwrap.dedent("""
     # transformers' side, as a server so that its measurements interleave with ours: one line on
@@ -95,7 +96,7 @@ def _timed(fn) -> float:
 
 def start_hf(directory: Path, args) -> JsonServer | None:
     """transformers 4.57.6 in its own interpreter, loaded, warmed up and waiting for requests."""
-    if args.no_hf or not Path(args.hf_python).exists():
+    if args.no_hf or not args.hf_python or not Path(args.hf_python).is_file():
         return None
     cmd = [args.hf_python, "-c", _HF_SCRIPT, str(directory), str(args.threads), str(args.prompt),
            str(args.new_tokens), str(args.prefill)]

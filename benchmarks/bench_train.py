@@ -7,7 +7,7 @@ TensorFlow, JAX and torch do not compete for threads). Reported per framework:
 * first-step time (tracing / XLA compilation included),
 * steady tokens/s (median over the steps after the first two),
 * ratios to torch, and to transformers' GPT2LMHeadModel with ``torch.optim.AdamW`` when the
-  throwaway venv /work/hfvenv exists (run as a subprocess; the project never imports it),
+  interpreter named by $GPT2_ZOO_HF_PYTHON (run as a subprocess; the project never imports it),
 * achieved FLOP/s (6 * params * tokens + attention) as a fraction of this CPU's measured
   float32 matmul rate (a 2048^2 numpy matmul): the compute roof of training.
 
@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-HF_PYTHON = Path("/work/hfvenv/bin/python")
+#: an interpreter with transformers 4.57.6; unset: the transformers row is skipped
+HF_PYTHON = Path(os.environ.get("GPT2_ZOO_HF_PYTHON", "") or "/nonexistent/GPT2_ZOO_HF_PYTHON-unset")
 
 
 def settings(quick: bool) -> dict:
@@ -90,7 +91,7 @@ def worker(framework: str, s: dict) -> dict:
 
 
 def hf_worker(s: dict) -> dict:
-    """transformers' GPT2LMHeadModel, a plain torch AdamW loop (runs inside /work/hfvenv)."""
+    """transformers' GPT2LMHeadModel, a plain torch AdamW loop (runs inside $GPT2_ZOO_HF_PYTHON)."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -130,7 +131,7 @@ def matmul_flops() -> float:
 
 def run_worker(name: str, s: dict) -> dict | None:
     python = str(HF_PYTHON) if name == "transformers" else sys.executable
-    if name == "transformers" and not HF_PYTHON.exists():
+    if name == "transformers" and not HF_PYTHON.is_file():
         return None
     cmd = [python, __file__, "--worker", name, "--settings", json.dumps(s)]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
