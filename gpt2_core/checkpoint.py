@@ -84,12 +84,16 @@ def cast_state_dict(state_dict: Mapping[str, np.ndarray], dtype: Any) -> dict[st
     """
     dt = to_numpy_dtype(dtype)
     out = {}
-    for k, v in state_dict.items():
-        v = np.asarray(v)
+    done: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # id(source) -> (source, cast)
+    for k, given in state_dict.items():
+        v = np.asarray(given)
         is_float = np.issubdtype(v.dtype, np.floating) or v.dtype == np.dtype(ml_dtypes.bfloat16)
-        if is_float and v.dtype != dt:
+        if id(given) in done and done[id(given)][0] is given:  # a tied weight: cast once
+            out[k] = done[id(given)][1]
+        elif is_float and v.dtype != dt:
             # from a memory map: cast block by block, each source block released as it lands
             out[k] = lowmem.owned_copy(v, dt) if lowmem.mapped_buffer(v) is not None else v.astype(dt)
+            done[id(given)] = (given, out[k])
         else:
             out[k] = v
     return out

@@ -77,3 +77,13 @@ def test_owned_copy_is_an_aligned_equal_copy(mapped, monkeypatch, dtype):
     np.testing.assert_array_equal(t, tensors["a"].T)
     assert lowmem.owned_copy(np.float32(2.5)).shape == ()
     assert lowmem.owned_copy(np.zeros((0, 3))).shape == (0, 3)
+
+
+def test_cast_state_dict_casts_a_tied_weight_once_and_blockwise(mapped):
+    from gpt2_core.checkpoint import cast_state_dict
+
+    tensors, sd = mapped
+    out = cast_state_dict({"wte": sd["c"], "head": sd["c"], "a": sd["a"]}, "bf16")
+    assert out["wte"] is out["head"]  # one cast copy for the tied pair
+    assert out["wte"].dtype == ml_dtypes.bfloat16 and lowmem.mapped_buffer(out["wte"]) is None
+    np.testing.assert_array_equal(out["a"], tensors["a"].astype(ml_dtypes.bfloat16))
