@@ -293,3 +293,57 @@ def test_cli_defaults_to_loopback():
     assert (args.host, args.port, args.framework) == ("127.0.0.1", 8000, "torch")
     assert is_loopback(args.host) and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2")
+
+
+def test_gpt2_serve_command(ckpt, tmp_path):
+    """The real command in a subprocess: serves, answers, stops cleanly on Ctrl-C (SIGINT)."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "conversion", "serve", "--model", str(ckpt), "--port", str(port),
+         "--name", "tiny"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        line = proc.stdout.readline()
+        assert f"tiny in torch (fp32) on http://127.0.0.1:{port}/" in line, line
+        client = Client(f"http://127.0.0.1:{port}")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                status, _, h = client.get("/health")
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read()
+                time.sleep(0.1)
+        assert status == 200 and h["model"] == "tiny"
+        status, _, body = client.post("/v1/completions", {"model": "tiny", "prompt": "Hi",
+                                                          "max_tokens": 3, "temperature": 0})
+        assert status == 200 and body["choices"][0]["finish_reason"] in ("length", "stop")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, out
+
+
+def test_gpt2_serve_reports_bad_checkpoints(tmp_path, capsys):
+    from conversion.cli import main
+
+    assert main(["serve", "--model", str(tmp_path / "nowhere")]) == 1
+    assert "gpt2 serve: error:" in capsys.readouterr().err
+    from gpt2_core import checkpoint
+    from gpt2_core.init import random_state_dict, tiny_config
+
+    small = tmp_path / "vocab257"
+    cfg = tiny_config()
+    checkpoint.save_pretrained(random_state_dict(cfg, "lm", seed=0, std=0.3), cfg, small, "lm")
+    with pytest.raises(FileNotFoundError, match="no tokenizer files .* not GPT-2's; pass --tokenizer"):
+        engine_mod.load_tokenizer(str(small), cfg.vocab_size)
+    with pytest.raises(ValueError, match="unknown framework 'mxnet'"):
+        engine_mod.Engine.load(str(small), framework="mxnet")
