@@ -305,7 +305,7 @@ def create_app(engine: Engine) -> Starlette:
         meta = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion",
                 "created": int(time.time()), "model": engine.name,
                 "system_fingerprint": f"gpt2-zoo-{engine.framework}"}
-        prompt_tokens = sum(len(req.prompts[k // req.n]) for k in range(len(req.sampling)))
+        prompt_tokens = sum(len(p) for p in req.prompts)  # each prompt once, as OpenAI counts
         if req.stream:
             return StreamingResponse(
                 _stream(events, cancel, meta, len(req.sampling), req.include_usage, prompt_tokens),

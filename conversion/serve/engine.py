@@ -227,7 +227,9 @@ class Engine:
         self.stats = {"completed": 0, "cancelled": 0, "failed": 0, "tokens": 0}
         self.last: Result | None = None  # the latest finished sequence (tests, /health)
         if framework == "flax":
-            logging.getLogger("jax._src.callback").addFilter(_QuietHalt())
+            jax_log = logging.getLogger("jax._src.callback")
+            if not any(isinstance(f, _QuietHalt) for f in jax_log.filters):
+                jax_log.addFilter(_QuietHalt())
 
     # ------------------------------------------------------------------ loading
     @classmethod

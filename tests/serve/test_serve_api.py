@@ -119,6 +119,8 @@ def test_streaming_sse(served):
     assert all(e["object"] == "text_completion" for e in chunks)
     usage = chunks[-1]
     assert usage["choices"] == [] and usage["usage"]["completion_tokens"] >= 2
+    engine, _ = served
+    assert usage["usage"]["prompt_tokens"] == len(engine.encode("The cat"))  # once, not per choice
     finals = [c for e in chunks for c in e["choices"] if c["finish_reason"]]
     assert sorted(c["index"] for c in finals) == [0, 1]
     plain = client.post("/v1/completions", {k: v for k, v in req.items() if k != "stream_options"})
@@ -347,3 +349,15 @@ def test_gpt2_serve_reports_bad_checkpoints(tmp_path, capsys):
         engine_mod.load_tokenizer(str(small), cfg.vocab_size)
     with pytest.raises(ValueError, match="unknown framework 'mxnet'"):
         engine_mod.Engine.load(str(small), framework="mxnet")
+
+
+def test_serve_modules_import_no_framework():
+    """The dependency rule: the server imports a backend only when it loads a model."""
+    import subprocess
+    import sys
+
+    code = ("import sys, conversion.serve, conversion.serve.app, conversion.serve.engine; "
+            "print(','.join(m for m in ('torch', 'tensorflow', 'jax', 'flax', 'keras') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

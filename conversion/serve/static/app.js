@@ -172,7 +172,10 @@ function move(step) {
 }
 
 editor.addEventListener("input", schedule);
-editor.addEventListener("click", () => { if (editor.selectionStart !== askedAt) clearSuggestions(); });
+// suggestions continue the text before the cursor they were asked at: moving it drops them
+const moved = () => { if (suggestions.length && editor.selectionStart !== askedAt) clearSuggestions(); };
+editor.addEventListener("click", moved);
+editor.addEventListener("keyup", (e) => { if (!e.altKey) moved(); });
 editor.addEventListener("keydown", (e) => {
   if (e.key === "Tab" && !e.shiftKey && suggestions.some((s) => s.text)) {
     e.preventDefault();
