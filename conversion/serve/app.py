@@ -232,7 +232,16 @@ def parse_completion_request(body: Any, engine: Engine) -> CompletionRequest:
 
 
 async def _read_json(request: Request) -> Any:
-    """The JSON body, at most MAX_BODY_BYTES (413 beyond), 400 when it is not JSON."""
+    """The JSON body, at most MAX_BODY_BYTES (413 beyond), 400 when it is not JSON.
+
+    The content type must be JSON: a web page of another origin can then only send the request
+    after a CORS preflight, which this server does not grant, so it cannot make a visitor's
+    browser use the local model.
+    """
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise APIError(415, f"Content-Type must be application/json, got {ctype or 'none'!r} "
+                            "(curl: -H 'Content-Type: application/json')")
     size = request.headers.get("content-length")
     if size is not None and size.isdigit() and int(size) > MAX_BODY_BYTES:
         raise APIError(413, f"request body of {size} bytes is over the {MAX_BODY_BYTES} byte limit")
@@ -354,25 +363,29 @@ def _usage(results: list[Result], prompt_tokens: int) -> dict[str, Any]:
 async def _collect(request: Request, events: asyncio.Queue, cancel: threading.Event,
                    total: int) -> list[Result] | None:
     """Every choice's result, or None when the client disconnected first (then cancelled)."""
+
+    async def watch() -> None:  # a plain request has no other way to notice a gone client
+        while not await request.is_disconnected():
+            await asyncio.sleep(0.25)
+        cancel.set()
+        events.put_nowait(("gone", -1, None))
+
+    watcher = asyncio.create_task(watch())
     results: list[Result | None] = [None] * total
     pending = total
     try:
         while pending:
-            try:
-                kind, k, payload = await asyncio.wait_for(events.get(), timeout=0.25)
-            except TimeoutError:
-                if await request.is_disconnected():
-                    logger.info("client disconnected: cancelling its request")
-                    cancel.set()
-                    return None
-                continue
+            kind, k, payload = await events.get()
+            if kind == "gone":
+                logger.info("client disconnected: cancelled its request")
+                return None
             if kind == "done":
                 if isinstance(payload, BaseException):
-                    cancel.set()
                     raise APIError(500, f"generation failed: {type(payload).__name__}: {payload}")
                 results[k] = payload
                 pending -= 1
     finally:
+        watcher.cancel()
         if pending:
             cancel.set()
     return results  # type: ignore[return-value]

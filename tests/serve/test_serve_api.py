@@ -191,6 +191,29 @@ def test_bad_bodies(served, raw, status, message):
     assert got == status and message in err["error"]["message"]
 
 
+def test_json_content_type_is_required(served):
+    """A cross-origin page can send text/plain without a CORS preflight: refused."""
+    _, client = served
+    for ctype in ("text/plain", "application/x-www-form-urlencoded"):
+        status, _, err = client.post("/v1/completions", {"prompt": "x"},
+                                     headers={"Content-Type": ctype})
+        assert status == 415 and "Content-Type must be application/json" in err["error"]["message"]
+    status, _, _ = client.post("/v1/completions", {"prompt": "x", "max_tokens": 1},
+                               headers={"Content-Type": "application/json; charset=utf-8"})
+    assert status == 200
+
+
+def test_dtype(ckpt):
+    import torch
+
+    engine = engine_mod.Engine.load(str(ckpt), "torch", dtype="bf16")
+    assert engine.model.transformer.wte.weight.dtype == torch.bfloat16 and engine.dtype == "bf16"
+    result = engine.complete(engine.encode("Hello"), engine_mod.Sampling(max_tokens=3, temperature=0))
+    assert len(result.token_ids) == 3
+    with pytest.raises(ValueError, match="unknown dtype 'fp8'"):
+        engine_mod.Engine.load(str(ckpt), "torch", dtype="fp8")
+
+
 def test_wrong_method_and_path_are_json(served):
     _, client = served
     status, _, err = client.get("/v1/completions")
