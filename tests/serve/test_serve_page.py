@@ -59,8 +59,12 @@ def page(browser, served):
     pg = context.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.goto(served[1] + "/")
-    pg.wait_for_function("document.getElementById('framework').textContent === 'torch'")
+    response = pg.goto(served[1] + "/")
+    assert response is not None and response.status == 200
+    pg.wait_for_selector("#framework")
+    # the header is filled from /health once the page has loaded
+    pg.wait_for_function("(document.getElementById('framework') || {}).textContent === 'torch'",
+                         timeout=60_000)
     yield pg
     context.close()
     assert not errors, errors  # no JavaScript exceptions
