@@ -30,14 +30,13 @@ Example:
 from __future__ import annotations
 
 import importlib
-import itertools
 import logging
 import queue
 import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -191,7 +190,6 @@ class _Job:
     cancel: threading.Event
     on_delta: Callable[[str], None] | None
     on_done: Callable[[Result | BaseException], None]
-    id: int = field(default_factory=itertools.count().__next__)
 
 
 class QueueFull(RuntimeError):
@@ -206,6 +204,7 @@ class Engine:
         tokenizer: a GPT-2 tokenizer (``encode`` / ``decode``).
         framework: ``"torch"``, ``"tf"`` or ``"flax"`` (how ``generate`` is called).
         name: the model id reported by ``/v1/models``.
+        dtype: the dtype it was loaded in (reported by ``/health``).
         max_queue: waiting sequences beyond which :meth:`submit` raises :class:`QueueFull`.
     """
 
@@ -299,10 +298,13 @@ class Engine:
         return Result(streamer.text, streamer.ids, streamer.finish_reason or "length", seconds)
 
     def warmup(self) -> None:
-        """One short greedy run, so that tracing and compilation (TF, JAX) and building the
-        CPU kernel happen before the first request."""
+        """Short greedy and sampled runs (the page samples with temperature and top-p), so that
+        tracing and compilation (TF, JAX) and building the CPU kernel happen before the first
+        request."""
         t0 = time.perf_counter()
-        self.complete(self.encode("Hello"), Sampling(max_tokens=2, temperature=0))
+        ids = self.encode("Hello")
+        self.complete(ids, Sampling(max_tokens=2, temperature=0))
+        self.complete(ids, Sampling(max_tokens=2, temperature=0.9, top_p=0.95, seed=0))
         logger.info("warm-up %.1fs", time.perf_counter() - t0)
 
     # ------------------------------------------------------------------ the worker
