@@ -310,6 +310,26 @@ def test_queued_request_of_a_gone_client_never_runs(served, slow_tokens):
     assert engine.stats["tokens"] - stats["tokens"] < 50  # only part of the first one ran
 
 
+def test_full_queue_answers_503(ckpt, slow_tokens):
+    engine = load_engine(str(ckpt), "torch", max_queue=1, warmup=False)
+    with ServerThread(engine) as url:
+        client = Client(url)
+        body = json.dumps({"prompt": "Busy", "max_tokens": 50, "temperature": 0})
+        running, waiting = client.connect(), client.connect()
+        running.request("POST", "/v1/completions", body=body,
+                        headers={"Content-Type": "application/json"})
+        wait_for(lambda: engine.busy)
+        waiting.request("POST", "/v1/completions", body=body,
+                        headers={"Content-Type": "application/json"})
+        wait_for(lambda: engine.queued == 1)
+        status, _, err = client.post("/v1/completions", {"prompt": "x", "max_tokens": 2})
+        assert status == 503 and err["error"]["code"] == "queue_full"
+        assert "--max-queue 1" in err["error"]["message"]
+        running.close()
+        waiting.close()
+        wait_for(lambda: not engine.busy and engine.queued == 0)
+
+
 # ---------------------------------------------------------------------------- the command
 def test_cli_defaults_to_loopback():
     from conversion.cli import build_parser
