@@ -111,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
                                      "one device, DDP/FSDP, tf.distribute or a JAX mesh)")
     train_cli.add_arguments(t)
     t.set_defaults(func=_cmd_train)
+
+    from conversion import generate as generate_cli  # flags only; frameworks load when it runs
+
+    g = sub.add_parser("generate", help="generate text from a prompt (streamed), in torch, tf "
+                                        "or flax; or an interactive prompt loop")
+    generate_cli.add_arguments(g)
+    g.set_defaults(func=generate_cli.run)
     return p
 
 

@@ -9,6 +9,19 @@ Example:
 See docs/jax.md for jit, grad, an optax train step, split/merge and sharding.
 """
 
+from gpt2_flax.auto import (
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+    FlaxAutoModel,
+    FlaxAutoModelForCausalLM,
+    FlaxAutoModelForQuestionAnswering,
+    FlaxAutoModelForSequenceClassification,
+    FlaxAutoModelForTokenClassification,
+)
 from gpt2_flax.generation import GenerationMixin, bucket, trace_count
 from gpt2_flax.modeling import (
     ACT2FN,
@@ -37,6 +50,10 @@ from gpt2_flax.modeling import (
 from gpt2_flax.sharding import ShardingConfig, shard_batch, shard_model
 
 __all__ = [
+    "AutoModel", "AutoModelForCausalLM", "AutoModelForQuestionAnswering",
+    "AutoModelForSequenceClassification", "AutoModelForTokenClassification", "AutoTokenizer",
+    "FlaxAutoModel", "FlaxAutoModelForCausalLM", "FlaxAutoModelForQuestionAnswering",
+    "FlaxAutoModelForSequenceClassification", "FlaxAutoModelForTokenClassification",
     "ACT2FN", "MODEL_CLASSES", "FlaxGPT2DoubleHeadsModel", "FlaxGPT2ForQuestionAnswering",
     "FlaxGPT2ForSequenceClassification", "FlaxGPT2ForTokenClassification", "FlaxGPT2LMHeadModel",
     "FlaxGPT2Model", "GPT2Attention", "GPT2Block", "GPT2DoubleHeadsModel",
