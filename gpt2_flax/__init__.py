@@ -47,6 +47,7 @@ from gpt2_flax.modeling import (
     checked,
     cross_entropy,
 )
+from gpt2_flax.pipelines import pipeline
 from gpt2_flax.sharding import ShardingConfig, shard_batch, shard_model
 
 __all__ = [
@@ -59,6 +60,6 @@ __all__ = [
     "FlaxGPT2Model", "GPT2Attention", "GPT2Block", "GPT2DoubleHeadsModel",
     "GPT2ForQuestionAnswering", "GPT2ForSequenceClassification", "GPT2ForTokenClassification",
     "GPT2LMHeadModel", "GPT2MLP", "GPT2Model", "GPT2PreTrainedModel", "GPT2SequenceSummary",
-    "GenerationMixin", "KVCache", "ShardingConfig", "bucket", "checked", "cross_entropy",
+    "GenerationMixin", "KVCache", "ShardingConfig", "bucket", "checked", "cross_entropy", "pipeline",
     "shard_batch", "shard_model", "trace_count",
 ]

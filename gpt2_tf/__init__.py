@@ -47,6 +47,7 @@ from gpt2_tf.modeling import (
     GPT2Model,
     GPT2PreTrainedModel,
 )
+from gpt2_tf.pipelines import pipeline
 from gpt2_tf.weights import load_canonical, to_canonical
 
 # names for people moving from transformers' TF classes
@@ -93,5 +94,6 @@ __all__ = [
     "TFGPT2LMHeadModel",
     "TFGPT2Model",
     "load_canonical",
+    "pipeline",
     "to_canonical",
 ]

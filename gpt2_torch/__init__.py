@@ -28,6 +28,7 @@ from gpt2_torch.modeling import (
     GPT2PreTrainedModel,
     StaticCache,
 )
+from gpt2_torch.pipelines import pipeline
 
 __all__ = [
     "AutoModel",
@@ -48,4 +49,5 @@ __all__ = [
     "GPT2Model",
     "GPT2PreTrainedModel",
     "StaticCache",
+    "pipeline",
 ]
