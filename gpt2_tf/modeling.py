@@ -233,6 +233,12 @@ class GPT2Attention(keras.layers.Layer):
         self.scale_attn_weights = config.scale_attn_weights
         self.scale_attn_by_inverse_layer_idx = config.scale_attn_by_inverse_layer_idx
         self.reorder_and_upcast_attn = config.reorder_and_upcast_attn
+        # TensorFlow has no fused attention kernel to offer here: only the explicit path
+        self.attn_implementation = config.attn_implementation or "eager"
+        if self.attn_implementation != "eager":
+            raise ValueError(f"attn_implementation={self.attn_implementation!r} is not available "
+                             "in gpt2_tf: TensorFlow has no fused attention kernel for it; use "
+                             "'eager' (or the torch / flax backend)")
         std = config.initializer_range
         proj_std = std / math.sqrt(2 * config.n_layer)  # transformers' scaled c_proj init
         dt = self.dtype_policy
