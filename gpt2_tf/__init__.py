@@ -48,6 +48,7 @@ from gpt2_tf.modeling import (
     GPT2PreTrainedModel,
 )
 from gpt2_tf.pipelines import pipeline
+from gpt2_tf.tokenizer import TFGPT2Tokenizer
 from gpt2_tf.weights import load_canonical, to_canonical
 
 # names for people moving from transformers' TF classes
@@ -92,6 +93,7 @@ __all__ = [
     "TFGPT2ForSequenceClassification",
     "TFGPT2ForTokenClassification",
     "TFGPT2LMHeadModel",
+    "TFGPT2Tokenizer",
     "TFGPT2Model",
     "load_canonical",
     "pipeline",
