@@ -625,11 +625,22 @@ class GPT2PreTrainedModel(keras.Model):
             object.__setattr__(self, "_jit_fn", fn)
         return fn(checked)
 
-    def export_serving(self, path: str | os.PathLike) -> None:
+    def export_serving(self, path: str | os.PathLike, *, with_tokenizer: bool = False,
+                       **text_kwargs: Any) -> None:
         """Write a SavedModel whose ``serving_default`` maps (input_ids, attention_mask) to the
         head's outputs (int32 (B, T) each; ``(B, C, T)`` for the double-heads model). It loads
         with plain ``tf.saved_model.load`` — no gpt2_tf, no Keras needed.
+
+        With ``with_tokenizer=True`` (LM only) it maps ``text`` strings to ``generated_text``
+        instead: tokenizer, greedy decoding and detokenizer in the graph
+        (:func:`gpt2_tf.serving.export_text_serving`; ``tokenizer=``, ``max_new_tokens=``).
         """
+        if with_tokenizer:
+            from gpt2_tf.serving import export_text_serving
+
+            return export_text_serving(self, path, **text_kwargs)
+        if text_kwargs:
+            raise TypeError(f"{sorted(text_kwargs)} apply with with_tokenizer=True only")
         rank = 3 if self.head == "double_heads" else 2
         spec = [tf.TensorSpec([None] * rank, tf.int32, name="input_ids"),
                 tf.TensorSpec([None] * rank, tf.int32, name="attention_mask")]

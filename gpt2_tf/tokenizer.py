@@ -71,6 +71,10 @@ class TFGPT2Tokenizer(keras.layers.Layer):
     Call: ``tok(texts)`` with a string tensor (B,) (or a scalar) returns
     ``{"input_ids": int32 (B, T), "attention_mask": int32 (B, T)}`` (ragged without padding).
 
+    In a SavedModel: the lookup tables live in ``tok.tables`` (a ``tf.Module``, tables in
+    ``tok.tables.all``): attach it to the saved ``tf.Module`` (``root.tables = tok.tables``) or
+    ``ExportArchive.track`` each table, as ``export_serving(with_tokenizer=True)`` does.
+
     Example:
         >>> tok = TFGPT2Tokenizer.from_pretrained("gpt2", pad_token_id=50256, max_length=8)
         >>> out = tok(tf.constant(["Hello world", "a"]))                  # doctest: +SKIP
@@ -121,6 +125,11 @@ class TFGPT2Tokenizer(keras.layers.Layer):
         self._special_set = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
             tf.constant(self.special_tokens or ["\x00"]), tf.constant(
                 [1] * len(self.special_tokens) or [0], tf.int32)), default_value=0)
+        # Keras does not track lookup tables; a tf.Module does: a SavedModel that calls this
+        # layer must reach ``tables`` from its root (``module.tables = tok.tables``)
+        self.tables = tf.Module(name="gpt2_tokenizer_tables")
+        self.tables.all = [self._bytes, self._vocab, self._ranks, self._special_set]
+        self.built = True  # no weights: the tables are its whole state
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -179,7 +188,7 @@ class TFGPT2Tokenizer(keras.layers.Layer):
             pairs = tf.strings.join([sym[:-1], sym[1:]], separator=" ")  # (N-1,)
             ranks = tf.where(wid[:-1] == wid[1:], self._ranks.lookup(pairs), _BIG)
             best = tf.math.unsorted_segment_min(ranks, wid[:-1], W)  # (W,)
-            idx = tf.range(N - 1)
+            idx = tf.range(tf.maximum(N - 1, 0))
             hit = (ranks == tf.gather(best, wid[:-1])) & (ranks < _BIG)  # (N-1,)
             # every occurrence of the word's best pair, left to right without overlap (GPT-2's
             # bpe(): "a a a" merges the first two only): in a run of adjacent hits take every
@@ -191,7 +200,7 @@ class TFGPT2Tokenizer(keras.layers.Layer):
             at = tf.cast(at, tf.int32)
             merge = tf.scatter_nd(at, tf.ones_like(at[:, 0], tf.bool), [N])
             drop = tf.scatter_nd(at + 1, tf.ones_like(at[:, 0], tf.bool), [N])
-            nxt = tf.concat([sym[1:], [""]], axis=0)
+            nxt = tf.concat([sym[1:], [""]], axis=0)[:N]  # (N,) the right neighbour
             sym = tf.where(merge, tf.strings.join([sym, nxt]), sym)
             return (tf.boolean_mask(sym, ~drop), tf.boolean_mask(wid, ~drop),
                     tf.size(at) > 0)
