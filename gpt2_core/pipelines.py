@@ -316,13 +316,13 @@ class QuestionAnsweringPipeline(Pipeline):
     task = "question-answering"
 
     def __call__(self, question: str | None = None, context: str | None = None, *,
-                 top_k: int = 1, max_answer_len: int = 15, **kwargs: Any):
-        if question is None and "inputs" in kwargs:
-            question, context = kwargs.pop("inputs")["question"], None
-        if kwargs:
-            raise TypeError(f"unexpected arguments: {sorted(kwargs)}")
+                 top_k: int = 1, max_answer_len: int = 15) -> dict | list[dict]:
         if not isinstance(question, str) or not isinstance(context, str):
             raise TypeError("question-answering needs question= and context= strings")
+        if not isinstance(top_k, int) or top_k < 1 or not isinstance(max_answer_len, int) \
+                or max_answer_len < 1:
+            raise ValueError(f"top_k and max_answer_len must be ints >= 1, got {top_k!r}, "
+                             f"{max_answer_len!r}")
         if not context.strip():
             raise ValueError("question-answering: the context is empty")
         q_ids = self.tokenizer.encode(question)

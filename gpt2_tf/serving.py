@@ -44,10 +44,6 @@ class _Detokenizer(tf.Module):
         u2b = {u: bytes([b]) for b, u in bytes_to_unicode().items()}
         self.chars = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
             tf.constant(list(u2b)), tf.constant(list(u2b.values()))), default_value="")
-        special = {t for t in tokenizer.special_tokens}
-        # special tokens (skipped above) and added tokens outside the byte alphabet decode as
-        # their text; here every kept token is byte-level
-        self.special = sorted(special)
 
     def __call__(self, ids: tf.Tensor) -> tf.Tensor:
         pieces = tf.strings.reduce_join(tf.gather(self.tokens, ids), axis=-1)  # (B,)
