@@ -32,9 +32,10 @@ from gpt2_tf.tokenizer import TFGPT2Tokenizer
 class _Detokenizer(tf.Module):
     """ids -> text in the graph: token strings, GPT-2's byte alphabet back to bytes."""
 
-    def __init__(self, tokenizer: TFGPT2Tokenizer, skip_ids: list[int]) -> None:
+    def __init__(self, tokenizer: TFGPT2Tokenizer, skip_ids: list[int], vocab_size: int) -> None:
         super().__init__()
-        size = max(tokenizer.vocab.values()) + 1
+        # a model vocabulary padded past the tokenizer's (e.g. 50304) decodes those ids as ""
+        size = max(max(tokenizer.vocab.values()) + 1, vocab_size)
         tokens = [""] * size
         for t, i in tokenizer.vocab.items():
             tokens[i] = t
@@ -88,7 +89,8 @@ def export_text_serving(model: Any, path: str | os.PathLike, *,
     if not eos and cfg.eos_token_id is not None:
         eos = [cfg.eos_token_id] if isinstance(cfg.eos_token_id, int) else list(cfg.eos_token_id)
     pad = eos[0] if eos else 0
-    detok = _Detokenizer(tokenizer, skip_ids=[tokenizer.vocab[t] for t in tokenizer.special_tokens])
+    detok = _Detokenizer(tokenizer, skip_ids=[tokenizer.vocab[t] for t in tokenizer.special_tokens],
+                         vocab_size=cfg.vocab_size)
     eos_t = tf.constant(eos or [-1], tf.int32)
     N = max_new_tokens
 
