@@ -141,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-queue", type=int, default=256,
                    help="sequences waiting beyond which requests get 503")
     s.set_defaults(func=_cmd_serve)
+
+    from conversion import generate as generate_cli  # flags only; frameworks load when it runs
+
+    g = sub.add_parser("generate", help="generate text from a prompt (streamed), in torch, tf "
+                                        "or flax; or an interactive prompt loop")
+    generate_cli.add_arguments(g)
+    g.set_defaults(func=generate_cli.run)
     return p
 
 
