@@ -34,7 +34,7 @@ MODEL_DIRS = ("ckpt", "gpt2", "path/to/checkpoint", "path/to/gpt2")
 
 #: appended to every ``gpt2 train`` / ``torchrun ... -m conversion train`` by the shims:
 #: argparse keeps the last value, so these shrink the documented runs to a few seconds.
-SMALL_TRAIN_ARGS = ("--steps 2 --batch-size 4 --block-size 32 --eval-every 2 --eval-batches 1 "
+SMALL_TRAIN_ARGS = ("--steps 2 --batch-size 8 --block-size 16 --eval-every 2 --eval-batches 1 "
                     "--save-every 2 --no-progress")
 
 
@@ -180,7 +180,20 @@ def console_commands(code: str) -> str:
 
 def shell_script(block: Block) -> str:
     code = console_commands(block.code) if block.lang == "console" else block.code
-    return "set -euo pipefail\n" + code
+    setup = []
+    for name in block.setup:
+        if name not in SHELL_PRELUDES:
+            raise DirectiveError(f"unknown shell setup {name!r}; known: {sorted(SHELL_PRELUDES)}")
+        setup.append(SHELL_PRELUDES[name])
+    return "set -euo pipefail\n" + "".join(setup) + code
+
+
+#: shell run before a bash / console block, named by ``setup=``.
+SHELL_PRELUDES: dict[str, str] = {
+    # OpenAI's TF1 release layout (hparams.json, model.ckpt.*, encoder.json, vocab.bpe)
+    "openai-release": "test -d openai-release || gpt2 convert ckpt openai-release --to openai "
+                      ">/dev/null\n",
+}
 
 
 # --------------------------------------------------------------------------- preludes

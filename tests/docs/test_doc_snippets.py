@@ -37,6 +37,9 @@ BLOCKS = S.all_blocks()
 def _params():
     for b in BLOCKS:
         marks = []
+        if b.error:   # a malformed directive fails, whatever else the comment says
+            yield pytest.param(b, id=b.id)
+            continue
         if b.slow:
             marks.append(pytest.mark.slow)
         if b.skip:
@@ -63,6 +66,10 @@ def _build_base(base: Path) -> None:
     GenerationConfig.from_model_config(cfg).save_pretrained(model)
     for name in S.MODEL_DIRS[1:]:
         shutil.copytree(model, base / name)
+    for name in ("vocab.json", "merges.txt"):    # GPT2Tokenizer("vocab.json", "merges.txt")
+        shutil.copy(model / name, base / name)
+    # `gpt2 train ... --data docs/` trains on this documentation
+    shutil.copytree(S.ROOT / "docs", base / "docs")
 
     text = (S.ROOT / "tests" / "fixtures" / "training" / "corpus.md").read_text("utf-8")
     half = len(text) // 2
@@ -122,6 +129,9 @@ class DocEnv:
         self.pages: dict[str, Page] = {}
 
     def page(self, path: str) -> Page:
+        for other, page in self.pages.items():   # blocks run page by page: free the others
+            if other != path:
+                page.stop()
         if path not in self.pages:
             ws = self.root / "pages" / path.replace("/", "__")
             shutil.copytree(self.base, ws)
@@ -191,7 +201,11 @@ class Page:
     # ------------------------------------------------------------------ shell
     def _run_shell(self, block: S.Block, what: str | None = None) -> None:
         timeout = block.timeout or DEFAULT_TIMEOUT
-        proc = subprocess.Popen(["bash", "-c", S.shell_script(block)], cwd=self.ws,
+        try:
+            script = S.shell_script(block)
+        except S.DirectiveError as e:
+            raise BlockFailed(f"{block.id}: {e}") from None
+        proc = subprocess.Popen(["bash", "-c", script], cwd=self.ws,
                                 env=self._env(block), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -303,5 +317,8 @@ def test_doc_snippet(block: S.Block, doc_env: DocEnv):
     page = doc_env.page(block.path)
     try:
         page.run(block)
+        failure = None
     except BlockFailed as e:
-        pytest.fail(str(e), pytrace=False)
+        failure = str(e)
+    if failure:
+        pytest.fail(failure, pytrace=False)
