@@ -217,18 +217,18 @@ mask = torch.ones_like(ids)
     "tf-batch": """
 import numpy as np
 import tensorflow as tf
-ids = tf.constant([[50256, 50256, 15496, 11, 616, 3290], [464, 3139, 286, 4881, 318, 257]],
+ids = tf.constant([[464, 3139, 286, 4881, 318, 257], [50256, 50256, 15496, 11, 616, 3290]],
                   dtype=tf.int32)
-mask = tf.constant([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]], dtype=tf.int32)
+mask = tf.constant([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]], dtype=tf.int32)
 labels = tf.where(mask == 1, ids, -100)
 batch_ids, batch_mask = ids, mask
 y = np.array([0, 2])
 """,
     "jax-batch": """
 import jax, jax.numpy as jnp
-ids = input_ids = jnp.array([[50256, 50256, 15496, 11, 616, 3290],
-                             [464, 3139, 286, 4881, 318, 257]], dtype=jnp.int32)
-mask = jnp.array([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]], dtype=jnp.int32)
+ids = input_ids = jnp.array([[464, 3139, 286, 4881, 318, 257],
+                             [50256, 50256, 15496, 11, 616, 3290]], dtype=jnp.int32)
+mask = jnp.array([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]], dtype=jnp.int32)
 batch = jnp.array([[464, 3139, 286, 4881, 318, 257, 1, 2]] * 4, dtype=jnp.int32)
 batches = [batch, batch]
 """,

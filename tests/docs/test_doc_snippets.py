@@ -164,6 +164,7 @@ class Page:
         self.proc_env: dict[str, str] = {}
         self.chain: list[str] = []        # ids of the blocks run in the current namespace
         self.done: set[str] = set()       # shell blocks that succeeded
+        self.failed: set[str] = set()     # blocks that failed (their continuations fail fast)
 
     # ------------------------------------------------------------------ common
     def _chain(self, block: S.Block) -> list[S.Block]:
@@ -190,6 +191,17 @@ class Page:
 
     def run(self, block: S.Block) -> None:
         chain = self._chain(block)
+        failed = [b.id for b in chain[:-1] if b.id in self.failed]
+        try:
+            if failed:   # replaying a block that failed would only fail again, slowly
+                raise BlockFailed(f"{block.id} continues {failed[-1]}, which failed")
+            self._run(chain)
+        except BlockFailed:
+            self.failed.add(block.id)
+            raise
+
+    def _run(self, chain: list[S.Block]) -> None:
+        block = chain[-1]
         if block.lang == "python":
             self._run_python(chain)
         else:
