@@ -236,6 +236,23 @@ batches = [batch, batch]
 from gpt2_core.tokenizer import GPT2Tokenizer
 tokenizer = GPT2Tokenizer.from_pretrained("gpt2")
 """,
+    # docs/jax.md's optax train step (the sharding section reuses it)
+    "flax-train-step": """
+import optax
+from flax import nnx
+
+def loss_fn(model, batch):
+    return model(input_ids=batch, labels=batch, use_cache=False).loss
+
+@nnx.jit
+def train_step(model, optimizer, batch):
+    loss, grads = nnx.value_and_grad(loss_fn)(model, batch)
+    optimizer.update(model, grads)
+    return loss
+
+model.train()
+optimizer = nnx.Optimizer(model, optax.adamw(3e-4), wrt=nnx.Param)
+""",
     "keras-lm": """
 import keras, tensorflow as tf
 from gpt2_tf import GPT2LMHeadModel, GPT2ForSequenceClassification
