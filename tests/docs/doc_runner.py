@@ -18,6 +18,7 @@ import os
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -156,6 +157,13 @@ class DocEnv:
             p.stop()
 
 
+def _free_port() -> int:
+    """A TCP port nobody listens on now: a block's rendezvous / coordinator address."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _kill(proc: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
@@ -227,21 +235,42 @@ class Page:
     def _run_shell(self, block: S.Block, what: str | None = None) -> None:
         timeout = block.timeout or DEFAULT_TIMEOUT
         try:
-            script = S.shell_script(block)
+            scripts = S.shell_scripts(block)
         except S.DirectiveError as e:
             raise BlockFailed(f"{block.id}: {e}") from None
-        proc = subprocess.Popen(["bash", "-c", script], cwd=self.ws,
-                                env=self._env(block), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        # one process per script: a `parallel` block's commands run at the same time (one per
+        # "host"), each writing to its own log
+        logs = [open(self.env.root / "logs" / f"{block.id.replace('/', '__')}.{i}.out", "wb+")  # noqa: SIM115
+                for i in range(len(scripts))]
+        env = {"DOCTEST_PORT": str(_free_port()), **self._env(block)}
+        procs = [subprocess.Popen(["bash", "-c", script], cwd=self.ws, env=env,
+                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                 for script, log in zip(scripts, logs)]
+        deadline = time.monotonic() + timeout
         try:
-            out, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _kill(proc)
-            raise BlockFailed(f"{what or block.id}: timed out after {timeout:.0f} s") from None
-        text = out.decode("utf-8", "replace")
-        if proc.returncode != 0:
-            raise BlockFailed(f"{what or block.id}: exit status {proc.returncode}\n"
-                              f"{text[-8000:]}")
+            timed_out = False
+            for proc in procs:
+                try:
+                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    timed_out = True
+            if timed_out or any(p.returncode != 0 for p in procs):
+                for p in procs:      # a failed "host" leaves the others waiting: stop them
+                    _kill(p)
+            texts = []
+            for log in logs:
+                log.seek(0)
+                texts.append(log.read().decode("utf-8", "replace"))
+        finally:
+            for log in logs:
+                log.close()
+        text = "\n".join(f"--- process {i}:\n{t[-6000:]}" if len(texts) > 1 else t[-8000:]
+                         for i, t in enumerate(texts))
+        if timed_out:
+            raise BlockFailed(f"{what or block.id}: timed out after {timeout:.0f} s\n{text}")
+        codes = [p.returncode for p in procs]
+        if any(codes):
+            raise BlockFailed(f"{what or block.id}: exit status {codes}\n{text}")
         self.done.add(block.id)
 
     # ------------------------------------------------------------------ python

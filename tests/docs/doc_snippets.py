@@ -51,6 +51,7 @@ class Block:
     skip: str | None = None
     xfail: str | None = None
     slow: bool = False
+    parallel: bool = False    # shell: each command at once, in its own process ("each host")
     cont: bool = False        # runs after (in the namespace / directory of) the previous block
     setup: tuple[str, ...] = ()
     timeout: float | None = None
@@ -80,11 +81,8 @@ def _apply_directives(block: Block, texts: list[str]) -> None:
                 if not reason:
                     raise DirectiveError(f"`{key}` needs a reason")
                 setattr(block, key, reason)
-            elif key in ("slow", "continue") and not (eq or rest):
-                if key == "slow":
-                    block.slow = True
-                else:
-                    block.cont = True
+            elif key in ("slow", "continue", "parallel") and not (eq or rest):
+                setattr(block, {"continue": "cont"}.get(key, key), True)
             elif key == "setup":
                 names = (value + " " + rest).replace(",", " ").split()
                 if not names:
@@ -178,14 +176,39 @@ def console_commands(code: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def shell_script(block: Block) -> str:
+def shell_commands(code: str) -> list[str]:
+    """The commands of a shell block, ``\\`` continuations joined, comments and blanks dropped."""
+    cmds: list[str] = []
+    cur = ""
+    for ln in code.splitlines():
+        if not cur and (not ln.strip() or ln.lstrip().startswith("#")):
+            continue
+        cur += ln + "\n"
+        if not ln.rstrip().endswith("\\"):
+            cmds.append(cur)
+            cur = ""
+    if cur:
+        cmds.append(cur)
+    return cmds
+
+
+def shell_scripts(block: Block) -> list[str]:
+    """What runs for a shell block: one ``bash -euo pipefail`` script, or with ``parallel`` one
+    script per command (each with the set-up preludes), run at the same time."""
     code = console_commands(block.code) if block.lang == "console" else block.code
     setup = []
     for name in block.setup:
         if name not in SHELL_PRELUDES:
             raise DirectiveError(f"unknown shell setup {name!r}; known: {sorted(SHELL_PRELUDES)}")
         setup.append(SHELL_PRELUDES[name])
-    return "set -euo pipefail\n" + "".join(setup) + code
+    head = "set -euo pipefail\n" + "".join(setup)
+    if block.parallel:
+        return [head + cmd for cmd in shell_commands(code)]
+    return [head + code]
+
+
+def shell_script(block: Block) -> str:
+    return shell_scripts(block)[0]
 
 
 #: shell run before a bash / console block, named by ``setup=``.

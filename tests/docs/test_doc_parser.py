@@ -66,3 +66,14 @@ def test_shell_setup_prelude_and_strict_mode():
 def test_every_page_is_found():
     pages = {p.relative_to(S.ROOT).as_posix() for p in S.doc_files()}
     assert {"README.md", "docs/training.md", "docs/testing.md"} <= pages
+
+
+def test_parallel_runs_each_command_in_its_own_script(tmp_path):
+    text = ("<!-- doctest: parallel; setup=openai-release -->\n```bash\n# host 0\n"
+            "run --rank 0 \\\n    --x 1\n\nrun --rank 1 \\\n    --x 1\n```\n")
+    (b,) = _parse(tmp_path, text)
+    scripts = S.shell_scripts(b)
+    assert b.parallel and len(scripts) == 2
+    assert scripts[0].endswith("run --rank 0 \\\n    --x 1\n")
+    assert scripts[1].endswith("run --rank 1 \\\n    --x 1\n")
+    assert all("openai-release" in s for s in scripts)
