@@ -242,7 +242,8 @@ class Page:
         # "host"), each writing to its own log
         logs = [open(self.env.root / "logs" / f"{block.id.replace('/', '__')}.{i}.out", "wb+")  # noqa: SIM115
                 for i in range(len(scripts))]
-        env = {"DOCTEST_PORT": str(_free_port()), **self._env(block)}
+        env = {"DOCTEST_PORT": str(_free_port()), "DOCTEST_PORT2": str(_free_port()),
+               **self._env(block)}
         procs = [subprocess.Popen(["bash", "-c", script], cwd=self.ws, env=env,
                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
                  for script, log in zip(scripts, logs)]
