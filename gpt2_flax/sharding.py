@@ -198,6 +198,13 @@ def place(x: Any, sharding: Any) -> jax.Array:
     own devices (``device_put`` accepts only addressable devices)."""
     if sharding is None or getattr(sharding, "is_fully_addressable", True):
         return jax.device_put(x, sharding)
+    if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+        # RNG keys (dropout streams): placed as their key data, then re-wrapped (replicated)
+        impl = jax.random.key_impl(x)
+        data = np.asarray(jax.random.key_data(x))
+        rep = NamedSharding(sharding.mesh, P())
+        placed = jax.make_array_from_callback(data.shape, rep, lambda index: data[index])
+        return jax.random.wrap_key_data(placed, impl=impl)
     host = np.asarray(x)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
