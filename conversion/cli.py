@@ -1,7 +1,8 @@
 """The ``gpt2`` command line (also ``python -m conversion``).
 
 Subcommands: ``demo`` (the showcase), ``inspect`` (what a checkpoint directory holds),
-``convert`` (any format to any format through the canonical state dict). The CLI lives in the
+``convert`` (any format to any format through the canonical state dict), ``serve`` (a writing
+page and an OpenAI-style API, docs/serving.md). The CLI lives in the
 top layer because it drives every backend; backends are imported only when a command needs them.
 """
 
@@ -62,6 +63,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from conversion import serve
+
+    return serve.serve(args.model, framework=args.framework, host=args.host, port=args.port,
+                       dtype=args.dtype, tokenizer=args.tokenizer, name=args.name,
+                       max_queue=args.max_queue)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gpt2",
@@ -117,6 +126,28 @@ def build_parser() -> argparse.ArgumentParser:
                                      "one device, DDP/FSDP, tf.distribute or a JAX mesh)")
     train_cli.add_arguments(t)
     t.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("serve", help="a local writing page and an OpenAI-style completions API "
+                                     "(streaming) for a checkpoint, in any framework")
+    s.add_argument("--model", required=True, help="checkpoint directory or hub id")
+    s.add_argument("--framework", default="torch", choices=["torch", "tf", "flax"])
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"],
+                   help="parameter / compute dtype (default: the backend's fp32)")
+    s.add_argument("--tokenizer", default=None,
+                   help="tokenizer directory or id (default: the checkpoint's, else GPT-2's)")
+    s.add_argument("--name", default=None, help="model id in the API (default: --model)")
+    s.add_argument("--max-queue", type=int, default=256,
+                   help="sequences waiting beyond which requests get 503")
+    s.set_defaults(func=_cmd_serve)
+
+    from conversion import generate as generate_cli  # flags only; frameworks load when it runs
+
+    g = sub.add_parser("generate", help="generate text from a prompt (streamed), in torch, tf "
+                                        "or flax; or an interactive prompt loop")
+    generate_cli.add_arguments(g)
+    g.set_defaults(func=generate_cli.run)
     return p
 
 

@@ -19,6 +19,14 @@ def __getattr__(name: str):
 
         return {"GPT2Tokenizer": getattr(tokenizer, "GPT2Tokenizer", None),
                 "GPT2TokenizerFast": getattr(tokenizer_fast, "GPT2TokenizerFast", None)}[name]
+    if name == "pipeline":  # dispatches to a backend lazily, when a pipeline is built
+        from gpt2_core.pipelines import pipeline
+
+        return pipeline
+    if name == "AutoTokenizer":
+        from gpt2_core.auto import AutoTokenizer
+
+        return AutoTokenizer
     if name == "GenerationConfig":
         from gpt2_core.generation_config import GenerationConfig
 

@@ -45,6 +45,9 @@ ACTIVATIONS = frozenset(
     }
 )
 SUMMARY_TYPES = frozenset({"last", "first", "mean", "cls_index"})
+#: ``attn_implementation`` values. Which ones a backend runs (and on which devices) is the
+#: backend's call: torch eager / sdpa / flash_attention_2, TF eager, Flax eager / sdpa / cudnn.
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "cudnn")
 PROBLEM_TYPES = frozenset({"regression", "single_label_classification", "multi_label_classification"})
 
 # field name -> HF default. Order is the order of HF's docstring; it is also the order of to_dict.
@@ -130,6 +133,10 @@ class GPT2Config:
         scale_attn_by_inverse_layer_idx: further divide scores by ``layer_idx + 1``.
         reorder_and_upcast_attn: compute QK^T and softmax in float32.
         add_cross_attention: add cross-attention blocks (encoder-decoder use).
+        attn_implementation: None (the backend's default) or one of
+            :data:`ATTN_IMPLEMENTATIONS`, as transformers' ``attn_implementation``; a backend
+            refuses, with an error, one it cannot run on the device or for this config. Kept in
+            :attr:`extra`, not written to config.json (transformers does not save it either).
         tie_word_embeddings: the LM head shares ``wte``.
         num_labels / id2label / label2id / problem_type / classifier_dropout: classification heads.
         **kwargs: any other key of an HF config.json; kept in :attr:`extra` and written back.
@@ -193,6 +200,18 @@ class GPT2Config:
 
     def __setattr__(self, name: str, value: Any) -> None:
         object.__setattr__(self, ALIASES.get(name, name), value)
+
+    @property
+    def attn_implementation(self) -> str | None:
+        return self.extra.get("attn_implementation")
+
+    @attn_implementation.setter
+    def attn_implementation(self, value: str | None) -> None:
+        _check_attn_implementation(value)
+        if value is None:
+            self.extra.pop("attn_implementation", None)
+        else:
+            self.extra["attn_implementation"] = value
 
     @property
     def num_labels(self) -> int:
@@ -283,6 +302,7 @@ class GPT2Config:
             v = getattr(self, name)
             if v is not None and (not _is_int(v) or v < 0):
                 raise ValueError(f"GPT2Config: {name} must be None or an int >= 0, got {v!r}")
+        _check_attn_implementation(self.attn_implementation)
         eos = self.eos_token_id
         eos_list = eos if isinstance(eos, list) else [eos]
         if eos is not None and not all(_is_int(e) and e >= 0 for e in eos_list):
@@ -339,7 +359,9 @@ class GPT2Config:
             raise NotADirectoryError(f"{directory} exists and is not a directory")
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / CONFIG_NAME
-        atomic_write_text(path, self.to_json_string())
+        d = self.to_dict()
+        d.pop("attn_implementation", None)  # a runtime choice, not part of the checkpoint
+        atomic_write_text(path, json.dumps(d, indent=2, sort_keys=True) + "\n")
         return path
 
     @classmethod
@@ -392,6 +414,12 @@ class GPT2Config:
         diff = {k: getattr(self, k) for k, v in _DEFAULTS.items() if getattr(self, k) != v}
         inner = ", ".join(f"{k}={v!r}" for k, v in diff.items())
         return f"GPT2Config({inner})"
+
+
+def _check_attn_implementation(value: Any) -> None:
+    if value is not None and value not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(f"GPT2Config: attn_implementation must be None or one of "
+                         f"{list(ATTN_IMPLEMENTATIONS)}, got {value!r}")
 
 
 def _label_maps(

@@ -9,6 +9,19 @@ Example:
 See docs/jax.md for jit, grad, an optax train step, split/merge and sharding.
 """
 
+from gpt2_flax.auto import (
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+    FlaxAutoModel,
+    FlaxAutoModelForCausalLM,
+    FlaxAutoModelForQuestionAnswering,
+    FlaxAutoModelForSequenceClassification,
+    FlaxAutoModelForTokenClassification,
+)
 from gpt2_flax.generation import GenerationMixin, bucket, trace_count
 from gpt2_flax.modeling import (
     ACT2FN,
@@ -34,14 +47,19 @@ from gpt2_flax.modeling import (
     checked,
     cross_entropy,
 )
+from gpt2_flax.pipelines import pipeline
 from gpt2_flax.sharding import ShardingConfig, shard_batch, shard_model
 
 __all__ = [
+    "AutoModel", "AutoModelForCausalLM", "AutoModelForQuestionAnswering",
+    "AutoModelForSequenceClassification", "AutoModelForTokenClassification", "AutoTokenizer",
+    "FlaxAutoModel", "FlaxAutoModelForCausalLM", "FlaxAutoModelForQuestionAnswering",
+    "FlaxAutoModelForSequenceClassification", "FlaxAutoModelForTokenClassification",
     "ACT2FN", "MODEL_CLASSES", "FlaxGPT2DoubleHeadsModel", "FlaxGPT2ForQuestionAnswering",
     "FlaxGPT2ForSequenceClassification", "FlaxGPT2ForTokenClassification", "FlaxGPT2LMHeadModel",
     "FlaxGPT2Model", "GPT2Attention", "GPT2Block", "GPT2DoubleHeadsModel",
     "GPT2ForQuestionAnswering", "GPT2ForSequenceClassification", "GPT2ForTokenClassification",
     "GPT2LMHeadModel", "GPT2MLP", "GPT2Model", "GPT2PreTrainedModel", "GPT2SequenceSummary",
-    "GenerationMixin", "KVCache", "ShardingConfig", "bucket", "checked", "cross_entropy",
+    "GenerationMixin", "KVCache", "ShardingConfig", "bucket", "checked", "cross_entropy", "pipeline",
     "shard_batch", "shard_model", "trace_count",
 ]

@@ -314,6 +314,7 @@ class GPT2Attention(nnx.Module):
         self.scale_attn_weights = config.scale_attn_weights
         self.scale_attn_by_inverse_layer_idx = config.scale_attn_by_inverse_layer_idx
         self.reorder_and_upcast_attn = config.reorder_and_upcast_attn
+        self.attn_implementation = _attn_implementation(config, dtype)
         self.dtype = dtype
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         if is_cross_attention:
@@ -369,6 +370,14 @@ class GPT2Attention(nnx.Module):
             if use_cache or cache_index is not None:
                 present = (k, v)
 
+        dropout_off = self.attn_dropout.rate == 0 or (
+            self.attn_dropout.deterministic if deterministic is None else deterministic)
+        if self.attn_implementation != "eager" and head_mask is None and dropout_off:
+            out = self._fused_attention(q, k, v, causal, mask_bias)  # (B, H, T, D)
+            out = out.transpose(0, 2, 1, 3).reshape(B, T, C)  # (B, T, C)
+            out = self.resid_dropout(self.c_proj(out), deterministic=deterministic)
+            return out, present, None
+
         if self.reorder_and_upcast_attn:
             # QK^T in float32 with the scale folded in (torch.baddbmm(alpha=scale) in HF)
             scale = 1.0
@@ -400,6 +409,51 @@ class GPT2Attention(nnx.Module):
         out = out.transpose(0, 2, 1, 3).reshape(B, T, C)  # (B, T, C)
         out = self.resid_dropout(self.c_proj(out), deterministic=deterministic)
         return out, present, probs
+
+
+    def _fused_attention(self, q, k, v, causal, mask_bias):
+        """``jax.nn.dot_product_attention`` (XLA's fused path, or cuDNN's flash kernel) with the
+        eager path's scale and masks; no probabilities are materialised."""
+        scale = 1.0 / float(self.head_dim) ** 0.5 if self.scale_attn_weights else 1.0
+        if self.scale_attn_by_inverse_layer_idx:
+            scale /= float(self.layer_idx + 1)
+        dtype = v.dtype
+        if self.reorder_and_upcast_attn:  # the flag promises float32 scores and softmax
+            q, k, v = q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32)
+        # the eager path's masks as one additive bias, in the scores' dtype: scores + min rounds
+        # to min, so masked keys get exactly what the eager path writes
+        dt = q.dtype
+        bias = None
+        if not self.is_cross_attention and causal is not None:
+            bias = jnp.where(causal, 0, jnp.finfo(dt).min).astype(dt)[None, None]  # (1, 1, T, S)
+        if mask_bias is not None:
+            bias = mask_bias.astype(dt) if bias is None else bias + mask_bias.astype(dt)
+        impl = "cudnn" if self.attn_implementation == "cudnn" else None
+        out = jax.nn.dot_product_attention(
+            q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3),
+            bias=bias, scale=scale, implementation=impl)  # (B, T, H, D)
+        return out.transpose(0, 2, 1, 3).astype(dtype)  # (B, H, T, D)
+
+
+def _attn_implementation(config: GPT2Config, dtype: Any) -> str:
+    """The config's attn_implementation for Flax (default eager): "sdpa" is
+    ``jax.nn.dot_product_attention`` (XLA, any device), "cudnn" its cuDNN kernel (GPU with
+    fp16/bf16 compute only); the others are refused, never replaced."""
+    impl = config.attn_implementation or "eager"
+    if impl not in ("eager", "sdpa", "cudnn"):
+        raise ValueError(f"attn_implementation={impl!r} is not available in gpt2_flax; use "
+                         "'eager', 'sdpa' (jax.nn.dot_product_attention) or 'cudnn' (GPU)")
+    if impl == "cudnn":
+        if jax.default_backend() != "gpu":
+            raise ValueError("attn_implementation='cudnn' needs a GPU (JAX runs on "
+                             f"{jax.default_backend()!r}); use 'sdpa' or 'eager'")
+        if jnp.dtype(dtype) not in (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16)):
+            raise ValueError("attn_implementation='cudnn' needs fp16 or bf16 compute "
+                             f"(dtype={jnp.dtype(dtype).name}); use 'sdpa' or 'eager'")
+        if config.reorder_and_upcast_attn:
+            raise ValueError("attn_implementation='cudnn' cannot honour reorder_and_upcast_attn"
+                             "=True (float32 scores); use 'sdpa' or 'eager'")
+    return impl
 
 
 class GPT2MLP(nnx.Module):
@@ -628,6 +682,9 @@ class GPT2Model(GPT2PreTrainedModel):
     ):
         cfg = self.config
         output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
+        if output_attentions and self.h[0].attn.attn_implementation != "eager":
+            raise ValueError("output_attentions=True needs attn_implementation='eager' (the fused "
+                             f"{self.h[0].attn.attn_implementation!r} path computes no weights)")
         output_hidden_states = (cfg.output_hidden_states if output_hidden_states is None
                                 else output_hidden_states)
         use_cache = cfg.use_cache if use_cache is None else use_cache

@@ -29,6 +29,7 @@ import logging
 from typing import Any
 
 import jax
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -187,8 +188,25 @@ def shard_model(model: nnx.Module, mesh: Mesh, sharding: ShardingConfig | None =
     state = nnx.state(model)
     _check_divisible(state, mesh)
     shardings = nnx.get_named_sharding(state, mesh)
-    nnx.update(model, jax.device_put(state, shardings))
+    nnx.update(model, jax.tree.map(place, state, shardings))
     return model
+
+
+def place(x: Any, sharding: Any) -> jax.Array:
+    """``jax.device_put(x, sharding)``, also for a mesh spanning several processes: there each
+    process holds the same full value (seeded init, checkpoint) and supplies the slices of its
+    own devices (``device_put`` accepts only addressable devices)."""
+    if sharding is None or getattr(sharding, "is_fully_addressable", True):
+        return jax.device_put(x, sharding)
+    if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+        # RNG keys (dropout streams): placed as their key data, then re-wrapped (replicated)
+        impl = jax.random.key_impl(x)
+        data = np.asarray(jax.random.key_data(x))
+        rep = NamedSharding(sharding.mesh, P())
+        placed = jax.make_array_from_callback(data.shape, rep, lambda index: data[index])
+        return jax.random.wrap_key_data(placed, impl=impl)
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def shard_batch(x: Any, mesh: Mesh, sharding: ShardingConfig | None = None) -> Any:

@@ -65,7 +65,7 @@ from gpt2_core.training import (
     save_final_model,
 )
 from gpt2_flax import weights
-from gpt2_flax.sharding import ShardingConfig, auto_mesh, shard_model
+from gpt2_flax.sharding import ShardingConfig, auto_mesh, place, shard_model
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ def _from_canonical(like: Any, values: dict[str, np.ndarray], prefix: str = "") 
         arr = np.asarray(values[prefix + key], dtype=np.float32)
         arr = arr.T if weights.is_transposed(key) else arr
         sharding = getattr(leaf, "sharding", None)
-        return jax.device_put(arr.astype(leaf.dtype), sharding)
+        return place(arr.astype(leaf.dtype), sharding)
 
     return jax.tree_util.tree_map_with_path(put, like)
 

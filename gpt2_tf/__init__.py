@@ -28,6 +28,13 @@ if _backend != "tensorflow":
         "Set KERAS_BACKEND=tensorflow before anything imports keras (or import gpt2_tf first)."
     )
 
+from gpt2_tf.auto import (
+    TFAutoModel,
+    TFAutoModelForCausalLM,
+    TFAutoModelForQuestionAnswering,
+    TFAutoModelForSequenceClassification,
+    TFAutoModelForTokenClassification,
+)
 from gpt2_tf.modeling import (
     GPT2MLP,
     GPT2Attention,
@@ -40,6 +47,8 @@ from gpt2_tf.modeling import (
     GPT2Model,
     GPT2PreTrainedModel,
 )
+from gpt2_tf.pipelines import pipeline
+from gpt2_tf.tokenizer import TFGPT2Tokenizer
 from gpt2_tf.weights import load_canonical, to_canonical
 
 # names for people moving from transformers' TF classes
@@ -50,7 +59,25 @@ TFGPT2ForSequenceClassification = GPT2ForSequenceClassification
 TFGPT2ForTokenClassification = GPT2ForTokenClassification
 TFGPT2ForQuestionAnswering = GPT2ForQuestionAnswering
 
+AutoModel = TFAutoModel
+AutoModelForCausalLM = TFAutoModelForCausalLM
+AutoModelForSequenceClassification = TFAutoModelForSequenceClassification
+AutoModelForTokenClassification = TFAutoModelForTokenClassification
+AutoModelForQuestionAnswering = TFAutoModelForQuestionAnswering
+from gpt2_core.auto import AutoTokenizer  # noqa: E402
+
 __all__ = [
+    "AutoModel",
+    "AutoModelForCausalLM",
+    "AutoModelForQuestionAnswering",
+    "AutoModelForSequenceClassification",
+    "AutoModelForTokenClassification",
+    "AutoTokenizer",
+    "TFAutoModel",
+    "TFAutoModelForCausalLM",
+    "TFAutoModelForQuestionAnswering",
+    "TFAutoModelForSequenceClassification",
+    "TFAutoModelForTokenClassification",
     "GPT2Attention",
     "GPT2Block",
     "GPT2DoubleHeadsModel",
@@ -66,7 +93,9 @@ __all__ = [
     "TFGPT2ForSequenceClassification",
     "TFGPT2ForTokenClassification",
     "TFGPT2LMHeadModel",
+    "TFGPT2Tokenizer",
     "TFGPT2Model",
     "load_canonical",
+    "pipeline",
     "to_canonical",
 ]

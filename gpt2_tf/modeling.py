@@ -234,6 +234,12 @@ class GPT2Attention(keras.layers.Layer):
         self.scale_attn_weights = config.scale_attn_weights
         self.scale_attn_by_inverse_layer_idx = config.scale_attn_by_inverse_layer_idx
         self.reorder_and_upcast_attn = config.reorder_and_upcast_attn
+        # TensorFlow has no fused attention kernel to offer here: only the explicit path
+        self.attn_implementation = config.attn_implementation or "eager"
+        if self.attn_implementation != "eager":
+            raise ValueError(f"attn_implementation={self.attn_implementation!r} is not available "
+                             "in gpt2_tf: TensorFlow has no fused attention kernel for it; use "
+                             "'eager' (or the torch / flax backend)")
         std = config.initializer_range
         proj_std = std / math.sqrt(2 * config.n_layer)  # transformers' scaled c_proj init
         dt = self.dtype_policy
@@ -659,11 +665,22 @@ class GPT2PreTrainedModel(keras.Model):
         archive.track(self)
         return archive, serve, spec
 
-    def export_serving(self, path: str | os.PathLike) -> None:
+    def export_serving(self, path: str | os.PathLike, *, with_tokenizer: bool = False,
+                       **text_kwargs: Any) -> None:
         """Write a SavedModel whose ``serving_default`` maps (input_ids, attention_mask) to the
         head's outputs (int32 (B, T) each; ``(B, C, T)`` for the double-heads model). It loads
         with plain ``tf.saved_model.load`` — no gpt2_tf, no Keras needed.
+
+        With ``with_tokenizer=True`` (LM only) it maps ``text`` strings to ``generated_text``
+        instead: tokenizer, greedy decoding and detokenizer in the graph
+        (:func:`gpt2_tf.serving.export_text_serving`; ``tokenizer=``, ``max_new_tokens=``).
         """
+        if with_tokenizer:
+            from gpt2_tf.serving import export_text_serving
+
+            return export_text_serving(self, path, **text_kwargs)
+        if text_kwargs:
+            raise TypeError(f"{sorted(text_kwargs)} apply with with_tokenizer=True only")
         archive, serve, spec = self._serving_archive()
         archive.add_endpoint("serving_default", serve, input_signature=spec)
         archive.write_out(str(path), verbose=False)

@@ -6,6 +6,14 @@ Example:
     >>> model.generate(ids, max_new_tokens=20, do_sample=True, top_p=0.9, seed=0)
 """
 
+from gpt2_torch.auto import (
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+)
 from gpt2_torch.modeling import (
     GPT2MLP,
     MODEL_CLASSES,
@@ -20,8 +28,15 @@ from gpt2_torch.modeling import (
     GPT2PreTrainedModel,
     StaticCache,
 )
+from gpt2_torch.pipelines import pipeline
 
 __all__ = [
+    "AutoModel",
+    "AutoModelForCausalLM",
+    "AutoModelForQuestionAnswering",
+    "AutoModelForSequenceClassification",
+    "AutoModelForTokenClassification",
+    "AutoTokenizer",
     "MODEL_CLASSES",
     "GPT2MLP",
     "GPT2Attention",
@@ -34,4 +49,5 @@ __all__ = [
     "GPT2Model",
     "GPT2PreTrainedModel",
     "StaticCache",
+    "pipeline",
 ]

@@ -22,6 +22,7 @@ attention over the visible pads) instead of SDPA's NaN.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import os
@@ -158,6 +159,31 @@ class StaticCache:
             buf.copy_(buf.index_select(0, index))
 
 
+def flash_attention_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why FlashAttention-2 cannot run here (None when it can): the package, CUDA, fp16/bf16."""
+    if importlib.util.find_spec("flash_attn") is None:
+        return "the flash-attn package is not installed (pip install flash-attn)"
+    if torch.device(device).type != "cuda":
+        return f"it needs a CUDA device, the model is on {device}"
+    if dtype not in (torch.float16, torch.bfloat16):
+        return f"it needs fp16 or bf16 weights, the model is {dtype} (from_pretrained(dtype=...))"
+    return None
+
+
+def _attn_implementation(config: GPT2Config) -> str:
+    """The config's attn_implementation for this backend (default sdpa), refusing the ones
+    PyTorch cannot run or that cannot honour the config's flags."""
+    impl = config.attn_implementation or "sdpa"
+    if impl not in ("eager", "sdpa", "flash_attention_2"):
+        raise ValueError(f"attn_implementation={impl!r} is not available in gpt2_torch; use "
+                         "'eager', 'sdpa' or 'flash_attention_2'")
+    if impl == "flash_attention_2" and config.reorder_and_upcast_attn:
+        raise ValueError("attn_implementation='flash_attention_2' cannot honour "
+                         "reorder_and_upcast_attn=True (float32 QK^T and softmax); use 'sdpa' "
+                         "or 'eager'")
+    return impl
+
+
 class GPT2Attention(nn.Module):
     """Multi-head causal self-attention (or cross-attention) with a fused q/k/v projection.
 
@@ -184,6 +210,7 @@ class GPT2Attention(nn.Module):
         if self.scale_attn_by_inverse_layer_idx:
             scale /= float(layer_idx + 1)
         self.scale = scale
+        self.attn_implementation = _attn_implementation(config)
         if is_cross_attention:
             self.c_attn = Conv1D(2 * self.embed_dim, self.embed_dim)  # k, v from the encoder
             self.q_attn = Conv1D(self.embed_dim, self.embed_dim)
@@ -222,6 +249,24 @@ class GPT2Attention(nn.Module):
         if head_mask is not None:
             w = w * head_mask
         return torch.matmul(w, v), w
+
+    def _flash_attention(self, q, k, v, mask, head_mask, output_attentions, is_causal):
+        """FlashAttention-2 (the flash-attn package) on (B, H, T, D) tensors; unpadded only."""
+        reason = flash_attention_unavailable(q.device, q.dtype)
+        if reason:
+            raise RuntimeError(f"attn_implementation='flash_attention_2': {reason}")
+        if mask is not None or head_mask is not None or output_attentions:
+            raise ValueError(
+                "attn_implementation='flash_attention_2' runs unpadded causal attention only: "
+                "got an attention mask with padding (or a past without a static cache), a "
+                "head_mask or output_attentions; use attn_implementation='sdpa' for those")
+        from flash_attn import flash_attn_func
+
+        dropout = self.attn_dropout.p if self.training else 0.0
+        out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                              dropout_p=dropout, softmax_scale=self.scale,
+                              causal=is_causal and not self.is_cross_attention)  # (B, T, H, D)
+        return out.transpose(1, 2)  # (B, H, T, D)
 
     def forward(
         self,
@@ -271,7 +316,11 @@ class GPT2Attention(nn.Module):
         # padding (left-pad queries): 0.68 max|diff| on wte's gradient against transformers'
         # eager path (tests/parity). With a padding mask and gradients, take the eager path.
         grad_with_mask = mask is not None and torch.is_grad_enabled() and q.requires_grad
-        if output_attentions or head_mask is not None or grad_with_mask:
+        if self.attn_implementation == "flash_attention_2" and not static_cache:
+            out = self._flash_attention(q, k, v, mask, head_mask, output_attentions, is_causal)
+            weights = None
+        elif (output_attentions or head_mask is not None or grad_with_mask
+              or self.attn_implementation == "eager"):
             out, weights = self._eager_attention(q, k, v, mask, head_mask)
             if not output_attentions:
                 weights = None
@@ -583,7 +632,11 @@ class GPT2PreTrainedModel(nn.Module):
             prefer: read this format when several are present ("safetensors", "pytorch", "tf", "flax").
             strict: raise :class:`gpt2_core.naming.CheckpointError` on missing / unexpected /
                 mis-shaped weights (default); False only logs them.
-            **config_overrides: config fields to change (e.g. ``attn_pdrop=0.0``).
+            **config_overrides: config fields to change (e.g. ``attn_pdrop=0.0``), including
+                ``attn_implementation``: "sdpa" (default), "eager" (explicit softmax(QK^T)V,
+                transformers' reference path) or "flash_attention_2" (needs the flash-attn
+                package, a CUDA device and fp16/bf16 weights, else a RuntimeError; unpadded
+                inputs only; decoding steps over generate's static cache run SDPA).
 
         Example:
             >>> model = GPT2LMHeadModel.from_pretrained("path/to/gpt2")
@@ -602,6 +655,10 @@ class GPT2PreTrainedModel(nn.Module):
                                allow_missing=report.newly_initialized, strict=strict)
         model._materialize_missing(dtype=weights.torch_dtype_of(state_dict))
         model.to(device)
+        if config.attn_implementation == "flash_attention_2":
+            reason = flash_attention_unavailable(torch.device(device), model.dtype)
+            if reason:
+                raise RuntimeError(f"attn_implementation='flash_attention_2': {reason}")
         model.load_report = report
         gen_path = Path(name_or_path) / GENERATION_CONFIG_NAME
         if gen_path.is_file():
@@ -794,7 +851,8 @@ class GPT2Model(GPT2PreTrainedModel):
         hidden_states = self.drop(hidden_states)
 
         # -- masks
-        use_sdpa = not output_attentions and head_mask is None
+        use_sdpa = (not output_attentions and head_mask is None
+                    and self.h[0].attn.attn_implementation != "eager")  # eager needs a causal bias
         if attention_mask is not None:
             attention_mask = attention_mask.reshape(B, -1)
             if attention_mask.shape[1] != key_length:

@@ -233,3 +233,48 @@ def test_loss_png_without_matplotlib_says_so(tmp_path, caplog, monkeypatch):
     with caplog.at_level(logging.WARNING):
         assert plot_loss_curve([{"step": 1, "loss": 2.0}], tmp_path / "loss.png") is None
     assert any("matplotlib is not installed" in r.message for r in caplog.records)
+
+
+# ----------------------------------------------------------------------------- distributed
+def _cli_train(framework, model_dir, corpus, out, *extra):
+    return ["-m", "conversion", "train", "--framework", framework, "--model", str(model_dir),
+            "--data", str(corpus), str(out), "--steps", "3", "--tokenizer", "bytes",
+            "--block-size", "16", "--batch-size", "4", "--dropout", "0.1", "--no-progress",
+            *extra]
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_with_dropout_prints_one_line(model_dir, corpus, tmp_path):
+    """The docs' torchrun recipe with dropout: trains, and only rank 0 speaks."""
+    pytest.importorskip("torch")
+    out = tmp_path / "ddp"
+    proc = H.run([H.PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                  "2", *_cli_train("torch", model_dir, corpus, out, "--strategy", "ddp")])
+    assert proc.stdout.count("trained steps 1-3") == 1, proc.stdout
+    assert len(H.losses(out)) == 3 and all(np.isfinite(H.losses(out)))
+    assert json.loads((out / "config.json").read_text())["attn_pdrop"] == 0.1
+
+
+@pytest.mark.slow
+def test_tf_mirrored_with_dropout(model_dir, corpus, tmp_path):
+    pytest.importorskip("tensorflow")
+    out = tmp_path / "mirrored"
+    proc = H.run([H.PYTHON, *_cli_train("tf", model_dir, corpus, out, "--strategy", "mirrored",
+                                        "--cpu-devices", "2")])
+    assert "trained steps 1-3" in proc.stdout
+    assert len(H.losses(out)) == 3 and all(np.isfinite(H.losses(out)))
+
+
+@pytest.mark.slow
+def test_flax_mesh_with_dropout(corpus, tmp_path):
+    jax = pytest.importorskip("jax")
+    if jax.device_count() < 4:
+        pytest.skip("needs 4 devices (tests/conftest.py sets XLA_FLAGS)")
+    from gpt2_flax.training import make_mesh
+
+    mesh, sharding = make_mesh("fsdp", {"data": 4})
+    train_ds, _ = H.datasets(corpus)
+    cfg = H.train_config(steps=3, dropout=0.1, eval_every=100, save_every=100)
+    res = _backend_train("flax")(_model("flax"), train_ds, None, cfg, tmp_path, mesh=mesh,
+                                 sharding=sharding, progress=False)
+    assert len(res.losses) == 3 and all(np.isfinite(res.losses))
