@@ -213,6 +213,18 @@ def shell_script(block: Block) -> str:
 
 #: shell run before a bash / console block, named by ``setup=``.
 SHELL_PRELUDES: dict[str, str] = {
+    # `gpt2 serve` blocks: background servers die with the block; wait_for_server PORT polls
+    # /health (the README starts its server with `&` through a replace directive)
+    "serve-helpers": (
+        "trap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n"
+        "wait_for_server() { for _ in $(seq 1 240); do curl -sf \"http://127.0.0.1:${1:-8000}"
+        "/health\" >/dev/null && return 0; sleep 1; done; echo 'gpt2 serve did not start' >&2; "
+        "return 1; }\n"),
+    # a server on the tiny checkpoint, for blocks that only talk to one
+    "serve-ckpt": ("gpt2 serve --model ckpt --name gpt2 >serve.log 2>&1 &\n"
+                   "wait_for_server 8000 || { cat serve.log >&2; exit 1; }\n"),
+    # the prompt files docs/generation.md reads
+    "prompt-files": "printf 'The meaning of life is' > prompt.txt && cp prompt.txt p.txt\n",
     # OpenAI's TF1 release layout (hparams.json, model.ckpt.*, encoder.json, vocab.bpe)
     "openai-release": "test -d openai-release || gpt2 convert ckpt openai-release --to openai "
                       ">/dev/null\n",
@@ -226,6 +238,33 @@ PRELUDES: dict[str, str] = {
     # README: "Snippets below assume a checkpoint directory ckpt"
     "ckpt": """
 ckpt = "ckpt"
+""",
+    # docs/generation.md's pipelines: one checkpoint per head, built from ckpt
+    "head-ckpts": """
+import shutil as _shutil
+from gpt2_core import checkpoint as _ckpt
+from gpt2_core.init import random_state_dict as _rsd
+for _name, _head, _extra in (
+        ("clf-ckpt", "sequence_classification",
+         dict(num_labels=2, id2label={0: "negative", 1: "positive"}, pad_token_id=50256)),
+        ("ner-ckpt", "token_classification",
+         dict(num_labels=3, id2label={0: "O", 1: "B-ORG", 2: "I-ORG"})),
+        ("qa-ckpt", "question_answering", dict(num_labels=2))):
+    if not __import__("os").path.isdir(_name):
+        if "id2label" in _extra:
+            _extra["label2id"] = {v: k for k, v in _extra["id2label"].items()}
+        _cfg = _ckpt.GPT2Config.from_pretrained("ckpt", **_extra)
+        _ckpt.save_pretrained(_rsd(_cfg, _head, seed=0, std=0.3), _cfg, _name, _head)
+        for _f in ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json"):
+            if __import__("os").path.exists(f"ckpt/{_f}"):
+                _shutil.copy(f"ckpt/{_f}", f"{_name}/{_f}")
+""",
+    "torch-lm": """
+from gpt2_core.tokenizer_fast import GPT2TokenizerFast
+from gpt2_torch import GPT2LMHeadModel
+tok = GPT2TokenizerFast.from_pretrained("ckpt")
+model = GPT2LMHeadModel.from_pretrained("ckpt")
+ids = tok("The meaning of life is", return_tensors="pt")["input_ids"]
 """,
     "tok": """
 from gpt2_core.tokenizer_fast import GPT2TokenizerFast
