@@ -28,17 +28,10 @@ from typing import Any
 
 import tiktoken
 
-from gpt2_core._tokenizer_base import (
-    ENDOFTEXT,
-    GPT2_PATTERN,
-    VOCAB_FILES_NAMES,
-    GPT2TokenizerBase,
-    VocabFiles,
-    _shipped_files,
-    load_vocab_files,
-    token_to_bytes,
-)
+from gpt2_core._tokenizer_base import GPT2TokenizerBase
+from gpt2_core._vocab_files import VocabFiles, _shipped_files, load_vocab_files
 from gpt2_core.io_utils import atomic_write_text
+from gpt2_core.tokenization import ENDOFTEXT, GPT2_PATTERN, VOCAB_FILES_NAMES, token_to_bytes
 
 __all__ = ["GPT2TokenizerFast"]
 
