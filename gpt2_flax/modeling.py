@@ -595,13 +595,13 @@ class GPT2PreTrainedModel(nnx.Module):
         """The canonical state dict (HF PyTorch names and layouts, numpy, tied keys included)."""
         from gpt2_flax import weights
 
-        return weights.to_state_dict(self)
+        return weights.to_canonical(self)
 
     def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True):
         """Copy a canonical state dict into this model in place; returns the load report."""
         from gpt2_flax import weights
 
-        return weights.load_into(self, state_dict, strict=strict)
+        return weights.load_canonical(self, state_dict, strict=strict)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, flax_msgpack: bool = False,
                         max_shard_size: int | str = "5GB", dtype: Any = None) -> list:

@@ -652,7 +652,7 @@ class GPT2PreTrainedModel(nn.Module):
         with torch.device("meta"), weights.skip_init():
             model = cls(config)
         weights.load_canonical(model, state_dict, assign=True, consume=True,
-                               allow_missing=report.newly_initialized, strict=strict)
+                               init_missing=True, strict=strict)
         model._materialize_missing(dtype=weights.torch_dtype_of(state_dict))
         model.to(device)
         if config.attn_implementation == "flash_attention_2":
