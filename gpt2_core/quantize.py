@@ -64,6 +64,31 @@ def check_scheme(quantize: str | None) -> str | None:
     return quantize.lower()
 
 
+def resolve(dtype, quantize: str | None) -> tuple[object, str | None]:
+    """The ``(dtype, scheme)`` a ``from_pretrained(dtype=..., quantize=...)`` call means.
+
+    ``dtype="int8"`` is a synonym of ``quantize="int8"`` (the float parts then load in float32,
+    returned as ``"float32"``, a spelling every backend takes); ``quantize`` alone keeps ``dtype`` for the
+    float parts, which must then be float32 (the kernels' activations and cache are float32).
+
+    Raises:
+        ValueError: an unknown scheme, or a ``dtype`` that contradicts ``quantize``.
+    """
+    scheme = check_scheme(quantize)
+    if isinstance(dtype, str) and dtype.lower() in SCHEMES:
+        if scheme is not None and scheme != dtype.lower():
+            raise ValueError(f"dtype={dtype!r} contradicts quantize={quantize!r}")
+        return "float32", dtype.lower()
+    if isinstance(dtype, str) and dtype.lower().startswith("int"):
+        raise ValueError(f"dtype={dtype!r} is not supported; for quantized weights use "
+                         f"dtype='int8' or quantize='int8' (schemes: {SCHEMES})")
+    if scheme is not None and dtype is not None and "float32" not in str(dtype) \
+            and str(dtype) not in ("fp32", "auto"):
+        raise ValueError(f"quantize={scheme!r} keeps the layer norms, biases and activations in "
+                         f"float32; dtype={dtype!r} is not supported with it")
+    return dtype, scheme
+
+
 def quantize_int8(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric int8 quantization of a 2-D float matrix with one scale per output channel.
 
