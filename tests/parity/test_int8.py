@@ -57,7 +57,23 @@ def _torch(ckpt_dir, **kw):
     return model, logits, greedy
 
 
-BACKENDS = {"torch": _torch}
+def _tf(ckpt_dir, **kw):
+    import tensorflow as tf
+
+    from gpt2_tf import GPT2LMHeadModel
+
+    model = GPT2LMHeadModel.from_pretrained(ckpt_dir, **kw)
+
+    def logits(ids):
+        return model(input_ids=tf.constant(ids)).logits.numpy().astype(np.float64)
+
+    def greedy(ids, n):
+        return np.asarray(model.generate(tf.constant(ids), max_new_tokens=n, do_sample=False))
+
+    return model, logits, greedy
+
+
+BACKENDS = {"torch": _torch, "tf": _tf}
 
 
 @pytest.mark.parametrize("fw", sorted(BACKENDS))
@@ -94,6 +110,22 @@ def test_torch_int8_decodes_through_the_fused_kernel(ckpt_dir):
     assert d.fused is not None and d.fused._step.wq == K.INT8
 
 
+@pytest.mark.skipif(K.load() is None, reason=f"CPU kernels: {K.status()}")
+def test_tf_int8_decodes_through_the_fused_kernel(ckpt_dir, monkeypatch):
+    built = []
+    init = K.DecodeStep.__init__
+
+    def spy(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        built.append(self.wq)
+
+    monkeypatch.setattr(K.DecodeStep, "__init__", spy)
+    model, _, greedy = _tf(ckpt_dir, quantize="int8")
+    greedy(IDS, 3)
+    assert built == [K.INT8]
+    assert model.int8_weights["transformer.wte.weight"].dtype == np.int8
+
+
 def test_torch_bad_input(ckpt_dir, tmp_path):
     from gpt2_torch import GPT2LMHeadModel
 
@@ -106,5 +138,17 @@ def test_torch_bad_input(ckpt_dir, tmp_path):
     with pytest.raises(ValueError, match="keeps the layer norms"):
         GPT2LMHeadModel.from_pretrained(ckpt_dir, dtype=torch.bfloat16, quantize="int8")
     model = GPT2LMHeadModel.from_pretrained(ckpt_dir, quantize="int8")
+    with pytest.raises(ValueError, match="save_pretrained: this model is quantized"):
+        model.save_pretrained(tmp_path)
+
+
+def test_tf_bad_input(ckpt_dir, tmp_path):
+    from gpt2_tf import GPT2LMHeadModel
+
+    with pytest.raises(ValueError, match=r"quantize='int4' is not supported"):
+        GPT2LMHeadModel.from_pretrained(ckpt_dir, quantize="int4")
+    with pytest.raises(ValueError, match="keeps the layer norms"):
+        GPT2LMHeadModel.from_pretrained(ckpt_dir, dtype="bf16", quantize="int8")
+    model = GPT2LMHeadModel.from_pretrained(ckpt_dir, dtype="int8")
     with pytest.raises(ValueError, match="save_pretrained: this model is quantized"):
         model.save_pretrained(tmp_path)
