@@ -73,7 +73,23 @@ def _tf(ckpt_dir, **kw):
     return model, logits, greedy
 
 
-BACKENDS = {"torch": _torch, "tf": _tf}
+def _flax(ckpt_dir, **kw):
+    import jax.numpy as jnp
+
+    from gpt2_flax import GPT2LMHeadModel
+
+    model = GPT2LMHeadModel.from_pretrained(ckpt_dir, **kw)
+
+    def logits(ids):
+        return np.asarray(model(jnp.asarray(ids)).logits, np.float64)
+
+    def greedy(ids, n):
+        return np.asarray(model.generate(jnp.asarray(ids), max_new_tokens=n, do_sample=False))
+
+    return model, logits, greedy
+
+
+BACKENDS = {"torch": _torch, "tf": _tf, "flax": _flax}
 
 
 @pytest.mark.parametrize("fw", sorted(BACKENDS))
@@ -152,3 +168,24 @@ def test_tf_bad_input(ckpt_dir, tmp_path):
     model = GPT2LMHeadModel.from_pretrained(ckpt_dir, dtype="int8")
     with pytest.raises(ValueError, match="save_pretrained: this model is quantized"):
         model.save_pretrained(tmp_path)
+
+
+def test_flax_bad_input(ckpt_dir, tmp_path):
+    from flax import nnx
+
+    from gpt2_flax import GPT2LMHeadModel
+    from gpt2_flax.quantize import Int8Weight
+
+    with pytest.raises(ValueError, match=r"quantize='int4' is not supported"):
+        GPT2LMHeadModel.from_pretrained(ckpt_dir, quantize="int4")
+    model = GPT2LMHeadModel.from_pretrained(ckpt_dir, quantize="int8")
+    int8 = jax_leaves(nnx.state(model, Int8Weight))
+    assert len(int8) == 4 * CFG.n_layer + 1 and all(a.dtype == np.int8 for a in int8)
+    with pytest.raises(ValueError, match="save_pretrained: this model is quantized"):
+        model.save_pretrained(tmp_path)
+
+
+def jax_leaves(state):
+    import jax
+
+    return jax.tree.leaves(state)
