@@ -189,3 +189,37 @@ def jax_leaves(state):
     import jax
 
     return jax.tree.leaves(state)
+
+
+def test_cli_generate_quantize_int8_same_text_in_every_framework(tmp_path, capsys):
+    import io
+
+    from conversion import cli
+    from conversion import generate as gen_cli
+    from gpt2_core.config import GPT2Config
+    from gpt2_core.tokenizer_fast import GPT2TokenizerFast
+
+    cfg = GPT2Config(n_layer=2, n_embd=24, n_head=3, n_positions=64, resid_pdrop=0.0,
+                     embd_pdrop=0.0, attn_pdrop=0.0)  # GPT-2's vocabulary: any prompt encodes
+    d = tmp_path / "model"
+    checkpoint.save_pretrained(random_state_dict(cfg, "lm", seed=0, std=0.3), cfg, d, "lm")
+    GPT2TokenizerFast.from_pretrained("gpt2").save_pretrained(d)
+
+    def run(*argv):
+        args = cli.build_parser().parse_args(["generate", "Hello world", "--model", str(d),
+                                              "--max-new-tokens", "8", *argv])
+        out, err = io.StringIO(), io.StringIO()
+        rc = gen_cli.run(args, stdin=io.StringIO(""), stdout=out, stderr=err)
+        return rc, out.getvalue(), err.getvalue()
+
+    texts = {}
+    for fw in gen_cli.installed_frameworks():
+        rc, out, err = run("--framework", fw, "--quantize", "int8")
+        assert rc == 0, err
+        texts[fw] = out
+    assert len(set(texts.values())) == 1, texts
+    assert cli.main(["generate", "x", "--model", str(d), "--quantize", "int8", "--dtype",
+                     "bf16"]) == 1
+    assert "--quantize int8 keeps activations in fp32" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["generate", "x", "--model", "m", "--quantize", "int4"])
