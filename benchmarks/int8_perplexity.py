@@ -83,7 +83,8 @@ def main() -> None:
     ap.add_argument("--kinds", nargs="+", default=["fp32", "bf16", "int8"])
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    ids = encode(open(args.text, encoding="utf-8").read(), args.tokenizer, args.model)
+    with open(args.text, encoding="utf-8") as f:
+        ids = encode(f.read(), args.tokenizer, args.model)
     T = args.block_size
     blocks = ids[: len(ids) // T * T].reshape(-1, T)
     print(f"{len(blocks)} held-out blocks of {T} tokens ({blocks.size} tokens)")

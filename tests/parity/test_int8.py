@@ -223,3 +223,18 @@ def test_cli_generate_quantize_int8_same_text_in_every_framework(tmp_path, capsy
     assert "--quantize int8 keeps activations in fp32" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["generate", "x", "--model", "m", "--quantize", "int4"])
+
+
+@pytest.mark.parametrize("fw", sorted(BACKENDS))
+def test_untied_head_int8(fw, tmp_path):
+    """An untied LM head is quantized per vocabulary row too (TF's fused step reads it in the
+    Dense kernel's (C, V) layout)."""
+    cfg = tiny_config(tie_word_embeddings=False)
+    sd = random_state_dict(cfg, "lm", seed=2, std=0.3)
+    checkpoint.save_pretrained(sd, cfg, tmp_path, "lm")
+    deq = Q.dequantize_state_dict(Q.quantize_state_dict(checkpoint.load_pretrained(tmp_path,
+                                                                                   "lm")[1]))
+    _, logits, greedy = BACKENDS[fw](tmp_path, quantize="int8")
+    want = reference.lm_logits(deq, cfg, IDS)
+    assert np.abs(logits(IDS) - want).max() <= 2e-5 * np.abs(want).max()
+    assert greedy(IDS, 6)[0].tolist() == reference.greedy(deq, cfg, IDS[0].tolist(), 6)
