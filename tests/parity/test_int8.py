@@ -238,3 +238,23 @@ def test_untied_head_int8(fw, tmp_path):
     want = reference.lm_logits(deq, cfg, IDS)
     assert np.abs(logits(IDS) - want).max() <= 2e-5 * np.abs(want).max()
     assert greedy(IDS, 6)[0].tolist() == reference.greedy(deq, cfg, IDS[0].tolist(), 6)
+
+
+def test_serve_engine_int8(tmp_path):
+    import torch
+
+    from conversion import cli
+    from conversion.serve import engine as engine_mod
+    from gpt2_core.config import GPT2Config
+    from gpt2_core.tokenizer_fast import GPT2TokenizerFast
+
+    cfg = GPT2Config(n_layer=2, n_embd=24, n_head=3, n_positions=64)
+    checkpoint.save_pretrained(random_state_dict(cfg, "lm", seed=0, std=0.3), cfg, tmp_path, "lm")
+    GPT2TokenizerFast.from_pretrained("gpt2").save_pretrained(tmp_path)
+    engine = engine_mod.Engine.load(str(tmp_path), "torch", dtype="int8")
+    assert engine.dtype == "int8" and engine.model.lm_head.weight.dtype == torch.int8
+    result = engine.complete(engine.encode("Hello"),
+                             engine_mod.Sampling(max_tokens=3, temperature=0))
+    assert len(result.token_ids) == 3
+    args = cli.build_parser().parse_args(["serve", "--model", "m", "--quantize", "int8"])
+    assert args.quantize == "int8"
