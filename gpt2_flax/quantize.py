@@ -6,10 +6,9 @@ untied ``lm_head``) for :class:`QuantizedLinear` and ``transformer.wte`` for
 per-output-channel scales are ``nnx.Variable`` s of type :class:`Int8Weight` / :class:`Scale`,
 not ``nnx.Param`` (nothing to train); biases, layer norms and ``wpe`` stay ``nnx.Param``.
 
-JAX-native: each layer multiplies by ``q.astype(dtype) * scale`` inside the jitted program and
-XLA fuses the dequantization into the consumer where it can. On CPU XLA does **not** turn this
-into an int8-reading GEMV: it materialises the dequantized matrix, so decoding is no faster
-than fp32 (see benchmarks/bench_int8_decode.py for the measured figure); the memory held is
+JAX-native: each layer computes ``(x @ q.astype(dtype)) * scale`` inside the jitted program
+(the tied head: ``h @ (q * scale)^T``). On CPU XLA does **not** turn this into an int8-reading
+GEMV: it materialises the converted matrix each step, so decoding is slower than fp32 (see benchmarks/bench_int8_decode.py for the measured figure); the memory held is
 int8's. The speed-up on CPU comes with a kernel that reads int8 directly (the torch and TF
 backends use :class:`gpt2_core.cpu_kernels.DecodeStep`; a Flax ``jax.ffi`` kernel is separate
 work).
@@ -63,8 +62,10 @@ class QuantizedLinear(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = self.dtype or x.dtype
-        w = self.kernel[...].astype(dtype) * self.kernel_scale[...].astype(dtype)  # (in, out)
-        y = jnp.dot(x.astype(dtype), w)
+        # (x @ q) * scale: the scale multiplies the (.., out) result, not the (in, out) matrix
+        # (one pass less over the weights; the C kernel's order too)
+        y = jnp.dot(x.astype(dtype), self.kernel[...].astype(dtype))
+        y = y * self.kernel_scale[...].astype(dtype)
         return y if self.bias is None else y + self.bias[...].astype(dtype)
 
 
