@@ -79,6 +79,7 @@ def main() -> None:
     ap.add_argument("--tokenizer", default=None, help="'bytes', or a tokenizer dir / id")
     ap.add_argument("--block-size", type=int, default=128)
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--max-blocks", type=int, default=None, help="only the first N blocks")
     ap.add_argument("--frameworks", nargs="+", default=["torch", "tf", "flax"])
     ap.add_argument("--kinds", nargs="+", default=["fp32", "bf16", "int8"])
     ap.add_argument("--json", default=None)
@@ -86,7 +87,7 @@ def main() -> None:
     with open(args.text, encoding="utf-8") as f:
         ids = encode(f.read(), args.tokenizer, args.model)
     T = args.block_size
-    blocks = ids[: len(ids) // T * T].reshape(-1, T)
+    blocks = ids[: len(ids) // T * T].reshape(-1, T)[: args.max_blocks]
     print(f"{len(blocks)} held-out blocks of {T} tokens ({blocks.size} tokens)")
     results = {}
     for fw in args.frameworks:
