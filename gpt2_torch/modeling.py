@@ -398,6 +398,7 @@ class GPT2Block(nn.Module):
         self.ln_1 = LayerNorm(C, eps)
         self.attn = GPT2Attention(config, layer_idx=layer_idx)
         self.ln_2 = LayerNorm(C, eps)
+        self.add_cross_attention = config.add_cross_attention
         if config.add_cross_attention:
             self.crossattention = GPT2Attention(config, is_cross_attention=True, layer_idx=layer_idx)
             self.ln_cross_attn = LayerNorm(C, eps)
@@ -427,7 +428,7 @@ class GPT2Block(nn.Module):
         hidden_states = hidden_states + attn_out
         cross_w = None
         if encoder_hidden_states is not None:
-            if not hasattr(self, "crossattention"):
+            if not self.add_cross_attention:
                 raise ValueError("encoder_hidden_states were passed but the model has no "
                                  "cross-attention: build it with config.add_cross_attention=True")
             cross_past = layer_past[2:4] if layer_past is not None and len(layer_past) == 4 else None
