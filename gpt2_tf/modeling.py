@@ -618,6 +618,28 @@ class GPT2PreTrainedModel(keras.Model):
         logger.info("loaded %s: %s", name_or_path, report.summary())
         return model
 
+    @classmethod
+    def from_state_dict(cls, config: GPT2Config, state_dict: Mapping[str, Any], *,
+                        dtype: Any = None, strict: bool = True):
+        """A model built from ``config`` and filled from a canonical state dict (HF PyTorch
+        names and layouts); raises ``CheckpointError`` naming bad keys when ``strict``."""
+        with _no_init():
+            model = cls(config, dtype=_policy(dtype))
+        model.load_state_dict(state_dict, strict=strict)
+        return model
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The canonical state dict (HF PyTorch names and layouts, numpy, tied keys included)."""
+        from gpt2_tf.weights import to_canonical
+
+        return to_canonical(self)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True):
+        """Copy a canonical state dict into this model in place; returns the load report."""
+        from gpt2_tf.weights import load_canonical
+
+        return load_canonical(self, state_dict, strict=strict, init_missing=True)
+
     def save_pretrained(self, save_directory: str | os.PathLike, *, tf_h5: bool = False,
                         max_shard_size: int | str = "5GB", dtype: Any = None) -> list:
         """Write config.json + model.safetensors (and, with ``tf_h5``, a transformers tf_model.h5).
@@ -635,22 +657,24 @@ class GPT2PreTrainedModel(keras.Model):
             written.append(self.generation_config.save_pretrained(save_directory))
         return written
 
+    def get_input_embeddings(self) -> keras.layers.Embedding:
+        base = self if isinstance(self, GPT2Model) else self.transformer
+        return base.wte
+
+    def num_parameters(self) -> int:
+        """Parameter count (the tied LM head has no variable of its own)."""
+        return int(sum(np.prod(v.shape) for v in self.weights))
+
     # ---------------------------------------------------------------- fit() support
     _LOSS_KEYS: ClassVar[tuple[str, ...]] = ("loss",)
     _OUTPUT_KEYS: ClassVar[tuple[str, ...]] = ("logits",)
-
-    def _keras_y_pred(self, y_pred):
-        if not isinstance(y_pred, Mapping):
-            return y_pred
-        outs = [y_pred[k] for k in self._OUTPUT_KEYS]
-        return outs[0] if len(outs) == 1 else tuple(outs)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Keras hook: the model's own loss(es) when labels were in ``x``, else the compiled loss."""
         own = [y_pred[k] for k in self._LOSS_KEYS
                if isinstance(y_pred, Mapping) and y_pred.get(k) is not None]
         if y is not None and getattr(self, "loss", None) is not None:
-            return super().compute_loss(x, y, self._keras_y_pred(y_pred), sample_weight,
+            return super().compute_loss(x, y, _keras_y_pred(self, y_pred), sample_weight,
                                         training)
         if not own:
             raise ValueError(
@@ -664,7 +688,7 @@ class GPT2PreTrainedModel(keras.Model):
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         if y is None:
             return self.get_metrics_result()
-        return super().compute_metrics(x, y, self._keras_y_pred(y_pred), sample_weight)
+        return super().compute_metrics(x, y, _keras_y_pred(self, y_pred), sample_weight)
 
     # ---------------------------------------------------------------- compiled forward / export
     def jit_call(self, **inputs: Any):
@@ -686,40 +710,16 @@ class GPT2PreTrainedModel(keras.Model):
             object.__setattr__(self, "_jit_fn", fn)
         return fn(checked)
 
-    def _outputs_dict(self, out: Mapping[str, Any]) -> dict[str, Any]:
-        """The head's outputs (``_OUTPUT_KEYS``, plus ``loss`` when computed) as a plain dict:
-        what Keras' ``predict`` / ``evaluate`` and SavedModel signatures can carry."""
-        keys = ("last_hidden_state",) if self.head == "base" else self._OUTPUT_KEYS
-        return {k: out[k] for k in (*self._LOSS_KEYS, *keys) if out.get(k) is not None}
-
-    def _forward_kwargs(self) -> dict[str, Any]:
-        return {} if self.head == "question_answering" else {"use_cache": False}
-
     def predict_step(self, data):
         """Keras hook of ``predict`` / ``predict_on_batch``: x is ``input_ids`` or a dict of
         call arguments; returns the head's outputs as a dict of arrays (``{"logits": ...}``),
         without the cache."""
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         if isinstance(x, Mapping):
-            out = self(**{**self._forward_kwargs(), **x}, training=False)
+            out = self(**{**_forward_kwargs(self), **x}, training=False)
         else:
-            out = self(input_ids=x, training=False, **self._forward_kwargs())
-        return self._outputs_dict(out)
-
-    def _serving_archive(self) -> Any:
-        rank = 3 if self.head == "double_heads" else 2
-        spec = [tf.TensorSpec([None] * rank, tf.int32, name="input_ids"),
-                tf.TensorSpec([None] * rank, tf.int32, name="attention_mask")]
-        keys = ("last_hidden_state",) if self.head == "base" else self._OUTPUT_KEYS
-
-        def serve(input_ids, attention_mask):
-            out = self(input_ids=input_ids, attention_mask=attention_mask, training=False,
-                       **self._forward_kwargs())
-            return {k: tf.cast(out[k], tf.float32) for k in keys}
-
-        archive = keras.export.ExportArchive()
-        archive.track(self)
-        return archive, serve, spec
+            out = self(input_ids=x, training=False, **_forward_kwargs(self))
+        return _outputs_dict(self, out)
 
     def export_serving(self, path: str | os.PathLike, *, with_tokenizer: bool = False,
                        **text_kwargs: Any) -> None:
@@ -737,7 +737,7 @@ class GPT2PreTrainedModel(keras.Model):
             return export_text_serving(self, path, **text_kwargs)
         if text_kwargs:
             raise TypeError(f"{sorted(text_kwargs)} apply with with_tokenizer=True only")
-        archive, serve, spec = self._serving_archive()
+        archive, serve, spec = _serving_archive(self)
         archive.add_endpoint("serving_default", serve, input_signature=spec)
         archive.write_out(str(path), verbose=False)
 
@@ -756,11 +756,47 @@ class GPT2PreTrainedModel(keras.Model):
         if format != "tf_saved_model" or input_signature is not None:
             return super().export(filepath, format=format, verbose=verbose,
                                   input_signature=input_signature, **kwargs)
-        archive, serve, spec = self._serving_archive()
+        archive, serve, spec = _serving_archive(self)
         archive.add_endpoint("serve", serve, input_signature=spec)
         archive.add_endpoint("serving_default", serve, input_signature=spec)
         archive.write_out(str(filepath), verbose=bool(verbose))
         return None
+
+
+def _keras_y_pred(model: GPT2PreTrainedModel, y_pred):
+    """The head's outputs (``_OUTPUT_KEYS``) as Keras' compiled losses and metrics take them."""
+    if not isinstance(y_pred, Mapping):
+        return y_pred
+    outs = [y_pred[k] for k in model._OUTPUT_KEYS]
+    return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+def _outputs_dict(model: GPT2PreTrainedModel, out: Mapping[str, Any]) -> dict[str, Any]:
+    """The head's outputs (``_OUTPUT_KEYS``, plus ``loss`` when computed) as a plain dict:
+    what Keras' ``predict`` / ``evaluate`` and SavedModel signatures can carry."""
+    keys = ("last_hidden_state",) if model.head == "base" else model._OUTPUT_KEYS
+    return {k: out[k] for k in (*model._LOSS_KEYS, *keys) if out.get(k) is not None}
+
+
+def _forward_kwargs(model: GPT2PreTrainedModel) -> dict[str, Any]:
+    return {} if model.head == "question_answering" else {"use_cache": False}
+
+
+def _serving_archive(model: GPT2PreTrainedModel) -> Any:
+    """A Keras ExportArchive tracking ``model``, its serving function and input spec."""
+    rank = 3 if model.head == "double_heads" else 2
+    spec = [tf.TensorSpec([None] * rank, tf.int32, name="input_ids"),
+            tf.TensorSpec([None] * rank, tf.int32, name="attention_mask")]
+    keys = ("last_hidden_state",) if model.head == "base" else model._OUTPUT_KEYS
+
+    def serve(input_ids, attention_mask):
+        out = model(input_ids=input_ids, attention_mask=attention_mask, training=False,
+                   **_forward_kwargs(model))
+        return {k: tf.cast(out[k], tf.float32) for k in keys}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    return archive, serve, spec
 
 
 def _policy(dtype: Any):

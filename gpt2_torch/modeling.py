@@ -565,6 +565,17 @@ class GPT2PreTrainedModel(nn.Module):
         """A randomly initialised model (transformers' init) from a config."""
         return cls(config)
 
+    @classmethod
+    def from_state_dict(cls, config: GPT2Config, state_dict: Any, *,
+                        strict: bool = True) -> GPT2PreTrainedModel:
+        """A model built from ``config`` and filled from a canonical state dict (HF PyTorch
+        names and layouts); raises ``CheckpointError`` naming bad keys when ``strict``."""
+        from gpt2_torch import weights
+
+        model = cls(config)
+        weights.load_canonical(model, state_dict, strict=strict)
+        return model.eval()
+
     # -- init and tying
     def _init_weights(self, module: nn.Module) -> None:
         """transformers' init: N(0, initializer_range) for matrices, zeros for biases, LN = 1/0."""
@@ -680,7 +691,7 @@ class GPT2PreTrainedModel(nn.Module):
             model = cls(config)
         weights.load_canonical(model, state_dict, assign=True, consume=True,
                                allow_missing=report.newly_initialized, strict=strict)
-        model._materialize_missing(dtype=weights.torch_dtype_of(state_dict))
+        _materialize_missing(model, dtype=weights.torch_dtype_of(state_dict))
         model.to(device)
         if config.attn_implementation == "flash_attention_2":
             reason = flash_attention_unavailable(torch.device(device), model.dtype)
@@ -692,20 +703,6 @@ class GPT2PreTrainedModel(nn.Module):
             model.generation_config = GenerationConfig.from_pretrained(gen_path)
         model.eval()  # as transformers: a loaded model starts in eval mode (dropout off)
         return model
-
-    def _materialize_missing(self, dtype: torch.dtype) -> None:
-        """Give parameters still on the meta device (new head weights) real storage and HF's init."""
-        for module in self.modules():
-            direct = list(module.parameters(recurse=False))
-            if any(p.is_meta for p in direct):
-                module.to_empty(device="cpu", recurse=False)
-                module.to(dtype)
-                with torch.no_grad():
-                    self._init_weights(module)
-        self.tie_weights()
-        left = [n for n, p in self.named_parameters() if p.is_meta]
-        if left:
-            raise RuntimeError(f"parameters were not loaded: {left}")
 
     def save_pretrained(self, save_directory: str | os.PathLike, *,
                         max_shard_size: int | str = "5GB", dtype: Any = None,
@@ -727,6 +724,21 @@ class GPT2PreTrainedModel(nn.Module):
         return written
 
 
+def _materialize_missing(model: GPT2PreTrainedModel, dtype: torch.dtype) -> None:
+    """Give parameters still on the meta device (new head weights) real storage and HF's init."""
+    for module in model.modules():
+        direct = list(module.parameters(recurse=False))
+        if any(p.is_meta for p in direct):
+            module.to_empty(device="cpu", recurse=False)
+            module.to(dtype)
+            with torch.no_grad():
+                model._init_weights(module)
+    model.tie_weights()
+    left = [n for n, p in model.named_parameters() if p.is_meta]
+    if left:
+        raise RuntimeError(f"parameters were not loaded: {left}")
+
+
 class GPT2Model(GPT2PreTrainedModel):
     """The GPT-2 transformer: embeddings, ``n_layer`` blocks and the final LayerNorm.
 
@@ -745,7 +757,6 @@ class GPT2Model(GPT2PreTrainedModel):
 
     def __init__(self, config: GPT2Config) -> None:
         super().__init__(config)
-        self.embed_dim = config.n_embd
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.n_positions, config.n_embd)
         self.drop = nn.Dropout(config.embd_pdrop)
@@ -950,7 +961,7 @@ class GPT2Model(GPT2PreTrainedModel):
             encoder_hidden_states, encoder_bias, cache_position, static, use_cache,
             output_attentions, output_hidden_states)
         hidden_states = self.ln_f(hidden_states)
-        hidden_states = hidden_states.view(*input_shape, self.embed_dim)  # (B, [N,] T, C)
+        hidden_states = hidden_states.view(*input_shape, cfg.n_embd)  # (B, [N,] T, C)
         if all_hidden is not None:
             all_hidden = all_hidden + (hidden_states,)
 
@@ -1171,9 +1182,8 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
 
     def __init__(self, config: GPT2Config) -> None:
         super().__init__(config)
-        self.num_labels = config.num_labels
         self.transformer = GPT2Model(config)
-        self.score = nn.Linear(config.n_embd, self.num_labels, bias=False)
+        self.score = nn.Linear(config.n_embd, self.config.num_labels, bias=False)
         self.post_init()
 
     def forward(
@@ -1232,18 +1242,18 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
         cfg = self.config
         labels = labels.to(pooled.device)
         if cfg.problem_type is None:  # inferred once and stored, as transformers
-            if self.num_labels == 1:
+            if self.config.num_labels == 1:
                 cfg.problem_type = "regression"
             elif labels.dtype in (torch.long, torch.int):
                 cfg.problem_type = "single_label_classification"
             else:
                 cfg.problem_type = "multi_label_classification"
         if cfg.problem_type == "regression":
-            if self.num_labels == 1:
+            if self.config.num_labels == 1:
                 return F.mse_loss(pooled.squeeze(), labels.squeeze().to(pooled.dtype))
             return F.mse_loss(pooled, labels.to(pooled.dtype))
         if cfg.problem_type == "single_label_classification":
-            return F.cross_entropy(pooled.view(-1, self.num_labels), labels.view(-1))
+            return F.cross_entropy(pooled.view(-1, self.config.num_labels), labels.view(-1))
         return F.binary_cross_entropy_with_logits(pooled, labels.to(pooled.dtype))
 
 
@@ -1264,7 +1274,6 @@ class GPT2ForTokenClassification(GPT2PreTrainedModel):
 
     def __init__(self, config: GPT2Config) -> None:
         super().__init__(config)
-        self.num_labels = config.num_labels
         self.transformer = GPT2Model(config)
         self.dropout = nn.Dropout(config.classifier_dropout_prob)
         self.classifier = nn.Linear(config.n_embd, config.num_labels)
@@ -1299,7 +1308,7 @@ class GPT2ForTokenClassification(GPT2PreTrainedModel):
         logits = self.classifier(self.dropout(base.last_hidden_state))
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.to(logits.device).view(-1))
+            loss = F.cross_entropy(logits.view(-1, self.config.num_labels), labels.to(logits.device).view(-1))
         out = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=base.hidden_states,
                                     attentions=base.attentions)
         return out if return_dict else out.to_tuple()
@@ -1324,7 +1333,6 @@ class GPT2ForQuestionAnswering(GPT2PreTrainedModel):
 
     def __init__(self, config: GPT2Config) -> None:
         super().__init__(config)
-        self.num_labels = config.num_labels
         self.transformer = GPT2Model(config)
         self.qa_outputs = nn.Linear(config.n_embd, 2)
         self.post_init()
