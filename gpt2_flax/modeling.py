@@ -60,15 +60,20 @@ IGNORE_INDEX = -100  # label value skipped by every loss, as torch's CrossEntrop
 
 
 # ---------------------------------------------------------------------------- activations
+def _gelu_tanh(x: jax.Array) -> jax.Array:
+    # gelu_new / gelu_fast / gelu_pytorch_tanh are all GPT-2's tanh approximation
+    return jax.nn.gelu(x, approximate=True)
+
+
 def _quick_gelu(x: jax.Array) -> jax.Array:
     return x * jax.nn.sigmoid(1.702 * x)
 
 
 #: ``GPT2Config.activation_function`` -> function (the keys of ``gpt2_core.config.ACTIVATIONS``).
 ACT2FN = {
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),  # tanh approximation, GPT-2's own
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_new": _gelu_tanh,
+    "gelu_pytorch_tanh": _gelu_tanh,
+    "gelu_fast": _gelu_tanh,
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # exact erf GELU
     "quick_gelu": _quick_gelu,
     "relu": jax.nn.relu,

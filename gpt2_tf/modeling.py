@@ -91,12 +91,16 @@ def _gelu_tanh(x):
     return 0.5 * x * (1.0 + tf.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * tf.pow(x, 3.0))))
 
 
+def _quick_gelu(x):
+    return x * tf.sigmoid(1.702 * x)
+
+
 ACT_FNS = {
     "gelu_new": _gelu_tanh,
     "gelu_pytorch_tanh": _gelu_tanh,
     "gelu_fast": _gelu_tanh,
     "gelu": lambda x: tf.nn.gelu(x, approximate=False),
-    "quick_gelu": lambda x: x * tf.sigmoid(1.702 * x),
+    "quick_gelu": _quick_gelu,
     "relu": tf.nn.relu,
     "silu": tf.nn.silu,
     "swish": tf.nn.silu,
@@ -250,6 +254,17 @@ def _dense(units: int, config: GPT2Config, name: str, dtype, use_bias: bool = Tr
     return layer
 
 
+def _attn_implementation(config: GPT2Config) -> str:
+    """The config's attn_implementation for this backend: TensorFlow has no fused attention
+    kernel to offer, so only the explicit (eager) path; the others are refused, never replaced."""
+    impl = config.attn_implementation or "eager"
+    if impl != "eager":
+        raise ValueError(f"attn_implementation={impl!r} is not available in gpt2_tf: TensorFlow "
+                         "has no fused attention kernel for it; use 'eager' (or the torch / flax "
+                         "backend)")
+    return impl
+
+
 class GPT2Attention(keras.layers.Layer):
     """Multi-head causal self-attention (or cross-attention) with a fused q/k/v projection.
 
@@ -278,12 +293,7 @@ class GPT2Attention(keras.layers.Layer):
         if self.scale_attn_by_inverse_layer_idx:
             scale /= float(layer_idx + 1)
         self.scale = scale  # the combined scale (the upcast path folds it into QK^T)
-        # TensorFlow has no fused attention kernel to offer here: only the explicit path
-        self.attn_implementation = config.attn_implementation or "eager"
-        if self.attn_implementation != "eager":
-            raise ValueError(f"attn_implementation={self.attn_implementation!r} is not available "
-                             "in gpt2_tf: TensorFlow has no fused attention kernel for it; use "
-                             "'eager' (or the torch / flax backend)")
+        self.attn_implementation = _attn_implementation(config)
         std = config.initializer_range
         proj_std = std / math.sqrt(2 * config.n_layer)  # transformers' scaled c_proj init
         dt = self.dtype_policy
