@@ -44,6 +44,7 @@ from gpt2_flax.modeling import (
     GPT2PreTrainedModel,
     GPT2SequenceSummary,
     KVCache,
+    StaticCache,
     checked,
     cross_entropy,
 )
@@ -60,6 +61,6 @@ __all__ = [
     "FlaxGPT2Model", "GPT2Attention", "GPT2Block", "GPT2DoubleHeadsModel",
     "GPT2ForQuestionAnswering", "GPT2ForSequenceClassification", "GPT2ForTokenClassification",
     "GPT2LMHeadModel", "GPT2MLP", "GPT2Model", "GPT2PreTrainedModel", "GPT2SequenceSummary",
-    "GenerationMixin", "KVCache", "ShardingConfig", "bucket", "checked", "cross_entropy", "pipeline",
+    "GenerationMixin", "KVCache", "ShardingConfig", "StaticCache", "bucket", "checked", "cross_entropy", "pipeline",
     "shard_batch", "shard_model", "trace_count",
 ]

@@ -354,6 +354,8 @@ class GenerationMixin:
             >>> out = model.generate(ids, do_sample=True, top_p=0.9, prng_key=jax.random.key(1))
         """
         config = self.config
+        if generation_config is None:  # from_pretrained keeps the checkpoint's generation_config.json
+            generation_config = getattr(self, "generation_config", None)
         gen = GenerationConfig.resolve(generation_config, config, **kwargs)
         gen = gen.for_model(config.vocab_size, has_prompt=input_ids is not None)
         ids = _prepare_ids(input_ids, gen, config.vocab_size)

@@ -17,9 +17,10 @@ Functional use: the modules are ordinary NNX modules, so ``nnx.split`` / ``nnx.m
 ``nnx.jit``, ``nnx.grad`` and ``jax.jit`` over ``(graphdef, state)`` all work. Outputs are the
 ``gpt2_core.outputs`` classes, registered as pytrees so they cross ``jit``.
 
-Shape legend: B batch, N choices (double heads), T query length, S key length (past + T),
-M static-cache length, H heads, D head dim, C n_embd, F inner dim, V vocab, P n_positions,
-L layers.
+Shape legend used in comments:
+    B = batch, N = choices (double heads), T = query length (new tokens), S = key length (past
+    + T, or the static cache length), H = heads, D = head dim, C = n_embd, F = inner dim,
+    V = vocab size.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import numpy as np
 from flax import nnx
 from jax.experimental import checkify
 
+from gpt2_core import naming
 from gpt2_core import outputs as core_outputs
 from gpt2_core.config import GPT2Config
 from gpt2_core.inputs import check_ids_shape, dtype_name, stored_dtype_name
@@ -58,15 +60,20 @@ IGNORE_INDEX = -100  # label value skipped by every loss, as torch's CrossEntrop
 
 
 # ---------------------------------------------------------------------------- activations
+def _gelu_tanh(x: jax.Array) -> jax.Array:
+    # gelu_new / gelu_fast / gelu_pytorch_tanh are all GPT-2's tanh approximation
+    return jax.nn.gelu(x, approximate=True)
+
+
 def _quick_gelu(x: jax.Array) -> jax.Array:
     return x * jax.nn.sigmoid(1.702 * x)
 
 
 #: ``GPT2Config.activation_function`` -> function (the keys of ``gpt2_core.config.ACTIVATIONS``).
 ACT2FN = {
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),  # tanh approximation, GPT-2's own
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_new": _gelu_tanh,
+    "gelu_pytorch_tanh": _gelu_tanh,
+    "gelu_fast": _gelu_tanh,
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # exact erf GELU
     "quick_gelu": _quick_gelu,
     "relu": jax.nn.relu,
@@ -104,46 +111,6 @@ def _register_output_pytrees() -> None:
 _register_output_pytrees()
 
 
-# ---------------------------------------------------------------------------- static KV cache
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class KVCache:
-    """A preallocated key/value cache for compiled decoding (no growing shapes under ``jit``).
-
-    ``keys[i]`` / ``values[i]`` of layer ``i`` have shape (B, H, M, D); ``index`` (an int32
-    scalar) counts the filled slots. A forward pass with ``past_key_values=cache`` writes its
-    keys/values at ``index`` (``lax.dynamic_update_slice``) and returns the cache advanced by
-    T. Its ``attention_mask`` must then cover all M slots (B, M); slots after the current
-    position are masked causally, so they may be 1.
-
-    Example:
-        >>> cache = KVCache.init(model.config, batch_size=1, max_length=64)
-        >>> out = model(ids, past_key_values=cache, attention_mask=jnp.ones((1, 64), jnp.int32))
-        >>> out.past_key_values.index  # == ids.shape[1]
-    """
-
-    keys: tuple[jax.Array, ...]
-    values: tuple[jax.Array, ...]
-    index: jax.Array
-
-    @classmethod
-    def init(cls, config: GPT2Config, batch_size: int, max_length: int,
-             dtype: Any = jnp.float32) -> KVCache:
-        shape = (batch_size, config.n_head, max_length, config.head_dim)  # (B, H, M, D)
-        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.n_layer))
-        return cls(keys=zeros, values=tuple(jnp.zeros(shape, dtype) for _ in zeros),
-                   index=jnp.zeros((), jnp.int32))
-
-    @property
-    def max_length(self) -> int:
-        return self.keys[0].shape[2]
-
-    def reorder(self, batch_indices: jax.Array) -> KVCache:
-        """Gather rows along the batch axis (beam search keeps the surviving beams)."""
-        return KVCache(keys=tuple(k[batch_indices] for k in self.keys),
-                       values=tuple(v[batch_indices] for v in self.values), index=self.index)
-
-
 # ---------------------------------------------------------------------------- config as static data
 class _StaticGPT2Config(GPT2Config):
     """A ``GPT2Config`` that can be hashed: NNX keeps module attributes that are not arrays in
@@ -160,6 +127,29 @@ def _static_config(config: GPT2Config) -> GPT2Config:
     if isinstance(config, _StaticGPT2Config):
         return config
     return _StaticGPT2Config.from_dict(config.to_dict())
+
+
+class _Unhashed:
+    """Holds a Python value that is not hashable (a ``GenerationConfig``, a ``LoadReport``) as
+    static NNX data: compared and hashed by identity, so the module's ``GraphDef`` stays
+    hashable for ``jit``."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def _unhashed_attribute(name: str, doc: str) -> property:
+    """A model attribute kept in an :class:`_Unhashed` (reads None until set)."""
+    slot = "_" + name
+
+    def get(self):
+        holder = vars(self).get(slot)
+        return None if holder is None else holder.value
+
+    def set_(self, value):
+        setattr(self, slot, _Unhashed(value))
+
+    return property(get, set_, doc=doc)
 
 
 # ---------------------------------------------------------------------------- input checks
@@ -199,7 +189,7 @@ def _check_range(x: jax.Array, high: int, name: str, what: str) -> None:
         raise ValueError(f"{name} contains {bad}, outside [0, {high}) ({what})")
 
 
-def _embed(table: jax.Array, ids: jax.Array) -> jax.Array:
+def _lookup(table: jax.Array, ids: jax.Array) -> jax.Array:
     """Row lookup that yields NaN rows for ids outside the table (never a clamped row)."""
     n = table.shape[0]
     safe = jnp.where((ids >= 0) & (ids < n), ids, n)  # negative ids would wrap: send them out
@@ -279,13 +269,95 @@ def _result(out: ModelOutput, return_dict: bool):
     return out if return_dict else out.to_tuple()
 
 
-# ---------------------------------------------------------------------------- modules
+# ---------------------------------------------------------------------------- building blocks
 def _normal(std: float):
     return nnx.initializers.normal(stddev=std)
 
 
+class Conv1D(nnx.Linear):
+    """GPT-2's "Conv1D": ``x @ W + b`` with ``W`` stored (in, out) = (nx, nf), which is exactly
+    ``nnx.Linear``'s ``kernel`` layout, so loading needs no transpose.
+
+    Args:
+        nf: output features.
+        nx: input features.
+        init_std: std of the normal initialiser of ``kernel``.
+        dtype, param_dtype, rngs: as :class:`GPT2Attention`.
+    """
+
+    def __init__(self, nf: int, nx: int, init_std: float = 0.02, *, dtype: Any = jnp.float32,
+                 param_dtype: Any = jnp.float32, rngs: nnx.Rngs) -> None:
+        super().__init__(nx, nf, kernel_init=_normal(init_std), dtype=dtype,
+                         param_dtype=param_dtype, rngs=rngs)
+
+
+class LayerNorm(nnx.LayerNorm):
+    """LayerNorm over the last dim (``scale`` / ``bias``), variance as torch computes it.
+
+    Args:
+        dim: normalised size.
+        epsilon: ``config.layer_norm_epsilon``.
+        dtype, param_dtype, rngs: as :class:`GPT2Attention`.
+    """
+
+    def __init__(self, dim: int, epsilon: float, *, dtype: Any = jnp.float32,
+                 param_dtype: Any = jnp.float32, rngs: nnx.Rngs) -> None:
+        # use_fast_variance=False: E[(x - mean)^2] as torch, not E[x^2] - mean^2
+        super().__init__(dim, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
+                         use_fast_variance=False, rngs=rngs)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class StaticCache:
+    """A preallocated key/value cache: one ``(B, H, max_length, D)`` buffer per layer.
+
+    A forward pass with ``past_key_values=cache`` writes its keys/values at ``index`` (an int32
+    scalar: the filled slots; ``lax.dynamic_update_slice``) and returns the cache advanced by T,
+    so shapes never change under ``jit``. Its ``attention_mask`` must then cover all
+    ``max_length`` slots (B, S); slots after the current position are masked causally, so they
+    may be 1. (The torch and TF caches take the slots as ``cache_position`` instead: a
+    functional cache carries its own write position.)
+
+    Example:
+        >>> cache = StaticCache.allocate(model.config, batch_size=1, max_length=64)
+        >>> out = model(ids, past_key_values=cache, attention_mask=jnp.ones((1, 64), jnp.int32))
+        >>> out.past_key_values.index  # == ids.shape[1]
+    """
+
+    keys: tuple[jax.Array, ...]
+    values: tuple[jax.Array, ...]
+    index: jax.Array
+
+    @classmethod
+    def allocate(cls, config: GPT2Config, batch_size: int, max_length: int,
+                 dtype: Any = jnp.float32) -> StaticCache:
+        shape = (batch_size, config.n_head, max_length, config.head_dim)  # (B, H, S, D)
+        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.n_layer))
+        return cls(keys=zeros, values=tuple(jnp.zeros(shape, dtype) for _ in zeros),
+                   index=jnp.zeros((), jnp.int32))
+
+    init = allocate  # the earlier name
+
+    @property
+    def max_length(self) -> int:
+        return self.keys[0].shape[2]
+
+    @property
+    def batch_size(self) -> int:
+        return self.keys[0].shape[0]
+
+    def reorder(self, index: jax.Array) -> StaticCache:
+        """Reorder the batch rows (beam search): row i becomes old row ``index[i]``."""
+        return StaticCache(keys=tuple(k[index] for k in self.keys),
+                           values=tuple(v[index] for v in self.values), index=self.index)
+
+
+KVCache = StaticCache  # the earlier name
+
+
 class GPT2Attention(nnx.Module):
-    """Multi-head causal self-attention (or cross-attention), GPT-2's eager-path semantics.
+    """Multi-head causal self-attention (or cross-attention) with a fused q/k/v projection.
 
     ``c_attn`` is fused (C -> 3C for q, k, v; for cross-attention C -> 2C for k, v and a separate
     ``q_attn``). Scores are divided by sqrt(D) (``scale_attn_weights``) and by ``layer_idx + 1``
@@ -294,9 +366,10 @@ class GPT2Attention(nnx.Module):
     masked rows (left pads) stay finite, as in transformers.
 
     Args:
-        config: the model configuration.
+        config: the model config; reads ``scale_attn_weights``,
+            ``scale_attn_by_inverse_layer_idx``, ``reorder_and_upcast_attn`` and dropouts.
+        is_cross_attention: build ``q_attn`` + a k/v-only ``c_attn`` for attending to an encoder.
         layer_idx: index of the block (for ``scale_attn_by_inverse_layer_idx``).
-        is_cross_attention: build the cross-attention variant.
         dtype: computation dtype; param_dtype: dtype of the parameters.
         rngs: ``nnx.Rngs`` for initialisation and dropout.
 
@@ -304,119 +377,69 @@ class GPT2Attention(nnx.Module):
         >>> attn = GPT2Attention(tiny_config(), layer_idx=0, rngs=nnx.Rngs(0))
     """
 
-    def __init__(self, config: GPT2Config, layer_idx: int = 0, *, is_cross_attention: bool = False,
-                 dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, rngs: nnx.Rngs) -> None:
+    def __init__(self, config: GPT2Config, is_cross_attention: bool = False, layer_idx: int = 0,
+                 *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
+                 rngs: nnx.Rngs) -> None:
         C, std = config.n_embd, config.initializer_range
         proj_std = std / math.sqrt(2 * config.n_layer)  # GPT-2's scaled residual init
-        self.n_head, self.head_dim = config.n_head, config.head_dim
-        self.layer_idx = layer_idx
+        self.embed_dim, self.num_heads, self.head_dim = C, config.n_head, config.head_dim
         self.is_cross_attention = is_cross_attention
+        self.layer_idx = layer_idx
         self.scale_attn_weights = config.scale_attn_weights
         self.scale_attn_by_inverse_layer_idx = config.scale_attn_by_inverse_layer_idx
         self.reorder_and_upcast_attn = config.reorder_and_upcast_attn
+        scale = 1.0 / math.sqrt(self.head_dim) if self.scale_attn_weights else 1.0
+        if self.scale_attn_by_inverse_layer_idx:
+            scale /= float(layer_idx + 1)
+        self.scale = scale  # the combined scale, for the fused path and the upcast path
         self.attn_implementation = _attn_implementation(config, dtype)
-        self.dtype = dtype
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         if is_cross_attention:
-            self.c_attn = nnx.Linear(C, 2 * C, kernel_init=_normal(std), **kw)
-            self.q_attn = nnx.Linear(C, C, kernel_init=_normal(std), **kw)
+            self.c_attn = Conv1D(2 * C, C, std, **kw)  # k, v from the encoder
+            self.q_attn = Conv1D(C, C, std, **kw)
         else:
-            self.c_attn = nnx.Linear(C, 3 * C, kernel_init=_normal(std), **kw)
-        self.c_proj = nnx.Linear(C, C, kernel_init=_normal(proj_std), **kw)
+            self.c_attn = Conv1D(3 * C, C, std, **kw)  # fused q, k, v
+        self.c_proj = Conv1D(C, C, proj_std, **kw)
         self.attn_dropout = nnx.Dropout(config.attn_pdrop, rngs=rngs)
         self.resid_dropout = nnx.Dropout(config.resid_pdrop, rngs=rngs)
 
-    def _heads(self, x: jax.Array) -> jax.Array:
+    def _split_heads(self, x: jax.Array) -> jax.Array:
+        # (B, T, C) -> (B, H, T, D)
         B, T, _ = x.shape
-        return x.reshape(B, T, self.n_head, self.head_dim).transpose(0, 2, 1, 3)  # (B, H, T, D)
+        return x.reshape(B, T, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
 
-    def __call__(
-        self,
-        x: jax.Array,
-        *,
-        layer_past: tuple[jax.Array, jax.Array] | None = None,
-        cache_index: jax.Array | None = None,
-        causal: jax.Array | None = None,
-        mask_bias: jax.Array | None = None,
-        head_mask: jax.Array | None = None,
-        encoder_hidden_states: jax.Array | None = None,
-        use_cache: bool = False,
-        deterministic: bool | None = None,
-    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None, jax.Array]:
-        """Returns ``(output (B, T, C), present (k, v) or None, attention probs (B, H, T, S))``.
+    def _merge_heads(self, x: jax.Array) -> jax.Array:
+        # (B, H, T, D) -> (B, T, C)
+        B, _, T, _ = x.shape
+        return x.transpose(0, 2, 1, 3).reshape(B, T, self.embed_dim)
 
-        ``causal`` (T, S) bool and ``mask_bias`` (B, 1, T, S) additive are built once by
-        :class:`GPT2Model`. With ``cache_index`` the ``layer_past`` buffers are a static cache
-        (B, H, M, D) written at that index; otherwise keys are concatenated to ``layer_past``.
-        """
-        B, T, C = x.shape
-        if self.is_cross_attention:
-            q = self.q_attn(x)
-            k, v = jnp.split(self.c_attn(encoder_hidden_states), 2, axis=-1)
-        else:
-            q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)  # 3 x (B, T, C)
-        q, k, v = self._heads(q), self._heads(k), self._heads(v)  # (B, H, T|S, D)
-
-        present = None
-        if not self.is_cross_attention:
-            if cache_index is not None:
-                k_buf, v_buf = layer_past  # (B, H, M, D)
-                start = (0, 0, cache_index, 0)
-                k = jax.lax.dynamic_update_slice(k_buf, k.astype(k_buf.dtype), start)
-                v = jax.lax.dynamic_update_slice(v_buf, v.astype(v_buf.dtype), start)
-            elif layer_past is not None:
-                k = jnp.concatenate([layer_past[0].astype(k.dtype), k], axis=2)  # (B, H, S, D)
-                v = jnp.concatenate([layer_past[1].astype(v.dtype), v], axis=2)
-            if use_cache or cache_index is not None:
-                present = (k, v)
-
-        dropout_off = self.attn_dropout.rate == 0 or (
-            self.attn_dropout.deterministic if deterministic is None else deterministic)
-        if self.attn_implementation != "eager" and head_mask is None and dropout_off:
-            out = self._fused_attention(q, k, v, causal, mask_bias)  # (B, H, T, D)
-            out = out.transpose(0, 2, 1, 3).reshape(B, T, C)  # (B, T, C)
-            out = self.resid_dropout(self.c_proj(out), deterministic=deterministic)
-            return out, present, None
-
+    def _eager_attention(self, q, k, v, causal_mask, attention_mask, head_mask, deterministic):
+        """softmax(QK^T + masks) V as transformers' eager path; weights (B, H, T, S)."""
         if self.reorder_and_upcast_attn:
             # QK^T in float32 with the scale folded in (torch.baddbmm(alpha=scale) in HF)
-            scale = 1.0
-            if self.scale_attn_weights:
-                scale /= float(self.head_dim) ** 0.5
-            if self.scale_attn_by_inverse_layer_idx:
-                scale /= float(self.layer_idx + 1)
-            scores = jnp.einsum("bhtd,bhsd->bhts", q.astype(jnp.float32), k.astype(jnp.float32))
-            scores = scores * scale
+            w = jnp.einsum("bhtd,bhsd->bhts", q.astype(jnp.float32), k.astype(jnp.float32))
+            w = w * self.scale
         else:
-            scores = jnp.einsum("bhtd,bhsd->bhts", q, k)  # (B, H, T, S)
+            w = jnp.einsum("bhtd,bhsd->bhts", q, k)  # (B, H, T, S)
             if self.scale_attn_weights:
-                scores = scores / jnp.asarray(float(self.head_dim) ** 0.5, scores.dtype)
+                w = w / jnp.asarray(float(self.head_dim) ** 0.5, w.dtype)
             if self.scale_attn_by_inverse_layer_idx:
-                scores = scores / jnp.asarray(float(self.layer_idx + 1), scores.dtype)
-
-        min_value = jnp.finfo(scores.dtype).min
-        if not self.is_cross_attention and causal is not None:
-            scores = jnp.where(causal, scores, min_value)
-        if mask_bias is not None:
+                w = w / jnp.asarray(float(self.layer_idx + 1), w.dtype)
+        if causal_mask is not None:
+            w = jnp.where(causal_mask, w, jnp.finfo(w.dtype).min)
+        if attention_mask is not None:
             # the additive mask also carries the causal part, so future keys of a fully padded
             # row reach min + min = -inf while its past keys stay at min: exactly HF's eager path
-            scores = scores + mask_bias.astype(scores.dtype)
-        probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
-        probs = self.attn_dropout(probs, deterministic=deterministic)
+            w = w + attention_mask.astype(w.dtype)
+        w = jax.nn.softmax(w.astype(jnp.float32), axis=-1).astype(v.dtype)
+        w = self.attn_dropout(w, deterministic=deterministic)
         if head_mask is not None:
-            probs = probs * head_mask
-        out = jnp.einsum("bhts,bhsd->bhtd", probs, v)  # (B, H, T, D)
-        out = out.transpose(0, 2, 1, 3).reshape(B, T, C)  # (B, T, C)
-        out = self.resid_dropout(self.c_proj(out), deterministic=deterministic)
-        return out, present, probs
+            w = w * head_mask
+        return jnp.einsum("bhts,bhsd->bhtd", w, v), w  # (B, H, T, D)
 
-
-    def _fused_attention(self, q, k, v, causal, mask_bias):
+    def _fused_attention(self, q, k, v, causal_mask, attention_mask):
         """``jax.nn.dot_product_attention`` (XLA's fused path, or cuDNN's flash kernel) with the
-        eager path's scale and masks; no probabilities are materialised."""
-        scale = 1.0 / float(self.head_dim) ** 0.5 if self.scale_attn_weights else 1.0
-        if self.scale_attn_by_inverse_layer_idx:
-            scale /= float(self.layer_idx + 1)
+        eager path's scale and masks; no weights are materialised."""
         dtype = v.dtype
         if self.reorder_and_upcast_attn:  # the flag promises float32 scores and softmax
             q, k, v = q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32)
@@ -424,15 +447,75 @@ class GPT2Attention(nnx.Module):
         # to min, so masked keys get exactly what the eager path writes
         dt = q.dtype
         bias = None
-        if not self.is_cross_attention and causal is not None:
-            bias = jnp.where(causal, 0, jnp.finfo(dt).min).astype(dt)[None, None]  # (1, 1, T, S)
-        if mask_bias is not None:
-            bias = mask_bias.astype(dt) if bias is None else bias + mask_bias.astype(dt)
+        if causal_mask is not None:
+            bias = jnp.where(causal_mask, 0, jnp.finfo(dt).min).astype(dt)  # (1, 1, T, S)
+        if attention_mask is not None:
+            bias = (attention_mask.astype(dt) if bias is None
+                    else bias + attention_mask.astype(dt))
         impl = "cudnn" if self.attn_implementation == "cudnn" else None
         out = jax.nn.dot_product_attention(
             q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3),
-            bias=bias, scale=scale, implementation=impl)  # (B, T, H, D)
+            bias=bias, scale=self.scale, implementation=impl)  # (B, T, H, D)
         return out.transpose(0, 2, 1, 3).astype(dtype)  # (B, H, T, D)
+
+    def __call__(
+        self,
+        hidden_states: jax.Array,
+        layer_past: tuple[jax.Array, ...] | None = None,
+        attention_mask: jax.Array | None = None,
+        causal_mask: jax.Array | None = None,
+        head_mask: jax.Array | None = None,
+        encoder_hidden_states: jax.Array | None = None,
+        encoder_attention_mask: jax.Array | None = None,
+        use_cache: bool = False,
+        output_attentions: bool = False,
+        cache_position: jax.Array | None = None,
+        *,
+        deterministic: bool | None = None,
+    ) -> tuple[jax.Array, tuple[jax.Array, ...] | None, jax.Array | None]:
+        """Attention output (B, T, C), the present (k, v) if ``use_cache``, the weights if asked.
+
+        Self-attention: ``layer_past`` is ``(k, v)`` (B, H, S_past, D) of earlier positions,
+        concatenated with the new ones; or, when ``cache_position`` (the scalar slot of the
+        first new token) is given, preallocated (B, H, S, D) buffers written there.
+        Cross-attention: ``layer_past`` holds the encoder's (k, v), reused. ``causal_mask``
+        (1, 1, T, S) is boolean (True = may attend); ``attention_mask`` (B|1, 1, T|1, S) is
+        additive (0 = attend).
+        """
+        if self.is_cross_attention:
+            q = self._split_heads(self.q_attn(hidden_states))
+            if layer_past is not None:
+                k, v = layer_past  # the encoder's keys/values never change: reuse them
+            else:
+                k, v = jnp.split(self.c_attn(encoder_hidden_states), 2, axis=-1)
+                k, v = self._split_heads(k), self._split_heads(v)  # (B, H, S_enc, D)
+            attention_mask, causal_mask = encoder_attention_mask, None
+        else:
+            q, k, v = jnp.split(self.c_attn(hidden_states), 3, axis=-1)  # 3 x (B, T, C)
+            q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
+            if layer_past is not None:
+                past_k, past_v = layer_past
+                if cache_position is not None:
+                    # static cache: write the T new slots into the (B, H, S, D) buffers
+                    start = (0, 0, cache_position, 0)
+                    k = jax.lax.dynamic_update_slice(past_k, k.astype(past_k.dtype), start)
+                    v = jax.lax.dynamic_update_slice(past_v, v.astype(past_v.dtype), start)
+                else:
+                    k = jnp.concatenate([past_k.astype(k.dtype), k], axis=2)  # (B, H, S, D)
+                    v = jnp.concatenate([past_v.astype(v.dtype), v], axis=2)
+        present = (k, v) if use_cache or cache_position is not None else None
+
+        dropout_off = self.attn_dropout.rate == 0 or (
+            self.attn_dropout.deterministic if deterministic is None else deterministic)
+        weights = None
+        if self.attn_implementation != "eager" and head_mask is None and dropout_off:
+            out = self._fused_attention(q, k, v, causal_mask, attention_mask)
+        else:
+            out, weights = self._eager_attention(q, k, v, causal_mask, attention_mask, head_mask,
+                                                 deterministic)
+        out = self._merge_heads(out)  # (B, T, C)
+        out = self.resid_dropout(self.c_proj(out), deterministic=deterministic)
+        return out, present, (weights if output_attentions else None)
 
 
 def _attn_implementation(config: GPT2Config, dtype: Any) -> str:
@@ -457,42 +540,37 @@ def _attn_implementation(config: GPT2Config, dtype: Any) -> str:
 
 
 class GPT2MLP(nnx.Module):
-    """``c_fc`` (C -> F) -> activation from the config -> ``c_proj`` (F -> C) -> dropout.
+    """Position-wise feed-forward: c_fc -> activation -> c_proj -> dropout.
 
     Args:
-        config: the model configuration (``activation_function``, ``n_inner``, ``resid_pdrop``).
+        intermediate_size: width of the hidden layer (``config.inner_dim``).
+        config: the model config (``activation_function``, ``resid_pdrop``).
         dtype, param_dtype, rngs: as :class:`GPT2Attention`.
 
     Example:
-        >>> mlp = GPT2MLP(tiny_config(), rngs=nnx.Rngs(0))
+        >>> mlp = GPT2MLP(144, tiny_config(), rngs=nnx.Rngs(0))
     """
 
-    def __init__(self, config: GPT2Config, *, dtype: Any = jnp.float32,
+    def __init__(self, intermediate_size: int, config: GPT2Config, *, dtype: Any = jnp.float32,
                  param_dtype: Any = jnp.float32, rngs: nnx.Rngs) -> None:
-        C, F, std = config.n_embd, config.inner_dim, config.initializer_range
+        C, std = config.n_embd, config.initializer_range
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.c_fc = nnx.Linear(C, F, kernel_init=_normal(std), **kw)
-        self.c_proj = nnx.Linear(F, C, kernel_init=_normal(std / math.sqrt(2 * config.n_layer)), **kw)
-        self.activation_function = config.activation_function
+        self.c_fc = Conv1D(intermediate_size, C, std, **kw)
+        self.c_proj = Conv1D(C, intermediate_size, std / math.sqrt(2 * config.n_layer), **kw)
+        self.act = ACT2FN[config.activation_function]
         self.dropout = nnx.Dropout(config.resid_pdrop, rngs=rngs)
 
-    def __call__(self, x: jax.Array, *, deterministic: bool | None = None) -> jax.Array:
-        h = ACT2FN[self.activation_function](self.c_fc(x))  # (B, T, F)
+    def __call__(self, hidden_states: jax.Array, *, deterministic: bool | None = None) -> jax.Array:
+        h = self.act(self.c_fc(hidden_states))  # (B, T, F)
         return self.dropout(self.c_proj(h), deterministic=deterministic)
 
 
-def _layer_norm(config: GPT2Config, dtype: Any, param_dtype: Any, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    # use_fast_variance=False: E[(x - mean)^2] as torch, not E[x^2] - mean^2
-    return nnx.LayerNorm(config.n_embd, epsilon=config.layer_norm_epsilon, dtype=dtype,
-                         param_dtype=param_dtype, use_fast_variance=False, rngs=rngs)
-
-
 class GPT2Block(nnx.Module):
-    """Pre-LN transformer block: ``x + attn(ln_1(x))`` [``+ crossattention(ln_cross_attn(x))``]
-    then ``x + mlp(ln_2(x))``.
+    """Pre-LayerNorm transformer block: x + attn(ln_1(x)) [+ crossattn(ln_cross_attn(x))] + mlp(ln_2(x)).
 
     Args:
-        config: the model configuration; layer_idx: the block's index.
+        config: the model config.
+        layer_idx: index of this block.
         dtype, param_dtype, rngs: as :class:`GPT2Attention`.
 
     Example:
@@ -501,44 +579,130 @@ class GPT2Block(nnx.Module):
 
     def __init__(self, config: GPT2Config, layer_idx: int = 0, *, dtype: Any = jnp.float32,
                  param_dtype: Any = jnp.float32, rngs: nnx.Rngs) -> None:
+        C, eps = config.n_embd, config.layer_norm_epsilon
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.ln_1 = _layer_norm(config, **kw)
-        self.attn = GPT2Attention(config, layer_idx, **kw)
+        self.ln_1 = LayerNorm(C, eps, **kw)
+        self.attn = GPT2Attention(config, layer_idx=layer_idx, **kw)
+        self.ln_2 = LayerNorm(C, eps, **kw)
+        self.add_cross_attention = config.add_cross_attention
         if config.add_cross_attention:
-            self.crossattention = GPT2Attention(config, layer_idx, is_cross_attention=True, **kw)
-            self.ln_cross_attn = _layer_norm(config, **kw)
-        self.ln_2 = _layer_norm(config, **kw)
-        self.mlp = GPT2MLP(config, **kw)
+            self.crossattention = GPT2Attention(config, is_cross_attention=True,
+                                                layer_idx=layer_idx, **kw)
+            self.ln_cross_attn = LayerNorm(C, eps, **kw)
+        self.mlp = GPT2MLP(config.inner_dim, config, **kw)
 
-    def __call__(self, x: jax.Array, *, encoder_hidden_states: jax.Array | None = None,
-                 encoder_bias: jax.Array | None = None, deterministic: bool | None = None,
-                 head_mask: jax.Array | None = None, **attn_kwargs: Any):
-        """Returns ``(x, present, self-attention probs, cross-attention probs or None)``."""
-        a, present, attn_probs = self.attn(self.ln_1(x), head_mask=head_mask,
-                                           deterministic=deterministic, **attn_kwargs)
-        x = x + a
-        cross_probs = None
+    def __call__(
+        self,
+        hidden_states: jax.Array,
+        layer_past: tuple[jax.Array, ...] | None = None,
+        attention_mask: jax.Array | None = None,
+        causal_mask: jax.Array | None = None,
+        head_mask: jax.Array | None = None,
+        encoder_hidden_states: jax.Array | None = None,
+        encoder_attention_mask: jax.Array | None = None,
+        use_cache: bool = False,
+        output_attentions: bool = False,
+        cache_position: jax.Array | None = None,
+        *,
+        deterministic: bool | None = None,
+    ):
+        """Returns (hidden (B, T, C), present, self-attention weights, cross-attention weights)."""
+        self_past = None if layer_past is None else tuple(layer_past[:2])
+        attn_out, present, self_w = self.attn(
+            self.ln_1(hidden_states), self_past, attention_mask, causal_mask, head_mask,
+            use_cache=use_cache, output_attentions=output_attentions,
+            cache_position=cache_position, deterministic=deterministic)
+        hidden_states = hidden_states + attn_out
+        cross_w = None
         if encoder_hidden_states is not None:
-            if not hasattr(self, "crossattention"):
-                raise ValueError("encoder_hidden_states were given but the model has no "
+            if not self.add_cross_attention:
+                raise ValueError("encoder_hidden_states were passed but the model has no "
                                  "cross-attention: build it with config.add_cross_attention=True")
-            c, _, cross_probs = self.crossattention(
-                self.ln_cross_attn(x), encoder_hidden_states=encoder_hidden_states,
-                mask_bias=encoder_bias, head_mask=head_mask, deterministic=deterministic)
-            x = x + c
-        x = x + self.mlp(self.ln_2(x), deterministic=deterministic)
-        return x, present, attn_probs, cross_probs
+            cross_past = (tuple(layer_past[2:4]) if layer_past is not None and len(layer_past) == 4
+                          else None)
+            cross_out, cross_present, cross_w = self.crossattention(
+                self.ln_cross_attn(hidden_states), cross_past, head_mask=head_mask,
+                encoder_hidden_states=encoder_hidden_states,
+                encoder_attention_mask=encoder_attention_mask, use_cache=use_cache,
+                output_attentions=output_attentions, deterministic=deterministic)
+            hidden_states = hidden_states + cross_out
+            if present is not None and cache_position is None:
+                # (k, v, cross_k, cross_v): transformers' legacy layout (a static cache holds
+                # the self-attention buffers only)
+                present = present + cross_present
+        hidden_states = hidden_states + self.mlp(self.ln_2(hidden_states),
+                                                 deterministic=deterministic)
+        return hidden_states, present, self_w, cross_w
 
 
-# ---------------------------------------------------------------------------- pretrained base
+class GPT2SequenceSummary(nnx.Module):
+    """The multiple-choice head of GPT2DoubleHeadsModel: pick a token, project, activate.
+
+    Args:
+        config: reads ``summary_type`` (last / first / mean / cls_index), ``summary_use_proj``,
+            ``summary_proj_to_labels``, ``summary_activation``, ``summary_first_dropout`` and
+            ``summary_last_dropout``.
+        dtype, param_dtype, rngs: as :class:`GPT2Attention`.
+
+    Example:
+        >>> s = GPT2SequenceSummary(tiny_config(), rngs=nnx.Rngs(0))
+    """
+
+    def __init__(self, config: GPT2Config, *, dtype: Any = jnp.float32,
+                 param_dtype: Any = jnp.float32, rngs: nnx.Rngs) -> None:
+        self.summary_type = config.summary_type
+        # one assignment: NNX fixes an attribute as data (a layer) or static (None) when first set
+        self.summary = (nnx.Linear(config.n_embd, naming.summary_out_features(config),
+                                   dtype=dtype, param_dtype=param_dtype,
+                                   kernel_init=_normal(config.initializer_range), rngs=rngs)
+                        if config.summary_use_proj else None)
+        act = config.summary_activation
+        self.activation = ACT2FN[act] if act else ACT2FN["linear"]
+        self.first_dropout = nnx.Dropout(config.summary_first_dropout, rngs=rngs)
+        self.last_dropout = nnx.Dropout(config.summary_last_dropout, rngs=rngs)
+
+    def __call__(self, hidden_states: jax.Array, cls_index: jax.Array | None = None, *,
+                 deterministic: bool | None = None) -> jax.Array:
+        """hidden_states (B, N, T, C), cls_index (B, N) -> (B, N, out).
+
+        "last", "first" and "mean" index axis 1 exactly as transformers does
+        (``hidden[:, -1]`` ...), which for double-heads inputs is the *choice* axis.
+        """
+        if self.summary_type == "last":
+            output = hidden_states[:, -1]
+        elif self.summary_type == "first":
+            output = hidden_states[:, 0]
+        elif self.summary_type == "mean":
+            output = hidden_states.mean(axis=1)
+        else:  # cls_index; default: the last token
+            if cls_index is None:
+                cls_index = jnp.full(hidden_states.shape[:-2], hidden_states.shape[-2] - 1,
+                                     jnp.int32)
+            output = jnp.take_along_axis(hidden_states, cls_index[..., None, None],
+                                         axis=-2)[..., 0, :]  # (B, N, C)
+        output = self.first_dropout(output, deterministic=deterministic)
+        if self.summary is not None:
+            output = self.summary(output)
+        output = self.activation(output)
+        return self.last_dropout(output, deterministic=deterministic)
+
+
+# ---------------------------------------------------------------------------- models
 class GPT2PreTrainedModel(nnx.Module):
-    """Shared loading/saving for every GPT-2 module (``from_pretrained``, ``save_pretrained``).
+    """Shared plumbing: config, from_pretrained / save_pretrained, state dicts.
 
     Subclasses set ``head`` (a key of ``gpt2_core.naming.HEADS``).
     """
 
     head: str = "base"
     config: GPT2Config
+    generation_config = _unhashed_attribute(
+        "generation_config", "The checkpoint's generation_config.json (None: from the config).")
+    load_report = _unhashed_attribute(
+        "load_report", "What from_pretrained found (a gpt2_core.naming.LoadReport).")
+
+    def __init__(self, config: GPT2Config) -> None:
+        self.config = _static_config(config)
 
     @classmethod
     def from_config(cls, config: GPT2Config, *, seed: int = 0, **kwargs: Any):
@@ -580,20 +744,27 @@ class GPT2PreTrainedModel(nnx.Module):
                 :mod:`gpt2_flax.quantize`.
             **config_overrides: config fields to change (e.g. ``num_labels=3``).
 
-        The model is returned in eval mode (dropout off), as transformers does.
+        The model is returned in eval mode (dropout off), as transformers does, with
+        ``model.load_report`` (what was loaded / newly initialised) and
+        ``model.generation_config`` (the checkpoint's generation_config.json, if any).
 
         Example:
             >>> model = GPT2LMHeadModel.from_pretrained("path/to/gpt2", param_dtype=jnp.bfloat16)
         """
-        from gpt2_core.checkpoint import load_pretrained
+        from gpt2_core import checkpoint
+        from gpt2_core.generation_config import GenerationConfig
         from gpt2_flax import quantize as Q
 
         dtype, quantize = Q.resolve(dtype, quantize)
-        config, sd, _report = load_pretrained(name_or_path, cls.head, config=config,
-                                              prefer=prefer, **config_overrides)
+        config, sd, report = checkpoint.load_pretrained(name_or_path, cls.head, config=config,
+                                                        prefer=prefer, **config_overrides)
         dtype, param_dtype = (_jnp_dtype(d, sd) for d in (dtype, param_dtype))
         model = cls.from_state_dict(config, sd, dtype=dtype, param_dtype=param_dtype, seed=seed,
                                     sharding=sharding)
+        model.load_report = report
+        with contextlib.suppress(ValueError, OSError):  # no generation_config.json
+            model.generation_config = GenerationConfig.from_pretrained(
+                checkpoint.hub.resolve_dir(name_or_path))
         return Q.quantize_model(model, quantize) if quantize else model
 
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -611,14 +782,22 @@ class GPT2PreTrainedModel(nnx.Module):
     def save_pretrained(self, save_directory: str | os.PathLike, *, flax_msgpack: bool = False,
                         max_shard_size: int | str = "5GB", dtype: Any = None) -> list:
         """Write ``config.json`` + ``model.safetensors`` (and ``flax_model.msgpack`` in
-        transformers' Flax layout when ``flax_msgpack``) that transformers loads directly."""
+        transformers' Flax layout when ``flax_msgpack``) that transformers loads directly, and
+        the generation config when the model has one."""
         from gpt2_core.checkpoint import save_pretrained
         from gpt2_flax.quantize import refuse_save
 
         refuse_save(self)
         formats = ("safetensors", "flax") if flax_msgpack else ("safetensors",)
-        return save_pretrained(self.state_dict(), self.config, save_directory, self.head,
-                               max_shard_size=max_shard_size, dtype=dtype, formats=formats)
+        written = save_pretrained(self.state_dict(), self.config, save_directory, self.head,
+                                  max_shard_size=max_shard_size, dtype=dtype, formats=formats)
+        if self.generation_config is not None:
+            written.append(self.generation_config.save_pretrained(save_directory))
+        return written
+
+    def get_input_embeddings(self) -> nnx.Embed:
+        base = self if isinstance(self, GPT2Model) else self.transformer
+        return base.wte
 
     def num_parameters(self) -> int:
         return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(self, nnx.Param)))
@@ -631,9 +810,8 @@ def _annotate(model: nnx.Module, sharding: Any) -> None:
         annotate(model, sharding)
 
 
-# ---------------------------------------------------------------------------- base model
 class GPT2Model(GPT2PreTrainedModel):
-    """The bare GPT-2 transformer: embeddings, ``n_layer`` blocks, final LayerNorm.
+    """The GPT-2 transformer: embeddings, ``n_layer`` blocks and the final LayerNorm.
 
     Args:
         config: a :class:`gpt2_core.GPT2Config`; every behaviour is read from it.
@@ -658,21 +836,175 @@ class GPT2Model(GPT2PreTrainedModel):
 
     def __init__(self, config: GPT2Config, *, dtype: Any = jnp.float32,
                  param_dtype: Any = jnp.float32, rngs: nnx.Rngs, sharding: Any = None) -> None:
-        self.config = config = _static_config(config)
+        super().__init__(config)
+        config = self.config
         self.dtype = dtype
         C, std = config.n_embd, config.initializer_range
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.wte = nnx.Embed(config.vocab_size, C, embedding_init=_normal(std), **kw)
         self.wpe = nnx.Embed(config.n_positions, C, embedding_init=_normal(std), **kw)
         self.drop = nnx.Dropout(config.embd_pdrop, rngs=rngs)
-        self.h = nnx.List([GPT2Block(config, i, **kw) for i in range(config.n_layer)])
-        self.ln_f = _layer_norm(config, **kw)
+        self.h = nnx.List([GPT2Block(config, layer_idx=i, **kw) for i in range(config.n_layer)])
+        self.ln_f = LayerNorm(C, config.layer_norm_epsilon, **kw)
         _annotate(self, sharding)
+
+    def _head_masks(self, head_mask: Any) -> list:
+        """``head_mask`` (H,) or (L, H) -> per-layer (1, H, 1, 1) multipliers (None: no mask)."""
+        n_layer, n_head = self.config.n_layer, self.config.n_head
+        if head_mask is None:
+            return [None] * n_layer
+        hm = jnp.asarray(head_mask)
+        if hm.ndim == 1:
+            hm = jnp.broadcast_to(hm, (n_layer, hm.shape[0]))
+        if hm.ndim != 2 or hm.shape != (n_layer, n_head):
+            raise ValueError(f"head_mask must have shape ({n_head},) or ({n_layer}, {n_head}), "
+                             f"got {jnp.shape(head_mask)}")
+        return [hm[i][None, :, None, None] for i in range(n_layer)]
+
+    def _flatten_inputs(self, input_ids, inputs_embeds):
+        """Check the ids / embeddings and fold leading dims: (..., T) -> (B, T); returns
+        ``(input_ids, inputs_embeds, input_shape)`` (the caller's shape, without C)."""
+        cfg = self.config
+        if input_ids is not None and inputs_embeds is not None:
+            raise ValueError("You cannot specify both input_ids and inputs_embeds at the same "
+                             "time: pass either one")
+        if input_ids is not None:
+            input_ids = _as_int_array(input_ids, "input_ids")
+            check_ids_shape(input_ids.shape)
+            input_shape = input_ids.shape
+            input_ids = input_ids.reshape(-1, input_shape[-1])  # (B, T); double heads: (B*N, T)
+        elif inputs_embeds is not None:
+            inputs_embeds = jnp.asarray(inputs_embeds)
+            check_ids_shape(inputs_embeds.shape[:-1], "inputs_embeds")
+            if inputs_embeds.ndim < 3 or inputs_embeds.shape[-1] != cfg.n_embd:
+                raise ValueError(f"inputs_embeds must have shape (batch, seq_len, {cfg.n_embd}), "
+                                 f"got {inputs_embeds.shape}")
+            input_shape = inputs_embeds.shape[:-1]
+            inputs_embeds = inputs_embeds.reshape(-1, *inputs_embeds.shape[-2:])  # (B, T, C)
+        else:
+            raise ValueError("You have to specify either input_ids or inputs_embeds")
+        if input_shape[-1] == 0:
+            raise ValueError("input sequence is empty (seq_len 0)")
+        return input_ids, inputs_embeds, input_shape
+
+    def _read_cache(self, past_key_values, B: int, T: int, position_ids):
+        """The per-layer pasts, the past length, the key length S and the slot of the first
+        new token (``cache_position``, a scalar; None unless ``past_key_values`` is a
+        :class:`StaticCache`)."""
+        cfg = self.config
+        if isinstance(past_key_values, StaticCache):
+            cache_position = past_key_values.index
+            S = past_key_values.max_length
+            past_length: Any = cache_position
+            if past_key_values.batch_size != B:
+                raise ValueError(f"StaticCache holds batch {past_key_values.batch_size}, got {B}")
+            if not _is_traced(cache_position) and int(cache_position) + T > S:
+                raise ValueError(f"StaticCache is full: index {int(cache_position)} + {T} new "
+                                 f"tokens > its length {S}")
+            layer_pasts = list(zip(past_key_values.keys, past_key_values.values))
+            return layer_pasts, past_length, S, cache_position
+        if past_key_values is not None:
+            if len(past_key_values) != cfg.n_layer:
+                raise ValueError(f"past_key_values has {len(past_key_values)} layers, "
+                                 f"the model has {cfg.n_layer}")
+            layer_pasts = past_key_values
+            past_length = past_key_values[0][0].shape[2]
+        else:
+            layer_pasts, past_length = [None] * cfg.n_layer, 0
+        S = past_length + T
+        if position_ids is None and cfg.n_positions < S:
+            raise ValueError(f"sequence length {S} (past {past_length} + new {T}) exceeds "
+                             f"n_positions={cfg.n_positions}")
+        return layer_pasts, past_length, S, None
+
+    def _embed(self, input_ids, inputs_embeds, position_ids, token_type_ids, past_length, T,
+               deterministic):
+        """wte(ids) + wpe(positions) [+ wte(token types)], then dropout: (B, T, C).
+
+        Ids are range-checked first (under ``jit``: checkify checks), and the lookups give NaN
+        rows for ids outside the tables, never a clamped row."""
+        cfg = self.config
+        if input_ids is not None:
+            _check_range(input_ids, cfg.vocab_size, "input_ids", f"vocab_size={cfg.vocab_size}")
+        if token_type_ids is not None:
+            token_type_ids = _as_int_array(token_type_ids, "token_type_ids").reshape(-1, T)
+            _check_range(token_type_ids, cfg.vocab_size, "token_type_ids",
+                         "token types are looked up in wte")
+        if position_ids is None:
+            position_ids = (past_length + jnp.arange(T, dtype=jnp.int32))[None, :]  # (1, T)
+        else:
+            position_ids = _as_int_array(position_ids, "position_ids").reshape(-1, T)
+        _check_range(position_ids, cfg.n_positions, "position_ids",
+                     f"n_positions={cfg.n_positions}")
+        if inputs_embeds is None:
+            inputs_embeds = _lookup(self.wte.embedding[...], input_ids)  # (B, T, C)
+        hidden_states = inputs_embeds + _lookup(self.wpe.embedding[...], position_ids)
+        if token_type_ids is not None:
+            hidden_states = hidden_states + _lookup(self.wte.embedding[...], token_type_ids)
+        hidden_states = hidden_states.astype(self.dtype)
+        return self.drop(hidden_states, deterministic=deterministic)
+
+    def _attention_masks(self, attention_mask, encoder_hidden_states, encoder_attention_mask,
+                         B: int, T: int, past_length, S: int, static: bool):
+        """The causal mask (1, 1, T, S) (bool, True = may attend), the additive self-attention
+        mask (B|1, 1, T, S) and the encoder's (B, 1, 1|T, S_enc) or None: HF's eager 4-D mask =
+        where(causal & not-pad, 0, min), applied on top of the causal where."""
+        cfg = self.config
+        q_pos = past_length + jnp.arange(T)  # absolute slot of each query
+        causal = jnp.arange(S)[None, :] <= q_pos[:, None]  # (T, S)
+        causal_mask = causal[None, None]
+        if attention_mask is not None:
+            attention_mask = jnp.asarray(attention_mask).reshape(B, -1)
+            if attention_mask.shape[1] != S:
+                what = "the cache length" if static else "past + current length"
+                raise ValueError(f"attention_mask has {attention_mask.shape[1]} columns but "
+                                 f"{what} is {S}")
+            keep = causal_mask & (attention_mask != 0)[:, None, None, :]  # (B, 1, T, S)
+        else:
+            keep = causal_mask
+        score_dtype = jnp.float32 if cfg.reorder_and_upcast_attn else self.dtype
+        min_value = jnp.finfo(score_dtype).min
+        bias = jnp.where(keep, 0.0, min_value).astype(score_dtype)
+        encoder_bias = None
+        if encoder_hidden_states is not None and cfg.add_cross_attention:
+            enc = jnp.asarray(encoder_hidden_states)
+            if encoder_attention_mask is None:
+                encoder_attention_mask = jnp.ones(enc.shape[:2], jnp.float32)
+            m = jnp.asarray(encoder_attention_mask, jnp.float32)
+            m = m[:, None, None, :] if m.ndim == 2 else m[:, None, :, :]  # (B, 1, 1|T, S_enc)
+            encoder_bias = ((1.0 - m) * min_value).astype(score_dtype)
+        return bias, causal_mask, encoder_bias
+
+    def _run_blocks(self, hidden_states, layer_pasts, bias, causal_mask, head_masks,
+                    encoder_hidden_states, encoder_bias, cache_position, use_cache,
+                    output_attentions, output_hidden_states, deterministic):
+        """Every block in turn; returns (hidden, presents, all hidden states, self / cross
+        attention weights), the last three None when not asked for."""
+        presents: list | None = [] if use_cache or cache_position is not None else None
+        all_hidden: tuple | None = () if output_hidden_states else None
+        all_self: tuple | None = () if output_attentions else None
+        all_cross: tuple | None = (
+            () if output_attentions and self.config.add_cross_attention
+            and encoder_hidden_states is not None else None)
+        for block, layer_past, layer_head_mask in zip(self.h, layer_pasts, head_masks):
+            if all_hidden is not None:
+                all_hidden += (hidden_states,)
+            hidden_states, present, self_w, cross_w = block(
+                hidden_states, layer_past, bias, causal_mask, layer_head_mask,
+                encoder_hidden_states, encoder_bias, use_cache, output_attentions,
+                cache_position, deterministic=deterministic)
+            if presents is not None:
+                presents.append(present)
+            if all_self is not None:
+                all_self += (self_w,)
+                if all_cross is not None:
+                    all_cross += (cross_w,)
+        return hidden_states, presents, all_hidden, all_self, all_cross
 
     def __call__(
         self,
         input_ids: Any = None,
-        past_key_values: tuple | KVCache | None = None,
+        past_key_values: tuple | StaticCache | None = None,
         attention_mask: Any = None,
         token_type_ids: Any = None,
         position_ids: Any = None,
@@ -687,6 +1019,11 @@ class GPT2Model(GPT2PreTrainedModel):
         *,
         deterministic: bool | None = None,
     ):
+        """Run the transformer; returns ``BaseModelOutputWithPastAndCrossAttentions``.
+
+        ``past_key_values`` is a tuple over layers of (k, v) (B, H, S_past, D) [+ cross (k, v)],
+        as returned with ``use_cache``, or a :class:`StaticCache` (returned advanced by T).
+        """
         cfg = self.config
         output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
         if output_attentions and self.h[0].attn.attn_implementation != "eager":
@@ -697,155 +1034,37 @@ class GPT2Model(GPT2PreTrainedModel):
         use_cache = cfg.use_cache if use_cache is None else use_cache
         return_dict = cfg.use_return_dict if return_dict is None else return_dict
 
-        # ---- inputs: shapes and ids checked before anything is computed
-        if input_ids is not None and inputs_embeds is not None:
-            raise ValueError("You cannot specify both input_ids and inputs_embeds at the same time")
-        if input_ids is not None:
-            input_ids = _as_int_array(input_ids, "input_ids")
-            check_ids_shape(input_ids.shape)
-            input_shape = input_ids.shape
-            input_ids = input_ids.reshape(-1, input_shape[-1])  # (B, T); double heads: (B*N, T)
-        elif inputs_embeds is not None:
-            inputs_embeds = jnp.asarray(inputs_embeds)
-            check_ids_shape(inputs_embeds.shape[:-1], "inputs_embeds")
-            if inputs_embeds.ndim < 3 or inputs_embeds.shape[-1] != cfg.n_embd:
-                raise ValueError(f"inputs_embeds must have shape (batch, seq_len, {cfg.n_embd}), "
-                                 f"got {inputs_embeds.shape}")
-            input_shape = inputs_embeds.shape[:-1]
-            inputs_embeds = inputs_embeds.reshape(-1, *inputs_embeds.shape[-2:])
-        else:
-            raise ValueError("You have to specify either input_ids or inputs_embeds")
+        input_ids, inputs_embeds, input_shape = self._flatten_inputs(input_ids, inputs_embeds)
         B, T = (input_ids.shape if input_ids is not None else inputs_embeds.shape[:2])
-        if T == 0:
-            raise ValueError("input sequence is empty (seq_len 0)")
+        layer_pasts, past_length, S, cache_position = self._read_cache(
+            past_key_values, B, T, position_ids)
+        static = cache_position is not None
+        hidden_states = self._embed(input_ids, inputs_embeds, position_ids, token_type_ids,
+                                    past_length, T, deterministic)
+        bias, causal_mask, encoder_bias = self._attention_masks(
+            attention_mask, encoder_hidden_states, encoder_attention_mask, B, T, past_length, S,
+            static)
+        hidden_states, presents, all_hidden, all_self, all_cross = self._run_blocks(
+            hidden_states, layer_pasts, bias, causal_mask, self._head_masks(head_mask),
+            encoder_hidden_states, encoder_bias, cache_position, use_cache, output_attentions,
+            output_hidden_states, deterministic)
+        hidden_states = self.ln_f(hidden_states)
+        hidden_states = hidden_states.reshape(*input_shape, hidden_states.shape[-1])  # (B, [N,] T, C)
+        if all_hidden is not None:
+            all_hidden += (hidden_states,)
 
-        static_cache = isinstance(past_key_values, KVCache)
-        if static_cache:
-            cache_index = past_key_values.index
-            S = past_key_values.max_length
-            past_len: Any = cache_index
-            if past_key_values.keys[0].shape[0] != B:
-                raise ValueError(f"KVCache batch size {past_key_values.keys[0].shape[0]} != {B}")
-            if not _is_traced(cache_index) and int(cache_index) + T > S:
-                raise ValueError(f"KVCache is full: index {int(cache_index)} + {T} new tokens > "
-                                 f"its length {S}")
-        else:
-            cache_index = None
-            if past_key_values is not None:
-                if len(past_key_values) != cfg.n_layer:
-                    raise ValueError(f"past_key_values has {len(past_key_values)} layers, "
-                                     f"the model {cfg.n_layer}")
-                past_len = past_key_values[0][0].shape[2]
-            else:
-                past_len = 0
-            S = past_len + T
-            if position_ids is None and cfg.n_positions < S:
-                raise ValueError(f"sequence length {S} (past {past_len} + {T} new) exceeds "
-                                 f"n_positions={cfg.n_positions}")
-
-        if input_ids is not None:
-            _check_range(input_ids, cfg.vocab_size, "input_ids", f"vocab_size={cfg.vocab_size}")
-        if token_type_ids is not None:
-            token_type_ids = _as_int_array(token_type_ids, "token_type_ids").reshape(-1, T)
-            _check_range(token_type_ids, cfg.vocab_size, "token_type_ids",
-                         "token types are looked up in wte")
-        if position_ids is None:
-            position_ids = (past_len + jnp.arange(T, dtype=jnp.int32))[None, :]  # (1, T)
-        else:
-            position_ids = _as_int_array(position_ids, "position_ids").reshape(-1, T)
-        _check_range(position_ids, cfg.n_positions, "position_ids",
-                     f"n_positions={cfg.n_positions}")
-
-        # ---- embeddings
-        if inputs_embeds is None:
-            inputs_embeds = _embed(self.wte.embedding[...], input_ids)  # (B, T, C)
-        h = inputs_embeds + _embed(self.wpe.embedding[...], position_ids)
-        if token_type_ids is not None:
-            h = h + _embed(self.wte.embedding[...], token_type_ids)  # token types reuse wte
-        h = h.astype(self.dtype)
-        h = self.drop(h, deterministic=deterministic)
-
-        # ---- masks: HF's eager 4-D mask = where(causal & not-pad, 0, min), plus the causal where
-        q_pos = past_len + jnp.arange(T)  # absolute slot of each query
-        causal = jnp.arange(S)[None, :] <= q_pos[:, None]  # (T, S)
-        if attention_mask is not None:
-            attention_mask = jnp.asarray(attention_mask).reshape(B, -1)
-            if attention_mask.shape[1] != S:
-                what = "the cache length" if static_cache else "past + current length"
-                raise ValueError(f"attention_mask has {attention_mask.shape[1]} columns but "
-                                 f"{what} is {S}")
-            keep = causal[None, None] & (attention_mask != 0)[:, None, None, :]  # (B, 1, T, S)
-        else:
-            keep = causal[None, None]
-        score_dtype = jnp.float32 if cfg.reorder_and_upcast_attn else self.dtype
-        min_value = jnp.finfo(score_dtype).min
-        mask_bias = jnp.where(keep, 0.0, min_value).astype(score_dtype)
-
-        encoder_bias = None
-        if encoder_hidden_states is not None and cfg.add_cross_attention:
-            enc = jnp.asarray(encoder_hidden_states)
-            if encoder_attention_mask is None:
-                encoder_attention_mask = jnp.ones(enc.shape[:2], jnp.float32)
-            m = jnp.asarray(encoder_attention_mask, jnp.float32)
-            m = m[:, None, None, :] if m.ndim == 2 else m[:, None, :, :]  # (B, 1, 1|T, Se)
-            encoder_bias = ((1.0 - m) * min_value).astype(score_dtype)
-
-        head_masks = _head_masks(head_mask, cfg.n_layer, cfg.n_head)
-
-        # ---- blocks
-        presents: list = []
-        all_hidden: tuple = ()
-        all_attn: tuple = ()
-        all_cross: tuple = ()
-        for i, block in enumerate(self.h):
-            if output_hidden_states:
-                all_hidden += (h,)
-            if static_cache:
-                layer_past = (past_key_values.keys[i], past_key_values.values[i])
-            else:
-                layer_past = past_key_values[i] if past_key_values is not None else None
-            h, present, attn_probs, cross_probs = block(
-                h, layer_past=layer_past, cache_index=cache_index, causal=causal,
-                mask_bias=mask_bias, head_mask=head_masks[i],
-                encoder_hidden_states=encoder_hidden_states, encoder_bias=encoder_bias,
-                use_cache=use_cache, deterministic=deterministic)
-            presents.append(present)
-            if output_attentions:
-                all_attn += (attn_probs,)
-                if cfg.add_cross_attention:
-                    all_cross += (cross_probs,)
-
-        h = self.ln_f(h)
-        h = h.reshape(*input_shape, h.shape[-1])  # back to (B, [N,] T, C)
-        if output_hidden_states:
-            all_hidden += (h,)
-
-        if static_cache:
-            cache = KVCache(keys=tuple(p[0] for p in presents),
-                            values=tuple(p[1] for p in presents), index=cache_index + T)
-        else:
-            cache = tuple(presents)
+        past_out = None
+        if use_cache:
+            past_out = tuple(presents)
+            if static:
+                past_out = StaticCache(keys=tuple(p[0] for p in presents),
+                                       values=tuple(p[1] for p in presents),
+                                       index=cache_position + T)
         out = BaseModelOutputWithPastAndCrossAttentions(
-            last_hidden_state=h,
-            past_key_values=cache if use_cache else None,
-            hidden_states=all_hidden if output_hidden_states else None,
-            attentions=all_attn if output_attentions else None,
-            cross_attentions=all_cross if output_attentions and cfg.add_cross_attention else None,
+            last_hidden_state=hidden_states, past_key_values=past_out, hidden_states=all_hidden,
+            attentions=all_self, cross_attentions=all_cross,
         )
         return _result(out, return_dict)
-
-
-def _head_masks(head_mask: Any, n_layer: int, n_head: int) -> list:
-    """``head_mask`` (H,) or (L, H) -> per-layer (1, H, 1, 1) multipliers (None: no mask)."""
-    if head_mask is None:
-        return [None] * n_layer
-    hm = jnp.asarray(head_mask)
-    if hm.ndim == 1:
-        hm = jnp.broadcast_to(hm, (n_layer, hm.shape[0]))
-    if hm.ndim != 2 or hm.shape != (n_layer, n_head):
-        raise ValueError(f"head_mask must have shape ({n_head},) or ({n_layer}, {n_head}), "
-                         f"got {jnp.shape(head_mask)}")
-    return [hm[i][None, :, None, None] for i in range(n_layer)]
 
 
 # ---------------------------------------------------------------------------- heads
@@ -870,20 +1089,22 @@ class GPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
 
     def __init__(self, config: GPT2Config, *, dtype: Any = jnp.float32,
                  param_dtype: Any = jnp.float32, rngs: nnx.Rngs, sharding: Any = None) -> None:
-        self.config = config = _static_config(config)
+        super().__init__(config)
+        config = self.config
         self.transformer = GPT2Model(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        if not config.tie_word_embeddings:
-            self.lm_head = nnx.Linear(config.n_embd, config.vocab_size, use_bias=False,
-                                      kernel_init=_normal(config.initializer_range), dtype=dtype,
-                                      param_dtype=param_dtype, rngs=rngs)
+        # tied (the default): no lm_head variable, the logits are hidden @ wte^T
+        self.lm_head = (nnx.Linear(config.n_embd, config.vocab_size, use_bias=False,
+                                   kernel_init=_normal(config.initializer_range), dtype=dtype,
+                                   param_dtype=param_dtype, rngs=rngs)
+                        if not config.tie_word_embeddings else None)
         _annotate(self, sharding)
 
-    def logits(self, hidden: jax.Array) -> jax.Array:
+    def _lm_logits(self, hidden_states: jax.Array) -> jax.Array:
         """LM logits (..., V): ``hidden @ wte^T`` when tied, else ``lm_head(hidden)``."""
-        if self.config.tie_word_embeddings:
-            wte = self.transformer.wte.embedding[...].astype(hidden.dtype)  # (V, C)
-            return jnp.einsum("...c,vc->...v", hidden, wte)
-        return self.lm_head(hidden)
+        if self.lm_head is not None:
+            return self.lm_head(hidden_states)
+        wte = self.transformer.wte.embedding[...].astype(hidden_states.dtype)  # (V, C)
+        return jnp.einsum("...c,vc->...v", hidden_states, wte)
 
     def __call__(self, input_ids=None, past_key_values=None, attention_mask=None,
                  token_type_ids=None, position_ids=None, head_mask=None, inputs_embeds=None,
@@ -899,7 +1120,7 @@ class GPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
         hidden = out.last_hidden_state
         if logits_to_keep:
             hidden = hidden[..., -logits_to_keep:, :]
-        logits = self.logits(hidden)  # (B, T, V)
+        logits = self._lm_logits(hidden)  # (B, T, V)
         loss = None
         if labels is not None:
             labels = _as_int_array(labels, "labels")
@@ -915,52 +1136,6 @@ class GPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
             hidden_states=out.hidden_states, attentions=out.attentions,
             cross_attentions=out.cross_attentions)
         return _result(result, return_dict)
-
-
-class GPT2SequenceSummary(nnx.Module):
-    """The multiple-choice head of ``GPT2DoubleHeadsModel``: pool (``summary_type`` cls_index:
-    one token per choice; last / first / mean: transformers' axis-1 reduction), dropout, ``summary`` projection
-    (``summary_use_proj``; 1 output when ``summary_proj_to_labels``), activation, dropout.
-
-    Args:
-        config: the configuration (``summary_*`` fields); dtype, param_dtype, rngs as usual.
-
-    Example:
-        >>> s = GPT2SequenceSummary(tiny_config(), rngs=nnx.Rngs(0))
-    """
-
-    def __init__(self, config: GPT2Config, *, dtype: Any = jnp.float32,
-                 param_dtype: Any = jnp.float32, rngs: nnx.Rngs) -> None:
-        self.summary_type = config.summary_type
-        if config.summary_use_proj:
-            n_out = 1 if config.summary_proj_to_labels else config.n_embd
-            self.summary = nnx.Linear(config.n_embd, n_out, dtype=dtype, param_dtype=param_dtype,
-                                      kernel_init=_normal(config.initializer_range), rngs=rngs)
-        self.summary_activation = config.summary_activation
-        self.first_dropout = nnx.Dropout(config.summary_first_dropout, rngs=rngs)
-        self.last_dropout = nnx.Dropout(config.summary_last_dropout, rngs=rngs)
-
-    def __call__(self, hidden: jax.Array, cls_index: jax.Array | None = None, *,
-                 deterministic: bool | None = None) -> jax.Array:
-        # hidden (B, N, T, C). cls_index pools one token per choice -> (B, N, C). "last",
-        # "first" and "mean" index axis 1 exactly as transformers does (hidden[:, -1] ...),
-        # which for double-heads inputs is the *choice* axis; kept for parity with the reference.
-        if self.summary_type == "last":
-            x = hidden[:, -1]
-        elif self.summary_type == "first":
-            x = hidden[:, 0]
-        elif self.summary_type == "mean":
-            x = hidden.mean(axis=1)
-        else:  # cls_index: default is the last token, as transformers
-            if cls_index is None:
-                cls_index = jnp.full(hidden.shape[:-2], hidden.shape[-2] - 1, jnp.int32)
-            x = jnp.take_along_axis(hidden, cls_index[..., None, None], axis=-2)[..., 0, :]
-        x = self.first_dropout(x, deterministic=deterministic)
-        if hasattr(self, "summary"):
-            x = self.summary(x)
-        if self.summary_activation:
-            x = ACT2FN[self.summary_activation](x)
-        return self.last_dropout(x, deterministic=deterministic)
 
 
 class GPT2DoubleHeadsModel(GPT2PreTrainedModel):
@@ -984,16 +1159,24 @@ class GPT2DoubleHeadsModel(GPT2PreTrainedModel):
 
     def __init__(self, config: GPT2Config, *, dtype: Any = jnp.float32,
                  param_dtype: Any = jnp.float32, rngs: nnx.Rngs, sharding: Any = None) -> None:
-        self.config = config = _static_config(config)
+        if isinstance(config, GPT2Config) and config.num_labels != 1:
+            config = config.copy(num_labels=1)  # as transformers, on a copy (see gpt2_torch)
+        super().__init__(config)
+        config = self.config
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.transformer = GPT2Model(config, **kw)
-        if not config.tie_word_embeddings:
-            self.lm_head = nnx.Linear(config.n_embd, config.vocab_size, use_bias=False,
-                                      kernel_init=_normal(config.initializer_range), **kw)
+        self.lm_head = (nnx.Linear(config.n_embd, config.vocab_size, use_bias=False,
+                                   kernel_init=_normal(config.initializer_range), **kw)
+                        if not config.tie_word_embeddings else None)
         self.multiple_choice_head = GPT2SequenceSummary(config, **kw)
         _annotate(self, sharding)
 
-    logits = GPT2LMHeadModel.logits
+    def _lm_logits(self, hidden_states: jax.Array) -> jax.Array:
+        """LM logits (..., V): ``hidden @ wte^T`` when tied, else ``lm_head(hidden)``."""
+        if self.lm_head is not None:
+            return self.lm_head(hidden_states)
+        wte = self.transformer.wte.embedding[...].astype(hidden_states.dtype)  # (V, C)
+        return jnp.einsum("...c,vc->...v", hidden_states, wte)
 
     def __call__(self, input_ids=None, past_key_values=None, attention_mask=None,
                  token_type_ids=None, position_ids=None, head_mask=None, inputs_embeds=None,
@@ -1007,7 +1190,7 @@ class GPT2DoubleHeadsModel(GPT2PreTrainedModel):
             output_hidden_states=output_hidden_states, return_dict=True,
             deterministic=deterministic)
         hidden = out.last_hidden_state  # (B, N, T, C)
-        lm_logits = self.logits(hidden)  # (B, N, T, V)
+        lm_logits = self._lm_logits(hidden)  # (B, N, T, V)
         if mc_token_ids is not None:
             mc_token_ids = _as_int_array(mc_token_ids, "mc_token_ids")
             _check_range(mc_token_ids, hidden.shape[-2], "mc_token_ids", "sequence length")
@@ -1033,35 +1216,6 @@ class GPT2DoubleHeadsModel(GPT2PreTrainedModel):
         return _result(result, return_dict)
 
 
-def _classification_loss(config: GPT2Config, logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """transformers' problem_type rules: regression (MSE), single-label (CE), multi-label (BCE)."""
-    labels = jnp.asarray(labels)
-    n = config.num_labels
-    problem = config.problem_type
-    if problem is None:
-        if n == 1:
-            problem = "regression"
-        elif jnp.issubdtype(labels.dtype, jnp.integer):
-            problem = "single_label_classification"
-        else:
-            problem = "multi_label_classification"
-    if problem == "regression":
-        labels = labels.astype(jnp.float32)
-        if n == 1:
-            return jnp.mean((jnp.squeeze(logits).astype(jnp.float32) - jnp.squeeze(labels)) ** 2)
-        return jnp.mean((logits.astype(jnp.float32) - labels) ** 2)
-    if problem == "single_label_classification":
-        if not jnp.issubdtype(labels.dtype, jnp.integer):
-            raise TypeError(f"single-label classification needs integer labels, got {labels.dtype}")
-        _check_labels(labels, n, "labels")
-        return cross_entropy(logits.reshape(-1, n), labels.reshape(-1))
-    # multi-label: mean binary cross-entropy with logits
-    x, y = logits.astype(jnp.float32), labels.astype(jnp.float32)
-    if x.shape != y.shape:
-        raise ValueError(f"multi-label labels must have the logits' shape {x.shape}, got {y.shape}")
-    return jnp.mean(jnp.maximum(x, 0) - x * y + jnp.log1p(jnp.exp(-jnp.abs(x))))
-
-
 class GPT2ForSequenceClassification(GPT2PreTrainedModel):
     """GPT-2 with a bias-free ``score`` layer pooled at the last non-pad token of each row.
 
@@ -1083,7 +1237,8 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
 
     def __init__(self, config: GPT2Config, *, dtype: Any = jnp.float32,
                  param_dtype: Any = jnp.float32, rngs: nnx.Rngs, sharding: Any = None) -> None:
-        self.config = config = _static_config(config)
+        super().__init__(config)
+        config = self.config
         self.transformer = GPT2Model(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.score = nnx.Linear(config.n_embd, config.num_labels, use_bias=False, dtype=dtype,
                                 param_dtype=param_dtype,
@@ -1117,11 +1272,39 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
                            "inputs_embeds; pooling the last position")
             last = jnp.full((batch,), T - 1)
         pooled = logits[jnp.arange(batch), last]  # (B, num_labels)
-        loss = _classification_loss(self.config, pooled, labels) if labels is not None else None
+        loss = self._classification_loss(pooled, labels) if labels is not None else None
         result = SequenceClassifierOutputWithPast(
             loss=loss, logits=pooled, past_key_values=out.past_key_values,
             hidden_states=out.hidden_states, attentions=out.attentions)
         return _result(result, return_dict)
+
+    def _classification_loss(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
+        """transformers' problem_type rules: regression (MSE), single-label (CE), multi-label (BCE)."""
+        labels = jnp.asarray(labels)
+        n = self.config.num_labels
+        problem = self.config.problem_type
+        if problem is None:
+            if n == 1:
+                problem = "regression"
+            elif jnp.issubdtype(labels.dtype, jnp.integer):
+                problem = "single_label_classification"
+            else:
+                problem = "multi_label_classification"
+        if problem == "regression":
+            labels = labels.astype(jnp.float32)
+            if n == 1:
+                return jnp.mean((jnp.squeeze(logits).astype(jnp.float32) - jnp.squeeze(labels)) ** 2)
+            return jnp.mean((logits.astype(jnp.float32) - labels) ** 2)
+        if problem == "single_label_classification":
+            if not jnp.issubdtype(labels.dtype, jnp.integer):
+                raise TypeError(f"single-label classification needs integer labels, got {labels.dtype}")
+            _check_labels(labels, n, "labels")
+            return cross_entropy(logits.reshape(-1, n), labels.reshape(-1))
+        # multi-label: mean binary cross-entropy with logits
+        x, y = logits.astype(jnp.float32), labels.astype(jnp.float32)
+        if x.shape != y.shape:
+            raise ValueError(f"multi-label labels must have the logits' shape {x.shape}, got {y.shape}")
+        return jnp.mean(jnp.maximum(x, 0) - x * y + jnp.log1p(jnp.exp(-jnp.abs(x))))
 
 
 class GPT2ForTokenClassification(GPT2PreTrainedModel):
@@ -1141,7 +1324,8 @@ class GPT2ForTokenClassification(GPT2PreTrainedModel):
 
     def __init__(self, config: GPT2Config, *, dtype: Any = jnp.float32,
                  param_dtype: Any = jnp.float32, rngs: nnx.Rngs, sharding: Any = None) -> None:
-        self.config = config = _static_config(config)
+        super().__init__(config)
+        config = self.config
         self.transformer = GPT2Model(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.dropout = nnx.Dropout(config.classifier_dropout_prob, rngs=rngs)
         self.classifier = nnx.Linear(config.n_embd, config.num_labels, dtype=dtype,
@@ -1193,7 +1377,8 @@ class GPT2ForQuestionAnswering(GPT2PreTrainedModel):
 
     def __init__(self, config: GPT2Config, *, dtype: Any = jnp.float32,
                  param_dtype: Any = jnp.float32, rngs: nnx.Rngs, sharding: Any = None) -> None:
-        self.config = config = _static_config(config)
+        super().__init__(config)
+        config = self.config
         self.transformer = GPT2Model(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.qa_outputs = nnx.Linear(config.n_embd, 2, dtype=dtype, param_dtype=param_dtype,
                                      kernel_init=_normal(config.initializer_range), rngs=rngs)
@@ -1248,5 +1433,6 @@ __all__: Sequence[str] = [
     "ACT2FN", "GPT2Attention", "GPT2Block", "GPT2DoubleHeadsModel", "GPT2ForQuestionAnswering",
     "GPT2ForSequenceClassification", "GPT2ForTokenClassification", "GPT2LMHeadModel", "GPT2MLP",
     "GPT2Model", "GPT2PreTrainedModel", "GPT2SequenceSummary", "KVCache", "MODEL_CLASSES",
+    "StaticCache",
     "checked", "cross_entropy",
 ]

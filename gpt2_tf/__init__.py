@@ -46,6 +46,7 @@ from gpt2_tf.modeling import (
     GPT2LMHeadModel,
     GPT2Model,
     GPT2PreTrainedModel,
+    StaticCache,
 )
 from gpt2_tf.pipelines import pipeline
 from gpt2_tf.tokenizer import TFGPT2Tokenizer
@@ -88,6 +89,7 @@ __all__ = [
     "GPT2MLP",
     "GPT2Model",
     "GPT2PreTrainedModel",
+    "StaticCache",
     "TFGPT2DoubleHeadsModel",
     "TFGPT2ForQuestionAnswering",
     "TFGPT2ForSequenceClassification",

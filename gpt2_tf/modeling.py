@@ -11,8 +11,10 @@ Numerics follow transformers' eager attention exactly: causally masked scores ar
 (a left-pad query) attends uniformly to its visible keys instead of producing NaN. Softmax and
 LayerNorm always run in float32, also under a ``mixed_bfloat16`` / ``mixed_float16`` policy.
 
-Shape legend: B batch, C choices (double heads), T new tokens, S key positions (past + T, or
-the static cache length), E n_embd, H n_head, D head_dim, F inner_dim, V vocab, N labels.
+Shape legend used in comments:
+    B = batch, N = choices (double heads), T = query length (new tokens), S = key length (past
+    + T, or the static cache length), H = heads, D = head dim, C = n_embd, F = inner dim,
+    V = vocab size.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import keras
 import numpy as np
@@ -89,12 +91,16 @@ def _gelu_tanh(x):
     return 0.5 * x * (1.0 + tf.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * tf.pow(x, 3.0))))
 
 
+def _quick_gelu(x):
+    return x * tf.sigmoid(1.702 * x)
+
+
 ACT_FNS = {
     "gelu_new": _gelu_tanh,
     "gelu_pytorch_tanh": _gelu_tanh,
     "gelu_fast": _gelu_tanh,
     "gelu": lambda x: tf.nn.gelu(x, approximate=False),
-    "quick_gelu": lambda x: x * tf.sigmoid(1.702 * x),
+    "quick_gelu": _quick_gelu,
     "relu": tf.nn.relu,
     "silu": tf.nn.silu,
     "swish": tf.nn.silu,
@@ -203,11 +209,60 @@ class LayerNorm(keras.layers.Layer):
         return tf.cast(y, self.compute_dtype)
 
 
+class StaticCache(NamedTuple):
+    """A preallocated key/value cache: one ``(B, H, max_length, D)`` buffer per layer.
+
+    Pass it as ``past_key_values`` with ``cache_position`` (the slots of the new tokens): the
+    forward writes the new keys/values there (XLA ``dynamic_update_slice``) and attends over
+    every slot with the causal + padding mask, so shapes never change from step to step. A
+    tuple (of two tuples of tensors), so it travels through ``tf.function`` / ``tf.nest``; the
+    forward returns the updated cache (TensorFlow tensors are immutable).
+
+    Example:
+        >>> cache = StaticCache.allocate(model.config, batch_size=1, max_length=32)
+        >>> out = model(input_ids=ids, past_key_values=cache, cache_position=tf.range(3))
+    """
+
+    keys: tuple
+    values: tuple
+
+    @classmethod
+    def allocate(cls, config: GPT2Config, batch_size: int, max_length: int,
+                 dtype: Any = tf.float32) -> StaticCache:
+        shape = (batch_size, config.n_head, max_length, config.head_dim)  # (B, H, S, D)
+        return cls(keys=tuple(tf.zeros(shape, dtype) for _ in range(config.n_layer)),
+                   values=tuple(tf.zeros(shape, dtype) for _ in range(config.n_layer)))
+
+    @property
+    def max_length(self) -> int:
+        return _static_dim(self.keys[0], 2)
+
+    @property
+    def batch_size(self) -> int:
+        return _static_dim(self.keys[0], 0)
+
+    def reorder(self, index) -> StaticCache:
+        """Reorder the batch rows (beam search): row i becomes old row ``index[i]``."""
+        return StaticCache(keys=tuple(tf.gather(k, index) for k in self.keys),
+                           values=tuple(tf.gather(v, index) for v in self.values))
+
+
 def _dense(units: int, config: GPT2Config, name: str, dtype, use_bias: bool = True):
     layer = keras.layers.Dense(units, use_bias=use_bias, name=name, dtype=dtype,
                                kernel_initializer=_normal(config.initializer_range))
     layer.build((None, config.n_embd))
     return layer
+
+
+def _attn_implementation(config: GPT2Config) -> str:
+    """The config's attn_implementation for this backend: TensorFlow has no fused attention
+    kernel to offer, so only the explicit (eager) path; the others are refused, never replaced."""
+    impl = config.attn_implementation or "eager"
+    if impl != "eager":
+        raise ValueError(f"attn_implementation={impl!r} is not available in gpt2_tf: TensorFlow "
+                         "has no fused attention kernel for it; use 'eager' (or the torch / flax "
+                         "backend)")
+    return impl
 
 
 class GPT2Attention(keras.layers.Layer):
@@ -227,50 +282,50 @@ class GPT2Attention(keras.layers.Layer):
     def __init__(self, config: GPT2Config, is_cross_attention: bool = False,
                  layer_idx: int = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        E = config.n_embd
-        self.embed_dim, self.num_heads, self.head_dim = E, config.n_head, config.head_dim
+        C = config.n_embd
+        self.embed_dim, self.num_heads, self.head_dim = C, config.n_head, config.head_dim
         self.is_cross_attention = is_cross_attention
         self.layer_idx = layer_idx
         self.scale_attn_weights = config.scale_attn_weights
         self.scale_attn_by_inverse_layer_idx = config.scale_attn_by_inverse_layer_idx
         self.reorder_and_upcast_attn = config.reorder_and_upcast_attn
-        # TensorFlow has no fused attention kernel to offer here: only the explicit path
-        self.attn_implementation = config.attn_implementation or "eager"
-        if self.attn_implementation != "eager":
-            raise ValueError(f"attn_implementation={self.attn_implementation!r} is not available "
-                             "in gpt2_tf: TensorFlow has no fused attention kernel for it; use "
-                             "'eager' (or the torch / flax backend)")
+        scale = 1.0 / math.sqrt(self.head_dim) if self.scale_attn_weights else 1.0
+        if self.scale_attn_by_inverse_layer_idx:
+            scale /= float(layer_idx + 1)
+        self.scale = scale  # the combined scale (the upcast path folds it into QK^T)
+        self.attn_implementation = _attn_implementation(config)
         std = config.initializer_range
         proj_std = std / math.sqrt(2 * config.n_layer)  # transformers' scaled c_proj init
         dt = self.dtype_policy
         with keras.name_scope(self.name, caller=self):  # full variable paths
             if is_cross_attention:
-                self.c_attn = Conv1D(2 * E, E, std, name="c_attn", dtype=dt)  # k, v from the encoder
-                self.q_attn = Conv1D(E, E, std, name="q_attn", dtype=dt)
+                self.c_attn = Conv1D(2 * C, C, std, name="c_attn", dtype=dt)  # k, v from the encoder
+                self.q_attn = Conv1D(C, C, std, name="q_attn", dtype=dt)
             else:
-                self.c_attn = Conv1D(3 * E, E, std, name="c_attn", dtype=dt)  # fused q, k, v
-            self.c_proj = Conv1D(E, E, proj_std, name="c_proj", dtype=dt)
+                self.c_attn = Conv1D(3 * C, C, std, name="c_attn", dtype=dt)  # fused q, k, v
+            self.c_proj = Conv1D(C, C, proj_std, name="c_proj", dtype=dt)
             self.attn_dropout = keras.layers.Dropout(config.attn_pdrop, name="attn_dropout", dtype=dt)
             self.resid_dropout = keras.layers.Dropout(config.resid_pdrop, name="resid_dropout",
                                                       dtype=dt)
         self.built = True
 
     def _split_heads(self, x):
+        # (B, T, C) -> (B, H, T, D)
         B, T = _static_dim(x, 0), _static_dim(x, 1)
         x = tf.reshape(x, [B, T, self.num_heads, self.head_dim])  # (B, T, H, D)
-        return tf.transpose(x, [0, 2, 1, 3])  # (B, H, T, D)
+        return tf.transpose(x, [0, 2, 1, 3])
 
-    def _attn(self, q, k, v, causal_mask, attention_mask, head_mask, training):
+    def _merge_heads(self, x):
+        # (B, H, T, D) -> (B, T, C)
+        B, T = _static_dim(x, 0), _static_dim(x, 2)
+        return tf.reshape(tf.transpose(x, [0, 2, 1, 3]), [B, T, self.embed_dim])
+
+    def _eager_attention(self, q, k, v, causal_mask, attention_mask, head_mask, training):
         """softmax(QK^T + masks) V as transformers' eager path; weights (B, H, T, S)."""
         if self.reorder_and_upcast_attn:
             # transformers' _upcast_and_reordered_attn: fp32 QK^T with the scale folded in
-            scale = 1.0
-            if self.scale_attn_weights:
-                scale /= float(self.head_dim) ** 0.5
-            if self.scale_attn_by_inverse_layer_idx:
-                scale /= float(self.layer_idx + 1)
             w = tf.matmul(tf.cast(q, tf.float32), tf.cast(k, tf.float32), transpose_b=True)
-            w = w * scale
+            w = w * self.scale
         else:
             w = tf.matmul(q, k, transpose_b=True)  # (B, H, T, S)
             if self.scale_attn_weights:
@@ -293,17 +348,21 @@ class GPT2Attention(keras.layers.Layer):
     def call(self, hidden_states, layer_past=None, attention_mask=None, causal_mask=None,
              head_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
              use_cache=False, output_attentions=False, cache_position=None, training=None):
-        """Attention output (B, T, E), the present (k, v) if ``use_cache``, the weights if asked.
+        """Attention output (B, T, C), the present (k, v) if ``use_cache``, the weights if asked.
 
         Self-attention: ``layer_past`` is ``(k, v)`` (B, H, S_past, D) of earlier positions,
         concatenated with the new ones; or, when ``cache_position`` is given, preallocated
-        (B, H, S, D) buffers written at slots ``cache_position`` (contiguous). ``attention_mask``
-        (B|1, 1, T, S) and ``causal_mask`` (1, 1, T, S) are boolean: True = may attend.
+        (B, H, S, D) buffers written at slots ``cache_position`` (contiguous). Cross-attention:
+        ``layer_past`` holds the encoder's (k, v), reused. ``attention_mask`` (B|1, 1, T, S)
+        and ``causal_mask`` (1, 1, T, S) are boolean: True = may attend.
         """
         if self.is_cross_attention:
             q = self._split_heads(self.q_attn(hidden_states))
-            k, v = tf.split(self.c_attn(encoder_hidden_states), 2, axis=-1)
-            k, v = self._split_heads(k), self._split_heads(v)  # (B, H, S_enc, D)
+            if layer_past is not None:
+                k, v = layer_past  # the encoder's keys/values never change: reuse them
+            else:
+                k, v = tf.split(self.c_attn(encoder_hidden_states), 2, axis=-1)
+                k, v = self._split_heads(k), self._split_heads(v)  # (B, H, S_enc, D)
             attention_mask, causal_mask = encoder_attention_mask, None
         else:
             q, k, v = tf.split(self.c_attn(hidden_states), 3, axis=-1)
@@ -318,10 +377,10 @@ class GPT2Attention(keras.layers.Layer):
                 else:
                     k = tf.concat([tf.cast(past_k, k.dtype), k], axis=2)  # (B, H, S, D)
                     v = tf.concat([tf.cast(past_v, v.dtype), v], axis=2)
-        present = (k, v) if use_cache and not self.is_cross_attention else None
-        out, weights = self._attn(q, k, v, causal_mask, attention_mask, head_mask, training)
-        B, T = _static_dim(out, 0), _static_dim(out, 2)
-        out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [B, T, self.embed_dim])  # (B, T, E)
+        present = (k, v) if use_cache else None
+        out, weights = self._eager_attention(q, k, v, causal_mask, attention_mask, head_mask,
+                                             training)
+        out = self._merge_heads(out)  # (B, T, C)
         out = self.resid_dropout(self.c_proj(out), training=training)
         return out, present, (weights if output_attentions else None)
 
@@ -336,11 +395,11 @@ class GPT2MLP(keras.layers.Layer):
 
     def __init__(self, intermediate_size: int, config: GPT2Config, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        E, dt = config.n_embd, self.dtype_policy
+        C, dt = config.n_embd, self.dtype_policy
         std = config.initializer_range
         with keras.name_scope(self.name, caller=self):  # full variable paths
-            self.c_fc = Conv1D(intermediate_size, E, std, name="c_fc", dtype=dt)
-            self.c_proj = Conv1D(E, intermediate_size, std / math.sqrt(2 * config.n_layer),
+            self.c_fc = Conv1D(intermediate_size, C, std, name="c_fc", dtype=dt)
+            self.c_proj = Conv1D(C, intermediate_size, std / math.sqrt(2 * config.n_layer),
                                  name="c_proj", dtype=dt)
         self.act = ACT_FNS[config.activation_function]
         self.dropout = keras.layers.Dropout(config.resid_pdrop, name="dropout", dtype=dt)
@@ -361,26 +420,27 @@ class GPT2Block(keras.layers.Layer):
 
     def __init__(self, config: GPT2Config, layer_idx: int = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        E, eps, dt = config.n_embd, config.layer_norm_epsilon, self.dtype_policy
+        C, eps, dt = config.n_embd, config.layer_norm_epsilon, self.dtype_policy
         with keras.name_scope(self.name, caller=self):  # full variable paths
-            self.ln_1 = LayerNorm(E, eps, name="ln_1", dtype=dt)
+            self.ln_1 = LayerNorm(C, eps, name="ln_1", dtype=dt)
             self.attn = GPT2Attention(config, layer_idx=layer_idx, name="attn", dtype=dt)
-            self.ln_2 = LayerNorm(E, eps, name="ln_2", dtype=dt)
+            self.ln_2 = LayerNorm(C, eps, name="ln_2", dtype=dt)
             self.add_cross_attention = config.add_cross_attention
             if config.add_cross_attention:
                 self.crossattention = GPT2Attention(config, is_cross_attention=True,
                                                     layer_idx=layer_idx, name="crossattention",
                                                     dtype=dt)
-                self.ln_cross_attn = LayerNorm(E, eps, name="ln_cross_attn", dtype=dt)
+                self.ln_cross_attn = LayerNorm(C, eps, name="ln_cross_attn", dtype=dt)
             self.mlp = GPT2MLP(config.inner_dim, config, name="mlp", dtype=dt)
         self.built = True
 
     def call(self, hidden_states, layer_past=None, attention_mask=None, causal_mask=None,
              head_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
              use_cache=False, output_attentions=False, cache_position=None, training=None):
-        """Returns (hidden (B, T, E), present, self-attention weights, cross-attention weights)."""
-        attn_out, present, attn_w = self.attn(
-            self.ln_1(hidden_states), layer_past=layer_past, attention_mask=attention_mask,
+        """Returns (hidden (B, T, C), present, self-attention weights, cross-attention weights)."""
+        self_past = None if layer_past is None else tuple(layer_past[:2])
+        attn_out, present, self_w = self.attn(
+            self.ln_1(hidden_states), layer_past=self_past, attention_mask=attention_mask,
             causal_mask=causal_mask, head_mask=head_mask, use_cache=use_cache,
             output_attentions=output_attentions, cache_position=cache_position,
             training=training)
@@ -388,16 +448,22 @@ class GPT2Block(keras.layers.Layer):
         cross_w = None
         if encoder_hidden_states is not None:
             if not self.add_cross_attention:
-                raise ValueError("encoder_hidden_states were given but the model has no "
-                                 "cross-attention layers: set config.add_cross_attention=True")
-            cross_out, _, cross_w = self.crossattention(
-                self.ln_cross_attn(hidden_states), head_mask=head_mask,
+                raise ValueError("encoder_hidden_states were passed but the model has no "
+                                 "cross-attention: build it with config.add_cross_attention=True")
+            cross_past = (tuple(layer_past[2:4]) if layer_past is not None and len(layer_past) == 4
+                          else None)
+            cross_out, cross_present, cross_w = self.crossattention(
+                self.ln_cross_attn(hidden_states), layer_past=cross_past, head_mask=head_mask,
                 encoder_hidden_states=encoder_hidden_states,
-                encoder_attention_mask=encoder_attention_mask,
+                encoder_attention_mask=encoder_attention_mask, use_cache=use_cache,
                 output_attentions=output_attentions, training=training)
             hidden_states = hidden_states + cross_out
+            if present is not None and cache_position is None:
+                # (k, v, cross_k, cross_v): transformers' legacy layout (a static cache holds
+                # the self-attention buffers only)
+                present = present + cross_present
         hidden_states = hidden_states + self.mlp(self.ln_2(hidden_states), training=training)
-        return hidden_states, present, attn_w, cross_w
+        return hidden_states, present, self_w, cross_w
 
 
 class GPT2SequenceSummary(keras.layers.Layer):
@@ -426,7 +492,7 @@ class GPT2SequenceSummary(keras.layers.Layer):
         self.built = True
 
     def call(self, hidden_states, cls_index=None, training=None):
-        """hidden_states (B, C, T, E), cls_index (B, C) -> (B, C, n) (transformers' indexing)."""
+        """hidden_states (B, N, T, C), cls_index (B, N) -> (B, N, out) (transformers' indexing)."""
         if self.summary_type == "last":
             out = hidden_states[:, -1]
         elif self.summary_type == "first":
@@ -438,7 +504,7 @@ class GPT2SequenceSummary(keras.layers.Layer):
                 T = _static_dim(hidden_states, -2)
                 cls_index = tf.fill(tf.shape(hidden_states)[:-2], T - 1)
             out = tf.gather(hidden_states, tf.cast(cls_index, tf.int32),
-                            batch_dims=len(hidden_states.shape) - 2)  # (B, C, E)
+                            batch_dims=len(hidden_states.shape) - 2)  # (B, N, C)
         out = self.first_dropout(out, training=training)
         if self.summary is not None:
             out = self.summary(out)
@@ -567,6 +633,28 @@ class GPT2PreTrainedModel(keras.Model):
         logger.info("loaded %s: %s", name_or_path, report.summary())
         return Q.quantize_model(model, quantize) if quantize else model
 
+    @classmethod
+    def from_state_dict(cls, config: GPT2Config, state_dict: Mapping[str, Any], *,
+                        dtype: Any = None, strict: bool = True):
+        """A model built from ``config`` and filled from a canonical state dict (HF PyTorch
+        names and layouts); raises ``CheckpointError`` naming bad keys when ``strict``."""
+        with _no_init():
+            model = cls(config, dtype=_policy(dtype))
+        model.load_state_dict(state_dict, strict=strict)
+        return model
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The canonical state dict (HF PyTorch names and layouts, numpy, tied keys included)."""
+        from gpt2_tf.weights import to_canonical
+
+        return to_canonical(self)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True):
+        """Copy a canonical state dict into this model in place; returns the load report."""
+        from gpt2_tf.weights import load_canonical
+
+        return load_canonical(self, state_dict, strict=strict, init_missing=True)
+
     def save_pretrained(self, save_directory: str | os.PathLike, *, tf_h5: bool = False,
                         max_shard_size: int | str = "5GB", dtype: Any = None) -> list:
         """Write config.json + model.safetensors (and, with ``tf_h5``, a transformers tf_model.h5).
@@ -586,22 +674,24 @@ class GPT2PreTrainedModel(keras.Model):
             written.append(self.generation_config.save_pretrained(save_directory))
         return written
 
+    def get_input_embeddings(self) -> keras.layers.Embedding:
+        base = self if isinstance(self, GPT2Model) else self.transformer
+        return base.wte
+
+    def num_parameters(self) -> int:
+        """Parameter count (the tied LM head has no variable of its own)."""
+        return int(sum(np.prod(v.shape) for v in self.weights))
+
     # ---------------------------------------------------------------- fit() support
     _LOSS_KEYS: ClassVar[tuple[str, ...]] = ("loss",)
     _OUTPUT_KEYS: ClassVar[tuple[str, ...]] = ("logits",)
-
-    def _keras_y_pred(self, y_pred):
-        if not isinstance(y_pred, Mapping):
-            return y_pred
-        outs = [y_pred[k] for k in self._OUTPUT_KEYS]
-        return outs[0] if len(outs) == 1 else tuple(outs)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Keras hook: the model's own loss(es) when labels were in ``x``, else the compiled loss."""
         own = [y_pred[k] for k in self._LOSS_KEYS
                if isinstance(y_pred, Mapping) and y_pred.get(k) is not None]
         if y is not None and getattr(self, "loss", None) is not None:
-            return super().compute_loss(x, y, self._keras_y_pred(y_pred), sample_weight,
+            return super().compute_loss(x, y, _keras_y_pred(self, y_pred), sample_weight,
                                         training)
         if not own:
             raise ValueError(
@@ -615,7 +705,7 @@ class GPT2PreTrainedModel(keras.Model):
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         if y is None:
             return self.get_metrics_result()
-        return super().compute_metrics(x, y, self._keras_y_pred(y_pred), sample_weight)
+        return super().compute_metrics(x, y, _keras_y_pred(self, y_pred), sample_weight)
 
     # ---------------------------------------------------------------- compiled forward / export
     def jit_call(self, **inputs: Any):
@@ -637,45 +727,21 @@ class GPT2PreTrainedModel(keras.Model):
             object.__setattr__(self, "_jit_fn", fn)
         return fn(checked)
 
-    def _outputs_dict(self, out: Mapping[str, Any]) -> dict[str, Any]:
-        """The head's outputs (``_OUTPUT_KEYS``, plus ``loss`` when computed) as a plain dict:
-        what Keras' ``predict`` / ``evaluate`` and SavedModel signatures can carry."""
-        keys = ("last_hidden_state",) if self.head == "base" else self._OUTPUT_KEYS
-        return {k: out[k] for k in (*self._LOSS_KEYS, *keys) if out.get(k) is not None}
-
-    def _forward_kwargs(self) -> dict[str, Any]:
-        return {} if self.head == "question_answering" else {"use_cache": False}
-
     def predict_step(self, data):
         """Keras hook of ``predict`` / ``predict_on_batch``: x is ``input_ids`` or a dict of
         call arguments; returns the head's outputs as a dict of arrays (``{"logits": ...}``),
         without the cache."""
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         if isinstance(x, Mapping):
-            out = self(**{**self._forward_kwargs(), **x}, training=False)
+            out = self(**{**_forward_kwargs(self), **x}, training=False)
         else:
-            out = self(input_ids=x, training=False, **self._forward_kwargs())
-        return self._outputs_dict(out)
-
-    def _serving_archive(self) -> Any:
-        rank = 3 if self.head == "double_heads" else 2
-        spec = [tf.TensorSpec([None] * rank, tf.int32, name="input_ids"),
-                tf.TensorSpec([None] * rank, tf.int32, name="attention_mask")]
-        keys = ("last_hidden_state",) if self.head == "base" else self._OUTPUT_KEYS
-
-        def serve(input_ids, attention_mask):
-            out = self(input_ids=input_ids, attention_mask=attention_mask, training=False,
-                       **self._forward_kwargs())
-            return {k: tf.cast(out[k], tf.float32) for k in keys}
-
-        archive = keras.export.ExportArchive()
-        archive.track(self)
-        return archive, serve, spec
+            out = self(input_ids=x, training=False, **_forward_kwargs(self))
+        return _outputs_dict(self, out)
 
     def export_serving(self, path: str | os.PathLike, *, with_tokenizer: bool = False,
                        **text_kwargs: Any) -> None:
         """Write a SavedModel whose ``serving_default`` maps (input_ids, attention_mask) to the
-        head's outputs (int32 (B, T) each; ``(B, C, T)`` for the double-heads model). It loads
+        head's outputs (int32 (B, T) each; ``(B, N, T)`` for the double-heads model). It loads
         with plain ``tf.saved_model.load`` — no gpt2_tf, no Keras needed.
 
         With ``with_tokenizer=True`` (LM only) it maps ``text`` strings to ``generated_text``
@@ -688,7 +754,7 @@ class GPT2PreTrainedModel(keras.Model):
             return export_text_serving(self, path, **text_kwargs)
         if text_kwargs:
             raise TypeError(f"{sorted(text_kwargs)} apply with with_tokenizer=True only")
-        archive, serve, spec = self._serving_archive()
+        archive, serve, spec = _serving_archive(self)
         archive.add_endpoint("serving_default", serve, input_signature=spec)
         archive.write_out(str(path), verbose=False)
 
@@ -707,11 +773,47 @@ class GPT2PreTrainedModel(keras.Model):
         if format != "tf_saved_model" or input_signature is not None:
             return super().export(filepath, format=format, verbose=verbose,
                                   input_signature=input_signature, **kwargs)
-        archive, serve, spec = self._serving_archive()
+        archive, serve, spec = _serving_archive(self)
         archive.add_endpoint("serve", serve, input_signature=spec)
         archive.add_endpoint("serving_default", serve, input_signature=spec)
         archive.write_out(str(filepath), verbose=bool(verbose))
         return None
+
+
+def _keras_y_pred(model: GPT2PreTrainedModel, y_pred):
+    """The head's outputs (``_OUTPUT_KEYS``) as Keras' compiled losses and metrics take them."""
+    if not isinstance(y_pred, Mapping):
+        return y_pred
+    outs = [y_pred[k] for k in model._OUTPUT_KEYS]
+    return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+def _outputs_dict(model: GPT2PreTrainedModel, out: Mapping[str, Any]) -> dict[str, Any]:
+    """The head's outputs (``_OUTPUT_KEYS``, plus ``loss`` when computed) as a plain dict:
+    what Keras' ``predict`` / ``evaluate`` and SavedModel signatures can carry."""
+    keys = ("last_hidden_state",) if model.head == "base" else model._OUTPUT_KEYS
+    return {k: out[k] for k in (*model._LOSS_KEYS, *keys) if out.get(k) is not None}
+
+
+def _forward_kwargs(model: GPT2PreTrainedModel) -> dict[str, Any]:
+    return {} if model.head == "question_answering" else {"use_cache": False}
+
+
+def _serving_archive(model: GPT2PreTrainedModel) -> Any:
+    """A Keras ExportArchive tracking ``model``, its serving function and input spec."""
+    rank = 3 if model.head == "double_heads" else 2
+    spec = [tf.TensorSpec([None] * rank, tf.int32, name="input_ids"),
+            tf.TensorSpec([None] * rank, tf.int32, name="attention_mask")]
+    keys = ("last_hidden_state",) if model.head == "base" else model._OUTPUT_KEYS
+
+    def serve(input_ids, attention_mask):
+        out = model(input_ids=input_ids, attention_mask=attention_mask, training=False,
+                   **_forward_kwargs(model))
+        return {k: tf.cast(out[k], tf.float32) for k in keys}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    return archive, serve, spec
 
 
 def _policy(dtype: Any):
@@ -757,7 +859,7 @@ class GPT2Model(GPT2PreTrainedModel):
     Call arguments (all optional keywords, as transformers'): ``input_ids`` (B, T) int,
     ``past_key_values`` (a tuple over layers of (k, v), each (B, H, S_past, D)),
     ``attention_mask`` (B, S_past + T) 0/1, ``token_type_ids``, ``position_ids`` (B|1, T),
-    ``head_mask`` (H,) or (L, H), ``inputs_embeds`` (B, T, E), ``encoder_hidden_states``,
+    ``head_mask`` (H,) or (L, H), ``inputs_embeds`` (B, T, C), ``encoder_hidden_states``,
     ``encoder_attention_mask``, ``use_cache``, ``output_attentions``, ``output_hidden_states``,
     ``return_dict``, ``training``. A dict of these as the first argument also works (fit style).
 
@@ -787,30 +889,25 @@ class GPT2Model(GPT2PreTrainedModel):
             self.ln_f = LayerNorm(cfg.n_embd, cfg.layer_norm_epsilon, name="ln_f", dtype=dt)
         self.built = True
 
-    @_unpack_inputs
-    def call(self, input_ids=None, past_key_values=None, attention_mask=None,
-             token_type_ids=None, position_ids=None, head_mask=None, inputs_embeds=None,
-             encoder_hidden_states=None, encoder_attention_mask=None, use_cache=None,
-             output_attentions=None, output_hidden_states=None, return_dict=None,
-             cache_position=None, training=None):
-        """Forward pass; returns ``BaseModelOutputWithPastAndCrossAttentions``.
+    def _head_masks(self, head_mask):
+        """transformers' get_head_mask: (H,) or (L, H) -> per layer (1, H, 1, 1) or None."""
+        L, H = self.config.n_layer, self.config.n_head
+        if head_mask is None:
+            return [None] * L
+        head_mask = tf.convert_to_tensor(head_mask)
+        if head_mask.shape.rank == 1:
+            return [tf.reshape(head_mask, [1, H, 1, 1])] * L
+        if head_mask.shape.rank == 2:
+            return [tf.reshape(head_mask[i], [1, H, 1, 1]) for i in range(L)]
+        raise ValueError(f"head_mask must be (n_head,) or (n_layer, n_head), got {head_mask.shape}")
 
-        ``cache_position`` (T,) with ``past_key_values`` of preallocated (B, H, S, D) buffers
-        selects the static cache used by the XLA generation loop (slots are written in place,
-        ``attention_mask`` then covers all S slots).
-        """
+    def _flatten_inputs(self, input_ids, inputs_embeds, static):
+        """Check the ids / embeddings and fold leading dims: (..., T) -> (B, T); returns
+        ``(input_ids, inputs_embeds, input_shape, checks)`` (graph-mode range checks)."""
         cfg = self.config
-        output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = (cfg.output_hidden_states if output_hidden_states is None
-                                else output_hidden_states)
-        use_cache = cfg.use_cache if use_cache is None else use_cache
-        return_dict = cfg.use_return_dict if return_dict is None else return_dict
-        input_ids, attention_mask, token_type_ids, position_ids = (
-            _to_tensor(x) for x in (input_ids, attention_mask, token_type_ids, position_ids))
-        static = cache_position is not None
-
         if input_ids is not None and inputs_embeds is not None:
-            raise ValueError("You cannot specify both input_ids and inputs_embeds at the same time")
+            raise ValueError("You cannot specify both input_ids and inputs_embeds at the same "
+                             "time: pass either one")
         checks = []
         if input_ids is not None:
             if input_ids.shape.rank is not None:
@@ -819,16 +916,25 @@ class GPT2Model(GPT2PreTrainedModel):
                 checks += _check_int_ids("input_ids", input_ids, cfg.vocab_size,
                                          "the vocabulary") or []
             input_shape = tf.shape(input_ids)
-            T = _static_dim(input_ids, -1)
-            input_ids = tf.reshape(input_ids, [-1, T])  # (B, T); double heads fold choices
+            input_ids = tf.reshape(input_ids, [-1, _static_dim(input_ids, -1)])  # (B, T)
         elif inputs_embeds is not None:
             input_shape = tf.shape(inputs_embeds)[:-1]
             T = _static_dim(inputs_embeds, -2)
-            inputs_embeds = tf.reshape(inputs_embeds, [-1, T, cfg.n_embd])
+            inputs_embeds = tf.reshape(inputs_embeds, [-1, T, cfg.n_embd])  # (B, T, C)
         else:
             raise ValueError("You have to specify either input_ids or inputs_embeds")
-        B = _static_dim(input_ids if input_ids is not None else inputs_embeds, 0)
+        return input_ids, inputs_embeds, input_shape, checks
 
+    def _read_cache(self, past_key_values, B, T, cache_position):
+        """The per-layer pasts, the past length, the key length S and the slots of the new
+        tokens; ``static`` with a :class:`StaticCache` (or preallocated buffers and
+        ``cache_position``)."""
+        cfg = self.config
+        if isinstance(past_key_values, StaticCache):
+            if cache_position is None:
+                raise ValueError("a StaticCache needs cache_position (the slots of the new tokens)")
+            past_key_values = tuple(zip(past_key_values.keys, past_key_values.values))
+        static = cache_position is not None
         if past_key_values is not None and len(past_key_values) != cfg.n_layer:
             raise ValueError(f"past_key_values has {len(past_key_values)} layers, "
                              f"the model has {cfg.n_layer}")
@@ -841,6 +947,13 @@ class GPT2Model(GPT2PreTrainedModel):
                            if past_key_values is not None else 0)
             S = past_length + T
             cache_position = tf.range(past_length, S)
+        layer_pasts = past_key_values if past_key_values is not None else [None] * cfg.n_layer
+        return layer_pasts, past_length, S, cache_position, static
+
+    def _embed(self, input_ids, inputs_embeds, position_ids, token_type_ids, cache_position,
+               T, past_length, S, static, checks, training):
+        """wte(ids) + wpe(positions) [+ wte(token types)], then dropout: (B, T, C)."""
+        cfg = self.config
         if position_ids is None:
             if isinstance(S, int) and cfg.n_positions < S:
                 raise ValueError(f"sequence length {S} (past {past_length} + new {T}) exceeds "
@@ -862,7 +975,7 @@ class GPT2Model(GPT2PreTrainedModel):
 
         with tf.control_dependencies(checks):
             if inputs_embeds is None:
-                inputs_embeds = self.wte(input_ids)  # (B, T, E)
+                inputs_embeds = self.wte(input_ids)  # (B, T, C)
                 if not static:
                     # XLA cannot raise: make rows with out-of-range ids NaN rather than silently
                     # reading a clamped (CPU) or zero (GPU) embedding
@@ -873,116 +986,124 @@ class GPT2Model(GPT2PreTrainedModel):
             hidden_states = inputs_embeds + self.wpe(position_ids)
         if token_type_ids is not None:
             hidden_states = hidden_states + self.wte(token_type_ids)
-        hidden_states = self.drop(hidden_states, training=training)
+        return self.drop(hidden_states, training=training)
 
-        # masks, boolean: causal (1, 1, T, S) and causal & not padding (B|1, 1, T, S)
+    def _attention_masks(self, attention_mask, encoder_hidden_states, encoder_attention_mask,
+                         B, S, cache_position):
+        """Boolean masks, True = may attend: causal (1, 1, T, S), causal & not padding
+        (B|1, 1, T, S), and the encoder's (B, 1, 1, S_enc) or None. Booleans because Keras
+        would autocast a float mask to bf16/fp16."""
         causal = tf.range(S)[None, :] <= cache_position[:, None]  # (T, S)
         causal_mask = causal[None, None]
         if attention_mask is not None:
             if attention_mask.shape.rank is not None and attention_mask.shape[-1] is not None \
                     and isinstance(S, int) and attention_mask.shape[-1] != S:
                 raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} positions but "
-                                 f"past + new tokens = {S}")
+                                 f"past + new tokens are {S}")
             keep = causal_mask & _keep_mask(attention_mask, B, S)
         else:
             keep = causal_mask
-        enc_mask = None
+        encoder_mask = None
         if encoder_hidden_states is not None:
-            encoder_hidden_states = tf.convert_to_tensor(encoder_hidden_states)
-            enc_B, enc_S = _static_dim(encoder_hidden_states, 0), _static_dim(encoder_hidden_states, 1)
+            enc_B, enc_S = (_static_dim(encoder_hidden_states, 0),
+                            _static_dim(encoder_hidden_states, 1))
             if encoder_attention_mask is None:
                 encoder_attention_mask = tf.ones([enc_B, enc_S], tf.int32)
-            enc_mask = _keep_mask(encoder_attention_mask, enc_B, enc_S)
-        head_masks = self._head_masks(head_mask)
+            encoder_mask = _keep_mask(encoder_attention_mask, enc_B, enc_S)
+        return keep, causal_mask, encoder_mask
 
+    def _run_blocks(self, hidden_states, layer_pasts, keep, causal_mask, head_masks,
+                    encoder_hidden_states, encoder_mask, cache_position, static, use_cache,
+                    output_attentions, output_hidden_states, training):
+        """Every block in turn; returns (hidden, presents, all hidden states, self / cross
+        attention weights), the last three None when not asked for."""
         presents = [] if use_cache else None
-        all_attn = [] if output_attentions else None
-        all_cross = [] if output_attentions and cfg.add_cross_attention else None
         all_hidden = [] if output_hidden_states else None
-        for i, block in enumerate(self.h):
-            if output_hidden_states:
+        all_self = [] if output_attentions else None
+        all_cross = ([] if output_attentions and self.config.add_cross_attention
+                     and encoder_hidden_states is not None else None)
+        for block, layer_past, layer_head_mask in zip(self.h, layer_pasts, head_masks):
+            if all_hidden is not None:
                 all_hidden.append(hidden_states)
-            hidden_states, present, attn_w, cross_w = block(
-                hidden_states,
-                layer_past=None if past_key_values is None else past_key_values[i],
-                attention_mask=keep, causal_mask=causal_mask, head_mask=head_masks[i],
-                encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=enc_mask,
+            hidden_states, present, self_w, cross_w = block(
+                hidden_states, layer_past=layer_past, attention_mask=keep,
+                causal_mask=causal_mask, head_mask=layer_head_mask,
+                encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=encoder_mask,
                 use_cache=use_cache, output_attentions=output_attentions,
                 cache_position=cache_position if static else None, training=training)
-            if use_cache:
+            if presents is not None:
                 presents.append(present)
-            if output_attentions:
-                all_attn.append(attn_w)
-                if all_cross is not None and cross_w is not None:
+            if all_self is not None:
+                all_self.append(self_w)
+                if all_cross is not None:
                     all_cross.append(cross_w)
+        return hidden_states, presents, all_hidden, all_self, all_cross
+
+    @_unpack_inputs
+    def call(self, input_ids=None, past_key_values=None, attention_mask=None,
+             token_type_ids=None, position_ids=None, head_mask=None, inputs_embeds=None,
+             encoder_hidden_states=None, encoder_attention_mask=None, use_cache=None,
+             output_attentions=None, output_hidden_states=None, return_dict=None,
+             cache_position=None, training=None):
+        """Forward pass; returns ``BaseModelOutputWithPastAndCrossAttentions``.
+
+        ``cache_position`` (T,) with a :class:`StaticCache` (or ``past_key_values`` of
+        preallocated (B, H, S, D) buffers) selects the static cache used by the XLA generation
+        loop (slots are written in place, ``attention_mask`` then covers all S slots).
+        """
+        cfg = self.config
+        output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = (cfg.output_hidden_states if output_hidden_states is None
+                                else output_hidden_states)
+        use_cache = cfg.use_cache if use_cache is None else use_cache
+        return_dict = cfg.use_return_dict if return_dict is None else return_dict
+        input_ids, attention_mask, token_type_ids, position_ids, encoder_hidden_states = (
+            _to_tensor(x) for x in (input_ids, attention_mask, token_type_ids, position_ids,
+                                    encoder_hidden_states))
+        static_cache = past_key_values if isinstance(past_key_values, StaticCache) else None
+
+        input_ids, inputs_embeds, input_shape, checks = self._flatten_inputs(
+            input_ids, inputs_embeds, static=cache_position is not None)
+        B, T = (_static_dim(input_ids if input_ids is not None else inputs_embeds, i)
+                for i in (0, 1))
+        layer_pasts, past_length, S, cache_position, static = self._read_cache(
+            past_key_values, B, T, cache_position)
+        hidden_states = self._embed(input_ids, inputs_embeds, position_ids, token_type_ids,
+                                    cache_position, T, past_length, S, static, checks, training)
+        keep, causal_mask, encoder_mask = self._attention_masks(
+            attention_mask, encoder_hidden_states, encoder_attention_mask, B, S, cache_position)
+        hidden_states, presents, all_hidden, all_self, all_cross = self._run_blocks(
+            hidden_states, layer_pasts, keep, causal_mask, self._head_masks(head_mask),
+            encoder_hidden_states, encoder_mask, cache_position, static, use_cache,
+            output_attentions, output_hidden_states, training)
         hidden_states = self.ln_f(hidden_states)
         out_shape = tf.concat([input_shape, [cfg.n_embd]], 0)
-        hidden_states = tf.reshape(hidden_states, out_shape)  # (B, [C,] T, E)
-        if output_hidden_states:
+        hidden_states = tf.reshape(hidden_states, out_shape)  # (B, [N,] T, C)
+        if all_hidden is not None:
             all_hidden.append(hidden_states)
+
+        past_out = None
+        if use_cache:
+            past_out = tuple(presents)
+            if static_cache is not None:
+                past_out = StaticCache(keys=tuple(p[0] for p in presents),
+                                       values=tuple(p[1] for p in presents))
         out = BaseModelOutputWithPastAndCrossAttentions(
             last_hidden_state=hidden_states,
-            past_key_values=tuple(presents) if use_cache else None,
-            hidden_states=tuple(all_hidden) if output_hidden_states else None,
-            attentions=tuple(all_attn) if output_attentions else None,
-            cross_attentions=tuple(all_cross) if all_cross else None,
+            past_key_values=past_out,
+            hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+            attentions=tuple(all_self) if all_self is not None else None,
+            cross_attentions=tuple(all_cross) if all_cross is not None else None,
         )
         return out if return_dict else out.to_tuple()
 
-    def _head_masks(self, head_mask):
-        """transformers' get_head_mask: (H,) or (L, H) -> per layer (1, H, 1, 1) or None."""
-        L, H = self.config.n_layer, self.config.n_head
-        if head_mask is None:
-            return [None] * L
-        head_mask = tf.convert_to_tensor(head_mask)
-        if head_mask.shape.rank == 1:
-            return [tf.reshape(head_mask, [1, H, 1, 1])] * L
-        if head_mask.shape.rank == 2:
-            return [tf.reshape(head_mask[i], [1, H, 1, 1]) for i in range(L)]
-        raise ValueError(f"head_mask must be (n_head,) or (n_layer, n_head), got {head_mask.shape}")
-
 
 # ----------------------------------------------------------------------------- heads
-class _WithTransformer(GPT2PreTrainedModel):
-    """A head model: the base model lives in ``self.transformer`` (canonical prefix)."""
-
-    def __init__(self, config, **kwargs: Any) -> None:
-        super().__init__(config, **kwargs)
-        with keras.name_scope(self.name, caller=self):
-            self.transformer = GPT2Model(self.config, name="transformer",
-                                         dtype=self.dtype_policy)
-
-    def _base(self, training, **kw):
-        return self.transformer(**kw, return_dict=True, training=training)
-
-
-class _LMLogits:
-    """Shared by the LM and double-heads models: tied (``h @ wte^T``) or separate ``lm_head``."""
-
-    def _build_lm_head(self) -> None:
-        cfg = self.config
-        self.lm_head = None
-        if not cfg.tie_word_embeddings:
-            with keras.name_scope(self.name, caller=self):
-                self.lm_head = _dense(cfg.vocab_size, cfg, "lm_head", self.dtype_policy,
-                                      use_bias=False)
-
-    def _lm_logits(self, hidden_states):
-        if self.lm_head is not None:
-            return self.lm_head(hidden_states)
-        wte = tf.cast(self.transformer.wte.embeddings, hidden_states.dtype)  # (V, E)
-        E = self.config.n_embd
-        flat = tf.reshape(hidden_states, [-1, E])
-        logits = tf.matmul(flat, wte, transpose_b=True)  # (B*T, V)
-        return tf.reshape(logits, tf.concat([tf.shape(hidden_states)[:-1],
-                                             [self.config.vocab_size]], 0))
-
-
 from gpt2_tf.generation import GenerationMixin  # noqa: E402  (generation imports our outputs)
 
 
 @keras.saving.register_keras_serializable(package="gpt2_tf")
-class GPT2LMHeadModel(_LMLogits, GenerationMixin, _WithTransformer):
+class GPT2LMHeadModel(GenerationMixin, GPT2PreTrainedModel):
     """GPT-2 with a language-modelling head (tied to ``wte`` unless ``tie_word_embeddings=False``).
 
     ``labels`` (B, T) give transformers' shifted LM loss (-100 ignored). ``generate`` runs one
@@ -1005,25 +1126,50 @@ class GPT2LMHeadModel(_LMLogits, GenerationMixin, _WithTransformer):
 
     def __init__(self, config, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
-        self._build_lm_head()
+        cfg = self.config
+        with keras.name_scope(self.name, caller=self):
+            self.transformer = GPT2Model(cfg, name="transformer", dtype=self.dtype_policy)
+            # tied (the default): no lm_head variable, the logits are hidden @ wte^T
+            self.lm_head = None
+            if not cfg.tie_word_embeddings:
+                self.lm_head = _dense(cfg.vocab_size, cfg, "lm_head", self.dtype_policy,
+                                      use_bias=False)
         self.built = True
+
+    def _lm_logits(self, hidden_states):
+        """LM logits (..., V): ``hidden @ wte^T`` when tied, else ``lm_head(hidden)``."""
+        if self.lm_head is not None:
+            return self.lm_head(hidden_states)
+        wte = tf.cast(self.transformer.wte.embeddings, hidden_states.dtype)  # (V, C)
+        flat = tf.reshape(hidden_states, [-1, self.config.n_embd])
+        logits = tf.matmul(flat, wte, transpose_b=True)  # (B*T, V)
+        return tf.reshape(logits, tf.concat([tf.shape(hidden_states)[:-1],
+                                             [self.config.vocab_size]], 0))
 
     @_unpack_inputs
     def call(self, input_ids=None, past_key_values=None, attention_mask=None,
              token_type_ids=None, position_ids=None, head_mask=None, inputs_embeds=None,
              encoder_hidden_states=None, encoder_attention_mask=None, labels=None,
              use_cache=None, output_attentions=None, output_hidden_states=None,
-             return_dict=None, cache_position=None, training=None):
+             return_dict=None, cache_position=None, logits_to_keep: int = 0, training=None):
+        """Logits (B, T, V) and, with ``labels`` (B, T), the shifted LM loss (-100 ignored).
+
+        ``logits_to_keep=k`` computes logits for the last k positions only (0 = all).
+        Other arguments: see :meth:`GPT2Model.call`.
+        """
         return_dict = self.config.use_return_dict if return_dict is None else return_dict
-        base = self._base(
-            training, input_ids=input_ids, past_key_values=past_key_values,
+        base = self.transformer(
+            return_dict=True, training=training, input_ids=input_ids, past_key_values=past_key_values,
             attention_mask=attention_mask, token_type_ids=token_type_ids,
             position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
             encoder_hidden_states=encoder_hidden_states,
             encoder_attention_mask=encoder_attention_mask, use_cache=use_cache,
             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
             cache_position=cache_position)
-        logits = self._lm_logits(base.last_hidden_state)  # (B, T, V)
+        hidden = base.last_hidden_state
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:, :]
+        logits = self._lm_logits(hidden)  # (B, T, V)
         loss = None
         if labels is not None:
             loss = causal_lm_loss(logits, _to_tensor(labels), self.config.vocab_size)
@@ -1035,8 +1181,8 @@ class GPT2LMHeadModel(_LMLogits, GenerationMixin, _WithTransformer):
 
 
 @keras.saving.register_keras_serializable(package="gpt2_tf")
-class GPT2DoubleHeadsModel(_LMLogits, GenerationMixin, _WithTransformer):
-    """GPT-2 with an LM head and a multiple-choice head (inputs (B, C, T)).
+class GPT2DoubleHeadsModel(GenerationMixin, GPT2PreTrainedModel):
+    """GPT-2 with an LM head and a multiple-choice head (inputs (B, N, T)).
 
     ``labels`` give the LM loss (``loss``) and ``mc_labels`` (B,) the multiple-choice loss
     (``mc_loss``), both as transformers; ``fit`` trains on their sum.
@@ -1058,12 +1204,31 @@ class GPT2DoubleHeadsModel(_LMLogits, GenerationMixin, _WithTransformer):
     _OUTPUT_KEYS = ("logits", "mc_logits")
 
     def __init__(self, config, **kwargs: Any) -> None:
+        if isinstance(config, GPT2Config) and config.num_labels != 1:
+            config = config.copy(num_labels=1)  # as transformers, on a copy (see gpt2_torch)
         super().__init__(config, **kwargs)
-        self._build_lm_head()
+        cfg = self.config
+        with keras.name_scope(self.name, caller=self):
+            self.transformer = GPT2Model(cfg, name="transformer", dtype=self.dtype_policy)
+            # tied (the default): no lm_head variable, the logits are hidden @ wte^T
+            self.lm_head = None
+            if not cfg.tie_word_embeddings:
+                self.lm_head = _dense(cfg.vocab_size, cfg, "lm_head", self.dtype_policy,
+                                      use_bias=False)
         with keras.name_scope(self.name, caller=self):
             self.multiple_choice_head = GPT2SequenceSummary(
                 self.config, name="multiple_choice_head", dtype=self.dtype_policy)
         self.built = True
+
+    def _lm_logits(self, hidden_states):
+        """LM logits (..., V): ``hidden @ wte^T`` when tied, else ``lm_head(hidden)``."""
+        if self.lm_head is not None:
+            return self.lm_head(hidden_states)
+        wte = tf.cast(self.transformer.wte.embeddings, hidden_states.dtype)  # (V, C)
+        flat = tf.reshape(hidden_states, [-1, self.config.n_embd])
+        logits = tf.matmul(flat, wte, transpose_b=True)  # (B*T, V)
+        return tf.reshape(logits, tf.concat([tf.shape(hidden_states)[:-1],
+                                             [self.config.vocab_size]], 0))
 
     @_unpack_inputs
     def call(self, input_ids=None, past_key_values=None, attention_mask=None,
@@ -1072,13 +1237,13 @@ class GPT2DoubleHeadsModel(_LMLogits, GenerationMixin, _WithTransformer):
              output_attentions=None, output_hidden_states=None, return_dict=None,
              cache_position=None, training=None):
         return_dict = self.config.use_return_dict if return_dict is None else return_dict
-        base = self._base(
-            training, input_ids=input_ids, past_key_values=past_key_values,
+        base = self.transformer(
+            return_dict=True, training=training, input_ids=input_ids, past_key_values=past_key_values,
             attention_mask=attention_mask, token_type_ids=token_type_ids,
             position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
             use_cache=use_cache, output_attentions=output_attentions,
             output_hidden_states=output_hidden_states, cache_position=cache_position)
-        hidden = base.last_hidden_state  # (B, C, T, E)
+        hidden = base.last_hidden_state  # (B, N, T, C)
         lm_logits = self._lm_logits(hidden)
         if mc_token_ids is not None:
             mc_token_ids = tf.convert_to_tensor(mc_token_ids)
@@ -1089,7 +1254,7 @@ class GPT2DoubleHeadsModel(_LMLogits, GenerationMixin, _WithTransformer):
                 mc_token_ids = tf.identity(mc_token_ids)
         mc_logits = self.multiple_choice_head(hidden, mc_token_ids, training=training)
         if mc_logits.shape[-1] == 1:
-            mc_logits = tf.squeeze(mc_logits, -1)  # (B, C)
+            mc_logits = tf.squeeze(mc_logits, -1)  # (B, N)
         mc_loss = lm_loss = None
         if mc_labels is not None:
             n = _static_dim(mc_logits, -1)
@@ -1105,7 +1270,7 @@ class GPT2DoubleHeadsModel(_LMLogits, GenerationMixin, _WithTransformer):
 
 
 @keras.saving.register_keras_serializable(package="gpt2_tf")
-class GPT2ForSequenceClassification(_WithTransformer):
+class GPT2ForSequenceClassification(GPT2PreTrainedModel):
     """GPT-2 with a linear ``score`` head pooled at the last non-pad token of each row.
 
     The pooled position is ``argmax(arange(T) * (input_ids != pad_token_id))``, correct for
@@ -1129,6 +1294,8 @@ class GPT2ForSequenceClassification(_WithTransformer):
     def __init__(self, config, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         with keras.name_scope(self.name, caller=self):
+            self.transformer = GPT2Model(self.config, name="transformer", dtype=self.dtype_policy)
+        with keras.name_scope(self.name, caller=self):
             self.score = _dense(self.config.num_labels, self.config, "score", self.dtype_policy,
                                 use_bias=False)
         self.built = True
@@ -1141,13 +1308,13 @@ class GPT2ForSequenceClassification(_WithTransformer):
         cfg = self.config
         return_dict = cfg.use_return_dict if return_dict is None else return_dict
         input_ids = _to_tensor(input_ids)
-        base = self._base(
-            training, input_ids=input_ids, past_key_values=past_key_values,
+        base = self.transformer(
+            return_dict=True, training=training, input_ids=input_ids, past_key_values=past_key_values,
             attention_mask=attention_mask, token_type_ids=token_type_ids,
             position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
             use_cache=use_cache, output_attentions=output_attentions,
             output_hidden_states=output_hidden_states)
-        logits = self.score(base.last_hidden_state)  # (B, T, N)
+        logits = self.score(base.last_hidden_state)  # (B, T, num_labels)
         B, T = _static_dim(logits, 0), _static_dim(logits, 1)
         if cfg.pad_token_id is None:
             if isinstance(B, int) and B != 1:
@@ -1162,16 +1329,16 @@ class GPT2ForSequenceClassification(_WithTransformer):
             logger.warning("%s will not detect padding tokens in `inputs_embeds`",
                            type(self).__name__)
             last = tf.fill([B], T - 1)
-        pooled = tf.gather(logits, last, batch_dims=1)  # (B, N)
+        pooled = tf.gather(logits, last, batch_dims=1)  # (B, num_labels)
         loss = None
         if labels is not None:
-            loss = self._loss(pooled, _to_tensor(labels))
+            loss = self._classification_loss(pooled, _to_tensor(labels))
         out = SequenceClassifierOutputWithPast(
             loss=loss, logits=pooled, past_key_values=base.past_key_values,
             hidden_states=base.hidden_states, attentions=base.attentions)
         return out if return_dict else out.to_tuple()
 
-    def _loss(self, pooled, labels):
+    def _classification_loss(self, pooled, labels):
         n = self.config.num_labels
         problem = self.config.problem_type
         if problem is None:
@@ -1194,7 +1361,7 @@ class GPT2ForSequenceClassification(_WithTransformer):
 
 
 @keras.saving.register_keras_serializable(package="gpt2_tf")
-class GPT2ForTokenClassification(_WithTransformer):
+class GPT2ForTokenClassification(GPT2PreTrainedModel):
     """GPT-2 with a per-token ``classifier`` (dropout ``config.classifier_dropout_prob``).
 
     Args:
@@ -1212,6 +1379,8 @@ class GPT2ForTokenClassification(_WithTransformer):
 
     def __init__(self, config, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
+        with keras.name_scope(self.name, caller=self):
+            self.transformer = GPT2Model(self.config, name="transformer", dtype=self.dtype_policy)
         dt = self.dtype_policy
         self.dropout = keras.layers.Dropout(self.config.classifier_dropout_prob, name="dropout",
                                             dtype=dt)
@@ -1225,14 +1394,14 @@ class GPT2ForTokenClassification(_WithTransformer):
              labels=None, use_cache=None, output_attentions=None, output_hidden_states=None,
              return_dict=None, training=None):
         return_dict = self.config.use_return_dict if return_dict is None else return_dict
-        base = self._base(
-            training, input_ids=input_ids, past_key_values=past_key_values,
+        base = self.transformer(
+            return_dict=True, training=training, input_ids=input_ids, past_key_values=past_key_values,
             attention_mask=attention_mask, token_type_ids=token_type_ids,
             position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
             use_cache=use_cache, output_attentions=output_attentions,
             output_hidden_states=output_hidden_states)
         hidden = self.dropout(base.last_hidden_state, training=training)
-        logits = self.classifier(hidden)  # (B, T, N)
+        logits = self.classifier(hidden)  # (B, T, num_labels)
         loss = None
         if labels is not None:
             n = self.config.num_labels
@@ -1243,7 +1412,7 @@ class GPT2ForTokenClassification(_WithTransformer):
 
 
 @keras.saving.register_keras_serializable(package="gpt2_tf")
-class GPT2ForQuestionAnswering(_WithTransformer):
+class GPT2ForQuestionAnswering(GPT2PreTrainedModel):
     """GPT-2 with an extractive-QA head ``qa_outputs`` (start and end logits).
 
     ``start_positions`` / ``end_positions`` (B,) give the mean of the two cross-entropies;
@@ -1266,6 +1435,8 @@ class GPT2ForQuestionAnswering(_WithTransformer):
     def __init__(self, config, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         with keras.name_scope(self.name, caller=self):
+            self.transformer = GPT2Model(self.config, name="transformer", dtype=self.dtype_policy)
+        with keras.name_scope(self.name, caller=self):
             self.qa_outputs = _dense(2, self.config, "qa_outputs", self.dtype_policy)
         self.built = True
 
@@ -1275,8 +1446,8 @@ class GPT2ForQuestionAnswering(_WithTransformer):
              output_attentions=None, output_hidden_states=None, return_dict=None,
              training=None):
         return_dict = self.config.use_return_dict if return_dict is None else return_dict
-        base = self._base(
-            training, input_ids=input_ids, attention_mask=attention_mask,
+        base = self.transformer(
+            return_dict=True, training=training, input_ids=input_ids, attention_mask=attention_mask,
             token_type_ids=token_type_ids, position_ids=position_ids, head_mask=head_mask,
             inputs_embeds=inputs_embeds, use_cache=False, output_attentions=output_attentions,
             output_hidden_states=output_hidden_states)

@@ -118,6 +118,19 @@ class Conv1D(nn.Module):
         return x.view(size_out)
 
 
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm over the last dim (``weight`` / ``bias``); torch's own kernel already keeps
+    its statistics in float32 under autocast.
+
+    Args:
+        dim: normalised size.
+        epsilon: ``config.layer_norm_epsilon``.
+    """
+
+    def __init__(self, dim: int, epsilon: float) -> None:
+        super().__init__(dim, eps=epsilon)
+
+
 @dataclass
 class StaticCache:
     """A preallocated key/value cache: one ``(B, H, max_length, D)`` buffer per layer.
@@ -153,10 +166,12 @@ class StaticCache:
     def batch_size(self) -> int:
         return self.keys[0].shape[0]
 
-    def reorder(self, index: torch.Tensor) -> None:
-        """Reorder the batch rows in place (beam search): row i becomes old row ``index[i]``."""
+    def reorder(self, index: torch.Tensor) -> StaticCache:
+        """Reorder the batch rows (beam search): row i becomes old row ``index[i]``. In place
+        here (the buffers are preallocated); returns the cache, as the functional backends."""
         for buf in (*self.keys, *self.values):
             buf.copy_(buf.index_select(0, index))
+        return self
 
 
 def flash_attention_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
@@ -224,6 +239,10 @@ class GPT2Attention(nn.Module):
         # (B, T, C) -> (B, H, T, D)
         return x.view(*x.shape[:-1], self.num_heads, self.head_dim).transpose(1, 2)
 
+    def _merge_heads(self, x: torch.Tensor) -> torch.Tensor:
+        # (B, H, T, D) -> (B, T, C)
+        return x.transpose(1, 2).reshape(*x.shape[:1], x.shape[2], self.embed_dim)
+
     def _eager_attention(self, q, k, v, mask, head_mask):
         """Explicit softmax(QK^T) V; returns the output (B, H, T, D) and the weights (B, H, T, S)."""
         if self.reorder_and_upcast_attn:
@@ -250,23 +269,34 @@ class GPT2Attention(nn.Module):
             w = w * head_mask
         return torch.matmul(w, v), w
 
-    def _flash_attention(self, q, k, v, mask, head_mask, output_attentions, is_causal):
-        """FlashAttention-2 (the flash-attn package) on (B, H, T, D) tensors; unpadded only."""
-        reason = flash_attention_unavailable(q.device, q.dtype)
-        if reason:
-            raise RuntimeError(f"attn_implementation='flash_attention_2': {reason}")
-        if mask is not None or head_mask is not None or output_attentions:
-            raise ValueError(
-                "attn_implementation='flash_attention_2' runs unpadded causal attention only: "
-                "got an attention mask with padding (or a past without a static cache), a "
-                "head_mask or output_attentions; use attn_implementation='sdpa' for those")
-        from flash_attn import flash_attn_func
-
+    def _fused_attention(self, q, k, v, mask, is_causal: bool, static_cache: bool):
+        """The fused kernel of ``attn_implementation`` (no weights materialised): SDPA, or
+        FlashAttention-2 (the flash-attn package; unpadded only) outside the static cache."""
         dropout = self.attn_dropout.p if self.training else 0.0
-        out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                              dropout_p=dropout, softmax_scale=self.scale,
-                              causal=is_causal and not self.is_cross_attention)  # (B, T, H, D)
-        return out.transpose(1, 2)  # (B, H, T, D)
+        if self.attn_implementation == "flash_attention_2" and not static_cache:
+            reason = flash_attention_unavailable(q.device, q.dtype)
+            if reason:
+                raise RuntimeError(f"attn_implementation='flash_attention_2': {reason}")
+            if mask is not None:
+                raise ValueError(
+                    "attn_implementation='flash_attention_2' runs unpadded causal attention only: "
+                    "got an attention mask with padding (or a past without a static cache), a "
+                    "head_mask or output_attentions; use attn_implementation='sdpa' for those")
+            from flash_attn import flash_attn_func
+
+            out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                  dropout_p=dropout, softmax_scale=self.scale,
+                                  causal=is_causal and not self.is_cross_attention)  # (B, T, H, D)
+            return out.transpose(1, 2)  # (B, H, T, D)
+        if self.reorder_and_upcast_attn and q.dtype != torch.float32:
+            # the flag promises float32 scores and softmax: compute the whole attention in fp32
+            return F.scaled_dot_product_attention(
+                q.float(), k.float(), v.float(),
+                attn_mask=None if mask is None else mask.float(),
+                dropout_p=dropout, is_causal=is_causal, scale=self.scale,
+            ).to(q.dtype)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                              is_causal=is_causal, scale=self.scale)
 
     def forward(
         self,
@@ -316,30 +346,21 @@ class GPT2Attention(nn.Module):
         # padding (left-pad queries): 0.68 max|diff| on wte's gradient against transformers'
         # eager path (tests/parity). With a padding mask and gradients, take the eager path.
         grad_with_mask = mask is not None and torch.is_grad_enabled() and q.requires_grad
-        if self.attn_implementation == "flash_attention_2" and not static_cache:
-            out = self._flash_attention(q, k, v, mask, head_mask, output_attentions, is_causal)
-            weights = None
-        elif (output_attentions or head_mask is not None or grad_with_mask
-              or self.attn_implementation == "eager"):
+        flash = self.attn_implementation == "flash_attention_2" and not static_cache
+        if flash and (head_mask is not None or output_attentions):
+            raise ValueError(
+                "attn_implementation='flash_attention_2' runs unpadded causal attention only: "
+                "got an attention mask with padding (or a past without a static cache), a "
+                "head_mask or output_attentions; use attn_implementation='sdpa' for those")
+        weights = None
+        if not flash and (output_attentions or head_mask is not None or grad_with_mask
+                          or self.attn_implementation == "eager"):
             out, weights = self._eager_attention(q, k, v, mask, head_mask)
             if not output_attentions:
                 weights = None
         else:
-            weights = None
-            dropout = self.attn_dropout.p if self.training else 0.0
-            if self.reorder_and_upcast_attn and q.dtype != torch.float32:
-                # the flag promises float32 scores and softmax: compute the whole attention in fp32
-                out = F.scaled_dot_product_attention(
-                    q.float(), k.float(), v.float(),
-                    attn_mask=None if mask is None else mask.float(),
-                    dropout_p=dropout, is_causal=is_causal, scale=self.scale,
-                ).to(q.dtype)
-            else:
-                out = F.scaled_dot_product_attention(
-                    q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal,
-                    scale=self.scale,
-                )
-        out = out.transpose(1, 2).reshape(*hidden_states.shape[:-1], self.embed_dim)  # (B, T, C)
+            out = self._fused_attention(q, k, v, mask, is_causal, static_cache)
+        out = self._merge_heads(out)  # (B, T, C)
         out = self.resid_dropout(self.c_proj(out))
         return out, present, weights
 
@@ -374,12 +395,13 @@ class GPT2Block(nn.Module):
     def __init__(self, config: GPT2Config, layer_idx: int = 0) -> None:
         super().__init__()
         C, eps = config.n_embd, config.layer_norm_epsilon
-        self.ln_1 = nn.LayerNorm(C, eps=eps)
+        self.ln_1 = LayerNorm(C, eps)
         self.attn = GPT2Attention(config, layer_idx=layer_idx)
-        self.ln_2 = nn.LayerNorm(C, eps=eps)
+        self.ln_2 = LayerNorm(C, eps)
+        self.add_cross_attention = config.add_cross_attention
         if config.add_cross_attention:
             self.crossattention = GPT2Attention(config, is_cross_attention=True, layer_idx=layer_idx)
-            self.ln_cross_attn = nn.LayerNorm(C, eps=eps)
+            self.ln_cross_attn = LayerNorm(C, eps)
         self.mlp = GPT2MLP(config.inner_dim, config)
 
     def forward(
@@ -406,7 +428,7 @@ class GPT2Block(nn.Module):
         hidden_states = hidden_states + attn_out
         cross_w = None
         if encoder_hidden_states is not None:
-            if not hasattr(self, "crossattention"):
+            if not self.add_cross_attention:
                 raise ValueError("encoder_hidden_states were passed but the model has no "
                                  "cross-attention: build it with config.add_cross_attention=True")
             cross_past = layer_past[2:4] if layer_past is not None and len(layer_past) == 4 else None
@@ -538,6 +560,22 @@ class GPT2PreTrainedModel(nn.Module):
         self.generation_config = GenerationConfig.from_model_config(config)
         self.gradient_checkpointing = False
 
+    @classmethod
+    def from_config(cls, config: GPT2Config) -> GPT2PreTrainedModel:
+        """A randomly initialised model (transformers' init) from a config."""
+        return cls(config)
+
+    @classmethod
+    def from_state_dict(cls, config: GPT2Config, state_dict: Any, *,
+                        strict: bool = True) -> GPT2PreTrainedModel:
+        """A model built from ``config`` and filled from a canonical state dict (HF PyTorch
+        names and layouts); raises ``CheckpointError`` naming bad keys when ``strict``."""
+        from gpt2_torch import weights
+
+        model = cls(config)
+        weights.load_canonical(model, state_dict, strict=strict)
+        return model.eval()
+
     # -- init and tying
     def _init_weights(self, module: nn.Module) -> None:
         """transformers' init: N(0, initializer_range) for matrices, zeros for biases, LN = 1/0."""
@@ -658,7 +696,7 @@ class GPT2PreTrainedModel(nn.Module):
             model = cls(config)
         weights.load_canonical(model, state_dict, assign=True, consume=True,
                                init_missing=True, strict=strict)
-        model._materialize_missing(dtype=weights.torch_dtype_of(state_dict))
+        _materialize_missing(model, dtype=weights.torch_dtype_of(state_dict))
         model.to(device)
         if config.attn_implementation == "flash_attention_2":
             reason = flash_attention_unavailable(torch.device(device), model.dtype)
@@ -670,20 +708,6 @@ class GPT2PreTrainedModel(nn.Module):
             model.generation_config = GenerationConfig.from_pretrained(gen_path)
         model.eval()  # as transformers: a loaded model starts in eval mode (dropout off)
         return Q.quantize_model(model, quantize) if quantize else model
-
-    def _materialize_missing(self, dtype: torch.dtype) -> None:
-        """Give parameters still on the meta device (new head weights) real storage and HF's init."""
-        for module in self.modules():
-            direct = list(module.parameters(recurse=False))
-            if any(p.is_meta for p in direct):
-                module.to_empty(device="cpu", recurse=False)
-                module.to(dtype)
-                with torch.no_grad():
-                    self._init_weights(module)
-        self.tie_weights()
-        left = [n for n, p in self.named_parameters() if p.is_meta]
-        if left:
-            raise RuntimeError(f"parameters were not loaded: {left}")
 
     def save_pretrained(self, save_directory: str | os.PathLike, *,
                         max_shard_size: int | str = "5GB", dtype: Any = None,
@@ -706,6 +730,21 @@ class GPT2PreTrainedModel(nn.Module):
         return written
 
 
+def _materialize_missing(model: GPT2PreTrainedModel, dtype: torch.dtype) -> None:
+    """Give parameters still on the meta device (new head weights) real storage and HF's init."""
+    for module in model.modules():
+        direct = list(module.parameters(recurse=False))
+        if any(p.is_meta for p in direct):
+            module.to_empty(device="cpu", recurse=False)
+            module.to(dtype)
+            with torch.no_grad():
+                model._init_weights(module)
+    model.tie_weights()
+    left = [n for n, p in model.named_parameters() if p.is_meta]
+    if left:
+        raise RuntimeError(f"parameters were not loaded: {left}")
+
+
 class GPT2Model(GPT2PreTrainedModel):
     """The GPT-2 transformer: embeddings, ``n_layer`` blocks and the final LayerNorm.
 
@@ -724,16 +763,15 @@ class GPT2Model(GPT2PreTrainedModel):
 
     def __init__(self, config: GPT2Config) -> None:
         super().__init__(config)
-        self.embed_dim = config.n_embd
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.n_positions, config.n_embd)
         self.drop = nn.Dropout(config.embd_pdrop)
         self.h = nn.ModuleList([GPT2Block(config, layer_idx=i) for i in range(config.n_layer)])
-        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.ln_f = LayerNorm(config.n_embd, config.layer_norm_epsilon)
         if type(self) is GPT2Model:
             self.post_init()
 
-    def _head_mask_per_layer(self, head_mask: torch.Tensor | None) -> list[torch.Tensor | None]:
+    def _head_masks(self, head_mask: torch.Tensor | None) -> list[torch.Tensor | None]:
         """(H,) or (n_layer, H) keep-mask -> per layer (1|B, H, 1, 1), as transformers."""
         if head_mask is None:
             return [None] * self.config.n_layer
@@ -745,6 +783,124 @@ class GPT2Model(GPT2PreTrainedModel):
             raise ValueError(f"head_mask must be (n_head,) or (n_layer, n_head), got {tuple(head_mask.shape)}")
         head_mask = head_mask.to(self.wpe.weight.dtype)
         return list(head_mask)
+
+    def _flatten_inputs(self, input_ids, inputs_embeds):
+        """Check the ids / embeddings and fold leading dims: (..., T) -> (B, T); returns
+        ``(input_ids, inputs_embeds, input_shape)`` (the caller's shape, without C)."""
+        cfg = self.config
+        if input_ids is not None and inputs_embeds is not None:
+            raise ValueError("You cannot specify both input_ids and inputs_embeds at the same time: pass either one")
+        if input_ids is not None:
+            _check_ids("input_ids", input_ids, cfg.vocab_size)
+            check_ids_shape(tuple(input_ids.shape))
+            input_shape = input_ids.shape
+            input_ids = input_ids.reshape(-1, input_shape[-1])  # (B, T); double heads: (B*N, T)
+        elif inputs_embeds is not None:
+            check_ids_shape(tuple(inputs_embeds.shape[:-1]), "inputs_embeds")
+            if inputs_embeds.dim() < 3 or inputs_embeds.shape[-1] != cfg.n_embd:
+                raise ValueError(f"inputs_embeds must have shape (batch, seq_len, {cfg.n_embd}), "
+                                 f"got {tuple(inputs_embeds.shape)}")
+            input_shape = inputs_embeds.shape[:-1]
+            inputs_embeds = inputs_embeds.reshape(-1, *inputs_embeds.shape[-2:])  # (B, T, C)
+        else:
+            raise ValueError("You have to specify either input_ids or inputs_embeds")
+        return input_ids, inputs_embeds, input_shape
+
+    def _read_cache(self, past_key_values, B: int, T: int, cache_position):
+        """The per-layer pasts, the past length, the key length S and the slots of the new
+        tokens; ``static`` when ``past_key_values`` is a :class:`StaticCache`."""
+        cfg = self.config
+        static = isinstance(past_key_values, StaticCache)
+        if static:
+            if cache_position is None:
+                raise ValueError("a StaticCache needs cache_position (the slots of the new tokens)")
+            if past_key_values.batch_size != B:
+                raise ValueError(f"StaticCache holds batch {past_key_values.batch_size}, got {B}")
+            layer_pasts: Sequence[LayerPast | None] = list(zip(past_key_values.keys,
+                                                               past_key_values.values))
+            past_length, key_length = 0, past_key_values.max_length
+        elif past_key_values is not None:
+            if len(past_key_values) != cfg.n_layer:
+                raise ValueError(f"past_key_values has {len(past_key_values)} layers, "
+                                 f"the model has {cfg.n_layer}")
+            layer_pasts = past_key_values
+            past_length = past_key_values[0][0].shape[-2]
+            key_length = past_length + T
+        else:
+            layer_pasts = [None] * cfg.n_layer
+            past_length, key_length = 0, T
+        if cache_position is None:
+            cache_position = torch.arange(past_length, past_length + T, device=self.wte.weight.device)
+        return layer_pasts, past_length, key_length, cache_position, static
+
+    def _embed(self, input_ids, inputs_embeds, position_ids, token_type_ids, cache_position,
+               T: int) -> torch.Tensor:
+        """wte(ids) + wpe(positions) [+ wte(token types)], then dropout: (B, T, C)."""
+        cfg = self.config
+        if position_ids is None:
+            position_ids = cache_position.unsqueeze(0)  # (1, T)
+        else:
+            position_ids = position_ids.reshape(-1, T)
+        _check_ids("position_ids", position_ids, cfg.n_positions)  # also catches T > n_positions
+        if inputs_embeds is None:
+            inputs_embeds = self.wte(input_ids)  # (B, T, C)
+        hidden_states = inputs_embeds + self.wpe(position_ids)
+        if token_type_ids is not None:
+            token_type_ids = token_type_ids.reshape(-1, T)
+            _check_ids("token_type_ids", token_type_ids, cfg.vocab_size)
+            hidden_states = hidden_states + self.wte(token_type_ids)
+        return self.drop(hidden_states)
+
+    def _attention_masks(self, attention_mask, encoder_hidden_states, encoder_attention_mask,
+                         B: int, T: int, past_length: int, key_length: int, cache_position,
+                         static: bool, dtype: torch.dtype, use_fused: bool):
+        """The self-attention bias (B|1, 1, T, S) or None with ``is_causal`` (SDPA's own causal
+        kernel), and the encoder bias (B, 1, 1|T, S_enc) or None."""
+        if attention_mask is not None:
+            attention_mask = attention_mask.reshape(B, -1)
+            if attention_mask.shape[1] != key_length:
+                raise ValueError(f"attention_mask covers {attention_mask.shape[1]} positions but "
+                                 f"past + new tokens are {key_length}")
+            if not static and bool(attention_mask.all()):
+                attention_mask = None  # nothing padded: keep SDPA's fast causal path
+        is_causal = False
+        if attention_mask is None and not static and (T == 1 or (use_fused and past_length == 0)):
+            bias = None  # one query sees every cached key; or SDPA's own causal kernel
+            is_causal = T > 1
+        else:
+            bias = build_attention_bias(attention_mask, cache_position, key_length, dtype)
+        encoder_bias = None
+        if encoder_hidden_states is not None and encoder_attention_mask is not None:
+            encoder_bias = encoder_attention_bias(encoder_attention_mask, dtype)
+        return bias, is_causal, encoder_bias
+
+    def _run_blocks(self, hidden_states, layer_pasts, bias, is_causal, head_masks,
+                    encoder_hidden_states, encoder_bias, cache_position, static: bool,
+                    use_cache: bool, output_attentions: bool, output_hidden_states: bool):
+        """Every block in turn; returns (hidden, presents, all hidden states, self / cross
+        attention weights), the last three None when not asked for."""
+        presents: list[LayerPast] | None = [] if use_cache else None
+        all_hidden: tuple[torch.Tensor, ...] | None = () if output_hidden_states else None
+        all_self: tuple[torch.Tensor, ...] | None = () if output_attentions else None
+        all_cross: tuple[torch.Tensor, ...] | None = (
+            () if output_attentions and self.config.add_cross_attention
+            and encoder_hidden_states is not None else None)
+        for block, layer_past, layer_head_mask in zip(self.h, layer_pasts, head_masks):
+            if all_hidden is not None:
+                all_hidden = all_hidden + (hidden_states,)
+            args = (hidden_states, layer_past, bias, layer_head_mask, encoder_hidden_states,
+                    encoder_bias, use_cache, output_attentions, cache_position, is_causal, static)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                hidden_states, present, self_w, cross_w = checkpoint(block, *args, use_reentrant=False)
+            else:
+                hidden_states, present, self_w, cross_w = block(*args)
+            if presents is not None:
+                presents.append(present)
+            if all_self is not None:
+                all_self = all_self + (self_w,)
+                if all_cross is not None:
+                    all_cross = all_cross + (cross_w,)
+        return hidden_states, presents, all_hidden, all_self, all_cross
 
     def forward(
         self,
@@ -788,119 +944,30 @@ class GPT2Model(GPT2PreTrainedModel):
         explicit_cache = bool(use_cache)
         use_cache = cfg.use_cache if use_cache is None else use_cache
         return_dict = cfg.use_return_dict if return_dict is None else return_dict
-
-        # -- inputs
-        if input_ids is not None and inputs_embeds is not None:
-            raise ValueError("pass either input_ids or inputs_embeds, not both")
-        if input_ids is not None:
-            _check_ids("input_ids", input_ids, cfg.vocab_size)
-            check_ids_shape(tuple(input_ids.shape))
-            input_shape = input_ids.shape
-            input_ids = input_ids.reshape(-1, input_shape[-1])  # (B, T)
-        elif inputs_embeds is not None:
-            check_ids_shape(tuple(inputs_embeds.shape[:-1]), "inputs_embeds")
-            if inputs_embeds.dim() < 3 or inputs_embeds.shape[-1] != cfg.n_embd:
-                raise ValueError(f"inputs_embeds must be (batch, seq_len, {cfg.n_embd}), "
-                                 f"got {tuple(inputs_embeds.shape)}")
-            input_shape = inputs_embeds.shape[:-1]
-            inputs_embeds = inputs_embeds.reshape(-1, *inputs_embeds.shape[-2:])
-        else:
-            raise ValueError("pass input_ids or inputs_embeds")
-        B, T = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
-        device = self.wte.weight.device
-        dtype = self.wpe.weight.dtype if inputs_embeds is None else inputs_embeds.dtype
-
         if self.gradient_checkpointing and self.training and use_cache:
             if explicit_cache:  # the config default is dropped silently
                 logger.warning("use_cache=True is incompatible with gradient checkpointing; "
                                "setting use_cache=False")
             use_cache = False
 
-        # -- cache
-        static = isinstance(past_key_values, StaticCache)
-        if static:
-            if cache_position is None:
-                raise ValueError("a StaticCache needs cache_position (the slots of the new tokens)")
-            if past_key_values.batch_size != B:
-                raise ValueError(f"StaticCache holds batch {past_key_values.batch_size}, got {B}")
-            layer_pasts: Sequence[LayerPast | None] = list(zip(past_key_values.keys,
-                                                               past_key_values.values))
-            key_length = past_key_values.max_length
-            past_length = 0
-        elif past_key_values is not None:
-            if len(past_key_values) != cfg.n_layer:
-                raise ValueError(f"past_key_values has {len(past_key_values)} layers, "
-                                 f"the model has {cfg.n_layer}")
-            layer_pasts = past_key_values
-            past_length = past_key_values[0][0].shape[-2]
-            key_length = past_length + T
-        else:
-            layer_pasts = [None] * cfg.n_layer
-            past_length = 0
-            key_length = T
-        if cache_position is None:
-            cache_position = torch.arange(past_length, past_length + T, device=device)
-
-        # -- embeddings
-        if position_ids is None:
-            position_ids = cache_position.unsqueeze(0)  # (1, T)
-        else:
-            position_ids = position_ids.reshape(-1, T)
-        _check_ids("position_ids", position_ids, cfg.n_positions)  # also catches T > n_positions
-        if inputs_embeds is None:
-            inputs_embeds = self.wte(input_ids)  # (B, T, C)
-        hidden_states = inputs_embeds + self.wpe(position_ids)
-        if token_type_ids is not None:
-            token_type_ids = token_type_ids.reshape(-1, T)
-            _check_ids("token_type_ids", token_type_ids, cfg.vocab_size)
-            hidden_states = hidden_states + self.wte(token_type_ids)
-        hidden_states = self.drop(hidden_states)
-
-        # -- masks
-        use_sdpa = (not output_attentions and head_mask is None
-                    and self.h[0].attn.attn_implementation != "eager")  # eager needs a causal bias
-        if attention_mask is not None:
-            attention_mask = attention_mask.reshape(B, -1)
-            if attention_mask.shape[1] != key_length:
-                raise ValueError(f"attention_mask covers {attention_mask.shape[1]} positions but "
-                                 f"past + new tokens are {key_length}")
-            if not static and bool(attention_mask.all()):
-                attention_mask = None  # nothing padded: keep SDPA's fast causal path
-        is_causal = False
-        if attention_mask is None and not static and (T == 1 or (use_sdpa and past_length == 0)):
-            bias = None  # one query sees every cached key; or SDPA's own causal kernel
-            is_causal = T > 1
-        else:
-            bias = build_attention_bias(attention_mask, cache_position, key_length, dtype)
-        enc_bias = None
-        if encoder_hidden_states is not None and encoder_attention_mask is not None:
-            enc_bias = encoder_attention_bias(encoder_attention_mask, dtype)
-        head_masks = self._head_mask_per_layer(head_mask)
-
-        # -- blocks
-        presents: list[LayerPast] | None = [] if use_cache else None
-        all_hidden: tuple[torch.Tensor, ...] | None = () if output_hidden_states else None
-        all_self: tuple[torch.Tensor, ...] | None = () if output_attentions else None
-        all_cross: tuple[torch.Tensor, ...] | None = (
-            () if output_attentions and cfg.add_cross_attention and encoder_hidden_states is not None
-            else None)
-        for block, layer_past, layer_head_mask in zip(self.h, layer_pasts, head_masks):
-            if all_hidden is not None:
-                all_hidden = all_hidden + (hidden_states,)
-            args = (hidden_states, layer_past, bias, layer_head_mask, encoder_hidden_states,
-                    enc_bias, use_cache, output_attentions, cache_position, is_causal, static)
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                hidden_states, present, self_w, cross_w = checkpoint(block, *args, use_reentrant=False)
-            else:
-                hidden_states, present, self_w, cross_w = block(*args)
-            if presents is not None:
-                presents.append(present)
-            if all_self is not None:
-                all_self = all_self + (self_w,)
-                if all_cross is not None:
-                    all_cross = all_cross + (cross_w,)
+        input_ids, inputs_embeds, input_shape = self._flatten_inputs(input_ids, inputs_embeds)
+        B, T = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+        dtype = self.wpe.weight.dtype if inputs_embeds is None else inputs_embeds.dtype
+        layer_pasts, past_length, key_length, cache_position, static = self._read_cache(
+            past_key_values, B, T, cache_position)
+        hidden_states = self._embed(input_ids, inputs_embeds, position_ids, token_type_ids,
+                                    cache_position, T)
+        use_fused = (not output_attentions and head_mask is None
+                     and self.h[0].attn.attn_implementation != "eager")  # eager needs a causal bias
+        bias, is_causal, encoder_bias = self._attention_masks(
+            attention_mask, encoder_hidden_states, encoder_attention_mask, B, T, past_length,
+            key_length, cache_position, static, dtype, use_fused)
+        hidden_states, presents, all_hidden, all_self, all_cross = self._run_blocks(
+            hidden_states, layer_pasts, bias, is_causal, self._head_masks(head_mask),
+            encoder_hidden_states, encoder_bias, cache_position, static, use_cache,
+            output_attentions, output_hidden_states)
         hidden_states = self.ln_f(hidden_states)
-        hidden_states = hidden_states.view(*input_shape, self.embed_dim)
+        hidden_states = hidden_states.view(*input_shape, cfg.n_embd)  # (B, [N,] T, C)
         if all_hidden is not None:
             all_hidden = all_hidden + (hidden_states,)
 
@@ -947,6 +1014,11 @@ class GPT2LMHeadModel(GPT2PreTrainedModel):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.post_init()
 
+    def _lm_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """LM logits (..., V) = ``lm_head(hidden)``; when tied, ``lm_head.weight`` *is*
+        ``wte.weight`` (one Parameter, see :meth:`tie_weights`)."""
+        return self.lm_head(hidden_states)
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -983,7 +1055,7 @@ class GPT2LMHeadModel(GPT2PreTrainedModel):
         )
         hidden = base.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden[:, keep, :])
+        logits = self._lm_logits(hidden[:, keep, :])
         loss = _lm_loss(logits, labels) if labels is not None else None
         out = CausalLMOutputWithCrossAttentions(
             loss=loss, logits=logits, past_key_values=base.past_key_values,
@@ -1009,8 +1081,8 @@ class GPT2DoubleHeadsModel(GPT2PreTrainedModel):
     """GPT-2 with an LM head and a multiple-choice head (RocStories / SWAG style).
 
     Inputs are (B, N, T): N choices per example; ``mc_token_ids`` (B, N) picks the token whose
-    hidden state is classified (default: the last). transformers sets ``config.num_labels = 1``
-    here; so do we.
+    hidden state is classified (default: the last). The model's config has ``num_labels = 1``
+    (as transformers), set on a copy: the caller's config is not changed.
 
     Args:
         config: a :class:`gpt2_core.GPT2Config` (``summary_*`` fields shape the choice head).
@@ -1027,12 +1099,20 @@ class GPT2DoubleHeadsModel(GPT2PreTrainedModel):
     _head = "double_heads"
 
     def __init__(self, config: GPT2Config) -> None:
-        config.num_labels = 1
+        # transformers sets num_labels = 1 on the config it is given; we set it on a copy, so
+        # the caller's config is left as it was
+        if isinstance(config, GPT2Config) and config.num_labels != 1:
+            config = config.copy(num_labels=1)
         super().__init__(config)
         self.transformer = GPT2Model(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.multiple_choice_head = GPT2SequenceSummary(config)
         self.post_init()
+
+    def _lm_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """LM logits (..., V) = ``lm_head(hidden)``; when tied, ``lm_head.weight`` *is*
+        ``wte.weight`` (one Parameter, see :meth:`tie_weights`)."""
+        return self.lm_head(hidden_states)
 
     def forward(
         self,
@@ -1063,7 +1143,7 @@ class GPT2DoubleHeadsModel(GPT2PreTrainedModel):
             cache_position=cache_position,
         )
         hidden = base.last_hidden_state  # (B, N, T, C)
-        lm_logits = self.lm_head(hidden)
+        lm_logits = self._lm_logits(hidden)
         mc_logits = self.multiple_choice_head(hidden, mc_token_ids).squeeze(-1)  # (B, N)
         mc_loss = None
         if mc_labels is not None:
@@ -1108,9 +1188,8 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
 
     def __init__(self, config: GPT2Config) -> None:
         super().__init__(config)
-        self.num_labels = config.num_labels
         self.transformer = GPT2Model(config)
-        self.score = nn.Linear(config.n_embd, self.num_labels, bias=False)
+        self.score = nn.Linear(config.n_embd, self.config.num_labels, bias=False)
         self.post_init()
 
     def forward(
@@ -1169,18 +1248,18 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
         cfg = self.config
         labels = labels.to(pooled.device)
         if cfg.problem_type is None:  # inferred once and stored, as transformers
-            if self.num_labels == 1:
+            if self.config.num_labels == 1:
                 cfg.problem_type = "regression"
             elif labels.dtype in (torch.long, torch.int):
                 cfg.problem_type = "single_label_classification"
             else:
                 cfg.problem_type = "multi_label_classification"
         if cfg.problem_type == "regression":
-            if self.num_labels == 1:
+            if self.config.num_labels == 1:
                 return F.mse_loss(pooled.squeeze(), labels.squeeze().to(pooled.dtype))
             return F.mse_loss(pooled, labels.to(pooled.dtype))
         if cfg.problem_type == "single_label_classification":
-            return F.cross_entropy(pooled.view(-1, self.num_labels), labels.view(-1))
+            return F.cross_entropy(pooled.view(-1, self.config.num_labels), labels.view(-1))
         return F.binary_cross_entropy_with_logits(pooled, labels.to(pooled.dtype))
 
 
@@ -1201,7 +1280,6 @@ class GPT2ForTokenClassification(GPT2PreTrainedModel):
 
     def __init__(self, config: GPT2Config) -> None:
         super().__init__(config)
-        self.num_labels = config.num_labels
         self.transformer = GPT2Model(config)
         self.dropout = nn.Dropout(config.classifier_dropout_prob)
         self.classifier = nn.Linear(config.n_embd, config.num_labels)
@@ -1236,7 +1314,7 @@ class GPT2ForTokenClassification(GPT2PreTrainedModel):
         logits = self.classifier(self.dropout(base.last_hidden_state))
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.to(logits.device).view(-1))
+            loss = F.cross_entropy(logits.view(-1, self.config.num_labels), labels.to(logits.device).view(-1))
         out = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=base.hidden_states,
                                     attentions=base.attentions)
         return out if return_dict else out.to_tuple()
@@ -1261,7 +1339,6 @@ class GPT2ForQuestionAnswering(GPT2PreTrainedModel):
 
     def __init__(self, config: GPT2Config) -> None:
         super().__init__(config)
-        self.num_labels = config.num_labels
         self.transformer = GPT2Model(config)
         self.qa_outputs = nn.Linear(config.n_embd, 2)
         self.post_init()
