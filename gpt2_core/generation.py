@@ -86,7 +86,8 @@ def prepare_inputs(input_ids: Any, attention_mask: Any, gen: GenerationConfig,
     Args:
         input_ids: (B, T0) or (T0,) ids (numpy, nested lists; backends pass their tensors as
             numpy), or None to start from ``gen.bos_token_id``.
-        attention_mask: (B, T0) or (T0,) of 0 and 1 (ints or bools), or None to infer it.
+        attention_mask: (B, T0) or (T0,) of 0 and 1 (ints, bools or floats), or None to
+            infer it.
         gen: the resolved config (:meth:`GenerationConfig.for_model` applied).
         vocab_size: ids must lie in ``[0, vocab_size)``.
 
@@ -115,7 +116,10 @@ def prepare_inputs(input_ids: Any, attention_mask: Any, gen: GenerationConfig,
         else:
             mask = np.ones_like(ids)
     else:
-        mask = _as_int_array(attention_mask, "attention_mask")
+        mask = np.asarray(attention_mask)
+        if mask.dtype.kind not in "iubf":
+            raise TypeError(f"attention_mask must hold 0 and 1, got dtype {mask.dtype}")
+        mask = mask[None] if mask.ndim == 1 else mask
         if mask.shape != ids.shape:
             raise ValueError(f"attention_mask shape {mask.shape} != input_ids shape {ids.shape}")
         if not np.isin(mask, (0, 1)).all():

@@ -49,7 +49,6 @@ from gpt2_core.outputs import (
     SequenceClassifierOutputWithPast,
     TokenClassifierOutput,
 )
-from gpt2_torch import _cpu_kernels
 
 logger = logging.getLogger(__name__)
 
@@ -110,9 +109,6 @@ class Conv1D(nn.Module):
         self.bias = nn.Parameter(torch.zeros(nf))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _cpu_kernels.usable(x, self.weight):
-            # a few rows without autograd (decoding): the bandwidth-bound CPU kernel
-            return _cpu_kernels.linear_kn(x, self.weight, self.bias)
         size_out = x.shape[:-1] + (self.nf,)
         x = torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight)  # (B*T, nf)
         return x.view(size_out)

@@ -43,6 +43,7 @@ def test_prepare_inputs_refuses_bad_mask():
         G.prepare_inputs([[1, 2]], [[2, 1]], GenerationConfig(), 10)
     _, mask = G.prepare_inputs([[1, 2]], [[False, True]], GenerationConfig(), 10)
     assert mask.tolist() == [[0, 1]] and mask.dtype == np.int64
+    assert G.prepare_inputs([1, 2], [0.0, 1.0], GenerationConfig(), 10)[1].tolist() == [[0, 1]]
 
 
 @pytest.mark.parametrize("gen, expected", [
