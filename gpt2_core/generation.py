@@ -73,7 +73,7 @@ RIGHT_PADDING_WARNING = ("A decoder-only architecture is being used, but right-p
 def _as_int_array(x: Any, name: str) -> np.ndarray:
     arr = np.asarray(x)
     if arr.dtype.kind not in "iub":
-        raise TypeError(f"{name} must hold integer ids, got dtype {arr.dtype}")
+        raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
     if arr.ndim == 1:
         arr = arr[None]  # generate alone accepts a 1-D prompt: a batch of one
     return arr
@@ -102,7 +102,7 @@ def prepare_inputs(input_ids: Any, attention_mask: Any, gen: GenerationConfig,
         input_ids = [[gen.bos_token_id]]
     ids = _as_int_array(input_ids, "input_ids")
     if ids.dtype == np.bool_:
-        raise TypeError("input_ids must hold integer ids, got dtype bool")
+        raise TypeError("input_ids must hold integers, got dtype bool")
     check_prompt_shape(ids.shape)
     lo, hi = int(ids.min()), int(ids.max())
     if lo < 0 or hi >= vocab_size:
