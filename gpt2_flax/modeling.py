@@ -956,7 +956,7 @@ class GPT2SequenceSummary(nnx.Module):
         return self.last_dropout(x, deterministic=deterministic)
 
 
-class GPT2DoubleHeadsModel(GPT2PreTrainedModel):
+class GPT2DoubleHeadsModel(GPT2PreTrainedModel, GenerationMixin):
     """GPT-2 with the LM head and a multiple-choice head on inputs (B, N choices, T).
 
     Args:
