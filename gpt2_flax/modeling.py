@@ -40,6 +40,7 @@ from jax.experimental import checkify
 
 from gpt2_core import outputs as core_outputs
 from gpt2_core.config import GPT2Config
+from gpt2_core.generation import problem_type
 from gpt2_core.inputs import check_ids_shape, dtype_name, stored_dtype_name
 from gpt2_core.outputs import (
     BaseModelOutputWithPastAndCrossAttentions,
@@ -1030,14 +1031,7 @@ def _classification_loss(config: GPT2Config, logits: jax.Array, labels: jax.Arra
     """transformers' problem_type rules: regression (MSE), single-label (CE), multi-label (BCE)."""
     labels = jnp.asarray(labels)
     n = config.num_labels
-    problem = config.problem_type
-    if problem is None:
-        if n == 1:
-            problem = "regression"
-        elif jnp.issubdtype(labels.dtype, jnp.integer):
-            problem = "single_label_classification"
-        else:
-            problem = "multi_label_classification"
+    problem = problem_type(config, jnp.issubdtype(labels.dtype, jnp.integer))
     if problem == "regression":
         labels = labels.astype(jnp.float32)
         if n == 1:

@@ -39,6 +39,7 @@ from torch.utils.checkpoint import checkpoint
 from gpt2_core import checkpoint as ckpt
 from gpt2_core import naming
 from gpt2_core.config import GPT2Config
+from gpt2_core.generation import attention_scale, problem_type
 from gpt2_core.generation_config import GENERATION_CONFIG_NAME, GenerationConfig
 from gpt2_core.inputs import check_ids_shape
 from gpt2_core.outputs import (
@@ -202,10 +203,7 @@ class GPT2Attention(nn.Module):
         self.scale_attn_by_inverse_layer_idx = config.scale_attn_by_inverse_layer_idx
         self.reorder_and_upcast_attn = config.reorder_and_upcast_attn
         # the combined scale, so that SDPA applies the same flags as the eager path
-        scale = 1.0 / math.sqrt(self.head_dim) if self.scale_attn_weights else 1.0
-        if self.scale_attn_by_inverse_layer_idx:
-            scale /= float(layer_idx + 1)
-        self.scale = scale
+        self.scale = attention_scale(config, layer_idx)
         self.attn_implementation = _attn_implementation(config)
         if is_cross_attention:
             self.c_attn = Conv1D(2 * self.embed_dim, self.embed_dim)  # k, v from the encoder
@@ -1158,13 +1156,8 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
     def _classification_loss(self, pooled: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         labels = labels.to(pooled.device)
-        if cfg.problem_type is None:  # inferred once and stored, as transformers
-            if self.num_labels == 1:
-                cfg.problem_type = "regression"
-            elif labels.dtype in (torch.long, torch.int):
-                cfg.problem_type = "single_label_classification"
-            else:
-                cfg.problem_type = "multi_label_classification"
+        # inferred once and stored, as transformers
+        cfg.problem_type = problem_type(cfg, labels.dtype in (torch.long, torch.int))
         if cfg.problem_type == "regression":
             if self.num_labels == 1:
                 return F.mse_loss(pooled.squeeze(), labels.squeeze().to(pooled.dtype))
