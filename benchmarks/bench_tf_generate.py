@@ -174,9 +174,10 @@ def main() -> None:
     prefill_fn = model._generation_functions(spec)["prefill"]
     sc = {"fill": tf.constant(0), "start": tf.constant(0)}
     long_t, ones = tf.constant(long), tf.ones_like(long)
+    positions = tf.range(prefill_len)[None]
 
     def prefill():
-        return prefill_fn(long_t, ones, sc)["logits"].numpy()
+        return prefill_fn(long_t, ones, positions, sc)["logits"].numpy()
 
     t = time.perf_counter()
     prefill()

@@ -36,8 +36,14 @@ import numpy as np
 from flax import nnx
 from jax.experimental import io_callback
 
-from gpt2_core.generation_config import GenerationConfig, sampling_seed
-from gpt2_core.inputs import check_prompt_shape
+from gpt2_core.generation import (
+    BEAM_NEG,
+    beam_filler,
+    prepare_inputs,
+    prompt_position_ids,
+    sampling_seed,
+)
+from gpt2_core.generation_config import GenerationConfig
 
 logger = logging.getLogger(__name__)
 
@@ -81,15 +87,18 @@ class _Options:
 def _params(gen: GenerationConfig, eos: tuple[int, ...], pad: int) -> dict[str, jax.Array]:
     """The numeric settings passed as traced values: changing them does not recompile."""
     return dict(eos=jnp.asarray(eos if eos else (-1,), jnp.int32), pad=jnp.int32(pad),
+                fill=jnp.int32(beam_filler(gen)),
                 temperature=jnp.float32(gen.temperature), top_p=jnp.float32(gen.top_p),
                 repetition_penalty=jnp.float32(gen.repetition_penalty),
                 length_penalty=jnp.float32(gen.length_penalty))
 
 
 # ---------------------------------------------------------------------------- logits processors
-def _process(scores: jax.Array, buf: jax.Array, valid: jax.Array, cur: jax.Array,
-             step: jax.Array, min_new: jax.Array, opts: _Options, params: dict) -> jax.Array:
-    """transformers' processors, in its order: repetition penalty, no-repeat n-gram, min length.
+def process_logits(scores: jax.Array, buf: jax.Array, valid: jax.Array, cur: jax.Array,
+                   step: jax.Array, min_new: jax.Array, opts: _Options,
+                   params: dict) -> jax.Array:
+    """transformers' processors, in its order: repetition penalty, no-repeat n-gram, min length
+    (the numpy reference is :func:`gpt2_core.generation.process_logits`).
 
     ``scores`` (R, V) float32; ``buf`` (R, M) tokens; ``valid`` (R, M) marks the slots that are
     part of the sequence (the user's prompt, pads included as transformers does, and the
@@ -123,7 +132,7 @@ def _process(scores: jax.Array, buf: jax.Array, valid: jax.Array, cur: jax.Array
     return scores
 
 
-def _warp(scores: jax.Array, opts: _Options, params: dict) -> jax.Array:
+def warp_logits(scores: jax.Array, opts: _Options, params: dict) -> jax.Array:
     """Sampling warpers in transformers' order: temperature, top-k, top-p."""
     if opts.use_temperature:
         scores = scores / params["temperature"]
@@ -151,43 +160,50 @@ def _stream_put(stream_id, tokens) -> None:
 
 
 # ---------------------------------------------------------------------------- the program
-def _generate_program(graphdef, opts: _Options, state, ids, mask, offset, max_new, min_new,
-                      key, stream_id, params):
-    """ids/mask (B, Tb) left-padded; ``offset`` = Tb - Tu (first slot of the user's prompt)."""
+def _forward(model, ids, cache, positions, mask):
+    """The transformer over ``ids`` (R, t) into the static cache; float32 logits (R, V) of the
+    last position only (any model with ``transformer`` and ``logits``: the LM and double heads)."""
+    out = model.transformer(ids, past_key_values=cache, attention_mask=mask,
+                            position_ids=positions, use_cache=True, return_dict=True,
+                            deterministic=True)
+    logits = model.logits(out.last_hidden_state[:, -1, :])
+    return logits.astype(jnp.float32), out.past_key_values
+
+
+def _generate_program(graphdef, opts: _Options, state, ids, mask, prompt_pos, offset, max_new,
+                      min_new, key, stream_id, params):
+    """ids/mask (B, Tb) left-padded; ``prompt_pos`` their position ids
+    (:func:`gpt2_core.generation.prompt_position_ids`); ``offset`` = Tb - Tu (first slot of the
+    user's prompt)."""
     _TRACES[opts.mode] += 1
     model = nnx.merge(graphdef, state)
     config = model.config
     B, Tb = ids.shape
-    M, V = opts.cache_len, opts.vocab_size
+    M = opts.cache_len
     nb = opts.num_beams
     R = B * nb
     pad, eos = params["pad"], params["eos"]
 
     full_mask = jnp.concatenate([mask, jnp.ones((B, M - Tb), mask.dtype)], axis=1)  # (B, M)
-    prompt_pos = jnp.where(mask != 0, jnp.cumsum(mask, axis=1) - 1, 1)  # (B, Tb)
     next_pos = jnp.sum(mask, axis=1).astype(jnp.int32)  # (B,) position of the first new token
 
     from gpt2_flax.modeling import KVCache  # modeling imports this module
 
     cache = KVCache.init(config, B, M, model.transformer.dtype)
-    out = model(ids, past_key_values=cache, attention_mask=full_mask, position_ids=prompt_pos,
-                use_cache=True, logits_to_keep=1, deterministic=True)
-    logits, cache = out.logits[:, -1, :].astype(jnp.float32), out.past_key_values  # (B, V)
+    logits, cache = _forward(model, ids, cache, prompt_pos, full_mask)  # (B, V)
 
     buf = jnp.full((B, M), pad, jnp.int32).at[:, :Tb].set(ids.astype(jnp.int32))
     slots = jnp.arange(M)[None, :]
 
     def forward(tokens, cache, pos, row_mask):
-        out = model(tokens[:, None], past_key_values=cache, attention_mask=row_mask,
-                    position_ids=pos[:, None], use_cache=True, deterministic=True)
-        return out.logits[:, -1, :].astype(jnp.float32), out.past_key_values
+        return _forward(model, tokens[:, None], cache, pos[:, None], row_mask)
 
     if opts.mode != "beam":
         def select(logits, step, buf, unfinished):
             valid = (slots >= offset) & (slots < Tb + step)
-            scores = _process(logits, buf, valid, Tb + step, step, min_new, opts, params)
+            scores = process_logits(logits, buf, valid, Tb + step, step, min_new, opts, params)
             if opts.mode == "sample":
-                scores = _warp(scores, opts, params)
+                scores = warp_logits(scores, opts, params)
                 tok = jax.random.categorical(jax.random.fold_in(key, step), scores)
             else:
                 tok = jnp.argmax(scores, axis=-1)
@@ -216,73 +232,39 @@ def _generate_program(graphdef, opts: _Options, state, ids, mask, offset, max_ne
         c = jax.lax.while_loop(cond, body, c)
         return c[1], c[0]
 
-    # ---- beam search (transformers 4.57 `_beam_search`, vectorised)
-    K = max(2, 1 + opts.n_eos) * nb  # candidates kept per step
-    lp, es = params["length_penalty"], opts.early_stopping
+    # ---- beam search (transformers 4.57 `_beam_search`, vectorised, with its state names)
     rows_of = jnp.repeat(jnp.arange(B), nb)  # (R,) beam row -> prompt row
     cache = cache.reorder(rows_of)
     logits = logits[rows_of]
     beam_mask = full_mask[rows_of]
-    # transformers fills beam buffers with `pad_token_id or eos_token_id[0]` (so with pad id 0,
-    # the first EOS id) and finished hypotheses keep that filler after their last token
-    fill = jnp.where(pad != 0, pad, eos[0]) if opts.n_eos else jnp.int32(-1)
-    buf = jnp.where(slots >= Tb, fill.astype(jnp.int32), buf)
-    run_seqs = jnp.broadcast_to(buf[:, None, :], (B, nb, M))
-    run_scores = jnp.zeros((B, nb), jnp.float32).at[:, 1:].set(-1e9)
+    # beam buffers hold the filler (gpt2_core.generation.beam_filler) after the prompt
+    buf = jnp.where(slots >= Tb, params["fill"], buf)
+    running_sequences = jnp.broadcast_to(buf[:, None, :], (B, nb, M))
+    running_beam_indices = jnp.full((B, nb, M - Tb), -1, jnp.int32)
+    n_cand = max(2, 1 + opts.n_eos) * nb
     init = dict(
-        run_seqs=run_seqs, run_scores=run_scores,
-        fin_seqs=run_seqs, fin_scores=jnp.full((B, nb), -1e9, jnp.float32),
-        fin_len=jnp.zeros((B, nb), jnp.int32), is_fin=jnp.zeros((B, nb), bool),
-        heur=jnp.ones((B, 1), bool), all_hit=jnp.zeros((), bool))
-    top_mask = jnp.arange(K) < nb
-
-    def take(x, idx):  # gather along the beam axis; idx (B, k)
-        return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
+        running_sequences=running_sequences,
+        running_beam_scores=jnp.zeros((B, nb), jnp.float32).at[:, 1:].set(BEAM_NEG),
+        running_beam_indices=running_beam_indices,
+        sequences=running_sequences, beam_scores=jnp.full((B, nb), BEAM_NEG, jnp.float32),
+        beam_indices=running_beam_indices, is_sent_finished=jnp.zeros((B, nb), bool),
+        is_early_stop_heuristic_unsatisfied=jnp.ones((B, 1), bool),
+        next_token_hits_stopping_criteria=jnp.zeros((B, n_cand), bool))
 
     def beam_select(logits, step, c):
         valid = (slots >= offset) & (slots < Tb + step)
         scores = jax.nn.log_softmax(logits, axis=-1)
-        scores = _process(scores, c["run_seqs"].reshape(R, M), valid, Tb + step, step, min_new,
-                          opts, params)
-        scores = scores.reshape(B, nb, V) + c["run_scores"][:, :, None]
-        topk_lp, topk_idx = jax.lax.top_k(scores.reshape(B, nb * V), K)  # (B, K)
-        src, tok = topk_idx // V, (topk_idx % V).astype(jnp.int32)
-        topk_seqs = take(c["run_seqs"], src)  # (B, K, M)
-        topk_seqs = jax.lax.dynamic_update_slice(topk_seqs, tok[:, :, None], (0, 0, Tb + step))
-        hits = jnp.isin(tok, eos) | (step + 1 >= max_new)  # (B, K)
-        # running beams for the next step: the best nb candidates that did not stop
-        run_lp = topk_lp + hits.astype(jnp.float32) * -1.0e9
-        nxt = jax.lax.top_k(run_lp, nb)[1]
-        new = dict(run_seqs=take(topk_seqs, nxt), run_scores=take(run_lp, nxt))
-        # finished hypotheses: merge the candidates that just stopped among the top nb
-        just = hits & top_mask[None, :]
-        fin_lp = topk_lp / ((step + 1).astype(jnp.float32) ** lp)
-        full = jnp.all(c["is_fin"], axis=-1, keepdims=True) & (es is True)
-        fin_lp = fin_lp + full.astype(jnp.float32) * -1.0e9
-        fin_lp = fin_lp + (~c["heur"]).astype(jnp.float32) * -1.0e9
-        fin_lp = fin_lp + (~just).astype(jnp.float32) * -1.0e9
-        m_scores = jnp.concatenate([c["fin_scores"], fin_lp], axis=1)
-        best = jax.lax.top_k(m_scores, nb)[1]
-        new["fin_seqs"] = take(jnp.concatenate([c["fin_seqs"], topk_seqs], axis=1), best)
-        new["fin_scores"] = take(m_scores, best)
-        new["fin_len"] = take(jnp.concatenate(
-            [c["fin_len"], jnp.full((B, K), step + 1, jnp.int32)], axis=1), best)
-        new["is_fin"] = take(jnp.concatenate([c["is_fin"], just], axis=1), best)
-        # can the running beams still beat the worst finished one?
-        if es == "never" and opts.positive_length_penalty:
-            best_len = max_new.astype(jnp.float32)
-        else:
-            best_len = (step + 1).astype(jnp.float32)
-        best_running = new["run_scores"][:, :1] / best_len ** lp
-        worst = jnp.where(new["is_fin"], jnp.min(new["fin_scores"], axis=1, keepdims=True), -1.0e9)
-        new["heur"] = c["heur"] & jnp.any(best_running > worst, axis=-1, keepdims=True)
-        new["all_hit"] = jnp.all(hits)
-        flat_src = (jnp.arange(B)[:, None] * nb + take(src, nxt)).reshape(R)
-        return new, flat_src, take(tok, nxt).reshape(R)
+        scores = process_logits(scores, c["running_sequences"].reshape(R, M), valid, Tb + step,
+                                step, min_new, opts, params)
+        new = beam_step(c, scores, step, Tb, max_new, opts, params)
+        src = new["running_beam_indices"][:, :, step].reshape(R)
+        tok = new["running_sequences"][:, :, Tb + step].reshape(R)
+        return new, src, tok
 
     def keep_going(c, step):
-        open_beam = ~(jnp.all(c["is_fin"]) & (es is True))
-        return (step < max_new) & jnp.any(c["heur"]) & open_beam & ~c["all_hit"]
+        open_beam = ~(jnp.all(c["is_sent_finished"]) & (opts.early_stopping is True))
+        return ((step < max_new) & jnp.any(c["is_early_stop_heuristic_unsatisfied"])
+                & open_beam & ~jnp.all(c["next_token_hits_stopping_criteria"]))
 
     c, src, tok = beam_select(logits, jnp.int32(0), init)
     cache = cache.reorder(src)
@@ -300,32 +282,77 @@ def _generate_program(graphdef, opts: _Options, state, ids, mask, offset, max_ne
 
     _, c, *_ = jax.lax.while_loop(cond, body, (jnp.int32(1), c, tok, cache, pos))
     nr = opts.num_return_sequences
-    seqs = c["fin_seqs"][:, :nr].reshape(B * nr, M)
-    return seqs, jnp.max(c["fin_len"][:, :nr])
+    seqs = c["sequences"][:, :nr].reshape(B * nr, M)
+    generated = jnp.sum(c["beam_indices"][:, :nr] >= 0, axis=-1)
+    return seqs, jnp.max(generated)
+
+
+def _take(x: jax.Array, idx: jax.Array) -> jax.Array:
+    """x (B, K, ...) gathered along the beam axis by idx (B, K')."""
+    return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+def beam_step(state: dict, log_probs: jax.Array, step: jax.Array, prompt_len: int,
+              max_new: jax.Array, opts: _Options, params: dict) -> dict:
+    """One step of transformers 4.57's vectorised beam search on the processed ``log_probs``
+    (B * K, V) with its state names; ``step`` tokens generated so far, the running sequences
+    hold ``prompt_len + step`` slots. The numpy reference is
+    :func:`gpt2_core.generation.beam_step`."""
+    B, nb, M = state["running_sequences"].shape
+    V = log_probs.shape[-1]
+    K = max(2, 1 + opts.n_eos) * nb  # candidates kept per step
+    lp, es = params["length_penalty"], opts.early_stopping
+    scores = log_probs.reshape(B, nb, V) + state["running_beam_scores"][:, :, None]
+    topk_log_probs, topk_indices = jax.lax.top_k(scores.reshape(B, nb * V), K)  # (B, K)
+    topk_beam, topk_ids = topk_indices // V, (topk_indices % V).astype(jnp.int32)
+    topk_running_sequences = jax.lax.dynamic_update_slice(
+        _take(state["running_sequences"], topk_beam), topk_ids[:, :, None],
+        (0, 0, prompt_len + step))
+    flat_beam = (topk_beam + jnp.arange(B)[:, None] * nb).astype(jnp.int32)
+    topk_running_beam_indices = jax.lax.dynamic_update_slice(
+        _take(state["running_beam_indices"], topk_beam), flat_beam[:, :, None], (0, 0, step))
+    hits = jnp.isin(topk_ids, params["eos"]) | (step + 1 >= max_new)  # (B, K)
+    # the best nb candidates that did not stop keep running
+    topk_running_log_probs = topk_log_probs + hits.astype(jnp.float32) * BEAM_NEG
+    nxt = jax.lax.top_k(topk_running_log_probs, nb)[1]
+    new = dict(running_sequences=_take(topk_running_sequences, nxt),
+               running_beam_scores=_take(topk_running_log_probs, nxt),
+               running_beam_indices=_take(topk_running_beam_indices, nxt))
+    # finished candidates among the top nb may enter the finished set
+    just_finished = hits & (jnp.arange(K) < nb)[None, :]
+    fin = topk_log_probs / ((step + 1).astype(jnp.float32) ** lp)
+    full = jnp.all(state["is_sent_finished"], axis=-1, keepdims=True) & (es is True)
+    fin = fin + full.astype(jnp.float32) * BEAM_NEG
+    fin = fin + (~state["is_early_stop_heuristic_unsatisfied"]).astype(jnp.float32) * BEAM_NEG
+    fin = fin + (~just_finished).astype(jnp.float32) * BEAM_NEG
+    merged_scores = jnp.concatenate([state["beam_scores"], fin], axis=1)
+    best = jax.lax.top_k(merged_scores, nb)[1]
+    new["sequences"] = _take(
+        jnp.concatenate([state["sequences"], topk_running_sequences], axis=1), best)
+    new["beam_scores"] = _take(merged_scores, best)
+    new["beam_indices"] = _take(
+        jnp.concatenate([state["beam_indices"], topk_running_beam_indices], axis=1), best)
+    new["is_sent_finished"] = _take(
+        jnp.concatenate([state["is_sent_finished"], just_finished], axis=1), best)
+    # can a running beam still beat the worst finished one?
+    if es == "never" and opts.positive_length_penalty:
+        best_len = max_new.astype(jnp.float32)
+    else:
+        best_len = (step + 1).astype(jnp.float32)
+    best_running = new["running_beam_scores"][:, :1] / best_len ** lp
+    worst_finished = jnp.where(new["is_sent_finished"],
+                               jnp.min(new["beam_scores"], axis=1, keepdims=True), BEAM_NEG)
+    new["is_early_stop_heuristic_unsatisfied"] = (
+        state["is_early_stop_heuristic_unsatisfied"]
+        & jnp.any(best_running > worst_finished, axis=-1, keepdims=True))
+    new["next_token_hits_stopping_criteria"] = hits
+    return new
 
 
 _program = jax.jit(_generate_program, static_argnums=(0, 1))
 
 
 # ---------------------------------------------------------------------------- public API
-def _prepare_ids(input_ids: Any, gen: GenerationConfig, vocab_size: int) -> np.ndarray:
-    if input_ids is None:
-        if gen.bos_token_id is None:
-            raise ValueError("generate() needs input_ids or a bos_token_id to start from")
-        return np.full((1, 1), gen.bos_token_id, np.int32)
-    ids = np.asarray(input_ids)
-    if not np.issubdtype(ids.dtype, np.integer) or ids.dtype == np.bool_:
-        raise TypeError(f"input_ids must hold integers, got dtype {ids.dtype}")
-    if ids.ndim == 1:
-        ids = ids[None, :]
-    check_prompt_shape(ids.shape)
-    if ids.min() < 0 or ids.max() >= vocab_size:
-        bad = ids.min() if ids.min() < 0 else ids.max()
-        raise ValueError(f"input_ids contains {bad}, outside [0, {vocab_size}) "
-                         f"(vocab_size={vocab_size})")
-    return ids.astype(np.int32)
-
-
 class GenerationMixin:
     """``generate`` for :class:`gpt2_flax.GPT2LMHeadModel` (see the module docstring)."""
 
@@ -358,22 +385,11 @@ class GenerationMixin:
             generation_config = getattr(self, "generation_config", None)
         gen = GenerationConfig.resolve(generation_config, config, **kwargs)
         gen = gen.for_model(config.vocab_size, has_prompt=input_ids is not None)
-        ids = _prepare_ids(input_ids, gen, config.vocab_size)
+        ids, mask = prepare_inputs(input_ids, attention_mask, gen, config.vocab_size)
+        ids, mask = ids.astype(np.int32), mask.astype(np.int32)
         B, Tu = ids.shape
         eos = tuple(gen.eos_token_ids)
         pad = gen.effective_pad_token_id
-        if attention_mask is None:
-            infer = gen.pad_token_id is not None and gen.pad_token_id not in eos
-            mask = (ids != gen.pad_token_id) if infer and (ids == gen.pad_token_id).any() \
-                else np.ones_like(ids)
-        else:
-            mask = np.asarray(attention_mask)
-            if mask.shape != ids.shape:
-                raise ValueError(f"attention_mask shape {mask.shape} != input_ids shape {ids.shape}")
-        mask = (mask != 0).astype(np.int32)
-        if B > 1 and (mask[:, -1] == 0).any():
-            logger.warning("A decoder-only architecture is being used, but right-padding was "
-                           "detected! For correct generation results, use left padding.")
         max_new = gen.max_new_tokens_for(Tu, config.n_positions)
         if max_new == 0:
             return jnp.asarray(ids)
@@ -421,6 +437,7 @@ class GenerationMixin:
         graphdef, state = nnx.split(self)
         try:
             seqs, n_new = _program(graphdef, opts, state, jnp.asarray(ids_b), jnp.asarray(mask_b),
+                                   jnp.asarray(prompt_position_ids(mask_b), jnp.int32),
                                    jnp.int32(Tb - Tu), jnp.int32(max_new), jnp.int32(min_new),
                                    prng_key, jnp.int32(stream_id), _params(gen, eos, pad))
             n_new = int(n_new)  # waits for the program (and its callbacks) to finish

@@ -42,6 +42,7 @@ from jax.experimental import checkify
 from gpt2_core import naming
 from gpt2_core import outputs as core_outputs
 from gpt2_core.config import GPT2Config
+from gpt2_core.generation import problem_type
 from gpt2_core.inputs import check_ids_shape, dtype_name, stored_dtype_name
 from gpt2_core.outputs import (
     BaseModelOutputWithPastAndCrossAttentions,
@@ -1138,7 +1139,7 @@ class GPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
         return _result(result, return_dict)
 
 
-class GPT2DoubleHeadsModel(GPT2PreTrainedModel):
+class GPT2DoubleHeadsModel(GPT2PreTrainedModel, GenerationMixin):
     """GPT-2 with the LM head and a multiple-choice head on inputs (B, N choices, T).
 
     Args:
@@ -1282,14 +1283,7 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
         """transformers' problem_type rules: regression (MSE), single-label (CE), multi-label (BCE)."""
         labels = jnp.asarray(labels)
         n = self.config.num_labels
-        problem = self.config.problem_type
-        if problem is None:
-            if n == 1:
-                problem = "regression"
-            elif jnp.issubdtype(labels.dtype, jnp.integer):
-                problem = "single_label_classification"
-            else:
-                problem = "multi_label_classification"
+        problem = problem_type(self.config, jnp.issubdtype(labels.dtype, jnp.integer))
         if problem == "regression":
             labels = labels.astype(jnp.float32)
             if n == 1:

@@ -29,8 +29,15 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
-from gpt2_core.generation_config import GenerationConfig, sampling_seed
-from gpt2_core.inputs import check_prompt_shape
+from gpt2_core.generation import (
+    BEAM_NEG,
+    beam_filler,
+    prepare_inputs,
+    prompt_position_ids,
+    sampling_seed,
+)
+from gpt2_core.generation_config import GenerationConfig
+from gpt2_tf import _cpu_kernels
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +50,6 @@ _NEG_INF = float("-inf")
 
 def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
-
-
-def _slot_bias(mask: np.ndarray) -> np.ndarray:
-    """The fused CPU step's additive mask over cache slots: 0 where ``mask`` (R, S) is 1, else
-    half the float32 minimum (finite, as the model's own padding mask)."""
-    return np.where(mask == 1, np.float32(0), np.float32(np.finfo(np.float32).min / 2))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +68,7 @@ class _Spec:
     n_eos: int
     early_stopping: bool | str
     n_return: int = 1  # sequences returned per prompt (beam search)
-    host: bool = False  # forwards run by the host through the fused CPU kernel
+    host: bool = False  # the forwards run on the host (gpt2_tf._cpu_kernels), not in XLA
 
     @property
     def rows(self) -> int:
@@ -103,7 +104,10 @@ class GenerationMixin:
             generation_config if generation_config is not None else self.generation_config,
             cfg, **kwargs)
         gc = gc.for_model(cfg.vocab_size, has_prompt=input_ids is not None)
-        ids, mask = self._host_inputs(input_ids, attention_mask, gc)
+        ids, mask = prepare_inputs(input_ids.numpy() if tf.is_tensor(input_ids) else input_ids,
+                                   attention_mask.numpy() if tf.is_tensor(attention_mask)
+                                   else attention_mask, gc, cfg.vocab_size)
+        ids, mask = ids.astype(np.int32), mask.astype(np.int32)
         B, T = ids.shape
         max_new = gc.max_new_tokens_for(T, cfg.n_positions)
         min_new = gc.min_new_tokens_for(T)
@@ -118,8 +122,7 @@ class GenerationMixin:
         S = _round_up(Tb + max_new, LENGTH_BUCKET)
         eos = gc.eos_token_ids
         pad = gc.effective_pad_token_id
-        # transformers' beam search fills unused slots with `pad_token_id or eos_token_id[0]`
-        fill = pad if (pad != 0 or not eos or not beam) else eos[0]
+        fill = beam_filler(gc) if beam else pad
         top_k = min(gc.top_k, cfg.vocab_size) if gc.do_sample else 0
         spec = _Spec(
             batch=B, expand=expand, prompt_len=Tb, slots=S,
@@ -132,6 +135,7 @@ class GenerationMixin:
         extra = Tb - T
         ids_p = np.concatenate([np.repeat(ids[:, :1], extra, axis=1), ids], axis=1)
         mask_p = np.concatenate([np.zeros((B, extra), np.int32), mask], axis=1)
+        positions = tf.constant(prompt_position_ids(mask_p), tf.int32)  # bucket pads at 1
         seed = sampling_seed(gc.seed)
         sc = {
             "max_new": tf.constant(max_new, tf.int32),
@@ -148,22 +152,20 @@ class GenerationMixin:
         }
         ids_t = tf.constant(ids_p, tf.int32)
         mask_t = tf.constant(mask_p, tf.int32)
-        reason = self._host_decode_reason(spec.rows, S)
+        reason = _cpu_kernels.unsupported_reason(self, spec.rows, S)
         if reason is None:
             spec = dataclasses.replace(spec, host=True)
-            host_sc = {"pad": pad, "eos": np.asarray(eos, np.int64).reshape(-1),
-                       "min_new": min_new}
-            seq, n_new = self._host_generate(spec, ids_t, mask_t, sc, streamer, ids, max_new,
-                                             host_sc)
-            seq = seq.numpy()[:, extra:Tb + int(n_new)]
+            seq, n_new = _cpu_kernels.generate(self, spec, ids_t, mask_t, positions, sc,
+                                               streamer, ids, max_new, min_new)
+            seq = seq[:, extra:Tb + int(n_new)]
             return tf.constant(seq, tf.int32)
         logger.debug("generate: XLA loop (fused CPU step unavailable: %s)", reason)
         fns = self._generation_functions(spec)
         if streamer is None:
-            seq, n_new = fns["full"](ids_t, mask_t, sc)
+            seq, n_new = fns["full"](ids_t, mask_t, positions, sc)
         else:
             streamer.put(ids.copy())
-            state = fns["prefill"](ids_t, mask_t, sc)
+            state = fns["prefill"](ids_t, mask_t, positions, sc)
             while True:
                 before = int(state["step"])
                 state = fns["loop"](state, sc, tf.constant(before + 1, tf.int32))
@@ -181,206 +183,37 @@ class GenerationMixin:
         """How many times a generation function was traced (compiled) for this model."""
         return self.__dict__.get("_gen_traces", 0)
 
-    # ------------------------------------------------------------------ host-side preparation
-    def _host_inputs(self, input_ids, attention_mask, gc: GenerationConfig):
-        V = self.config.vocab_size
-        if input_ids is None:
-            if gc.bos_token_id is None:
-                raise ValueError("give input_ids, or set bos_token_id to start from it")
-            input_ids = [[gc.bos_token_id]]
-        ids = np.asarray(input_ids.numpy() if tf.is_tensor(input_ids) else input_ids)
-        if ids.dtype.kind not in "iu":
-            raise TypeError(f"input_ids must hold integers, got dtype {ids.dtype}")
-        if ids.ndim == 1:
-            ids = ids[None]
-        check_prompt_shape(ids.shape)
-        bad = ids[(ids < 0) | (ids >= V)]
-        if bad.size:
-            raise ValueError(f"input_ids contains {bad.flat[0]}, outside the vocabulary [0, {V})")
-        ids = ids.astype(np.int32)
-        pad, eos = gc.effective_pad_token_id, gc.eos_token_ids
-        if attention_mask is None:
-            # transformers: infer from padding only when pad is present and differs from EOS
-            if (ids == pad).any() and pad not in eos:
-                mask = (ids != pad).astype(np.int32)
-            else:
-                mask = np.ones_like(ids)
-        else:
-            mask = np.asarray(attention_mask.numpy() if tf.is_tensor(attention_mask)
-                              else attention_mask)
-            if mask.ndim == 1:
-                mask = mask[None]
-            if mask.shape != ids.shape:
-                raise ValueError(f"attention_mask shape {mask.shape} != input_ids shape "
-                                 f"{ids.shape}")
-            if not np.isin(mask, (0, 1)).all():
-                raise ValueError("attention_mask must hold only 0 and 1")
-            mask = mask.astype(np.int32)
-        if (mask[:, -1] == 0).any():
-            logger.warning("A decoder-only architecture is being used, but right-padding was "
-                           "detected! For correct generation results, please set "
-                           "padding_side='left' when initializing the tokenizer.")
-        return ids, mask
-
+    # ------------------------------------------------------------------ compiled functions
     def _generation_functions(self, spec: _Spec) -> dict[str, Any]:
+        """The compiled pieces for one static setting: ``full`` (the whole decode), ``prefill``
+        and ``loop`` (streaming in chunks), and ``select`` (choose the next tokens from
+        ``state["logits"]`` without a forward: what the host-side CPU kernel path calls)."""
         # a plain dict set with object.__setattr__: Keras / SavedModel tracking must not see it
         cache = self.__dict__.get("_gen_fns")
         if cache is None:
             cache = {}
             object.__setattr__(self, "_gen_fns", cache)
         if spec not in cache:
-            def full(ids, mask, sc):
-                state = self._gen_prefill(spec, ids, mask, sc)
+            def full(ids, mask, positions, sc):
+                state = self._gen_prefill(spec, ids, mask, positions, sc)
                 state = self._gen_loop(spec, state, sc, sc["max_new"])
-                if spec.mode == "beam":
-                    return self._beam_result(spec, state)
-                return state["seq"], state["step"]
+                return self._gen_result(spec, state)
 
-            body = self._beam_step if spec.mode == "beam" else self._sample_step
+            def select(state, sc):
+                self._count_trace()
+                return self._select(spec, sc, state)
+
             cache[spec] = {
-                "select": tf.function(lambda state, sc: self._select(body, spec, sc, state),
-                                      jit_compile=True),
+                "select": tf.function(select, jit_compile=True),
                 "full": tf.function(full, jit_compile=True),
-                "prefill": tf.function(lambda ids, mask, sc: self._gen_prefill(spec, ids, mask, sc),
-                                       jit_compile=True),
+                "prefill": tf.function(
+                    lambda ids, mask, positions, sc: self._gen_prefill(spec, ids, mask,
+                                                                       positions, sc),
+                    jit_compile=True),
                 "loop": tf.function(lambda state, sc, stop: self._gen_loop(spec, state, sc, stop),
                                     jit_compile=True),
             }
         return cache[spec]
-
-    # ------------------------------------------------------------------ fused CPU decoding
-    def _host_decode_reason(self, rows: int, slots: int) -> str | None:
-        """``None`` when decoding can run through :class:`gpt2_core.cpu_kernels.DecodeStep`
-        (fp32 weights on the CPU, no accelerator, no cross-attention), else why not."""
-        from gpt2_core import cpu_kernels
-
-        reason = cpu_kernels.DecodeStep.unsupported_reason(self.config, rows, slots)
-        if reason is not None:
-            return reason
-        if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
-            return "an accelerator is visible (the XLA loop runs there)"
-        if self.transformer.compute_dtype != "float32":
-            return f"compute dtype {self.transformer.compute_dtype}"
-        for v in self.weights:
-            if v.dtype != "float32":
-                return f"variable {v.path} is {v.dtype}"
-            device = getattr(getattr(v, "value", v), "device", "") or ""
-            if device and "CPU" not in device.upper():
-                return f"variable {v.path} is on {device}"
-        return None
-
-    def _kernel_weights(self) -> tuple[dict[str, np.ndarray], bool, list]:
-        """Canonical name -> zero-copy numpy view of each variable (a read of the variable:
-        later assignments copy-on-write, so the views stay valid and unchanged), whether the LM
-        head is stored (C, V), and the tensors to keep alive."""
-        from gpt2_tf import weights as W
-
-        arrays, keep = {}, []
-        for name, var in W.variable_map(self).items():
-            v = getattr(var, "value", var)
-            t = v.read_value() if hasattr(v, "read_value") else tf.convert_to_tensor(v)
-            try:
-                a = t._numpy()  # shares the CPU buffer
-            except AttributeError:
-                a = np.asarray(t)
-            keep.append(t)
-            arrays[name] = a
-        head_transposed = "lm_head.weight" in arrays and "lm_head.weight" in W.TRANSPOSED
-        arrays.update(getattr(self, "int8_weights", {}))  # gpt2_tf.quantize: int8 + scales
-        arrays.setdefault("lm_head.weight", arrays["transformer.wte.weight"])  # tied
-        return arrays, head_transposed, keep
-
-    def _host_generate(self, spec: _Spec, ids_t, mask_t, sc, streamer, ids, max_new: int,
-                       host_sc: dict):
-        """The XLA prefill, then per token: one XLA call choosing the token (processors,
-        sampling or beam search, stopping) and one fused CPU-kernel forward on the host.
-        Plain greedy search (no repetition penalty or n-gram ban) chooses on the host too: an
-        argmax needs no compiled call, which costs ~1.3 ms per token here."""
-        from gpt2_core import cpu_kernels
-
-        fns = self._generation_functions(spec)
-        Tb, R = spec.prompt_len, spec.rows
-        state = dict(fns["prefill"](ids_t, mask_t, sc))
-        cache = state.pop("cache")
-        keys = [np.array(k, np.float32) for k, _ in cache]  # writable (R, H, S, D) buffers
-        values = [np.array(v, np.float32) for _, v in cache]
-        weights, head_transposed, keep = self._kernel_weights()
-        step_fn = cpu_kernels.DecodeStep(self.config, weights, keys, values, R,
-                                         head_transposed=head_transposed)
-        if spec.mode == "greedy" and not spec.repetition and not spec.ngram:
-            try:
-                return self._host_greedy(spec, state, step_fn, host_sc, streamer, ids, max_new)
-            finally:
-                del keep
-        state["tokens"] = tf.zeros([R], tf.int32)
-        if spec.mode == "beam":
-            state["reorder"] = tf.range(R, dtype=tf.int32)
-        if streamer is not None:
-            streamer.put(ids.copy())
-        identity = np.arange(R)
-        while True:
-            state = fns["select"](state, sc)
-            step = int(state["step"])
-            if streamer is not None:
-                streamer.put(state["tokens"].numpy())
-            if bool(state["finished"]) or step >= max_new:
-                break
-            if spec.mode == "beam":
-                idx = state["reorder"].numpy()
-                if not np.array_equal(idx, identity):
-                    for buf in (*keys, *values):
-                        buf[...] = buf[idx]
-            logits = step_fn(state["tokens"].numpy(), state["pos"].numpy() - 1,
-                             _slot_bias(state["mask"].numpy()), Tb + step - 1)
-            state["logits"] = tf.constant(logits)
-        del keep
-        if streamer is not None:
-            streamer.end()
-        if spec.mode == "beam":
-            return self._beam_result(spec, state)
-        return state["seq"], state["step"]
-
-    @staticmethod
-    def _host_greedy(spec: _Spec, state, step_fn, host_sc: dict, streamer, ids, max_new: int):
-        """Greedy search on the host, step for step what ``_sample_step`` does in XLA: EOS
-        suppressed before ``min_new_tokens``, argmax (first maximum), finished rows padded,
-        stop when every row has emitted an EOS."""
-        Tb = spec.prompt_len
-        seq = np.array(state["seq"])  # (R, S) writable copies
-        mask = np.array(state["mask"])
-        pos = np.array(state["pos"], np.int64)
-        logits = np.asarray(state["logits"])
-        done = np.zeros(seq.shape[0], bool)
-        pad, eos, min_new = host_sc["pad"], host_sc["eos"], host_sc["min_new"]
-        if streamer is not None:
-            streamer.put(ids.copy())
-        step = 0
-        while step < max_new:
-            scores = logits
-            if eos.size and step < min_new:
-                scores = scores.copy()
-                scores[:, eos] = -np.inf
-            tokens = np.where(done, pad, scores.argmax(-1)).astype(np.int32)
-            if eos.size:
-                done |= np.isin(tokens, eos)
-            cur = Tb + step
-            seq[:, cur] = tokens
-            mask[:, cur] = 1
-            step += 1
-            if streamer is not None:
-                streamer.put(tokens.copy())
-            if done.all() or step >= max_new:
-                break
-            logits = step_fn(tokens, pos, _slot_bias(mask), cur)
-            pos += 1
-        if streamer is not None:
-            streamer.end()
-        return tf.constant(seq), step
-
-    def _select(self, body, spec: _Spec, sc, state):
-        """Choose the next tokens from ``state["logits"]`` (no forward: ``spec.host``)."""
-        self._count_trace()
-        return body(spec, sc, state)
 
     def _count_trace(self) -> None:
         # runs only while tracing: a Python side effect inside tf.function
@@ -397,15 +230,14 @@ class GenerationMixin:
         logits = self._lm_logits(out.last_hidden_state[:, -1:, :])[:, 0]
         return tf.cast(logits, tf.float32), out.past_key_values
 
-    def _gen_prefill(self, spec: _Spec, ids, mask, sc):
-        """Run the (bucketed, left-padded) prompt; return the loop state for K rows."""
+    def _gen_prefill(self, spec: _Spec, ids, mask, positions, sc):
+        """Run the (bucketed, left-padded) prompt; return the loop state for R rows.
+        ``positions`` come from :func:`gpt2_core.generation.prompt_position_ids`."""
         self._count_trace()
         cfg = self.config
         B, Tb, S, R = spec.batch, spec.prompt_len, spec.slots, spec.rows
         H, D = cfg.n_head, cfg.head_dim
         mask_s = tf.pad(mask, [[0, 0], [0, S - Tb]])  # (B, S)
-        # transformers 4.x: positions = cumsum(mask) - 1, pads set to 1
-        positions = tf.where(mask == 1, tf.cumsum(mask, axis=1) - 1, 1)
         dtype = self.transformer.compute_dtype
         cache = tuple((tf.zeros([B, H, S, D], dtype), tf.zeros([B, H, S, D], dtype))
                       for _ in range(cfg.n_layer))
@@ -414,31 +246,38 @@ class GenerationMixin:
         def rep(x):  # (B, ...) -> (R, ...), each prompt repeated `expand` times
             return tf.repeat(x, spec.expand, axis=0) if spec.expand > 1 else x
 
-        seq = tf.concat([ids, tf.fill([B, S - Tb], sc["fill"])], axis=1)  # (B, S)
+        seq = rep(tf.concat([ids, tf.fill([B, S - Tb], sc["fill"])], axis=1))  # (R, S)
         state = {
             "step": tf.constant(0, tf.int32),
             "finished": tf.constant(False),
-            "seq": rep(seq),
             "mask": rep(mask_s),
             "pos": rep(tf.reduce_sum(mask, axis=1)),  # position of the next token
             "logits": rep(logits),
             "cache": tf.nest.map_structure(rep, cache),
+            "tokens": tf.zeros([R], tf.int32),  # the last chosen tokens
         }
         if spec.repetition:
-            state["presence"] = self._presence(state["seq"], sc["start"], Tb)
-        if spec.mode == "beam":
+            state["presence"] = self._presence(seq, sc["start"], Tb)
+        if spec.mode == "beam":  # transformers' beam-search state, its names
             nb = spec.expand
+            n_cand = max(2, 1 + spec.n_eos) * nb
+            running_sequences = tf.reshape(seq, [B, nb, S])
+            running_beam_indices = tf.fill([B, nb, S - Tb], -1)
             state.update({
-                "done": tf.zeros([R], tf.bool),
-                "running_scores": tf.tile(
-                    tf.constant([[0.0] + [-1e9] * (nb - 1)], tf.float32), [B, 1]),
-                "beam_seq": tf.reshape(state["seq"], [B, nb, S]),
-                "beam_scores": tf.fill([B, nb], -1e9),
-                "beam_finished": tf.zeros([B, nb], tf.bool),
-                "beam_len": tf.zeros([B, nb], tf.int32),
-                "improvable": tf.ones([B, 1], tf.bool),
+                "beam_idx": tf.range(R, dtype=tf.int32),  # the rows' source rows (cache reorder)
+                "running_sequences": running_sequences,
+                "running_beam_scores": tf.tile(
+                    tf.constant([[0.0] + [BEAM_NEG] * (nb - 1)], tf.float32), [B, 1]),
+                "running_beam_indices": running_beam_indices,
+                "sequences": running_sequences,
+                "beam_scores": tf.fill([B, nb], BEAM_NEG),
+                "beam_indices": running_beam_indices,
+                "is_sent_finished": tf.zeros([B, nb], tf.bool),
+                "is_early_stop_heuristic_unsatisfied": tf.ones([B, 1], tf.bool),
+                "next_token_hits_stopping_criteria": tf.zeros([B, n_cand], tf.bool),
             })
         else:
+            state["seq"] = seq
             state["done"] = tf.zeros([R], tf.bool)
         return state
 
@@ -452,14 +291,16 @@ class GenerationMixin:
         upd = tf.broadcast_to(valid[None], [R, S])
         return tf.tensor_scatter_nd_max(tf.zeros([R, self.config.vocab_size]), idx, upd)
 
-    def _process(self, spec: _Spec, sc, scores, state):
-        """transformers' logits processors in its order: repetition, n-gram, min new tokens."""
-        step, seq = state["step"], state["seq"]
+    def process_logits(self, spec: _Spec, sc, scores, seq, step, presence=None):
+        """transformers' logits processors in its order: repetition penalty, no-repeat
+        n-grams, EOS banned before ``min_new_tokens``. ``seq`` (R, S) the running sequences,
+        ``step`` tokens generated so far, ``presence`` (R, V) the tokens seen (repetition).
+        The numpy reference is :func:`gpt2_core.generation.process_logits`."""
         cur = spec.prompt_len + step
         if spec.repetition:
             p = sc["repetition_penalty"]
             penalised = tf.where(scores < 0, scores * p, scores / p)
-            scores = tf.where(state["presence"] > 0, penalised, scores)
+            scores = tf.where(presence > 0, penalised, scores)
         if spec.ngram:
             scores = tf.where(self._banned_ngrams(seq, sc["start"], cur, spec.ngram) > 0,
                               _NEG_INF, scores)
@@ -481,11 +322,12 @@ class GenerationMixin:
         p = tf.range(W)
         hit = match & ((p >= start) & (p <= cur - n))[None, :]
         rows = tf.broadcast_to(tf.range(R)[:, None], [R, W])
+        # a filler of -1 (beam search without EOS) lies outside [0, V): XLA drops it
         idx = tf.stack([rows, cols[n - 1]], axis=-1)  # (R, W, 2)
         return tf.tensor_scatter_nd_max(tf.zeros([R, self.config.vocab_size]), idx,
                                         tf.cast(hit, tf.float32))
 
-    def _warp(self, spec: _Spec, sc, scores):
+    def warp_logits(self, spec: _Spec, sc, scores):
         """Sampling warpers in transformers' order: temperature, top-k, top-p."""
         scores = scores / sc["temperature"]
         if spec.top_k:
@@ -503,46 +345,56 @@ class GenerationMixin:
         return scores
 
     def _gen_loop(self, spec: _Spec, state, sc, stop):
-        """Decode until max_new_tokens, every row done, or ``stop`` steps (streaming chunks)."""
+        """Decode until max_new_tokens, every row done, or ``stop`` steps (streaming chunks):
+        each iteration chooses the next tokens, then runs their forward."""
         self._count_trace()
 
         def cond(state):
             return (state["step"] < stop) & (state["step"] < sc["max_new"]) & ~state["finished"]
 
-        body = self._beam_step if spec.mode == "beam" else self._sample_step
-        (state,) = tf.while_loop(cond, lambda s: (body(spec, sc, s),), (state,))
+        def body(state):
+            return (self._forward_next(spec, sc, self._select(spec, sc, state)),)
+
+        (state,) = tf.while_loop(cond, body, (state,))
         return state
 
-    def _advance(self, spec, sc, state, tokens, finished):
-        """Write tokens (R,) at the current slot, run the next forward unless finished."""
-        cur = spec.prompt_len + state["step"]
-        seq = xla.dynamic_update_slice(state["seq"], tokens[:, None], [0, cur])
-        mask = xla.dynamic_update_slice(state["mask"], tf.ones_like(tokens)[:, None], [0, cur])
-        step = state["step"] + 1
-        if spec.host:  # the host runs the forward of `tokens` (at slot `cur`) itself
-            new = dict(state, seq=seq, mask=mask, step=step, tokens=tokens,
-                       pos=state["pos"] + 1, finished=finished)
-            if spec.repetition:
-                new["presence"] = tf.maximum(state["presence"],
-                                             tf.one_hot(tokens, self.config.vocab_size))
-            return new
-        run = (step < sc["max_new"]) & ~finished
+    def _forward_next(self, spec: _Spec, sc, state):
+        """The forward of the tokens just chosen (skipped once generation is over); beam
+        search first moves each row's cache to its source beam."""
+        cache = state["cache"]
+        if spec.mode == "beam":
+            cache = tf.nest.map_structure(lambda t: tf.gather(t, state["beam_idx"]), cache)
+        slot = spec.prompt_len + state["step"] - 1
+        run = (state["step"] < sc["max_new"]) & ~state["finished"]
         logits, cache = tf.cond(
             run,
-            lambda: self._gen_forward(tokens[:, None], state["pos"][:, None], mask,
-                                      state["cache"], cur),
-            lambda: (state["logits"], state["cache"]))
-        new = dict(state, seq=seq, mask=mask, step=step, logits=logits, cache=cache,
-                   pos=state["pos"] + 1, finished=finished)
+            lambda: self._gen_forward(state["tokens"][:, None], state["pos"][:, None] - 1,
+                                      state["mask"], cache, slot),
+            lambda: (state["logits"], cache))
+        return dict(state, logits=logits, cache=cache)
+
+    def _select(self, spec: _Spec, sc, state):
+        """Choose the next tokens from ``state["logits"]`` and advance the state (no forward)."""
+        if spec.mode == "beam":
+            return self._beam_select(spec, sc, state)
+        return self._sample_select(spec, sc, state)
+
+    def _advance(self, spec: _Spec, state, tokens, finished, **updates):
+        """Book the chosen tokens (R,): the slot becomes visible, positions and step advance."""
+        cur = spec.prompt_len + state["step"]
+        mask = xla.dynamic_update_slice(state["mask"], tf.ones_like(tokens)[:, None], [0, cur])
+        new = dict(state, mask=mask, step=state["step"] + 1, tokens=tokens,
+                   pos=state["pos"] + 1, finished=finished, **updates)
         if spec.repetition:
-            new["presence"] = tf.maximum(state["presence"],
+            new["presence"] = tf.maximum(new["presence"],
                                          tf.one_hot(tokens, self.config.vocab_size))
         return new
 
-    def _sample_step(self, spec: _Spec, sc, state):
-        scores = self._process(spec, sc, state["logits"], state)
+    def _sample_select(self, spec: _Spec, sc, state):
+        scores = self.process_logits(spec, sc, state["logits"], state["seq"], state["step"],
+                                     state.get("presence"))
         if spec.mode == "sample":
-            scores = self._warp(spec, sc, scores)
+            scores = self.warp_logits(spec, sc, scores)
             seed = tf.stack([sc["seed"], state["step"]])
             tokens = tf.random.stateless_categorical(scores, 1, seed=seed, dtype=tf.int32)[:, 0]
         else:
@@ -550,81 +402,98 @@ class GenerationMixin:
         done = state["done"]
         tokens = tf.where(done, sc["pad"], tokens)
         done = done | tf.reduce_any(tokens[:, None] == sc["eos"][None, :], axis=-1)
-        state = dict(state, done=done)
-        return self._advance(spec, sc, state, tokens, tf.reduce_all(done))
+        cur = spec.prompt_len + state["step"]
+        seq = xla.dynamic_update_slice(state["seq"], tokens[:, None], [0, cur])
+        return self._advance(spec, state, tokens, tf.reduce_all(done), seq=seq, done=done)
 
-    def _beam_step(self, spec: _Spec, sc, state):
-        """One step of transformers' vectorised beam search (GenerationMixin._beam_search)."""
-        B, nb, S, V = spec.batch, spec.expand, spec.slots, self.config.vocab_size
+    def beam_step(self, spec: _Spec, sc, state, log_probs):
+        """One step of transformers 4.57's vectorised beam search (``_beam_search``) on the
+        processed ``log_probs`` (R, V), with its state names; the numpy reference is
+        :func:`gpt2_core.generation.beam_step`. Returns the new beam entries of the state."""
+        B, nb, V = spec.batch, spec.expand, self.config.vocab_size
         K = max(2, 1 + spec.n_eos) * nb  # candidates kept: enough to refill after EOS
         step = state["step"]
         cur = spec.prompt_len + step
-        log_probs = self._process(spec, sc, tf.nn.log_softmax(state["logits"], axis=-1), state)
-        log_probs = tf.reshape(log_probs, [B, nb, V]) + state["running_scores"][:, :, None]
-        top_lp, top_idx = tf.math.top_k(tf.reshape(log_probs, [B, nb * V]), K)  # (B, K)
-        src, tok = top_idx // V, top_idx % V
-        top_seq = tf.gather(tf.reshape(state["seq"], [B, nb, S]), src, batch_dims=1)  # (B, K, S)
-        top_seq = xla.dynamic_update_slice(top_seq, tok[:, :, None], [0, 0, cur])
-        hits = tf.reduce_any(tok[:, :, None] == sc["eos"][None, None, :], axis=-1)
-        hits = hits | (step + 1 >= sc["max_new"])  # max-length criterion
-        # running beams for the next step: the best nb candidates that did not stop
-        running_lp = top_lp + tf.cast(hits, tf.float32) * -1e9
-        nxt = tf.math.top_k(running_lp, nb).indices  # (B, nb)
-        run_seq = tf.gather(top_seq, nxt, batch_dims=1)
-        run_scores = tf.gather(running_lp, nxt, batch_dims=1)
-        run_src = tf.gather(src, nxt, batch_dims=1)
-        # finished hypotheses: merge the new ones (top nb candidates only) with the kept ones
-        just = hits & (tf.range(K) < nb)[None, :]
+        scores = tf.reshape(log_probs, [B, nb, V]) + state["running_beam_scores"][:, :, None]
+        topk_log_probs, topk_indices = tf.math.top_k(tf.reshape(scores, [B, nb * V]), K)
+        topk_beam, topk_ids = topk_indices // V, topk_indices % V  # (B, K)
+        topk_running_sequences = tf.gather(state["running_sequences"], topk_beam, batch_dims=1)
+        topk_running_sequences = xla.dynamic_update_slice(topk_running_sequences,
+                                                          topk_ids[:, :, None], [0, 0, cur])
+        topk_running_beam_indices = tf.gather(state["running_beam_indices"], topk_beam,
+                                              batch_dims=1)
+        flat_beam = topk_beam + tf.range(B)[:, None] * nb  # (B, K) rows of the sources
+        topk_running_beam_indices = xla.dynamic_update_slice(
+            topk_running_beam_indices, flat_beam[:, :, None], [0, 0, step])
+        # which candidates stop here (EOS or max length)
+        hits = tf.reduce_any(topk_ids[:, :, None] == sc["eos"][None, None, :], axis=-1)
+        hits = hits | (step + 1 >= sc["max_new"])
+        # the best nb candidates that did not stop keep running
+        topk_running_log_probs = topk_log_probs + tf.cast(hits, tf.float32) * BEAM_NEG
+        nxt = tf.math.top_k(topk_running_log_probs, nb).indices  # (B, nb)
+        new = {
+            "running_sequences": tf.gather(topk_running_sequences, nxt, batch_dims=1),
+            "running_beam_scores": tf.gather(topk_running_log_probs, nxt, batch_dims=1),
+            "running_beam_indices": tf.gather(topk_running_beam_indices, nxt, batch_dims=1),
+        }
+        # finished candidates among the top nb may enter the finished set
+        just_finished = hits & (tf.range(K) < nb)[None, :]
         lp = sc["length_penalty"]
-        fin = top_lp / tf.pow(tf.cast(step + 1, tf.float32), lp)
+        fin = topk_log_probs / tf.pow(tf.cast(step + 1, tf.float32), lp)
         if spec.early_stopping is True:
-            full = tf.reduce_all(state["beam_finished"], axis=-1, keepdims=True)
-            fin += tf.cast(full, tf.float32) * -1e9
-        fin += tf.cast(~state["improvable"], tf.float32) * -1e9
-        fin += tf.cast(~just, tf.float32) * -1e9
-        m_seq = tf.concat([state["beam_seq"], top_seq], axis=1)
-        m_scores = tf.concat([state["beam_scores"], fin], axis=1)
-        m_fin = tf.concat([state["beam_finished"], just], axis=1)
-        m_len = tf.concat([state["beam_len"], tf.fill([B, K], step + 1)], axis=1)
-        keep = tf.math.top_k(m_scores, nb).indices
-        beam_seq = tf.gather(m_seq, keep, batch_dims=1)
-        beam_scores = tf.gather(m_scores, keep, batch_dims=1)
-        beam_finished = tf.gather(m_fin, keep, batch_dims=1)
-        beam_len = tf.gather(m_len, keep, batch_dims=1)
-        # stopping: can a running beam still beat the worst finished one?
+            full = tf.reduce_all(state["is_sent_finished"], axis=-1, keepdims=True)
+            fin += tf.cast(full, tf.float32) * BEAM_NEG
+        fin += tf.cast(~state["is_early_stop_heuristic_unsatisfied"], tf.float32) * BEAM_NEG
+        fin += tf.cast(~just_finished, tf.float32) * BEAM_NEG
+        merged_scores = tf.concat([state["beam_scores"], fin], axis=1)
+        best = tf.math.top_k(merged_scores, nb).indices
+        new["sequences"] = tf.gather(
+            tf.concat([state["sequences"], topk_running_sequences], axis=1), best, batch_dims=1)
+        new["beam_scores"] = tf.gather(merged_scores, best, batch_dims=1)
+        new["beam_indices"] = tf.gather(
+            tf.concat([state["beam_indices"], topk_running_beam_indices], axis=1), best,
+            batch_dims=1)
+        new["is_sent_finished"] = tf.gather(
+            tf.concat([state["is_sent_finished"], just_finished], axis=1), best, batch_dims=1)
+        # can a running beam still beat the worst finished one?
         new_len = tf.cast(step + 1, tf.float32)
         if spec.early_stopping == "never":
             best_len = tf.where(lp > 0.0, tf.cast(sc["max_new"], tf.float32), new_len)
         else:
             best_len = new_len
-        best_running = run_scores[:, :1] / tf.pow(best_len, lp)
-        worst = tf.where(beam_finished,
-                         tf.reduce_min(beam_scores, axis=1, keepdims=True), -1e9)
-        improvable = state["improvable"] & tf.reduce_any(best_running > worst, axis=-1,
-                                                         keepdims=True)
-        unfinished = tf.reduce_any(improvable) & ~tf.reduce_all(hits)
-        if spec.early_stopping is True:
-            unfinished &= ~tf.reduce_all(beam_finished)
-        # reorder the rows (cache, presence) to follow their source beams
-        flat_src = tf.reshape(run_src + tf.range(B)[:, None] * nb, [-1])  # (R,)
-        if spec.host:  # the host reorders its cache buffers
-            moved = {"reorder": flat_src}
-        else:
-            moved = {"cache": tf.nest.map_structure(lambda t: tf.gather(t, flat_src),
-                                                    state["cache"])}
-        state = dict(
-            state,
-            seq=tf.gather(state["seq"], flat_src),
-            **moved,
-            running_scores=run_scores, beam_seq=beam_seq, beam_scores=beam_scores,
-            beam_finished=beam_finished, beam_len=beam_len, improvable=improvable)
-        if spec.repetition:
-            state["presence"] = tf.gather(state["presence"], flat_src)
-        tokens = tf.reshape(run_seq[:, :, :], [B * nb, S])
-        tokens = tf.slice(tokens, [0, cur], [B * nb, 1])[:, 0]
-        return self._advance(spec, sc, state, tokens, ~unfinished)
+        best_running = new["running_beam_scores"][:, :1] / tf.pow(best_len, lp)
+        worst_finished = tf.where(new["is_sent_finished"],
+                                  tf.reduce_min(new["beam_scores"], axis=1, keepdims=True),
+                                  BEAM_NEG)
+        new["is_early_stop_heuristic_unsatisfied"] = (
+            state["is_early_stop_heuristic_unsatisfied"]
+            & tf.reduce_any(best_running > worst_finished, axis=-1, keepdims=True))
+        new["next_token_hits_stopping_criteria"] = hits
+        return new
 
-    def _beam_result(self, spec: _Spec, state):
+    def _beam_select(self, spec: _Spec, sc, state):
+        """Beam search's choice: :meth:`beam_step`, then the rows follow their source beams."""
+        B, nb, S = spec.batch, spec.expand, spec.slots
+        step = state["step"]
+        running = tf.reshape(state["running_sequences"], [B * nb, S])
+        log_probs = self.process_logits(spec, sc, tf.nn.log_softmax(state["logits"], axis=-1),
+                                        running, step, state.get("presence"))
+        new = self.beam_step(spec, sc, state, log_probs)
+        finished = ~(tf.reduce_any(new["is_early_stop_heuristic_unsatisfied"])
+                     & ~tf.reduce_all(new["next_token_hits_stopping_criteria"]))
+        if spec.early_stopping is True:
+            finished |= tf.reduce_all(new["is_sent_finished"])
+        beam_idx = tf.reshape(new["running_beam_indices"][:, :, step], [-1])  # (R,)
+        tokens = tf.reshape(new["running_sequences"][:, :, spec.prompt_len + step], [-1])
+        if spec.repetition:
+            new["presence"] = tf.gather(state["presence"], beam_idx)
+        return self._advance(spec, state, tokens, finished, beam_idx=beam_idx, **new)
+
+    def _gen_result(self, spec: _Spec, state):
+        """The sequences (R', S) and how many new tokens they hold."""
+        if spec.mode != "beam":
+            return state["seq"], state["step"]
         n, B, S = spec.n_return, spec.batch, spec.slots
-        seqs = tf.reshape(state["beam_seq"][:, :n], [B * n, S])
-        return seqs, tf.reduce_max(state["beam_len"][:, :n])
+        seqs = tf.reshape(state["sequences"][:, :n], [B * n, S])
+        generated = tf.reduce_sum(tf.cast(state["beam_indices"][:, :n] >= 0, tf.int32), axis=-1)
+        return seqs, tf.reduce_max(generated)

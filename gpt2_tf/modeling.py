@@ -35,6 +35,7 @@ from tensorflow.compiler.tf2xla.python import xla
 from gpt2_core import naming
 from gpt2_core import outputs as core_outputs
 from gpt2_core.config import GPT2Config
+from gpt2_core.generation import problem_type
 from gpt2_core.inputs import check_ids_shape, dtype_name, stored_dtype_name
 
 logger = logging.getLogger(__name__)
@@ -1340,14 +1341,7 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
 
     def _classification_loss(self, pooled, labels):
         n = self.config.num_labels
-        problem = self.config.problem_type
-        if problem is None:
-            if n == 1:
-                problem = "regression"
-            elif labels.dtype.is_integer:
-                problem = "single_label_classification"
-            else:
-                problem = "multi_label_classification"
+        problem = problem_type(self.config, labels.dtype.is_integer)
         pooled = tf.cast(pooled, tf.float32)
         if problem == "regression":
             labels = tf.cast(labels, tf.float32)

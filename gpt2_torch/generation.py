@@ -23,19 +23,22 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gpt2_core.generation import (
+    BEAM_NEG,
+    banned_ngram_tokens,
+    beam_filler,
+    prepare_inputs,
+    prompt_position_ids,
+)
 from gpt2_core.generation_config import GenerationConfig
-from gpt2_core.inputs import check_prompt_shape
 from gpt2_core.outputs import ModelOutput
 from gpt2_torch import _cpu_kernels
 from gpt2_torch.modeling import (
     GPT2PreTrainedModel,
     StaticCache,
-    _check_ids,
-    encoder_attention_bias,
 )
 
 logger = logging.getLogger(__name__)
@@ -76,43 +79,23 @@ def _lm_logits(model: GPT2PreTrainedModel, h: torch.Tensor, head_w: torch.Tensor
     return h @ head_w
 
 
-def _forward_step(model: GPT2PreTrainedModel, head_w: torch.Tensor, cache: StaticCache,
-                  input_ids: torch.Tensor, position_ids: torch.Tensor,
-                  cache_position: torch.Tensor, bias: torch.Tensor,
-                  encoder: tuple[torch.Tensor, torch.Tensor | None, list] | None = None,
-                  ) -> torch.Tensor:
-    """Run ``input_ids`` (B, T) through the model into ``cache``; logits (B, V) of the last position.
-
-    ``bias`` is the additive self-attention mask (B, 1|H, T, L). ``encoder`` is
-    (encoder_hidden_states, additive encoder mask, per-layer cross (k, v)) for cross-attention.
-    No input checks: ``generate`` validated the prompt and produces only in-range ids.
-    """
-    tr = model.transformer
-    h = tr.drop(tr.wte(input_ids) + tr.wpe(position_ids))  # (B, T, C)
-    enc_states = enc_bias = None
-    for i, (block, k, v) in enumerate(zip(tr.h, cache.keys, cache.values)):
-        layer_past: tuple[torch.Tensor, ...] = (k, v)
-        if encoder is not None:
-            enc_states, enc_bias, cross_kv = encoder
-            layer_past = (k, v, *cross_kv[i])  # the encoder's keys/values, computed once
-        h = block(h, layer_past, bias, None, enc_states, enc_bias,
-                  cache_position=cache_position, static_cache=True)[0]
-    h = tr.ln_f(h[:, -1])  # (B, C): only the last position is needed
-    return _lm_logits(model, h, head_w)  # (B, V)
-
-
 def _decode_step(model: GPT2PreTrainedModel, head_w: torch.Tensor, cache: StaticCache,
                  input_ids: torch.Tensor, position_ids: torch.Tensor,
-                 cache_position: torch.Tensor, pad_bias: torch.Tensor,
-                 encoder: tuple | None = None) -> torch.Tensor:
-    """One token per row: the mask is the padding bias plus "nothing after this slot"."""
-    slots = torch.arange(pad_bias.shape[-1], device=pad_bias.device)
-    bias = pad_bias.masked_fill(slots > cache_position, torch.finfo(pad_bias.dtype).min)
-    # SDPA's CPU kernel is ~8x slower with a mask broadcast over heads than with a dense one
-    B, H, L = bias.shape[0], model.config.n_head, bias.shape[-1]
-    bias = bias.expand(B, H, 1, L).contiguous()  # (B, H, 1, L)
-    return _forward_step(model, head_w, cache, input_ids, position_ids, cache_position, bias,
-                         encoder)
+                 cache_position: torch.Tensor, slot_mask: torch.Tensor,
+                 encoder_inputs: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
+                 ) -> torch.Tensor:
+    """One token per row through the model's own forward into the static cache (written in
+    place at ``cache_position``); logits (B, V) for the next token.
+
+    ``slot_mask`` (B, L) is 0 at the prompt's left pads; the forward adds "nothing after this
+    slot". ``encoder_inputs`` are (encoder_hidden_states, encoder_attention_mask).
+    """
+    enc_states, enc_mask = encoder_inputs
+    out = model.transformer(
+        input_ids, past_key_values=cache, attention_mask=slot_mask, position_ids=position_ids,
+        cache_position=cache_position, encoder_hidden_states=enc_states,
+        encoder_attention_mask=enc_mask, use_cache=True, return_dict=True)
+    return _lm_logits(model, out.last_hidden_state[:, -1], head_w)  # (B, V)
 
 
 def _get_step(compile: bool) -> Callable:
@@ -142,37 +125,30 @@ class _Decoder:
         self.cache = StaticCache.allocate(model.config, batch, max_length, cache_dtype, device)
         self.head_w = _lm_head_matrix(model, compile)
         T0 = prompt_mask.shape[1]
-        slot_mask = torch.ones(batch, max_length, dtype=torch.long, device=device)
-        slot_mask[:, :T0] = prompt_mask
-        minimum = torch.finfo(dtype).min
-        # (B, 1, 1, L): left pads of the prompt are never attended to (min / 2 keeps a fully
-        # padded row finite and uniform, as the model's forward does)
+        # (B, L): the prompt's left pads are never attended to; every generated slot is
+        self.slot_mask = torch.ones(batch, max_length, dtype=torch.long, device=device)
+        self.slot_mask[:, :T0] = prompt_mask
+        # the fused kernel's additive form of it, (B, 1, 1, L): min / 2 keeps a fully padded
+        # row finite and uniform, as the model's forward does
         self.pad_bias = torch.zeros(batch, 1, 1, max_length, dtype=dtype, device=device)
-        self.pad_bias.masked_fill_(slot_mask[:, None, None, :] == 0, minimum / 2)
-        # positions: cumsum(mask) - 1 with pads at 1 (transformers 4.x); new tokens continue it
-        pos = prompt_mask.long().cumsum(-1) - 1
-        self.prompt_positions = pos.masked_fill(prompt_mask == 0, 1)
+        self.pad_bias.masked_fill_(self.slot_mask[:, None, None, :] == 0,
+                                   torch.finfo(dtype).min / 2)
+        self.prompt_positions = torch.as_tensor(
+            prompt_position_ids(prompt_mask.cpu().numpy()), device=device)
         self.next_position = prompt_mask.long().sum(-1, keepdim=True)  # (B, 1)
         self.prompt_mask = prompt_mask
-        self.encoder_inputs = (encoder_hidden_states, encoder_attention_mask)
+        self.encoder_inputs: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
+        if encoder_hidden_states is not None:
+            if not model.config.add_cross_attention:
+                raise ValueError("encoder_hidden_states need config.add_cross_attention=True")
+            self.encoder_inputs = (
+                encoder_hidden_states.to(device, dtype),
+                None if encoder_attention_mask is None else encoder_attention_mask.to(device))
         self.length = 0
         self.step_fn = _get_step(compile)
-        self.encoder = None
-        if encoder_hidden_states is not None:
-            enc = encoder_hidden_states.to(device, dtype)
-            enc_bias = (None if encoder_attention_mask is None
-                        else encoder_attention_bias(encoder_attention_mask.to(device), dtype))
-            cross_kv = []
-            for block in model.transformer.h:
-                if not hasattr(block, "crossattention"):
-                    raise ValueError("encoder_hidden_states need config.add_cross_attention=True")
-                att = block.crossattention
-                k, v = att.c_attn(enc).split(att.embed_dim, dim=2)
-                cross_kv.append((att._split_heads(k), att._split_heads(v)))  # (B, H, S_enc, D)
-            self.encoder = (enc, enc_bias, cross_kv)
         # the fused single-token kernel (CPU, fp32, eval); otherwise the torch modules
         self.fused: _cpu_kernels.DecodeStep | None = None
-        if not compile and self.encoder is None and device.type == "cpu":
+        if not compile and encoder_hidden_states is None and device.type == "cpu":
             reason = _cpu_kernels.DecodeStep.unsupported_reason(model, self.cache, batch)
             if reason is None:
                 self.fused = _cpu_kernels.DecodeStep(model, self.cache, batch)
@@ -216,7 +192,8 @@ class _Decoder:
         else:
             cache_position = torch.tensor([self.length], device=tokens.device)
             logits = self.step_fn(self.model, self.head_w, self.cache, tokens[:, None],
-                                  self.next_position, cache_position, self.pad_bias, self.encoder)
+                                  self.next_position, cache_position, self.slot_mask,
+                                  self.encoder_inputs)
         self.next_position = self.next_position + 1
         self.length += 1
         return logits
@@ -225,76 +202,55 @@ class _Decoder:
         self.cache.reorder(index)
         self.next_position = self.next_position.index_select(0, index)
         self.pad_bias = self.pad_bias.index_select(0, index)
-        if self.encoder is not None:
-            enc, enc_bias, cross_kv = self.encoder
-            pick = lambda t: None if t is None else t.index_select(0, index)  # noqa: E731
-            self.encoder = (pick(enc), pick(enc_bias), [(pick(k), pick(v)) for k, v in cross_kv])
+        self.slot_mask = self.slot_mask.index_select(0, index)
+        self.encoder_inputs = tuple(None if t is None else t.index_select(0, index)
+                                    for t in self.encoder_inputs)
 
 
 # ----------------------------------------------------------------------------- logits processors
-def _repetition_penalty(ids: torch.Tensor, scores: torch.Tensor, penalty: float) -> torch.Tensor:
-    # CTRL: tokens already present (prompt included) are divided (if > 0) or multiplied by penalty
-    score = torch.gather(scores, 1, ids)
-    score = torch.where(score < 0, score * penalty, score / penalty)
-    return scores.scatter(1, ids, score)
-
-
-def _banned_ngram_tokens(ids: torch.Tensor, n: int) -> list[list[int]]:
-    """Tokens that would complete an n-gram already present in each row (fairseq's rule)."""
-    cur_len = ids.shape[1]
-    if cur_len + 1 < n:
-        return [[] for _ in range(ids.shape[0])]
-    banned = []
-    for row in ids.tolist():
-        seen: dict[tuple[int, ...], list[int]] = {}
-        for gram in zip(*[row[i:] for i in range(n)]):
-            seen.setdefault(tuple(gram[:-1]), []).append(gram[-1])
-        banned.append(seen.get(tuple(row[cur_len + 1 - n:cur_len]), []))
-    return banned
-
-
-def _process(ids: torch.Tensor, scores: torch.Tensor, gen: GenerationConfig, new_len: int,
-             min_new: int, eos: torch.Tensor | None, min_tokens_to_keep: int = 1) -> torch.Tensor:
-    """transformers' processor list, in its order; ``new_len`` tokens generated so far."""
-    if gen.repetition_penalty != 1.0:
-        scores = _repetition_penalty(ids, scores, gen.repetition_penalty)
+def process_logits(input_ids: torch.Tensor, scores: torch.Tensor, gen: GenerationConfig,
+                   new_tokens: int, min_new_tokens: int) -> torch.Tensor:
+    """transformers' logits processors in its order (repetition penalty, no-repeat n-grams,
+    EOS banned before ``min_new_tokens``); ``input_ids`` (R, T) every token so far, ``scores``
+    (R, V). The numpy reference is :func:`gpt2_core.generation.process_logits`."""
+    if gen.repetition_penalty != 1.0:  # CTRL: divide positive, multiply negative scores
+        score = torch.gather(scores, 1, input_ids)
+        p = gen.repetition_penalty
+        scores = scores.scatter(1, input_ids, torch.where(score < 0, score * p, score / p))
     if gen.no_repeat_ngram_size > 0:
         scores = scores.clone()
-        for i, banned in enumerate(_banned_ngram_tokens(ids, gen.no_repeat_ngram_size)):
-            scores[i, banned] = -float("inf")
-    if eos is not None and new_len < min_new:
-        scores = scores.index_fill(1, eos, -float("inf"))
-    if gen.do_sample:
-        if gen.temperature != 1.0:
-            scores = scores / gen.temperature
-        if gen.top_k != 0:
-            k = min(max(gen.top_k, min_tokens_to_keep), scores.shape[-1])
-            kth = torch.topk(scores, k)[0][..., -1, None]
-            scores = scores.masked_fill(scores < kth, -float("inf"))
-        if gen.top_p < 1.0:
-            sorted_logits, sorted_idx = torch.sort(scores, descending=False)
-            cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-            remove = cum <= (1 - gen.top_p)
-            remove[..., -min_tokens_to_keep:] = False
-            remove = remove.scatter(1, sorted_idx, remove)
-            scores = scores.masked_fill(remove, -float("inf"))
+        banned = banned_ngram_tokens(input_ids.cpu().numpy(), gen.no_repeat_ngram_size)
+        for i, row in enumerate(banned):
+            scores[i, row] = -float("inf")
+    if gen.eos_token_ids and new_tokens < min_new_tokens:
+        scores = scores.clone()
+        scores[:, gen.eos_token_ids] = -float("inf")
+    return scores
+
+
+def warp_logits(scores: torch.Tensor, gen: GenerationConfig,
+                min_tokens_to_keep: int = 1) -> torch.Tensor:
+    """The sampling warpers in transformers' order: temperature, top-k, top-p (R, V)."""
+    if gen.temperature != 1.0:
+        scores = scores / gen.temperature
+    if gen.top_k != 0:
+        k = min(max(gen.top_k, min_tokens_to_keep), scores.shape[-1])
+        kth = torch.topk(scores, k)[0][..., -1, None]
+        scores = scores.masked_fill(scores < kth, -float("inf"))
+    if gen.top_p < 1.0:
+        sorted_logits, sorted_idx = torch.sort(scores, descending=False)
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        remove = cum <= (1 - gen.top_p)
+        remove[..., -min_tokens_to_keep:] = False
+        remove = remove.scatter(1, sorted_idx, remove)
+        scores = scores.masked_fill(remove, -float("inf"))
     return scores
 
 
 # ----------------------------------------------------------------------------- entry point
-def _as_ids(x: Any, name: str) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        t = x
-    else:
-        arr = np.asarray(x)
-        if arr.dtype.kind not in "iu":
-            raise TypeError(f"{name} must hold integer ids, got {arr.dtype}")
-        t = torch.as_tensor(arr.astype(np.int64))
-    if t.dim() == 1:
-        t = t[None]
-    if t.dim() != 2:
-        raise ValueError(f"{name} must have shape (batch, seq_len), got {tuple(t.shape)}")
-    return t
+def _numpy(x: Any) -> Any:
+    """A torch tensor as numpy for :func:`gpt2_core.generation.prepare_inputs`; else ``x``."""
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
 
 
 def generate(
@@ -375,30 +331,8 @@ def _generate(
     gen = gen.for_model(cfg.vocab_size, has_prompt=input_ids is not None)
     device = model.lm_head.weight.device
 
-    if input_ids is None:
-        if gen.bos_token_id is None:
-            raise ValueError("no input_ids and no bos_token_id to start from")
-        input_ids = torch.tensor([[gen.bos_token_id]])
-    ids = _as_ids(input_ids, "input_ids").to(device)
-    check_prompt_shape(tuple(ids.shape))
-    _check_ids("input_ids", ids, cfg.vocab_size)
-    eos_list = gen.eos_token_ids
-    if attention_mask is None:
-        pad = gen.pad_token_id
-        if pad is not None and pad not in eos_list and bool((ids == pad).any()):
-            mask = (ids != pad).long()
-        else:
-            mask = torch.ones_like(ids)
-    else:
-        mask = _as_ids(attention_mask, "attention_mask").to(device).long()
-        if mask.shape != ids.shape:
-            raise ValueError(f"attention_mask shape {tuple(mask.shape)} != input_ids shape "
-                             f"{tuple(ids.shape)}")
-        if bool(((mask != 0) & (mask != 1)).any()):
-            raise ValueError("attention_mask must hold only 0 and 1")
-    if bool((mask[:, -1] == 0).any()):
-        logger.warning("right padding detected in a decoder-only model: pad prompts on the left "
-                       "(tokenizer padding_side='left') for correct batched generation")
+    ids, mask = prepare_inputs(_numpy(input_ids), _numpy(attention_mask), gen, cfg.vocab_size)
+    ids, mask = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
 
     B, T0 = ids.shape
     new_tokens = gen.max_new_tokens_for(T0, cfg.n_positions)
@@ -406,7 +340,6 @@ def _generate(
         return ids, None
     max_length = T0 + new_tokens
     min_new = gen.min_new_tokens_for(T0)
-    eos = torch.tensor(eos_list, device=device) if eos_list else None
     if streamer is not None and (B != 1 or gen.num_beams > 1 or gen.num_return_sequences > 1):
         raise ValueError("streaming supports one prompt, one sequence and no beam search")
     generator = None
@@ -427,9 +360,9 @@ def _generate(
             enc = tuple(None if t is None else t.repeat_interleave(copies, dim=0) for t in enc)
     decoder = _Decoder(model, ids.shape[0], max_length, mask, compile, *(enc or ()))
     if gen.num_beams > 1:
-        sequences, scores = _beam_search(decoder, ids, gen, max_length, min_new, eos)
+        sequences, scores = _beam_search(decoder, ids, gen, max_length, min_new)
     else:
-        sequences, scores = _sample(decoder, ids, gen, max_length, min_new, eos, generator,
+        sequences, scores = _sample(decoder, ids, gen, max_length, min_new, generator,
                                     streamer), None
     return sequences, scores
 
@@ -440,10 +373,11 @@ class GenerateOutput(ModelOutput):
     FIELDS = ("sequences", "sequences_scores")
 
 
-def _sample(decoder, ids, gen, max_length, min_new, eos, generator, streamer):
+def _sample(decoder, ids, gen, max_length, min_new, generator, streamer):
     """Greedy (argmax) or multinomial sampling, one token per row per step."""
     B, T0 = ids.shape
     pad = gen.effective_pad_token_id
+    eos = torch.tensor(gen.eos_token_ids, device=ids.device) if gen.eos_token_ids else None
     out = torch.full((B, max_length), pad, dtype=torch.long, device=ids.device)
     out[:, :T0] = ids
     unfinished = torch.ones(B, dtype=torch.long, device=ids.device)
@@ -452,9 +386,9 @@ def _sample(decoder, ids, gen, max_length, min_new, eos, generator, streamer):
     logits = decoder.prefill(ids)
     cur = T0
     while True:
-        scores = _process(out[:, :cur], logits.float(), gen, cur - T0, min_new, eos)
+        scores = process_logits(out[:, :cur], logits.float(), gen, cur - T0, min_new)
         if gen.do_sample:
-            probs = F.softmax(scores, dim=-1)
+            probs = F.softmax(warp_logits(scores, gen), dim=-1)
             nxt = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
         else:
             nxt = torch.argmax(scores, dim=-1)
@@ -474,6 +408,7 @@ def _sample(decoder, ids, gen, max_length, min_new, eos, generator, streamer):
     return out[:, :cur]
 
 
+# ----------------------------------------------------------------------------- beam search
 def _gather_beams(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """t (B, K, ...) gathered along the beam axis by idx (B, K')."""
     while idx.dim() < t.dim():
@@ -481,112 +416,140 @@ def _gather_beams(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.take_along_dim(t, idx, dim=1)
 
 
-def _beam_search(decoder, flat_ids, gen, max_length, min_new, eos):
-    """transformers 4.57's vectorised beam search (``GenerationMixin._beam_search``), ported.
-
-    ``flat_ids`` (batch * num_beams, T0) holds each prompt num_beams times. Returns the
-    sequences (batch * num_return_sequences, T) and their scores.
-    """
-    nb = gen.num_beams
-    batch, T0 = flat_ids.shape[0] // nb, flat_ids.shape[1]
-    vocab = decoder.model.config.vocab_size
-    length_penalty, early_stopping = gen.length_penalty, gen.early_stopping
-    device = flat_ids.device
-    n_eos = 0 if eos is None else eos.shape[0]
-    # keep enough candidates that num_beams survive even if the best ones all end here
-    beams_to_keep = max(2, 1 + n_eos) * nb
-    top_num_beam_mask = torch.cat((torch.ones(nb, dtype=torch.bool),
-                                   torch.zeros(beams_to_keep - nb, dtype=torch.bool))).to(device)
-
-    # transformers: `pad_token_id or eos_token_id[0] if eos_token_id is not None else -1`
-    # transformers: `pad_token_id or eos_token_id[0] if eos_token_id is not None else -1`, with
-    # pad_token_id already defaulted to the first EOS
-    fill = (gen.effective_pad_token_id or gen.eos_token_ids[0]) if eos is not None else -1
-    running_sequences = torch.full((batch, nb, max_length), fill, dtype=torch.long, device=device)
-    running_sequences[:, :, :T0] = flat_ids.view(batch, nb, T0)
-    sequences = running_sequences.clone()
-    running_beam_scores = torch.zeros((batch, nb), dtype=torch.float, device=device)
-    running_beam_scores[:, 1:] = -1e9  # only the first beam expands at step one
-    beam_scores = torch.full((batch, nb), -1e9, dtype=torch.float, device=device)
-    is_sent_finished = torch.zeros((batch, nb), dtype=torch.bool, device=device)
-    heuristic_unsatisfied = torch.ones((batch, 1), dtype=torch.bool, device=device)
-    hits_stop = torch.zeros((batch, nb), dtype=torch.bool, device=device)
-    running_beam_indices = torch.full((batch, nb, max_length - T0), -1, dtype=torch.int32,
+def init_beam_state(input_ids: torch.Tensor, num_beams: int, max_length: int,
+                    filler: int) -> dict[str, torch.Tensor]:
+    """The state before the first step; ``input_ids`` (B * K, T0) holds each prompt K times.
+    transformers' names; the numpy reference is :func:`gpt2_core.generation.init_beam_state`."""
+    R, T0 = input_ids.shape
+    B, K, device = R // num_beams, num_beams, input_ids.device
+    running_sequences = torch.full((B, K, max_length), filler, dtype=torch.long, device=device)
+    running_sequences[:, :, :T0] = input_ids.view(B, K, T0)
+    running_beam_scores = torch.zeros((B, K), dtype=torch.float, device=device)
+    running_beam_scores[:, 1:] = BEAM_NEG  # only the first beam expands at step one
+    running_beam_indices = torch.full((B, K, max_length - T0), -1, dtype=torch.long,
                                       device=device)
-    beam_indices = running_beam_indices.clone()
+    return {
+        "running_sequences": running_sequences,
+        "running_beam_scores": running_beam_scores,
+        "running_beam_indices": running_beam_indices,
+        "sequences": running_sequences.clone(),
+        "beam_scores": torch.full((B, K), BEAM_NEG, dtype=torch.float, device=device),
+        "beam_indices": running_beam_indices.clone(),
+        "is_sent_finished": torch.zeros((B, K), dtype=torch.bool, device=device),
+        "is_early_stop_heuristic_unsatisfied": torch.ones((B, 1), dtype=torch.bool,
+                                                          device=device),
+        "next_token_hits_stopping_criteria": torch.zeros((B, 2 * K), dtype=torch.bool,
+                                                         device=device),
+    }
 
+
+def beam_step(state: dict[str, torch.Tensor], log_probs: torch.Tensor, cur_len: int,
+              prompt_len: int, max_length: int, gen: GenerationConfig) -> dict[str, torch.Tensor]:
+    """One step of transformers 4.57's vectorised beam search (``GenerationMixin._beam_search``).
+
+    ``log_probs`` (B * K, V) are the processed log-probabilities of the running beams' next
+    token; ``cur_len`` tokens are in each running sequence. A new state; the numpy reference
+    is :func:`gpt2_core.generation.beam_step`.
+    """
+    B, K = state["running_beam_scores"].shape
+    V = log_probs.shape[-1]
+    device = log_probs.device
+    eos = gen.eos_token_ids
+    lp, es = gen.length_penalty, gen.early_stopping
+    beams_to_keep = max(2, 1 + len(eos)) * K  # enough that K survive if the best ones all end
+    top_num_beam_mask = torch.arange(beams_to_keep, device=device) < K
+
+    # top-k continuations over all beams
+    scores = log_probs.view(B, K, V) + state["running_beam_scores"][:, :, None]
+    topk_log_probs, topk_indices = torch.topk(scores.reshape(B, K * V), k=beams_to_keep)
+    topk_beam = topk_indices // V
+    topk_ids = topk_indices % V
+    topk_running_sequences = _gather_beams(state["running_sequences"], topk_beam)
+    topk_running_sequences[:, :, cur_len] = topk_ids
+    topk_running_beam_indices = _gather_beams(state["running_beam_indices"], topk_beam)
+    batch_offset = torch.arange(B, device=device).view(-1, 1) * K
+    topk_running_beam_indices[:, :, cur_len - prompt_len] = topk_beam + batch_offset
+
+    # which candidates stop here (max length or EOS)
+    hits = torch.full((B, beams_to_keep), cur_len + 1 >= max_length, device=device)
+    if eos:
+        hits = hits | torch.isin(topk_ids, torch.tensor(eos, device=device))
+    # the best K unfinished candidates keep running
+    topk_running_log_probs = topk_log_probs + hits.to(torch.float32) * BEAM_NEG
+    nxt = torch.topk(topk_running_log_probs, k=K)[1]
+    new = dict(state)
+    new["running_sequences"] = _gather_beams(topk_running_sequences, nxt)
+    new["running_beam_scores"] = _gather_beams(topk_running_log_probs, nxt)
+    new["running_beam_indices"] = _gather_beams(topk_running_beam_indices, nxt)
+
+    # finished candidates among the top K may enter the finished set
+    just_finished = hits & top_num_beam_mask[None, :]
+    fin = topk_log_probs / ((cur_len + 1 - prompt_len) ** lp)
+    full = torch.all(state["is_sent_finished"], dim=-1, keepdim=True) & (es is True)
+    fin = fin + full.to(torch.float32) * BEAM_NEG
+    fin = fin + (~state["is_early_stop_heuristic_unsatisfied"]).to(torch.float32) * BEAM_NEG
+    fin = fin + (~just_finished).to(torch.float32) * BEAM_NEG
+    merged_scores = torch.cat((state["beam_scores"], fin), dim=1)
+    best = torch.topk(merged_scores, k=K)[1]
+    new["sequences"] = _gather_beams(
+        torch.cat((state["sequences"], topk_running_sequences), dim=1), best)
+    new["beam_scores"] = _gather_beams(merged_scores, best)
+    new["beam_indices"] = _gather_beams(
+        torch.cat((state["beam_indices"], topk_running_beam_indices), dim=1), best)
+    new["is_sent_finished"] = _gather_beams(
+        torch.cat((state["is_sent_finished"], just_finished), dim=1), best)
+
+    # can a running beam still beat the worst finished one?
+    if es == "never" and lp > 0.0:
+        best_len = max_length - prompt_len
+    else:
+        best_len = cur_len + 1 - prompt_len
+    best_running = new["running_beam_scores"][:, :1] / (best_len ** lp)
+    worst_finished = torch.where(new["is_sent_finished"],
+                                 torch.min(new["beam_scores"], dim=1, keepdim=True)[0], BEAM_NEG)
+    new["is_early_stop_heuristic_unsatisfied"] = (
+        state["is_early_stop_heuristic_unsatisfied"]
+        & torch.any(best_running > worst_finished, dim=-1, keepdim=True))
+    new["next_token_hits_stopping_criteria"] = hits
+    return new
+
+
+def beam_search_finished(state: dict[str, torch.Tensor], gen: GenerationConfig) -> bool:
+    """transformers' ``_beam_search_has_unfinished_sequences``, negated."""
+    improvement_possible = bool(state["is_early_stop_heuristic_unsatisfied"].any())
+    open_beam = not (bool(state["is_sent_finished"].all()) and gen.early_stopping is True)
+    valid_continuations = not bool(state["next_token_hits_stopping_criteria"].all())
+    return not (improvement_possible and open_beam and valid_continuations)
+
+
+def finalize_beams(state: dict[str, torch.Tensor], num_return_sequences: int,
+                   prompt_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best ``num_return_sequences`` hypotheses per prompt, cut after the longest one:
+    sequences (B * n, T0 + new) and their scores (B * n,)."""
+    n = num_return_sequences
+    B, K, L = state["sequences"].shape
+    sequences = state["sequences"][:, :n].reshape(B * n, L)
+    scores = state["beam_scores"][:, :n].reshape(B * n)
+    generated = int((state["beam_indices"][:, :n] >= 0).sum(dim=-1).max())
+    return sequences[:, :prompt_len + generated], scores
+
+
+def _beam_search(decoder, flat_ids, gen, max_length, min_new):
+    """transformers 4.57's beam search: ``flat_ids`` (batch * num_beams, T0) holds each prompt
+    num_beams times. Returns the sequences (batch * num_return_sequences, T) and their scores."""
+    T0 = flat_ids.shape[1]
+    state = init_beam_state(flat_ids, gen.num_beams, max_length, beam_filler(gen))
     cur_len = T0
     logits = decoder.prefill(flat_ids)
     while True:
-        flat_running = running_sequences[:, :, :cur_len].reshape(batch * nb, cur_len)
-        log_probs = F.log_softmax(logits.float(), dim=-1)
-        log_probs = _process(flat_running, log_probs, gen, cur_len - T0, min_new, eos)
-        log_probs = log_probs.view(batch, nb, vocab) + running_beam_scores[:, :, None]
-        log_probs = log_probs.reshape(batch, nb * vocab)
-
-        # c. top-K continuations over all beams
-        topk_log_probs, topk_indices = torch.topk(log_probs, k=beams_to_keep)
-        topk_beam = topk_indices // vocab
-        topk_running_beam_indices = _gather_beams(running_beam_indices, topk_beam)
-        topk_running_sequences = _gather_beams(running_sequences, topk_beam)
-        topk_ids = topk_indices % vocab
-        topk_running_sequences[:, :, cur_len] = topk_ids
-        batch_offset = torch.arange(batch, device=device).view(-1, 1) * nb
-        topk_running_beam_indices[:, :, cur_len - T0] = (topk_beam + batch_offset).to(torch.int32)
-
-        # d. which candidates stop here (max length or EOS)
-        hits_stop = torch.full((batch, beams_to_keep), cur_len + 1 >= max_length, device=device)
-        if eos is not None:
-            hits_stop = hits_stop | torch.isin(topk_ids, eos)
-
-        # e. the best num_beams unfinished candidates keep running
-        topk_running_log_probs = topk_log_probs + hits_stop.to(torch.float32) * -1.0e9
-        next_topk = torch.topk(topk_running_log_probs, k=nb)[1]
-        running_sequences = _gather_beams(topk_running_sequences, next_topk)
-        running_beam_scores = _gather_beams(topk_running_log_probs, next_topk)
-        running_beam_indices = _gather_beams(topk_running_beam_indices, next_topk)
-
-        # f. finished candidates among the top num_beams may enter the finished set
-        just_finished = hits_stop & top_num_beam_mask[None, :]
-        scores = topk_log_probs / ((cur_len + 1 - T0) ** length_penalty)
-        full = torch.all(is_sent_finished, dim=-1, keepdim=True) & (early_stopping is True)
-        scores = scores + full.to(torch.float32) * -1.0e9
-        scores = scores + (~heuristic_unsatisfied).to(torch.float32) * -1.0e9
-        scores = scores + (~just_finished) * -1.0e9
-        merged_sequences = torch.cat((sequences, topk_running_sequences), dim=1)
-        merged_scores = torch.cat((beam_scores, scores), dim=1)
-        merged_indices = torch.cat((beam_indices, topk_running_beam_indices), dim=1)
-        merged_finished = torch.cat((is_sent_finished, just_finished), dim=1)
-        best = torch.topk(merged_scores, k=nb)[1]
-        sequences = _gather_beams(merged_sequences, best)
-        beam_scores = _gather_beams(merged_scores, best)
-        beam_indices = _gather_beams(merged_indices, best)
-        is_sent_finished = _gather_beams(merged_finished, best)
-
-        # g. stopping: can a running beam still beat the worst finished one?
+        running = state["running_sequences"][:, :, :cur_len].reshape(-1, cur_len)
+        log_probs = process_logits(running, F.log_softmax(logits.float(), dim=-1), gen,
+                                   cur_len - T0, min_new)
+        state = beam_step(state, log_probs, cur_len, T0, max_length, gen)
         cur_len += 1
-        if early_stopping == "never" and length_penalty > 0.0:
-            best_len = max_length - T0
-        else:
-            best_len = cur_len - T0
-        best_running = running_beam_scores[:, :1] / (best_len ** length_penalty)
-        worst_finished = torch.where(is_sent_finished,
-                                     torch.min(beam_scores, dim=1, keepdim=True)[0], -1.0e9)
-        heuristic_unsatisfied = heuristic_unsatisfied & torch.any(
-            best_running > worst_finished, dim=-1, keepdim=True)
-        improvement_possible = bool(heuristic_unsatisfied.any())
-        open_beam = not (bool(is_sent_finished.all()) and early_stopping is True)
-        valid_continuations = not bool(hits_stop.all())
-        if not (improvement_possible and open_beam and valid_continuations):
+        if beam_search_finished(state, gen):
             break
         # the cache follows the surviving beams, then the chosen tokens go in
-        beam_idx = running_beam_indices[..., cur_len - 1 - T0].reshape(-1).long()
-        decoder.reorder(beam_idx)
-        logits = decoder.step(running_sequences[:, :, cur_len - 1].reshape(-1))
-
-    n = gen.num_return_sequences
-    sequences = sequences[:, :n].reshape(batch * n, max_length)
-    scores = beam_scores[:, :n].reshape(batch * n)
-    beam_indices = beam_indices[:, :n].reshape(batch * n, -1)
-    generated = int((beam_indices + 1).bool().sum(dim=1).max())
-    return sequences[:, :T0 + generated], scores
+        decoder.reorder(state["running_beam_indices"][..., cur_len - 1 - T0].reshape(-1))
+        logits = decoder.step(state["running_sequences"][:, :, cur_len - 1].reshape(-1))
+    return finalize_beams(state, gen.num_return_sequences, T0)

@@ -39,6 +39,7 @@ from torch.utils.checkpoint import checkpoint
 from gpt2_core import checkpoint as ckpt
 from gpt2_core import naming
 from gpt2_core.config import GPT2Config
+from gpt2_core.generation import attention_scale, problem_type
 from gpt2_core.generation_config import GENERATION_CONFIG_NAME, GenerationConfig
 from gpt2_core.inputs import check_ids_shape
 from gpt2_core.outputs import (
@@ -49,7 +50,6 @@ from gpt2_core.outputs import (
     SequenceClassifierOutputWithPast,
     TokenClassifierOutput,
 )
-from gpt2_torch import _cpu_kernels
 
 logger = logging.getLogger(__name__)
 
@@ -110,9 +110,6 @@ class Conv1D(nn.Module):
         self.bias = nn.Parameter(torch.zeros(nf))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _cpu_kernels.usable(x, self.weight):
-            # a few rows without autograd (decoding): the bandwidth-bound CPU kernel
-            return _cpu_kernels.linear_kn(x, self.weight, self.bias)
         size_out = x.shape[:-1] + (self.nf,)
         x = torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight)  # (B*T, nf)
         return x.view(size_out)
@@ -221,10 +218,7 @@ class GPT2Attention(nn.Module):
         self.scale_attn_by_inverse_layer_idx = config.scale_attn_by_inverse_layer_idx
         self.reorder_and_upcast_attn = config.reorder_and_upcast_attn
         # the combined scale, so that SDPA applies the same flags as the eager path
-        scale = 1.0 / math.sqrt(self.head_dim) if self.scale_attn_weights else 1.0
-        if self.scale_attn_by_inverse_layer_idx:
-            scale /= float(layer_idx + 1)
-        self.scale = scale
+        self.scale = attention_scale(config, layer_idx)
         self.attn_implementation = _attn_implementation(config)
         if is_cross_attention:
             self.c_attn = Conv1D(2 * self.embed_dim, self.embed_dim)  # k, v from the encoder
@@ -1247,13 +1241,8 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
     def _classification_loss(self, pooled: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         labels = labels.to(pooled.device)
-        if cfg.problem_type is None:  # inferred once and stored, as transformers
-            if self.config.num_labels == 1:
-                cfg.problem_type = "regression"
-            elif labels.dtype in (torch.long, torch.int):
-                cfg.problem_type = "single_label_classification"
-            else:
-                cfg.problem_type = "multi_label_classification"
+        # inferred once and stored, as transformers
+        cfg.problem_type = problem_type(cfg, labels.dtype in (torch.long, torch.int))
         if cfg.problem_type == "regression":
             if self.config.num_labels == 1:
                 return F.mse_loss(pooled.squeeze(), labels.squeeze().to(pooled.dtype))

@@ -73,3 +73,16 @@ def test_streamer_gets_prompt_then_each_token(lm):
     out = np.asarray(model.generate(PROMPT[1:], max_new_tokens=5, eos_token_id=None,
                                     streamer=streamer))
     assert [t for piece in got for t in piece] == out[0, 5:].tolist()
+
+
+def test_double_heads_model_generates_as_the_lm_head():
+    """GPT2DoubleHeadsModel has generate (its LM head is the LM model's), as in torch and TF."""
+    from flax_helpers import build
+
+    cfg, sd, dh = build("double_heads", seed=1, pad_token_id=0)
+    lm = gf.GPT2LMHeadModel.from_state_dict(
+        cfg, {k: v for k, v in sd.items() if not k.startswith("multiple_choice_head")})
+    for kw in ({}, {"num_beams": 2}):
+        a = np.asarray(lm.generate(PROMPT, attention_mask=MASK, max_new_tokens=4, **kw))
+        b = np.asarray(dh.generate(PROMPT, attention_mask=MASK, max_new_tokens=4, **kw))
+        np.testing.assert_array_equal(a, b)

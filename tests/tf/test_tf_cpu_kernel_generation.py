@@ -10,6 +10,7 @@ from tf_helpers import ids_like, make_model
 
 from gpt2_core import cpu_kernels
 from gpt2_core.streamers import CallbackStreamer
+from gpt2_tf import _cpu_kernels
 
 pytestmark = pytest.mark.skipif(cpu_kernels.load() is None,
                                 reason=f"CPU kernels: {cpu_kernels.status()}")
@@ -80,15 +81,15 @@ def test_kernel_path_does_not_retrace_within_a_bucket(rng):
 
 def test_kernel_steps_aside(rng):
     model = make_model("lm")[0]
-    assert model._host_decode_reason(1, 32) is None
-    assert "rows" in model._host_decode_reason(cpu_kernels.MAX_ROWS + 1, 32)
-    assert "n_positions" in model._host_decode_reason(1, 10 ** 6)
+    assert _cpu_kernels.unsupported_reason(model, 1, 32) is None
+    assert "rows" in _cpu_kernels.unsupported_reason(model, cpu_kernels.MAX_ROWS + 1, 32)
+    assert "n_positions" in _cpu_kernels.unsupported_reason(model, 1, 10 ** 6)
     with cpu_kernels.disabled():
-        assert "disabled" in model._host_decode_reason(1, 32)
+        assert "disabled" in _cpu_kernels.unsupported_reason(model, 1, 32)
     bf16 = make_model("lm", dtype="mixed_bfloat16")[0]
-    assert "bfloat16" in bf16._host_decode_reason(1, 32)
+    assert "bfloat16" in _cpu_kernels.unsupported_reason(bf16, 1, 32)
     cross = make_model("lm", add_cross_attention=True)[0]
-    assert "cross" in cross._host_decode_reason(1, 32)
+    assert "cross" in _cpu_kernels.unsupported_reason(cross, 1, 32)
     # many rows take the XLA loop and still work
     many = ids_like(rng, (cpu_kernels.MAX_ROWS + 1, 3))
     out = model.generate(many, max_new_tokens=2, eos_token_id=None).numpy()

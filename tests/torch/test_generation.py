@@ -159,3 +159,27 @@ def test_generated_ids_can_feed_training(ids):
     model.train()
     model(out, labels=out).loss.backward()  # not an inference tensor
     assert model.transformer.wte.weight.grad is not None
+
+
+@pytest.mark.parametrize("num_beams", [1, 2])
+def test_cross_attention_generate_equals_full_forwards(num_beams):
+    """The step runs GPT2Model.forward over the static cache, cross-attention included."""
+    model = make_model("lm", add_cross_attention=True)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, 257, (2, 4), generator=g)
+    enc = torch.randn(2, 3, model.config.n_embd, generator=g)
+    enc_mask = torch.tensor([[1, 1, 1], [0, 1, 1]])
+    out = model.generate(ids, max_new_tokens=4, num_beams=num_beams, eos_token_id=None,
+                         encoder_hidden_states=enc, encoder_attention_mask=enc_mask)
+    if num_beams == 1:  # greedy: each token is the argmax of a full no-cache forward
+        seq = ids
+        with torch.no_grad():
+            for _ in range(4):
+                logits = model(seq, encoder_hidden_states=enc,
+                               encoder_attention_mask=enc_mask).logits[:, -1]
+                seq = torch.cat([seq, logits.argmax(-1, keepdim=True)], dim=1)
+        assert torch.equal(out, seq)
+    else:
+        assert out.shape == (2, 8)
+    with pytest.raises(ValueError, match="add_cross_attention"):
+        make_model("lm").generate(ids, max_new_tokens=2, encoder_hidden_states=enc)
