@@ -38,6 +38,7 @@ from jax.experimental import io_callback
 
 from gpt2_core.generation_config import GenerationConfig, sampling_seed
 from gpt2_core.inputs import check_prompt_shape
+from gpt2_flax import _cpu_kernels
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class _Options:
     early_stopping: bool | str = False
     positive_length_penalty: bool = True  # picks the "never" early-stop heuristic
     stream: bool = False
+    cpu_kernel: bool = False  # decode steps on the fused C step (gpt2_flax._cpu_kernels)
 
 
 def _params(gen: GenerationConfig, eos: tuple[int, ...], pad: int) -> dict[str, jax.Array]:
@@ -169,7 +171,7 @@ def _generate_program(graphdef, opts: _Options, state, ids, mask, offset, max_ne
 
     from gpt2_flax.modeling import KVCache  # modeling imports this module
 
-    cache = KVCache.init(config, B, M, model.transformer.dtype)
+    cache = KVCache.init(config, B, M, jnp.float32 if opts.cpu_kernel else model.transformer.dtype)
     out = model(ids, past_key_values=cache, attention_mask=full_mask, position_ids=prompt_pos,
                 use_cache=True, logits_to_keep=1, deterministic=True)
     logits, cache = out.logits[:, -1, :].astype(jnp.float32), out.past_key_values  # (B, V)
@@ -181,6 +183,9 @@ def _generate_program(graphdef, opts: _Options, state, ids, mask, offset, max_ne
         out = model(tokens[:, None], past_key_values=cache, attention_mask=row_mask,
                     position_ids=pos[:, None], use_cache=True, deterministic=True)
         return out.logits[:, -1, :].astype(jnp.float32), out.past_key_values
+
+    if opts.cpu_kernel:  # the same step as one XLA FFI custom call (CPU only)
+        forward = _cpu_kernels.decode_forward(model, R, M)
 
     if opts.mode != "beam":
         def select(logits, step, buf, unfinished):
@@ -404,6 +409,10 @@ class GenerationMixin:
             num_beams=gen.num_beams, num_return_sequences=gen.num_return_sequences,
             early_stopping=gen.early_stopping if mode == "beam" else False,
             positive_length_penalty=gen.length_penalty > 0, stream=streamer is not None)
+        rows = B * (gen.num_return_sequences if sample else gen.num_beams)
+        reason = _cpu_kernels.unsupported_reason(self, rows, M)
+        logger.debug("gpt2_flax generate: CPU kernel %s", reason or "in use")
+        opts = dataclasses.replace(opts, cpu_kernel=reason is None)
         if mode == "sample" and gen.num_return_sequences > 1:
             ids_b = np.repeat(ids_b, gen.num_return_sequences, axis=0)
             mask_b = np.repeat(mask_b, gen.num_return_sequences, axis=0)
