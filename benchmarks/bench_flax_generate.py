@@ -11,6 +11,10 @@ loop), the same without it (``cpu_kernels.disabled()``: the all-XLA loop), gpt2_
 ``generate`` (a child interpreter, torch's fused kernel steps) and the bf16-weight model on both
 Flax paths (bf16 weights with fp32 compute, which the kernel reads, and bf16 weights and compute
 on XLA). Same random weights everywhere; the figures are medians of the per-round ratios.
+``--threads`` sets torch's and the kernels' threads (``GPT2_ZOO_CPU_THREADS``); the all-XLA
+loop keeps XLA's own thread pool, so for a one-core comparison run the script under
+``taskset -c 0``. The kernels' OpenMP barriers make 2-thread figures meaningless on a busy
+machine: take them on an idle one.
 
 Usage:
     python benchmarks/bench_flax_generate.py            # full run (report for the lead)
@@ -182,7 +186,7 @@ def bench_vs_torch(cfg_kwargs: dict, prompt: int, new: int, rounds: int, threads
     from gpt2_core.init import random_state_dict
     from gpt2_flax import GPT2LMHeadModel, _cpu_kernels
 
-    os.environ.setdefault("GPT2_ZOO_CPU_THREADS", str(threads))
+    os.environ["GPT2_ZOO_CPU_THREADS"] = str(threads)  # read when the programs are traced
     cfg = GPT2Config(**cfg_kwargs)
     sd = random_state_dict(cfg, "lm", seed=0)
     ids = np.asarray((np.arange(prompt)[None] * 7919) % cfg.vocab_size, np.int32)
