@@ -9,7 +9,8 @@ the table never silently drops a line.
     python benchmarks/report.py --results DIR
 
 Covered so far: load time and peak RSS per framework / preset / dtype
-(``bench_load_memory.py``), and bf16 vs fp32 torch decoding (``bench_bf16_decode.py``). The
+(``bench_load_memory.py``), bf16 vs fp32 torch decoding (``bench_bf16_decode.py``) and int8
+vs fp32 decoding (``bench_int8_decode.py --xl --json results/int8_decode.json``). The
 decode, prefill and tokenizer figures of the older scripts are in README.md's table.
 """
 
@@ -82,6 +83,32 @@ def bf16_rows(results: Path) -> list[str]:
     ]
 
 
+def int8_rows(results: Path) -> list[str]:
+    path = results / "int8_decode.json"
+    data = last_json(path) if path.is_file() else None
+    if not data:
+        return ["| int8 / fp32 decode | not measured | >= 3x; XL >= 10 tok/s | run "
+                "`bench_int8_decode.py --xl --json results/int8_decode.json` |"]
+    rows, how = [], f"median of {data['rounds']} rounds, {data['threads']} threads"
+    for r in data["kernel"]:
+        t = r["tok_s"]
+        ok = "met" if r["int8/fp32"] >= 3 else "NOT met"
+        rows.append(f"| fused decode step int8 / fp32 ({r['preset']}, batch 1) | "
+                    f"{t['int8']:.1f} / {t['fp32']:.1f} tok/s = {r['int8/fp32']:.2f}x ({how}) | "
+                    f">= 3x | {ok} |")
+        if r["preset"] == "gpt2-xl":
+            ok = "met" if t["int8"] >= 10 else "NOT met"
+            rows.append(f"| GPT-2 XL int8 decode step | {t['int8']:.1f} tok/s | >= 10 tok/s | "
+                        f"{ok} |")
+    for r in data["generate"]:
+        t = r["tok_s"]
+        ok = "met" if r["int8/fp32"] >= 3 else "NOT met"
+        rows.append(f"| {r['framework']} `generate` int8 / fp32 (GPT-2 small, "
+                    f"{data['new_tokens']} tokens) | {t['int8']:.1f} / {t['fp32']:.1f} tok/s = "
+                    f"{r['int8/fp32']:.2f}x | >= 3x | {ok} |")
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -89,7 +116,7 @@ def main() -> None:
     args = ap.parse_args()
     print("| figure | measured | target | status |")
     print("|---|---|---|---|")
-    for row in [*load_rows(args.results), *bf16_rows(args.results)]:
+    for row in [*load_rows(args.results), *bf16_rows(args.results), *int8_rows(args.results)]:
         print(row)
 
 

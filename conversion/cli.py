@@ -67,8 +67,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from conversion import serve
 
     return serve.serve(args.model, framework=args.framework, host=args.host, port=args.port,
-                       dtype=args.dtype, tokenizer=args.tokenizer, name=args.name,
-                       max_queue=args.max_queue)
+                       dtype="int8" if args.quantize else args.dtype, tokenizer=args.tokenizer,
+                       name=args.name, max_queue=args.max_queue)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,8 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--framework", default="torch", choices=["torch", "tf", "flax"])
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"],
-                   help="parameter / compute dtype (default: the backend's fp32)")
+    s.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16", "int8"],
+                   help="parameter / compute dtype (default: the backend's fp32); int8: "
+                        "weight-only quantization, as --quantize int8")
+    s.add_argument("--quantize", default=None, choices=["int8"],
+                   help="int8 weight-only quantization (docs/quantization.md)")
     s.add_argument("--tokenizer", default=None,
                    help="tokenizer directory or id (default: the checkpoint's, else GPT-2's)")
     s.add_argument("--name", default=None, help="model id in the API (default: --model)")

@@ -103,6 +103,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt-file", default=None, help="read the prompt from this file")
     p.add_argument("--dtype", choices=DTYPES, default="auto",
                    help="weights dtype (auto: fp32, as transformers)")
+    p.add_argument("--quantize", choices=["int8"], default=None,
+                   help="int8 weight-only quantization (per-output-channel scales; fp32 "
+                        "activations): about 4x less to read per token; see docs/quantization.md")
     p.add_argument("--device", default=None, help="torch device (cpu, cuda, cuda:1 ...)")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="end the text at this string (repeatable)")
@@ -133,12 +136,15 @@ def generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- loading
-def load(model: str, framework: str, dtype: str = "auto", device: str | None = None):
+def load(model: str, framework: str, dtype: str = "auto", device: str | None = None,
+         quantize: str | None = None):
     """(model, tokenizer) for ``framework``, through its ``AutoModelForCausalLM``."""
     from gpt2_core.auto import AutoTokenizer
 
+    if quantize is not None and dtype not in ("auto", "fp32"):
+        raise ValueError(f"--quantize {quantize} keeps activations in fp32: drop --dtype {dtype}")
     mod = importlib.import_module(PACKAGES[framework])
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {} if quantize is None else {"quantize": quantize}
     if framework == "torch":
         import torch
 
@@ -321,7 +327,8 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | 
             raise ValueError("the prompt is empty")
 
     t = time.perf_counter()
-    model, tok = load(args.model, framework, args.dtype, args.device)
+    model, tok = load(args.model, framework, args.dtype, args.device,
+                      getattr(args, "quantize", None))
     if stats:
         print(f"[{framework}: loaded {args.model} in {time.perf_counter() - t:.2f} s]",
               file=stderr, flush=True)

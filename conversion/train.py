@@ -157,10 +157,6 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         eval_batches=args.eval_batches, save_every=args.save_every, precision=args.precision)
 
 
-def _overrides(cfg: TrainConfig) -> dict[str, float]:
-    return cfg.model_overrides()
-
-
 def _is_main_process(framework: str) -> bool:
     return framework != "torch" or int(os.environ.get("RANK", "0")) == 0
 
@@ -209,7 +205,7 @@ def run(args: argparse.Namespace) -> str:
     if args.warmup_steps is None:
         logger.info("warm-up: %d steps (10%% of --steps %d, between 1 and 100)",
                     cfg.warmup_steps, cfg.steps)
-    config = GPT2Config.from_pretrained(args.model, **_overrides(cfg))
+    config = GPT2Config.from_pretrained(args.model, **cfg.model_overrides())
     tokenizer = get_tokenizer(args.tokenizer)
     tok_vocab = getattr(tokenizer, "vocab_size", None) or len(tokenizer)
     if tok_vocab > config.vocab_size:
@@ -255,7 +251,7 @@ def _run_torch(args, cfg, config, train_ds, eval_ds, out, progress) -> str:
         model = GPT2LMHeadModel(config)
         weights.load_canonical(model, _fresh_weights(config, cfg.seed))
     else:
-        model = GPT2LMHeadModel.from_pretrained(args.model, **_overrides(cfg))
+        model = GPT2LMHeadModel.from_pretrained(args.model, **cfg.model_overrides())
     result = train(model, train_ds, eval_ds, cfg, out, resume=args.resume,
                    strategy=args.strategy, progress=progress)
     return summary(result, out)
@@ -278,7 +274,7 @@ def _run_tf(args, cfg, config, train_ds, eval_ds, out, progress) -> str:
             model = GPT2LMHeadModel(config, dtype=policy)
             load_canonical(model, _fresh_weights(config, cfg.seed))
         else:
-            model = GPT2LMHeadModel.from_pretrained(args.model, dtype=policy, **_overrides(cfg))
+            model = GPT2LMHeadModel.from_pretrained(args.model, dtype=policy, **cfg.model_overrides())
     result = train(model, train_ds, eval_ds, cfg, out, resume=args.resume, strategy=strategy,
                    progress=progress)
     return summary(result, out)
@@ -320,7 +316,7 @@ def _run_flax(args, cfg, config, train_ds, eval_ds, out, progress) -> str:
         model = GPT2LMHeadModel.from_state_dict(config, _fresh_weights(config, cfg.seed),
                                                 seed=cfg.seed)
     else:
-        model = GPT2LMHeadModel.from_pretrained(args.model, seed=cfg.seed, **_overrides(cfg))
+        model = GPT2LMHeadModel.from_pretrained(args.model, seed=cfg.seed, **cfg.model_overrides())
     result = train(model, train_ds, eval_ds, cfg, out, resume=args.resume, mesh=mesh,
                    sharding=sharding, progress=progress)
     return summary(result, out)

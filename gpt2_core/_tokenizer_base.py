@@ -1,471 +1,53 @@
-"""What GPT2Tokenizer and GPT2TokenizerFast share: vocabulary files, special and added tokens,
-the ``__call__`` pipeline (truncation, padding, tensors), decoding, save and load.
+"""What GPT2Tokenizer and GPT2TokenizerFast share: special and added tokens, the ``__call__``
+pipeline (truncation, padding, tensors), decoding, save and load.
 
 The two classes differ only in how text becomes ids (pure-Python BPE vs tiktoken/tokenizers), so
 each implements ``_encode_text`` (one string, the hot path of ``encode``) and ``_encode_batch``
 (many strings or pre-split words, optionally with offsets); everything else lives here and follows
-transformers 4.57's slow ``PreTrainedTokenizer`` semantics unless a comment says otherwise.
+transformers 4.57's slow ``PreTrainedTokenizer`` semantics unless a comment says otherwise. The
+public types (``BatchEncoding``, ``AddedToken``) are in :mod:`gpt2_core.tokenization`, the file
+readers in ``gpt2_core._vocab_files``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from importlib import resources
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gpt2_core import hub, presets
-from gpt2_core.io_utils import atomic_write_text, load_json_file, read_regular_file
-
-logger = logging.getLogger(__name__)
-
-#: GPT-2's pre-tokenisation regex, verbatim from OpenAI's encoder.py (and transformers). It is
-#: case-sensitive: "'S" is not a contraction, a known quirk the vocabulary was trained with.
-GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-ENDOFTEXT = "<|endoftext|>"
-VOCAB_FILES_NAMES = {
-    "vocab_file": "vocab.json",
-    "merges_file": "merges.txt",
-    "tokenizer_file": "tokenizer.json",
-}
-TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
-SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
-ADDED_TOKENS_FILE = "added_tokens.json"
-TOKENIZER_PATTERNS = [*VOCAB_FILES_NAMES.values(), TOKENIZER_CONFIG_FILE,
-                      SPECIAL_TOKENS_MAP_FILE, ADDED_TOKENS_FILE]
-#: GPT-2's context length; also used when a tokenizer_config.json does not say (transformers would
-#: fall back to 1e30 there, which silently disables truncation to the model size).
-DEFAULT_MODEL_MAX_LENGTH = 1024
-SPECIAL_TOKENS_ATTRIBUTES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token",
-                             "cls_token", "mask_token")
-PADDING_STRATEGIES = ("longest", "max_length", "do_not_pad")
-TRUNCATION_STRATEGIES = ("longest_first", "only_first", "only_second", "do_not_truncate")
-TENSOR_TYPES = ("np", "pt", "tf", "jax")
-# Integer dtype per framework, as transformers produces them (torch int64, TF/JAX int32).
-_TENSOR_INT_DTYPE = {"np": np.int64, "pt": np.int64, "tf": np.int32, "jax": np.int32}
-
-
-# ---------------------------------------------------------------------------------------------
-# byte <-> unicode table
-# ---------------------------------------------------------------------------------------------
-
-
-@functools.cache
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible map from the 256 byte values to printable unicode characters.
-
-    Printable Latin-1 bytes map to themselves; the other 68 (controls, space, ...) map to
-    ``chr(256 + n)`` in order, so a BPE symbol never contains whitespace (space -> "Ġ").
-    """
-    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-          *range(ord("®"), ord("ÿ") + 1)]
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
-@functools.cache
-def _unicode_to_bytes() -> dict[str, int]:
-    return {c: b for b, c in bytes_to_unicode().items()}
-
-
-@functools.cache
-def _symbols_to_latin1() -> dict[int, str]:
-    # byte-level symbol -> the Latin-1 char of its byte; raw chars that are not symbols (space,
-    # controls, U+00AD ...) -> U+FFFF, which Latin-1 cannot encode, so they take the slow path
-    table = {c: "\uffff" for c in range(256)}
-    table.update({ord(c): chr(b) for b, c in bytes_to_unicode().items()})
-    return table
-
-
-def token_to_bytes(token: str) -> bytes:
-    """The bytes a byte-level vocabulary entry stands for ("Ġworld" -> b" world").
-
-    Characters outside the byte alphabet (e.g. a "<pad>" written into a custom vocab.json) stand
-    for their own UTF-8, as in the ``tokenizers`` ByteLevel decoder.
-    """
-    try:
-        return token.translate(_symbols_to_latin1()).encode("latin-1")
-    except UnicodeEncodeError:
-        table = _unicode_to_bytes()
-        return b"".join(bytes([table[c]]) if c in table else c.encode("utf-8") for c in token)
-
-
-# ---------------------------------------------------------------------------------------------
-# added tokens
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class AddedToken:
-    """A token matched in raw text before BPE, as transformers' / tokenizers' ``AddedToken``.
-
-    ``lstrip``/``rstrip`` swallow the whitespace to the token's left/right. ``single_word`` and
-    ``normalized`` are stored and written back for compatibility; GPT-2 has no normaliser and
-    ``single_word`` matching is not implemented (a warning says so).
-    """
-
-    content: str
-    single_word: bool = False
-    lstrip: bool = False
-    rstrip: bool = False
-    normalized: bool = True
-    special: bool = False
-
-    def __str__(self) -> str:
-        return self.content
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"content": self.content, "lstrip": self.lstrip, "normalized": self.normalized,
-                "rstrip": self.rstrip, "single_word": self.single_word, "special": self.special}
-
-
-def _as_added_token(token: Any, *, special: bool) -> AddedToken:
-    """Accept a str, our AddedToken, transformers'/tokenizers' AddedToken or a config dict."""
-    if isinstance(token, AddedToken):
-        return dataclasses.replace(token, special=token.special or special)
-    if isinstance(token, str):
-        # transformers: special tokens are not normalised, ordinary added tokens are
-        return AddedToken(token, normalized=not special, special=special)
-    if isinstance(token, Mapping):
-        if "content" not in token:
-            raise ValueError(f"added-token dict needs a 'content' key, got {dict(token)}")
-        fields = {f.name for f in dataclasses.fields(AddedToken)}
-        kw = {k: v for k, v in token.items() if k in fields}
-        kw["special"] = bool(kw.get("special", False)) or special
-        return AddedToken(**kw)
-    if hasattr(token, "content"):
-        return AddedToken(
-            str(token.content), single_word=bool(getattr(token, "single_word", False)),
-            lstrip=bool(getattr(token, "lstrip", False)), rstrip=bool(getattr(token, "rstrip", False)),
-            normalized=bool(getattr(token, "normalized", not special)),
-            special=bool(getattr(token, "special", False)) or special,
-        )
-    raise TypeError(f"a token must be a str or an AddedToken, got {type(token).__name__}")
-
-
-def _token_content(value: Any) -> str | None:
-    """A special-token value from a config file: a str, an AddedToken dict, or None."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, Mapping):
-        return value.get("content")
-    if hasattr(value, "content"):
-        return str(value.content)
-    raise TypeError(f"a special token must be a str or an AddedToken, got {type(value).__name__}")
-
-
-# ---------------------------------------------------------------------------------------------
-# vocabulary files
-# ---------------------------------------------------------------------------------------------
-
-
-def parse_merges(text: str, source: str = "merges.txt") -> list[tuple[str, str]]:
-    """Merges from a merges.txt body: one ``"a b"`` pair per line after the ``#version`` header.
-
-    transformers' slow tokenizer drops the first and last line unconditionally
-    (``split("\\n")[1:-1]``); we skip only the header and blank lines, so a file without a final
-    newline keeps its last merge.
-    """
-    merges = []
-    for lineno, line in enumerate(text.split("\n"), 1):
-        line = line.rstrip("\r")  # byte-level symbols never contain "\r" (it is "č")
-        if not line or (lineno == 1 and line.startswith("#version")):
-            continue
-        parts = line.split(" ")
-        if len(parts) != 2 or not parts[0] or not parts[1]:
-            raise ValueError(f"{source}:{lineno}: expected two symbols separated by a space, "
-                             f"got {line!r}")
-        merges.append((parts[0], parts[1]))
-    return merges
-
-
-def _merges_from_json(raw: Sequence[Any]) -> list[tuple[str, str]]:
-    # tokenizers wrote "a b" strings before 0.20 and [a, b] pairs since
-    out = []
-    for m in raw:
-        a, b = m.split(" ") if isinstance(m, str) else m
-        out.append((a, b))
-    return out
-
-
-@dataclasses.dataclass
-class VocabFiles:
-    """Parsed tokenizer files: base vocabulary, merges, added tokens and init settings."""
-
-    vocab: dict[str, int]
-    merges: list[tuple[str, str]]
-    added: list[tuple[int, AddedToken]] = dataclasses.field(default_factory=list)
-    init_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-#: tokenizer files are read with a size cap (GPT-2's tokenizer.json is 1.4 MB)
-_MAX_TOKENIZER_FILE = 256 * 1024 * 1024
-
-
-def _read_text(path: str | os.PathLike, what: str) -> str:
-    data = read_regular_file(path, _MAX_TOKENIZER_FILE, what)
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: {what} is not UTF-8 ({e})") from e
-
-
-def _json_object(path: Path) -> dict[str, Any]:
-    d = load_json_file(path, "tokenizer config", _MAX_TOKENIZER_FILE)
-    if not isinstance(d, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(d).__name__}")
-    return d
-
-
-def read_tokenizer_json(path: str | os.PathLike) -> VocabFiles:
-    """Vocabulary, merges, added tokens and ``add_prefix_space`` from a tokenizers tokenizer.json."""
-    data = load_json_file(path, "tokenizer file", _MAX_TOKENIZER_FILE)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    model = data.get("model") or {}
-    if model.get("type", "BPE") != "BPE" or "vocab" not in model or "merges" not in model:
-        raise ValueError(f"{path} does not hold a BPE model (type {model.get('type')!r})")
-    vocab = dict(model["vocab"])
-    added = [(int(t["id"]), _as_added_token(t, special=False)) for t in data.get("added_tokens", [])]
-    init: dict[str, Any] = {}
-    pre = data.get("pre_tokenizer") or {}
-    for p in [pre, *pre.get("pretokenizers", [])]:
-        if p.get("type") == "ByteLevel" and "add_prefix_space" in p:
-            init["add_prefix_space"] = bool(p["add_prefix_space"])
-    post = data.get("post_processor") or {}
-    for p in [post, *post.get("processors", [])]:
-        if p.get("type") == "ByteLevel" and p.get("trim_offsets"):
-            init["trim_offsets"] = True
-    return VocabFiles(vocab, _merges_from_json(model["merges"]), added, init)
-
-
-@functools.cache
-def _shipped_files() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
-    # cached: parsing takes ~50 ms; callers copy before keeping anything mutable
-    root = resources.files("gpt2_core").joinpath("assets", "gpt2")
-    vocab = json.loads(root.joinpath("vocab.json").read_text("utf-8"))
-    merges = parse_merges(root.joinpath("merges.txt").read_text("utf-8"), "assets/gpt2/merges.txt")
-    return vocab, tuple(merges)
-
-
-def shipped_vocab_files() -> VocabFiles:
-    """GPT-2's real vocabulary, shipped in the package (``gpt2_core/assets/gpt2``)."""
-    vocab, merges = _shipped_files()
-    return VocabFiles(dict(vocab), list(merges))
-
-
-@functools.cache
-def _shipped_tables() -> tuple[tuple[str, ...], tuple[bytes, ...], dict[tuple[str, str], int]]:
-    # derived tables of the shipped vocabulary, built once per process (~100 ms) and copied
-    vocab, merges = _shipped_files()
-    id_to_token = tuple(sorted(vocab, key=vocab.__getitem__))
-    return (id_to_token, tuple(token_to_bytes(t) for t in id_to_token),
-            {m: i for i, m in enumerate(merges)})
-
-
-def is_shipped_vocab(vocab: Mapping[str, int], merges: Sequence[tuple[str, str]]) -> bool:
-    """True when ``vocab``/``merges`` are exactly GPT-2's (then tiktoken's BPE is exact)."""
-    ref_vocab, ref_merges = _shipped_files()
-    return len(merges) == len(ref_merges) and vocab == ref_vocab and tuple(merges) == ref_merges
-
-
-def load_vocab_files(vocab_file: Any = None, merges_file: Any = None,
-                     tokenizer_file: Any = None) -> VocabFiles:
-    """Vocabulary from paths or in-memory objects; the shipped GPT-2 files when all are None."""
-    if tokenizer_file is not None:
-        return read_tokenizer_json(tokenizer_file)
-    if vocab_file is None and merges_file is None:
-        return shipped_vocab_files()
-    if vocab_file is None or merges_file is None:
-        raise ValueError("pass both vocab_file and merges_file (or tokenizer_file, or neither "
-                         "for GPT-2's shipped vocabulary)")
-    if isinstance(vocab_file, Mapping):
-        vocab = dict(vocab_file)
-    else:
-        vocab = load_json_file(vocab_file, "vocabulary file", _MAX_TOKENIZER_FILE)
-        if not isinstance(vocab, dict):
-            raise ValueError(f"{vocab_file}: expected a JSON object of token -> id")
-    if isinstance(merges_file, str | os.PathLike):
-        merges = parse_merges(_read_text(merges_file, "merges file"), str(merges_file))
-    else:
-        merges = _merges_from_json(list(merges_file))
-    return VocabFiles(vocab, merges)
-
-
-def read_pretrained(name_or_path: str | os.PathLike, *, prefer_tokenizer_json: bool) -> VocabFiles:
-    """Everything ``from_pretrained`` needs from a preset name, a directory or a hub id."""
-    name = os.fspath(name_or_path)
-    if not Path(name).is_dir() and presets.is_preset(name):
-        files = shipped_vocab_files()
-        files.init_kwargs["model_max_length"] = DEFAULT_MODEL_MAX_LENGTH
-        return files
-    d = hub.resolve_dir(name, allow_patterns=TOKENIZER_PATTERNS)
-    have_json = (d / VOCAB_FILES_NAMES["tokenizer_file"]).is_file()
-    have_bpe = all((d / VOCAB_FILES_NAMES[k]).is_file() for k in ("vocab_file", "merges_file"))
-    if have_json and (prefer_tokenizer_json or not have_bpe):
-        files = read_tokenizer_json(d / VOCAB_FILES_NAMES["tokenizer_file"])
-    elif have_bpe:
-        files = load_vocab_files(d / "vocab.json", d / "merges.txt")
-    else:
-        raise FileNotFoundError(f"{d} has no tokenizer files: expected vocab.json + merges.txt "
-                                "or tokenizer.json")
-    config: dict[str, Any] = {}
-    if (d / TOKENIZER_CONFIG_FILE).is_file():
-        config = _json_object(d / TOKENIZER_CONFIG_FILE)
-    if (d / SPECIAL_TOKENS_MAP_FILE).is_file():
-        # as transformers: special_tokens_map.json wins over tokenizer_config.json
-        config.update(_json_object(d / SPECIAL_TOKENS_MAP_FILE))
-    added = {i: t for i, t in files.added}
-    for i, t in (config.pop("added_tokens_decoder", None) or {}).items():
-        added[int(i)] = _as_added_token(t, special=False)
-    if (d / ADDED_TOKENS_FILE).is_file():  # legacy file, only used when nothing else says
-        for content, i in _json_object(d / ADDED_TOKENS_FILE).items():
-            if int(i) not in added:
-                added[int(i)] = _as_added_token(content, special=False)
-    files.added = sorted(added.items())
-    files.init_kwargs.update(_init_kwargs_from_config(config))
-    return files
-
-
-_CONFIG_KEYS = (
-    "errors", "add_prefix_space", "add_bos_token", "model_max_length", "padding_side",
-    "truncation_side", "clean_up_tokenization_spaces", "additional_special_tokens",
-    *SPECIAL_TOKENS_ATTRIBUTES,
+from gpt2_core._vocab_files import (
+    VocabFiles,
+    _shipped_tables,
+    dump_vocab,
+    is_shipped_vocab,
+    read_pretrained,
+)
+from gpt2_core.io_utils import atomic_write_text
+from gpt2_core.tokenization import (
+    DEFAULT_MODEL_MAX_LENGTH,
+    ENDOFTEXT,
+    PADDING_STRATEGIES,
+    SPECIAL_TOKENS_ATTRIBUTES,
+    SPECIAL_TOKENS_MAP_FILE,
+    TOKENIZER_CONFIG_FILE,
+    TRUNCATION_STRATEGIES,
+    VOCAB_FILES_NAMES,
+    AddedToken,
+    BatchEncoding,
+    _as_added_token,
+    _tensor_type,
+    _token_content,
+    token_to_bytes,
 )
 
-
-def _init_kwargs_from_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    out = {}
-    for key in _CONFIG_KEYS:
-        if key not in config:
-            continue
-        value = config[key]
-        if key in SPECIAL_TOKENS_ATTRIBUTES:
-            value = _token_content(value)
-        elif key == "additional_special_tokens":
-            value = [_token_content(v) for v in value or []]
-        elif key == "model_max_length" and value is not None:
-            value = int(value)
-        out[key] = value
-    ignored = sorted(set(config) - set(_CONFIG_KEYS) - {"tokenizer_class", "extra_special_tokens",
-                                                         "name_or_path", "auto_map"})
-    if ignored:
-        logger.debug("tokenizer config keys not used by gpt2_core: %s", ignored)
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# BatchEncoding and tensors
-# ---------------------------------------------------------------------------------------------
-
-
-def _tensor_type(return_tensors: Any) -> str | None:
-    if return_tensors is None:
-        return None
-    name = getattr(return_tensors, "value", return_tensors)  # transformers' TensorType enum
-    if name not in TENSOR_TYPES:
-        raise ValueError(f"return_tensors must be one of {TENSOR_TYPES} or None, got "
-                         f"{return_tensors!r}")
-    return name
-
-
-def to_tensor(value: Any, tensor_type: str, key: str = "input_ids") -> Any:
-    """Nested int lists -> an array of ``tensor_type``; frameworks are imported only here."""
-    try:
-        arr = np.asarray(value)
-    except ValueError as e:  # ragged lists
-        raise ValueError(
-            f"Unable to create tensor for {key!r}: the sequences have different lengths. Pass "
-            "padding=True (and truncation=True) to get rectangular batches."
-        ) from e
-    if arr.dtype == object:
-        raise ValueError(f"Unable to create tensor for {key!r}: the sequences have different "
-                         "lengths. Pass padding=True (and truncation=True).")
-    arr = arr.astype(_TENSOR_INT_DTYPE[tensor_type], copy=False)
-    if tensor_type == "np":
-        return arr
-    if tensor_type == "pt":
-        import torch
-
-        return torch.from_numpy(np.ascontiguousarray(arr))
-    if tensor_type == "tf":
-        import tensorflow as tf
-
-        return tf.constant(arr)
-    import jax.numpy as jnp
-
-    return jnp.asarray(arr)
-
-
-class BatchEncoding(dict):
-    """The output of a tokenizer call: a dict of model inputs with attribute access.
-
-    ``enc["input_ids"]`` and ``enc.input_ids`` are the same; ``enc.word_ids(i)`` maps the tokens
-    of sequence ``i`` to the word they came from (GPT2TokenizerFast, pre-split input or offsets).
-    """
-
-    def __init__(self, data: Mapping[str, Any] | None = None, *, tensor_type: str | None = None,
-                 word_ids: list[list[int | None]] | None = None) -> None:
-        super().__init__(data or {})
-        self._word_ids = word_ids
-        if tensor_type is not None:
-            self.convert_to_tensors(tensor_type)
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(f"BatchEncoding has no key or attribute {name!r} "
-                                 f"(keys: {list(self)})") from None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"data": dict(self), "word_ids": self._word_ids}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.update(state["data"])
-        self._word_ids = state["word_ids"]
-
-    def word_ids(self, batch_index: int = 0) -> list[int | None]:
-        """For each token of sequence ``batch_index``, the index of its word (None: special)."""
-        if self._word_ids is None:
-            raise ValueError(
-                "word_ids() needs GPT2TokenizerFast with is_split_into_words=True or "
-                "return_offsets_mapping=True")
-        return self._word_ids[batch_index]
-
-    def convert_to_tensors(self, tensor_type: str) -> BatchEncoding:
-        tensor_type = _tensor_type(tensor_type)
-        for key in list(self):
-            self[key] = to_tensor(self[key], tensor_type, key)
-        return self
-
-    def to(self, device: Any) -> BatchEncoding:
-        """Move torch tensors to ``device`` (as transformers' BatchEncoding.to)."""
-        for key, value in self.items():
-            if hasattr(value, "to"):
-                self[key] = value.to(device)
-        return self
-
-
-# ---------------------------------------------------------------------------------------------
-# the shared tokenizer
-# ---------------------------------------------------------------------------------------------
+logger = logging.getLogger(__name__)
 
 
 def _check_text(text: Any, where: str = "text") -> str:
@@ -1453,16 +1035,6 @@ def _to_id_list(ids: Any) -> list[int]:
             if type(i) is not int and not _is_int(i):
                 raise TypeError(f"token ids must be integers, got {i!r}")
     return out
-
-
-def dump_vocab(vocab: Mapping[str, int]) -> str:
-    """``json.dumps(vocab, indent=2, sort_keys=True, ensure_ascii=False) + "\\n"`` (transformers'
-    vocab.json layout), 20x faster: indent makes json use its pure-Python encoder."""
-    if not vocab:
-        return "{}\n"
-    enc = json.JSONEncoder(ensure_ascii=False).encode
-    body = ",\n".join(f"  {enc(k)}: {int(v)}" for k, v in sorted(vocab.items()))
-    return "{\n" + body + "\n}\n"
 
 
 def _dumps(obj: Any) -> str:

@@ -52,7 +52,7 @@ ACTIVATION_CODES = {
 
 _SOURCE = Path(__file__).with_name("csrc") / "gpt2_kernels.c"
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
-_ABI = 4
+_ABI = 5
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -131,12 +131,12 @@ def _build(cc: str, out: Path) -> None:
 
 def _declare(lib: ctypes.CDLL) -> None:
     vp, i64, cint, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
-    lib.gpt2_gemv_kn.argtypes = [vp, i64, vp, cint, vp, vp, i64, i64, i64, i64, vp, cint]
+    lib.gpt2_gemv_kn.argtypes = [vp, i64, vp, cint, vp, vp, vp, i64, i64, i64, i64, vp, cint]
     lib.gpt2_gemv_kn.restype = None
-    lib.gpt2_gemv_nk.argtypes = [vp, i64, vp, cint, vp, i64, i64, i64, i64, cint]
+    lib.gpt2_gemv_nk.argtypes = [vp, i64, vp, cint, vp, vp, i64, i64, i64, i64, cint]
     lib.gpt2_gemv_nk.restype = None
     lib.gpt2_decode_step.argtypes = [vp, vp, vp, vp, vp, vp, i64, i64, i64, i64, i64, i64,
-                                     i64, i64, f32, cint, cint, vp, vp, cint, cint]
+                                     i64, i64, f32, cint, cint, vp, vp, cint, cint, vp]
     lib.gpt2_decode_step.restype = None
     lib.gpt2_decode_work_floats.argtypes = [i64, i64, i64, i64, i64, i64, cint]
     lib.gpt2_decode_work_floats.restype = i64
@@ -264,8 +264,12 @@ def threads(requested: int | None = None) -> int:
 
 
 # ----------------------------------------------------------------------------- numpy entry points
-#: the weight dtypes the kernels read: float32, and bfloat16 (``ml_dtypes``) widened on the fly
+#: the weight dtypes the kernels read: float32, bfloat16 (``ml_dtypes``) widened on the fly, and
+#: int8 with one float32 scale per output channel (:mod:`gpt2_core.quantize`)
 BF16 = np.dtype(ml_dtypes.bfloat16)
+#: the C kernels' weight kinds (``wq``), by numpy dtype
+WEIGHT_KINDS = {np.dtype(np.float32): 0, BF16: 1, np.dtype(np.int8): 2}
+INT8 = 2
 
 
 def _f32(a: np.ndarray, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
@@ -277,21 +281,34 @@ def _f32(a: np.ndarray, name: str, shape: tuple[int, ...] | None = None) -> np.n
 
 
 def _weight(a: np.ndarray, name: str, shape: tuple[int, ...] | None = None) -> int:
-    """Check a weight matrix (C-contiguous float32 or bfloat16); 1 if bfloat16, else 0."""
-    if not isinstance(a, np.ndarray) or a.dtype not in (np.float32, BF16) \
+    """Check a weight matrix (C-contiguous float32, bfloat16 or int8); its kind (0, 1, 2)."""
+    if not isinstance(a, np.ndarray) or a.dtype not in WEIGHT_KINDS \
             or not a.flags.c_contiguous:
-        raise TypeError(f"{name} must be a C-contiguous float32 or bfloat16 numpy array")
+        raise TypeError(f"{name} must be a C-contiguous float32, bfloat16 or int8 numpy array")
     if shape is not None and a.shape != shape:
         raise ValueError(f"{name} has shape {a.shape}, expected {shape}")
-    return int(a.dtype == BF16)
+    return WEIGHT_KINDS[a.dtype]
+
+
+def _scale(kind: int, scale: np.ndarray | None, name: str, n: int) -> int | None:
+    """The address of an int8 weight's ``n`` per-channel scales (None for float weights)."""
+    if kind != INT8:
+        if scale is not None:
+            raise ValueError(f"{name}: a scale goes with int8 weights only")
+        return None
+    if scale is None:
+        raise ValueError(f"{name} is int8: its per-channel scales are required")
+    return _f32(scale, f"{name} scale", (n,)).ctypes.data
 
 
 def linear_kn(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
-              nt: int | None = None) -> np.ndarray:
+              nt: int | None = None, scale: np.ndarray | None = None) -> np.ndarray:
     """``b + x @ w`` for x (M, K), w (K, N) (GPT-2's Conv1D layout); x and b float32, w float32
-    or bfloat16 (widened to fp32 in registers: the sums are fp32 either way)."""
-    wbf16 = _weight(w, "w")
+    or bfloat16 (widened to fp32 in registers: the sums are fp32 either way), or int8 with
+    ``scale`` (N,) float32 (then ``b + (x @ w) * scale``)."""
+    wq = _weight(w, "w")
     K, N = w.shape
+    s = _scale(wq, scale, "w", N)
     x = np.ascontiguousarray(x, np.float32).reshape(-1, x.shape[-1])
     if x.shape[1] != K:
         raise ValueError(f"x has {x.shape[1]} features, w expects {K}")
@@ -301,23 +318,25 @@ def linear_kn(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
     nt = threads(nt)
     y = np.empty((M, N), np.float32)
     scratch = np.empty(max(1, (nt - 1) * M * N), np.float32)
-    library().gpt2_gemv_kn(x.ctypes.data, K, w.ctypes.data, wbf16,
+    library().gpt2_gemv_kn(x.ctypes.data, K, w.ctypes.data, wq, s,
                            None if b is None else b.ctypes.data, y.ctypes.data, N, M, K, N,
                            scratch.ctypes.data, nt)
     return y
 
 
-def linear_nk(x: np.ndarray, w: np.ndarray, nt: int | None = None) -> np.ndarray:
+def linear_nk(x: np.ndarray, w: np.ndarray, nt: int | None = None,
+              scale: np.ndarray | None = None) -> np.ndarray:
     """``x @ w.T`` for x (M, K), w (N, K) (nn.Linear's layout, e.g. the tied LM head); w
-    float32 or bfloat16."""
-    wbf16 = _weight(w, "w")
+    float32 or bfloat16, or int8 with ``scale`` (N,) (one per row of w)."""
+    wq = _weight(w, "w")
     N, K = w.shape
+    s = _scale(wq, scale, "w", N)
     x = np.ascontiguousarray(x, np.float32).reshape(-1, x.shape[-1])
     if x.shape[1] != K:
         raise ValueError(f"x has {x.shape[1]} features, w expects {K}")
     y = np.empty((x.shape[0], N), np.float32)
-    library().gpt2_gemv_nk(x.ctypes.data, K, w.ctypes.data, wbf16, y.ctypes.data, N, x.shape[0],
-                           K, N, threads(nt))
+    library().gpt2_gemv_nk(x.ctypes.data, K, w.ctypes.data, wq, s, y.ctypes.data, N,
+                           x.shape[0], K, N, threads(nt))
     return y
 
 
@@ -342,9 +361,12 @@ class DecodeStep:
         config: the GPT2Config.
         weights: canonical name -> C-contiguous array, canonical layouts (Conv1D (in, out));
             ``lm_head.weight`` (V, C), or (C, V) with ``head_transposed``. The matrices (wte,
-            the LM head, c_attn, c_proj, c_fc) are all float32 or all bfloat16 (half the bytes
-            to read per token; widened to fp32 in registers); the layer norms, biases and wpe
-            are float32, or bfloat16 widened to a float32 copy here (they are small).
+            the LM head, c_attn, c_proj, c_fc) are all float32, all bfloat16 (half the bytes
+            to read per token; widened to fp32 in registers) or all int8 (a quarter), each int8
+            one with its float32 per-output-channel scales under ``<name>_scale`` (e.g.
+            ``transformer.wte.weight_scale`` (V,), one per vocabulary entry for both the
+            embedding and the head; see :mod:`gpt2_core.quantize`); the layer norms, biases and
+            wpe are float32, or bfloat16 widened to a float32 copy here (they are small).
         keys, values: per layer (B, H, L, D) float32 buffers, written at each step's slot.
         batch: B rows (at most :data:`MAX_ROWS`).
         scales: per-layer attention scales (default :func:`attention_scales`).
@@ -395,14 +417,23 @@ class DecodeStep:
         cache_shape = (batch, H, self.L, D)
 
         wte = weights["transformer.wte.weight"]
-        self.wbf16 = _weight(wte, "transformer.wte.weight", (config.vocab_size, C))
+        self.wq = _weight(wte, "transformer.wte.weight", (config.vocab_size, C))
+        qscales: list[int] = []
 
         def ptr(name: str, shape: tuple[int, ...] | None = None, matrix: bool = False) -> int:
             a = weights[name]
             if matrix:
-                if _weight(a, name, shape) != self.wbf16:
+                if _weight(a, name, shape) != self.wq:
                     raise TypeError(f"{name} is {a.dtype} but transformer.wte.weight is "
                                     f"{wte.dtype}: the weight matrices must share one dtype")
+                if self.wq == INT8:  # one scale per output channel: the last axis, but rows
+                    n = shape[0] if name in ("transformer.wte.weight", "lm_head.weight") \
+                        and not (name == "lm_head.weight" and head_transposed) else shape[1]
+                    s = weights.get(name + "_scale")
+                    if s is None and name == "lm_head.weight" and a is wte:  # tied
+                        s = weights.get("transformer.wte.weight_scale")
+                    qscales.append(_scale(INT8, s, name, n))
+                    self._keep.append(s)
             else:
                 if isinstance(a, np.ndarray) and a.dtype == BF16:
                     a = a.astype(np.float32)  # a vector or wpe: widened once, exactly
@@ -430,6 +461,7 @@ class DecodeStep:
                 self._keep.append(buf)
                 per_layer.append(buf.ctypes.data)
         self._glob = (ctypes.c_void_p * 5)(*glob)
+        self._qscales = (ctypes.c_void_p * max(1, len(qscales)))(*qscales)
         self._layers = (ctypes.c_void_p * len(per_layer))(*per_layer)
         self._scales = np.asarray(scales if scales is not None else attention_scales(config),
                                   np.float32)
@@ -455,5 +487,10 @@ class DecodeStep:
             ids.ctypes.data, positions.ctypes.data, self._glob, self._layers,
             self._scales.ctypes.data, bias.ctypes.data, slot, M, self.C, self.H, L, self.F,
             self.V, self.n_layer, self.eps, self.act, self.head_kn, out.ctypes.data,
-            self._work.ctypes.data, self.nt, self.wbf16)
+            self._work.ctypes.data, self.nt, self.wq, self._qscales)
         return out
+
+    @property
+    def wbf16(self) -> int:
+        """1 if the matrices are bfloat16 (see :attr:`wq`: 0 float32, 1 bfloat16, 2 int8)."""
+        return int(self.wq == 1)

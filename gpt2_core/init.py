@@ -8,6 +8,7 @@ training; this one reproduces transformers' ``_init_weights`` when ``std`` is No
 from __future__ import annotations
 
 import math
+import zlib
 
 import numpy as np
 
@@ -66,6 +67,37 @@ def random_state_dict(
         out[key] = np.asarray(arr, dtype=dtype)
     for tied, src in ties.items():
         out[tied] = out[src]
+    return out
+
+
+def missing_weights(config: GPT2Config, head: str, keys: list[str] | tuple[str, ...], *,
+                    seed: int = 0) -> dict[str, np.ndarray]:
+    """transformers' init for weights a checkpoint lacks (a new head), in canonical layout:
+    biases 0, LayerNorm weights 1, other weights N(0, initializer_range), float32.
+
+    Every backend initialises missing weights through this function, so the same ``seed``
+    gives the same new head in torch, tf and flax. Each key draws from its own generator
+    (seeded by ``seed`` and the key's name), so a key's values do not depend on which other
+    keys are missing.
+
+    Example:
+        >>> cfg = GPT2Config(n_layer=2, n_embd=36, n_head=3, vocab_size=257, num_labels=4)
+        >>> new = missing_weights(cfg, "sequence_classification", ["score.weight"], seed=0)
+        >>> new["score.weight"].shape
+        (4, 36)
+    """
+    shapes = naming.expected_shapes(config, head)
+    out: dict[str, np.ndarray] = {}
+    for key in keys:
+        shape, leaf = shapes[key], key.rsplit(".", 1)[-1]
+        if leaf == "bias":
+            out[key] = np.zeros(shape, np.float32)
+        elif ".ln_" in f".{key}":
+            out[key] = np.ones(shape, np.float32)
+        else:
+            rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
+            out[key] = rng.standard_normal(shape, dtype=np.float32) * np.float32(
+                config.initializer_range)
     return out
 
 

@@ -23,7 +23,7 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -362,3 +362,25 @@ def parse_size(size: int | str) -> int:
     if n <= 0:
         raise ValueError(f"size must be positive, got {size!r}")
     return n
+
+
+def unique_keys(error: type[Exception], where: str) -> Callable[[list[tuple[Any, Any]]], dict]:
+    """An ``object_pairs_hook`` (json, msgpack) that raises ``error`` naming a repeated key.
+
+    Python's json and msgpack keep the last of two equal keys silently; a checkpoint that says
+    two things about one tensor is refused instead.
+
+    Example:
+        >>> json.loads('{"a": 1}', object_pairs_hook=unique_keys(ValueError, "the header"))
+        {'a': 1}
+    """
+
+    def hook(pairs: list[tuple[Any, Any]]) -> dict:
+        out: dict = {}
+        for k, v in pairs:
+            if k in out:
+                raise error(f"duplicate key {k!r} in {where}")
+            out[k] = v
+        return out
+
+    return hook

@@ -67,6 +67,21 @@ def head_of(head_or_class: str) -> str:
     )
 
 
+def head_of_model(model: Any) -> str:
+    """The head of a model object of any backend, from its class (or a parent class) name:
+    ``GPT2LMHeadModel`` -> ``"lm"``. The six class names are the same in every backend."""
+    for cls in type(model).__mro__:
+        if cls.__name__ in ARCHITECTURES:
+            return ARCHITECTURES[cls.__name__]
+    raise TypeError(f"{type(model).__name__} is not one of the GPT-2 classes {list(HEADS.values())}")
+
+
+def is_transposed(key: str) -> bool:
+    """True for a canonical key stored (out, in) (an ``nn.Linear`` head, :data:`LINEAR_HEAD_WEIGHTS`):
+    the backends whose dense kernels are (in, out) (Keras, Flax) transpose exactly these."""
+    return key in LINEAR_HEAD_WEIGHTS
+
+
 def is_buffer_key(key: str) -> bool:
     """True for the legacy non-weight buffers ``h.N.attn.bias`` / ``h.N.attn.masked_bias``."""
     return bool(_BUFFER_RE.search(key))

@@ -20,14 +20,9 @@ from typing import Any
 
 import regex
 
-from gpt2_core._tokenizer_base import (
-    ENDOFTEXT,
-    GPT2_PATTERN,
-    GPT2TokenizerBase,
-    VocabFiles,
-    bytes_to_unicode,
-    load_vocab_files,
-)
+from gpt2_core._tokenizer_base import GPT2TokenizerBase
+from gpt2_core._vocab_files import VocabFiles, load_vocab_files
+from gpt2_core.tokenization import ENDOFTEXT, GPT2_PATTERN, bytes_to_unicode
 
 __all__ = ["GPT2Tokenizer"]
 

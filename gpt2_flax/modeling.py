@@ -563,7 +563,7 @@ class GPT2PreTrainedModel(nnx.Module):
     def from_pretrained(cls, name_or_path: str | os.PathLike, *, dtype: Any = jnp.float32,
                         param_dtype: Any = jnp.float32, config: GPT2Config | None = None,
                         prefer: str | None = None, seed: int = 0, sharding: Any = None,
-                        **config_overrides: Any):
+                        quantize: str | None = None, **config_overrides: Any):
         """Load any transformers GPT-2 checkpoint (safetensors, sharded, pytorch_model.bin,
         tf_model.h5, flax_model.msgpack) from a directory or hub id.
 
@@ -576,6 +576,8 @@ class GPT2PreTrainedModel(nnx.Module):
             prefer: format to read when several are present ("safetensors", "flax", ...).
             seed: seeds the dropout streams and any head weights absent from the checkpoint.
             sharding: a :class:`gpt2_flax.sharding.ShardingConfig` to annotate the parameters.
+            quantize: ``"int8"`` (or ``dtype="int8"``): int8 weight-only quantization, see
+                :mod:`gpt2_flax.quantize`.
             **config_overrides: config fields to change (e.g. ``num_labels=3``).
 
         The model is returned in eval mode (dropout off), as transformers does.
@@ -584,31 +586,36 @@ class GPT2PreTrainedModel(nnx.Module):
             >>> model = GPT2LMHeadModel.from_pretrained("path/to/gpt2", param_dtype=jnp.bfloat16)
         """
         from gpt2_core.checkpoint import load_pretrained
+        from gpt2_flax import quantize as Q
 
+        dtype, quantize = Q.resolve(dtype, quantize)
         config, sd, _report = load_pretrained(name_or_path, cls.head, config=config,
                                               prefer=prefer, **config_overrides)
         dtype, param_dtype = (_jnp_dtype(d, sd) for d in (dtype, param_dtype))
-        return cls.from_state_dict(config, sd, dtype=dtype, param_dtype=param_dtype, seed=seed,
-                                   sharding=sharding)
+        model = cls.from_state_dict(config, sd, dtype=dtype, param_dtype=param_dtype, seed=seed,
+                                    sharding=sharding)
+        return Q.quantize_model(model, quantize) if quantize else model
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """The canonical state dict (HF PyTorch names and layouts, numpy, tied keys included)."""
         from gpt2_flax import weights
 
-        return weights.to_state_dict(self)
+        return weights.to_canonical(self)
 
     def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True):
         """Copy a canonical state dict into this model in place; returns the load report."""
         from gpt2_flax import weights
 
-        return weights.load_into(self, state_dict, strict=strict)
+        return weights.load_canonical(self, state_dict, strict=strict)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, flax_msgpack: bool = False,
                         max_shard_size: int | str = "5GB", dtype: Any = None) -> list:
         """Write ``config.json`` + ``model.safetensors`` (and ``flax_model.msgpack`` in
         transformers' Flax layout when ``flax_msgpack``) that transformers loads directly."""
         from gpt2_core.checkpoint import save_pretrained
+        from gpt2_flax.quantize import refuse_save
 
+        refuse_save(self)
         formats = ("safetensors", "flax") if flax_msgpack else ("safetensors",)
         return save_pretrained(self.state_dict(), self.config, save_directory, self.head,
                                max_shard_size=max_shard_size, dtype=dtype, formats=formats)

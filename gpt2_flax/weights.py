@@ -6,8 +6,9 @@ Our NNX module paths are the same names, so the mapping is:
 * path: ``('transformer', 'h', 0, 'attn', 'c_attn', 'kernel')`` <-> ``transformer.h.0.attn.c_attn.weight``
   (list indices become the dotted integers);
 * leaf: ``kernel`` / ``scale`` (LayerNorm) / ``embedding`` (Embed) <-> ``weight``; ``bias`` <-> ``bias``;
-* transposes: **only** the ``nn.Linear`` heads listed in :data:`TRANSPOSED` (PyTorch Linear is
-  (out, in), ``nnx.Linear.kernel`` is (in, out)).
+* transposes: **only** the ``nn.Linear`` heads listed in :data:`TRANSPOSED`, which is
+  :data:`gpt2_core.naming.LINEAR_HEAD_WEIGHTS` (PyTorch Linear is (out, in), ``nnx.Linear.kernel``
+  is (in, out)).
 
 GPT-2's Conv1D weights (``c_attn``, ``c_proj``, ``c_fc``, ``q_attn``) are **not** transposed:
 Conv1D stores (in, out), which is ``nnx.Linear``'s kernel layout already.
@@ -32,13 +33,14 @@ import numpy as np
 from flax import nnx
 
 from gpt2_core import lowmem, naming
+from gpt2_core.init import missing_weights
 
 logger = logging.getLogger(__name__)
 
 #: leaf name of an NNX variable -> canonical leaf
 LEAF_TO_CANONICAL = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}
-#: module paths (without ``transformer.``) whose kernels are stored transposed in the canonical dict
-TRANSPOSED = ("lm_head", "score", "classifier", "qa_outputs", "multiple_choice_head.summary")
+#: canonical keys whose NNX kernel (in, out) is the transpose of nn.Linear's (out, in)
+TRANSPOSED = naming.LINEAR_HEAD_WEIGHTS
 
 
 def canonical_key(path: tuple) -> str:
@@ -50,14 +52,8 @@ def canonical_key(path: tuple) -> str:
 
 
 def is_transposed(key: str) -> bool:
-    """True when the canonical ``key`` is an (out, in) Linear-head weight."""
-    module, leaf = key.rsplit(".", 1)
-    return leaf == "weight" and naming.strip_base_prefix(module) in TRANSPOSED
-
-
-def _to_canonical_array(key: str, value: Any) -> np.ndarray:
-    arr = np.asarray(jax.device_get(value))
-    return np.ascontiguousarray(arr.T) if is_transposed(key) else arr
+    """True when ``key``'s NNX variable is the transpose of the canonical array."""
+    return key in TRANSPOSED
 
 
 def _from_canonical_array(key: str, value: Any, shape: tuple, dtype: Any) -> jax.Array:
@@ -78,48 +74,73 @@ def _params(model: nnx.Module) -> list[tuple[tuple, nnx.Variable]]:
     return list(nnx.to_flat_state(nnx.state(model, nnx.Param)))
 
 
-def to_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
-    """The model's canonical state dict (numpy; tied ``lm_head.weight`` included), in
-    ``gpt2_core.naming.expected_shapes`` order."""
-    config, head = model.config, model.head
-    found = {}
-    for path, var in _params(model):
-        key = canonical_key(path)
-        found[key] = _to_canonical_array(key, var.get_value())
-    for tied, src in naming.tied_keys(config, head).items():
-        found[tied] = found[src]
-    order = list(naming.expected_shapes(config, head))
-    if set(order) != set(found):
-        raise AssertionError(f"variables do not match the canonical schema: "
-                             f"{sorted(set(order) ^ set(found))}")
-    return {k: found[k] for k in order}
+def variable_map(model: nnx.Module) -> dict[str, nnx.Variable]:
+    """canonical key -> NNX parameter (tied keys left out: the tied head reads ``wte``)."""
+    return {canonical_key(path): var for path, var in _params(model)}
+
+
+def _check_key_set(model: nnx.Module, vmap: dict[str, Any]) -> None:
+    head = naming.head_of_model(model)
+    expected = set(naming.expected_shapes(model.config, head))
+    expected -= set(naming.tied_keys(model.config, head))
+    if set(vmap) != expected:
+        raise AssertionError(
+            f"{type(model).__name__}: variables and canonical schema differ: "
+            f"extra {sorted(set(vmap) - expected)}, missing {sorted(expected - set(vmap))}")
+
+
+def _to_numpy(var: nnx.Variable) -> np.ndarray:
+    return np.asarray(jax.device_get(var.get_value()))
+
+
+def to_canonical(model: nnx.Module) -> dict[str, np.ndarray]:
+    """The model's weights as a canonical ``dict[str, np.ndarray]`` (tied head included), in
+    :func:`gpt2_core.naming.expected_shapes` order."""
+    head = naming.head_of_model(model)
+    vmap = variable_map(model)
+    _check_key_set(model, vmap)
+    shapes = naming.expected_shapes(model.config, head)
+    ties = naming.tied_keys(model.config, head)
+    out: dict[str, np.ndarray] = {}
+    for key, shape in shapes.items():
+        if key in ties:
+            continue
+        arr = _to_numpy(vmap[key])
+        if key in TRANSPOSED:
+            arr = np.ascontiguousarray(arr.T)
+        if arr.shape != shape:
+            raise AssertionError(f"{key}: shape {arr.shape}, canonical {shape}")
+        out[key] = arr
+    for tied, src in ties.items():
+        out[tied] = out[src]
+    return {k: out[k] for k in shapes}
 
 
 def _normalize(model: nnx.Module, state_dict: dict, strict: bool) -> tuple[dict, Any]:
-    sd, report = naming.normalize_state_dict(state_dict, model.config, model.head)
-    if not report.ok:
-        if strict:
-            report.raise_if_error()
-        logger.warning("loading state dict: %s", report.summary())
+    sd, report = naming.normalize_state_dict(state_dict, model.config,
+                                             naming.head_of_model(model),
+                                             source=type(model).__name__)
+    if strict:
+        report.raise_if_error()
+    elif not report.ok:
+        logger.warning("loading a state dict: %s", report.summary())
     return sd, report
 
 
-def _new_value(key: str, shape: tuple, dtype: Any, std: float, rng: jax.Array) -> jax.Array:
-    """Init for a head weight absent from a base-model checkpoint (transformers' init)."""
-    if key.endswith(".bias"):
-        return jnp.zeros(shape, dtype)
-    return (jax.random.normal(rng, shape, jnp.float32) * std).astype(dtype)
-
-
-def materialize(abstract: nnx.Module, state_dict: dict, *, seed: int = 0,
-                strict: bool = True) -> nnx.Module:
+def materialize(abstract: nnx.Module, state_dict: dict, *, strict: bool = True,
+                seed: int = 0) -> nnx.Module:
     """Turn an abstract model (from ``nnx.eval_shape``) into a concrete one, filled from a
     canonical state dict; no random initialisation pass over the weights.
 
-    Head weights missing from a base-model checkpoint are initialised (and logged by the core
-    loader); dropout RNG streams are seeded from ``seed``.
+    Head weights missing from a base-model checkpoint (and, with ``strict=False``, any missing
+    weight) get transformers' init from :func:`gpt2_core.init.missing_weights` (seeded by
+    ``seed``: the same values as the other backends); dropout RNG streams are seeded from
+    ``seed`` too.
     """
-    sd, report = _normalize(abstract, state_dict, strict)
+    sd, _ = _normalize(abstract, state_dict, strict)
+    head = naming.head_of_model(abstract)
+    absent = [k for k in naming.expected_shapes(abstract.config, head) if k not in sd]
+    new = missing_weights(abstract.config, head, absent, seed=seed)
     graphdef, state = nnx.split(abstract)
     base_key = jax.random.key(seed)
     new_pairs = []
@@ -128,13 +149,7 @@ def materialize(abstract: nnx.Module, state_dict: dict, *, seed: int = 0,
         shape, dtype = abstract_value.shape, abstract_value.dtype
         if isinstance(var, nnx.Param):
             key = canonical_key(path)
-            if key in sd:
-                value = _from_canonical_array(key, sd[key], shape, dtype)
-            elif key in report.newly_initialized or not strict:
-                value = _new_value(key, shape, dtype, abstract.config.initializer_range,
-                                   jax.random.fold_in(base_key, i))
-            else:  # pragma: no cover - normalize_state_dict reports it first
-                raise naming.CheckpointError(f"missing weight {key}")
+            value = _from_canonical_array(key, sd[key] if key in sd else new[key], shape, dtype)
         elif isinstance(var, nnx.RngKey):
             value = jax.random.fold_in(base_key, 1_000_003 + i)
         elif isinstance(var, nnx.RngCount):
@@ -145,15 +160,36 @@ def materialize(abstract: nnx.Module, state_dict: dict, *, seed: int = 0,
     return nnx.merge(graphdef, nnx.from_flat_state(new_pairs))
 
 
-def load_into(model: nnx.Module, state_dict: dict, *, strict: bool = True):
-    """Copy a canonical state dict into ``model``'s parameters in place; returns the report."""
+def load_canonical(model: nnx.Module, state_dict: dict, *, strict: bool = True,
+                   init_missing: bool = False, seed: int = 0) -> naming.LoadReport:
+    """Copy a canonical state dict into ``model``'s parameters in place.
+
+    Args:
+        model: any of the six model classes.
+        state_dict: canonical keys, with or without the ``transformer.`` prefix; legacy buffers
+            are dropped and tied keys filled (:func:`gpt2_core.naming.normalize_state_dict`).
+        strict: raise :class:`gpt2_core.naming.CheckpointError` on missing, unexpected or
+            mis-shaped keys; False logs them and leaves those parameters as they are.
+        init_missing: give head weights absent from a base-model checkpoint transformers' init
+            (:func:`gpt2_core.init.missing_weights`, seeded by ``seed``: the same values in every
+            backend); without it they keep their current values.
+        seed: seeds ``init_missing``.
+
+    Returns:
+        the :class:`gpt2_core.naming.LoadReport`.
+    """
     sd, report = _normalize(model, state_dict, strict)
+    head = naming.head_of_model(model)
+    _check_key_set(model, variable_map(model))
+    new = missing_weights(model.config, head, report.newly_initialized, seed=seed) \
+        if init_missing else {}
     updated = []
     for path, var in _params(model):
         key = canonical_key(path)
-        if key in sd:
+        arr = sd.get(key, new.get(key))
+        if arr is not None:
             current = var.get_value()
-            var = var.replace(_from_canonical_array(key, sd[key], current.shape, current.dtype))
+            var = var.replace(_from_canonical_array(key, arr, current.shape, current.dtype))
         updated.append((path, var))
     nnx.update(model, nnx.from_flat_state(updated))
     return report

@@ -286,6 +286,7 @@ class GenerationMixin:
             keep.append(t)
             arrays[name] = a
         head_transposed = "lm_head.weight" in arrays and "lm_head.weight" in W.TRANSPOSED
+        arrays.update(getattr(self, "int8_weights", {}))  # gpt2_tf.quantize: int8 + scales
         arrays.setdefault("lm_head.weight", arrays["transformer.wte.weight"])  # tied
         return arrays, head_transposed, keep
 

@@ -523,7 +523,8 @@ class GPT2PreTrainedModel(keras.Model):
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, *, dtype: Any = None,
                         config: GPT2Config | None = None, prefer: str | None = None,
-                        strict: bool = True, **config_overrides: Any):
+                        strict: bool = True, quantize: str | None = None,
+                        **config_overrides: Any):
         """Load a transformers-style checkpoint directory (or hub id) of any format.
 
         Args:
@@ -536,14 +537,18 @@ class GPT2PreTrainedModel(keras.Model):
             config: use this config instead of the checkpoint's config.json.
             prefer: read this format when several are present.
             strict: raise on missing / unexpected / mis-shaped weights.
+            quantize: ``"int8"`` (or ``dtype="int8"``): int8 weight-only quantization, see
+                :mod:`gpt2_tf.quantize`.
             **config_overrides: config fields to change (e.g. ``num_labels=3``).
 
         Example:
             >>> model = GPT2LMHeadModel.from_pretrained("gpt2", dtype="mixed_bfloat16")  # doctest: +SKIP
         """
         from gpt2_core import checkpoint
+        from gpt2_tf import quantize as Q
         from gpt2_tf.weights import load_canonical
 
+        dtype, quantize = Q.resolve(dtype, quantize)
         cfg, sd, report = checkpoint.load_pretrained(
             name_or_path, cls.head, config=config, prefer=prefer, strict=strict,
             **config_overrides)
@@ -560,7 +565,7 @@ class GPT2PreTrainedModel(keras.Model):
         except (ValueError, OSError):
             pass
         logger.info("loaded %s: %s", name_or_path, report.summary())
-        return model
+        return Q.quantize_model(model, quantize) if quantize else model
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, tf_h5: bool = False,
                         max_shard_size: int | str = "5GB", dtype: Any = None) -> list:
@@ -569,8 +574,10 @@ class GPT2PreTrainedModel(keras.Model):
         Returns the written paths.
         """
         from gpt2_core import checkpoint
+        from gpt2_tf.quantize import refuse_save
         from gpt2_tf.weights import to_canonical
 
+        refuse_save(self)
         formats = ("safetensors", "tf") if tf_h5 else ("safetensors",)
         written = checkpoint.save_pretrained(
             to_canonical(self), self.config, save_directory, self.head,

@@ -25,7 +25,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from gpt2_core._tokenizer_base import bytes_to_unicode
+from gpt2_core.tokenization import bytes_to_unicode
 from gpt2_tf.tokenizer import TFGPT2Tokenizer
 
 

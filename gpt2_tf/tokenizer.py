@@ -40,7 +40,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gpt2_core._tokenizer_base import bytes_to_unicode
+from gpt2_core.tokenization import bytes_to_unicode
 
 MARK = b"\xff"  # cut marker: a byte that never occurs in UTF-8 text
 # Python's str.isspace() / regex \s for Unicode, written out for RE2

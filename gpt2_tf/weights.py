@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -26,15 +27,23 @@ import numpy as np
 import tensorflow as tf
 
 from gpt2_core import lowmem, naming
+from gpt2_core.init import missing_weights
 
 if TYPE_CHECKING:
     from gpt2_tf.modeling import GPT2PreTrainedModel
 
-#: canonical leaf modules whose weight is a Keras Dense kernel, stored transposed
+#: canonical keys whose variable is a Keras Dense kernel (in, out): the transpose of nn.Linear's
 TRANSPOSED = naming.LINEAR_HEAD_WEIGHTS
 
+logger = logging.getLogger(__name__)
 
-def _block_vars(block, prefix: str) -> dict[str, Any]:
+
+def is_transposed(key: str) -> bool:
+    """True when ``key``'s Keras variable is the transpose of the canonical array."""
+    return key in TRANSPOSED
+
+
+def _block_vars(block, prefix: str, config) -> dict[str, Any]:
     out = {}
 
     def conv(name, layer):
@@ -48,7 +57,7 @@ def _block_vars(block, prefix: str) -> dict[str, Any]:
     ln("ln_1", block.ln_1)
     conv("attn.c_attn", block.attn.c_attn)
     conv("attn.c_proj", block.attn.c_proj)
-    if block.add_cross_attention:
+    if config.add_cross_attention:
         conv("crossattention.c_attn", block.crossattention.c_attn)
         conv("crossattention.q_attn", block.crossattention.q_attn)
         conv("crossattention.c_proj", block.crossattention.c_proj)
@@ -61,13 +70,13 @@ def _block_vars(block, prefix: str) -> dict[str, Any]:
 
 def variable_map(model: GPT2PreTrainedModel) -> dict[str, Any]:
     """canonical key -> Keras variable (tied keys left out). Dense kernels are in ``TRANSPOSED``."""
-    head = model.head
+    head = naming.head_of_model(model)
     base = model if head == "base" else model.transformer
     p = "" if head == "base" else naming.PREFIX
     out: dict[str, Any] = {f"{p}wte.weight": base.wte.embeddings,
                            f"{p}wpe.weight": base.wpe.embeddings}
     for i, block in enumerate(base.h):
-        out.update(_block_vars(block, f"{p}h.{i}."))
+        out.update(_block_vars(block, f"{p}h.{i}.", model.config))
     out[f"{p}ln_f.weight"] = base.ln_f.gamma
     out[f"{p}ln_f.bias"] = base.ln_f.beta
     if head in ("lm", "double_heads") and model.lm_head is not None:
@@ -87,8 +96,9 @@ def variable_map(model: GPT2PreTrainedModel) -> dict[str, Any]:
 
 
 def _check_key_set(model: GPT2PreTrainedModel, vmap: Mapping[str, Any]) -> None:
-    expected = set(naming.expected_shapes(model.config, model.head))
-    expected -= set(naming.tied_keys(model.config, model.head))
+    head = naming.head_of_model(model)
+    expected = set(naming.expected_shapes(model.config, head))
+    expected -= set(naming.tied_keys(model.config, head))
     if set(vmap) != expected:
         raise AssertionError(
             f"{type(model).__name__}: variable map and canonical schema differ: "
@@ -104,21 +114,26 @@ def _to_numpy(v) -> np.ndarray:
 
 
 def to_canonical(model: GPT2PreTrainedModel) -> dict[str, np.ndarray]:
-    """The model's weights as a canonical ``dict[str, np.ndarray]`` (tied head included)."""
+    """The model's weights as a canonical ``dict[str, np.ndarray]`` (tied head included), in
+    :func:`gpt2_core.naming.expected_shapes` order."""
+    head = naming.head_of_model(model)
     vmap = variable_map(model)
     _check_key_set(model, vmap)
-    shapes = naming.expected_shapes(model.config, model.head)
+    shapes = naming.expected_shapes(model.config, head)
+    ties = naming.tied_keys(model.config, head)
     out: dict[str, np.ndarray] = {}
-    for key, var in vmap.items():
-        arr = _to_numpy(var)
+    for key, shape in shapes.items():
+        if key in ties:
+            continue
+        arr = _to_numpy(vmap[key])
         if key in TRANSPOSED:
             arr = np.ascontiguousarray(arr.T)
-        if arr.shape != shapes[key]:
-            raise AssertionError(f"{key}: shape {arr.shape}, canonical {shapes[key]}")
+        if arr.shape != shape:
+            raise AssertionError(f"{key}: shape {arr.shape}, canonical {shape}")
         out[key] = arr
-    for tied, src in naming.tied_keys(model.config, model.head).items():
+    for tied, src in ties.items():
         out[tied] = out[src]
-    return out
+    return {k: out[k] for k in shapes}
 
 
 #: tensors above this many bytes (the embeddings and an untied head) are assigned in row blocks
@@ -150,35 +165,42 @@ def _assign(var: Any, arr: np.ndarray, *, mapped: bool) -> None:
 
 
 def load_canonical(model: GPT2PreTrainedModel, state_dict: Mapping[str, Any], *,
-                   strict: bool = True, init_missing: bool = False) -> naming.LoadReport:
+                   strict: bool = True, init_missing: bool = False,
+                   seed: int = 0) -> naming.LoadReport:
     """Assign a canonical state dict to the model's variables (cast to each variable's dtype).
 
-    Keys may carry or lack the ``transformer.`` prefix; legacy buffers are dropped and tied keys
-    filled (see :func:`gpt2_core.naming.normalize_state_dict`). Missing, unexpected or
-    mis-shaped keys raise :class:`gpt2_core.naming.CheckpointError` when ``strict``. Head weights
-    absent from a base-model checkpoint keep their current value, or with ``init_missing`` get
-    transformers' init (N(0, initializer_range), zero bias).
+    Args:
+        model: any of the six model classes.
+        state_dict: canonical keys, with or without the ``transformer.`` prefix; legacy buffers
+            are dropped and tied keys filled (:func:`gpt2_core.naming.normalize_state_dict`).
+        strict: raise :class:`gpt2_core.naming.CheckpointError` on missing, unexpected or
+            mis-shaped keys; False logs them and leaves those variables as they are.
+        init_missing: give head weights absent from a base-model checkpoint transformers' init
+            (:func:`gpt2_core.init.missing_weights`, seeded by ``seed``: the same values in every
+            backend); without it they keep their current values.
+        seed: seeds ``init_missing``.
 
-    Returns the :class:`gpt2_core.naming.LoadReport`.
+    Returns:
+        the :class:`gpt2_core.naming.LoadReport`.
     """
-    sd, report = naming.normalize_state_dict(state_dict, model.config, model.head,
-                                             allow_new_head=True)
+    head = naming.head_of_model(model)
+    sd, report = naming.normalize_state_dict(state_dict, model.config, head,
+                                             source=type(model).__name__)
     if strict:
         report.raise_if_error()
+    elif not report.ok:
+        logger.warning("loading a state dict: %s", report.summary())
     vmap = variable_map(model)
     _check_key_set(model, vmap)
-    rng = np.random.default_rng()
+    new = missing_weights(model.config, head, report.newly_initialized, seed=seed) \
+        if init_missing else {}
     for key, var in vmap.items():
-        if key in sd:
-            arr = np.asarray(sd[key])
-            if key in TRANSPOSED:
-                arr = arr.T
-        elif init_missing and key in report.newly_initialized:
-            shape = tuple(var.shape)
-            arr = (np.zeros(shape) if key.endswith("bias")
-                   else rng.normal(0.0, model.config.initializer_range, shape))
-        else:
+        arr = sd.get(key, new.get(key))
+        if arr is None:
             continue
+        arr = np.asarray(arr)
+        if key in TRANSPOSED:
+            arr = arr.T
         if tuple(arr.shape) != tuple(var.shape):
             raise naming.CheckpointError(f"{key}: checkpoint shape {arr.shape}, variable "
                                          f"{tuple(var.shape)}")

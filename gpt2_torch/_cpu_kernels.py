@@ -84,7 +84,10 @@ class DecodeStep:
     """
 
     def __init__(self, model: torch.nn.Module, cache, batch: int) -> None:
+        from gpt2_torch.quantize import kernel_scales  # int8 matrices' scales (if any)
+
         weights = {name: _view(p) for name, p in _canonical_params(model)}
+        weights.update(kernel_scales(model))
         self._step = core.DecodeStep(
             model.config, weights, [_view(k) for k in cache.keys],
             [_view(v) for v in cache.values], batch,

@@ -56,6 +56,8 @@ def _lm_head_matrix(model: GPT2PreTrainedModel, compile: bool) -> torch.Tensor:
     generation pays one transpose up front.
     """
     w = model.lm_head.weight
+    if not w.is_floating_point():  # int8 (gpt2_torch.quantize): the head module multiplies
+        return w
     if w.device.type != "cpu":
         return w.t()
     if not compile and _cpu_kernels.core.active() and w.dtype == torch.float32:
@@ -65,6 +67,8 @@ def _lm_head_matrix(model: GPT2PreTrainedModel, compile: bool) -> torch.Tensor:
 
 def _lm_logits(model: GPT2PreTrainedModel, h: torch.Tensor, head_w: torch.Tensor) -> torch.Tensor:
     """Logits (B, V) of the last hidden states (B, C); ``head_w`` from :func:`_lm_head_matrix`."""
+    if not head_w.is_floating_point():
+        return model.lm_head(h)
     if head_w is model.lm_head.weight:  # (V, C), the kernels' layout
         if _cpu_kernels.usable(h, head_w):
             return _cpu_kernels.linear_nk(h, head_w)  # the weight is read once for all rows
@@ -130,7 +134,7 @@ class _Decoder:
                  encoder_attention_mask: torch.Tensor | None = None) -> None:
         self.model = model
         device = model.lm_head.weight.device
-        dtype = model.lm_head.weight.dtype
+        dtype = model.transformer.wpe.weight.dtype  # (not the head's: it may be int8)
         # the fused CPU step reads bf16 weights but keeps its cache (and sums) in fp32
         fused_bf16 = (dtype == torch.bfloat16 and not compile and device.type == "cpu"
                       and encoder_hidden_states is None and _cpu_kernels.core.active())

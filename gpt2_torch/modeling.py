@@ -613,6 +613,7 @@ class GPT2PreTrainedModel(nn.Module):
         device: torch.device | str = "cpu",
         prefer: str | None = None,
         strict: bool = True,
+        quantize: str | None = None,
         **config_overrides: Any,
     ) -> GPT2PreTrainedModel:
         """Load a checkpoint directory (or hub id) in any of transformers' formats.
@@ -632,6 +633,8 @@ class GPT2PreTrainedModel(nn.Module):
             prefer: read this format when several are present ("safetensors", "pytorch", "tf", "flax").
             strict: raise :class:`gpt2_core.naming.CheckpointError` on missing / unexpected /
                 mis-shaped weights (default); False only logs them.
+            quantize: ``"int8"`` (or ``dtype="int8"``): int8 weight-only quantization, see
+                :mod:`gpt2_torch.quantize`.
             **config_overrides: config fields to change (e.g. ``attn_pdrop=0.0``), including
                 ``attn_implementation``: "sdpa" (default), "eager" (explicit softmax(QK^T)V,
                 transformers' reference path) or "flash_attention_2" (needs the flash-attn
@@ -642,8 +645,10 @@ class GPT2PreTrainedModel(nn.Module):
             >>> model = GPT2LMHeadModel.from_pretrained("path/to/gpt2")
             >>> model = GPT2ForSequenceClassification.from_pretrained("path/to/gpt2", num_labels=3)
         """
+        from gpt2_torch import quantize as Q
         from gpt2_torch import weights
 
+        dtype, quantize = Q.resolve(dtype, quantize)
         np_dtype = None if dtype in (None, "auto") else dtype
         config, state_dict, report = ckpt.load_pretrained(
             name_or_path, cls._head, config=config, dtype=np_dtype, prefer=prefer, strict=strict,
@@ -652,7 +657,7 @@ class GPT2PreTrainedModel(nn.Module):
         with torch.device("meta"), weights.skip_init():
             model = cls(config)
         weights.load_canonical(model, state_dict, assign=True, consume=True,
-                               allow_missing=report.newly_initialized, strict=strict)
+                               init_missing=True, strict=strict)
         model._materialize_missing(dtype=weights.torch_dtype_of(state_dict))
         model.to(device)
         if config.attn_implementation == "flash_attention_2":
@@ -664,7 +669,7 @@ class GPT2PreTrainedModel(nn.Module):
         if gen_path.is_file():
             model.generation_config = GenerationConfig.from_pretrained(gen_path)
         model.eval()  # as transformers: a loaded model starts in eval mode (dropout off)
-        return model
+        return Q.quantize_model(model, quantize) if quantize else model
 
     def _materialize_missing(self, dtype: torch.dtype) -> None:
         """Give parameters still on the meta device (new head weights) real storage and HF's init."""
@@ -691,8 +696,9 @@ class GPT2PreTrainedModel(nn.Module):
             dtype: cast floating weights before writing ("fp16", "bf16", ...).
             formats: any of "safetensors", "pytorch", "tf", "flax".
         """
-        from gpt2_torch import weights
+        from gpt2_torch import quantize, weights
 
+        quantize.refuse_save(self)
         written = ckpt.save_pretrained(weights.to_canonical(self), self.config, save_directory,
                                        self._head, max_shard_size=max_shard_size, dtype=dtype,
                                        formats=tuple(formats))
@@ -737,7 +743,7 @@ class GPT2Model(GPT2PreTrainedModel):
             head_mask = head_mask[:, None, :, None, None]
         if head_mask.dim() != 5 or head_mask.shape[0] != self.config.n_layer:
             raise ValueError(f"head_mask must be (n_head,) or (n_layer, n_head), got {tuple(head_mask.shape)}")
-        head_mask = head_mask.to(self.wte.weight.dtype)
+        head_mask = head_mask.to(self.wpe.weight.dtype)
         return list(head_mask)
 
     def forward(
@@ -802,7 +808,7 @@ class GPT2Model(GPT2PreTrainedModel):
             raise ValueError("pass input_ids or inputs_embeds")
         B, T = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
         device = self.wte.weight.device
-        dtype = self.wte.weight.dtype if inputs_embeds is None else inputs_embeds.dtype
+        dtype = self.wpe.weight.dtype if inputs_embeds is None else inputs_embeds.dtype
 
         if self.gradient_checkpointing and self.training and use_cache:
             if explicit_cache:  # the config default is dropped silently

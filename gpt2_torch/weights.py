@@ -9,7 +9,8 @@ head -- and the numpy <-> torch dtype bridge (bfloat16 goes through ``ml_dtypes`
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping
+import logging
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 import ml_dtypes
@@ -17,15 +18,17 @@ import numpy as np
 import torch
 
 from gpt2_core import lowmem, naming
+from gpt2_core.init import missing_weights
 
 if TYPE_CHECKING:
     from gpt2_torch.modeling import GPT2PreTrainedModel
 
-#: canonical key -> torch key renames (none: the module tree *is* the canonical schema)
-RENAMES: dict[str, str] = {}
-#: canonical keys stored transposed in torch (none: Conv1D keeps the (in, out) layout)
+#: canonical keys stored transposed in torch: none, the canonical layout *is* torch's (Conv1D
+#: (in, out), nn.Linear heads (out, in)); the Keras and Flax backends transpose
+#: :data:`gpt2_core.naming.LINEAR_HEAD_WEIGHTS`
 TRANSPOSED: tuple[str, ...] = ()
 
+logger = logging.getLogger(__name__)
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 
 
@@ -92,91 +95,119 @@ def torch_dtype_of(state_dict: Mapping[str, np.ndarray]) -> torch.dtype:
     return torch.float32
 
 
+def is_transposed(key: str) -> bool:
+    """True when ``key``'s torch parameter is the transpose of the canonical array (never)."""
+    return key in TRANSPOSED
+
+
+def variable_map(model: GPT2PreTrainedModel) -> dict[str, torch.nn.Parameter]:
+    """canonical key -> torch parameter (tied keys left out: ``lm_head`` *is* ``wte``)."""
+    return dict(model.named_parameters())
+
+
+def _check_key_set(model: GPT2PreTrainedModel, vmap: Mapping[str, torch.nn.Parameter]) -> None:
+    head = naming.head_of_model(model)
+    expected = set(naming.expected_shapes(model.config, head))
+    expected -= set(naming.tied_keys(model.config, head))
+    if set(vmap) != expected:
+        raise AssertionError(
+            f"{type(model).__name__}: parameters and canonical schema differ: "
+            f"extra {sorted(set(vmap) - expected)}, missing {sorted(expected - set(vmap))}")
+
+
+def _to_numpy(var: torch.Tensor) -> np.ndarray:
+    return tensor_to_numpy(var)
+
+
 def to_canonical(model: GPT2PreTrainedModel) -> dict[str, np.ndarray]:
-    """The model's weights as a canonical ``dict[str, np.ndarray]`` (tied head included).
+    """The model's weights as a canonical ``dict[str, np.ndarray]`` (tied head included), in
+    :func:`gpt2_core.naming.expected_shapes` order.
 
     Example:
         >>> sd = to_canonical(GPT2LMHeadModel(tiny_config()))
         >>> sd["transformer.h.0.attn.c_attn.weight"].shape   # (in, out)
         (36, 108)
     """
-    expected = naming.expected_shapes(model.config, model._head)
+    head = naming.head_of_model(model)
+    vmap = variable_map(model)
+    _check_key_set(model, vmap)
+    shapes = naming.expected_shapes(model.config, head)
+    ties = naming.tied_keys(model.config, head)
     out: dict[str, np.ndarray] = {}
-    for key, tensor in model.state_dict().items():
-        if key not in expected:
-            raise AssertionError(f"{type(model).__name__} has a variable {key!r} that the "
-                                 "canonical schema does not know")
-        arr = tensor_to_numpy(tensor)
-        if arr.shape != expected[key]:
-            raise AssertionError(f"{key}: shape {arr.shape}, canonical {expected[key]}")
+    for key, shape in shapes.items():
+        if key in ties:
+            continue
+        arr = _to_numpy(vmap[key])
+        if key in TRANSPOSED:
+            arr = np.ascontiguousarray(arr.T)
+        if arr.shape != shape:
+            raise AssertionError(f"{key}: shape {arr.shape}, canonical {shape}")
         out[key] = arr
-    missing = set(expected) - set(out)
-    if missing:
-        raise AssertionError(f"{type(model).__name__} lacks canonical keys {sorted(missing)}")
-    return out
+    for tied, src in ties.items():
+        out[tied] = out[src]
+    return {k: out[k] for k in shapes}
 
 
 def load_canonical(
     model: GPT2PreTrainedModel,
     state_dict: Mapping[str, np.ndarray | torch.Tensor],
     *,
-    assign: bool = False,
     strict: bool = True,
-    allow_missing: Iterable[str] = (),
+    init_missing: bool = False,
+    seed: int = 0,
+    assign: bool = False,
     consume: bool = False,
-) -> None:
+) -> naming.LoadReport:
     """Load a canonical state dict into ``model`` (in place), checking keys and shapes.
 
     Args:
         model: any of the six model classes.
-        state_dict: canonical keys for the model's head (``transformer.`` prefix in head models);
-            run :func:`gpt2_core.naming.normalize_state_dict` first for other conventions.
+        state_dict: canonical keys, with or without the ``transformer.`` prefix; legacy buffers
+            are dropped and tied keys filled (:func:`gpt2_core.naming.normalize_state_dict`).
+        strict: raise :class:`gpt2_core.naming.CheckpointError` on missing, unexpected or
+            mis-shaped keys; False logs them and leaves those parameters as they are.
+        init_missing: give head weights absent from a base-model checkpoint transformers' init
+            (:func:`gpt2_core.init.missing_weights`, seeded by ``seed``: the same values in every
+            backend); without it they keep their current values.
+        seed: seeds ``init_missing``.
         assign: use the given tensors as the parameters (for a model built on the meta device)
             instead of copying into the existing ones.
-        strict: raise :class:`gpt2_core.naming.CheckpointError` on unexpected keys.
-        allow_missing: keys that may be absent (a new head); they keep their current values.
         consume: the state dict is the caller's to give away (``from_pretrained``): writable
             arrays become the parameters without a copy, and each memory-mapped array's pages
             are released once copied (:func:`gpt2_core.lowmem.release`), so loading peaks near
             one copy of the weights.
 
+    Returns:
+        the :class:`gpt2_core.naming.LoadReport`.
+
     Raises:
-        CheckpointError: missing, unexpected or mis-shaped keys, named.
+        CheckpointError: missing, unexpected or mis-shaped keys, named (``strict``); a tied head
+            that differs from ``wte`` (always).
     """
-    cfg, head = model.config, model._head
-    expected = naming.expected_shapes(cfg, head)
-    ties = naming.tied_keys(cfg, head)
-    allowed_missing = set(allow_missing) | set(ties)
-    missing = sorted(k for k in expected if k not in state_dict and k not in allowed_missing)
-    unexpected = sorted(k for k in state_dict if k not in expected)
-    mismatched = [(k, expected[k], tuple(v.shape)) for k, v in state_dict.items()
-                  if k in expected and tuple(v.shape) != expected[k]]
-    if missing or (unexpected and strict) or mismatched:
-        report = naming.LoadReport(missing=missing, unexpected=unexpected if strict else [],
-                                   mismatched=mismatched, source=type(model).__name__)
-        raise naming.CheckpointError(report.summary())
-    for tied, src in ties.items():
-        pair = (state_dict.get(tied), state_dict.get(src))
-        if (pair[0] is not None and pair[1] is not None and pair[0] is not pair[1]
-                and not np.array_equal(_as_numpy(pair[0]), _as_numpy(pair[1]))):
-            raise naming.CheckpointError(f"{tied} differs from {src} but config.tie_word_embeddings"
-                                         "=True; load with tie_word_embeddings=False")
+    head = naming.head_of_model(model)
+    state_dict = {k: tensor_to_numpy(v) if isinstance(v, torch.Tensor) else v
+                  for k, v in state_dict.items()}
+    sd, report = naming.normalize_state_dict(state_dict, model.config, head,
+                                             source=type(model).__name__)
+    if strict:
+        report.raise_if_error()
+    elif not report.ok:
+        logger.warning("loading a state dict: %s", report.summary())
+    vmap = variable_map(model)
+    _check_key_set(model, vmap)
+    new = missing_weights(model.config, head, report.newly_initialized, seed=seed) \
+        if init_missing else {}
+    dtype = torch_dtype_of(sd)
     tensors = {}
-    for k, v in state_dict.items():
-        if k not in expected or (k in ties and ties[k] in state_dict):
-            continue  # unexpected (non-strict) or a tied copy: the source provides it
-        if isinstance(v, torch.Tensor):
-            tensors[k] = v.detach().clone()
-        else:
-            tensors[k] = numpy_to_tensor(v, copy=not consume)
+    for key in vmap:
+        if key in sd:
+            tensors[key] = numpy_to_tensor(sd[key], copy=not consume)
             if consume:
-                lowmem.release(v)
+                lowmem.release(sd[key])
+        elif key in new:
+            tensors[key] = numpy_to_tensor(new[key], copy=False).to(dtype)
     if not assign:
-        params = model.state_dict()
-        tensors = {k: t.to(params[k].dtype) for k, t in tensors.items()}
+        tensors = {k: t.to(vmap[k].dtype) for k, t in tensors.items()}
     model.load_state_dict(tensors, strict=False, assign=assign)
     model.tie_weights()  # assign replaced Parameter objects: share lm_head with wte again
-
-
-def _as_numpy(v: np.ndarray | torch.Tensor) -> np.ndarray:
-    return tensor_to_numpy(v) if isinstance(v, torch.Tensor) else np.asarray(v)
+    return report

@@ -211,8 +211,17 @@ class FormatFixture:
         return self.files.get("source_case", "default")
 
 
+def _listed(folder: str, marker: str) -> list[str]:
+    """Sub-folders of FIXTURES/folder holding ``marker``; none is an error, not zero tests."""
+    names = sorted(p.name for p in (FIXTURES / folder).iterdir() if (p / marker).exists())
+    if not names:
+        raise FileNotFoundError(f"no {marker} under {FIXTURES / folder}: the committed "
+                                "fixtures are missing (git checkout tests/fixtures)")
+    return names
+
+
 def list_cases() -> list[str]:
-    return sorted(p.name for p in (FIXTURES / "cases").iterdir() if (p / "golden.json").exists())
+    return _listed("cases", "golden.json")
 
 
 @functools.cache
@@ -231,7 +240,7 @@ def load_case(name: str) -> Case:
 
 
 def list_formats() -> list[str]:
-    return sorted(p.name for p in (FIXTURES / "formats").iterdir() if (p / "files.json").exists())
+    return _listed("formats", "files.json")
 
 
 def format_dir(name: str) -> Path:

@@ -45,7 +45,7 @@ from gpt2_core.config import CONFIG_NAME, GPT2Config
 logger = logging.getLogger(__name__)
 
 FRAMEWORKS = {"torch": "gpt2_torch", "tf": "gpt2_tf", "flax": "gpt2_flax"}
-DTYPES = ("fp32", "fp16", "bf16")
+DTYPES = ("fp32", "fp16", "bf16", "int8")  # int8: weight-only (docs/quantization.md)
 GPT2_VOCAB_SIZE = 50257
 
 
@@ -386,6 +386,8 @@ def _eos_ids(model: Any) -> list[int]:
 def _dtype_kwargs(framework: str, dtype: str | None) -> dict[str, Any]:
     if dtype is None:
         return {}
+    if dtype == "int8":  # the same argument in every backend
+        return {"quantize": "int8"}
     if framework == "torch":
         import torch
 

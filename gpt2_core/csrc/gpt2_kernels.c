@@ -13,12 +13,17 @@
  * Two layouts, both reading each weight exactly once for all M rows of X:
  *   kn: Y = bias + X @ W   with W (K, N) row-major  (GPT-2 Conv1D, (in, out))
  *   nk: Y = X @ W^T        with W (N, K) row-major  (nn.Linear / the tied LM head, (V, C))
- * W may also be bfloat16 (`wbf16`): half the bytes to stream, so up to twice the tokens/s.
+ * W may also be bfloat16 (`wq == WQ_BF16`): half the bytes to stream, so up to twice the tokens/s.
  * Each bf16 weight is widened to fp32 in registers (a zero-extend and a 16-bit shift: exact)
  * and multiplied by fp32 activations with fp32 accumulation, so the only rounding beyond the
  * fp32 kernel's is the weights' own. (AVX512-BF16's vdpbf16ps would also round the activations
  * to bf16; the widening costs two cheap instructions per 16 weights and the loop stays bound
  * by memory, so it is not needed for speed.)
+ * W may also be int8 (`wq == WQ_INT8`) with one fp32 scale per output channel (per column of a
+ * kn W, per row of an nk W): a quarter of the bytes. Each int8 is widened to fp32 in registers
+ * (sign-extend, convert: exact), the sums of x * q run in fp32 and the channel's scale is applied
+ * once to the finished sum, so the result is exactly the fp32 product with the dequantized weight
+ * q * s up to fp32 summation order. Activations stay fp32 (weight-only quantization).
  * No bounds checks here: the Python wrapper checks shapes, dtypes and contiguity.
  */
 #if defined(__AVX512F__) || defined(__AVX2__)
@@ -32,6 +37,9 @@
 #endif
 
 #define VL 16
+
+/* weight kinds (the `wq` argument) */
+enum { WQ_F32 = 0, WQ_BF16 = 1, WQ_INT8 = 2 };
 
 #ifdef _OPENMP
 #define BARRIER _Pragma("omp barrier")
@@ -187,6 +195,70 @@ static void kn_rows_bf16(const float *restrict X, int64_t ldx, const uint16_t *r
         }
 }
 
+/* eight (sixteen) int8 weights widened to fp32: one sign-extending load and a convert */
+static inline vn ldn8(const int8_t *p) {
+#if defined(__AVX512F__)
+    return (vn)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+#elif defined(__AVX2__)
+    return (vn)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+#else
+    typedef int8_t vn8 __attribute__((vector_size(NW), aligned(1)));
+    return __builtin_convertvector(*(const vn8 *)p, vn);
+#endif
+}
+
+/* kn_rows for an int8 W: Y += X @ Q, unscaled (the caller applies the column scales). */
+static void kn_rows_i8(const float *restrict X, int64_t ldx, const int8_t *restrict W,
+                       float *restrict Y, int64_t ldy, int64_t M, int64_t k0, int64_t k1,
+                       int64_t N) {
+    const int64_t Nv = N / NW * NW;
+    int64_t k = k0;
+    if (M == 1)
+        for (; k + 8 <= k1; k += 8) {
+            const int8_t *w = W + k * N;
+            vn xv[8];
+            for (int i = 0; i < 8; ++i) xv[i] = (vn){0} + X[k + i];
+            for (int64_t n = 0; n < Nv; n += NW) {
+                vn acc = ldn(Y + n) + xv[0] * ldn8(w + n) + xv[1] * ldn8(w + N + n);
+                acc += xv[2] * ldn8(w + 2 * N + n) + xv[3] * ldn8(w + 3 * N + n);
+                acc += xv[4] * ldn8(w + 4 * N + n) + xv[5] * ldn8(w + 5 * N + n);
+                acc += xv[6] * ldn8(w + 6 * N + n) + xv[7] * ldn8(w + 7 * N + n);
+                stn(Y + n, acc);
+            }
+            for (int64_t n = Nv; n < N; ++n)
+                for (int i = 0; i < 8; ++i) Y[n] += X[k + i] * (float)w[i * N + n];
+        }
+    for (; k + 4 <= k1; k += 4) {
+        const int8_t *w0 = W + k * N, *w1 = w0 + N, *w2 = w1 + N, *w3 = w2 + N;
+        for (int64_t m = 0; m < M; ++m) {
+            const float *x = X + m * ldx + k;
+            const vn x0 = (vn){0} + x[0], x1 = (vn){0} + x[1], x2 = (vn){0} + x[2],
+                     x3 = (vn){0} + x[3];
+            float *y = Y + m * ldy;
+            for (int64_t n = 0; n < Nv; n += NW)
+                stn(y + n, ldn(y + n) + x0 * ldn8(w0 + n) + x1 * ldn8(w1 + n) +
+                               x2 * ldn8(w2 + n) + x3 * ldn8(w3 + n));
+            for (int64_t n = Nv; n < N; ++n)
+                y[n] += x[0] * (float)w0[n] + x[1] * (float)w1[n] + x[2] * (float)w2[n] +
+                        x[3] * (float)w3[n];
+        }
+    }
+    for (; k < k1; ++k)
+        for (int64_t m = 0; m < M; ++m) {
+            const float xk = X[m * ldx + k];
+            const int8_t *w = W + k * N;
+            float *y = Y + m * ldy;
+            for (int64_t n = 0; n < N; ++n) y[n] += xk * (float)w[n];
+        }
+}
+
+static void kn_rows_any(const float *X, int64_t ldx, const void *W, int wq, float *Y,
+                        int64_t ldy, int64_t M, int64_t k0, int64_t k1, int64_t N) {
+    if (wq == WQ_INT8) kn_rows_i8(X, ldx, W, Y, ldy, M, k0, k1, N);
+    else if (wq == WQ_BF16) kn_rows_bf16(X, ldx, W, Y, ldy, M, k0, k1, N);
+    else kn_rows(X, ldx, W, Y, ldy, M, k0, k1, N);
+}
+
 static void kn_init(const float *bias, float *Y, int64_t ldy, int64_t M, int64_t N) {
     for (int64_t m = 0; m < M; ++m)
         for (int64_t n = 0; n < N; ++n) Y[m * ldy + n] = bias ? bias[n] : 0.f;
@@ -214,20 +286,19 @@ static inline float activate(float x, int act) {
  * resid += bias + X @ W (then Y is scratch). Thread t streams rows [t*K/T, (t+1)*K/T) of W into
  * its own partial (thread 0 into Y, the others into `part`, (T - 1) * M * N floats), then after
  * a barrier each thread reduces a block of columns. Row strides: X ldx, Y and resid ldy.
+ * An int8 W (`wscale`, N column scales) sums X @ Q and scales each column's total, then adds
+ * the bias.
  */
-static void kn_team(const float *X, int64_t ldx, const void *W, int wbf16, const float *bias,
-                    float *Y, int64_t ldy, float *part, float *resid, int act, int64_t M,
-                    int64_t K, int64_t N, int t, int T) {
+static void kn_team(const float *X, int64_t ldx, const void *W, int wq, const float *wscale,
+                    const float *bias, float *Y, int64_t ldy, float *part, float *resid, int act,
+                    int64_t M, int64_t K, int64_t N, int t, int T) {
     const int64_t chunk = (K + T - 1) / T;
     int64_t k0 = t * chunk, k1 = k0 + chunk;
     if (k1 > K) k1 = K;
     float *acc = t == 0 ? Y : part + (int64_t)(t - 1) * M * N;
     const int64_t lda = t == 0 ? ldy : N;
-    kn_init(t == 0 ? bias : 0, acc, lda, M, N);
-    if (k0 < k1) {
-        if (wbf16) kn_rows_bf16(X, ldx, W, acc, lda, M, k0, k1, N);
-        else kn_rows(X, ldx, W, acc, lda, M, k0, k1, N);
-    }
+    kn_init(t == 0 && !wscale ? bias : 0, acc, lda, M, N);
+    if (k0 < k1) kn_rows_any(X, ldx, W, wq, acc, lda, M, k0, k1, N);
     BARRIER
     const int64_t c = ((N + T - 1) / T + VL - 1) / VL * VL;
     int64_t n0 = t * c, n1 = n0 + c;
@@ -236,6 +307,7 @@ static void kn_team(const float *X, int64_t ldx, const void *W, int wbf16, const
         for (int64_t n = n0; n < n1; ++n) {
             float y = Y[m * ldy + n];
             for (int j = 1; j < T; ++j) y += part[(int64_t)(j - 1) * M * N + m * N + n];
+            if (wscale) y = y * wscale[n] + (bias ? bias[n] : 0.f);
             if (resid) resid[m * ldy + n] += y;
             else Y[m * ldy + n] = activate(y, act);
         }
@@ -245,21 +317,26 @@ static void kn_team(const float *X, int64_t ldx, const void *W, int wbf16, const
 /*
  * Y (M, N) = bias + X (M, K) @ W (K, N). With nt > 1 the K rows are split into nt contiguous
  * blocks (each thread streams one block of W), the partial sums of threads 1.. go to `scratch`
- * ((nt - 1) * M * N floats), and are added into Y after a barrier.
+ * ((nt - 1) * M * N floats), and are added into Y after a barrier. `wq` is the weight kind;
+ * an int8 W takes its N column scales in `wscale`.
  */
-void gpt2_gemv_kn(const float *X, int64_t ldx, const void *W, int wbf16, const float *bias,
-                  float *Y, int64_t ldy, int64_t M, int64_t K, int64_t N, float *scratch,
-                  int nt) {
+void gpt2_gemv_kn(const float *X, int64_t ldx, const void *W, int wq, const float *wscale,
+                  const float *bias, float *Y, int64_t ldy, int64_t M, int64_t K, int64_t N,
+                  float *scratch, int nt) {
+    if (wq != WQ_INT8) wscale = 0;
     if (nt <= 1) {
-        kn_init(bias, Y, ldy, M, N);
-        if (wbf16) kn_rows_bf16(X, ldx, W, Y, ldy, M, 0, K, N);
-        else kn_rows(X, ldx, W, Y, ldy, M, 0, K, N);
+        kn_init(wscale ? 0 : bias, Y, ldy, M, N);
+        kn_rows_any(X, ldx, W, wq, Y, ldy, M, 0, K, N);
+        if (wscale)
+            for (int64_t m = 0; m < M; ++m)
+                for (int64_t n = 0; n < N; ++n)
+                    Y[m * ldy + n] = Y[m * ldy + n] * wscale[n] + (bias ? bias[n] : 0.f);
         return;
     }
 #pragma omp parallel num_threads(nt)
     {
         TEAM_ID;
-        kn_team(X, ldx, W, wbf16, bias, Y, ldy, scratch, 0, ACT_LINEAR, M, K, N, t, T);
+        kn_team(X, ldx, W, wq, wscale, bias, Y, ldy, scratch, 0, ACT_LINEAR, M, K, N, t, T);
     }
 }
 
@@ -318,17 +395,41 @@ static void nk_rows_bf16(const float *restrict X, int64_t ldx, const uint16_t *r
     }
 }
 
-static void nk_any(const float *X, int64_t ldx, const void *W, int wbf16, float *Y, int64_t ldy,
-                   int64_t M, int64_t K, int64_t n0, int64_t n1) {
-    if (wbf16) nk_rows_bf16(X, ldx, W, Y, ldy, M, K, n0, n1);
+/* nk_rows for an int8 W with one scale per row: Y[m, n] = scale[n] * dot(X[m, :], Q[n, :]). */
+static void nk_rows_i8(const float *restrict X, int64_t ldx, const int8_t *restrict W,
+                       const float *restrict wscale, float *restrict Y, int64_t ldy, int64_t M,
+                       int64_t K, int64_t n0, int64_t n1) {
+    const int64_t K2 = K / (2 * NW) * (2 * NW);
+    for (int64_t n = n0; n < n1; ++n) {
+        const int8_t *w = W + n * K;
+        for (int64_t m = 0; m < M; ++m) {
+            const float *x = X + m * ldx;
+            vn a0 = {0}, a1 = {0};
+            for (int64_t k = 0; k < K2; k += 2 * NW) {
+                a0 += ldn(x + k) * ldn8(w + k);
+                a1 += ldn(x + k + NW) * ldn8(w + k + NW);
+            }
+            a0 += a1;
+            float s = 0.f;
+            for (int i = 0; i < NW; ++i) s += a0[i];
+            for (int64_t k = K2; k < K; ++k) s += x[k] * (float)w[k];
+            Y[m * ldy + n] = s * wscale[n];
+        }
+    }
+}
+
+static void nk_any(const float *X, int64_t ldx, const void *W, int wq, const float *wscale,
+                   float *Y, int64_t ldy, int64_t M, int64_t K, int64_t n0, int64_t n1) {
+    if (wq == WQ_INT8) nk_rows_i8(X, ldx, W, wscale, Y, ldy, M, K, n0, n1);
+    else if (wq == WQ_BF16) nk_rows_bf16(X, ldx, W, Y, ldy, M, K, n0, n1);
     else nk_rows(X, ldx, W, Y, ldy, M, K, n0, n1);
 }
 
 /* Y (M, N) = X (M, K) @ W^T with W (N, K); the N rows are split into nt contiguous blocks. */
-void gpt2_gemv_nk(const float *X, int64_t ldx, const void *W, int wbf16, float *Y, int64_t ldy,
-                  int64_t M, int64_t K, int64_t N, int nt) {
+void gpt2_gemv_nk(const float *X, int64_t ldx, const void *W, int wq, const float *wscale,
+                  float *Y, int64_t ldy, int64_t M, int64_t K, int64_t N, int nt) {
     if (nt <= 1) {
-        nk_any(X, ldx, W, wbf16, Y, ldy, M, K, 0, N);
+        nk_any(X, ldx, W, wq, wscale, Y, ldy, M, K, 0, N);
         return;
     }
 #pragma omp parallel num_threads(nt)
@@ -337,13 +438,13 @@ void gpt2_gemv_nk(const float *X, int64_t ldx, const void *W, int wbf16, float *
         const int64_t chunk = (N + T - 1) / T;
         int64_t n0 = t * chunk, n1 = n0 + chunk;
         if (n1 > N) n1 = N;
-        if (n0 < n1) nk_any(X, ldx, W, wbf16, Y, ldy, M, K, n0, n1);
+        if (n0 < n1) nk_any(X, ldx, W, wq, wscale, Y, ldy, M, K, n0, n1);
     }
 }
 
 
 /* ------------------------------------------------------------------------------------------ */
-/* One whole single-token decoding step of GPT-2 (fp32, eval mode, no cross-attention).        */
+/* One whole single-token decoding step of GPT-2 (eval mode, no cross-attention).             */
 /* ------------------------------------------------------------------------------------------ */
 
 static inline float dot(const float *a, const float *b, int64_t n) {
@@ -381,36 +482,45 @@ static void layer_norm(const float *x, const float *w, const float *b, float *y,
  *   scales (n_layer): the attention score scale of each layer
  *   bias (M, L): additive mask over cache slots (padding); slots after `pos` are never read
  *   work: gpt2_decode_work_floats(...) floats of scratch
- *   wbf16: wte, the LM head and the four matrices of each layer are bfloat16 (the layer norms,
- *          biases, wpe and the cache stay fp32)
+ *   wq: the kind of wte, the LM head and the four matrices of each layer: WQ_F32, WQ_BF16 or
+ *       WQ_INT8 (the layer norms, biases, wpe and the cache stay fp32)
+ *   qscale (WQ_INT8 only): fp32 scales: [0] wte's per-row (V), [1] the LM head's per-vocab-entry
+ *       (V), then per layer 4 per-output-channel vectors (c_attn 3C, attn c_proj C, c_fc F,
+ *       mlp c_proj C)
  */
 void gpt2_decode_step(const int64_t *ids, const int64_t *positions, void *const *glob,
                       void *const *layers, const float *scales, const float *bias, int64_t pos,
                       int64_t M, int64_t C, int64_t H, int64_t L, int64_t F, int64_t V,
                       int64_t n_layer, float eps, int act, int head_kn, float *logits,
-                      float *work, int nt, int wbf16) {
+                      float *work, int nt, int wq, const void *const *qscale) {
     const int64_t D = C / H;
     float *h = work, *x = h + M * C, *qkv = x + M * C, *att = qkv + M * 3 * C,
           *f = att + M * C, *tmp = f + M * F, *scores = tmp + M * C, *part = scores + M * H * L;
     const float *wte = glob[0], *wpe = glob[1], *lnf_w = glob[2], *lnf_b = glob[3];
     const void *head = glob[4];
     const uint16_t *wte_h = glob[0];
+    const int8_t *wte_q = glob[0];
+    const float *wte_s = wq == WQ_INT8 ? qscale[0] : 0, *head_s = wq == WQ_INT8 ? qscale[1] : 0;
     if (nt < 1) nt = 1;
 #pragma omp parallel num_threads(nt)
     {
         TEAM_ID;
         for (int64_t m = t; m < M; m += T)
             for (int64_t i = 0; i < C; ++i)
-                h[m * C + i] = (wbf16 ? bf(wte_h[ids[m] * C + i]) : wte[ids[m] * C + i]) +
+                h[m * C + i] = (wq == WQ_INT8  ? (float)wte_q[ids[m] * C + i] * wte_s[ids[m]]
+                                : wq == WQ_BF16 ? bf(wte_h[ids[m] * C + i])
+                                                : wte[ids[m] * C + i]) +
                                wpe[positions[m] * C + i];
         BARRIER
         for (int64_t l = 0; l < n_layer; ++l) {
             void *const *p = layers + l * 14;
             float *kc = p[12], *vc = p[13];
+            const float *const *qs = wq == WQ_INT8 ? (const float *const *)qscale + 2 + 4 * l : 0;
+#define QS(j) (qs ? qs[j] : 0)
             for (int64_t m = t; m < M; m += T)
                 layer_norm(h + m * C, p[0], p[1], x + m * C, C, eps);
             BARRIER
-            kn_team(x, C, p[2], wbf16, p[3], qkv, 3 * C, part, 0, ACT_LINEAR, M, C, 3 * C, t, T);
+            kn_team(x, C, p[2], wq, QS(0), p[3], qkv, 3 * C, part, 0, ACT_LINEAR, M, C, 3 * C, t, T);
             /* attention: each (row, head) pair writes its new key/value, then attends */
             const float scale = scales[l];
             for (int64_t pr = t; pr < M * H; pr += T) {
@@ -439,23 +549,24 @@ void gpt2_decode_step(const int64_t *ids, const int64_t *positions, void *const 
                 }
             }
             BARRIER
-            kn_team(att, C, p[4], wbf16, p[5], tmp, C, part, h, ACT_LINEAR, M, C, C, t, T);
+            kn_team(att, C, p[4], wq, QS(1), p[5], tmp, C, part, h, ACT_LINEAR, M, C, C, t, T);
             for (int64_t m = t; m < M; m += T)
                 layer_norm(h + m * C, p[6], p[7], x + m * C, C, eps);
             BARRIER
-            kn_team(x, C, p[8], wbf16, p[9], f, F, part, 0, act, M, C, F, t, T);
-            kn_team(f, F, p[10], wbf16, p[11], tmp, C, part, h, ACT_LINEAR, M, F, C, t, T);
+            kn_team(x, C, p[8], wq, QS(2), p[9], f, F, part, 0, act, M, C, F, t, T);
+            kn_team(f, F, p[10], wq, QS(3), p[11], tmp, C, part, h, ACT_LINEAR, M, F, C, t, T);
+#undef QS
         }
         for (int64_t m = t; m < M; m += T)
             layer_norm(h + m * C, lnf_w, lnf_b, x + m * C, C, eps);
         BARRIER
         if (head_kn) {
-            kn_team(x, C, head, wbf16, 0, logits, V, part, 0, ACT_LINEAR, M, C, V, t, T);
+            kn_team(x, C, head, wq, head_s, 0, logits, V, part, 0, ACT_LINEAR, M, C, V, t, T);
         } else {
             const int64_t chunk = (V + T - 1) / T;
             int64_t n0 = t * chunk, n1 = n0 + chunk;
             if (n1 > V) n1 = V;
-            if (n0 < n1) nk_any(x, C, head, wbf16, logits, V, M, C, n0, n1);
+            if (n0 < n1) nk_any(x, C, head, wq, head_s, logits, V, M, C, n0, n1);
         }
     }
 }
@@ -469,4 +580,4 @@ int64_t gpt2_decode_work_floats(int64_t M, int64_t C, int64_t H, int64_t L, int6
     return M * C * 4 + M * 3 * C + M * F + M * H * L + (int64_t)(nt - 1) * M * NMAX + 64;
 }
 
-int gpt2_kernels_abi(void) { return 4; }
+int gpt2_kernels_abi(void) { return 5; }

@@ -30,7 +30,7 @@ import numpy as np
 
 from gpt2_core import naming
 from gpt2_core.config import GPT2Config
-from gpt2_core.io_utils import atomic_output_file
+from gpt2_core.io_utils import atomic_output_file, unique_keys
 
 _EXT_NDARRAY, _EXT_COMPLEX, _EXT_NPSCALAR = 1, 2, 3
 _MAX_CHUNK = 2**30
@@ -90,15 +90,6 @@ def _ext_hook(code: int, data: bytes) -> Any:
     return _ext_hook_for()(code, data)
 
 
-def _unique_pairs(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
-    out: dict[Any, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise FlaxMsgpackError(f"duplicate key {k!r} in a map")
-        out[k] = v
-    return out
-
-
 def _unchunk(tree: Any) -> Any:
     if isinstance(tree, dict):
         if tree.get(_CHUNKED):
@@ -125,7 +116,7 @@ def read_tree(path: str | Path, limits: Any = None) -> dict[str, Any]:
     try:
         tree = msgpack.unpackb(path.read_bytes(), ext_hook=_ext_hook_for(limits, str(path)),
                                raw=False, strict_map_key=False,
-                               object_pairs_hook=_unique_pairs)
+                               object_pairs_hook=unique_keys(FlaxMsgpackError, "a map"))
         if not isinstance(tree, dict):
             raise FlaxMsgpackError(f"expected a parameter dict, found {type(tree).__name__}")
         return _unchunk(tree)

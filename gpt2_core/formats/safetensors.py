@@ -20,7 +20,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from gpt2_core.io_utils import atomic_output_file, atomic_write_text, parse_size
+from gpt2_core.io_utils import atomic_output_file, atomic_write_text, parse_size, unique_keys
 
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
@@ -47,15 +47,6 @@ def dtype_name(dtype: np.dtype) -> str:
     if dt not in _NAMES:
         raise SafetensorsError(f"dtype {dt} cannot be stored in safetensors")
     return _NAMES[dt]
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise SafetensorsError(f"duplicate key {k!r} in the header")
-        out[k] = v
-    return out
 
 
 def _no_constants(name: str) -> Any:
@@ -101,7 +92,7 @@ def read_header(path: str | os.PathLike, limits: Any = None,
         raise SafetensorsError(f"{path}: header declares {count} tensors, over the limit of "
                                f"{max_tensors}; refused before parsing")
     try:
-        header = json.loads(text.decode("utf-8"), object_pairs_hook=_no_duplicates,
+        header = json.loads(text.decode("utf-8"), object_pairs_hook=unique_keys(SafetensorsError, "the header"),
                             parse_constant=_no_constants)
     except UnicodeDecodeError as e:
         raise SafetensorsError(f"{path}: header is not UTF-8: {e}") from e
@@ -296,7 +287,7 @@ def read_weight_map(index_path: Path, error: type[Exception]) -> dict[str, str]:
 
     try:
         raw = read_regular_file(index_path, 64 * 1024 * 1024, "shard index")
-        index = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+        index = json.loads(raw.decode("utf-8"), object_pairs_hook=unique_keys(SafetensorsError, "the header"))
         weight_map = index["weight_map"]
     except (UnicodeDecodeError, json.JSONDecodeError, SafetensorsError, KeyError,
             TypeError) as e:

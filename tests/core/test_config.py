@@ -161,9 +161,9 @@ def test_parameter_counts_per_head():
 
 # ---------------------------------------------------------------- against transformers' files
 def _hf_configs():
-    if not FIXTURES.is_dir():
-        return []
-    return sorted(p.parent.name for p in FIXTURES.glob("*/config.json"))
+    names = sorted(p.parent.name for p in FIXTURES.glob("*/config.json"))
+    assert names, f"no transformers config.json under {FIXTURES}: committed fixtures are missing"
+    return names
 
 
 @pytest.mark.parametrize("name", _hf_configs())

@@ -166,7 +166,7 @@ def test_bf16_matrices_must_not_mix_with_fp32():
                         sd["transformer.h.1.mlp.c_fc.weight"].astype(K.BF16)})
     with pytest.raises(TypeError, match=r"transformer\.h\.1\.mlp\.c_fc\.weight is bfloat16"):
         K.DecodeStep(cfg, mixed, kv, kv, 1)
-    with pytest.raises(TypeError, match="float32 or bfloat16"):
+    with pytest.raises(TypeError, match="float32, bfloat16 or int8"):
         K.linear_nk(np.ones((1, 3), np.float32), np.ones((2, 3), np.float16))
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from gpt2_core import naming
-from gpt2_core.init import random_state_dict, tiny_config
+from gpt2_core.init import missing_weights, random_state_dict, tiny_config
 
 CFG = tiny_config(num_labels=3)
 E, V, P, F = 36, 257, 32, 144
@@ -131,3 +131,34 @@ def test_count_parameters_matches_random_state_dict():
         sd = random_state_dict(CFG, head, seed=0, std=0.3)
         unique = {id(v): v.size for v in sd.values()}
         assert sum(unique.values()) == naming.count_parameters(CFG, head)
+
+
+def test_head_of_model_reads_the_class_name():
+    class GPT2ForSequenceClassification:  # any backend's class (or a user's subclass of it)
+        pass
+
+    class Mine(GPT2ForSequenceClassification):
+        pass
+
+    assert naming.head_of_model(Mine()) == "sequence_classification"
+    with pytest.raises(TypeError, match="not one of the GPT-2 classes"):
+        naming.head_of_model(object())
+    assert naming.is_transposed("score.weight") and not naming.is_transposed("score.bias")
+    assert not naming.is_transposed("transformer.h.0.attn.c_attn.weight")
+
+
+def test_missing_weights_follow_transformers_init_and_are_seeded_per_key():
+    cfg = tiny_config(num_labels=3, initializer_range=0.05)
+    keys = ["classifier.weight", "classifier.bias"]
+    new = missing_weights(cfg, "token_classification", keys, seed=1)
+    assert new["classifier.weight"].shape == (3, E) and new["classifier.weight"].dtype == np.float32
+    assert np.all(new["classifier.bias"] == 0)
+    big = missing_weights(tiny_config(n_embd=300, n_head=3), "base", ["h.0.mlp.c_fc.weight",
+                                                                      "h.0.ln_1.weight"])
+    assert abs(big["h.0.mlp.c_fc.weight"].std() - 0.02) < 0.001
+    assert np.all(big["h.0.ln_1.weight"] == 1)
+    # a key's values depend on the seed and its own name only, not on the other keys
+    alone = missing_weights(cfg, "token_classification", ["classifier.weight"], seed=1)
+    np.testing.assert_array_equal(alone["classifier.weight"], new["classifier.weight"])
+    other = missing_weights(cfg, "token_classification", ["classifier.weight"], seed=2)
+    assert not np.array_equal(other["classifier.weight"], new["classifier.weight"])

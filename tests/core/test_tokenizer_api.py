@@ -383,15 +383,15 @@ def test_batch_encoding_attributes(tok):
 def test_docstring_examples():
     import doctest
 
-    from gpt2_core import tokenizer, tokenizer_fast
+    from gpt2_core import tokenization, tokenizer, tokenizer_fast
 
-    for module in (tokenizer, tokenizer_fast):
+    for module in (tokenization, tokenizer, tokenizer_fast):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0 and result.attempted > 0, module.__name__
 
 
 def test_vocab_json_layout_is_transformers():
-    from gpt2_core._tokenizer_base import dump_vocab
+    from gpt2_core._vocab_files import dump_vocab
 
     vocab = {"b": 1, "a\"q": 0, "é\n": 2, "\u2028": 3, "\x00": 4, "Ġworld": 995}
     assert dump_vocab(vocab) == json.dumps(vocab, indent=2, sort_keys=True,

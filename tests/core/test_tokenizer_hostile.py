@@ -72,3 +72,89 @@ def test_decode_refuses_non_integer_ids(toks, bad):
     for tok in toks:
         with pytest.raises(TypeError, match="token ids must be integers, got"):
             tok.decode(bad)
+
+
+# -- the lookahead-free pattern over cut text (tokenizer_fast._mark_cuts) ---------------------
+
+_PIECES = [" ", " ", " ", "\n", "\t", "\r\n", "\u3000", "\xa0", "\x1c", "\x85", "a", "Z", "é",
+           "7", "'", "s", "ll", ".", "!", "日", "😀", "<|endoftext|>", "<|endoftext|", tf_mod._CUT]
+
+
+@pytest.mark.parametrize("numpy_ids", [True, False])
+@pytest.mark.parametrize("special", [True, False])
+def test_cut_pattern_gives_gpt2_patterns_ids(monkeypatch, special, numpy_ids):
+    """Random whitespace-heavy strings: the cut text under the pattern without ``\\s+(?!\\S)``
+    gives tiktoken's ids under GPT-2's own pattern (\\x1c is \\s for Python's re, not Rust's)."""
+    import random
+
+    monkeypatch.setattr(tf_mod, "_NUMPY_IDS", numpy_ids)
+    gpt2 = tf_mod.gpt2_tiktoken_encoding()
+    rng = random.Random(14)
+    for _ in range(1500):
+        s = "".join(rng.choice(_PIECES) for _ in range(rng.randint(0, 30)))
+        want = (gpt2.encode(s, allowed_special={"<|endoftext|>"}, disallowed_special=())
+                if special else gpt2.encode_ordinary(s))
+        assert tf_mod._tiktoken_ids(s, special) == want, s
+
+
+def test_cuts_go_before_the_last_space_of_a_run():
+    cut = tf_mod._CUT
+    assert tf_mod._mark_cuts("a  b\n\n\nc d", True) == (f"a {cut} b\n\n{cut}\nc d", 2)
+    assert tf_mod._mark_cuts("end  ", True) == ("end  ", 0)  # a run at the end: no cut
+    # before a special <|endoftext|> tiktoken cuts itself; before an ordinary one we cut
+    assert tf_mod._mark_cuts("a  <|endoftext|>", True) == ("a  <|endoftext|>", 0)
+    assert tf_mod._mark_cuts("a  <|endoftext|>", False) == (f"a {cut} <|endoftext|>", 1)
+
+
+def test_text_holding_the_cut_marker_encodes_like_the_slow_tokenizer(toks):
+    fast, slow = toks
+    text = f"a  {tf_mod._CUT}  b\n\n  x<|endoftext|>  y"
+    assert fast.encode(text) == slow.encode(text)
+    assert fast.decode(fast.encode(text)) == text
+
+
+@pytest.mark.parametrize("offset", range(12))
+def test_long_run_prescan_finds_every_run(toks, monkeypatch, offset):
+    """A run of _LONG_WS characters anywhere is found (the strided look before the regex):
+    tiktoken is never given one."""
+    fast, slow = toks
+    monkeypatch.setattr(tf_mod, "_LONG_WS", 8)
+    monkeypatch.setattr(tf_mod, "_LONG_WS_RE", re.compile(
+        tf_mod._LONG_WS_RE.pattern.replace("{65536,}", "{8,}")))
+    inner = tf_mod._tiktoken_ids
+
+    def checked(text, special):
+        assert not re.search(r"[ \t\n]{8}", text), text
+        return inner(text, special)
+
+    monkeypatch.setattr(tf_mod, "_tiktoken_ids", checked)
+    text = "x" * offset + " " * 8 + "y" * 20
+    assert fast.encode(text) == slow.encode(text)
+
+
+def test_balanced_chunks_keep_order_and_size():
+    texts = ["x" * 1000] + [f"t{i}" for i in range(50)] + ["y" * 300] * 5
+    chunks = tf_mod._balanced_chunks(texts, 8, sum(map(len, texts)))
+    assert [t for c in chunks for t in c] == texts
+    assert 1 < len(chunks) <= 8 and chunks[0] == ["x" * 1000]
+
+
+def test_batch_runs_chunks_on_threads(monkeypatch):
+    """encode_batch hands num_threads workers a few contiguous chunks, not one task per text."""
+    seen = []
+
+    class Pool(tf_mod.ThreadPoolExecutor):
+        def __init__(self, workers):
+            super().__init__(workers)
+            seen.append(workers)
+
+        def map(self, fn, chunks):
+            chunks = list(chunks)
+            seen.append(len(chunks))
+            return super().map(fn, chunks)
+
+    monkeypatch.setattr(tf_mod, "ThreadPoolExecutor", Pool)
+    texts = [f"Text {i}:\n    " + "word  " * (i % 40) for i in range(600)]
+    two = GPT2TokenizerFast(num_threads=2)
+    assert two.encode_batch(texts) == [two.encode(t) for t in texts]
+    assert seen == [2, 8]  # 2 workers, 2 * _CHUNKS_PER_THREAD chunks

@@ -2,7 +2,7 @@
 
 Exact equality with transformers' greedy / beam (num_return_sequences, length penalty, early
 stopping) / repetition-penalty + no-repeat-ngram + min_new_tokens / EOS-list sequences is in
-test_flax_golden.py.
+tests/test_backends.py.
 """
 
 import jax

@@ -33,7 +33,7 @@ def weights():
 
 def test_split_merge_jit_value_and_grad(weights):
     # the functional API: a pure jax.jit over (params, batch); gradients themselves are checked
-    # against transformers' golden gradients in test_flax_golden.py
+    # against transformers' golden gradients in tests/test_backends.py
     cfg, sd = weights
     model = gf.GPT2LMHeadModel.from_state_dict(cfg, sd)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)

@@ -5,14 +5,13 @@ and generation; implementations that cannot run here are refused with a clear er
 
 import importlib
 
+import golden
 import numpy as np
 import pytest
 
-golden = pytest.importorskip("golden", reason="tests/golden.py (transformers fixtures) is missing")
-
-from conversion.generate import installed_frameworks  # noqa: E402
-from gpt2_core import checkpoint, naming  # noqa: E402
-from gpt2_core.config import GPT2Config  # noqa: E402
+from conversion.generate import installed_frameworks
+from gpt2_core import checkpoint, naming
+from gpt2_core.config import GPT2Config
 
 FRAMEWORKS = installed_frameworks()
 CASES = ("default", "flags", "noscale")

@@ -8,6 +8,7 @@ transformers computed from it in its own framework.
 
 from __future__ import annotations
 
+import golden
 import numpy as np
 import pytest
 from harness import adapter, load_pretrained
@@ -15,8 +16,6 @@ from safetensors.numpy import load_file
 
 from conversion.convert import head_from_config
 from gpt2_core.config import GPT2Config
-
-golden = pytest.importorskip("golden")
 
 FRAMEWORKS = ("torch", "tf", "flax")
 FIELD = {"base": "last_hidden_state", "lm": "logits", "sequence_classification": "logits",

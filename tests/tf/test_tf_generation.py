@@ -1,6 +1,6 @@
 """XLA generation: greedy vs an eager reference, bucketing without retracing, stopping rules,
 sampling, streaming and errors. (Exact transformers sequences for greedy and
-beam search are checked against the golden fixtures in test_tf_golden.py.)"""
+beam search are checked against the golden fixtures in tests/test_backends.py.)"""
 
 from __future__ import annotations
 

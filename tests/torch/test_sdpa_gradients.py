@@ -4,16 +4,15 @@ torch's CPU flash-attention backward mishandles query rows whose visible keys ar
 the model routes training with a padding mask through the eager path. This pins that down.
 """
 
+import golden
 import numpy as np
 import pytest
 import torch
 
-golden = pytest.importorskip("golden")
-
-from gpt2_core import naming  # noqa: E402
-from gpt2_core.config import GPT2Config  # noqa: E402
-from gpt2_torch import weights  # noqa: E402
-from gpt2_torch.modeling import MODEL_CLASSES  # noqa: E402
+from gpt2_core import naming
+from gpt2_core.config import GPT2Config
+from gpt2_torch import weights
+from gpt2_torch.modeling import MODEL_CLASSES
 
 
 @pytest.mark.parametrize("case_name", ["default", "flags"])

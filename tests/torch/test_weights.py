@@ -1,7 +1,10 @@
-"""Checkpoints: canonical mapping, save/load round trip, transformers' file formats, errors."""
+"""PyTorch checkpoints: tied head, bf16 bridge, sharding, no random init, base checkpoints into heads.
+
+Canonical and save/load round trips, key errors and transformers' files of every backend:
+tests/test_backends.py and tests/parity/test_hf_formats.py.
+"""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,9 +13,8 @@ from conftest import make_model
 
 from gpt2_core import naming
 from gpt2_core.formats import safetensors as st
-from gpt2_core.init import random_state_dict, tiny_config
+from gpt2_core.init import missing_weights, random_state_dict, tiny_config
 from gpt2_torch import (
-    MODEL_CLASSES,
     GPT2DoubleHeadsModel,
     GPT2ForSequenceClassification,
     GPT2LMHeadModel,
@@ -21,8 +23,6 @@ from gpt2_torch import (
     weights,
 )
 
-FORMATS = Path(__file__).parents[1] / "fixtures" / "hf4576" / "formats"
-
 
 def _close(a, b, atol=1e-4):
     a, b = (torch.from_numpy(np.array(x)) if isinstance(x, np.ndarray) else x for x in (a, b))
@@ -30,35 +30,14 @@ def _close(a, b, atol=1e-4):
 
 
 # ----------------------------------------------------------------------------- canonical mapping
-@pytest.mark.parametrize("head", list(naming.HEADS))
-def test_canonical_round_trip(head):
-    cfg = tiny_config(pad_token_id=0, add_cross_attention=head == "lm")
-    sd = random_state_dict(cfg, head, seed=3, std=0.3)
-    model = MODEL_CLASSES[head](cfg)
-    weights.load_canonical(model, sd)
-    back = weights.to_canonical(model)
-    assert set(back) == set(naming.expected_shapes(cfg, head))
-    for k, v in sd.items():
-        np.testing.assert_array_equal(back[k], v)
-
-
-def test_load_canonical_checks_keys_and_shapes():
+def test_loading_without_the_head_keeps_it_tied():
+    # key / shape / tie errors of every backend: tests/test_backends.py
     cfg = tiny_config()
     model = GPT2LMHeadModel(cfg)
     sd = random_state_dict(cfg, "lm", seed=0, std=0.3)
-    bad = dict(sd)
-    del bad["transformer.h.1.mlp.c_fc.bias"]
-    with pytest.raises(naming.CheckpointError, match="h.1.mlp.c_fc.bias"):
-        weights.load_canonical(model, bad)
-    bad = dict(sd, **{"transformer.h.0.attn.c_attn.weight": np.zeros((108, 36), np.float32)})
-    with pytest.raises(naming.CheckpointError, match="c_attn.weight"):
-        weights.load_canonical(model, bad)
-    with pytest.raises(naming.CheckpointError, match="score.weight"):
-        weights.load_canonical(model, dict(sd, **{"score.weight": np.zeros((2, 36), np.float32)}))
-    untied = dict(sd, **{"lm_head.weight": sd["lm_head.weight"] + 1})
-    with pytest.raises(naming.CheckpointError, match="tie_word_embeddings"):
-        weights.load_canonical(model, untied)
     weights.load_canonical(model, {k: v for k, v in sd.items() if k != "lm_head.weight"})
+    assert model.lm_head.weight is model.transformer.wte.weight
+    weights.load_canonical(model, sd, assign=True)  # new Parameter objects, tied again
     assert model.lm_head.weight is model.transformer.wte.weight
 
 
@@ -73,22 +52,16 @@ def test_bfloat16_bridge():
 
 
 # ----------------------------------------------------------------------------- save / load
-@pytest.mark.parametrize("head", list(naming.HEADS))
-def test_save_load_round_trip(head, tmp_path, ids):
-    model = make_model(head, tie_word_embeddings=head != "double_heads")
-    model.save_pretrained(tmp_path)
+def test_from_pretrained_state(tmp_path):
+    # weights and outputs of the round trip, every head and backend: tests/test_backends.py
+    make_model("lm").save_pretrained(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
-    assert cfg["architectures"] == [naming.HEADS[head]]
-    loaded = MODEL_CLASSES[head].from_pretrained(tmp_path)
+    assert cfg["architectures"] == ["GPT2LMHeadModel"]
+    loaded = GPT2LMHeadModel.from_pretrained(tmp_path)
     assert not loaded.training
     assert loaded.load_report.ok and not loaded.load_report.newly_initialized
-    x = ids.view(3, 1, 9) if head == "double_heads" else ids
-    for a, b in zip(model(x).to_tuple(), loaded(x).to_tuple()):
-        if isinstance(a, torch.Tensor):
-            assert torch.equal(a, b)
-    if head == "lm":
-        assert loaded.lm_head.weight is loaded.transformer.wte.weight
-        assert "lm_head.weight" not in st.load_file(tmp_path / "model.safetensors")
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight
+    assert "lm_head.weight" not in st.load_file(tmp_path / "model.safetensors")
 
 
 def test_sharded_save_and_dtype(tmp_path, ids):
@@ -116,9 +89,11 @@ def test_from_pretrained_does_no_random_init(tmp_path, monkeypatch):
     GPT2LMHeadModel.from_pretrained(tmp_path / "lm")
     assert initialised == []
     model = GPT2ForSequenceClassification.from_pretrained(tmp_path / "base", num_labels=4)
-    assert initialised == ["Linear"]  # only the new head
+    assert initialised == []  # the new head comes from gpt2_core.init.missing_weights
     assert model.load_report.newly_initialized == ["score.weight"]
     assert model.score.weight.std() < 0.05  # HF init (0.02), not the checkpoint's 0.3
+    want = missing_weights(model.config, "sequence_classification", ["score.weight"], seed=0)
+    assert np.array_equal(model.score.weight.detach().numpy(), want["score.weight"])
 
 
 def test_base_checkpoint_into_heads(tmp_path, ids):
@@ -144,46 +119,3 @@ def test_mismatched_checkpoint_raises(tmp_path):
         GPT2LMHeadModel.from_pretrained(tmp_path, n_layer=3)
     with pytest.raises(FileNotFoundError):
         GPT2LMHeadModel.from_pretrained(tmp_path / "nowhere")
-
-
-# ----------------------------------------------------------------------------- transformers' files
-_FORMAT_HEADS = {"base_only": GPT2Model, "flax_base": GPT2Model, "tf_base": GPT2Model,
-                 "tf_double": GPT2DoubleHeadsModel, "tf_seqcls": GPT2ForSequenceClassification}
-
-
-def _format_dirs():
-    return sorted(p.name for p in FORMATS.iterdir()) if FORMATS.is_dir() else []
-
-
-@pytest.mark.parametrize("name", _format_dirs())
-def test_loads_transformers_files(name):
-    d = FORMATS / name
-    cls = _FORMAT_HEADS.get(name, GPT2LMHeadModel)
-    try:
-        model = cls.from_pretrained(d)
-    except (NotImplementedError, ImportError) as e:
-        pytest.skip(f"the core reader for {name} is not available yet: {e}")
-    exp = st.load_file(d / "expected_logits.safetensors")
-
-    def ref(key):  # transformers' PyTorch eager output when stored, else the saved model's own
-        return exp.get("pt_eager/" + key, exp["outputs/" + key])
-
-    def t(a):
-        return torch.from_numpy(np.array(a))
-
-    if name == "tf_double":
-        out = model(t(exp["inputs/mc_input_ids"]), mc_token_ids=t(exp["inputs/mc_token_ids"]))
-        _close(out.logits, ref("nomask/logits"))
-        _close(out.mc_logits, ref("nomask/mc_logits"))
-        return
-    field = "last_hidden_state" if cls is GPT2Model else "logits"
-    _close(model(t(exp["inputs/input_ids"]))[field], ref(f"nomask/{field}"))
-    mask = exp["inputs/left_pad/attention_mask"]
-    out = model(t(exp["inputs/left_pad/input_ids"]), attention_mask=t(mask),
-                position_ids=t(exp["inputs/left_pad/position_ids"]))[field]
-    expected = ref(f"left_pad/{field}")
-    if cls is GPT2ForSequenceClassification:
-        _close(out, expected)
-    else:
-        real = t(mask).bool()
-        _close(out[real], t(expected)[real])
