@@ -51,7 +51,7 @@ TARGET = "gpt2_zoo_decode_step"
 _SOURCE = core._SOURCE.with_name("gpt2_xla_ffi.cc")
 _CXX_FLAGS = ["-O2", "-march=native", "-fopenmp", "-fPIC", "-std=c++17", "-w"]
 _ABI = 1
-_KERNEL_ABI = 4  # gpt2_kernels.c's gpt2_kernels_abi() this handler is written against
+_KERNEL_ABI = 5  # gpt2_kernels.c's gpt2_kernels_abi() this handler is written against
 #: parameter dtypes the step reads (the weight matrices all one of them)
 STEP_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 
@@ -153,6 +153,8 @@ def unsupported_reason(model: Any, rows: int, cache_len: int) -> str | None:
     """``None`` when ``generate`` may decode ``rows`` rows over a ``cache_len``-slot cache on
     the kernel, else why not. Called outside ``jit``, on the concrete model."""
     config = model.config
+    if getattr(model, "quantization", None):
+        return f"{model.quantization} weights: the Flax kernel path reads fp32/bf16 matrices"
     if not core.active():
         return f"CPU kernels {core.status()}"
     if jax.default_backend() != "cpu":

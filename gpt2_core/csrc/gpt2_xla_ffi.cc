@@ -35,7 +35,7 @@ void gpt2_decode_step(const int64_t *ids, const int64_t *positions, void *const 
                       void *const *layers, const float *scales, const float *bias, int64_t pos,
                       int64_t M, int64_t C, int64_t H, int64_t L, int64_t F, int64_t V,
                       int64_t n_layer, float eps, int act, int head_kn, float *logits,
-                      float *work, int nt, int wbf16);
+                      float *work, int nt, int wq, const void *const *qscale);
 int64_t gpt2_decode_work_floats(int64_t M, int64_t C, int64_t H, int64_t L, int64_t F, int64_t V,
                                 int nt);
 int gpt2_kernels_abi(void);
@@ -109,7 +109,7 @@ static ffi::Error DecodeStepImpl(I32Vector ids, I32Vector positions, F32Matrix b
     gpt2_decode_step(id64, pos64, glob.data(), layers.data(), scales.typed_data(),
                      bias.typed_data(), pos, R, C, n_head, L, F, V, n_layer, eps,
                      static_cast<int>(act), static_cast<int>(head_kn), logits->typed_data(),
-                     work.data(), nt, static_cast<int>(wbf16));
+                     work.data(), nt, static_cast<int>(wbf16), nullptr);  /* wq: 0 f32, 1 bf16 */
     return ffi::Error::Success();
 }
 
