@@ -5,9 +5,21 @@ new greedy tokens, and a 256-token prefill (one jitted forward). The transformer
 subprocess with the interpreter named by $GPT2_ZOO_HF_PYTHON when that one has transformers' Flax
 classes; both sides run in the same invocation so the ratio is meaningful on a shared machine.
 
+``--vs-torch`` instead times, in interleaved rounds of one run, gpt2_flax's greedy decode on
+the fused CPU kernel (``gpt2_flax._cpu_kernels``: the C step as an XLA FFI call inside the jitted
+loop), the same without it (``cpu_kernels.disabled()``: the all-XLA loop), gpt2_torch's
+``generate`` (a child interpreter, torch's fused kernel steps) and the bf16-weight model on both
+Flax paths (bf16 weights with fp32 compute, which the kernel reads, and bf16 weights and compute
+on XLA). Same random weights everywhere; the figures are medians of the per-round ratios.
+``--threads`` sets torch's and the kernels' threads (``GPT2_ZOO_CPU_THREADS``); the all-XLA
+loop keeps XLA's own thread pool, so for a one-core comparison run the script under
+``taskset -c 0``. The kernels' OpenMP barriers make 2-thread figures meaningless on a busy
+machine: take them on an idle one.
+
 Usage:
     python benchmarks/bench_flax_generate.py            # full run (report for the lead)
     python benchmarks/bench_flax_generate.py --quick    # tiny smoke run (small model, few reps)
+    python benchmarks/bench_flax_generate.py --vs-torch [--rounds 5] [--threads 2]
 
 The report prints tokens/s, the ratio to transformers, first-call compile times and the
 fraction of the memory-bandwidth bound (--bound-tok-s, ~70 tok/s for fp32 GPT-2 small here).
@@ -16,8 +28,10 @@ fraction of the memory-bandwidth bound (--bound-tok-s, ~70 tok/s for fp32 GPT-2 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -25,6 +39,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from json_server import JsonServer  # noqa: E402
+
 #: an interpreter with transformers 4.57.6 (and flax) installed; unset: those rows are skipped
 HF_PYTHON = os.environ.get("GPT2_ZOO_HF_PYTHON", "")
 
@@ -129,15 +146,121 @@ def bench_hf(cfg_kwargs: dict, prompt: int, new: int, prefill: int, reps: int) -
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+TORCH_SCRIPT = textwrap.dedent("""
+    import json, sys, time
+    sys.path.insert(0, sys.argv[1])
+    import torch
+    from gpt2_core import GPT2Config, cpu_kernels
+    from gpt2_core.init import random_state_dict
+    from gpt2_torch import GPT2LMHeadModel, weights
+    args = json.loads(sys.argv[2])
+    torch.set_num_threads(args["threads"])
+    cfg = GPT2Config(**args["cfg"])
+    model = GPT2LMHeadModel(cfg).eval()
+    weights.load_canonical(model, random_state_dict(cfg, "lm", seed=0))
+    ids = torch.tensor(args["ids"])
+    def run(n):
+        with torch.no_grad():
+            t = time.perf_counter()
+            out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+            return time.perf_counter() - t, out[0, ids.shape[1]:].tolist()
+    run(4)
+    print(json.dumps({"kernels": cpu_kernels.status()}), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "quit":
+            break
+        secs, toks = run(args["new"])
+        print(json.dumps({"tok_s": args["new"] / secs, "tokens": toks}), flush=True)
+""")
+
+
+def bench_vs_torch(cfg_kwargs: dict, prompt: int, new: int, rounds: int, threads: int) -> None:
+    """Interleaved rounds: Flax with and without the kernel, torch, Flax bf16 on both paths."""
+    sys.path.insert(0, str(ROOT))
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from gpt2_core import cpu_kernels
+    from gpt2_core.config import GPT2Config
+    from gpt2_core.init import random_state_dict
+    from gpt2_flax import GPT2LMHeadModel, _cpu_kernels
+
+    os.environ["GPT2_ZOO_CPU_THREADS"] = str(threads)  # read when the programs are traced
+    cfg = GPT2Config(**cfg_kwargs)
+    sd = random_state_dict(cfg, "lm", seed=0)
+    ids = np.asarray((np.arange(prompt)[None] * 7919) % cfg.vocab_size, np.int32)
+    fp32 = GPT2LMHeadModel.from_state_dict(cfg, sd)
+    bf16 = GPT2LMHeadModel.from_state_dict(cfg, sd, param_dtype=jnp.bfloat16)  # fp32 compute
+    bf16c = GPT2LMHeadModel.from_state_dict(cfg, sd, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+    del sd
+
+    def flax(model, kernel: bool):
+        def run():
+            with (cpu_kernels.disabled() if not kernel else contextlib.nullcontext()):
+                t = time.perf_counter()
+                out = model.generate(ids, max_new_tokens=new, min_new_tokens=new,
+                                     eos_token_id=None)
+                out = np.asarray(out)
+            return new / (time.perf_counter() - t), out[0, prompt:].tolist()
+        return run
+
+    rows = {"flax fp32 kernel": flax(fp32, True), "flax fp32 XLA loop": flax(fp32, False),
+            "flax bf16 kernel": flax(bf16, True), "flax bf16 XLA loop": flax(bf16c, False)}
+    torch_side = JsonServer([sys.executable, "-c", TORCH_SCRIPT, str(ROOT), json.dumps(dict(
+        cfg=cfg_kwargs, ids=ids.tolist(), new=new, threads=threads))], dict(os.environ))
+    print(f"# gpt2_flax vs gpt2_torch greedy decode ({cfg.n_layer} layers, n_embd {cfg.n_embd}; "
+          f"batch 1, prompt {prompt}, {new} new tokens, {threads} threads, {rounds} rounds)")
+    print(f"jax {jax.__version__}; flax kernel: {_cpu_kernels.status()}; "
+          f"use: {_cpu_kernels.unsupported_reason(fp32, 1, 128) or 'yes'}")
+    print(f"torch kernels: {torch_side.info['kernels']}")
+    t = time.perf_counter()
+    first = {name: run()[1] for name, run in rows.items()}  # compile (and build the kernel)
+    print(f"warm-up (compiles) {time.perf_counter() - t:.1f} s")
+    same = first["flax fp32 kernel"] == first["flax fp32 XLA loop"]
+    print(f"fp32 tokens: kernel == XLA loop: {same}; "
+          f"== torch: {first['flax fp32 kernel'] == torch_side.request('go')['tokens']}")
+    results: dict[str, list[float]] = {name: [] for name in [*rows, "torch fp32"]}
+    for r in range(rounds):
+        for name, run in rows.items():
+            results[name].append(run()[0])
+        results["torch fp32"].append(torch_side.request("go")["tok_s"])
+        print(f"round {r + 1}: " + "  ".join(f"{k} {v[-1]:.1f}" for k, v in results.items()),
+              flush=True)
+    torch_side.close()
+
+    def ratio(a: str, b: str) -> str:
+        rs = [x / y for x, y in zip(results[a], results[b])]
+        return f"{statistics.median(rs):.2f}x (rounds {min(rs):.2f}-{max(rs):.2f})"
+
+    for name, v in results.items():
+        print(f"{name:20s}: {statistics.median(v):6.1f} tok/s median ({min(v):.1f}-{max(v):.1f})")
+    print(f"flax fp32 kernel / torch fp32     : {ratio('flax fp32 kernel', 'torch fp32')} "
+          "(target >= 0.9x)")
+    print(f"flax fp32 XLA loop / torch fp32   : {ratio('flax fp32 XLA loop', 'torch fp32')}")
+    print(f"flax fp32 kernel / XLA loop       : {ratio('flax fp32 kernel', 'flax fp32 XLA loop')}")
+    print(f"flax bf16 kernel / fp32 kernel    : {ratio('flax bf16 kernel', 'flax fp32 kernel')}")
+    print(f"flax bf16 XLA loop / fp32 XLA loop: {ratio('flax bf16 XLA loop', 'flax fp32 XLA loop')}")
+
+
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small model, few repetitions")
+    ap.add_argument("--vs-torch", action="store_true",
+                    help="interleaved rounds against gpt2_torch, with/without the CPU kernel, bf16")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds of --vs-torch")
+    ap.add_argument("--threads", type=int, default=2, help="threads of --vs-torch (both sides)")
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--bound-tok-s", type=float, default=70.0,
                     help="memory-bandwidth bound of fp32 GPT-2 small decode on this machine")
     args = ap.parse_args()
     cfg = shapes(args.quick)
     prompt, new, prefill = (16, 16, 64) if args.quick else (16, 64, 256)
+    if args.vs_torch:
+        bench_vs_torch(cfg, prompt, new, 2 if args.quick else args.rounds, args.threads)
+        return
     reps = args.reps or (2 if args.quick else 5)
     ours = bench_ours(cfg, prompt, new, prefill, reps)
     hf = bench_hf(cfg, prompt, new, prefill, reps)

@@ -43,7 +43,6 @@ from gpt2_flax.modeling import (
     GPT2Model,
     GPT2PreTrainedModel,
     GPT2SequenceSummary,
-    KVCache,
     StaticCache,
     checked,
     cross_entropy,
@@ -61,6 +60,6 @@ __all__ = [
     "FlaxGPT2Model", "GPT2Attention", "GPT2Block", "GPT2DoubleHeadsModel",
     "GPT2ForQuestionAnswering", "GPT2ForSequenceClassification", "GPT2ForTokenClassification",
     "GPT2LMHeadModel", "GPT2MLP", "GPT2Model", "GPT2PreTrainedModel", "GPT2SequenceSummary",
-    "GenerationMixin", "KVCache", "ShardingConfig", "StaticCache", "bucket", "checked", "cross_entropy", "pipeline",
+    "GenerationMixin", "ShardingConfig", "StaticCache", "bucket", "checked", "cross_entropy", "pipeline",
     "shard_batch", "shard_model", "trace_count",
 ]

@@ -6,7 +6,7 @@ transformers 4.57 semantics, repetition penalty, no-repeat n-grams, min/max new 
 EOS ids, padding, streamers) and runs the whole decode as a single XLA program:
 
 * the prompt is left-padded to a **bucket** length (a power of two >= 16) and the static KV
-  cache (:class:`gpt2_flax.modeling.KVCache`) gets a bucketed length too, so prompts of 17..32
+  cache (:class:`gpt2_flax.modeling.StaticCache`) gets a bucketed length too, so prompts of 17..32
   tokens share one compiled program (``max_new_tokens`` and ``min_new_tokens`` are traced
   values, not compile-time constants);
 * extra left padding changes nothing: keys at pad slots are masked and position ids come from
@@ -44,6 +44,7 @@ from gpt2_core.generation import (
     sampling_seed,
 )
 from gpt2_core.generation_config import GenerationConfig
+from gpt2_flax import _cpu_kernels
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class _Options:
     early_stopping: bool | str = False
     positive_length_penalty: bool = True  # picks the "never" early-stop heuristic
     stream: bool = False
+    cpu_kernel: bool = False  # decode steps on the fused C step (gpt2_flax._cpu_kernels)
 
 
 def _params(gen: GenerationConfig, eos: tuple[int, ...], pad: int) -> dict[str, jax.Array]:
@@ -162,11 +164,11 @@ def _stream_put(stream_id, tokens) -> None:
 # ---------------------------------------------------------------------------- the program
 def _forward(model, ids, cache, positions, mask):
     """The transformer over ``ids`` (R, t) into the static cache; float32 logits (R, V) of the
-    last position only (any model with ``transformer`` and ``logits``: the LM and double heads)."""
+    last position only (any model with ``transformer`` and ``_lm_logits``: the LM and double heads)."""
     out = model.transformer(ids, past_key_values=cache, attention_mask=mask,
                             position_ids=positions, use_cache=True, return_dict=True,
                             deterministic=True)
-    logits = model.logits(out.last_hidden_state[:, -1, :])
+    logits = model._lm_logits(out.last_hidden_state[:, -1, :])
     return logits.astype(jnp.float32), out.past_key_values
 
 
@@ -187,9 +189,9 @@ def _generate_program(graphdef, opts: _Options, state, ids, mask, prompt_pos, of
     full_mask = jnp.concatenate([mask, jnp.ones((B, M - Tb), mask.dtype)], axis=1)  # (B, M)
     next_pos = jnp.sum(mask, axis=1).astype(jnp.int32)  # (B,) position of the first new token
 
-    from gpt2_flax.modeling import KVCache  # modeling imports this module
+    from gpt2_flax.modeling import StaticCache  # modeling imports this module
 
-    cache = KVCache.init(config, B, M, model.transformer.dtype)
+    cache = StaticCache.allocate(config, B, M, jnp.float32 if opts.cpu_kernel else model.transformer.dtype)
     logits, cache = _forward(model, ids, cache, prompt_pos, full_mask)  # (B, V)
 
     buf = jnp.full((B, M), pad, jnp.int32).at[:, :Tb].set(ids.astype(jnp.int32))
@@ -197,6 +199,9 @@ def _generate_program(graphdef, opts: _Options, state, ids, mask, prompt_pos, of
 
     def forward(tokens, cache, pos, row_mask):
         return _forward(model, tokens[:, None], cache, pos[:, None], row_mask)
+
+    if opts.cpu_kernel:  # the same step as one XLA FFI custom call (CPU only)
+        forward = _cpu_kernels.decode_forward(model, R, M)
 
     if opts.mode != "beam":
         def select(logits, step, buf, unfinished):
@@ -422,6 +427,10 @@ class GenerationMixin:
             num_beams=gen.num_beams, num_return_sequences=gen.num_return_sequences,
             early_stopping=gen.early_stopping if mode == "beam" else False,
             positive_length_penalty=gen.length_penalty > 0, stream=streamer is not None)
+        rows = B * (gen.num_return_sequences if sample else gen.num_beams)
+        reason = _cpu_kernels.unsupported_reason(self, rows, M)
+        logger.debug("gpt2_flax generate: CPU kernel %s", reason or "in use")
+        opts = dataclasses.replace(opts, cpu_kernel=reason is None)
         if mode == "sample" and gen.num_return_sequences > 1:
             ids_b = np.repeat(ids_b, gen.num_return_sequences, axis=0)
             mask_b = np.repeat(mask_b, gen.num_return_sequences, axis=0)

@@ -338,7 +338,6 @@ class StaticCache:
         return cls(keys=zeros, values=tuple(jnp.zeros(shape, dtype) for _ in zeros),
                    index=jnp.zeros((), jnp.int32))
 
-    init = allocate  # the earlier name
 
     @property
     def max_length(self) -> int:
@@ -353,8 +352,6 @@ class StaticCache:
         return StaticCache(keys=tuple(k[index] for k in self.keys),
                            values=tuple(v[index] for v in self.values), index=self.index)
 
-
-KVCache = StaticCache  # the earlier name
 
 
 class GPT2Attention(nnx.Module):
@@ -1426,7 +1423,7 @@ FlaxGPT2ForQuestionAnswering = GPT2ForQuestionAnswering
 __all__: Sequence[str] = [
     "ACT2FN", "GPT2Attention", "GPT2Block", "GPT2DoubleHeadsModel", "GPT2ForQuestionAnswering",
     "GPT2ForSequenceClassification", "GPT2ForTokenClassification", "GPT2LMHeadModel", "GPT2MLP",
-    "GPT2Model", "GPT2PreTrainedModel", "GPT2SequenceSummary", "KVCache", "MODEL_CLASSES",
+    "GPT2Model", "GPT2PreTrainedModel", "GPT2SequenceSummary", "MODEL_CLASSES",
     "StaticCache",
     "checked", "cross_entropy",
 ]

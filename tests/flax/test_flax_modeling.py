@@ -36,7 +36,7 @@ def test_static_cache_equals_full_pass(lm):
     # the tuple cache of every backend: tests/test_backends.py
     cfg, _, model = lm
     full = jrun(model, input_ids=IDS).logits
-    cache = gf.KVCache.init(cfg, 2, 16)
+    cache = gf.StaticCache.allocate(cfg, 2, 16)
     mask = jnp.ones((2, 16), jnp.int32)
     a = jrun(model, input_ids=IDS[:, :3], past_key_values=cache, attention_mask=mask)
     b = jrun(model, input_ids=IDS[:, 3:], past_key_values=a.past_key_values, attention_mask=mask)

@@ -1,0 +1,133 @@
+/*
+ * gpt2_zoo: the fused single-token decode step of gpt2_kernels.c as an XLA FFI custom call.
+ *
+ * gpt2_flax's `generate` is one jitted lax.while_loop. On a CPU each iteration's forward pass
+ * can call this handler (jax.ffi.ffi_call, registered for platform "cpu") instead of XLA's own
+ * ops: one call runs embeddings, every block and the LM head through gpt2_decode_step, reading
+ * the model's weight buffers in place and writing the new key/value into the cache buffers,
+ * which are aliased input -> output so XLA updates them in place. No host callback: the call is
+ * an ordinary instruction of the compiled loop.
+ *
+ * Built at first use by gpt2_flax/_cpu_kernels.py: gpt2_kernels.c compiled as C with the flags
+ * of gpt2_core/cpu_kernels.py, then this file with the C++ compiler against jax's FFI headers
+ * (jax.ffi.include_dir()), linked into one shared library.
+ *
+ * Operands (all row-major, checked in Python when the program is traced; the counts and the
+ * runtime values that index memory are checked here again):
+ *   ids (R,) s32, positions (R,) s32, bias (R, L) f32 additive mask over cache slots,
+ *   slot () s32 the cache slot of the new token, scales (n_layer,) f32,
+ *   then 5 global weights (wte (V, C), wpe (P, C), ln_f scale, ln_f bias, LM head (V, C) or
+ *   with head_kn (C, V)), 12 per layer (gpt2_decode_step's order), then 2 * n_layer caches
+ *   (keys 0, values 0, keys 1, ...) each (R, H, L, D) f32.
+ * Results: logits (R, V) f32, then the 2 * n_layer caches (aliased to their operands).
+ * The matrices are f32 or, with wbf16, bf16 (widened in registers, as in the ctypes path).
+ */
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+extern "C" {
+void gpt2_decode_step(const int64_t *ids, const int64_t *positions, void *const *glob,
+                      void *const *layers, const float *scales, const float *bias, int64_t pos,
+                      int64_t M, int64_t C, int64_t H, int64_t L, int64_t F, int64_t V,
+                      int64_t n_layer, float eps, int act, int head_kn, float *logits,
+                      float *work, int nt, int wq, const void *const *qscale);
+int64_t gpt2_decode_work_floats(int64_t M, int64_t C, int64_t H, int64_t L, int64_t F, int64_t V,
+                                int nt);
+int gpt2_kernels_abi(void);
+}
+
+static constexpr int64_t kGlobal = 5, kPerLayer = 12;
+// aliases: a template's commas would split the registration macro's arguments
+using I32Vector = ffi::Buffer<ffi::S32, 1>;
+using I32Scalar = ffi::Buffer<ffi::S32, 0>;
+using F32Vector = ffi::Buffer<ffi::F32, 1>;
+using F32Matrix = ffi::Buffer<ffi::F32, 2>;
+
+static ffi::Error DecodeStepImpl(I32Vector ids, I32Vector positions, F32Matrix bias,
+                                 I32Scalar slot, F32Vector scales, ffi::RemainingArgs rest,
+                                 ffi::Result<F32Matrix> logits,
+                                 ffi::RemainingRets caches, float eps, int64_t act,
+                                 int64_t head_kn, int64_t n_head, int64_t threads,
+                                 int64_t wbf16) {
+    const int64_t R = ids.dimensions()[0], L = bias.dimensions()[1];
+    const int64_t n_layer = scales.dimensions()[0];
+    if (positions.dimensions()[0] != R || bias.dimensions()[0] != R)
+        return ffi::Error::InvalidArgument("gpt2_decode_step: ids, positions, bias rows differ");
+    if (static_cast<int64_t>(rest.size()) != kGlobal + (kPerLayer + 2) * n_layer ||
+        static_cast<int64_t>(caches.size()) != 2 * n_layer)
+        return ffi::Error::InvalidArgument("gpt2_decode_step: wrong number of weights/caches");
+    std::vector<void *> glob(kGlobal), layers((kPerLayer + 2) * n_layer);
+    for (int64_t i = 0; i < kGlobal; ++i) {
+        auto b = rest.get<ffi::AnyBuffer>(i);
+        if (b.has_error()) return b.error();
+        glob[i] = b.value().untyped_data();
+    }
+    auto wte = rest.get<ffi::AnyBuffer>(0), wpe = rest.get<ffi::AnyBuffer>(1);
+    auto fc = rest.get<ffi::AnyBuffer>(kGlobal + 8);  // layer 0 c_fc (C, F)
+    if (wte.has_error() || wpe.has_error() || fc.has_error())
+        return ffi::Error::InvalidArgument("gpt2_decode_step: bad weight operands");
+    const int64_t V = wte.value().dimensions()[0], C = wte.value().dimensions()[1];
+    const int64_t P = wpe.value().dimensions()[0], F = fc.value().dimensions()[1];
+    for (int64_t l = 0; l < n_layer; ++l) {
+        for (int64_t j = 0; j < kPerLayer; ++j) {
+            auto b = rest.get<ffi::AnyBuffer>(kGlobal + l * kPerLayer + j);
+            if (b.has_error()) return b.error();
+            layers[l * (kPerLayer + 2) + j] = b.value().untyped_data();
+        }
+        for (int64_t j = 0; j < 2; ++j) {  // the aliased results: updated in place
+            auto c = caches.get<ffi::AnyBuffer>(2 * l + j);
+            if (c.has_error()) return c.error();
+            auto dims = c.value()->dimensions();
+            if (dims.size() != 4 || dims[0] != R || dims[2] != L)
+                return ffi::Error::InvalidArgument("gpt2_decode_step: cache shape mismatch");
+            layers[l * (kPerLayer + 2) + kPerLayer + j] = c.value()->untyped_data();
+        }
+    }
+    const int64_t pos = *slot.typed_data();
+    if (pos < 0 || pos >= L)
+        return ffi::Error::InvalidArgument("gpt2_decode_step: cache slot " + std::to_string(pos) +
+                                           " outside [0, " + std::to_string(L) + ")");
+    int64_t id64[64], pos64[64];  // R <= gpt2_core.cpu_kernels.MAX_ROWS (16)
+    if (R > 64) return ffi::Error::InvalidArgument("gpt2_decode_step: more than 64 rows");
+    for (int64_t m = 0; m < R; ++m) {
+        id64[m] = ids.typed_data()[m];
+        pos64[m] = positions.typed_data()[m];
+        if (id64[m] < 0 || id64[m] >= V || pos64[m] < 0 || pos64[m] >= P)
+            return ffi::Error::InvalidArgument(
+                "gpt2_decode_step: token id " + std::to_string(id64[m]) + " or position " +
+                std::to_string(pos64[m]) + " out of range");
+    }
+    const int nt = threads < 1 ? 1 : static_cast<int>(threads);
+    thread_local std::vector<float> work;  // scratch, reused across steps of this thread
+    const size_t need = static_cast<size_t>(gpt2_decode_work_floats(R, C, n_head, L, F, V, nt));
+    if (work.size() < need) work.resize(need);
+    gpt2_decode_step(id64, pos64, glob.data(), layers.data(), scales.typed_data(),
+                     bias.typed_data(), pos, R, C, n_head, L, F, V, n_layer, eps,
+                     static_cast<int>(act), static_cast<int>(head_kn), logits->typed_data(),
+                     work.data(), nt, static_cast<int>(wbf16), nullptr);  /* wq: 0 f32, 1 bf16 */
+    return ffi::Error::Success();
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Gpt2DecodeStep, DecodeStepImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<I32Vector>()  // ids
+                                  .Arg<I32Vector>()  // positions
+                                  .Arg<F32Matrix>()  // bias
+                                  .Arg<I32Scalar>()  // slot
+                                  .Arg<F32Vector>()  // scales
+                                  .RemainingArgs()   // weights, caches
+                                  .Ret<F32Matrix>()  // logits
+                                  .RemainingRets()   // caches (aliased)
+                                  .Attr<float>("eps")
+                                  .Attr<int64_t>("act")
+                                  .Attr<int64_t>("head_kn")
+                                  .Attr<int64_t>("n_head")
+                                  .Attr<int64_t>("threads")
+                                  .Attr<int64_t>("wbf16"));
+
+extern "C" int gpt2_xla_ffi_abi(void) { return 1; }
