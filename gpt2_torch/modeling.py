@@ -981,8 +981,24 @@ class GPT2Model(GPT2PreTrainedModel):
         return out if return_dict else out.to_tuple()
 
 
+def _check_labels(name: str, labels: torch.Tensor, num_classes: int,
+                  ignore_index: int = -100) -> None:
+    """Class ids in [0, num_classes) or ``ignore_index``, checked before the loss (torch's
+    cross_entropy raises an IndexError on CPU and a device-side assert on CUDA)."""
+    if not labels.numel():
+        return
+    ok = (labels == ignore_index) | ((labels >= 0) & (labels < num_classes))
+    if torch.compiler.is_compiling():  # no data-dependent Python branch, as _check_ids
+        torch._assert_async(ok.all(), f"{name} must be in [0, {num_classes}) or {ignore_index}")
+    elif not bool(ok.all()):
+        bad = int(labels[~ok].flatten()[0])
+        raise ValueError(f"{name} contains {bad}: use ids in [0, {num_classes}) or "
+                         f"{ignore_index} to ignore")
+
+
 def _lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy: labels are shifted inside, -100 is ignored, mean over the rest."""
+    _check_labels("labels", labels, logits.shape[-1])
     shift_logits = logits[..., :-1, :].float()  # (..., T-1, V); float32 as transformers' loss
     shift_labels = labels[..., 1:].to(logits.device)
     return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
@@ -1147,6 +1163,7 @@ class GPT2DoubleHeadsModel(GPT2PreTrainedModel):
         mc_logits = self.multiple_choice_head(hidden, mc_token_ids).squeeze(-1)  # (B, N)
         mc_loss = None
         if mc_labels is not None:
+            _check_labels("mc_labels", mc_labels, mc_logits.size(-1))
             mc_loss = F.cross_entropy(mc_logits.view(-1, mc_logits.size(-1)), mc_labels.view(-1))
         lm_loss = _lm_loss(lm_logits, labels) if labels is not None else None
         out = GPT2DoubleHeadsModelOutput(
@@ -1259,6 +1276,7 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
                 return F.mse_loss(pooled.squeeze(), labels.squeeze().to(pooled.dtype))
             return F.mse_loss(pooled, labels.to(pooled.dtype))
         if cfg.problem_type == "single_label_classification":
+            _check_labels("labels", labels, self.config.num_labels)
             return F.cross_entropy(pooled.view(-1, self.config.num_labels), labels.view(-1))
         return F.binary_cross_entropy_with_logits(pooled, labels.to(pooled.dtype))
 
@@ -1314,6 +1332,7 @@ class GPT2ForTokenClassification(GPT2PreTrainedModel):
         logits = self.classifier(self.dropout(base.last_hidden_state))
         loss = None
         if labels is not None:
+            _check_labels("labels", labels, self.config.num_labels)
             loss = F.cross_entropy(logits.view(-1, self.config.num_labels), labels.to(logits.device).view(-1))
         out = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=base.hidden_states,
                                     attentions=base.attentions)
