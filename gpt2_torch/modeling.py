@@ -50,6 +50,7 @@ from gpt2_core.outputs import (
     TokenClassifierOutput,
 )
 from gpt2_torch import _cpu_kernels
+from gpt2_torch._framework import FrameworkMixin
 
 logger = logging.getLogger(__name__)
 
@@ -543,8 +544,10 @@ def encoder_attention_bias(encoder_attention_mask: torch.Tensor, dtype: torch.dt
 
 
 # ----------------------------------------------------------------------------- models
-class GPT2PreTrainedModel(nn.Module):
-    """Shared plumbing: init, weight tying, from_pretrained / save_pretrained, checkpointing.
+class GPT2PreTrainedModel(FrameworkMixin, nn.Module):
+    """Shared plumbing: config, from_pretrained / save_pretrained, state dicts (init, weight
+    tying, ``device`` / ``dtype`` and activation checkpointing come from
+    :class:`gpt2_torch._framework.FrameworkMixin`).
 
     Subclasses set ``_head`` (a :data:`gpt2_core.naming.HEADS` key).
     """
@@ -576,46 +579,6 @@ class GPT2PreTrainedModel(nn.Module):
         weights.load_canonical(model, state_dict, strict=strict)
         return model.eval()
 
-    # -- init and tying
-    def _init_weights(self, module: nn.Module) -> None:
-        """transformers' init: N(0, initializer_range) for matrices, zeros for biases, LN = 1/0."""
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear | Conv1D):
-            module.weight.data.normal_(mean=0.0, std=std)
-            if module.bias is not None:
-                module.bias.data.zero_()
-        elif isinstance(module, nn.Embedding):
-            module.weight.data.normal_(mean=0.0, std=std)
-        elif isinstance(module, nn.LayerNorm):
-            module.weight.data.fill_(1.0)
-            module.bias.data.zero_()
-        # GPT-2 paper: residual projections scaled by 1/sqrt(N), N = 2 residual layers per block
-        if isinstance(module, GPT2Attention | GPT2MLP):
-            module.c_proj.weight.data.normal_(mean=0.0,
-                                              std=std / math.sqrt(2 * self.config.n_layer))
-
-    def post_init(self) -> None:
-        """Initialise every weight (HF's scheme) and tie the LM head (no init for a model
-        built on the meta device: ``from_pretrained`` assigns the checkpoint instead)."""
-        if not any(p.is_meta for p in self.parameters()):
-            self.apply(self._init_weights)
-        self.tie_weights()
-
-    def tie_weights(self) -> None:
-        """Make ``lm_head.weight`` the very same Parameter as ``wte.weight`` (when tied)."""
-        head = getattr(self, "lm_head", None)
-        if head is not None and self.config.tie_word_embeddings:
-            head.weight = self.transformer.wte.weight
-
-    # -- conveniences
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
-
     def get_input_embeddings(self) -> nn.Embedding:
         base = self if isinstance(self, GPT2Model) else self.transformer
         return base.wte
@@ -628,17 +591,6 @@ class GPT2PreTrainedModel(nn.Module):
                 continue
             seen[id(p)] = p.numel()
         return sum(seen.values())
-
-    def gradient_checkpointing_enable(self) -> None:
-        """Recompute each block in the backward pass (saves activation memory; forces use_cache off)."""
-        for m in self.modules():
-            if isinstance(m, GPT2Model):
-                m.gradient_checkpointing = True
-
-    def gradient_checkpointing_disable(self) -> None:
-        for m in self.modules():
-            if isinstance(m, GPT2Model):
-                m.gradient_checkpointing = False
 
     # -- checkpoints
     @classmethod
