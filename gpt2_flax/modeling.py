@@ -649,9 +649,9 @@ class GPT2SequenceSummary(nnx.Module):
 
 # ---------------------------------------------------------------------------- models
 class GPT2PreTrainedModel(FrameworkMixin, nnx.Module):
-    """Shared plumbing: config, from_pretrained / save_pretrained, state dicts (the NNX static
-    data plumbing -- a hashable config, ``generation_config`` and ``load_report`` -- comes from
-    :class:`gpt2_flax._framework.FrameworkMixin`).
+    """Shared plumbing: config, from_pretrained / save_pretrained. The NNX static-data plumbing
+    (a hashable config, ``generation_config``, ``load_report``) and ``state_dict`` /
+    ``load_state_dict`` come from :class:`gpt2_flax._framework.FrameworkMixin`.
 
     Subclasses set ``head`` (a key of ``gpt2_core.naming.HEADS``).
     """

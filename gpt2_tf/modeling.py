@@ -550,9 +550,9 @@ def _label_checks(labels, n: int, name: str):
 
 # ----------------------------------------------------------------------------- base classes
 class GPT2PreTrainedModel(FrameworkMixin, keras.Model):
-    """Shared plumbing of every GPT-2 Keras model: config, checkpoints, state dicts (the Keras
-    hooks -- ``get_config``, ``fit`` / ``predict`` support, ``jit_call``, SavedModel export --
-    come from :class:`gpt2_tf._framework.FrameworkMixin`).
+    """Shared plumbing of every GPT-2 Keras model: config, checkpoints. The Keras hooks
+    (``get_config``, ``fit`` / ``predict`` support, ``jit_call``, SavedModel export) and
+    ``state_dict`` / ``load_state_dict`` come from :class:`gpt2_tf._framework.FrameworkMixin`.
 
     ``model.fit`` trains on the model's own loss when the input dict holds labels (``labels``,
     ``mc_labels``, ``start_positions`` ...), or on a loss given to ``compile`` with separate

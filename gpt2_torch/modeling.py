@@ -545,9 +545,9 @@ def encoder_attention_bias(encoder_attention_mask: torch.Tensor, dtype: torch.dt
 
 # ----------------------------------------------------------------------------- models
 class GPT2PreTrainedModel(FrameworkMixin, nn.Module):
-    """Shared plumbing: config, from_pretrained / save_pretrained, state dicts (init, weight
-    tying, ``device`` / ``dtype`` and activation checkpointing come from
-    :class:`gpt2_torch._framework.FrameworkMixin`).
+    """Shared plumbing: config, from_pretrained / save_pretrained. Init, weight tying,
+    ``device`` / ``dtype`` and activation checkpointing come from
+    :class:`gpt2_torch._framework.FrameworkMixin`; ``state_dict`` from ``nn.Module``.
 
     Subclasses set ``_head`` (a :data:`gpt2_core.naming.HEADS` key).
     """
