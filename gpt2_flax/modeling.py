@@ -53,6 +53,7 @@ from gpt2_core.outputs import (
     SequenceClassifierOutputWithPast,
     TokenClassifierOutput,
 )
+from gpt2_flax._framework import FrameworkMixin, _static_config
 from gpt2_flax.generation import GenerationMixin
 
 logger = logging.getLogger(__name__)
@@ -110,47 +111,6 @@ def _register_output_pytrees() -> None:
 
 
 _register_output_pytrees()
-
-
-# ---------------------------------------------------------------------------- config as static data
-class _StaticGPT2Config(GPT2Config):
-    """A ``GPT2Config`` that can be hashed: NNX keeps module attributes that are not arrays in
-    the (hashed) ``GraphDef``, and ``jit`` hashes static arguments. The hash is the JSON text,
-    consistent with ``GPT2Config.__eq__`` (which compares ``to_dict()``)."""
-
-    def __hash__(self) -> int:
-        return hash(self.to_json_string())
-
-
-def _static_config(config: GPT2Config) -> GPT2Config:
-    if not isinstance(config, GPT2Config):
-        raise TypeError(f"config must be a gpt2_core.GPT2Config, got {type(config).__name__}")
-    if isinstance(config, _StaticGPT2Config):
-        return config
-    return _StaticGPT2Config.from_dict(config.to_dict())
-
-
-class _Unhashed:
-    """Holds a Python value that is not hashable (a ``GenerationConfig``, a ``LoadReport``) as
-    static NNX data: compared and hashed by identity, so the module's ``GraphDef`` stays
-    hashable for ``jit``."""
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-
-def _unhashed_attribute(name: str, doc: str) -> property:
-    """A model attribute kept in an :class:`_Unhashed` (reads None until set)."""
-    slot = "_" + name
-
-    def get(self):
-        holder = vars(self).get(slot)
-        return None if holder is None else holder.value
-
-    def set_(self, value):
-        setattr(self, slot, _Unhashed(value))
-
-    return property(get, set_, doc=doc)
 
 
 # ---------------------------------------------------------------------------- input checks
@@ -686,18 +646,16 @@ class GPT2SequenceSummary(nnx.Module):
 
 
 # ---------------------------------------------------------------------------- models
-class GPT2PreTrainedModel(nnx.Module):
-    """Shared plumbing: config, from_pretrained / save_pretrained, state dicts.
+class GPT2PreTrainedModel(FrameworkMixin, nnx.Module):
+    """Shared plumbing: config, from_pretrained / save_pretrained. The NNX static-data plumbing
+    (a hashable config, ``generation_config``, ``load_report``) and ``state_dict`` /
+    ``load_state_dict`` come from :class:`gpt2_flax._framework.FrameworkMixin`.
 
     Subclasses set ``head`` (a key of ``gpt2_core.naming.HEADS``).
     """
 
     head: str = "base"
     config: GPT2Config
-    generation_config = _unhashed_attribute(
-        "generation_config", "The checkpoint's generation_config.json (None: from the config).")
-    load_report = _unhashed_attribute(
-        "load_report", "What from_pretrained found (a gpt2_core.naming.LoadReport).")
 
     def __init__(self, config: GPT2Config) -> None:
         self.config = _static_config(config)
@@ -764,18 +722,6 @@ class GPT2PreTrainedModel(nnx.Module):
             model.generation_config = GenerationConfig.from_pretrained(
                 checkpoint.hub.resolve_dir(name_or_path))
         return Q.quantize_model(model, quantize) if quantize else model
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """The canonical state dict (HF PyTorch names and layouts, numpy, tied keys included)."""
-        from gpt2_flax import weights
-
-        return weights.to_canonical(self)
-
-    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True):
-        """Copy a canonical state dict into this model in place; returns the load report."""
-        from gpt2_flax import weights
-
-        return weights.load_canonical(self, state_dict, strict=strict)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, flax_msgpack: bool = False,
                         max_shard_size: int | str = "5GB", dtype: Any = None) -> list:

@@ -50,6 +50,7 @@ from gpt2_core.outputs import (
     SequenceClassifierOutputWithPast,
     TokenClassifierOutput,
 )
+from gpt2_torch._framework import FrameworkMixin
 
 logger = logging.getLogger(__name__)
 
@@ -537,8 +538,10 @@ def encoder_attention_bias(encoder_attention_mask: torch.Tensor, dtype: torch.dt
 
 
 # ----------------------------------------------------------------------------- models
-class GPT2PreTrainedModel(nn.Module):
-    """Shared plumbing: init, weight tying, from_pretrained / save_pretrained, checkpointing.
+class GPT2PreTrainedModel(FrameworkMixin, nn.Module):
+    """Shared plumbing: config, from_pretrained / save_pretrained. Init, weight tying,
+    ``device`` / ``dtype`` and activation checkpointing come from
+    :class:`gpt2_torch._framework.FrameworkMixin`; ``state_dict`` from ``nn.Module``.
 
     Subclasses set ``_head`` (a :data:`gpt2_core.naming.HEADS` key).
     """
@@ -570,46 +573,6 @@ class GPT2PreTrainedModel(nn.Module):
         weights.load_canonical(model, state_dict, strict=strict)
         return model.eval()
 
-    # -- init and tying
-    def _init_weights(self, module: nn.Module) -> None:
-        """transformers' init: N(0, initializer_range) for matrices, zeros for biases, LN = 1/0."""
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear | Conv1D):
-            module.weight.data.normal_(mean=0.0, std=std)
-            if module.bias is not None:
-                module.bias.data.zero_()
-        elif isinstance(module, nn.Embedding):
-            module.weight.data.normal_(mean=0.0, std=std)
-        elif isinstance(module, nn.LayerNorm):
-            module.weight.data.fill_(1.0)
-            module.bias.data.zero_()
-        # GPT-2 paper: residual projections scaled by 1/sqrt(N), N = 2 residual layers per block
-        if isinstance(module, GPT2Attention | GPT2MLP):
-            module.c_proj.weight.data.normal_(mean=0.0,
-                                              std=std / math.sqrt(2 * self.config.n_layer))
-
-    def post_init(self) -> None:
-        """Initialise every weight (HF's scheme) and tie the LM head (no init for a model
-        built on the meta device: ``from_pretrained`` assigns the checkpoint instead)."""
-        if not any(p.is_meta for p in self.parameters()):
-            self.apply(self._init_weights)
-        self.tie_weights()
-
-    def tie_weights(self) -> None:
-        """Make ``lm_head.weight`` the very same Parameter as ``wte.weight`` (when tied)."""
-        head = getattr(self, "lm_head", None)
-        if head is not None and self.config.tie_word_embeddings:
-            head.weight = self.transformer.wte.weight
-
-    # -- conveniences
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
-
     def get_input_embeddings(self) -> nn.Embedding:
         base = self if isinstance(self, GPT2Model) else self.transformer
         return base.wte
@@ -622,17 +585,6 @@ class GPT2PreTrainedModel(nn.Module):
                 continue
             seen[id(p)] = p.numel()
         return sum(seen.values())
-
-    def gradient_checkpointing_enable(self) -> None:
-        """Recompute each block in the backward pass (saves activation memory; forces use_cache off)."""
-        for m in self.modules():
-            if isinstance(m, GPT2Model):
-                m.gradient_checkpointing = True
-
-    def gradient_checkpointing_disable(self) -> None:
-        for m in self.modules():
-            if isinstance(m, GPT2Model):
-                m.gradient_checkpointing = False
 
     # -- checkpoints
     @classmethod
@@ -975,8 +927,24 @@ class GPT2Model(GPT2PreTrainedModel):
         return out if return_dict else out.to_tuple()
 
 
+def _check_labels(name: str, labels: torch.Tensor, num_classes: int,
+                  ignore_index: int = -100) -> None:
+    """Class ids in [0, num_classes) or ``ignore_index``, checked before the loss (torch's
+    cross_entropy raises an IndexError on CPU and a device-side assert on CUDA)."""
+    if not labels.numel():
+        return
+    ok = (labels == ignore_index) | ((labels >= 0) & (labels < num_classes))
+    if torch.compiler.is_compiling():  # no data-dependent Python branch, as _check_ids
+        torch._assert_async(ok.all(), f"{name} must be in [0, {num_classes}) or {ignore_index}")
+    elif not bool(ok.all()):
+        bad = int(labels[~ok].flatten()[0])
+        raise ValueError(f"{name} contains {bad}: use ids in [0, {num_classes}) or "
+                         f"{ignore_index} to ignore")
+
+
 def _lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy: labels are shifted inside, -100 is ignored, mean over the rest."""
+    _check_labels("labels", labels, logits.shape[-1])
     shift_logits = logits[..., :-1, :].float()  # (..., T-1, V); float32 as transformers' loss
     shift_labels = labels[..., 1:].to(logits.device)
     return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
@@ -1141,6 +1109,7 @@ class GPT2DoubleHeadsModel(GPT2PreTrainedModel):
         mc_logits = self.multiple_choice_head(hidden, mc_token_ids).squeeze(-1)  # (B, N)
         mc_loss = None
         if mc_labels is not None:
+            _check_labels("mc_labels", mc_labels, mc_logits.size(-1))
             mc_loss = F.cross_entropy(mc_logits.view(-1, mc_logits.size(-1)), mc_labels.view(-1))
         lm_loss = _lm_loss(lm_logits, labels) if labels is not None else None
         out = GPT2DoubleHeadsModelOutput(
@@ -1248,6 +1217,7 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
                 return F.mse_loss(pooled.squeeze(), labels.squeeze().to(pooled.dtype))
             return F.mse_loss(pooled, labels.to(pooled.dtype))
         if cfg.problem_type == "single_label_classification":
+            _check_labels("labels", labels, self.config.num_labels)
             return F.cross_entropy(pooled.view(-1, self.config.num_labels), labels.view(-1))
         return F.binary_cross_entropy_with_logits(pooled, labels.to(pooled.dtype))
 
@@ -1303,6 +1273,7 @@ class GPT2ForTokenClassification(GPT2PreTrainedModel):
         logits = self.classifier(self.dropout(base.last_hidden_state))
         loss = None
         if labels is not None:
+            _check_labels("labels", labels, self.config.num_labels)
             loss = F.cross_entropy(logits.view(-1, self.config.num_labels), labels.to(logits.device).view(-1))
         out = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=base.hidden_states,
                                     attentions=base.attentions)

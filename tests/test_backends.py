@@ -417,11 +417,7 @@ def test_bad_inputs_raise_clear_errors(A):
         A.generate(lm, np.array([[1, 999]]), np.ones((1, 2), np.int64), max_new_tokens=2)
 
 
-def test_out_of_range_labels_raise_clear_errors(A, request):
-    if A.name == "torch":  # found by this harness; the fix belongs in gpt2_torch/modeling.py
-        request.applymarker(pytest.mark.xfail(
-            strict=True, raises=IndexError,
-            reason="gpt2_torch does not check labels: torch's cross_entropy raises IndexError"))
+def test_out_of_range_labels_raise_clear_errors(A):
     with pytest.raises(ValueError, match=r"labels contains 999|labels must be"):
         A.call_eager(_model(A.name), input_ids=np.array([[1, 2, 3]]),
                      labels=np.array([[1, 2, 999]]))
