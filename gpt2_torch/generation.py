@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -36,10 +36,9 @@ from gpt2_core.generation import (
 from gpt2_core.generation_config import GenerationConfig
 from gpt2_core.outputs import ModelOutput
 from gpt2_torch import _cpu_kernels
-from gpt2_torch.modeling import (
-    GPT2PreTrainedModel,
-    StaticCache,
-)
+
+if TYPE_CHECKING:
+    from gpt2_torch.modeling import GPT2PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +78,7 @@ def _lm_logits(model: GPT2PreTrainedModel, h: torch.Tensor, head_w: torch.Tensor
     return h @ head_w
 
 
-def _decode_step(model: GPT2PreTrainedModel, head_w: torch.Tensor, cache: StaticCache,
+def _decode_step(model: GPT2PreTrainedModel, head_w: torch.Tensor, cache: Any,
                  input_ids: torch.Tensor, position_ids: torch.Tensor,
                  cache_position: torch.Tensor, slot_mask: torch.Tensor,
                  encoder_inputs: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
@@ -122,7 +121,7 @@ class _Decoder:
         fused_bf16 = (dtype == torch.bfloat16 and not compile and device.type == "cpu"
                       and encoder_hidden_states is None and _cpu_kernels.core.active())
         cache_dtype = _cpu_kernels.CACHE_DTYPE if fused_bf16 else dtype
-        self.cache = StaticCache.allocate(model.config, batch, max_length, cache_dtype, device)
+        self.cache = _static_cache().allocate(model.config, batch, max_length, cache_dtype, device)
         self.head_w = _lm_head_matrix(model, compile)
         T0 = prompt_mask.shape[1]
         # (B, L): the prompt's left pads are never attended to; every generated slot is
@@ -156,7 +155,7 @@ class _Decoder:
                 logger.debug("generate: torch modules for decoding (%s)", reason)
         self.fused_prompt = fused_bf16 and not _cpu_kernels.core.native_bf16()
         if self.fused is None and cache_dtype != dtype:  # the modules want the model's dtype
-            self.cache = StaticCache.allocate(model.config, batch, max_length, dtype, device)
+            self.cache = _static_cache().allocate(model.config, batch, max_length, dtype, device)
 
     def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Run the prompt (B, T0) with the model's own forward, then copy its keys/values into
@@ -248,6 +247,33 @@ def warp_logits(scores: torch.Tensor, gen: GenerationConfig,
 
 
 # ----------------------------------------------------------------------------- entry point
+def _static_cache() -> type:
+    """:class:`gpt2_torch.modeling.StaticCache` (imported late: modeling imports this module)."""
+    from gpt2_torch.modeling import StaticCache
+
+    return StaticCache
+
+
+class GenerationMixin:
+    """Adds ``generate`` to a PyTorch GPT-2 model with an LM head (as in gpt2_tf and gpt2_flax)."""
+
+    def generate(self, input_ids: Any = None, attention_mask: Any = None,
+                 generation_config: GenerationConfig | None = None, streamer: Any = None,
+                 **kwargs: Any) -> torch.Tensor | GenerateOutput:
+        """Generate continuations; returns prompt + new ids (B * num_return_sequences, T + new).
+
+        A method form of :func:`generate`, which documents every option (``max_new_tokens``,
+        ``do_sample``, ``num_beams``, ``compile``, ``return_dict_in_generate`` ...).
+
+        Example:
+            >>> model.generate([[464, 3290]], max_new_tokens=5)          # doctest: +SKIP
+            >>> model.generate(ids, attention_mask=mask, num_beams=4, num_return_sequences=2,
+            ...                max_new_tokens=20, no_repeat_ngram_size=3)  # doctest: +SKIP
+        """
+        return generate(self, input_ids, attention_mask=attention_mask,
+                        generation_config=generation_config, streamer=streamer, **kwargs)
+
+
 def _numpy(x: Any) -> Any:
     """A torch tensor as numpy for :func:`gpt2_core.generation.prepare_inputs`; else ``x``."""
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x

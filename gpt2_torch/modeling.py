@@ -51,6 +51,7 @@ from gpt2_core.outputs import (
     TokenClassifierOutput,
 )
 from gpt2_torch._framework import FrameworkMixin
+from gpt2_torch.generation import GenerationMixin
 
 logger = logging.getLogger(__name__)
 
@@ -951,7 +952,7 @@ def _lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
                            shift_labels.reshape(-1), ignore_index=-100)
 
 
-class GPT2LMHeadModel(GPT2PreTrainedModel):
+class GPT2LMHeadModel(GenerationMixin, GPT2PreTrainedModel):
     """GPT-2 with the language-modelling head (tied to ``wte`` unless ``tie_word_embeddings=False``).
 
     Args:
@@ -1026,20 +1027,8 @@ class GPT2LMHeadModel(GPT2PreTrainedModel):
         )
         return out if return_dict else out.to_tuple()
 
-    def generate(self, input_ids: Any = None, attention_mask: Any = None,
-                 generation_config: GenerationConfig | None = None, streamer: Any = None,
-                 **kwargs: Any) -> torch.Tensor:
-        """Generate continuations; returns prompt + new ids (B * num_return_sequences, T + new).
 
-        See :func:`gpt2_torch.generation.generate` for every option.
-        """
-        from gpt2_torch.generation import generate
-
-        return generate(self, input_ids, attention_mask=attention_mask,
-                        generation_config=generation_config, streamer=streamer, **kwargs)
-
-
-class GPT2DoubleHeadsModel(GPT2PreTrainedModel):
+class GPT2DoubleHeadsModel(GenerationMixin, GPT2PreTrainedModel):
     """GPT-2 with an LM head and a multiple-choice head (RocStories / SWAG style).
 
     Inputs are (B, N, T): N choices per example; ``mc_token_ids`` (B, N) picks the token whose
@@ -1118,15 +1107,6 @@ class GPT2DoubleHeadsModel(GPT2PreTrainedModel):
             attentions=base.attentions,
         )
         return out if return_dict else out.to_tuple()
-
-    def generate(self, input_ids: Any = None, attention_mask: Any = None,
-                 generation_config: GenerationConfig | None = None, streamer: Any = None,
-                 **kwargs: Any) -> torch.Tensor:
-        """Generate with the LM head (2-D prompts); see :func:`gpt2_torch.generation.generate`."""
-        from gpt2_torch.generation import generate
-
-        return generate(self, input_ids, attention_mask=attention_mask,
-                        generation_config=generation_config, streamer=streamer, **kwargs)
 
 
 class GPT2ForSequenceClassification(GPT2PreTrainedModel):

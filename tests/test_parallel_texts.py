@@ -35,10 +35,6 @@ ALLOWLIST: dict[str, str] = {
                                  "flax inherit their framework's LayerNorm",
     "method GPT2Attention._fused_attention": "tf: TensorFlow has no fused attention kernel "
                                              "(attn_implementation='eager' only)",
-    "method GPT2LMHeadModel.generate": "torch defines it here (gpt2_torch.generation has no "
-                                       "GenerationMixin yet); tf and flax inherit it from "
-                                       "generation.GenerationMixin",
-    "method GPT2DoubleHeadsModel.generate": "as GPT2LMHeadModel.generate",
     # attributes
     "attribute Conv1D.weight": "flax: nnx.Linear's kernel (set by the parent constructor)",
     "attribute Conv1D.bias": "flax: nnx.Linear's bias (set by the parent constructor)",
@@ -147,6 +143,96 @@ def test_guard_sees_a_divergence(monkeypatch):
     monkeypatch.setitem(globals(), "parse", parse_with_extra)
     with pytest.raises(AssertionError, match=r"method GPT2MLP._only_here \(only in tf\)"):
         test_modeling_files_stay_parallel()
+
+
+# ------------------------------------------------------------------ generation.py and weights.py
+#: the public API every backend's generation.py / weights.py defines: a module function, a class
+#: or (``GenerationMixin.x``) a method. TF's logits processors and beam step are methods of its
+#: GenerationMixin because they run inside its traced loop; a bare name is found either way.
+SHARED_API = {
+    "generation": {"GenerationMixin", "GenerationMixin.generate", "process_logits", "warp_logits",
+                   "beam_step"},
+    "weights": {"is_transposed", "variable_map", "to_canonical", "load_canonical"},
+}
+#: public names defined by fewer than three of the files, and why
+API_ALLOWLIST: dict[str, str] = {
+    "generation torch generate": "the functional form behind GenerationMixin.generate",
+    "generation torch GenerateOutput": "return_dict_in_generate=True (torch only, as transformers)",
+    "generation torch init_beam_state": "torch's beam search is eager: its state helpers are "
+                                        "module functions (tf/flax build the state in-graph)",
+    "generation torch beam_search_finished": "as init_beam_state",
+    "generation torch finalize_beams": "as init_beam_state",
+    "generation flax trace_count": "the jit retrace counter (tf: GenerationMixin.generation_trace_count)",
+    "generation flax bucket": "the shape bucket of the jitted program (tf buckets privately)",
+    "generation tf GenerationMixin.generation_trace_count": "as flax trace_count",
+    "weights torch skip_init": "torch builds modules on the meta device before loading",
+    "weights torch tensor_to_numpy": "torch dtypes numpy lacks (bf16) go through these",
+    "weights torch numpy_to_tensor": "as tensor_to_numpy",
+    "weights torch torch_dtype_of": "as tensor_to_numpy",
+    "weights flax canonical_key": "NNX paths are tuples: one key function (torch/tf names are "
+                                  "already canonical strings)",
+    "weights flax materialize": "NNX abstract (eval_shape) models are filled in place",
+}
+
+
+#: parameters one backend adds to a shared function, and why
+SIGNATURE_EXTRAS: dict[tuple[str, str], dict[str, str]] = {
+    ("torch", "load_canonical"): {
+        "assign": "load into a model built on the meta device (torch's load at one copy)",
+        "consume": "hand the state dict's buffers to the model without a copy (torch tensors "
+                   "can wrap numpy memory; Keras and NNX variables always own theirs)"},
+    ("flax", "GenerationMixin.generate"): {"prng_key": "JAX's explicit sampling key"},
+}
+
+
+def public_api(backend: str, module: str) -> dict[str, ast.AST]:
+    """Public module-level functions/classes and public GenerationMixin methods of a file."""
+    tree = ast.parse((ROOT / f"gpt2_{backend}" / f"{module}.py").read_text())
+    out: dict[str, ast.AST] = {}
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.ClassDef) and not node.name.startswith("_"):
+            out[node.name] = node
+            if isinstance(node, ast.ClassDef) and node.name == "GenerationMixin":
+                out.update({f"GenerationMixin.{m.name}": m for m in node.body
+                            if isinstance(m, ast.FunctionDef) and not m.name.startswith("_")})
+    return out
+
+
+def _found(api: dict, name: str) -> bool:
+    return name in api or f"GenerationMixin.{name}" in api
+
+
+def _params(fn: ast.FunctionDef) -> list[str]:
+    a = fn.args
+    return [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs]
+
+
+@pytest.mark.parametrize("module", sorted(SHARED_API))
+def test_generation_and_weights_share_a_public_api(module):
+    apis = {b: public_api(b, module) for b in BACKENDS}
+    missing = [f"{name} (not in gpt2_{b}/{module}.py)" for b in BACKENDS
+               for name in sorted(SHARED_API[module]) if not _found(apis[b], name)]
+    shared = {n for n in SHARED_API[module]} | {f"GenerationMixin.{n}" for n in SHARED_API[module]}
+    extra = {f"{module} {b} {n}" for b in BACKENDS for n in apis[b]
+             if n not in shared and not all(n in apis[o] for o in BACKENDS)}
+    listed = {k for k in API_ALLOWLIST if k.startswith(module + " ")}
+    assert not missing, f"shared public API missing: {missing}"
+    assert extra <= listed, f"public names in fewer than three files, not in API_ALLOWLIST: " \
+                            f"{sorted(extra - listed)}"
+    assert listed <= extra, f"API_ALLOWLIST entries now shared or gone: {sorted(listed - extra)}"
+
+
+def test_shared_functions_have_one_signature():
+    """The same parameter names in all three, apart from SIGNATURE_EXTRAS."""
+    for module, names in SHARED_API.items():
+        apis = {b: public_api(b, module) for b in BACKENDS}
+        for name in ("to_canonical", "load_canonical", "variable_map", "is_transposed",
+                     "GenerationMixin.generate"):
+            if name not in names:
+                continue
+            sigs = {b: [p for p in _params(apis[b][name])
+                        if p not in SIGNATURE_EXTRAS.get((b, name), {})] for b in BACKENDS}
+            assert sigs["torch"] == sigs["tf"] == sigs["flax"], f"{module}.{name}: {sigs}"
 
 
 # ----------------------------------------------------------------------------- behaviours
