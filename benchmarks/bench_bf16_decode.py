@@ -52,8 +52,9 @@ def step_tok_per_s(model, ids, new: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--new-tokens", type=int, default=64)
@@ -68,8 +69,9 @@ def main() -> None:
     bf16 = GPT2LMHeadModel(cfg).eval()
     bf16.load_state_dict(fp32.state_dict())
     bf16 = bf16.to(torch.bfloat16)
-    ids = torch.randint(0, cfg.vocab_size, (1, args.prompt),
-                        generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(
+        0, cfg.vocab_size, (1, args.prompt), generator=torch.Generator().manual_seed(0)
+    )
     print(f"CPU kernels: {cpu_kernels.status()}")
     for m in (fp32, bf16):  # warm-up: kernel build, allocator, page faults
         tok_per_s(m, ids, 4)
@@ -79,17 +81,39 @@ def main() -> None:
         b = tok_per_s(bf16, ids, new)
         sa = step_tok_per_s(fp32, ids, new)
         sb = step_tok_per_s(bf16, ids, new)
-        rows.append({"round": r, "fp32_tok_s": round(a, 2), "bf16_tok_s": round(b, 2),
-                     "ratio": round(b / a, 3), "fp32_step_tok_s": round(sa, 2),
-                     "bf16_step_tok_s": round(sb, 2), "step_ratio": round(sb / sa, 3)})
-        print(f"  round {r}: generate fp32 {a:6.2f} tok/s  bf16 {b:6.2f} tok/s  {b / a:.2f}x | "
-              f"steps fp32 {sa:6.2f} tok/s  bf16 {sb:6.2f} tok/s  {sb / sa:.2f}x", flush=True)
+        rows.append(
+            {
+                "round": r,
+                "fp32_tok_s": round(a, 2),
+                "bf16_tok_s": round(b, 2),
+                "ratio": round(b / a, 3),
+                "fp32_step_tok_s": round(sa, 2),
+                "bf16_step_tok_s": round(sb, 2),
+                "step_ratio": round(sb / sa, 3),
+            }
+        )
+        print(
+            f"  round {r}: generate fp32 {a:6.2f} tok/s  bf16 {b:6.2f} tok/s  {b / a:.2f}x | "
+            f"steps fp32 {sa:6.2f} tok/s  bf16 {sb:6.2f} tok/s  {sb / sa:.2f}x",
+            flush=True,
+        )
     med = lambda key: statistics.median(r[key] for r in rows)  # noqa: E731
-    summary = {key: med(key) for key in ("fp32_tok_s", "bf16_tok_s", "ratio", "fp32_step_tok_s",
-                                         "bf16_step_tok_s", "step_ratio")}
+    summary = {
+        key: med(key)
+        for key in (
+            "fp32_tok_s",
+            "bf16_tok_s",
+            "ratio",
+            "fp32_step_tok_s",
+            "bf16_step_tok_s",
+            "step_ratio",
+        )
+    }
     summary.update(threads=args.threads, new_tokens=new, prompt=args.prompt, rounds=rows)
-    print(f"bf16 / fp32: generate {summary['ratio']:.2f}x, decoding steps "
-          f"{summary['step_ratio']:.2f}x (medians of {rounds} rounds; target >= 1.8x)")
+    print(
+        f"bf16 / fp32: generate {summary['ratio']:.2f}x, decoding steps "
+        f"{summary['step_ratio']:.2f}x (medians of {rounds} rounds; target >= 1.8x)"
+    )
     print(json.dumps(summary))
 
 

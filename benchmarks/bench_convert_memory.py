@@ -39,7 +39,9 @@ print("RESULT", time.perf_counter() - t, hwm)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="gpt2-medium instead of gpt2-xl")
     ap.add_argument("--targets", default="safetensors,pytorch,tf,flax")
     ap.add_argument("--workdir", default=None)
@@ -54,26 +56,47 @@ def main() -> None:
         src = work / "src"
         checkpoint.save_pretrained(sd, cfg, src, "lm", max_shard_size="2GB")
         del sd
-        print(f"{preset}: {cfg.num_parameters('lm'):,} parameters, {weights / 1e9:.2f} GB fp32 "
-              f"(built and saved in {time.perf_counter() - t:.0f}s)")
+        print(
+            f"{preset}: {cfg.num_parameters('lm'):,} parameters, {weights / 1e9:.2f} GB fp32 "
+            f"(built and saved in {time.perf_counter() - t:.0f}s)"
+        )
         rows = []
         for to in args.targets.split(","):
             out = work / f"out-{to}"
-            proc = subprocess.run([sys.executable, "-c", CHILD, str(src), str(out), to],
-                                  capture_output=True, text=True)
+            proc = subprocess.run(
+                [sys.executable, "-c", CHILD, str(src), str(out), to],
+                capture_output=True,
+                text=True,
+            )
             if proc.returncode:
                 print(proc.stderr[-2000:])
                 raise SystemExit(f"convert --to {to} failed")
             line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))
             secs, rss = (float(x) for x in line.split()[1:])
-            rows.append({"target": to, "seconds": round(secs, 1), "peak_rss_gb": round(rss / 1e9, 2),
-                         "x_weights": round(rss / weights, 2)})
-            print(f"  --to {to:<12} {secs:6.1f}s  peak RSS {rss / 1e9:5.2f} GB = "
-                  f"{rss / weights:4.2f}x the weights  ({weights / secs / 1e9:.2f} GB/s)")
+            rows.append(
+                {
+                    "target": to,
+                    "seconds": round(secs, 1),
+                    "peak_rss_gb": round(rss / 1e9, 2),
+                    "x_weights": round(rss / weights, 2),
+                }
+            )
+            print(
+                f"  --to {to:<12} {secs:6.1f}s  peak RSS {rss / 1e9:5.2f} GB = "
+                f"{rss / weights:4.2f}x the weights  ({weights / secs / 1e9:.2f} GB/s)"
+            )
             shutil.rmtree(out)
         parent = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        print(json.dumps({"preset": preset, "weights_gb": round(weights / 1e9, 2),
-                          "builder_peak_rss_gb": round(parent / 1e9, 2), "rows": rows}))
+        print(
+            json.dumps(
+                {
+                    "preset": preset,
+                    "weights_gb": round(weights / 1e9, 2),
+                    "builder_peak_rss_gb": round(parent / 1e9, 2),
+                    "rows": rows,
+                }
+            )
+        )
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)

@@ -48,8 +48,15 @@ HF_PYTHON = os.environ.get("GPT2_ZOO_HF_PYTHON", "")
 
 def shapes(quick: bool) -> dict:
     if quick:
-        return dict(n_layer=2, n_embd=128, n_head=4, vocab_size=1000, n_positions=512,
-                    bos_token_id=0, eos_token_id=0)
+        return dict(
+            n_layer=2,
+            n_embd=128,
+            n_head=4,
+            vocab_size=1000,
+            n_positions=512,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
     return dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024)
 
 
@@ -92,17 +99,25 @@ def bench_ours(cfg_kwargs: dict, prompt: int, new: int, prefill: int, reps: int)
         fwd(state, long_ids).block_until_ready()
         ftimes.append(time.perf_counter() - t)
     # generate's own prefill: the prompt into the cache, logits of the last position only
-    pre = jax.jit(lambda s, x: nnx.merge(graphdef, s)(input_ids=x, use_cache=False,
-                                                      logits_to_keep=1).logits)
+    pre = jax.jit(
+        lambda s, x: nnx.merge(graphdef, s)(input_ids=x, use_cache=False, logits_to_keep=1).logits
+    )
     pre(state, long_ids).block_until_ready()
     ptimes = []
     for _ in range(reps):
         t = time.perf_counter()
         pre(state, long_ids).block_until_ready()
         ptimes.append(time.perf_counter() - t)
-    return dict(tok_s=new / best, gen_s=best, first_call_s=first, compile_s=first - best,
-                prefill_s=min(ftimes), prefill_compile_s=fwd_compile, jax=jax.__version__,
-                gen_prefill_s=min(ptimes))
+    return dict(
+        tok_s=new / best,
+        gen_s=best,
+        first_call_s=first,
+        compile_s=first - best,
+        prefill_s=min(ftimes),
+        prefill_compile_s=fwd_compile,
+        jax=jax.__version__,
+        gen_prefill_s=min(ptimes),
+    )
 
 
 HF_SCRIPT = textwrap.dedent("""
@@ -136,11 +151,19 @@ HF_SCRIPT = textwrap.dedent("""
 
 def bench_hf(cfg_kwargs: dict, prompt: int, new: int, prefill: int, reps: int) -> dict | str:
     if not HF_PYTHON or not Path(HF_PYTHON).is_file():
-        return (f"skipped: GPT2_ZOO_HF_PYTHON={HF_PYTHON!r} is not an interpreter" if HF_PYTHON
-                else "skipped: set GPT2_ZOO_HF_PYTHON to a python with transformers 4.57.6")
+        return (
+            f"skipped: GPT2_ZOO_HF_PYTHON={HF_PYTHON!r} is not an interpreter"
+            if HF_PYTHON
+            else "skipped: set GPT2_ZOO_HF_PYTHON to a python with transformers 4.57.6"
+        )
     args = json.dumps(dict(cfg=cfg_kwargs, prompt=prompt, new=new, prefill=prefill, reps=reps))
-    proc = subprocess.run([HF_PYTHON, "-c", HF_SCRIPT, args], capture_output=True, text=True,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=3600)
+    proc = subprocess.run(
+        [HF_PYTHON, "-c", HF_SCRIPT, args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        timeout=3600,
+    )
     if proc.returncode != 0:
         return "failed: " + proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -197,36 +220,56 @@ def bench_vs_torch(cfg_kwargs: dict, prompt: int, new: int, rounds: int, threads
 
     def flax(model, kernel: bool):
         def run():
-            with (cpu_kernels.disabled() if not kernel else contextlib.nullcontext()):
+            with cpu_kernels.disabled() if not kernel else contextlib.nullcontext():
                 t = time.perf_counter()
-                out = model.generate(ids, max_new_tokens=new, min_new_tokens=new,
-                                     eos_token_id=None)
+                out = model.generate(ids, max_new_tokens=new, min_new_tokens=new, eos_token_id=None)
                 out = np.asarray(out)
             return new / (time.perf_counter() - t), out[0, prompt:].tolist()
+
         return run
 
-    rows = {"flax fp32 kernel": flax(fp32, True), "flax fp32 XLA loop": flax(fp32, False),
-            "flax bf16 kernel": flax(bf16, True), "flax bf16 XLA loop": flax(bf16c, False)}
-    torch_side = JsonServer([sys.executable, "-c", TORCH_SCRIPT, str(ROOT), json.dumps(dict(
-        cfg=cfg_kwargs, ids=ids.tolist(), new=new, threads=threads))], dict(os.environ))
-    print(f"# gpt2_flax vs gpt2_torch greedy decode ({cfg.n_layer} layers, n_embd {cfg.n_embd}; "
-          f"batch 1, prompt {prompt}, {new} new tokens, {threads} threads, {rounds} rounds)")
-    print(f"jax {jax.__version__}; flax kernel: {_cpu_kernels.status()}; "
-          f"use: {_cpu_kernels.unsupported_reason(fp32, 1, 128) or 'yes'}")
+    rows = {
+        "flax fp32 kernel": flax(fp32, True),
+        "flax fp32 XLA loop": flax(fp32, False),
+        "flax bf16 kernel": flax(bf16, True),
+        "flax bf16 XLA loop": flax(bf16c, False),
+    }
+    torch_side = JsonServer(
+        [
+            sys.executable,
+            "-c",
+            TORCH_SCRIPT,
+            str(ROOT),
+            json.dumps(dict(cfg=cfg_kwargs, ids=ids.tolist(), new=new, threads=threads)),
+        ],
+        dict(os.environ),
+    )
+    print(
+        f"# gpt2_flax vs gpt2_torch greedy decode ({cfg.n_layer} layers, n_embd {cfg.n_embd}; "
+        f"batch 1, prompt {prompt}, {new} new tokens, {threads} threads, {rounds} rounds)"
+    )
+    print(
+        f"jax {jax.__version__}; flax kernel: {_cpu_kernels.status()}; "
+        f"use: {_cpu_kernels.unsupported_reason(fp32, 1, 128) or 'yes'}"
+    )
     print(f"torch kernels: {torch_side.info['kernels']}")
     t = time.perf_counter()
     first = {name: run()[1] for name, run in rows.items()}  # compile (and build the kernel)
     print(f"warm-up (compiles) {time.perf_counter() - t:.1f} s")
     same = first["flax fp32 kernel"] == first["flax fp32 XLA loop"]
-    print(f"fp32 tokens: kernel == XLA loop: {same}; "
-          f"== torch: {first['flax fp32 kernel'] == torch_side.request('go')['tokens']}")
+    print(
+        f"fp32 tokens: kernel == XLA loop: {same}; "
+        f"== torch: {first['flax fp32 kernel'] == torch_side.request('go')['tokens']}"
+    )
     results: dict[str, list[float]] = {name: [] for name in [*rows, "torch fp32"]}
     for r in range(rounds):
         for name, run in rows.items():
             results[name].append(run()[0])
         results["torch fp32"].append(torch_side.request("go")["tok_s"])
-        print(f"round {r + 1}: " + "  ".join(f"{k} {v[-1]:.1f}" for k, v in results.items()),
-              flush=True)
+        print(
+            f"round {r + 1}: " + "  ".join(f"{k} {v[-1]:.1f}" for k, v in results.items()),
+            flush=True,
+        )
     torch_side.close()
 
     def ratio(a: str, b: str) -> str:
@@ -235,26 +278,35 @@ def bench_vs_torch(cfg_kwargs: dict, prompt: int, new: int, rounds: int, threads
 
     for name, v in results.items():
         print(f"{name:20s}: {statistics.median(v):6.1f} tok/s median ({min(v):.1f}-{max(v):.1f})")
-    print(f"flax fp32 kernel / torch fp32     : {ratio('flax fp32 kernel', 'torch fp32')} "
-          "(target >= 0.9x)")
+    print(
+        f"flax fp32 kernel / torch fp32     : {ratio('flax fp32 kernel', 'torch fp32')} "
+        "(target >= 0.9x)"
+    )
     print(f"flax fp32 XLA loop / torch fp32   : {ratio('flax fp32 XLA loop', 'torch fp32')}")
     print(f"flax fp32 kernel / XLA loop       : {ratio('flax fp32 kernel', 'flax fp32 XLA loop')}")
     print(f"flax bf16 kernel / fp32 kernel    : {ratio('flax bf16 kernel', 'flax fp32 kernel')}")
-    print(f"flax bf16 XLA loop / fp32 XLA loop: {ratio('flax bf16 XLA loop', 'flax fp32 XLA loop')}")
-
-
+    print(
+        f"flax bf16 XLA loop / fp32 XLA loop: {ratio('flax bf16 XLA loop', 'flax fp32 XLA loop')}"
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small model, few repetitions")
-    ap.add_argument("--vs-torch", action="store_true",
-                    help="interleaved rounds against gpt2_torch, with/without the CPU kernel, bf16")
+    ap.add_argument(
+        "--vs-torch",
+        action="store_true",
+        help="interleaved rounds against gpt2_torch, with/without the CPU kernel, bf16",
+    )
     ap.add_argument("--rounds", type=int, default=5, help="rounds of --vs-torch")
     ap.add_argument("--threads", type=int, default=2, help="threads of --vs-torch (both sides)")
     ap.add_argument("--reps", type=int, default=None)
-    ap.add_argument("--bound-tok-s", type=float, default=70.0,
-                    help="memory-bandwidth bound of fp32 GPT-2 small decode on this machine")
+    ap.add_argument(
+        "--bound-tok-s",
+        type=float,
+        default=70.0,
+        help="memory-bandwidth bound of fp32 GPT-2 small decode on this machine",
+    )
     args = ap.parse_args()
     cfg = shapes(args.quick)
     prompt, new, prefill = (16, 16, 64) if args.quick else (16, 64, 256)
@@ -265,26 +317,38 @@ def main() -> None:
     ours = bench_ours(cfg, prompt, new, prefill, reps)
     hf = bench_hf(cfg, prompt, new, prefill, reps)
 
-    print(f"# gpt2_flax generate benchmark ({'quick' if args.quick else 'GPT-2 small'}, fp32, "
-          f"batch 1, prompt {prompt}, {new} new greedy tokens; prefill {prefill})")
+    print(
+        f"# gpt2_flax generate benchmark ({'quick' if args.quick else 'GPT-2 small'}, fp32, "
+        f"batch 1, prompt {prompt}, {new} new greedy tokens; prefill {prefill})"
+    )
     print(f"cpu cores: {os.cpu_count()}   jax {ours['jax']}")
-    print(f"ours          : {ours['tok_s']:8.1f} tok/s   first call {ours['first_call_s']:.1f} s "
-          f"(compile ~{ours['compile_s']:.1f} s)   prefill {prefill}: {ours['prefill_s'] * 1e3:.1f} ms "
-          f"(compile {ours['prefill_compile_s']:.1f} s)")
+    print(
+        f"ours          : {ours['tok_s']:8.1f} tok/s   first call {ours['first_call_s']:.1f} s "
+        f"(compile ~{ours['compile_s']:.1f} s)   prefill {prefill}: {ours['prefill_s'] * 1e3:.1f} ms "
+        f"(compile {ours['prefill_compile_s']:.1f} s)"
+    )
     if isinstance(hf, dict):
-        print(f"transformers  : {hf['tok_s']:8.1f} tok/s   first call {hf['first_call_s']:.1f} s "
-              f"(compile ~{hf['compile_s']:.1f} s)   prefill {prefill}: {hf['prefill_s'] * 1e3:.1f} ms "
-              f"(compile {hf['prefill_compile_s']:.1f} s)")
+        print(
+            f"transformers  : {hf['tok_s']:8.1f} tok/s   first call {hf['first_call_s']:.1f} s "
+            f"(compile ~{hf['compile_s']:.1f} s)   prefill {prefill}: {hf['prefill_s'] * 1e3:.1f} ms "
+            f"(compile {hf['prefill_compile_s']:.1f} s)"
+        )
         print(f"decode ratio  : {ours['tok_s'] / hf['tok_s']:.2f}x (target >= 2x)")
-        print(f"generate's prefill (last-position logits only): {ours['gen_prefill_s'] * 1e3:.1f} ms"
-              f" -> {hf['prefill_s'] / ours['gen_prefill_s']:.2f}x transformers' jitted forward")
-        print(f"prefill ratio : {hf['prefill_s'] / ours['prefill_s']:.2f}x "
-              "(transformers time / ours; target >= 1x)")
+        print(
+            f"generate's prefill (last-position logits only): {ours['gen_prefill_s'] * 1e3:.1f} ms"
+            f" -> {hf['prefill_s'] / ours['gen_prefill_s']:.2f}x transformers' jitted forward"
+        )
+        print(
+            f"prefill ratio : {hf['prefill_s'] / ours['prefill_s']:.2f}x "
+            "(transformers time / ours; target >= 1x)"
+        )
     else:
         print(f"transformers  : {hf}")
     if not args.quick:
-        print(f"bandwidth     : {ours['tok_s'] / args.bound_tok_s:.0%} of the ~{args.bound_tok_s:.0f} "
-              "tok/s memory-bandwidth bound")
+        print(
+            f"bandwidth     : {ours['tok_s'] / args.bound_tok_s:.0%} of the ~{args.bound_tok_s:.0f} "
+            "tok/s memory-bandwidth bound"
+        )
 
 
 if __name__ == "__main__":

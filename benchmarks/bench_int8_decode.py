@@ -53,8 +53,11 @@ def _kernel_weights(sd: dict[str, np.ndarray], kind: str) -> dict[str, np.ndarra
         return sd
     if kind == "int8":
         return Q.quantize_state_dict(sd)
-    out = {k: (v.astype(cpu_kernels.BF16) if Q.reduction_axis(k) is not None else v)
-           for k, v in sd.items() if k != "lm_head.weight"}
+    out = {
+        k: (v.astype(cpu_kernels.BF16) if Q.reduction_axis(k) is not None else v)
+        for k, v in sd.items()
+        if k != "lm_head.weight"
+    }
     out["lm_head.weight"] = out["transformer.wte.weight"]  # tied: one bf16 copy
     return out
 
@@ -67,8 +70,9 @@ def kernel_part(preset: str, kinds: list[str], rounds: int, new: int, threads: i
     steps = {}
     for kind in kinds:
         kv = [np.zeros((1, H, L, D), np.float32) for _ in range(2 * cfg.n_layer)]
-        steps[kind] = cpu_kernels.DecodeStep(cfg, _kernel_weights(sd, kind), kv[:cfg.n_layer],
-                                             kv[cfg.n_layer:], 1, nt=threads)
+        steps[kind] = cpu_kernels.DecodeStep(
+            cfg, _kernel_weights(sd, kind), kv[: cfg.n_layer], kv[cfg.n_layer :], 1, nt=threads
+        )
     del sd
     bias = np.zeros((1, L), np.float32)
 
@@ -85,10 +89,16 @@ def kernel_part(preset: str, kinds: list[str], rounds: int, new: int, threads: i
         order = kinds if r % 2 == 0 else kinds[::-1]
         for k in order:
             tok_s[k].append(run(steps[k]))
-        print(f"  kernel {preset} round {r}: " +
-              ", ".join(f"{k} {tok_s[k][-1]:.1f} tok/s" for k in kinds), flush=True)
-    res = {"preset": preset, "tok_s": {k: statistics.median(v) for k, v in tok_s.items()},
-           "rounds": tok_s}
+        print(
+            f"  kernel {preset} round {r}: "
+            + ", ".join(f"{k} {tok_s[k][-1]:.1f} tok/s" for k in kinds),
+            flush=True,
+        )
+    res = {
+        "preset": preset,
+        "tok_s": {k: statistics.median(v) for k, v in tok_s.items()},
+        "rounds": tok_s,
+    }
     for k in kinds:
         if k != "fp32" and "fp32" in kinds:
             res[f"{k}/fp32"] = _median_ratio(tok_s[k], tok_s["fp32"])
@@ -145,11 +155,12 @@ def _flax_models(cfg, sd):
     ids = jnp.asarray([list(range(1, PROMPT + 1))])
 
     def gen(m, n):
-        jax.block_until_ready(m.generate(ids, max_new_tokens=n, min_new_tokens=n,
-                                         do_sample=False))
+        jax.block_until_ready(m.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False))
 
-    return {"fp32": GPT2LMHeadModel.from_state_dict(cfg, sd),
-            "int8": quantize_model(GPT2LMHeadModel.from_state_dict(cfg, sd))}, gen
+    return {
+        "fp32": GPT2LMHeadModel.from_state_dict(cfg, sd),
+        "int8": quantize_model(GPT2LMHeadModel.from_state_dict(cfg, sd)),
+    }, gen
 
 
 BUILDERS = {"torch": _torch_models, "tf": _tf_models, "flax": _flax_models}
@@ -169,23 +180,39 @@ def generate_part(framework: str, rounds: int, new: int) -> dict:
             t = time.perf_counter()
             gen(models[k], new)
             tok_s[k].append(new / (time.perf_counter() - t))
-        print(f"  generate {framework} round {r}: " +
-              ", ".join(f"{k} {tok_s[k][-1]:.1f} tok/s" for k in models), flush=True)
-    return {"framework": framework, "tok_s": {k: statistics.median(v) for k, v in tok_s.items()},
-            "int8/fp32": _median_ratio(tok_s["int8"], tok_s["fp32"]), "rounds": tok_s}
+        print(
+            f"  generate {framework} round {r}: "
+            + ", ".join(f"{k} {tok_s[k][-1]:.1f} tok/s" for k in models),
+            flush=True,
+        )
+    return {
+        "framework": framework,
+        "tok_s": {k: statistics.median(v) for k, v in tok_s.items()},
+        "int8/fp32": _median_ratio(tok_s["int8"], tok_s["fp32"]),
+        "rounds": tok_s,
+    }
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="2 rounds, 16 new tokens")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--xl", action="store_true", help="also GPT-2 XL shapes in the kernel part "
-                    "(needs ~11 GB: fp32 6.2 GB, bf16 3.1 GB, int8 1.6 GB)")
-    ap.add_argument("--parts", nargs="+", default=["kernel", "torch", "tf", "flax"],
-                    choices=["kernel", "torch", "tf", "flax"])
+    ap.add_argument(
+        "--xl",
+        action="store_true",
+        help="also GPT-2 XL shapes in the kernel part "
+        "(needs ~11 GB: fp32 6.2 GB, bf16 3.1 GB, int8 1.6 GB)",
+    )
+    ap.add_argument(
+        "--parts",
+        nargs="+",
+        default=["kernel", "torch", "tf", "flax"],
+        choices=["kernel", "torch", "tf", "flax"],
+    )
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
     rounds, new = (2, 16) if args.quick else (args.rounds, args.new_tokens)
@@ -195,14 +222,23 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     except ImportError:
         pass
-    print(f"CPU kernels: {cpu_kernels.status()}; {args.threads} threads; {rounds} rounds, "
-          f"{new} new tokens", flush=True)
-    results = {"rounds": rounds, "new_tokens": new, "threads": args.threads, "kernel": [],
-               "generate": []}
+    print(
+        f"CPU kernels: {cpu_kernels.status()}; {args.threads} threads; {rounds} rounds, "
+        f"{new} new tokens",
+        flush=True,
+    )
+    results = {
+        "rounds": rounds,
+        "new_tokens": new,
+        "threads": args.threads,
+        "kernel": [],
+        "generate": [],
+    }
     if "kernel" in args.parts:
         for preset in ["gpt2"] + (["gpt2-xl"] if args.xl else []):
-            results["kernel"].append(kernel_part(preset, ["fp32", "bf16", "int8"], rounds, new,
-                                                 args.threads))
+            results["kernel"].append(
+                kernel_part(preset, ["fp32", "bf16", "int8"], rounds, new, args.threads)
+            )
     for fw in ("torch", "tf", "flax"):
         if fw in args.parts:
             results["generate"].append(generate_part(fw, rounds, new))
@@ -210,13 +246,17 @@ def main() -> None:
     print("\nmedian tok/s (batch 1, greedy); ratios are medians of per-round ratios")
     for r in results["kernel"]:
         t = r["tok_s"]
-        print(f"kernel   {r['preset']:8s} fp32 {t['fp32']:6.1f}  bf16 {t['bf16']:6.1f}  "
-              f"int8 {t['int8']:6.1f}   bf16/fp32 {r['bf16/fp32']:.2f}x  "
-              f"int8/fp32 {r['int8/fp32']:.2f}x")
+        print(
+            f"kernel   {r['preset']:8s} fp32 {t['fp32']:6.1f}  bf16 {t['bf16']:6.1f}  "
+            f"int8 {t['int8']:6.1f}   bf16/fp32 {r['bf16/fp32']:.2f}x  "
+            f"int8/fp32 {r['int8/fp32']:.2f}x"
+        )
     for r in results["generate"]:
         t = r["tok_s"]
-        print(f"generate {r['framework']:8s} fp32 {t['fp32']:6.1f}  int8 {t['int8']:6.1f}   "
-              f"int8/fp32 {r['int8/fp32']:.2f}x")
+        print(
+            f"generate {r['framework']:8s} fp32 {t['fp32']:6.1f}  int8 {t['int8']:6.1f}   "
+            f"int8/fp32 {r['int8/fp32']:.2f}x"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -93,8 +93,9 @@ def build(preset: str, directory: Path) -> int:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--framework", default="torch,tf,flax", help="comma-separated")
     ap.add_argument("--preset", default="gpt2-xl")
     ap.add_argument("--quick", action="store_true", help="gpt2-medium (1.4 GB) instead")
@@ -108,28 +109,43 @@ def main() -> None:
     try:
         file_bytes = build(preset, work)
         weights = file_bytes // (2 if args.dtype == "bf16" else 1)
-        print(f"{preset}: {file_bytes / 1e9:.2f} GB fp32 safetensors, loaded as {args.dtype} "
-              f"({weights / 1e9:.2f} GB of weights)")
+        print(
+            f"{preset}: {file_bytes / 1e9:.2f} GB fp32 safetensors, loaded as {args.dtype} "
+            f"({weights / 1e9:.2f} GB of weights)"
+        )
         rows = []
         for fw in args.framework.split(","):
-            proc = subprocess.run([sys.executable, "-c", CHILD, fw, str(work), args.dtype],
-                                  capture_output=True, text=True)
+            proc = subprocess.run(
+                [sys.executable, "-c", CHILD, fw, str(work), args.dtype],
+                capture_output=True,
+                text=True,
+            )
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode or not lines:
                 print(f"  {fw}: failed\n{proc.stderr[-3000:]}")
                 continue
             r = json.loads(lines[0][7:])
             above = r["hwm"] - r["idle"]
-            rows.append({"framework": fw, "preset": preset, "dtype": args.dtype,
-                         "weights_gb": round(weights / 1e9, 3), "seconds": round(r["seconds"], 2),
-                         "idle_rss_gb": round(r["idle"] / 1e9, 3),
-                         "peak_above_idle_gb": round(above / 1e9, 3),
-                         "x_weights": round(above / weights, 3),
-                         "after_load_x_weights": round((r["after"] - r["idle"]) / weights, 3),
-                         "hwm_reset": r["hwm_reset"]})
-            print(f"  {fw:<6} {r['seconds']:6.2f}s  peak RSS above idle {above / 1e9:5.2f} GB = "
-                  f"{above / weights:4.2f}x the weights (idle {r['idle'] / 1e9:.2f} GB; "
-                  f"after load {(r['after'] - r['idle']) / weights:.2f}x)", flush=True)
+            rows.append(
+                {
+                    "framework": fw,
+                    "preset": preset,
+                    "dtype": args.dtype,
+                    "weights_gb": round(weights / 1e9, 3),
+                    "seconds": round(r["seconds"], 2),
+                    "idle_rss_gb": round(r["idle"] / 1e9, 3),
+                    "peak_above_idle_gb": round(above / 1e9, 3),
+                    "x_weights": round(above / weights, 3),
+                    "after_load_x_weights": round((r["after"] - r["idle"]) / weights, 3),
+                    "hwm_reset": r["hwm_reset"],
+                }
+            )
+            print(
+                f"  {fw:<6} {r['seconds']:6.2f}s  peak RSS above idle {above / 1e9:5.2f} GB = "
+                f"{above / weights:4.2f}x the weights (idle {r['idle'] / 1e9:.2f} GB; "
+                f"after load {(r['after'] - r['idle']) / weights:.2f}x)",
+                flush=True,
+            )
         print(json.dumps({"preset": preset, "dtype": args.dtype, "rows": rows}))
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")

@@ -36,9 +36,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-PROMPTS = ["The history of the city begins", "In the morning the market", "Scientists found that",
-           "The recipe calls for", "When the train arrived", "Our results show",
-           "The old lighthouse keeper", "In a distant galaxy"]
+PROMPTS = [
+    "The history of the city begins",
+    "In the morning the market",
+    "Scientists found that",
+    "The recipe calls for",
+    "When the train arrived",
+    "Our results show",
+    "The old lighthouse keeper",
+    "In a distant galaxy",
+]
 
 
 def seeded_checkpoint(out: Path) -> Path:
@@ -58,10 +65,26 @@ def start_server(model: str, framework: str) -> tuple[subprocess.Popen, int]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "conversion", "serve", "--model", model,
-                             "--framework", framework, "--port", str(port), "--name", "bench"],
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "conversion",
+            "serve",
+            "--model",
+            model,
+            "--framework",
+            framework,
+            "--port",
+            str(port),
+            "--name",
+            "bench",
+        ],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 300
     while True:
         try:
@@ -78,12 +101,21 @@ def start_server(model: str, framework: str) -> tuple[subprocess.Popen, int]:
 
 def one_request(port: int, prompt: str, max_tokens: int) -> dict:
     """A streamed greedy completion: latency, time to first token, tokens, server tok/s."""
-    body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = {
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     t0 = time.perf_counter()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-    conn.request("POST", "/v1/completions", body=json.dumps(body),
-                 headers={"Content-Type": "application/json"})
+    conn.request(
+        "POST",
+        "/v1/completions",
+        body=json.dumps(body),
+        headers={"Content-Type": "application/json"},
+    )
     r = conn.getresponse()
     assert r.status == 200, r.read()
     first, usage = None, None
@@ -101,8 +133,12 @@ def one_request(port: int, prompt: str, max_tokens: int) -> dict:
             first = time.perf_counter() - t0
         usage = event.get("usage") or usage
     conn.close()
-    return {"latency": time.perf_counter() - t0, "ttft": first or 0.0,
-            "tokens": usage["completion_tokens"], "server_tps": usage["tokens_per_second"]}
+    return {
+        "latency": time.perf_counter() - t0,
+        "ttft": first or 0.0,
+        "tokens": usage["completion_tokens"],
+        "server_tps": usage["tokens_per_second"],
+    }
 
 
 def run_clients(port: int, clients: int, requests: int, max_tokens: int) -> dict:
@@ -130,15 +166,25 @@ def run_clients(port: int, clients: int, requests: int, max_tokens: int) -> dict
         return xs[min(len(xs) - 1, int(q * len(xs)))]
 
     tokens = sum(r["tokens"] for r in results)
-    return {"clients": clients, "requests": len(results), "wall": wall, "tok_s": tokens / wall,
-            "req_s": len(results) / wall, "lat50": pct("latency", 0.5),
-            "lat95": pct("latency", 0.95), "ttft50": pct("ttft", 0.5), "ttft95": pct("ttft", 0.95),
-            "server_tps": statistics.median(r["server_tps"] for r in results)}
+    return {
+        "clients": clients,
+        "requests": len(results),
+        "wall": wall,
+        "tok_s": tokens / wall,
+        "req_s": len(results) / wall,
+        "lat50": pct("latency", 0.5),
+        "lat95": pct("latency", 0.95),
+        "ttft50": pct("ttft", 0.5),
+        "ttft95": pct("ttft", 0.95),
+        "server_tps": statistics.median(r["server_tps"] for r in results),
+    }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=None, help="checkpoint directory (default: seeded demo model)")
+    p.add_argument(
+        "--model", default=None, help="checkpoint directory (default: seeded demo model)"
+    )
     p.add_argument("--framework", default="torch", choices=["torch", "tf", "flax"])
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8])
     p.add_argument("--requests", type=int, default=4, help="requests per client")
@@ -157,18 +203,26 @@ def main() -> None:
             proc.send_signal(signal.SIGINT)
             proc.wait(timeout=60)
     what = args.model or "seeded demo model (16.4M parameters)"
-    print(f"gpt2 serve, {args.framework}, {what}: streamed greedy completions of "
-          f"{args.max_tokens} tokens, {args.requests} per client, one worker + FIFO queue")
-    print(f"{'clients':>7} {'requests':>8} {'tok/s':>8} {'req/s':>7} {'latency p50/p95 s':>18} "
-          f"{'first token p50/p95 s':>22} {'server tok/s':>12}")
+    print(
+        f"gpt2 serve, {args.framework}, {what}: streamed greedy completions of "
+        f"{args.max_tokens} tokens, {args.requests} per client, one worker + FIFO queue"
+    )
+    print(
+        f"{'clients':>7} {'requests':>8} {'tok/s':>8} {'req/s':>7} {'latency p50/p95 s':>18} "
+        f"{'first token p50/p95 s':>22} {'server tok/s':>12}"
+    )
     for r in rows:
-        print(f"{r['clients']:>7} {r['requests']:>8} {r['tok_s']:>8.1f} {r['req_s']:>7.2f} "
-              f"{r['lat50']:>8.3f} / {r['lat95']:<7.3f} {r['ttft50']:>10.3f} / {r['ttft95']:<9.3f} "
-              f"{r['server_tps']:>12.1f}")
+        print(
+            f"{r['clients']:>7} {r['requests']:>8} {r['tok_s']:>8.1f} {r['req_s']:>7.2f} "
+            f"{r['lat50']:>8.3f} / {r['lat95']:<7.3f} {r['ttft50']:>10.3f} / {r['ttft95']:<9.3f} "
+            f"{r['server_tps']:>12.1f}"
+        )
     base = rows[0]["tok_s"]
     for r in rows[1:]:
-        print(f"{r['clients']} clients vs {rows[0]['clients']}: throughput x{r['tok_s'] / base:.2f}, "
-              f"median latency x{r['lat50'] / rows[0]['lat50']:.2f}")
+        print(
+            f"{r['clients']} clients vs {rows[0]['clients']}: throughput x{r['tok_s'] / base:.2f}, "
+            f"median latency x{r['lat50'] / rows[0]['lat50']:.2f}"
+        )
 
 
 if __name__ == "__main__":

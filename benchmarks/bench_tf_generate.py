@@ -96,8 +96,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, one timed run")
     ap.add_argument("--runs", type=int, default=None, help="timed rounds (median reported)")
-    ap.add_argument("--hf-python", default=os.environ.get("GPT2_ZOO_HF_PYTHON", ""),
-                    help="python with transformers 4.57.6 (default $GPT2_ZOO_HF_PYTHON; unset: rows skipped)")
+    ap.add_argument(
+        "--hf-python",
+        default=os.environ.get("GPT2_ZOO_HF_PYTHON", ""),
+        help="python with transformers 4.57.6 (default $GPT2_ZOO_HF_PYTHON; unset: rows skipped)",
+    )
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers side")
     args = ap.parse_args()
     prompt_len, new, prefill_len = 16, 64, 256
@@ -133,8 +136,16 @@ def main() -> None:
                 model.save_pretrained(d)
             np.save(Path(d) / "prompt.npy", prompt)
             np.save(Path(d) / "long.npy", long)
-            cmd = [args.hf_python, "-c", HF_SCRIPT, d, str(prompt_len), str(new),
-                   str(prefill_len), "0"]
+            cmd = [
+                args.hf_python,
+                "-c",
+                HF_SCRIPT,
+                d,
+                str(prompt_len),
+                str(new),
+                str(prefill_len),
+                "0",
+            ]
             try:
                 hf = JsonServer(cmd, dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
             except RuntimeError as e:
@@ -168,9 +179,19 @@ def main() -> None:
     # forward with logits for every position (the same work as transformers' forward)
     from gpt2_tf.generation import _round_up, _Spec
 
-    spec = _Spec(batch=1, expand=1, prompt_len=prefill_len,
-                 slots=_round_up(prefill_len + 1, 32), mode="greedy", top_k=0, top_p=False,
-                 repetition=False, ngram=0, n_eos=0, early_stopping=False)
+    spec = _Spec(
+        batch=1,
+        expand=1,
+        prompt_len=prefill_len,
+        slots=_round_up(prefill_len + 1, 32),
+        mode="greedy",
+        top_k=0,
+        top_p=False,
+        repetition=False,
+        ngram=0,
+        n_eos=0,
+        early_stopping=False,
+    )
     prefill_fn = model._generation_functions(spec)["prefill"]
     sc = {"fill": tf.constant(0), "start": tf.constant(0)}
     long_t, ones = tf.constant(long), tf.ones_like(long)
@@ -198,41 +219,61 @@ def main() -> None:
     # report -------------------------------------------------------------------------------
     ours_tps = new / ours_gen
     print(f"# gpt2_tf generation benchmark ({'quick' if args.quick else 'full'})")
-    print(f"machine: {os.cpu_count()} CPUs, TensorFlow {tf.__version__}, GPT-2 small "
-          f"({cfg.num_parameters('lm'):,} params, random weights, fp32), batch 1")
+    print(
+        f"machine: {os.cpu_count()} CPUs, TensorFlow {tf.__version__}, GPT-2 small "
+        f"({cfg.num_parameters('lm'):,} params, random weights, fp32), batch 1"
+    )
     print(f"model build + weight load: {build_s:.1f} s; median of {runs} interleaved round(s)")
     print(f"CPU kernels: {cpu_kernels.status()}")
     print(f"greedy: prompt {prompt_len} tokens, {new} new tokens")
-    print(f"  ours (fused CPU step): {ours_tps:7.1f} tok/s  ({ours_gen * 1e3:.0f} ms/run, CPU "
-          f"{ours_gen_cpu * 1e3:.0f} ms), first call (trace + XLA compile) {ours_compile:.1f} s")
-    print(f"  ours (all-XLA loop)  : {new / xla_gen:7.1f} tok/s  ({xla_gen * 1e3:.0f} ms/run, CPU "
-          f"{xla_gen_cpu * 1e3:.0f} ms), first call {xla_compile:.1f} s; identical tokens: "
-          f"{xla_tokens.tolist() == ours_tokens.tolist()}")
-    print(f"  fraction of the ~{BANDWIDTH_BOUND_TOK_S:.0f} tok/s memory-bandwidth bound: "
-          f"{ours_tps / BANDWIDTH_BOUND_TOK_S:.2f}")
+    print(
+        f"  ours (fused CPU step): {ours_tps:7.1f} tok/s  ({ours_gen * 1e3:.0f} ms/run, CPU "
+        f"{ours_gen_cpu * 1e3:.0f} ms), first call (trace + XLA compile) {ours_compile:.1f} s"
+    )
+    print(
+        f"  ours (all-XLA loop)  : {new / xla_gen:7.1f} tok/s  ({xla_gen * 1e3:.0f} ms/run, CPU "
+        f"{xla_gen_cpu * 1e3:.0f} ms), first call {xla_compile:.1f} s; identical tokens: "
+        f"{xla_tokens.tolist() == ours_tokens.tolist()}"
+    )
+    print(
+        f"  fraction of the ~{BANDWIDTH_BOUND_TOK_S:.0f} tok/s memory-bandwidth bound: "
+        f"{ours_tps / BANDWIDTH_BOUND_TOK_S:.2f}"
+    )
     if hf:
         hf_gen, hf_gen_cpu = _median(hf_t)
         hf_tps = new / hf_gen
         same = hf.info["tokens"] == ours_tokens.tolist()
         ratios = [h[0] / o[0] for o, h in zip(ours_t, hf_t)]
-        print(f"  transformers         : {hf_tps:7.1f} tok/s  ({hf_gen * 1e3:.0f} ms/run, CPU "
-              f"{hf_gen_cpu * 1e3:.0f} ms), first call {hf.info['compile_s']:.1f} s  "
-              "[tf.function(generate, jit_compile=True)]")
-        print(f"  speed-up             : {statistics.median(ratios):.2f}x wall (median of "
-              f"{len(ratios)} rounds, each {min(ratios):.2f}-{max(ratios):.2f}x), "
-              f"{hf_gen_cpu / ours_gen_cpu:.2f}x CPU time (target >= 1.2x); all-XLA loop "
-              f"{hf_gen / xla_gen:.2f}x; identical tokens: {same}")
+        print(
+            f"  transformers         : {hf_tps:7.1f} tok/s  ({hf_gen * 1e3:.0f} ms/run, CPU "
+            f"{hf_gen_cpu * 1e3:.0f} ms), first call {hf.info['compile_s']:.1f} s  "
+            "[tf.function(generate, jit_compile=True)]"
+        )
+        print(
+            f"  speed-up             : {statistics.median(ratios):.2f}x wall (median of "
+            f"{len(ratios)} rounds, each {min(ratios):.2f}-{max(ratios):.2f}x), "
+            f"{hf_gen_cpu / ours_gen_cpu:.2f}x CPU time (target >= 1.2x); all-XLA loop "
+            f"{hf_gen / xla_gen:.2f}x; identical tokens: {same}"
+        )
     print(f"prefill: {prefill_len}-token prompt")
-    print(f"  ours (generation prefill, last-token logits): {ours_prefill * 1e3:7.1f} ms "
-          f"(CPU {ours_prefill_cpu * 1e3:.0f}), first call {ours_prefill_compile:.1f} s")
-    print(f"  ours (XLA forward, logits at every position): {ours_fwd * 1e3:7.1f} ms "
-          f"(CPU {ours_fwd_cpu * 1e3:.0f})")
+    print(
+        f"  ours (generation prefill, last-token logits): {ours_prefill * 1e3:7.1f} ms "
+        f"(CPU {ours_prefill_cpu * 1e3:.0f}), first call {ours_prefill_compile:.1f} s"
+    )
+    print(
+        f"  ours (XLA forward, logits at every position): {ours_fwd * 1e3:7.1f} ms "
+        f"(CPU {ours_fwd_cpu * 1e3:.0f})"
+    )
     if hf:
         hf_pre, hf_pre_cpu = _median(hf_pre_t)
-        print(f"  transformers XLA forward                    : {hf_pre * 1e3:7.1f} ms "
-              f"(CPU {hf_pre_cpu * 1e3:.0f}), first call {hf.info['prefill_compile_s']:.1f} s")
-        print(f"  ratio ours prefill / transformers forward: {ours_prefill / hf_pre:.2f} "
-              f"(target <= 1.0); full forward: {ours_fwd / hf_pre:.2f}")
+        print(
+            f"  transformers XLA forward                    : {hf_pre * 1e3:7.1f} ms "
+            f"(CPU {hf_pre_cpu * 1e3:.0f}), first call {hf.info['prefill_compile_s']:.1f} s"
+        )
+        print(
+            f"  ratio ours prefill / transformers forward: {ours_prefill / hf_pre:.2f} "
+            f"(target <= 1.0); full forward: {ours_fwd / hf_pre:.2f}"
+        )
 
 
 if __name__ == "__main__":

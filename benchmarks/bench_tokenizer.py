@@ -75,8 +75,12 @@ print(json.dumps(out))
 def build_corpus(megabytes: float) -> tuple[str, list[str]]:
     """~``megabytes`` of text, and the same text as documents (one per file) for batches."""
     target = int(megabytes * 1e6)
-    files = sorted(p for ext in ("*.py", "*.md") for p in ROOT.rglob(ext)
-                   if ".venv" not in p.parts and "fixtures" not in p.parts)
+    files = sorted(
+        p
+        for ext in ("*.py", "*.md")
+        for p in ROOT.rglob(ext)
+        if ".venv" not in p.parts and "fixtures" not in p.parts
+    )
     shared = ROOT.parent / "shared"
     if shared.is_dir():
         files += sorted(shared.rglob("*.md"))
@@ -98,8 +102,9 @@ def build_corpus(megabytes: float) -> tuple[str, list[str]]:
     return "".join(docs), docs
 
 
-def best_of(fn: Callable[[], object], repeats: int, clock: Callable[[], float]
-            ) -> tuple[float, object]:
+def best_of(
+    fn: Callable[[], object], repeats: int, clock: Callable[[], float]
+) -> tuple[float, object]:
     best, result = float("inf"), None
     for _ in range(repeats):
         t = clock()
@@ -112,8 +117,9 @@ def md5_ids(ids: list[int]) -> str:
     return hashlib.md5(json.dumps(ids).encode()).hexdigest()
 
 
-def interleaved(fns: dict[str, Callable[[], object]], rounds: int
-                ) -> tuple[dict[str, dict[str, float]], dict[str, object]]:
+def interleaved(
+    fns: dict[str, Callable[[], object]], rounds: int
+) -> tuple[dict[str, dict[str, float]], dict[str, object]]:
     """Each fn once per round, in turn, for ``rounds`` rounds, so that other load on the machine
     hits every row alike. Per row, the median over rounds of the calling thread's CPU time
     ("cpu"), wall time ("wall") and process CPU time / wall time ("busy": cores kept busy)."""
@@ -127,8 +133,7 @@ def interleaved(fns: dict[str, Callable[[], object]], rounds: int
             times[key]["cpu"].append(time.thread_time() - c0)
             times[key]["wall"].append(wall)
             times[key]["busy"].append((time.process_time() - p0) / wall)
-    return ({k: {m: statistics.median(v) for m, v in t.items()} for k, t in times.items()},
-            results)
+    return ({k: {m: statistics.median(v) for m, v in t.items()} for k, t in times.items()}, results)
 
 
 def load_average() -> float:
@@ -138,17 +143,32 @@ def load_average() -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--mb", type=float, default=1.5, help="corpus size in MB (default 1.5)")
-    ap.add_argument("--repeats", type=int, default=7,
-                    help="interleaved rounds; rows report the median (default 7)")
-    ap.add_argument("--threads", type=int, default=2,
-                    help="threads for the batch rows (default 2: the target is for two cores)")
-    ap.add_argument("--hf-python", default=os.environ.get("GPT2_ZOO_HF_PYTHON") or None,
-                    help="python with transformers installed, for the HF rows "
-                         "(default $GPT2_ZOO_HF_PYTHON)")
-    ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
-                    help="single-threaded rows: thread CPU time (default) or wall-clock time")
-    ap.add_argument("--quick", action="store_true",
-                    help="a smoke run for `make bench`: 0.3 MB, 2 rounds")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=7,
+        help="interleaved rounds; rows report the median (default 7)",
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="threads for the batch rows (default 2: the target is for two cores)",
+    )
+    ap.add_argument(
+        "--hf-python",
+        default=os.environ.get("GPT2_ZOO_HF_PYTHON") or None,
+        help="python with transformers installed, for the HF rows (default $GPT2_ZOO_HF_PYTHON)",
+    )
+    ap.add_argument(
+        "--clock",
+        choices=["cpu", "wall"],
+        default="cpu",
+        help="single-threaded rows: thread CPU time (default) or wall-clock time",
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="a smoke run for `make bench`: 0.3 MB, 2 rounds"
+    )
     args = ap.parse_args()
     if args.quick:
         args.mb, args.repeats = min(args.mb, 0.3), min(args.repeats, 2)
@@ -160,10 +180,12 @@ def main() -> int:
     mb = len(text.encode("utf-8")) / 1e6
     cpus = os.cpu_count() or 1
     load = load_average()
-    print(f"corpus: {mb:.2f} MB, {len(docs)} documents (repo + shared docs + stdlib sources); "
-          f"{cpus} CPUs, load average {load:.1f}; python {sys.version.split()[0]}; median of "
-          f"{args.repeats} interleaved rounds; one-thread rows: "
-          f"{'thread CPU' if args.clock == 'cpu' else 'wall-clock'} time, batch rows: wall clock")
+    print(
+        f"corpus: {mb:.2f} MB, {len(docs)} documents (repo + shared docs + stdlib sources); "
+        f"{cpus} CPUs, load average {load:.1f}; python {sys.version.split()[0]}; median of "
+        f"{args.repeats} interleaved rounds; one-thread rows: "
+        f"{'thread CPU' if args.clock == 'cpu' else 'wall-clock'} time, batch rows: wall clock"
+    )
 
     n = args.threads
     fast = GPT2TokenizerFast.from_pretrained("gpt2", num_threads=1)
@@ -189,53 +211,90 @@ def main() -> int:
         "tokenizers": lambda: backend.encode(text, add_special_tokens=False).ids,
         "ours_batch1": lambda: fast.encode_batch(docs),
         "ours_batchN": lambda: many.encode_batch(docs),
-        "tt_batch1": lambda: enc.encode_batch(docs, num_threads=1, allowed_special=special,
-                                              disallowed_special=()),
-        "tt_batchN": lambda: enc.encode_batch(docs, num_threads=n, allowed_special=special,
-                                              disallowed_special=()),
+        "tt_batch1": lambda: enc.encode_batch(
+            docs, num_threads=1, allowed_special=special, disallowed_special=()
+        ),
+        "tt_batchN": lambda: enc.encode_batch(
+            docs, num_threads=n, allowed_special=special, disallowed_special=()
+        ),
     }
     t, res = interleaved(fns, args.repeats)
 
     def same(key: str) -> str:
-        ok = (md5_ids(res[key]) == reference if key in ("ours", "tt_special", "tokenizers")
-              else res[key] == per_doc)
+        ok = (
+            md5_ids(res[key]) == reference
+            if key in ("ours", "tt_special", "tokenizers")
+            else res[key] == per_doc
+        )
         return "same ids" if ok else "IDS DIFFER"
 
     r_ours = row("gpt2_core GPT2TokenizerFast.encode (1 thread)", t["ours"][single])
-    r_tt = row("tiktoken encode_ordinary (1 thread)", t["tt_ordinary"][single],
-               "same ids" if md5_ids(res["tt_ordinary"]) == reference
-               else "(ids differ only where the text holds <|endoftext|>)")
-    r_tts = row("tiktoken encode, <|endoftext|> special (1 thread)", t["tt_special"][single],
-                same("tt_special"))
-    row("tokenizers library Tokenizer.encode (1 thread)", t["tokenizers"][single],
-        same("tokenizers"))
+    r_tt = row(
+        "tiktoken encode_ordinary (1 thread)",
+        t["tt_ordinary"][single],
+        "same ids"
+        if md5_ids(res["tt_ordinary"]) == reference
+        else "(ids differ only where the text holds <|endoftext|>)",
+    )
+    r_tts = row(
+        "tiktoken encode, <|endoftext|> special (1 thread)",
+        t["tt_special"][single],
+        same("tt_special"),
+    )
+    row(
+        "tokenizers library Tokenizer.encode (1 thread)",
+        t["tokenizers"][single],
+        same("tokenizers"),
+    )
     row("gpt2_core encode (1 thread, wall clock)", t["ours"]["wall"])
-    row("gpt2_core encode_batch, 1 thread (wall clock)", t["ours_batch1"]["wall"],
-        same("ours_batch1"))
-    row(f"gpt2_core encode_batch, {n} threads (wall clock)", t["ours_batchN"]["wall"],
-        f"{same('ours_batchN')}, {t['ours_batchN']['busy']:.2f} cores busy")
+    row(
+        "gpt2_core encode_batch, 1 thread (wall clock)",
+        t["ours_batch1"]["wall"],
+        same("ours_batch1"),
+    )
+    row(
+        f"gpt2_core encode_batch, {n} threads (wall clock)",
+        t["ours_batchN"]["wall"],
+        f"{same('ours_batchN')}, {t['ours_batchN']['busy']:.2f} cores busy",
+    )
     row("tiktoken encode_batch, 1 thread (wall clock)", t["tt_batch1"]["wall"], same("tt_batch1"))
-    row(f"tiktoken encode_batch, {n} threads (wall clock)", t["tt_batchN"]["wall"],
-        f"{same('tt_batchN')}, {t['tt_batchN']['busy']:.2f} cores busy")
+    row(
+        f"tiktoken encode_batch, {n} threads (wall clock)",
+        t["tt_batchN"]["wall"],
+        f"{same('tt_batchN')}, {t['tt_batchN']['busy']:.2f} cores busy",
+    )
 
     slow = GPT2Tokenizer.from_pretrained("gpt2")
     t_slow, slow_ids = best_of(lambda: slow.encode(text), 1, clock)
-    r_slow = row("gpt2_core GPT2Tokenizer.encode (pure Python)", t_slow,
-                 "cold cache, " + ("same ids" if md5_ids(slow_ids) == reference else "IDS DIFFER"))
+    r_slow = row(
+        "gpt2_core GPT2Tokenizer.encode (pure Python)",
+        t_slow,
+        "cold cache, " + ("same ids" if md5_ids(slow_ids) == reference else "IDS DIFFER"),
+    )
     t_warm, _ = best_of(lambda: slow.encode(text), 1, clock)
     row("gpt2_core GPT2Tokenizer.encode, warm cache", t_warm)
 
     r_hf_slow = None
     if args.hf_python:
-        with tempfile.NamedTemporaryFile("w", suffix=".txt", encoding="utf-8",
-                                         delete=False) as f:
+        with tempfile.NamedTemporaryFile("w", suffix=".txt", encoding="utf-8", delete=False) as f:
             f.write(text)
         assets = ROOT / "gpt2_core" / "assets" / "gpt2"
         try:
             proc = subprocess.run(
-                [args.hf_python, "-c", HF_SCRIPT, f.name, str(assets / "vocab.json"),
-                 str(assets / "merges.txt"), str(args.repeats), args.clock],
-                capture_output=True, text=True, check=True)
+                [
+                    args.hf_python,
+                    "-c",
+                    HF_SCRIPT,
+                    f.name,
+                    str(assets / "vocab.json"),
+                    str(assets / "merges.txt"),
+                    str(args.repeats),
+                    args.clock,
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             hf = json.loads(proc.stdout.strip().splitlines()[-1])
         except (OSError, subprocess.CalledProcessError, ValueError) as e:
             err = getattr(e, "stderr", "") or str(e)
@@ -245,33 +304,51 @@ def main() -> int:
             os.unlink(f.name)
         if "GPT2Tokenizer" in hf:
             h = hf["GPT2Tokenizer"]
-            r_hf_slow = row("transformers 4.57 GPT2Tokenizer (slow)", h["seconds"],
-                            "cold cache, " + ("same ids" if h["md5"] == reference else "IDS DIFFER"))
+            r_hf_slow = row(
+                "transformers 4.57 GPT2Tokenizer (slow)",
+                h["seconds"],
+                "cold cache, " + ("same ids" if h["md5"] == reference else "IDS DIFFER"),
+            )
             h = hf["GPT2TokenizerFast"]
-            row("transformers 4.57 GPT2TokenizerFast", h["seconds"],
-                "same ids" if h["md5"] == reference else "IDS DIFFER")
+            row(
+                "transformers 4.57 GPT2TokenizerFast",
+                h["seconds"],
+                "same ids" if h["md5"] == reference else "IDS DIFFER",
+            )
     else:
-        print("  transformers rows skipped: pass --hf-python PYTHON (an interpreter with "
-              "transformers installed)")
+        print(
+            "  transformers rows skipped: pass --hf-python PYTHON (an interpreter with "
+            "transformers installed)"
+        )
 
     wall = {k: v["wall"] for k, v in t.items()}
     end_load = load_average()
     print("ratios:")
-    print(f"  1. GPT2TokenizerFast.encode / tiktoken encode_ordinary = {r_ours / r_tt:.2f}x "
-          f"(target >= 1.0x); / tiktoken encode with <|endoftext|> = {r_ours / r_tts:.2f}x")
-    print(f"  2. gpt2_core encode_batch, {n} threads / 1 thread = "
-          f"{wall['ours_batch1'] / wall['ours_batchN']:.2f}x (target >= 1.6x on {n} idle cores); "
-          f"/ encode(text) = {wall['ours'] / wall['ours_batchN']:.2f}x; "
-          f"{t['ours_batchN']['busy']:.2f} cores busy")
-    print(f"  3. tiktoken encode_batch, {n} threads / 1 thread = "
-          f"{wall['tt_batch1'] / wall['tt_batchN']:.2f}x; gpt2_core / tiktoken on {n} threads = "
-          f"{wall['tt_batchN'] / wall['ours_batchN']:.2f}x")
+    print(
+        f"  1. GPT2TokenizerFast.encode / tiktoken encode_ordinary = {r_ours / r_tt:.2f}x "
+        f"(target >= 1.0x); / tiktoken encode with <|endoftext|> = {r_ours / r_tts:.2f}x"
+    )
+    print(
+        f"  2. gpt2_core encode_batch, {n} threads / 1 thread = "
+        f"{wall['ours_batch1'] / wall['ours_batchN']:.2f}x (target >= 1.6x on {n} idle cores); "
+        f"/ encode(text) = {wall['ours'] / wall['ours_batchN']:.2f}x; "
+        f"{t['ours_batchN']['busy']:.2f} cores busy"
+    )
+    print(
+        f"  3. tiktoken encode_batch, {n} threads / 1 thread = "
+        f"{wall['tt_batch1'] / wall['tt_batchN']:.2f}x; gpt2_core / tiktoken on {n} threads = "
+        f"{wall['tt_batchN'] / wall['ours_batchN']:.2f}x"
+    )
     if not max(load, end_load) <= cpus / 2:
-        print(f"  MEASURED UNDER LOAD: load average {load:.1f} -> {end_load:.1f} on {cpus} CPUs; "
-              "the thread-scaling ratios (2, 3) understate what idle cores give")
+        print(
+            f"  MEASURED UNDER LOAD: load average {load:.1f} -> {end_load:.1f} on {cpus} CPUs; "
+            "the thread-scaling ratios (2, 3) understate what idle cores give"
+        )
     if r_hf_slow is not None:
-        print(f"  GPT2Tokenizer (ours, pure Python) / transformers slow = "
-              f"{r_slow / r_hf_slow:.2f}x (target >= 2x)")
+        print(
+            f"  GPT2Tokenizer (ours, pure Python) / transformers slow = "
+            f"{r_slow / r_hf_slow:.2f}x (target >= 2x)"
+        )
     return 0
 
 

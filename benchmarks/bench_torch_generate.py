@@ -98,8 +98,16 @@ def start_hf(directory: Path, args) -> JsonServer | None:
     """transformers 4.57.6 in its own interpreter, loaded, warmed up and waiting for requests."""
     if args.no_hf or not args.hf_python or not Path(args.hf_python).is_file():
         return None
-    cmd = [args.hf_python, "-c", _HF_SCRIPT, str(directory), str(args.threads), str(args.prompt),
-           str(args.new_tokens), str(args.prefill)]
+    cmd = [
+        args.hf_python,
+        "-c",
+        _HF_SCRIPT,
+        str(directory),
+        str(args.threads),
+        str(args.prompt),
+        str(args.new_tokens),
+        str(args.prefill),
+    ]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TRANSFORMERS_NO_TF="1", USE_TF="0")
     try:
         return JsonServer(cmd, env)
@@ -122,13 +130,20 @@ def bench_ours(model, ids, args, compile: bool) -> dict:
         t = time.perf_counter()
         out = model.generate(ids, **kw)
         times.append(time.perf_counter() - t)
-    return dict(summary(times, args.new_tokens), first_call_s=first_call,
-                tokens=out[0, ids.shape[1]:].tolist())
+    return dict(
+        summary(times, args.new_tokens),
+        first_call_s=first_call,
+        tokens=out[0, ids.shape[1] :].tolist(),
+    )
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="smoke run: 2 repeats, 16 new tokens, no compile")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="smoke run: 2 repeats, 16 new tokens, no compile"
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--prompt", type=int, default=16)
     p.add_argument("--new-tokens", type=int, default=64)
@@ -172,8 +187,11 @@ def main() -> None:
             r = hf.request("decode")
             hf_t.append(r["s"])
             hf_tokens = r["tokens"]
-    ours = dict(summary(ours_t, args.new_tokens), first_call_s=first_call,
-                tokens=out[0, ids.shape[1]:].tolist())
+    ours = dict(
+        summary(ours_t, args.new_tokens),
+        first_call_s=first_call,
+        tokens=out[0, ids.shape[1] :].tolist(),
+    )
     hf_res = dict(summary(hf_t, args.new_tokens), tokens=hf_tokens) if hf else None
     ratios = [h / o for o, h in zip(ours_t, hf_t)]
 
@@ -187,7 +205,8 @@ def main() -> None:
                 hf_pre_t.append(hf.request("prefill")["s"])
     prefill = statistics.median(pre_t)
     gen_prefill = statistics.median(
-        _timed(lambda: model.generate(x, max_new_tokens=1)) for _ in range(args.repeats))
+        _timed(lambda: model.generate(x, max_new_tokens=1)) for _ in range(args.repeats)
+    )
     if hf:
         hf.close()
         hf_res["prefill_s"] = statistics.median(hf_pre_t)
@@ -209,26 +228,37 @@ def main() -> None:
         f"best {ours['best_tok_s']:.2f}",
     ]
     if compiled:
-        lines.append(f"  ours compiled    {compiled['tok_s']:8.2f}   ({compiled['tok_s'] / bound:5.1%} of bound)"
-                     f"   best {compiled['best_tok_s']:.2f}, first call (compile) "
-                     f"{compiled['first_call_s']:.1f} s")
+        lines.append(
+            f"  ours compiled    {compiled['tok_s']:8.2f}   ({compiled['tok_s'] / bound:5.1%} of bound)"
+            f"   best {compiled['best_tok_s']:.2f}, first call (compile) "
+            f"{compiled['first_call_s']:.1f} s"
+        )
     if hf:
-        lines.append(f"  transformers     {hf['tok_s']:8.2f}   ({hf['tok_s'] / bound:5.1%} of bound)   "
-                     f"best {hf['best_tok_s']:.2f}")
-        lines.append(f"  speed-up eager   {statistics.median(ratios):8.2f}x   (target >= 2x; median of "
-                     f"{len(ratios)} interleaved rounds, each {min(ratios):.2f}-{max(ratios):.2f}x)")
+        lines.append(
+            f"  transformers     {hf['tok_s']:8.2f}   ({hf['tok_s'] / bound:5.1%} of bound)   "
+            f"best {hf['best_tok_s']:.2f}"
+        )
+        lines.append(
+            f"  speed-up eager   {statistics.median(ratios):8.2f}x   (target >= 2x; median of "
+            f"{len(ratios)} interleaved rounds, each {min(ratios):.2f}-{max(ratios):.2f}x)"
+        )
         if compiled:
             lines.append(f"  speed-up compiled{compiled['tok_s'] / hf['tok_s']:8.2f}x")
         same = ours["tokens"] == hf["tokens"]
         lines.append(f"  greedy tokens identical to transformers: {'yes' if same else 'NO'}")
     else:
         lines.append("  transformers     (not run: no --hf-python interpreter or --no-hf)")
-    lines += ["", f"prefill of {args.prefill} tokens (s)",
-              f"  ours forward     {prefill:8.3f}",
-              f"  ours generate    {gen_prefill:8.3f}   (prefill into the static cache + 1 token)"]
+    lines += [
+        "",
+        f"prefill of {args.prefill} tokens (s)",
+        f"  ours forward     {prefill:8.3f}",
+        f"  ours generate    {gen_prefill:8.3f}   (prefill into the static cache + 1 token)",
+    ]
     if hf:
-        lines.append(f"  transformers     {hf['prefill_s']:8.3f}   "
-                     f"(ours/transformers {prefill / hf['prefill_s']:.2f}, target <= 1)")
+        lines.append(
+            f"  transformers     {hf['prefill_s']:8.3f}   "
+            f"(ours/transformers {prefill / hf['prefill_s']:.2f}, target <= 1)"
+        )
     print("\n".join(lines))
 
 

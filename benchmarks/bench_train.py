@@ -30,7 +30,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 #: an interpreter with transformers 4.57.6; unset: the transformers row is skipped
-HF_PYTHON = Path(os.environ.get("GPT2_ZOO_HF_PYTHON", "") or "/nonexistent/GPT2_ZOO_HF_PYTHON-unset")
+HF_PYTHON = Path(
+    os.environ.get("GPT2_ZOO_HF_PYTHON", "") or "/nonexistent/GPT2_ZOO_HF_PYTHON-unset"
+)
 
 
 def settings(quick: bool) -> dict:
@@ -58,13 +60,26 @@ def worker(framework: str, s: dict) -> dict:
     from gpt2_core.init import random_state_dict
     from gpt2_core.training import TrainConfig
 
-    config = GPT2Config(n_layer=s["n_layer"], n_embd=s["n_embd"], n_head=s["n_head"],
-                        n_positions=max(1024, s["block"]), vocab_size=50257, resid_pdrop=0.0,
-                        embd_pdrop=0.0, attn_pdrop=0.0)
+    config = GPT2Config(
+        n_layer=s["n_layer"],
+        n_embd=s["n_embd"],
+        n_head=s["n_head"],
+        n_positions=max(1024, s["block"]),
+        vocab_size=50257,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     sd = random_state_dict(config, "lm", seed=0)
     ds = PackedDataset(_tokens(s), s["block"])
-    cfg = TrainConfig(steps=s["steps"], batch_size=s["batch"], block_size=s["block"],
-                      warmup_steps=2, save_every=10**6, eval_every=10**6)
+    cfg = TrainConfig(
+        steps=s["steps"],
+        batch_size=s["batch"],
+        block_size=s["block"],
+        warmup_steps=2,
+        save_every=10**6,
+        eval_every=10**6,
+    )
     if framework == "torch":
         from gpt2_torch import GPT2LMHeadModel, weights
         from gpt2_torch.training import train
@@ -96,9 +111,16 @@ def hf_worker(s: dict) -> dict:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    config = GPT2Config(n_layer=s["n_layer"], n_embd=s["n_embd"], n_head=s["n_head"],
-                        n_positions=max(1024, s["block"]), vocab_size=50257, resid_pdrop=0.0,
-                        embd_pdrop=0.0, attn_pdrop=0.0)
+    config = GPT2Config(
+        n_layer=s["n_layer"],
+        n_embd=s["n_embd"],
+        n_head=s["n_head"],
+        n_positions=max(1024, s["block"]),
+        vocab_size=50257,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     model = GPT2LMHeadModel(config).train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
     tokens = torch.from_numpy(_tokens(s).astype("int64"))
@@ -106,7 +128,7 @@ def hf_worker(s: dict) -> dict:
     seconds = []
     for step in range(s["steps"]):
         t0 = time.perf_counter()
-        x = tokens[step * B * T:(step + 1) * B * T].view(B, T)
+        x = tokens[step * B * T : (step + 1) * B * T].view(B, T)
         loss = model(input_ids=x, labels=x, use_cache=False).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -156,9 +178,11 @@ def main() -> None:
         return
     s = settings(args.quick)
     tokens_per_step = s["batch"] * s["block"]
-    print(f"bench_train: {s['n_layer']} layers, n_embd {s['n_embd']}, {s['n_head']} heads, "
-          f"vocab 50257, block {s['block']}, batch {s['batch']}, {s['steps']} steps, fp32, "
-          f"CPU threads {os.cpu_count()}")
+    print(
+        f"bench_train: {s['n_layer']} layers, n_embd {s['n_embd']}, {s['n_head']} heads, "
+        f"vocab 50257, block {s['block']}, batch {s['batch']}, {s['steps']} steps, fp32, "
+        f"CPU threads {os.cpu_count()}"
+    )
     roof = matmul_flops()
     print(f"machine roof: float32 matmul {roof / 1e9:.1f} GFLOP/s (numpy, 2048^2)")
     rows = {}
@@ -171,14 +195,18 @@ def main() -> None:
         # 6 N per token for the matmuls (fwd + bwd), + 6 * n_layer * T * C for attention
         flops_tok = 6 * r["params"] + 6 * s["n_layer"] * s["block"] * s["n_embd"]
         rows[name] = dict(first=r["seconds"][0], tok_s=tok_s, frac=tok_s * flops_tok / roof)
-    print(f"{'framework':<13} {'first step s':>12} {'tokens/s':>10} {'vs torch':>9} "
-          f"{'vs HF':>7} {'of roof':>8}")
+    print(
+        f"{'framework':<13} {'first step s':>12} {'tokens/s':>10} {'vs torch':>9} "
+        f"{'vs HF':>7} {'of roof':>8}"
+    )
     base, hf = rows.get("torch", {}).get("tok_s"), rows.get("transformers", {}).get("tok_s")
     for name, r in rows.items():
         vs_t = f"{r['tok_s'] / base:.2f}x" if base else "-"
         vs_h = f"{r['tok_s'] / hf:.2f}x" if hf else "-"
-        print(f"{name:<13} {r['first']:>12.2f} {r['tok_s']:>10.0f} {vs_t:>9} {vs_h:>7} "
-              f"{r['frac']:>7.1%}")
+        print(
+            f"{name:<13} {r['first']:>12.2f} {r['tok_s']:>10.0f} {vs_t:>9} {vs_h:>7} "
+            f"{r['frac']:>7.1%}"
+        )
 
 
 if __name__ == "__main__":

@@ -43,8 +43,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 FP32_ATOL = 2e-4
 BF16_REL = 0.04
-ATTN = {"torch": ("eager", "sdpa", "flash_attention_2"), "tf": ("eager",),
-        "flax": ("eager", "sdpa", "cudnn")}
+ATTN = {
+    "torch": ("eager", "sdpa", "flash_attention_2"),
+    "tf": ("eager",),
+    "flax": ("eager", "sdpa", "cudnn"),
+}
 GEN_RUNS = ("greedy", "greedy_penalties", "beam")
 
 
@@ -65,6 +68,7 @@ class Report:
 
 
 # -- one small seam per framework: device set-up, loading, forward, generate ------------------
+
 
 class Backend:
     def __init__(self, framework: str, device: str) -> None:
@@ -98,8 +102,10 @@ class Backend:
     def describe(self) -> str:
         if self.framework == "torch":
             t = self.torch
-            return (f"torch {t.__version__}, cuda {t.version.cuda}, "
-                    f"{t.cuda.get_device_name(0) if t.cuda.is_available() else 'no GPU'}")
+            return (
+                f"torch {t.__version__}, cuda {t.version.cuda}, "
+                f"{t.cuda.get_device_name(0) if t.cuda.is_available() else 'no GPU'}"
+            )
         if self.framework == "tf":
             return f"tensorflow {self.tf.__version__}, GPUs {self.tf.config.list_physical_devices('GPU')}"
         return f"jax {self.jax.__version__}, devices {self.jax.devices()}"
@@ -148,11 +154,17 @@ class Backend:
         if self.framework == "torch":
             t = self.torch
             with t.no_grad():
-                out = model.generate(t.as_tensor(np.array(input_ids), device=self.dev),
-                                     attention_mask=t.as_tensor(np.array(attention_mask), device=self.dev),
-                                     **kw)
+                out = model.generate(
+                    t.as_tensor(np.array(input_ids), device=self.dev),
+                    attention_mask=t.as_tensor(np.array(attention_mask), device=self.dev),
+                    **kw,
+                )
             return out.cpu().numpy()
-        ctx = self.tf.device(self.dev) if self.framework == "tf" else self.jax.default_device(self.dev)
+        ctx = (
+            self.tf.device(self.dev)
+            if self.framework == "tf"
+            else self.jax.default_device(self.dev)
+        )
         with ctx:
             return np.asarray(model.generate(input_ids, attention_mask=attention_mask, **kw))
 
@@ -162,6 +174,7 @@ class Backend:
 
 
 # -- the checks --------------------------------------------------------------------------------
+
 
 def golden_dir(tmp: Path):
     """The golden ``default`` case as a checkpoint directory, and the case itself."""
@@ -177,24 +190,32 @@ def golden_dir(tmp: Path):
     return tmp / "default", case
 
 
-def compare(rep: Report, name: str, got: np.ndarray, want: np.ndarray, valid: np.ndarray,
-            dtype: str) -> None:
+def compare(
+    rep: Report, name: str, got: np.ndarray, want: np.ndarray, valid: np.ndarray, dtype: str
+) -> None:
     diff = float(np.max(np.abs(got - want)[valid]))
     if dtype == "fp32":
         ok, bound = diff <= FP32_ATOL, FP32_ATOL
     else:
         bound = BF16_REL * float(np.ptp(want[valid]))
         ok = diff <= bound
-    rep.add(name, "PASS" if ok else "FAIL", f"max|diff| {diff:.2e} (bound {bound:.2e})",
-            max_abs_diff=diff)
+    rep.add(
+        name,
+        "PASS" if ok else "FAIL",
+        f"max|diff| {diff:.2e} (bound {bound:.2e})",
+        max_abs_diff=diff,
+    )
 
 
 def check_parity(rep: Report, be: Backend, ckpt: Path, case) -> None:
     for dtype in ("fp32", "bf16"):
         model = be.load(ckpt, dtype)
         for scenario in ("nomask", "left_pad"):
-            inputs = {k: v for k, v in case.inputs("GPT2LMHeadModel", scenario).items()
-                      if k in ("input_ids", "attention_mask", "position_ids")}
+            inputs = {
+                k: v
+                for k, v in case.inputs("GPT2LMHeadModel", scenario).items()
+                if k in ("input_ids", "attention_mask", "position_ids")
+            }
             want = case.get("GPT2LMHeadModel", scenario, "logits")
             valid = case.valid_mask("GPT2LMHeadModel", scenario)
             compare(rep, f"parity {dtype} {scenario}", be.logits(model, inputs), want, valid, dtype)
@@ -204,16 +225,29 @@ def check_generate(rep: Report, be: Backend, ckpt: Path, case) -> None:
     model = be.load(ckpt, "fp32")
     for name in GEN_RUNS:
         rec = case.generation(name)
-        kw = {k: v for k, v in rec["kwargs"].items()
-              if k not in ("output_scores", "return_dict_in_generate")}
+        kw = {
+            k: v
+            for k, v in rec["kwargs"].items()
+            if k not in ("output_scores", "return_dict_in_generate")
+        }
         got = be.generate(model, rec["input_ids"], rec["attention_mask"], **kw)
         want = rec["sequences"]
         ok = got.shape == want.shape and np.array_equal(got, want)
-        rep.add(f"generate {name}", "PASS" if ok else "FAIL",
-                "token ids equal transformers'" if ok else f"got {got.tolist()} want {want.tolist()}")
+        rep.add(
+            f"generate {name}",
+            "PASS" if ok else "FAIL",
+            "token ids equal transformers'" if ok else f"got {got.tolist()} want {want.tolist()}",
+        )
     rec = case.generation("greedy")
-    kw = dict(do_sample=True, top_k=20, temperature=0.9, max_new_tokens=12, seed=7,
-              pad_token_id=rec["kwargs"]["pad_token_id"], eos_token_id=None)
+    kw = dict(
+        do_sample=True,
+        top_k=20,
+        temperature=0.9,
+        max_new_tokens=12,
+        seed=7,
+        pad_token_id=rec["kwargs"]["pad_token_id"],
+        eos_token_id=None,
+    )
     if be.framework == "torch":  # torch draws from its generator, as transformers does
         kw.pop("seed")
         be.torch.manual_seed(7)
@@ -225,14 +259,20 @@ def check_generate(rep: Report, be: Backend, ckpt: Path, case) -> None:
         b = be.generate(model, rec["input_ids"], rec["attention_mask"], **kw)
     vocab = case.config_dict["vocab_size"]
     ok = np.array_equal(a, b) and int(a.max()) < vocab and int(a.min()) >= 0
-    rep.add("generate sample (seeded)", "PASS" if ok else "FAIL",
-            "same ids twice, inside the vocabulary" if ok else f"{a.tolist()} vs {b.tolist()}")
+    rep.add(
+        "generate sample (seeded)",
+        "PASS" if ok else "FAIL",
+        "same ids twice, inside the vocabulary" if ok else f"{a.tolist()} vs {b.tolist()}",
+    )
 
 
 def check_attention(rep: Report, be: Backend, ckpt: Path, case) -> None:
     scenario = "left_pad"
-    inputs = {k: v for k, v in case.inputs("GPT2LMHeadModel", scenario).items()
-              if k in ("input_ids", "attention_mask", "position_ids")}
+    inputs = {
+        k: v
+        for k, v in case.inputs("GPT2LMHeadModel", scenario).items()
+        if k in ("input_ids", "attention_mask", "position_ids")
+    }
     want = case.get("GPT2LMHeadModel", scenario, "logits")
     valid = case.valid_mask("GPT2LMHeadModel", scenario)
     for impl in ATTN[be.framework]:
@@ -286,8 +326,14 @@ def check_speed(rep: Report, be: Backend, tmp: Path, quick: bool, hf_python: str
         model = be.load(ckpt, dtype)
 
         def gen(model=model):
-            be.generate(model, prompt, np.ones_like(prompt), max_new_tokens=new,
-                        eos_token_id=None, pad_token_id=0)
+            be.generate(
+                model,
+                prompt,
+                np.ones_like(prompt),
+                max_new_tokens=new,
+                eos_token_id=None,
+                pad_token_id=0,
+            )
             be.sync()
 
         def pre(model=model):
@@ -297,14 +343,25 @@ def check_speed(rep: Report, be: Backend, tmp: Path, quick: bool, hf_python: str
         tok_s, pre_ms = new / timed(gen, reps), 1e3 * timed(pre, reps)
         ref = hf.get(dtype) if isinstance(hf, dict) else None
         if ref:
-            detail = (f"decode {tok_s:.1f} tok/s ({tok_s / ref['tok_s']:.2f}x transformers "
-                      f"{ref['tok_s']:.1f}); prefill 512 {pre_ms:.1f} ms (transformers "
-                      f"{ref['prefill_ms']:.1f} ms, {ref['prefill_ms'] / pre_ms:.2f}x)")
+            detail = (
+                f"decode {tok_s:.1f} tok/s ({tok_s / ref['tok_s']:.2f}x transformers "
+                f"{ref['tok_s']:.1f}); prefill 512 {pre_ms:.1f} ms (transformers "
+                f"{ref['prefill_ms']:.1f} ms, {ref['prefill_ms'] / pre_ms:.2f}x)"
+            )
         else:
-            detail = (f"decode {tok_s:.1f} tok/s; prefill 512 {pre_ms:.1f} ms "
-                      f"(transformers: {hf if isinstance(hf, str) else 'no ' + dtype + ' row'})")
-        rep.add(f"speed {dtype}", "INFO", detail, tok_s=tok_s, prefill_ms=pre_ms,
-                hf_tok_s=ref and ref["tok_s"], hf_prefill_ms=ref and ref["prefill_ms"])
+            detail = (
+                f"decode {tok_s:.1f} tok/s; prefill 512 {pre_ms:.1f} ms "
+                f"(transformers: {hf if isinstance(hf, str) else 'no ' + dtype + ' row'})"
+            )
+        rep.add(
+            f"speed {dtype}",
+            "INFO",
+            detail,
+            tok_s=tok_s,
+            prefill_ms=pre_ms,
+            hf_tok_s=ref and ref["tok_s"],
+            hf_prefill_ms=ref and ref["prefill_ms"],
+        )
 
 
 HF_SCRIPT = textwrap.dedent("""
@@ -371,15 +428,20 @@ HF_SCRIPT = textwrap.dedent("""
 """)
 
 
-def hf_speed(framework: str, device: str, ckpt: Path, new: int, reps: int, vocab: int,
-             hf_python: str | None) -> dict | str:
+def hf_speed(
+    framework: str, device: str, ckpt: Path, new: int, reps: int, vocab: int, hf_python: str | None
+) -> dict | str:
     if not hf_python:
         return "skipped: no --hf-python / GPT2_ZOO_HF_PYTHON"
     if not Path(hf_python).is_file():
         return f"skipped: {hf_python} is not an interpreter"
-    proc = subprocess.run([hf_python, "-c", HF_SCRIPT, framework, device, str(ckpt), str(new),
-                           str(reps), str(vocab)], capture_output=True, text=True,
-                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), timeout=300)
+    proc = subprocess.run(
+        [hf_python, "-c", HF_SCRIPT, framework, device, str(ckpt), str(new), str(reps), str(vocab)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        timeout=300,
+    )
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()
         return "failed: " + (tail[-1] if tail else f"exit {proc.returncode}")
@@ -389,13 +451,21 @@ def hf_speed(framework: str, device: str, ckpt: Path, new: int, reps: int, vocab
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--framework", required=True, choices=("torch", "tf", "flax"))
-    ap.add_argument("--device", default="gpu", choices=("gpu", "cpu"),
-                    help="cpu: a dry run of the checks on the CPU")
-    ap.add_argument("--hf-python", default=os.environ.get("GPT2_ZOO_HF_PYTHON"),
-                    help="python with transformers 4.57.6 (default $GPT2_ZOO_HF_PYTHON)")
+    ap.add_argument(
+        "--device",
+        default="gpu",
+        choices=("gpu", "cpu"),
+        help="cpu: a dry run of the checks on the CPU",
+    )
+    ap.add_argument(
+        "--hf-python",
+        default=os.environ.get("GPT2_ZOO_HF_PYTHON"),
+        help="python with transformers 4.57.6 (default $GPT2_ZOO_HF_PYTHON)",
+    )
     ap.add_argument("--quick", action="store_true", help="tiny speed model (dry runs)")
-    ap.add_argument("--skip", default="", help="comma-separated checks to skip: "
-                    "parity,generate,attention,speed")
+    ap.add_argument(
+        "--skip", default="", help="comma-separated checks to skip: parity,generate,attention,speed"
+    )
     args = ap.parse_args(argv)
     rep = Report(args.framework)
     be = Backend(args.framework, args.device)
@@ -408,10 +478,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         tmp = Path(tmp)
         ckpt, case = golden_dir(tmp)
-        steps = [("parity", lambda: check_parity(rep, be, ckpt, case)),
-                 ("generate", lambda: check_generate(rep, be, ckpt, case)),
-                 ("attention", lambda: check_attention(rep, be, ckpt, case)),
-                 ("speed", lambda: check_speed(rep, be, tmp, args.quick, args.hf_python))]
+        steps = [
+            ("parity", lambda: check_parity(rep, be, ckpt, case)),
+            ("generate", lambda: check_generate(rep, be, ckpt, case)),
+            ("attention", lambda: check_attention(rep, be, ckpt, case)),
+            ("speed", lambda: check_speed(rep, be, tmp, args.quick, args.hf_python)),
+        ]
         for name, step in steps:
             if name in skip:
                 continue

@@ -51,6 +51,7 @@ def runner(framework: str, model: str, kind: str):
         def run(ids):
             with torch.no_grad():
                 return m(torch.from_numpy(ids)).logits.float().numpy()
+
         return run
     if framework == "tf":
         import tensorflow as tf
@@ -72,8 +73,9 @@ def runner(framework: str, model: str, kind: str):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--model", required=True)
     ap.add_argument("--text", required=True, help="held-out text file")
     ap.add_argument("--tokenizer", default=None, help="'bytes', or a tokenizer dir / id")
@@ -93,8 +95,10 @@ def main() -> None:
     for fw in args.frameworks:
         for kind in args.kinds:
             run = runner(fw, args.model, kind)
-            total = sum(_nll(run(blocks[i:i + args.batch]), blocks[i:i + args.batch])
-                        for i in range(0, len(blocks), args.batch))
+            total = sum(
+                _nll(run(blocks[i : i + args.batch]), blocks[i : i + args.batch])
+                for i in range(0, len(blocks), args.batch)
+            )
             ppl = math.exp(total / (len(blocks) * (T - 1)))
             results[f"{fw}/{kind}"] = ppl
             print(f"{fw:6s} {kind:5s} perplexity {ppl:.4f}", flush=True)

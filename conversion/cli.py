@@ -20,8 +20,13 @@ log = logging.getLogger("gpt2")
 def _cmd_demo(args: argparse.Namespace) -> int:
     from conversion import demo
 
-    return demo.run(model=args.model, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
-                    out=args.out, frameworks=args.frameworks)
+    return demo.run(
+        model=args.model,
+        prompt=args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        out=args.out,
+        frameworks=args.frameworks,
+    )
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -34,9 +39,17 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _cmd_convert(args: argparse.Namespace) -> int:
     from conversion import convert
 
-    convert.convert(args.src, args.out, to=args.to, dtype=args.dtype,
-                    max_shard_size=args.max_shard_size, force=args.force, head=args.head,
-                    prefer=args.src_format, verify=args.verify)
+    convert.convert(
+        args.src,
+        args.out,
+        to=args.to,
+        dtype=args.dtype,
+        max_shard_size=args.max_shard_size,
+        force=args.force,
+        head=args.head,
+        prefer=args.src_format,
+        verify=args.verify,
+    )
     return 0
 
 
@@ -47,7 +60,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     table, worst = verify.verify_dir(args.path, frameworks=frameworks, head=args.head)
     print(table)
     ok = worst <= args.tolerance
-    print(f"worst max|diff| {worst:.2e}: {'ok' if ok else 'MISMATCH'} (tolerance {args.tolerance:g})")
+    print(
+        f"worst max|diff| {worst:.2e}: {'ok' if ok else 'MISMATCH'} (tolerance {args.tolerance:g})"
+    )
     return 0 if ok else 1
 
 
@@ -66,29 +81,45 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from conversion import serve
 
-    return serve.serve(args.model, framework=args.framework, host=args.host, port=args.port,
-                       dtype="int8" if args.quantize else args.dtype, tokenizer=args.tokenizer,
-                       name=args.name, max_queue=args.max_queue)
+    return serve.serve(
+        args.model,
+        framework=args.framework,
+        host=args.host,
+        port=args.port,
+        dtype="int8" if args.quantize else args.dtype,
+        tokenizer=args.tokenizer,
+        name=args.name,
+        max_queue=args.max_queue,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gpt2",
         description="gpt2-zoo: one GPT-2 in PyTorch, TensorFlow/Keras and JAX/Flax, "
-                    "with checkpoint conversion between them.",
+        "with checkpoint conversion between them.",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log more detail")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    d = sub.add_parser("demo", help="tokenise, build a seeded checkpoint, convert it through "
-                                    "every format and run it in every installed framework")
-    d.add_argument("--model", default=None,
-                   help="use this checkpoint directory or hub id instead of seeded weights")
+    d = sub.add_parser(
+        "demo",
+        help="tokenise, build a seeded checkpoint, convert it through "
+        "every format and run it in every installed framework",
+    )
+    d.add_argument(
+        "--model",
+        default=None,
+        help="use this checkpoint directory or hub id instead of seeded weights",
+    )
     d.add_argument("--prompt", default="The quick brown fox jumps over the lazy dog. GPT-2 is")
     d.add_argument("--max-new-tokens", type=int, default=16)
     d.add_argument("--out", default=None, help="keep the converted checkpoints here")
-    d.add_argument("--frameworks", default="torch,tf,flax",
-                   help="comma-separated frameworks to run (default: all installed)")
+    d.add_argument(
+        "--frameworks",
+        default="torch,tf,flax",
+        help="comma-separated frameworks to run (default: all installed)",
+    )
     d.set_defaults(func=_cmd_demo)
 
     i = sub.add_parser("inspect", help="print config, format, parameter count, dtypes, shards")
@@ -99,18 +130,27 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="convert a checkpoint to another format")
     c.add_argument("src", help="source checkpoint directory or hub id")
     c.add_argument("out", help="output directory (must not exist or be empty, unless --force)")
-    c.add_argument("--to", required=True,
-                   choices=["safetensors", "pytorch", "tf", "flax", "openai", "keras", "nnx"],
-                   help="target format (openai: the original TF1 release layout; keras: a "
-                        "gpt2_tf model.keras; nnx: a gpt2_flax NNX state)")
+    c.add_argument(
+        "--to",
+        required=True,
+        choices=["safetensors", "pytorch", "tf", "flax", "openai", "keras", "nnx"],
+        help="target format (openai: the original TF1 release layout; keras: a "
+        "gpt2_tf model.keras; nnx: a gpt2_flax NNX state)",
+    )
     c.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"])
     c.add_argument("--max-shard-size", default="5GB")
-    c.add_argument("--head", default=None,
-                   help="model class to convert for (default: from config.json architectures)")
+    c.add_argument(
+        "--head",
+        default=None,
+        help="model class to convert for (default: from config.json architectures)",
+    )
     c.add_argument("--src-format", default=None, help="which source format to read when several")
     c.add_argument("--force", action="store_true", help="replace a non-empty OUT")
-    c.add_argument("--verify", action="store_true",
-                   help="run SRC and OUT in their frameworks on fixed inputs; print max|diff|")
+    c.add_argument(
+        "--verify",
+        action="store_true",
+        help="run SRC and OUT in their frameworks on fixed inputs; print max|diff|",
+    )
     c.set_defaults(func=_cmd_convert)
 
     v = sub.add_parser("verify", help="load a checkpoint in every framework; print a parity table")
@@ -122,33 +162,54 @@ def build_parser() -> argparse.ArgumentParser:
 
     from conversion import train as train_cli  # flags only; frameworks load when a run starts
 
-    t = sub.add_parser("train", help="fine-tune a causal LM on text files (torch, tf or flax; "
-                                     "one device, DDP/FSDP, tf.distribute or a JAX mesh)")
+    t = sub.add_parser(
+        "train",
+        help="fine-tune a causal LM on text files (torch, tf or flax; "
+        "one device, DDP/FSDP, tf.distribute or a JAX mesh)",
+    )
     train_cli.add_arguments(t)
     t.set_defaults(func=_cmd_train)
 
-    s = sub.add_parser("serve", help="a local writing page and an OpenAI-style completions API "
-                                     "(streaming) for a checkpoint, in any framework")
+    s = sub.add_parser(
+        "serve",
+        help="a local writing page and an OpenAI-style completions API "
+        "(streaming) for a checkpoint, in any framework",
+    )
     s.add_argument("--model", required=True, help="checkpoint directory or hub id")
     s.add_argument("--framework", default="torch", choices=["torch", "tf", "flax"])
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16", "int8"],
-                   help="parameter / compute dtype (default: the backend's fp32); int8: "
-                        "weight-only quantization, as --quantize int8")
-    s.add_argument("--quantize", default=None, choices=["int8"],
-                   help="int8 weight-only quantization (docs/quantization.md)")
-    s.add_argument("--tokenizer", default=None,
-                   help="tokenizer directory or id (default: the checkpoint's, else GPT-2's)")
+    s.add_argument(
+        "--dtype",
+        default=None,
+        choices=["fp32", "fp16", "bf16", "int8"],
+        help="parameter / compute dtype (default: the backend's fp32); int8: "
+        "weight-only quantization, as --quantize int8",
+    )
+    s.add_argument(
+        "--quantize",
+        default=None,
+        choices=["int8"],
+        help="int8 weight-only quantization (docs/quantization.md)",
+    )
+    s.add_argument(
+        "--tokenizer",
+        default=None,
+        help="tokenizer directory or id (default: the checkpoint's, else GPT-2's)",
+    )
     s.add_argument("--name", default=None, help="model id in the API (default: --model)")
-    s.add_argument("--max-queue", type=int, default=256,
-                   help="sequences waiting beyond which requests get 503")
+    s.add_argument(
+        "--max-queue", type=int, default=256, help="sequences waiting beyond which requests get 503"
+    )
     s.set_defaults(func=_cmd_serve)
 
     from conversion import generate as generate_cli  # flags only; frameworks load when it runs
 
-    g = sub.add_parser("generate", help="generate text from a prompt (streamed), in torch, tf "
-                                        "or flax; or an interactive prompt loop")
+    g = sub.add_parser(
+        "generate",
+        help="generate text from a prompt (streamed), in torch, tf "
+        "or flax; or an interactive prompt loop",
+    )
     generate_cli.add_arguments(g)
     g.set_defaults(func=generate_cli.run)
     return p
@@ -166,8 +227,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.verbose:
         _quiet_frameworks()
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

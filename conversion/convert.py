@@ -27,8 +27,14 @@ log = logging.getLogger(__name__)
 #: values of ``--to``
 TARGETS = ("safetensors", "pytorch", "tf", "flax", "openai", "keras", "nnx")
 #: files copied unchanged from SRC to OUT
-SIDE_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json",
-              "special_tokens_map.json", "generation_config.json")
+SIDE_FILES = (
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+)
 
 
 def head_from_config(config: GPT2Config) -> str:
@@ -39,9 +45,18 @@ def head_from_config(config: GPT2Config) -> str:
     return "lm"
 
 
-def convert(src: str | os.PathLike, out: str | os.PathLike, *, to: str, dtype: Any = None,
-            max_shard_size: int | str = "5GB", force: bool = False, head: str | None = None,
-            prefer: str | None = None, verify: bool = False) -> Path:
+def convert(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    to: str,
+    dtype: Any = None,
+    max_shard_size: int | str = "5GB",
+    force: bool = False,
+    head: str | None = None,
+    prefer: str | None = None,
+    verify: bool = False,
+) -> Path:
     """Convert ``src`` into ``out`` in format ``to``; returns ``out``.
 
     Refuses to write into ``src`` itself, or into a non-empty ``out`` unless ``force``.
@@ -52,10 +67,12 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, to: str, dtype: A
         raise ValueError(f"unknown target format {to!r}; use one of {', '.join(TARGETS)}")
     src_dir = hub.resolve_dir(src)
     out = Path(out)
-    if out.exists() and (out.resolve() == src_dir.resolve()
-                         or out.resolve() in src_dir.resolve().parents):
-        raise ValueError(f"refusing to overwrite the source checkpoint {src_dir} (OUT {out} "
-                         "is or contains it)")
+    if out.exists() and (
+        out.resolve() == src_dir.resolve() or out.resolve() in src_dir.resolve().parents
+    ):
+        raise ValueError(
+            f"refusing to overwrite the source checkpoint {src_dir} (OUT {out} is or contains it)"
+        )
     src_kind = special_format(src_dir)
     _require_frameworks(src_dir, src_kind, to, verify, prefer)
     if src_kind in native.NATIVE_FORMATS:
@@ -79,11 +96,14 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, to: str, dtype: A
         )
     notes = []
     if report.ignored_buffers:
-        notes.append(f"dropped {len(report.ignored_buffers)} legacy buffers (attn.bias/masked_bias)")
+        notes.append(
+            f"dropped {len(report.ignored_buffers)} legacy buffers (attn.bias/masked_bias)"
+        )
     if report.tied:
         notes.append(f"tied weights stored once: {', '.join(report.tied)}")
-    with atomic_directory(out, overwrite=force, protect=(src_dir,),
-                          replaceable=holds_checkpoint) as tmp:
+    with atomic_directory(
+        out, overwrite=force, protect=(src_dir,), replaceable=holds_checkpoint
+    ) as tmp:
         if to in native.NATIVE_FORMATS:
             if dtype not in (None, "fp32", "float32"):
                 raise ValueError(f"--to {to} writes float32 only")
@@ -95,9 +115,16 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, to: str, dtype: A
             openai_ckpt.copy_tokenizer_files(src_dir, tmp, to_openai=True)
         else:
             with _progress(sd, config, head, dtype, to) as bar:
-                checkpoint.save_pretrained(sd, config, tmp, head, max_shard_size=max_shard_size,
-                                           dtype=dtype, formats=(to,),
-                                           progress=bar.update if bar is not None else None)
+                checkpoint.save_pretrained(
+                    sd,
+                    config,
+                    tmp,
+                    head,
+                    max_shard_size=max_shard_size,
+                    dtype=dtype,
+                    formats=(to,),
+                    progress=bar.update if bar is not None else None,
+                )
             if src_kind == "openai":
                 openai_ckpt.copy_tokenizer_files(src_dir, tmp, to_openai=False)
         for name in SIDE_FILES:
@@ -105,8 +132,10 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, to: str, dtype: A
                 copy_side_file(src_dir / name, tmp / name, src_dir)
     for n in notes:
         log.info("%s", n)
-    print(f"converted {src_dir} ({naming.HEADS[head]}) -> {out} [{to}]"
-          + (f"; {'; '.join(notes)}" if notes else ""))
+    print(
+        f"converted {src_dir} ({naming.HEADS[head]}) -> {out} [{to}]"
+        + (f"; {'; '.join(notes)}" if notes else "")
+    )
     if verify:
         _verify(src_dir, out, to, head, src_kind, dtype)
     return out
@@ -116,14 +145,17 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, to: str, dtype: A
 _FORMAT_FRAMEWORK = {"openai": "tf", "keras": "tf", "nnx": "flax"}
 
 
-def _require_frameworks(src_dir: Path, src_kind: str | None, to: str, verify: bool,
-                        prefer: str | None) -> None:
+def _require_frameworks(
+    src_dir: Path, src_kind: str | None, to: str, verify: bool, prefer: str | None
+) -> None:
     """Every framework this conversion will need, checked before anything is written."""
     from conversion import frameworks
     from conversion import verify as verify_mod
 
     if src_kind in _FORMAT_FRAMEWORK:
-        frameworks.require(_FORMAT_FRAMEWORK[src_kind], f"reading the {src_kind} checkpoint {src_dir}")
+        frameworks.require(
+            _FORMAT_FRAMEWORK[src_kind], f"reading the {src_kind} checkpoint {src_dir}"
+        )
     if to in _FORMAT_FRAMEWORK:
         frameworks.require(_FORMAT_FRAMEWORK[to], f"gpt2 convert --to {to}")
     if verify and not (to in _FORMAT_FRAMEWORK or src_kind):
@@ -135,8 +167,12 @@ def _require_frameworks(src_dir: Path, src_kind: str | None, to: str, verify: bo
 
 def holds_checkpoint(directory: Path) -> bool:
     """Whether ``directory`` looks like a checkpoint (``--force`` replaces only those)."""
-    names = {CONFIG_NAME, openai_ckpt.HPARAMS, *checkpoint.FORMAT_FILES.values(),
-             *native.NATIVE_FORMATS.values()}
+    names = {
+        CONFIG_NAME,
+        openai_ckpt.HPARAMS,
+        *checkpoint.FORMAT_FILES.values(),
+        *native.NATIVE_FORMATS.values(),
+    }
     return any((directory / n).exists() for n in names)
 
 
@@ -176,8 +212,7 @@ def _read_any(directory: Path, head: str) -> dict:
     return checkpoint.load_pretrained(directory, head, dtype="fp32")[1]
 
 
-def _verify(src_dir: Path, out: Path, to: str, head: str, src_kind: str | None,
-            dtype: Any) -> None:
+def _verify(src_dir: Path, out: Path, to: str, head: str, src_kind: str | None, dtype: Any) -> None:
     """Run SRC and OUT in the frameworks of their formats; raise if they disagree."""
     from conversion import verify
 
@@ -185,8 +220,11 @@ def _verify(src_dir: Path, out: Path, to: str, head: str, src_kind: str | None,
         # layouts no backend's from_pretrained reads: compare the weights bit for bit instead
         a, b = _read_any(src_dir, head), _read_any(out, head)
         keys = set(a) & set(b)
-        bad = [k for k in sorted(keys) if not np.array_equal(np.asarray(a[k], np.float32),
-                                                             np.asarray(b[k], np.float32))]
+        bad = [
+            k
+            for k in sorted(keys)
+            if not np.array_equal(np.asarray(a[k], np.float32), np.asarray(b[k], np.float32))
+        ]
         if bad or not keys:
             raise ValueError(f"--verify failed: {len(bad)} weights differ, e.g. {bad[:1]}")
         print(f"verify: the {len(keys)} tensors of SRC and OUT are equal bit for bit")
@@ -196,4 +234,6 @@ def _verify(src_dir: Path, out: Path, to: str, head: str, src_kind: str | None,
     # dtype rounds every weight, so its outputs are only expected to agree to ~1%
     rel = 1e-4 if dtype in (None, "fp32", "float32") else 2e-2
     if diff > rel * max(1.0, scale):
-        raise ValueError(f"--verify failed: max|diff| {diff:.3e} exceeds {rel:g} x {max(1.0, scale):.3g}")
+        raise ValueError(
+            f"--verify failed: max|diff| {diff:.3e} exceeds {rel:g} x {max(1.0, scale):.3g}"
+        )

@@ -28,11 +28,19 @@ from gpt2_core.init import random_state_dict
 #: the seeded demo model: GPT-2's vocabulary and context with a narrow, shallow body so the
 #: demo runs in seconds on a laptop CPU (16.4M parameters).
 DEMO_CONFIG = dict(n_layer=4, n_head=8, n_embd=256, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-FORMATS = [("safetensors", "safetensors"), ("sharded", "safetensors"), ("pytorch", "pytorch"),
-           ("tf", "tf"), ("flax", "flax")]
+FORMATS = [
+    ("safetensors", "safetensors"),
+    ("sharded", "safetensors"),
+    ("pytorch", "pytorch"),
+    ("tf", "tf"),
+    ("flax", "flax"),
+]
 # framework -> (package, format it loads in the demo)
-FRAMEWORKS = {"torch": ("gpt2_torch", "pytorch"), "tf": ("gpt2_tf", "tf"),
-              "flax": ("gpt2_flax", "flax")}
+FRAMEWORKS = {
+    "torch": ("gpt2_torch", "pytorch"),
+    "tf": ("gpt2_tf", "tf"),
+    "flax": ("gpt2_flax", "flax"),
+}
 
 
 def _tokenizer():
@@ -79,8 +87,11 @@ def _heads_table(config: GPT2Config, work: Path, frameworks: list[str]) -> bool:
     ok = True
     # batched classification pools the last non-pad token: it needs a pad id (GPT-2 uses EOS)
     config = config.copy(pad_token_id=config.eos_token_id)
-    print(f"    {'model':<32}" + "".join(f"{fw:>12}" for fw in frameworks[1:])
-          + f"   (max|diff| vs {frameworks[0]}, primary output)")
+    print(
+        f"    {'model':<32}"
+        + "".join(f"{fw:>12}" for fw in frameworks[1:])
+        + f"   (max|diff| vs {frameworks[0]}, primary output)"
+    )
     for head, cls in naming.HEADS.items():
         d = work / "heads" / head
         checkpoint.save_pretrained(random_state_dict(config, head, seed=1), config, d, head)
@@ -89,12 +100,19 @@ def _heads_table(config: GPT2Config, work: Path, frameworks: list[str]) -> bool:
         diffs = [float(np.max(np.abs(o - outs[0]))) for o in outs[1:]]
         good = all(x <= 1e-4 * max(1.0, float(np.max(np.abs(outs[0])))) for x in diffs)
         ok &= good
-        print(f"    {cls:<32}" + "".join(f"{x:12.2e}" for x in diffs) + ("" if good else "  MISMATCH"))
+        print(
+            f"    {cls:<32}" + "".join(f"{x:12.2e}" for x in diffs) + ("" if good else "  MISMATCH")
+        )
     return ok
 
 
-def run(model: str | None = None, prompt: str = "Hello", max_new_tokens: int = 16,
-        out: str | None = None, frameworks: str = "torch,tf,flax") -> int:
+def run(
+    model: str | None = None,
+    prompt: str = "Hello",
+    max_new_tokens: int = 16,
+    out: str | None = None,
+    frameworks: str = "torch,tf,flax",
+) -> int:
     ok = True
     print("== gpt2-zoo demo ==")
     tok = _tokenizer()
@@ -102,7 +120,9 @@ def run(model: str | None = None, prompt: str = "Hello", max_new_tokens: int = 1
         ids = np.array([tok.encode(prompt)], dtype=np.int64)
         print(f"prompt: {prompt!r}\ntokens: {ids[0].tolist()} ({ids.shape[1]} tokens, GPT-2 BPE)")
     else:
-        ids = np.array([[15496, 995, 11, 616, 1438, 318]], dtype=np.int64)  # "Hello world, my name is"
+        ids = np.array(
+            [[15496, 995, 11, 616, 1438, 318]], dtype=np.int64
+        )  # "Hello world, my name is"
         print(f"(tokenizer not available yet) using ids {ids[0].tolist()}")
 
     work = Path(out) if out else Path(tempfile.mkdtemp(prefix="gpt2-demo-"))
@@ -129,17 +149,24 @@ def run(model: str | None = None, prompt: str = "Hello", max_new_tokens: int = 1
         d = work / label
         t = time.perf_counter()
         shard = max(1, sum(v.nbytes for v in canon.values()) // 3) if label == "sharded" else "5GB"
-        files = checkpoint.save_pretrained(canon, config, d, "lm", formats=(fmt,), max_shard_size=shard)
+        files = checkpoint.save_pretrained(
+            canon, config, d, "lm", formats=(fmt,), max_shard_size=shard
+        )
         tw = time.perf_counter() - t
         t = time.perf_counter()
         _, back, report = checkpoint.load_pretrained(d, "lm")
         tr = time.perf_counter() - t
-        exact = report.ok and set(back) == set(canon) and all(
-            np.array_equal(np.asarray(back[k]), np.asarray(canon[k])) for k in canon)
+        exact = (
+            report.ok
+            and set(back) == set(canon)
+            and all(np.array_equal(np.asarray(back[k]), np.asarray(canon[k])) for k in canon)
+        )
         ok &= exact
         size = sum(f.stat().st_size for f in files) / 1e6
-        print(f"    {label:<12} {len(files) - 1:>5} {size:>9.1f} {tw:>8.2f} {tr:>7.2f}  "
-              f"{'yes' if exact else 'NO'}")
+        print(
+            f"    {label:<12} {len(files) - 1:>5} {size:>9.1f} {tw:>8.2f} {tr:>7.2f}  "
+            f"{'yes' if exact else 'NO'}"
+        )
         dirs[label] = d
 
     print("\n[3] numpy reference forward (framework-free)")
@@ -169,21 +196,23 @@ def run(model: str | None = None, prompt: str = "Hello", max_new_tokens: int = 1
         results[name] = gen
         good = diff < 1e-3
         ok &= good
-        print(f"    {name:<5} from {fmt:<8} load {tl:5.2f}s  forward {tf_:5.2f}s  "
-              f"generate: first call {tg1:5.2f}s, then {max_new_tokens / tg2:6.1f} tok/s  "
-              f"max|logits - numpy| = {diff:.2e} {'ok' if good else 'MISMATCH'}")
+        print(
+            f"    {name:<5} from {fmt:<8} load {tl:5.2f}s  forward {tf_:5.2f}s  "
+            f"generate: first call {tg1:5.2f}s, then {max_new_tokens / tg2:6.1f} tok/s  "
+            f"max|logits - numpy| = {diff:.2e} {'ok' if good else 'MISMATCH'}"
+        )
     if results:
         print("\n[5] greedy continuations")
         first = next(iter(results.values()))
         for name, gen in results.items():
-            text = tok.decode(gen[ids.shape[1]:]) if tok is not None else gen[ids.shape[1]:]
+            text = tok.decode(gen[ids.shape[1] :]) if tok is not None else gen[ids.shape[1] :]
             same = gen == first
             ok &= same
             print(f"    {name:<5} {'identical' if same else 'DIFFERENT'}: {text!r}")
     else:
         print("\n    no framework backend available: greedy continuation from the numpy reference")
         gen = reference.greedy(canon, config, ids[0].tolist(), min(max_new_tokens, 8))
-        text = tok.decode(gen[ids.shape[1]:]) if tok is not None else gen[ids.shape[1]:]
+        text = tok.decode(gen[ids.shape[1] :]) if tok is not None else gen[ids.shape[1] :]
         print(f"    numpy {text!r}")
     if len(results) > 1:
         print("\n[6] all six models, seeded heads, in every framework")

@@ -40,4 +40,5 @@ def require(framework: str, what: str) -> None:
     if missing:
         raise MissingFrameworkError(
             f"{what} needs {label} ({', '.join(missing)} is not installed): "
-            f"pip install 'gpt2-zoo[{extra}]'")
+            f"pip install 'gpt2-zoo[{extra}]'"
+        )

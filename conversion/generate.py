@@ -66,8 +66,9 @@ class _Stop(Exception):
 
 def installed_frameworks() -> list[str]:
     """The frameworks whose packages are importable, in the default order torch, tf, flax."""
-    return [fw for fw in FRAMEWORKS
-            if all(importlib.util.find_spec(m) is not None for m in _NEEDS[fw])]
+    return [
+        fw for fw in FRAMEWORKS if all(importlib.util.find_spec(m) is not None for m in _NEEDS[fw])
+    ]
 
 
 def default_framework() -> str:
@@ -95,24 +96,51 @@ def _field_flag(p: argparse.ArgumentParser, f: dataclasses.Field) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of ``gpt2 generate`` (every GenerationConfig field is one)."""
-    p.add_argument("prompt", nargs="?", default=None,
-                   help="the prompt (default: --prompt-file, else stdin)")
+    p.add_argument(
+        "prompt", nargs="?", default=None, help="the prompt (default: --prompt-file, else stdin)"
+    )
     p.add_argument("--model", required=True, help="checkpoint directory, preset or hub id")
-    p.add_argument("--framework", choices=FRAMEWORKS, default=None,
-                   help="default: the first installed of torch, tf, flax")
+    p.add_argument(
+        "--framework",
+        choices=FRAMEWORKS,
+        default=None,
+        help="default: the first installed of torch, tf, flax",
+    )
     p.add_argument("--prompt-file", default=None, help="read the prompt from this file")
-    p.add_argument("--dtype", choices=DTYPES, default="auto",
-                   help="weights dtype (auto: fp32, as transformers)")
-    p.add_argument("--quantize", choices=["int8"], default=None,
-                   help="int8 weight-only quantization (per-output-channel scales; fp32 "
-                        "activations): about 4x less to read per token; see docs/quantization.md")
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="auto",
+        help="weights dtype (auto: fp32, as transformers)",
+    )
+    p.add_argument(
+        "--quantize",
+        choices=["int8"],
+        default=None,
+        help="int8 weight-only quantization (per-output-channel scales; fp32 "
+        "activations): about 4x less to read per token; see docs/quantization.md",
+    )
     p.add_argument("--device", default=None, help="torch device (cpu, cuda, cuda:1 ...)")
-    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
-                   help="end the text at this string (repeatable)")
-    p.add_argument("-i", "--interactive", action="store_true",
-                   help="a prompt loop: one prompt per line, an empty line or EOF quits")
-    p.add_argument("-v", "--verbose", dest="stats", action="store_true",
-                   help="print load time, prompt tokens, time to first token and tok/s (stderr)")
+    p.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="end the text at this string (repeatable)",
+    )
+    p.add_argument(
+        "-i",
+        "--interactive",
+        action="store_true",
+        help="a prompt loop: one prompt per line, an empty line or EOF quits",
+    )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        dest="stats",
+        action="store_true",
+        help="print load time, prompt tokens, time to first token and tok/s (stderr)",
+    )
     g = p.add_argument_group("generation settings (GenerationConfig)")
     for f in dataclasses.fields(GenerationConfig):
         if f.name not in _NOT_FLAGS:
@@ -136,8 +164,13 @@ def generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- loading
-def load(model: str, framework: str, dtype: str = "auto", device: str | None = None,
-         quantize: str | None = None):
+def load(
+    model: str,
+    framework: str,
+    dtype: str = "auto",
+    device: str | None = None,
+    quantize: str | None = None,
+):
     """(model, tokenizer) for ``framework``, through its ``AutoModelForCausalLM``."""
     from gpt2_core.auto import AutoTokenizer
 
@@ -148,8 +181,12 @@ def load(model: str, framework: str, dtype: str = "auto", device: str | None = N
     if framework == "torch":
         import torch
 
-        kwargs["dtype"] = {"auto": torch.float32, "fp32": torch.float32, "fp16": torch.float16,
-                           "bf16": torch.bfloat16}[dtype]
+        kwargs["dtype"] = {
+            "auto": torch.float32,
+            "fp32": torch.float32,
+            "fp16": torch.float16,
+            "bf16": torch.bfloat16,
+        }[dtype]
         if device:
             kwargs["device"] = device
     elif device:
@@ -160,8 +197,11 @@ def load(model: str, framework: str, dtype: str = "auto", device: str | None = N
     elif dtype != "auto":
         import jax.numpy as jnp
 
-        kwargs["dtype"] = kwargs["param_dtype"] = {"fp32": jnp.float32, "fp16": jnp.float16,
-                                                   "bf16": jnp.bfloat16}[dtype]
+        kwargs["dtype"] = kwargs["param_dtype"] = {
+            "fp32": jnp.float32,
+            "fp16": jnp.float16,
+            "bf16": jnp.bfloat16,
+        }[dtype]
     lm = mod.AutoModelForCausalLM.from_pretrained(model, **kwargs)
     tok = AutoTokenizer.from_pretrained(model)
     return lm, tok
@@ -212,7 +252,7 @@ class _StopWatcher:
         self.text += piece
         cut = _first_stop(self.text, self.stops)
         if cut is not None:
-            self.write(self.text[self.sent:cut])
+            self.write(self.text[self.sent : cut])
             self.sent = cut
             self.stopped = True
             if self.raise_on_stop:
@@ -220,7 +260,7 @@ class _StopWatcher:
             return
         upto = len(self.text) if stream_end else max(self.sent, len(self.text) - self.hold)
         if upto > self.sent:
-            self.write(self.text[self.sent:upto])
+            self.write(self.text[self.sent : upto])
             self.sent = upto
 
 
@@ -247,9 +287,16 @@ class _TimedStreamer(TextStreamer):
         super().put(value)
 
 
-def generate(model: Any, tokenizer: Any, framework: str, prompt: str,
-             settings: dict[str, Any], *, stops: Sequence[str] = (),
-             write: Callable[[str], None] | None = None) -> Result:
+def generate(
+    model: Any,
+    tokenizer: Any,
+    framework: str,
+    prompt: str,
+    settings: dict[str, Any],
+    *,
+    stops: Sequence[str] = (),
+    write: Callable[[str], None] | None = None,
+) -> Result:
     """Generate from one prompt; stream to ``write`` when it can (one sequence, no beams)."""
     ids = np.asarray([tokenizer.encode(prompt)], dtype=np.int64)
     if ids.shape[1] == 0:
@@ -290,12 +337,20 @@ def _stats(res: Result, err: TextIO) -> None:
     after = res.seconds - (res.first_token_s or 0.0)
     n_after = res.new_tokens - (1 if res.first_token_s is not None else 0)
     rate = n_after / after if after > 0 and n_after > 0 else res.new_tokens / max(res.seconds, 1e-9)
-    print(f"[prompt tokens {res.prompt_tokens}, new tokens {res.new_tokens}, time to first token "
-          f"{ttft}, {rate:.1f} tok/s, total {res.seconds:.2f} s]", file=err, flush=True)
+    print(
+        f"[prompt tokens {res.prompt_tokens}, new tokens {res.new_tokens}, time to first token "
+        f"{ttft}, {rate:.1f} tok/s, total {res.seconds:.2f} s]",
+        file=err,
+        flush=True,
+    )
 
 
-def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | None = None,
-        stderr: TextIO | None = None) -> int:
+def run(
+    args: argparse.Namespace,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
     """The body of ``gpt2 generate`` (streams are parameters so tests can drive it)."""
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
@@ -321,17 +376,23 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | 
                 raise ValueError(f"cannot read --prompt-file {args.prompt_file}: {e}") from e
         else:
             if stdin.isatty():
-                raise ValueError("no prompt: pass it as an argument, with --prompt-file or on stdin")
+                raise ValueError(
+                    "no prompt: pass it as an argument, with --prompt-file or on stdin"
+                )
             prompt = stdin.read()
         if not prompt:
             raise ValueError("the prompt is empty")
 
     t = time.perf_counter()
-    model, tok = load(args.model, framework, args.dtype, args.device,
-                      getattr(args, "quantize", None))
+    model, tok = load(
+        args.model, framework, args.dtype, args.device, getattr(args, "quantize", None)
+    )
     if stats:
-        print(f"[{framework}: loaded {args.model} in {time.perf_counter() - t:.2f} s]",
-              file=stderr, flush=True)
+        print(
+            f"[{framework}: loaded {args.model} in {time.perf_counter() - t:.2f} s]",
+            file=stderr,
+            flush=True,
+        )
 
     def write(s: str) -> None:
         stdout.write(s)
@@ -349,13 +410,21 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | 
         line = stdin.readline()
         if not line or not line.strip():
             break
-        res = generate(model, tok, framework, line.rstrip("\n"), settings, stops=args.stop,
-                       write=write)
+        res = generate(
+            model, tok, framework, line.rstrip("\n"), settings, stops=args.stop, write=write
+        )
         write("\n")
         if stats:
             _stats(res, stderr)
     return 0
 
 
-__all__ = ["add_arguments", "default_framework", "generate", "generation_kwargs",
-           "installed_frameworks", "load", "run"]
+__all__ = [
+    "add_arguments",
+    "default_framework",
+    "generate",
+    "generation_kwargs",
+    "installed_frameworks",
+    "load",
+    "run",
+]

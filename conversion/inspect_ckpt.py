@@ -27,11 +27,16 @@ def _describe_special(d, lines: list[str]) -> str:
 
     kind = special_format(d)
     if kind is None:
-        lines.append("formats:    none (no config.json with weights, OpenAI release, model.keras "
-                     "or NNX state here)")
+        lines.append(
+            "formats:    none (no config.json with weights, OpenAI release, model.keras "
+            "or NNX state here)"
+        )
         return "\n".join(lines)
-    files = {"openai": f"{openai_ckpt.HPARAMS} + {openai_ckpt.CKPT_PREFIX}.*",
-             "keras": native.KERAS_FILE, "nnx": native.NNX_FILE}[kind]
+    files = {
+        "openai": f"{openai_ckpt.HPARAMS} + {openai_ckpt.CKPT_PREFIX}.*",
+        "keras": native.KERAS_FILE,
+        "nnx": native.NNX_FILE,
+    }[kind]
     needs = {"openai": "TensorFlow", "keras": "TensorFlow/Keras", "nnx": "JAX/Flax"}[kind]
     lines.append(f"formats:    {kind} ({files}; read by `gpt2 convert`, which needs {needs})")
     if kind == "openai":
@@ -47,8 +52,11 @@ def _describe_special(d, lines: list[str]) -> str:
 def describe(path: str | os.PathLike, prefer: str | None = None) -> str:
     d = hub.resolve_dir(path)
     lines = [f"checkpoint: {d}"]
-    config = (GPT2Config.from_json_file(checkpoint.checked_file(d, CONFIG_NAME))
-              if (d / CONFIG_NAME).exists() else None)
+    config = (
+        GPT2Config.from_json_file(checkpoint.checked_file(d, CONFIG_NAME))
+        if (d / CONFIG_NAME).exists()
+        else None
+    )
     formats = checkpoint.detect_formats(d)
     if not formats:
         return _describe_special(d, lines)
@@ -63,8 +71,10 @@ def describe(path: str | os.PathLike, prefer: str | None = None) -> str:
         if arch:
             lines.append(f"arch:       {', '.join(arch)}")
     sd, info = checkpoint.read_state_dict(d, prefer=prefer, config=config)
-    lines.append(f"reading:    {info.format} ({len(info.files)} file(s): "
-                 f"{', '.join(p.name for p in info.files[:4])}{' ...' if len(info.files) > 4 else ''})")
+    lines.append(
+        f"reading:    {info.format} ({len(info.files)} file(s): "
+        f"{', '.join(p.name for p in info.files[:4])}{' ...' if len(info.files) > 4 else ''})"
+    )
     total = sum(int(np.prod(v.shape)) for k, v in sd.items() if not naming.is_buffer_key(k))
     size = sum(f.stat().st_size for f in info.files)
     dtypes = Counter(str(v.dtype) for v in sd.values())
@@ -75,6 +85,8 @@ def describe(path: str | os.PathLike, prefer: str | None = None) -> str:
 
         head = head_from_config(config)
         _, report = naming.normalize_state_dict(sd, config, head)
-        lines.append(f"as {naming.HEADS[head]}: {config.num_parameters(head):,} parameters; "
-                     f"{report.summary()}")
+        lines.append(
+            f"as {naming.HEADS[head]}: {config.num_parameters(head):,} parameters; "
+            f"{report.summary()}"
+        )
     return "\n".join(lines)

@@ -65,17 +65,23 @@ def load(directory: str | Path, fmt: str) -> tuple[GPT2Config, dict, str]:
             arr = np.asarray(value)
             raw[key] = arr.T if is_transposed(key) else arr
         naming.check_config_fits(config, sum(int(v.nbytes) for v in raw.values()), str(file))
-        sd, report = naming.normalize_state_dict(raw, config, head, allow_new_head=False,
-                                                 source=str(d / NNX_FILE))
+        sd, report = naming.normalize_state_dict(
+            raw, config, head, allow_new_head=False, source=str(d / NNX_FILE)
+        )
         report.raise_if_error()
         return config, sd, head
     raise ValueError(f"unknown native format {fmt!r}")
 
 
 #: gpt2_tf's Keras classes, the only ones a model.keras may name
-_KERAS_CLASSES = {"GPT2Model", "GPT2LMHeadModel", "GPT2DoubleHeadsModel",
-                  "GPT2ForSequenceClassification", "GPT2ForTokenClassification",
-                  "GPT2ForQuestionAnswering"}
+_KERAS_CLASSES = {
+    "GPT2Model",
+    "GPT2LMHeadModel",
+    "GPT2DoubleHeadsModel",
+    "GPT2ForSequenceClassification",
+    "GPT2ForTokenClassification",
+    "GPT2ForQuestionAnswering",
+}
 _MAX_KERAS_CONFIG = 16 * 1024 * 1024
 
 
@@ -95,9 +101,12 @@ def check_keras_archive(path: Path, root: Path) -> GPT2Config:
                 raise ValueError(f"{path}: not a Keras archive (no {name})")
         for info in infos.values():
             if info.compress_type != zipfile.ZIP_STORED and info.file_size > 64 * max(
-                    info.compress_size, 1):
-                raise ValueError(f"{path}: entry {info.filename} expands {info.compress_size} "
-                                 f"bytes to {info.file_size} (a decompression bomb?)")
+                info.compress_size, 1
+            ):
+                raise ValueError(
+                    f"{path}: entry {info.filename} expands {info.compress_size} "
+                    f"bytes to {info.file_size} (a decompression bomb?)"
+                )
         if infos["config.json"].file_size > _MAX_KERAS_CONFIG:
             raise ValueError(f"{path}: config.json of {infos['config.json'].file_size} bytes")
         try:
@@ -108,8 +117,10 @@ def check_keras_archive(path: Path, root: Path) -> GPT2Config:
         except RecursionError:
             raise ValueError(f"{path}: config.json is nested too deeply") from None
         if spec.get("module") != "gpt2_tf.modeling" or cls_name not in _KERAS_CLASSES:
-            raise ValueError(f"{path}: names {spec.get('module')}.{cls_name}, not a gpt2_tf "
-                             "model; refused before Keras builds it")
+            raise ValueError(
+                f"{path}: names {spec.get('module')}.{cls_name}, not a gpt2_tf "
+                "model; refused before Keras builds it"
+            )
         if not isinstance(inner, dict):
             raise ValueError(f"{path}: config.json has no GPT-2 config")
         try:

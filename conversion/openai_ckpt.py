@@ -68,10 +68,15 @@ def _prefix(d: Path) -> Path | None:
 
 def config_from_hparams(hparams: dict) -> GPT2Config:
     try:
-        return GPT2Config(vocab_size=hparams["n_vocab"], n_positions=hparams["n_ctx"],
-                          n_embd=hparams["n_embd"], n_head=hparams["n_head"],
-                          n_layer=hparams["n_layer"], n_ctx=hparams["n_ctx"],
-                          n_inner=hparams.get("n_inner"))
+        return GPT2Config(
+            vocab_size=hparams["n_vocab"],
+            n_positions=hparams["n_ctx"],
+            n_embd=hparams["n_embd"],
+            n_head=hparams["n_head"],
+            n_layer=hparams["n_layer"],
+            n_ctx=hparams["n_ctx"],
+            n_inner=hparams.get("n_inner"),
+        )
     except KeyError as e:
         raise OpenAICheckpointError(f"{HPARAMS} lacks {e.args[0]!r}") from e
 
@@ -111,8 +116,9 @@ def load(directory: str | Path) -> tuple[GPT2Config, dict[str, np.ndarray]]:
     d = Path(directory)
     prefix = _prefix(d)
     if prefix is None or not (d / HPARAMS).is_file():
-        raise OpenAICheckpointError(f"{d} is not an OpenAI GPT-2 release (needs {HPARAMS} and "
-                                    f"{CKPT_PREFIX}.index)")
+        raise OpenAICheckpointError(
+            f"{d} is not an OpenAI GPT-2 release (needs {HPARAMS} and {CKPT_PREFIX}.index)"
+        )
     config = config_from_hparams(load_json_file(d / HPARAMS, HPARAMS))
     for f in d.glob(prefix.name + ".*"):  # the TF bundle's .index / .data-* files
         check_weight_file(f, d)
@@ -126,7 +132,9 @@ def load(directory: str | Path) -> tuple[GPT2Config, dict[str, np.ndarray]]:
         arr = np.asarray(reader.get_tensor(name))
         if name.endswith("/w"):
             if arr.ndim != 3 or arr.shape[0] != 1:
-                raise OpenAICheckpointError(f"{prefix}: {name} has shape {arr.shape}, expected (1, in, out)")
+                raise OpenAICheckpointError(
+                    f"{prefix}: {name} has shape {arr.shape}, expected (1, in, out)"
+                )
             arr = arr[0]
         out[openai_to_canonical(name)] = arr
     # hparams.json has no MLP width: read it from the tensors (GPT-2's is 4 x n_embd)
@@ -140,14 +148,22 @@ def save(state_dict: dict[str, np.ndarray], config: GPT2Config, directory: str |
     """Write an OpenAI release directory (hparams.json + TF1 checkpoint) for the base weights."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    if config.activation_function not in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast") or \
-            not config.scale_attn_weights or config.scale_attn_by_inverse_layer_idx or \
-            config.n_inner not in (None, 4 * config.n_embd) or config.layer_norm_epsilon != 1e-5:
+    if (
+        config.activation_function not in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+        or not config.scale_attn_weights
+        or config.scale_attn_by_inverse_layer_idx
+        or config.n_inner not in (None, 4 * config.n_embd)
+        or config.layer_norm_epsilon != 1e-5
+    ):
         raise OpenAICheckpointError(
             "the OpenAI format has no config beyond sizes: only the original GPT-2 architecture "
-            "(gelu_new, scaled attention, 4x MLP, eps 1e-5) can be exported")
-    base = {k: v for k, v in state_dict.items()
-            if naming.strip_base_prefix(k).split(".")[0] in ("wte", "wpe", "h", "ln_f")}
+            "(gelu_new, scaled attention, 4x MLP, eps 1e-5) can be exported"
+        )
+    base = {
+        k: v
+        for k, v in state_dict.items()
+        if naming.strip_base_prefix(k).split(".")[0] in ("wte", "wpe", "h", "ln_f")
+    }
     import tensorflow as tf
 
     names, tensors = [], []
@@ -158,18 +174,31 @@ def save(state_dict: dict[str, np.ndarray], config: GPT2Config, directory: str |
             arr = arr[None]  # (1, in, out)
         names.append(name)
         tensors.append(tf.constant(arr))
-    tf.raw_ops.SaveV2(prefix=str(d / CKPT_PREFIX), tensor_names=names,
-                      shape_and_slices=[""] * len(names), tensors=tensors)
-    atomic_write_text(d / "checkpoint", f'model_checkpoint_path: "{CKPT_PREFIX}"\n'
-                                        f'all_model_checkpoint_paths: "{CKPT_PREFIX}"\n')
-    hparams = {"n_vocab": config.vocab_size, "n_ctx": config.n_positions, "n_embd": config.n_embd,
-               "n_head": config.n_head, "n_layer": config.n_layer}
+    tf.raw_ops.SaveV2(
+        prefix=str(d / CKPT_PREFIX),
+        tensor_names=names,
+        shape_and_slices=[""] * len(names),
+        tensors=tensors,
+    )
+    atomic_write_text(
+        d / "checkpoint",
+        f'model_checkpoint_path: "{CKPT_PREFIX}"\nall_model_checkpoint_paths: "{CKPT_PREFIX}"\n',
+    )
+    hparams = {
+        "n_vocab": config.vocab_size,
+        "n_ctx": config.n_positions,
+        "n_embd": config.n_embd,
+        "n_head": config.n_head,
+        "n_layer": config.n_layer,
+    }
     atomic_write_text(d / HPARAMS, json.dumps(hparams, indent=2) + "\n")
 
 
 def copy_tokenizer_files(src: Path, dst: Path, to_openai: bool) -> None:
     """encoder.json/vocab.bpe <-> vocab.json/merges.txt (the same content)."""
-    pairs = TOKENIZER_FILES.items() if not to_openai else ((b, a) for a, b in TOKENIZER_FILES.items())
+    pairs = (
+        TOKENIZER_FILES.items() if not to_openai else ((b, a) for a, b in TOKENIZER_FILES.items())
+    )
     for a, b in pairs:
         if (src / a).is_file():
             copy_side_file(src / a, dst / b, src)

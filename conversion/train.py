@@ -31,9 +31,11 @@ from gpt2_core.training import TrainConfig
 logger = logging.getLogger("gpt2.train")
 
 FRAMEWORKS = ("torch", "tf", "flax")
-STRATEGIES = {"torch": ("none", "ddp", "fsdp"),
-              "tf": ("none", "mirrored", "multiworker"),
-              "flax": ("none", "dp", "fsdp")}
+STRATEGIES = {
+    "torch": ("none", "ddp", "fsdp"),
+    "tf": ("none", "mirrored", "multiworker"),
+    "flax": ("none", "dp", "fsdp"),
+}
 
 
 class ByteTokenizer:
@@ -60,59 +62,129 @@ def get_tokenizer(name: str) -> Any:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``gpt2 train`` flags (defaults: :class:`gpt2_core.training.TrainConfig`)."""
     d = TrainConfig()
-    p.add_argument("out", nargs="?", default=None,
-                   help="run directory: checkpoints, metrics.jsonl, loss.png, final model "
-                        "(anywhere on the line, or as --out)")
-    p.add_argument("--out", dest="out_option", default=None, metavar="OUT",
-                   help="the run directory, as an option")
+    p.add_argument(
+        "out",
+        nargs="?",
+        default=None,
+        help="run directory: checkpoints, metrics.jsonl, loss.png, final model "
+        "(anywhere on the line, or as --out)",
+    )
+    p.add_argument(
+        "--out",
+        dest="out_option",
+        default=None,
+        metavar="OUT",
+        help="the run directory, as an option",
+    )
     p.add_argument("--framework", required=True, choices=FRAMEWORKS)
-    p.add_argument("--model", required=True,
-                   help="checkpoint directory, or a preset / hub id (gpt2, gpt2-medium, ...)")
-    p.add_argument("--from-scratch", action="store_true",
-                   help="use only the model's config, with a fresh init seeded by --seed")
-    p.add_argument("--data", required=True, nargs="+", action="extend",
-                   help="text files, globs or directories (*.txt, *.md inside); repeatable")
-    p.add_argument("--tokenizer", default="gpt2", choices=("gpt2", "bytes"),
-                   help="gpt2 (default) or bytes (UTF-8 bytes + EOS 256, for 257-token toys)")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="checkpoint directory, or a preset / hub id (gpt2, gpt2-medium, ...)",
+    )
+    p.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="use only the model's config, with a fresh init seeded by --seed",
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        nargs="+",
+        action="extend",
+        help="text files, globs or directories (*.txt, *.md inside); repeatable",
+    )
+    p.add_argument(
+        "--tokenizer",
+        default="gpt2",
+        choices=("gpt2", "bytes"),
+        help="gpt2 (default) or bytes (UTF-8 bytes + EOS 256, for 257-token toys)",
+    )
     p.add_argument("--steps", type=int, default=d.steps, help="optimizer updates")
-    p.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help="global blocks per micro-step (split across devices / processes)")
-    p.add_argument("--grad-accum", type=int, default=d.grad_accum,
-                   help="micro-steps per update (tokens/update = batch * accum * block)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=d.batch_size,
+        help="global blocks per micro-step (split across devices / processes)",
+    )
+    p.add_argument(
+        "--grad-accum",
+        type=int,
+        default=d.grad_accum,
+        help="micro-steps per update (tokens/update = batch * accum * block)",
+    )
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
-    p.add_argument("--min-lr-ratio", type=float, default=d.min_lr_ratio,
-                   help="cosine floor as a fraction of --lr")
-    p.add_argument("--warmup-steps", type=int, default=None,
-                   help="linear warm-up (default: 10%% of --steps, between 1 and 100)")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
-                   help="AdamW decoupled decay, on matrices only")
+    p.add_argument(
+        "--min-lr-ratio",
+        type=float,
+        default=d.min_lr_ratio,
+        help="cosine floor as a fraction of --lr",
+    )
+    p.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=None,
+        help="linear warm-up (default: 10%% of --steps, between 1 and 100)",
+    )
+    p.add_argument(
+        "--weight-decay",
+        type=float,
+        default=d.weight_decay,
+        help="AdamW decoupled decay, on matrices only",
+    )
     p.add_argument("--beta1", type=float, default=d.beta1)
     p.add_argument("--beta2", type=float, default=d.beta2)
-    p.add_argument("--grad-clip", type=float, default=d.grad_clip,
-                   help="clip the global gradient norm to this (0: off)")
-    p.add_argument("--seed", type=int, default=d.seed,
-                   help="data order, dropout and --from-scratch init")
+    p.add_argument(
+        "--grad-clip",
+        type=float,
+        default=d.grad_clip,
+        help="clip the global gradient norm to this (0: off)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=d.seed, help="data order, dropout and --from-scratch init"
+    )
     p.add_argument("--block-size", type=int, default=d.block_size)
-    p.add_argument("--dropout", type=float, default=None,
-                   help="set resid/embd/attn dropout (default: the model config's)")
+    p.add_argument(
+        "--dropout",
+        type=float,
+        default=None,
+        help="set resid/embd/attn dropout (default: the model config's)",
+    )
     p.add_argument("--precision", default=d.precision, choices=("fp32", "bf16", "fp16"))
-    p.add_argument("--eval-fraction", type=float, default=d.eval_fraction,
-                   help="held-out tail of the token stream")
+    p.add_argument(
+        "--eval-fraction",
+        type=float,
+        default=d.eval_fraction,
+        help="held-out tail of the token stream",
+    )
     p.add_argument("--eval-every", type=int, default=d.eval_every)
     p.add_argument("--eval-batches", type=int, default=d.eval_batches)
     p.add_argument("--save-every", type=int, default=d.save_every)
     p.add_argument("--resume", action="store_true", help="continue from OUT/last")
-    p.add_argument("--strategy", default="none",
-                   help="torch: none|ddp|fsdp (under torchrun); tf: none|mirrored|multiworker; "
-                        "flax: none|dp|fsdp (with --mesh)")
-    p.add_argument("--mesh", default=None,
-                   help="flax: mesh axes, e.g. data=4 or data=2,model=2 (default: all devices "
-                        "on data when a strategy is set)")
-    p.add_argument("--cpu-devices", type=int, default=None,
-                   help="split the CPU into N logical devices (tf / flax; for trying "
-                        "distributed runs on one machine)")
-    p.add_argument("--jax-coordinator", default=None,
-                   help="flax multi-host: HOST:PORT of process 0 (jax.distributed.initialize)")
+    p.add_argument(
+        "--strategy",
+        default="none",
+        help="torch: none|ddp|fsdp (under torchrun); tf: none|mirrored|multiworker; "
+        "flax: none|dp|fsdp (with --mesh)",
+    )
+    p.add_argument(
+        "--mesh",
+        default=None,
+        help="flax: mesh axes, e.g. data=4 or data=2,model=2 (default: all devices "
+        "on data when a strategy is set)",
+    )
+    p.add_argument(
+        "--cpu-devices",
+        type=int,
+        default=None,
+        help="split the CPU into N logical devices (tf / flax; for trying "
+        "distributed runs on one machine)",
+    )
+    p.add_argument(
+        "--jax-coordinator",
+        default=None,
+        help="flax multi-host: HOST:PORT of process 0 (jax.distributed.initialize)",
+    )
     p.add_argument("--num-processes", type=int, default=None, help="flax multi-host")
     p.add_argument("--process-id", type=int, default=None, help="flax multi-host")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
@@ -133,28 +205,49 @@ def resolve_out(args: argparse.Namespace) -> None:
         return
     data = list(args.data)
     last = data[-1] if len(data) > 1 else None
-    usage = ("name the run directory OUT, e.g. `gpt2 train --framework torch --model ckpt "
-             "--data notes/*.txt --out runs/ft` (or put OUT before --data)")
+    usage = (
+        "name the run directory OUT, e.g. `gpt2 train --framework torch --model ckpt "
+        "--data notes/*.txt --out runs/ft` (or put OUT before --data)"
+    )
     if last is None:
         raise ValueError(f"missing OUT: {usage}")
     p = Path(last)
-    looks_like_data = (p.is_file() or any(c in last for c in "*?[")
-                       or p.is_dir() and any(p.iterdir()) and not (p / "metrics.jsonl").exists()
-                       and not (p / "last").exists())
+    looks_like_data = (
+        p.is_file()
+        or any(c in last for c in "*?[")
+        or p.is_dir()
+        and any(p.iterdir())
+        and not (p / "metrics.jsonl").exists()
+        and not (p / "last").exists()
+    )
     if looks_like_data:
-        raise ValueError(f"missing OUT: the last --data value {last!r} is data, not a run "
-                         f"directory; {usage}")
+        raise ValueError(
+            f"missing OUT: the last --data value {last!r} is data, not a run directory; {usage}"
+        )
     args.out, args.data = last, data[:-1]
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
-        steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
-        min_lr_ratio=args.min_lr_ratio, warmup_steps=args.warmup_steps,
-        weight_decay=args.weight_decay, beta1=args.beta1, beta2=args.beta2,
-        grad_clip=args.grad_clip, block_size=args.block_size, seed=args.seed,
-        dropout=args.dropout, eval_fraction=args.eval_fraction, eval_every=args.eval_every,
-        eval_batches=args.eval_batches, save_every=args.save_every, precision=args.precision)
+        steps=args.steps,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        lr=args.lr,
+        min_lr_ratio=args.min_lr_ratio,
+        warmup_steps=args.warmup_steps,
+        weight_decay=args.weight_decay,
+        beta1=args.beta1,
+        beta2=args.beta2,
+        grad_clip=args.grad_clip,
+        block_size=args.block_size,
+        seed=args.seed,
+        dropout=args.dropout,
+        eval_fraction=args.eval_fraction,
+        eval_every=args.eval_every,
+        eval_batches=args.eval_batches,
+        save_every=args.save_every,
+        precision=args.precision,
+    )
 
 
 def _is_main_process(framework: str) -> bool:
@@ -179,8 +272,10 @@ def _check_out(out: Path, resume: bool) -> None:
     except OSError as e:
         raise OSError(f"output directory {out} is not writable: {e}") from e
     if not resume and ((out / "last").exists() or (out / "metrics.jsonl").exists()):
-        raise FileExistsError(f"{out} already holds a training run: pass --resume to continue "
-                              "it, or choose another OUT")
+        raise FileExistsError(
+            f"{out} already holds a training run: pass --resume to continue "
+            "it, or choose another OUT"
+        )
 
 
 def run(args: argparse.Namespace) -> str:
@@ -196,26 +291,38 @@ def run(args: argparse.Namespace) -> str:
     if args.strategy not in STRATEGIES[fw]:
         raise ValueError(f"--strategy {args.strategy!r} is not one of {STRATEGIES[fw]} for {fw}")
     if args.cpu_devices and fw == "torch":
-        raise ValueError("--cpu-devices splits the CPU for tf and flax only; for torch use "
-                         "torchrun --nproc-per-node N --strategy ddp|fsdp")
+        raise ValueError(
+            "--cpu-devices splits the CPU for tf and flax only; for torch use "
+            "torchrun --nproc-per-node N --strategy ddp|fsdp"
+        )
     if args.cpu_devices and args.strategy == "none":
-        raise ValueError(f"--cpu-devices {args.cpu_devices} has no effect without --strategy "
-                         f"(one of {', '.join(STRATEGIES[fw][1:])}): the devices would sit idle")
+        raise ValueError(
+            f"--cpu-devices {args.cpu_devices} has no effect without --strategy "
+            f"(one of {', '.join(STRATEGIES[fw][1:])}): the devices would sit idle"
+        )
     cfg = train_config(args)
     if args.warmup_steps is None:
-        logger.info("warm-up: %d steps (10%% of --steps %d, between 1 and 100)",
-                    cfg.warmup_steps, cfg.steps)
+        logger.info(
+            "warm-up: %d steps (10%% of --steps %d, between 1 and 100)", cfg.warmup_steps, cfg.steps
+        )
     config = GPT2Config.from_pretrained(args.model, **cfg.model_overrides())
     tokenizer = get_tokenizer(args.tokenizer)
     tok_vocab = getattr(tokenizer, "vocab_size", None) or len(tokenizer)
     if tok_vocab > config.vocab_size:
-        raise DataError(f"the {args.tokenizer} tokenizer has {tok_vocab} ids but the model's "
-                        f"vocabulary only {config.vocab_size}; use --tokenizer bytes for toy "
-                        "models with 257 tokens")
-    train_ds, eval_ds = load_training_data(args.data, tokenizer, cfg.block_size,
-                                           cfg.eval_fraction, n_positions=config.n_positions)
-    logger.info("data: %d training blocks, %d held-out blocks of %d tokens", len(train_ds),
-                len(eval_ds) if eval_ds is not None else 0, cfg.block_size)
+        raise DataError(
+            f"the {args.tokenizer} tokenizer has {tok_vocab} ids but the model's "
+            f"vocabulary only {config.vocab_size}; use --tokenizer bytes for toy "
+            "models with 257 tokens"
+        )
+    train_ds, eval_ds = load_training_data(
+        args.data, tokenizer, cfg.block_size, cfg.eval_fraction, n_positions=config.n_positions
+    )
+    logger.info(
+        "data: %d training blocks, %d held-out blocks of %d tokens",
+        len(train_ds),
+        len(eval_ds) if eval_ds is not None else 0,
+        cfg.block_size,
+    )
     out = Path(args.out)
     created = not out.exists()
     if _is_main_process(fw):
@@ -232,8 +339,11 @@ def run(args: argparse.Namespace) -> str:
 
 
 def _warmup_note(args: argparse.Namespace, cfg: TrainConfig) -> str:
-    return f" (warm-up {cfg.warmup_steps} steps, chosen for --steps {cfg.steps})" \
-        if args.warmup_steps is None else ""
+    return (
+        f" (warm-up {cfg.warmup_steps} steps, chosen for --steps {cfg.steps})"
+        if args.warmup_steps is None
+        else ""
+    )
 
 
 def _fresh_weights(config: GPT2Config, seed: int) -> dict[str, np.ndarray]:
@@ -252,8 +362,16 @@ def _run_torch(args, cfg, config, train_ds, eval_ds, out, progress) -> str:
         weights.load_canonical(model, _fresh_weights(config, cfg.seed))
     else:
         model = GPT2LMHeadModel.from_pretrained(args.model, **cfg.model_overrides())
-    result = train(model, train_ds, eval_ds, cfg, out, resume=args.resume,
-                   strategy=args.strategy, progress=progress)
+    result = train(
+        model,
+        train_ds,
+        eval_ds,
+        cfg,
+        out,
+        resume=args.resume,
+        strategy=args.strategy,
+        progress=progress,
+    )
     return summary(result, out)
 
 
@@ -263,7 +381,8 @@ def _run_tf(args, cfg, config, train_ds, eval_ds, out, progress) -> str:
 
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * args.cpu_devices)
+            cpu, [tf.config.LogicalDeviceConfiguration()] * args.cpu_devices
+        )
     from gpt2_tf import GPT2LMHeadModel, load_canonical
     from gpt2_tf.training import make_strategy, train
 
@@ -274,9 +393,12 @@ def _run_tf(args, cfg, config, train_ds, eval_ds, out, progress) -> str:
             model = GPT2LMHeadModel(config, dtype=policy)
             load_canonical(model, _fresh_weights(config, cfg.seed))
         else:
-            model = GPT2LMHeadModel.from_pretrained(args.model, dtype=policy, **cfg.model_overrides())
-    result = train(model, train_ds, eval_ds, cfg, out, resume=args.resume, strategy=strategy,
-                   progress=progress)
+            model = GPT2LMHeadModel.from_pretrained(
+                args.model, dtype=policy, **cfg.model_overrides()
+            )
+    result = train(
+        model, train_ds, eval_ds, cfg, out, resume=args.resume, strategy=strategy, progress=progress
+    )
     return summary(result, out)
 
 
@@ -288,8 +410,9 @@ def parse_mesh(spec: str | None) -> dict[str, int] | None:
     for part in spec.split(","):
         name, _, size = part.partition("=")
         if not name.strip() or not size.strip().isdigit() or int(size) < 1:
-            raise ValueError(f"--mesh {spec!r}: use axis=size pairs such as data=4 or "
-                             "data=2,model=2")
+            raise ValueError(
+                f"--mesh {spec!r}: use axis=size pairs such as data=4 or data=2,model=2"
+            )
         axes[name.strip()] = int(size)
     unknown = set(axes) - {"data", "model"}
     if unknown:
@@ -299,26 +422,41 @@ def parse_mesh(spec: str | None) -> dict[str, int] | None:
 
 def _run_flax(args, cfg, config, train_ds, eval_ds, out, progress) -> str:
     if args.cpu_devices:
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                                   f" --xla_force_host_platform_device_count={args.cpu_devices}")
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "")
+            + f" --xla_force_host_platform_device_count={args.cpu_devices}"
+        )
     import jax
 
     if args.jax_coordinator:
         # multi-host: every host runs the same command with its own --process-id
-        jax.distributed.initialize(coordinator_address=args.jax_coordinator,
-                                   num_processes=args.num_processes, process_id=args.process_id)
+        jax.distributed.initialize(
+            coordinator_address=args.jax_coordinator,
+            num_processes=args.num_processes,
+            process_id=args.process_id,
+        )
     from gpt2_flax import GPT2LMHeadModel
     from gpt2_flax.training import make_mesh, train
 
     axes = parse_mesh(args.mesh)
     mesh, sharding = make_mesh(args.strategy, axes)
     if args.from_scratch:
-        model = GPT2LMHeadModel.from_state_dict(config, _fresh_weights(config, cfg.seed),
-                                                seed=cfg.seed)
+        model = GPT2LMHeadModel.from_state_dict(
+            config, _fresh_weights(config, cfg.seed), seed=cfg.seed
+        )
     else:
         model = GPT2LMHeadModel.from_pretrained(args.model, seed=cfg.seed, **cfg.model_overrides())
-    result = train(model, train_ds, eval_ds, cfg, out, resume=args.resume, mesh=mesh,
-                   sharding=sharding, progress=progress)
+    result = train(
+        model,
+        train_ds,
+        eval_ds,
+        cfg,
+        out,
+        resume=args.resume,
+        mesh=mesh,
+        sharding=sharding,
+        progress=progress,
+    )
     return summary(result, out)
 
 
@@ -330,5 +468,7 @@ def summary(result: Any, out: Path) -> str:
     if result.eval_losses:
         step, loss = max(result.eval_losses.items())
         ev = f", held-out loss {loss:.4f} (ppl {np.exp(min(loss, 50.0)):.1f}) at step {step}"
-    return (f"trained steps {result.start_step + 1}-{result.steps}: loss {result.losses[0]:.4f} "
-            f"-> {result.losses[-1]:.4f}{ev}; model saved in {out}")
+    return (
+        f"trained steps {result.start_step + 1}-{result.steps}: loss {result.losses[0]:.4f} "
+        f"-> {result.losses[-1]:.4f}{ev}; model saved in {out}"
+    )

@@ -20,15 +20,28 @@ from gpt2_core.config import CONFIG_NAME, GPT2Config
 #: framework -> backend package
 PACKAGES = {"torch": "gpt2_torch", "tf": "gpt2_tf", "flax": "gpt2_flax"}
 #: checkpoint format -> the framework that natively reads it
-NATIVE = {"safetensors": "torch", "safetensors-sharded": "torch", "pytorch": "torch",
-          "pytorch-sharded": "torch", "tf": "tf", "flax": "flax"}
+NATIVE = {
+    "safetensors": "torch",
+    "safetensors-sharded": "torch",
+    "pytorch": "torch",
+    "pytorch-sharded": "torch",
+    "tf": "tf",
+    "flax": "flax",
+}
 #: head -> output field compared
-PRIMARY = {"base": "last_hidden_state", "lm": "logits", "double_heads": "logits",
-           "sequence_classification": "logits", "token_classification": "logits",
-           "question_answering": "start_logits"}
+PRIMARY = {
+    "base": "last_hidden_state",
+    "lm": "logits",
+    "double_heads": "logits",
+    "sequence_classification": "logits",
+    "token_classification": "logits",
+    "question_answering": "start_logits",
+}
 
 
-def fixed_inputs(config: GPT2Config, batch: int = 2, length: int = 12, seed: int = 1234) -> np.ndarray:
+def fixed_inputs(
+    config: GPT2Config, batch: int = 2, length: int = 12, seed: int = 1234
+) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return rng.integers(0, config.vocab_size, size=(batch, min(length, config.n_positions)))
 
@@ -82,8 +95,9 @@ class Row:
     output: np.ndarray
 
 
-def verify_dir(directory: str | Path, frameworks: list[str] | None = None,
-               head: str | None = None) -> tuple[str, float]:
+def verify_dir(
+    directory: str | Path, frameworks: list[str] | None = None, head: str | None = None
+) -> tuple[str, float]:
     """Parity table for one checkpoint across frameworks; returns (table, worst max|diff|)."""
     from conversion.convert import head_from_config
 
@@ -106,9 +120,11 @@ def verify_dir(directory: str | Path, frameworks: list[str] | None = None,
         _, sd, _ = checkpoint.load_pretrained(directory, "lm", config=config)
         outputs["numpy"] = reference.lm_logits(sd, config, ids)
     names = list(outputs)
-    lines = [f"{naming.HEADS[head]} from {directory} on fixed ids {ids.shape}, "
-             f"output {PRIMARY[head]}: max|diff| between frameworks",
-             " " * 8 + "".join(f"{n:>11}" for n in names)]
+    lines = [
+        f"{naming.HEADS[head]} from {directory} on fixed ids {ids.shape}, "
+        f"output {PRIMARY[head]}: max|diff| between frameworks",
+        " " * 8 + "".join(f"{n:>11}" for n in names),
+    ]
     worst = 0.0
     for a in names:
         cells = []
@@ -134,6 +150,8 @@ def verify_pair(src: str | Path, out: str | Path, head: str) -> tuple[float, flo
             raise RuntimeError(f"--verify needs the {fw} backend to run {d} ({fmt})")
         outputs.append((fw, run(fw, load_model(fw, d, head), head, ids)))
     diff = float(np.max(np.abs(outputs[0][1] - outputs[1][1])))
-    print(f"verify: {src} [{fmts[0]} in {outputs[0][0]}] vs {out} [{fmts[1]} in {outputs[1][0]}]: "
-          f"max|diff| of {PRIMARY[head]} = {diff:.3e}")
+    print(
+        f"verify: {src} [{fmts[0]} in {outputs[0][0]}] vs {out} [{fmts[1]} in {outputs[1][0]}]: "
+        f"max|diff| of {PRIMARY[head]} = {diff:.3e}"
+    )
     return diff, float(np.max(np.abs(outputs[0][1])))

@@ -17,8 +17,10 @@ def __getattr__(name: str):
     if name in ("GPT2Tokenizer", "GPT2TokenizerFast"):
         from gpt2_core import tokenizer, tokenizer_fast
 
-        return {"GPT2Tokenizer": getattr(tokenizer, "GPT2Tokenizer", None),
-                "GPT2TokenizerFast": getattr(tokenizer_fast, "GPT2TokenizerFast", None)}[name]
+        return {
+            "GPT2Tokenizer": getattr(tokenizer, "GPT2Tokenizer", None),
+            "GPT2TokenizerFast": getattr(tokenizer_fast, "GPT2TokenizerFast", None),
+        }[name]
     if name == "pipeline":  # dispatches to a backend lazily, when a pipeline is built
         from gpt2_core.pipelines import pipeline
 

@@ -53,8 +53,11 @@ logger = logging.getLogger(__name__)
 def _check_text(text: Any, where: str = "text") -> str:
     """TypeError for non-strings, ValueError naming the position of a lone surrogate."""
     if not isinstance(text, str):
-        hint = " (decode bytes first, e.g. data.decode('utf-8'))" if isinstance(
-            text, bytes | bytearray) else ""
+        hint = (
+            " (decode bytes first, e.g. data.decode('utf-8'))"
+            if isinstance(text, bytes | bytearray)
+            else ""
+        )
         raise TypeError(f"{where} must be a str, got {type(text).__name__}{hint}")
     if not text.isascii():  # O(1): CPython caches whether a str is ASCII
         try:
@@ -124,8 +127,9 @@ class GPT2TokenizerBase:
             self._id_to_token = [None] * n
             for tok, i in self.encoder.items():
                 self._id_to_token[i] = tok
-            self._id_to_bytes = [None if t is None else token_to_bytes(t)
-                                 for t in self._id_to_token]
+            self._id_to_bytes = [
+                None if t is None else token_to_bytes(t) for t in self._id_to_token
+            ]
             self.bpe_ranks = {m: i for i, m in enumerate(files.merges)}
         # added tokens: matched in raw text before BPE (transformers' `_added_tokens_decoder`)
         self._added: dict[str, int] = {}
@@ -135,9 +139,15 @@ class GPT2TokenizerBase:
         self._added_changed = False
         for i, tok in files.added:
             self._register(tok, i)
-        specials = {"unk_token": unk_token, "bos_token": bos_token, "eos_token": eos_token,
-                    "pad_token": pad_token, "sep_token": sep_token, "cls_token": cls_token,
-                    "mask_token": mask_token}
+        specials = {
+            "unk_token": unk_token,
+            "bos_token": bos_token,
+            "eos_token": eos_token,
+            "pad_token": pad_token,
+            "sep_token": sep_token,
+            "cls_token": cls_token,
+            "mask_token": mask_token,
+        }
         for attr, value in specials.items():
             if isinstance(value, str):
                 # transformers wraps these in AddedToken(lstrip=False, rstrip=False): normalized
@@ -172,8 +182,9 @@ class GPT2TokenizerBase:
     def _from_files(cls, files: VocabFiles, **kwargs: Any):
         raise NotImplementedError
 
-    def save_vocabulary(self, save_directory: str | os.PathLike,
-                        filename_prefix: str | None = None) -> tuple[str, ...]:
+    def save_vocabulary(
+        self, save_directory: str | os.PathLike, filename_prefix: str | None = None
+    ) -> tuple[str, ...]:
         """Write vocab.json and merges.txt (transformers' layout); returns their paths."""
         d = Path(save_directory)
         if not d.is_dir():
@@ -184,14 +195,18 @@ class GPT2TokenizerBase:
         atomic_write_text(vocab_path, dump_vocab(self.encoder))
         ranked = sorted(self.bpe_ranks.items(), key=lambda kv: kv[1])
         if any(rank != i for i, (_, rank) in enumerate(ranked)):
-            logger.warning("Saving vocabulary to %s: BPE merge indices are not consecutive. "
-                           "Please check that the tokenizer is not corrupted!", merges_path)
+            logger.warning(
+                "Saving vocabulary to %s: BPE merge indices are not consecutive. "
+                "Please check that the tokenizer is not corrupted!",
+                merges_path,
+            )
         lines = ["#version: 0.2", *(f"{a} {b}" for (a, b), _ in ranked)]
         atomic_write_text(merges_path, "\n".join(lines) + "\n")
         return str(vocab_path), str(merges_path)
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *,
-                        filename_prefix: str | None = None) -> tuple[str, ...]:
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, *, filename_prefix: str | None = None
+    ) -> tuple[str, ...]:
         """Write the tokenizer so both gpt2_core and transformers 4.57 reload it identically.
 
         Files: tokenizer_config.json, special_tokens_map.json, vocab.json, merges.txt (and
@@ -218,24 +233,27 @@ class GPT2TokenizerBase:
         config: dict[str, Any] = {
             "add_bos_token": self.add_bos_token,
             "add_prefix_space": self.add_prefix_space,
-            "added_tokens_decoder": {str(i): self._added_info[i].to_dict()
-                                     for i in sorted(self._added_info)},
+            "added_tokens_decoder": {
+                str(i): self._added_info[i].to_dict() for i in sorted(self._added_info)
+            },
         }
         if self._additional_special:
             config["additional_special_tokens"] = list(self._additional_special)
         for attr in SPECIAL_TOKENS_ATTRIBUTES:
             if self._special[attr] is not None:
                 config[attr] = self._special[attr]
-        config.update({
-            "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
-            "errors": self.errors,
-            "extra_special_tokens": {},
-            "model_max_length": self.model_max_length,
-            "padding_side": self.padding_side,
-            # transformers' AutoTokenizer picks slow or fast itself from this name
-            "tokenizer_class": "GPT2Tokenizer",
-            "truncation_side": self.truncation_side,
-        })
+        config.update(
+            {
+                "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
+                "errors": self.errors,
+                "extra_special_tokens": {},
+                "model_max_length": self.model_max_length,
+                "padding_side": self.padding_side,
+                # transformers' AutoTokenizer picks slow or fast itself from this name
+                "tokenizer_class": "GPT2Tokenizer",
+                "truncation_side": self.truncation_side,
+            }
+        )
         return dict(sorted(config.items()))
 
     def _special_tokens_map_file(self) -> dict[str, Any]:
@@ -306,28 +324,38 @@ class GPT2TokenizerBase:
 
     def _token_bytes(self, token: str) -> bytes:
         i = self._added.get(token)
-        return token.encode("utf-8") if i is not None and token not in self.encoder else (
-            token_to_bytes(token))
+        return (
+            token.encode("utf-8")
+            if i is not None and token not in self.encoder
+            else (token_to_bytes(token))
+        )
 
     # -- special and added tokens ---------------------------------------------------------------
 
     def _register(self, token: AddedToken, index: int) -> None:
         content = token.content
         if content in self.encoder and self.encoder[content] != index:
-            raise ValueError(f"added token {content!r} has id {index} but the vocabulary gives "
-                             f"it id {self.encoder[content]}")
+            raise ValueError(
+                f"added token {content!r} has id {index} but the vocabulary gives "
+                f"it id {self.encoder[content]}"
+            )
         old = self._added.get(content)
         if old is not None and old != index:
             raise ValueError(f"added token {content!r} has two ids: {old} and {index}")
         if index in self._added_info and self._added_info[index].content != content:
-            raise ValueError(f"id {index} is used by {self._added_info[index].content!r} and "
-                             f"{content!r}")
+            raise ValueError(
+                f"id {index} is used by {self._added_info[index].content!r} and {content!r}"
+            )
         if index < self._base_size and self._id_to_token[index] not in (None, content):
-            raise ValueError(f"added token {content!r} would reuse id {index} of "
-                             f"{self._id_to_token[index]!r}")
+            raise ValueError(
+                f"added token {content!r} would reuse id {index} of {self._id_to_token[index]!r}"
+            )
         if token.single_word:
-            logger.warning("added token %r: single_word matching is not implemented; it is "
-                           "matched anywhere in the text", content)
+            logger.warning(
+                "added token %r: single_word matching is not implemented; it is "
+                "matched anywhere in the text",
+                content,
+            )
         self._added[content] = index
         self._added_info[index] = token
         if index >= len(self._id_to_token):
@@ -336,8 +364,9 @@ class GPT2TokenizerBase:
             self._id_to_bytes.extend([None] * grow)
         self._id_to_token[index] = content
         # added tokens decode to their text, not through the byte map (tokenizers' behaviour)
-        self._id_to_bytes[index] = (token_to_bytes(content) if content in self.encoder
-                                    else content.encode("utf-8"))
+        self._id_to_bytes[index] = (
+            token_to_bytes(content) if content in self.encoder else content.encode("utf-8")
+        )
 
     def _add_one(self, token: Any, *, special: bool) -> str:
         """Register one token (no-op if already added); returns its content."""
@@ -374,8 +403,9 @@ class GPT2TokenizerBase:
         self._rebuild_added()
         return len(self) - before
 
-    def add_special_tokens(self, special_tokens_dict: Mapping[str, Any],
-                           replace_additional_special_tokens: bool = True) -> int:
+    def add_special_tokens(
+        self, special_tokens_dict: Mapping[str, Any], replace_additional_special_tokens: bool = True
+    ) -> int:
         """Set special tokens (``{"pad_token": "<|endoftext|>"}``), adding new ones to the
         vocabulary; returns how many ids are new."""
         before = len(self)
@@ -392,8 +422,10 @@ class GPT2TokenizerBase:
             elif key in SPECIAL_TOKENS_ATTRIBUTES:
                 self._special[key] = None if value is None else self._add_one(value, special=True)
             else:
-                raise ValueError(f"unknown special token key {key!r}; expected one of "
-                                 f"{[*SPECIAL_TOKENS_ATTRIBUTES, 'additional_special_tokens']}")
+                raise ValueError(
+                    f"unknown special token key {key!r}; expected one of "
+                    f"{[*SPECIAL_TOKENS_ATTRIBUTES, 'additional_special_tokens']}"
+                )
         self._rebuild_added()
         return len(self) - before
 
@@ -404,8 +436,11 @@ class GPT2TokenizerBase:
         self._added_re = re.compile("|".join(map(re.escape, contents))) if contents else None
         # one plain token (GPT-2's usual state): a substring test is cheaper than a regex search
         info = [self._added_info[self._added[c]] for c in contents]
-        self._added_only = (contents[0] if len(contents) == 1 and not info[0].lstrip
-                            and not info[0].rstrip else None)
+        self._added_only = (
+            contents[0]
+            if len(contents) == 1 and not info[0].lstrip and not info[0].rstrip
+            else None
+        )
         self._on_vocab_changed()
 
     def _on_vocab_changed(self) -> None:
@@ -413,13 +448,15 @@ class GPT2TokenizerBase:
 
     def _split_added(self, text: str) -> list[str | int]:
         """Split ``text`` on added tokens: text pieces (str, maybe empty) and token ids (int)."""
-        if self._added_re is None or (self._added_only is not None and self._added_only not in text):
+        if self._added_re is None or (
+            self._added_only is not None and self._added_only not in text
+        ):
             return [text]
         pieces: list[str | int] = []
         pos = 0
         strip_next = False
         for m in self._added_re.finditer(text):
-            piece = text[pos:m.start()]
+            piece = text[pos : m.start()]
             if strip_next:
                 piece = piece.lstrip()
             info = self._added_info[self._added[m.group()]]
@@ -467,7 +504,8 @@ class GPT2TokenizerBase:
                 f"{content!r} is not in the vocabulary, so it cannot be the {attr}. Use an "
                 f"existing token (tok.{attr} = tok.eos_token) or add it with "
                 f"tok.add_special_tokens({{'{attr}': {content!r}}}) and resize the model's "
-                "embeddings to len(tok)")
+                "embeddings to len(tok)"
+            )
         self._special[attr] = self._add_one(content, special=True)
         if self._added_changed:
             self._rebuild_added()
@@ -515,11 +553,16 @@ class GPT2TokenizerBase:
                 "too-long",
                 "Token indices sequence length is longer than the specified maximum sequence "
                 "length for this model (%d > %d). Running this sequence through the model will "
-                "result in indexing errors", n, self.model_max_length)
+                "result in indexing errors",
+                n,
+                self.model_max_length,
+            )
 
     def _unknown_id_message(self, i: Any) -> str:
-        return (f"token id {i!r} is not in the vocabulary (valid ids: 0..{len(self._id_to_token) - 1}"
-                f"{', with gaps' if None in self._id_to_token else ''})")
+        return (
+            f"token id {i!r} is not in the vocabulary (valid ids: 0..{len(self._id_to_token) - 1}"
+            f"{', with gaps' if None in self._id_to_token else ''})"
+        )
 
     # -- encoding hooks (subclasses) ------------------------------------------------------------
 
@@ -527,44 +570,72 @@ class GPT2TokenizerBase:
         """Ids of one checked string, special/added tokens included; no BOS."""
         raise NotImplementedError
 
-    def _encode_batch(self, inputs: list[Any], *, is_split_into_words: bool,
-                      add_prefix_space: bool, return_offsets: bool
-                      ) -> tuple[list[list[int]], list[list[tuple[int, int]]] | None,
-                                 list[list[int | None]] | None]:
+    def _encode_batch(
+        self,
+        inputs: list[Any],
+        *,
+        is_split_into_words: bool,
+        add_prefix_space: bool,
+        return_offsets: bool,
+    ) -> tuple[list[list[int]], list[list[tuple[int, int]]] | None, list[list[int | None]] | None]:
         """Ids (and offsets and word ids when ``return_offsets``) of checked strings or word lists."""
         raise NotImplementedError
 
     # -- encoding -------------------------------------------------------------------------------
 
-    def tokenize(self, text: str, pair: str | None = None, add_special_tokens: bool = False,
-                 **kwargs: Any) -> list[str]:
+    def tokenize(
+        self, text: str, pair: str | None = None, add_special_tokens: bool = False, **kwargs: Any
+    ) -> list[str]:
         """Byte-level token strings of ``text`` ("Hello world" -> ["Hello", "Ġworld"])."""
         ids = self.encode(text, pair, add_special_tokens=add_special_tokens, **kwargs)
         return self.convert_ids_to_tokens(ids)
 
-    def encode(self, text: Any, text_pair: Any = None, add_special_tokens: bool = True,
-               padding: bool | str = False, truncation: bool | str | None = None,
-               max_length: int | None = None, **kwargs: Any) -> Any:
+    def encode(
+        self,
+        text: Any,
+        text_pair: Any = None,
+        add_special_tokens: bool = True,
+        padding: bool | str = False,
+        truncation: bool | str | None = None,
+        max_length: int | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Ids of one text (or pair): ``tok.encode("Hello world") == [15496, 995]``.
 
         Accepts the keyword arguments of ``__call__``; with ``return_tensors`` the result has a
         batch axis of 1.
         """
-        if (type(text) is str and text_pair is None and padding is False and not truncation
-                and max_length is None and set(kwargs) <= {"add_prefix_space", "verbose"}):
+        if (
+            type(text) is str
+            and text_pair is None
+            and padding is False
+            and not truncation
+            and max_length is None
+            and set(kwargs) <= {"add_prefix_space", "verbose"}
+        ):
             # hot path: no padding/truncation bookkeeping, no BatchEncoding
             aps = kwargs.get("add_prefix_space")
-            ids = self._encode_text(_check_text(text),
-                                    self.add_prefix_space if aps is None else bool(aps))
+            ids = self._encode_text(
+                _check_text(text), self.add_prefix_space if aps is None else bool(aps)
+            )
             if add_special_tokens and self.add_bos_token and self.bos_token_id is not None:
                 ids.insert(0, self.bos_token_id)
             self._warn_if_too_long(len(ids), None, kwargs.get("verbose", True))
             return ids
         if isinstance(text, list | tuple) and not kwargs.get("is_split_into_words"):
-            raise TypeError("encode takes one text (str), not a list; use tok(list_of_texts) for "
-                            "a batch or pass is_split_into_words=True for pre-split words")
-        enc = self(text, text_pair, add_special_tokens=add_special_tokens, padding=padding,
-                   truncation=truncation, max_length=max_length, **kwargs)
+            raise TypeError(
+                "encode takes one text (str), not a list; use tok(list_of_texts) for "
+                "a batch or pass is_split_into_words=True for pre-split words"
+            )
+        enc = self(
+            text,
+            text_pair,
+            add_special_tokens=add_special_tokens,
+            padding=padding,
+            truncation=truncation,
+            max_length=max_length,
+            **kwargs,
+        )
         return enc["input_ids"]
 
     def encode_plus(self, text: Any, text_pair: Any = None, **kwargs: Any) -> BatchEncoding:
@@ -573,16 +644,20 @@ class GPT2TokenizerBase:
     def batch_encode_plus(self, batch_text_or_text_pairs: Any, **kwargs: Any) -> BatchEncoding:
         return self(list(batch_text_or_text_pairs), **kwargs)
 
-    def _normalize_inputs(self, text: Any, text_pair: Any, is_split_into_words: bool
-                          ) -> tuple[bool, list[Any], list[Any] | None]:
+    def _normalize_inputs(
+        self, text: Any, text_pair: Any, is_split_into_words: bool
+    ) -> tuple[bool, list[Any], list[Any] | None]:
         """(batched, first sequences, second sequences or None), every string checked."""
+
         def check_seq(x: Any, where: str) -> Any:
             if is_split_into_words:
                 if isinstance(x, str):
                     return [_check_text(x, where)]
                 if not isinstance(x, list | tuple):
-                    raise TypeError(f"{where} must be a list of words (str) with "
-                                    f"is_split_into_words=True, got {type(x).__name__}")
+                    raise TypeError(
+                        f"{where} must be a list of words (str) with "
+                        f"is_split_into_words=True, got {type(x).__name__}"
+                    )
                 return [_check_text(w, f"{where}[{j}]") for j, w in enumerate(x)]
             return _check_text(x, where)
 
@@ -596,8 +671,12 @@ class GPT2TokenizerBase:
             firsts = [check_seq(text, "text")]
             seconds = None if text_pair is None else [check_seq(text_pair, "text_pair")]
             return False, firsts, seconds
-        if text_pair is None and not is_split_into_words and text and all(
-                isinstance(t, list | tuple) for t in text):
+        if (
+            text_pair is None
+            and not is_split_into_words
+            and text
+            and all(isinstance(t, list | tuple) for t in text)
+        ):
             # batch of (text, text_pair) pairs
             if any(len(t) != 2 for t in text):
                 raise ValueError("a batch of pairs must hold (text, text_pair) 2-tuples")
@@ -611,9 +690,14 @@ class GPT2TokenizerBase:
             seconds = [check_seq(t, f"text_pair[{i}]") for i, t in enumerate(text_pair)]
         return True, firsts, seconds
 
-    def _strategies(self, padding: Any, truncation: Any, max_length: int | None,
-                    pad_to_multiple_of: int | None, verbose: bool
-                    ) -> tuple[str, str, int | None]:
+    def _strategies(
+        self,
+        padding: Any,
+        truncation: Any,
+        max_length: int | None,
+        pad_to_multiple_of: int | None,
+        verbose: bool,
+    ) -> tuple[str, str, int | None]:
         """transformers' ``_get_padding_truncation_strategies``: (padding, truncation, max_length)."""
         if max_length is not None and padding is False and truncation is None:
             if verbose:
@@ -621,24 +705,31 @@ class GPT2TokenizerBase:
                     "trunc-implicit",
                     "Truncation was not explicitly activated but `max_length` is provided a "
                     "specific value, please use `truncation=True` to explicitly truncate examples "
-                    "to max length. Defaulting to 'longest_first' truncation strategy.")
+                    "to max length. Defaulting to 'longest_first' truncation strategy.",
+                )
             truncation = "longest_first"
         padding = getattr(padding, "value", padding)
         truncation = getattr(truncation, "value", truncation)
         if padding is True:
-            if verbose and max_length is not None and truncation in (None, False,
-                                                                     "do_not_truncate"):
-                logger.warning("`max_length` is ignored when `padding`=`True` and there is no "
-                               "truncation strategy. To pad to max length, use "
-                               "`padding='max_length'`.")
+            if (
+                verbose
+                and max_length is not None
+                and truncation in (None, False, "do_not_truncate")
+            ):
+                logger.warning(
+                    "`max_length` is ignored when `padding`=`True` and there is no "
+                    "truncation strategy. To pad to max length, use "
+                    "`padding='max_length'`."
+                )
             pad = "longest"
         elif padding is False or padding is None:
             pad = "do_not_pad"
         elif padding in PADDING_STRATEGIES:
             pad = padding
         else:
-            raise ValueError(f"padding must be True, False or one of {PADDING_STRATEGIES}, got "
-                             f"{padding!r}")
+            raise ValueError(
+                f"padding must be True, False or one of {PADDING_STRATEGIES}, got {padding!r}"
+            )
         if truncation is True:
             trunc = "longest_first"
         elif truncation is False or truncation is None:
@@ -646,8 +737,10 @@ class GPT2TokenizerBase:
         elif truncation in TRUNCATION_STRATEGIES:
             trunc = truncation
         else:
-            raise ValueError(f"truncation must be True, False or one of {TRUNCATION_STRATEGIES}, "
-                             f"got {truncation!r}")
+            raise ValueError(
+                f"truncation must be True, False or one of {TRUNCATION_STRATEGIES}, "
+                f"got {truncation!r}"
+            )
         if max_length is not None and (not isinstance(max_length, int) or max_length < 0):
             raise ValueError(f"max_length must be a non-negative int, got {max_length!r}")
         if max_length is None and (pad == "max_length" or trunc != "do_not_truncate"):
@@ -656,12 +749,20 @@ class GPT2TokenizerBase:
             raise ValueError(
                 "Asking to pad but the tokenizer does not have a padding token. Please select a "
                 "token to use as `pad_token` `(tokenizer.pad_token = tokenizer.eos_token e.g.)` or "
-                "add a new pad token via `tokenizer.add_special_tokens({'pad_token': '[PAD]'})`.")
-        if (trunc != "do_not_truncate" and pad != "do_not_pad" and pad_to_multiple_of
-                and max_length is not None and max_length % pad_to_multiple_of):
-            raise ValueError(f"Truncation and padding are both activated but truncation length "
-                             f"({max_length}) is not a multiple of pad_to_multiple_of "
-                             f"({pad_to_multiple_of}).")
+                "add a new pad token via `tokenizer.add_special_tokens({'pad_token': '[PAD]'})`."
+            )
+        if (
+            trunc != "do_not_truncate"
+            and pad != "do_not_pad"
+            and pad_to_multiple_of
+            and max_length is not None
+            and max_length % pad_to_multiple_of
+        ):
+            raise ValueError(
+                f"Truncation and padding are both activated but truncation length "
+                f"({max_length}) is not a multiple of pad_to_multiple_of "
+                f"({pad_to_multiple_of})."
+            )
         return pad, trunc, max_length
 
     def __call__(
@@ -706,32 +807,45 @@ class GPT2TokenizerBase:
             asked for); lists of lists for a batch.
         """
         if stride or return_overflowing_tokens:
-            raise NotImplementedError("return_overflowing_tokens/stride are not supported; "
-                                      "split long texts before tokenizing")
+            raise NotImplementedError(
+                "return_overflowing_tokens/stride are not supported; "
+                "split long texts before tokenizing"
+            )
         if return_offsets_mapping and not self.is_fast:
             raise NotImplementedError(
                 "return_offsets_mapping is not available with the pure-Python GPT2Tokenizer; "
-                "use gpt2_core.GPT2TokenizerFast")
+                "use gpt2_core.GPT2TokenizerFast"
+            )
         tensor_type = _tensor_type(return_tensors)
         side = self.padding_side if padding_side is None else padding_side
         if side not in ("right", "left"):
             raise ValueError(f"padding_side must be 'right' or 'left', got {side!r}")
-        pad, trunc, max_length = self._strategies(padding, truncation, max_length,
-                                                  pad_to_multiple_of, verbose)
+        pad, trunc, max_length = self._strategies(
+            padding, truncation, max_length, pad_to_multiple_of, verbose
+        )
         batched, firsts, seconds = self._normalize_inputs(text, text_pair, is_split_into_words)
         aps = self.add_prefix_space if add_prefix_space is None else bool(add_prefix_space)
         want_words = self.is_fast and (return_offsets_mapping or is_split_into_words)
         ids_a, offs_a, words_a = self._encode_batch(
-            firsts, is_split_into_words=is_split_into_words, add_prefix_space=aps,
-            return_offsets=want_words)
+            firsts,
+            is_split_into_words=is_split_into_words,
+            add_prefix_space=aps,
+            return_offsets=want_words,
+        )
         ids_b = offs_b = words_b = None
         if seconds is not None:
             ids_b, offs_b, words_b = self._encode_batch(
-                seconds, is_split_into_words=is_split_into_words, add_prefix_space=aps,
-                return_offsets=want_words)
+                seconds,
+                is_split_into_words=is_split_into_words,
+                add_prefix_space=aps,
+                return_offsets=want_words,
+            )
 
-        want_mask = "attention_mask" in self.model_input_names if (
-            return_attention_mask is None) else bool(return_attention_mask)
+        want_mask = (
+            "attention_mask" in self.model_input_names
+            if (return_attention_mask is None)
+            else bool(return_attention_mask)
+        )
         want_types = bool(return_token_type_ids)
         columns: dict[str, list[Any]] = {"input_ids": []}
         if want_types:
@@ -742,8 +856,11 @@ class GPT2TokenizerBase:
             columns["offset_mapping"] = []
         word_ids: list[list[int | None]] | None = [] if want_words else None
         lengths = []
-        bos = [self.bos_token_id] if (add_special_tokens and self.add_bos_token
-                                      and self.bos_token_id is not None) else []
+        bos = (
+            [self.bos_token_id]
+            if (add_special_tokens and self.add_bos_token and self.bos_token_id is not None)
+            else []
+        )
         for i, a in enumerate(ids_a):
             b = None if ids_b is None else ids_b[i]
             oa = offs_a[i] if offs_a is not None else None
@@ -754,8 +871,9 @@ class GPT2TokenizerBase:
                 n_special = len(bos) * (1 + (b is not None and self._bos_before_pair))
                 total = len(a) + (len(b) if b is not None else 0) + n_special
                 if total > max_length:
-                    ka, kb = self._truncation_slices(len(a), None if b is None else len(b),
-                                                     total - max_length, trunc)
+                    ka, kb = self._truncation_slices(
+                        len(a), None if b is None else len(b), total - max_length, trunc
+                    )
                     a, oa, wa = (None if x is None else x[ka] for x in (a, oa, wa))
                     if b is not None:
                         b, ob, wb = (None if x is None else x[kb] for x in (b, ob, wb))
@@ -765,19 +883,25 @@ class GPT2TokenizerBase:
             columns["input_ids"].append(seq)
             if want_types:
                 columns["token_type_ids"].append(
-                    [0] * (len(bos) + len(a)) + ([] if b is None else [1] * (len(second_bos) + len(b))))
+                    [0] * (len(bos) + len(a))
+                    + ([] if b is None else [1] * (len(second_bos) + len(b)))
+                )
             if return_special_tokens_mask:
                 columns["special_tokens_mask"].append(
-                    [1] * len(bos) + [0] * len(a)
-                    + ([] if b is None else [1] * len(second_bos) + [0] * len(b)))
+                    [1] * len(bos)
+                    + [0] * len(a)
+                    + ([] if b is None else [1] * len(second_bos) + [0] * len(b))
+                )
             if return_offsets_mapping:
                 zero = [(0, 0)] * len(bos)
                 columns["offset_mapping"].append(
-                    zero + oa if b is None else zero + oa + [(0, 0)] * len(second_bos) + ob)
+                    zero + oa if b is None else zero + oa + [(0, 0)] * len(second_bos) + ob
+                )
             if word_ids is not None:
                 nones = [None] * len(bos)
-                word_ids.append(nones + wa if b is None
-                                else nones + wa + [None] * len(second_bos) + wb)
+                word_ids.append(
+                    nones + wa if b is None else nones + wa + [None] * len(second_bos) + wb
+                )
             lengths.append(len(seq))
             self._warn_if_too_long(len(seq), max_length, verbose)
         if want_mask:
@@ -786,8 +910,14 @@ class GPT2TokenizerBase:
             self._pad_columns(columns, word_ids, pad, max_length, pad_to_multiple_of, side)
         if return_length:
             columns["length"] = lengths
-        order = ["input_ids", "token_type_ids", "attention_mask", "special_tokens_mask",
-                 "offset_mapping", "length"]
+        order = [
+            "input_ids",
+            "token_type_ids",
+            "attention_mask",
+            "special_tokens_mask",
+            "offset_mapping",
+            "length",
+        ]
         data = {k: columns[k] for k in order if k in columns}
         if not batched:
             data = {k: v[0] for k, v in data.items()}
@@ -796,8 +926,9 @@ class GPT2TokenizerBase:
             word_ids = word_ids if word_ids is None else word_ids[:1]
         return BatchEncoding(data, tensor_type=tensor_type, word_ids=word_ids)
 
-    def _truncation_slices(self, la: int, lb: int | None, remove: int, strategy: str
-                           ) -> tuple[slice, slice]:
+    def _truncation_slices(
+        self, la: int, lb: int | None, remove: int, strategy: str
+    ) -> tuple[slice, slice]:
         """Slices keeping what transformers' ``truncate_sequences`` keeps."""
         keep_all = slice(None)
         left = self.truncation_side == "left"
@@ -808,11 +939,15 @@ class GPT2TokenizerBase:
         if strategy == "only_first" or (strategy == "longest_first" and lb is None):
             if la > remove:
                 return cut(la, remove), keep_all
-            msg = (f"We need to remove {remove} to truncate the input but the first sequence has "
-                   f"a length {la}.")
+            msg = (
+                f"We need to remove {remove} to truncate the input but the first sequence has "
+                f"a length {la}."
+            )
             if strategy == "only_first":
-                msg += (" Please select another truncation strategy than only_first, for instance "
-                        "'longest_first' or 'only_second'.")
+                msg += (
+                    " Please select another truncation strategy than only_first, for instance "
+                    "'longest_first' or 'only_second'."
+                )
             logger.error(msg)
             return keep_all, keep_all
         if strategy == "only_second":
@@ -820,9 +955,11 @@ class GPT2TokenizerBase:
                 return keep_all, keep_all
             if lb > remove:
                 return keep_all, cut(lb, remove)
-            logger.error(f"We need to remove {remove} to truncate the input but the second "
-                         f"sequence has a length {lb}. Please select another truncation strategy "
-                         "than only_second, for instance 'longest_first' or 'only_first'.")
+            logger.error(
+                f"We need to remove {remove} to truncate the input but the second "
+                f"sequence has a length {lb}. Please select another truncation strategy "
+                "than only_second, for instance 'longest_first' or 'only_first'."
+            )
             return keep_all, keep_all
         # longest_first on a pair: even out the lengths first, then split the rest
         first = min(abs(lb - la), remove)
@@ -833,9 +970,15 @@ class GPT2TokenizerBase:
             ra, rb = second // 2, first + second - second // 2
         return cut(la, min(ra, la)), cut(lb, min(rb, lb))
 
-    def _pad_columns(self, columns: dict[str, list[Any]], word_ids: list[list[Any]] | None,
-                     strategy: str, max_length: int | None, multiple: int | None,
-                     side: str) -> None:
+    def _pad_columns(
+        self,
+        columns: dict[str, list[Any]],
+        word_ids: list[list[Any]] | None,
+        strategy: str,
+        max_length: int | None,
+        multiple: int | None,
+        side: str,
+    ) -> None:
         """Pad every column in place (transformers' ``_pad``)."""
         seqs = columns["input_ids"]
         if strategy == "longest":
@@ -844,8 +987,13 @@ class GPT2TokenizerBase:
             target = max_length if max_length is not None else self.model_max_length
         if multiple and target % multiple:
             target = (target // multiple + 1) * multiple
-        fill = {"input_ids": self.pad_token_id, "attention_mask": 0, "token_type_ids": 0,
-                "special_tokens_mask": 1, "offset_mapping": (0, 0)}
+        fill = {
+            "input_ids": self.pad_token_id,
+            "attention_mask": 0,
+            "token_type_ids": 0,
+            "special_tokens_mask": 1,
+            "offset_mapping": (0, 0),
+        }
         for key, rows in columns.items():
             value = fill.get(key)
             if key not in fill:
@@ -860,17 +1008,27 @@ class GPT2TokenizerBase:
                 if d > 0:
                     word_ids[r] = row + [None] * d if side == "right" else [None] * d + row
 
-    def pad(self, encoded_inputs: Any, padding: bool | str = True, max_length: int | None = None,
-            pad_to_multiple_of: int | None = None, padding_side: str | None = None,
-            return_attention_mask: bool | None = None, return_tensors: str | None = None,
-            verbose: bool = True) -> BatchEncoding:
+    def pad(
+        self,
+        encoded_inputs: Any,
+        padding: bool | str = True,
+        max_length: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        padding_side: str | None = None,
+        return_attention_mask: bool | None = None,
+        return_tensors: str | None = None,
+        verbose: bool = True,
+    ) -> BatchEncoding:
         """Pad already-encoded inputs (a dict of lists, or a list of dicts as data collators pass).
 
         Keys the tokenizer knows (input_ids, attention_mask, token_type_ids,
         special_tokens_mask, offset_mapping) are padded; others are left as they are.
         """
-        if isinstance(encoded_inputs, list | tuple) and encoded_inputs and isinstance(
-                encoded_inputs[0], Mapping):
+        if (
+            isinstance(encoded_inputs, list | tuple)
+            and encoded_inputs
+            and isinstance(encoded_inputs[0], Mapping)
+        ):
             encoded_inputs = {k: [ex[k] for ex in encoded_inputs] for k in encoded_inputs[0]}
         if not isinstance(encoded_inputs, Mapping) or "input_ids" not in encoded_inputs:
             raise ValueError("pad() needs a dict (or list of dicts) with 'input_ids'")
@@ -879,10 +1037,14 @@ class GPT2TokenizerBase:
         batched = bool(ids) and isinstance(ids[0], list)
         if not batched:
             data = {k: [v] for k, v in data.items()}
-        pad, _, max_length = self._strategies(padding, False, max_length, pad_to_multiple_of,
-                                              verbose)
-        want_mask = "attention_mask" in self.model_input_names if (
-            return_attention_mask is None) else bool(return_attention_mask)
+        pad, _, max_length = self._strategies(
+            padding, False, max_length, pad_to_multiple_of, verbose
+        )
+        want_mask = (
+            "attention_mask" in self.model_input_names
+            if (return_attention_mask is None)
+            else bool(return_attention_mask)
+        )
         if want_mask and "attention_mask" not in data:
             data["attention_mask"] = [[1] * len(s) for s in data["input_ids"]]
         if not want_mask:
@@ -898,8 +1060,9 @@ class GPT2TokenizerBase:
                 data = {k: [v] for k, v in data.items()}
         return BatchEncoding(data, tensor_type=_tensor_type(return_tensors))
 
-    def build_inputs_with_special_tokens(self, token_ids_0: list[int],
-                                         token_ids_1: list[int] | None = None) -> list[int]:
+    def build_inputs_with_special_tokens(
+        self, token_ids_0: list[int], token_ids_1: list[int] | None = None
+    ) -> list[int]:
         bos = [self.bos_token_id] if self.add_bos_token else []
         if token_ids_1 is None:
             return bos + token_ids_0
@@ -910,21 +1073,33 @@ class GPT2TokenizerBase:
             return 0
         return 2 if pair and self._bos_before_pair else 1
 
-    def get_special_tokens_mask(self, token_ids_0: list[int], token_ids_1: list[int] | None = None,
-                                already_has_special_tokens: bool = False) -> list[int]:
+    def get_special_tokens_mask(
+        self,
+        token_ids_0: list[int],
+        token_ids_1: list[int] | None = None,
+        already_has_special_tokens: bool = False,
+    ) -> list[int]:
         if already_has_special_tokens:
             special = set(self.all_special_ids)
             return [int(i in special) for i in token_ids_0 + (token_ids_1 or [])]
         bos = [1] if self.add_bos_token else []
         if token_ids_1 is None:
             return bos + [0] * len(token_ids_0)
-        return bos + [0] * len(token_ids_0) + (bos if self._bos_before_pair else []) + [0] * len(
-            token_ids_1)
+        return (
+            bos
+            + [0] * len(token_ids_0)
+            + (bos if self._bos_before_pair else [])
+            + [0] * len(token_ids_1)
+        )
 
     # -- decoding -------------------------------------------------------------------------------
 
-    def decode(self, token_ids: Any, skip_special_tokens: bool = False,
-               clean_up_tokenization_spaces: bool | None = None) -> str:
+    def decode(
+        self,
+        token_ids: Any,
+        skip_special_tokens: bool = False,
+        clean_up_tokenization_spaces: bool | None = None,
+    ) -> str:
         """Text of ``token_ids`` (list, numpy array or framework tensor).
 
         Bytes that do not form valid UTF-8 (a sequence cut inside a character) become U+FFFD
@@ -951,22 +1126,31 @@ class GPT2TokenizerBase:
                 raise TypeError(f"token ids must be integers, got {bad!r}") from None
             raise ValueError(self._unknown_id_message(bad)) from None
         text = data.decode("utf-8", errors=self.errors)
-        clean = (self.clean_up_tokenization_spaces if clean_up_tokenization_spaces is None
-                 else clean_up_tokenization_spaces)
+        clean = (
+            self.clean_up_tokenization_spaces
+            if clean_up_tokenization_spaces is None
+            else clean_up_tokenization_spaces
+        )
         return clean_up_tokenization(text) if clean else text
 
-    def batch_decode(self, sequences: Any, skip_special_tokens: bool = False,
-                     clean_up_tokenization_spaces: bool | None = None) -> list[str]:
+    def batch_decode(
+        self,
+        sequences: Any,
+        skip_special_tokens: bool = False,
+        clean_up_tokenization_spaces: bool | None = None,
+    ) -> list[str]:
         """:meth:`decode` for each sequence of a batch (nested lists or a 2-D array/tensor)."""
         rows = _to_nested_list(sequences)
         return [self.decode(r, skip_special_tokens, clean_up_tokenization_spaces) for r in rows]
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(name_or_path={self.name_or_path!r}, "
-                f"vocab_size={self.vocab_size}, len={len(self)}, "
-                f"model_max_length={self.model_max_length}, padding_side={self.padding_side!r}, "
-                f"add_prefix_space={self.add_prefix_space}, add_bos_token={self.add_bos_token}, "
-                f"special_tokens={self.special_tokens_map})")
+        return (
+            f"{type(self).__name__}(name_or_path={self.name_or_path!r}, "
+            f"vocab_size={self.vocab_size}, len={len(self)}, "
+            f"model_max_length={self.model_max_length}, padding_side={self.padding_side!r}, "
+            f"add_prefix_space={self.add_prefix_space}, add_bos_token={self.add_bos_token}, "
+            f"special_tokens={self.special_tokens_map})"
+        )
 
 
 def _special_property(attr: str) -> tuple[property, property]:
@@ -982,8 +1166,10 @@ def _special_property(attr: str) -> tuple[property, property]:
     def set_id(self: GPT2TokenizerBase, value: int | None) -> None:
         self._set_special_id(attr, value)
 
-    return (property(get_token, set_token, doc=f"The {attr.replace('_', ' ')} (or None)."),
-            property(get_id, set_id, doc=f"Id of the {attr.replace('_', ' ')} (or None)."))
+    return (
+        property(get_token, set_token, doc=f"The {attr.replace('_', ' ')} (or None)."),
+        property(get_id, set_id, doc=f"Id of the {attr.replace('_', ' ')} (or None)."),
+    )
 
 
 for _attr in SPECIAL_TOKENS_ATTRIBUTES:
@@ -995,9 +1181,18 @@ del _attr, _tok_prop, _id_prop
 
 def clean_up_tokenization(text: str) -> str:
     """transformers' English clean-up: no space before punctuation and contractions."""
-    return (text.replace(" .", ".").replace(" ?", "?").replace(" !", "!").replace(" ,", ",")
-            .replace(" ' ", "'").replace(" n't", "n't").replace(" 'm", "'m").replace(" 's", "'s")
-            .replace(" 've", "'ve").replace(" 're", "'re"))
+    return (
+        text.replace(" .", ".")
+        .replace(" ?", "?")
+        .replace(" !", "!")
+        .replace(" ,", ",")
+        .replace(" ' ", "'")
+        .replace(" n't", "n't")
+        .replace(" 'm", "'m")
+        .replace(" 's", "'s")
+        .replace(" 've", "'ve")
+        .replace(" 're", "'re")
+    )
 
 
 def _is_int(x: Any) -> bool:
@@ -1021,8 +1216,10 @@ def _to_id_list(ids: Any) -> list[int]:
     if _is_int(ids):
         return [ids]
     if isinstance(ids, str | bytes | bool) or ids is None:
-        raise TypeError(f"token ids must be a sequence of ints, got {type(ids).__name__}"
-                        f"{'; did you mean encode()?' if isinstance(ids, str) else ''}")
+        raise TypeError(
+            f"token ids must be a sequence of ints, got {type(ids).__name__}"
+            f"{'; did you mean encode()?' if isinstance(ids, str) else ''}"
+        )
     out = _to_nested_list(ids)
     if _is_int(out):  # a 0-d array or tensor
         return [out]

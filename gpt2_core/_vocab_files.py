@@ -49,8 +49,9 @@ def parse_merges(text: str, source: str = "merges.txt") -> list[tuple[str, str]]
             continue
         parts = line.split(" ")
         if len(parts) != 2 or not parts[0] or not parts[1]:
-            raise ValueError(f"{source}:{lineno}: expected two symbols separated by a space, "
-                             f"got {line!r}")
+            raise ValueError(
+                f"{source}:{lineno}: expected two symbols separated by a space, got {line!r}"
+            )
         merges.append((parts[0], parts[1]))
     return merges
 
@@ -102,7 +103,9 @@ def read_tokenizer_json(path: str | os.PathLike) -> VocabFiles:
     if model.get("type", "BPE") != "BPE" or "vocab" not in model or "merges" not in model:
         raise ValueError(f"{path} does not hold a BPE model (type {model.get('type')!r})")
     vocab = dict(model["vocab"])
-    added = [(int(t["id"]), _as_added_token(t, special=False)) for t in data.get("added_tokens", [])]
+    added = [
+        (int(t["id"]), _as_added_token(t, special=False)) for t in data.get("added_tokens", [])
+    ]
     init: dict[str, Any] = {}
     pre = data.get("pre_tokenizer") or {}
     for p in [pre, *pre.get("pretokenizers", [])]:
@@ -135,8 +138,11 @@ def _shipped_tables() -> tuple[tuple[str, ...], tuple[bytes, ...], dict[tuple[st
     # derived tables of the shipped vocabulary, built once per process (~100 ms) and copied
     vocab, merges = _shipped_files()
     id_to_token = tuple(sorted(vocab, key=vocab.__getitem__))
-    return (id_to_token, tuple(token_to_bytes(t) for t in id_to_token),
-            {m: i for i, m in enumerate(merges)})
+    return (
+        id_to_token,
+        tuple(token_to_bytes(t) for t in id_to_token),
+        {m: i for i, m in enumerate(merges)},
+    )
 
 
 def is_shipped_vocab(vocab: Mapping[str, int], merges: Sequence[tuple[str, str]]) -> bool:
@@ -145,16 +151,19 @@ def is_shipped_vocab(vocab: Mapping[str, int], merges: Sequence[tuple[str, str]]
     return len(merges) == len(ref_merges) and vocab == ref_vocab and tuple(merges) == ref_merges
 
 
-def load_vocab_files(vocab_file: Any = None, merges_file: Any = None,
-                     tokenizer_file: Any = None) -> VocabFiles:
+def load_vocab_files(
+    vocab_file: Any = None, merges_file: Any = None, tokenizer_file: Any = None
+) -> VocabFiles:
     """Vocabulary from paths or in-memory objects; the shipped GPT-2 files when all are None."""
     if tokenizer_file is not None:
         return read_tokenizer_json(tokenizer_file)
     if vocab_file is None and merges_file is None:
         return shipped_vocab_files()
     if vocab_file is None or merges_file is None:
-        raise ValueError("pass both vocab_file and merges_file (or tokenizer_file, or neither "
-                         "for GPT-2's shipped vocabulary)")
+        raise ValueError(
+            "pass both vocab_file and merges_file (or tokenizer_file, or neither "
+            "for GPT-2's shipped vocabulary)"
+        )
     if isinstance(vocab_file, Mapping):
         vocab = dict(vocab_file)
     else:
@@ -183,8 +192,9 @@ def read_pretrained(name_or_path: str | os.PathLike, *, prefer_tokenizer_json: b
     elif have_bpe:
         files = load_vocab_files(d / "vocab.json", d / "merges.txt")
     else:
-        raise FileNotFoundError(f"{d} has no tokenizer files: expected vocab.json + merges.txt "
-                                "or tokenizer.json")
+        raise FileNotFoundError(
+            f"{d} has no tokenizer files: expected vocab.json + merges.txt or tokenizer.json"
+        )
     config: dict[str, Any] = {}
     if (d / TOKENIZER_CONFIG_FILE).is_file():
         config = _json_object(d / TOKENIZER_CONFIG_FILE)
@@ -204,8 +214,14 @@ def read_pretrained(name_or_path: str | os.PathLike, *, prefer_tokenizer_json: b
 
 
 _CONFIG_KEYS = (
-    "errors", "add_prefix_space", "add_bos_token", "model_max_length", "padding_side",
-    "truncation_side", "clean_up_tokenization_spaces", "additional_special_tokens",
+    "errors",
+    "add_prefix_space",
+    "add_bos_token",
+    "model_max_length",
+    "padding_side",
+    "truncation_side",
+    "clean_up_tokenization_spaces",
+    "additional_special_tokens",
     *SPECIAL_TOKENS_ATTRIBUTES,
 )
 
@@ -223,8 +239,11 @@ def _init_kwargs_from_config(config: Mapping[str, Any]) -> dict[str, Any]:
         elif key == "model_max_length" and value is not None:
             value = int(value)
         out[key] = value
-    ignored = sorted(set(config) - set(_CONFIG_KEYS) - {"tokenizer_class", "extra_special_tokens",
-                                                         "name_or_path", "auto_map"})
+    ignored = sorted(
+        set(config)
+        - set(_CONFIG_KEYS)
+        - {"tokenizer_class", "extra_special_tokens", "name_or_path", "auto_map"}
+    )
     if ignored:
         logger.debug("tokenizer config keys not used by gpt2_core: %s", ignored)
     return out

@@ -48,13 +48,15 @@ def check_config_dict(d: dict[str, Any], source: str) -> None:
     if model_type != MODEL_TYPE:
         raise NotGPT2Error(
             f"{source}: model_type is {model_type!r}, not 'gpt2'. gpt2-zoo implements GPT-2 "
-            "only; load this checkpoint with a library that implements its architecture.")
+            "only; load this checkpoint with a library that implements its architecture."
+        )
     archs = d.get("architectures") or []
     unknown = [a for a in archs if a not in naming.ARCHITECTURES]
     if unknown:
         raise NotGPT2Error(
             f"{source}: architectures {unknown} are not GPT-2 classes "
-            f"(known: {sorted(naming.HEADS.values())} and their TF/Flax names)")
+            f"(known: {sorted(naming.HEADS.values())} and their TF/Flax names)"
+        )
 
 
 def check_gpt2(name_or_path: str | os.PathLike | GPT2Config) -> None:
@@ -66,8 +68,10 @@ def check_gpt2(name_or_path: str | os.PathLike | GPT2Config) -> None:
     if isinstance(name_or_path, GPT2Config):
         return
     if not isinstance(name_or_path, str | os.PathLike):
-        raise TypeError(f"expected a checkpoint directory, hub id or GPT2Config, got "
-                        f"{type(name_or_path).__name__} (a model of another library?)")
+        raise TypeError(
+            f"expected a checkpoint directory, hub id or GPT2Config, got "
+            f"{type(name_or_path).__name__} (a model of another library?)"
+        )
     p = Path(name_or_path)
     if p.is_dir():
         path = p / CONFIG_NAME
@@ -90,40 +94,56 @@ def check_gpt2(name_or_path: str | os.PathLike | GPT2Config) -> None:
     check_config_dict(d, str(path))
 
 
-def make_auto_class(name: str, head: str, classes: dict[str, type], *, prefix: str = "",
-                    build: Any = None) -> type:
+def make_auto_class(
+    name: str, head: str, classes: dict[str, type], *, prefix: str = "", build: Any = None
+) -> type:
     """An Auto class whose ``from_pretrained`` / ``from_config`` check the architecture and
     return ``classes[head]`` (keyword arguments pass through). ``build(model_cls, config,
     **kwargs)`` makes a fresh model from a config; default ``model_cls(config, **kwargs)``."""
 
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any,
-                        **kwargs: Any) -> Any:
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any
+    ) -> Any:
         check_gpt2(pretrained_model_name_or_path)
         if args:
-            raise TypeError(f"{cls.__name__}.from_pretrained takes keyword arguments only after "
-                            f"the path, got {len(args)} positional")
+            raise TypeError(
+                f"{cls.__name__}.from_pretrained takes keyword arguments only after "
+                f"the path, got {len(args)} positional"
+            )
         return classes[head].from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     def from_config(cls, config: Any, **kwargs: Any) -> Any:
         if not isinstance(config, GPT2Config):
-            raise NotGPT2Error(f"{cls.__name__}.from_config needs a gpt2_core.GPT2Config, got "
-                               f"{type(config).__name__}")
+            raise NotGPT2Error(
+                f"{cls.__name__}.from_config needs a gpt2_core.GPT2Config, got "
+                f"{type(config).__name__}"
+            )
         model_cls = classes[head]
         return build(model_cls, config, **kwargs) if build else model_cls(config, **kwargs)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        raise TypeError(f"{name} is not instantiated: use {name}.from_pretrained(path) or "
-                        f"{name}.from_config(config)")
+        raise TypeError(
+            f"{name} is not instantiated: use {name}.from_pretrained(path) or "
+            f"{name}.from_config(config)"
+        )
 
-    doc = (f"Loads any GPT-2 checkpoint as ``{prefix}{naming.HEADS[head]}`` (transformers' "
-           f"``{prefix}{name}``); other architectures raise :class:`NotGPT2Error`.\n\n"
-           f"Example:\n    >>> model = {prefix}{name}.from_pretrained(\"path/to/gpt2\")  "
-           "# doctest: +SKIP\n")
-    return type(prefix + name, (), {
-        "__doc__": doc, "__init__": __init__, "head": head,
-        "from_pretrained": classmethod(from_pretrained),
-        "from_config": classmethod(from_config),
-    })
+    doc = (
+        f"Loads any GPT-2 checkpoint as ``{prefix}{naming.HEADS[head]}`` (transformers' "
+        f"``{prefix}{name}``); other architectures raise :class:`NotGPT2Error`.\n\n"
+        f'Example:\n    >>> model = {prefix}{name}.from_pretrained("path/to/gpt2")  '
+        "# doctest: +SKIP\n"
+    )
+    return type(
+        prefix + name,
+        (),
+        {
+            "__doc__": doc,
+            "__init__": __init__,
+            "head": head,
+            "from_pretrained": classmethod(from_pretrained),
+            "from_config": classmethod(from_config),
+        },
+    )
 
 
 class AutoTokenizer:
@@ -143,8 +163,13 @@ class AutoTokenizer:
         raise TypeError("AutoTokenizer is not instantiated: use AutoTokenizer.from_pretrained")
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *,
-                        use_fast: bool = True, **kwargs: Any) -> Any:
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
+        use_fast: bool = True,
+        **kwargs: Any,
+    ) -> Any:
         if use_fast:
             from gpt2_core.tokenizer_fast import GPT2TokenizerFast as tok_cls
         else:
@@ -154,7 +179,8 @@ class AutoTokenizer:
             if (p / CONFIG_NAME).is_file():
                 check_gpt2(p)
             has_files = (p / "tokenizer.json").is_file() or (
-                (p / "vocab.json").is_file() and (p / "merges.txt").is_file())
+                (p / "vocab.json").is_file() and (p / "merges.txt").is_file()
+            )
             if not has_files:
                 vocab = None
                 if (p / CONFIG_NAME).is_file():
@@ -163,10 +189,17 @@ class AutoTokenizer:
                     raise FileNotFoundError(
                         f"{p} has no tokenizer files (tokenizer.json or vocab.json + merges.txt) "
                         f"and its vocab_size is {vocab}, not GPT-2's 50257: pass a tokenizer "
-                        "directory")
+                        "directory"
+                    )
                 return tok_cls.from_pretrained("gpt2", **kwargs)
         return tok_cls.from_pretrained(pretrained_model_name_or_path, **kwargs)
 
 
-__all__ = ["AUTO_HEADS", "AutoTokenizer", "NotGPT2Error", "check_config_dict", "check_gpt2",
-           "make_auto_class"]
+__all__ = [
+    "AUTO_HEADS",
+    "AutoTokenizer",
+    "NotGPT2Error",
+    "check_config_dict",
+    "check_gpt2",
+    "make_auto_class",
+]

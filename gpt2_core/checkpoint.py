@@ -43,14 +43,20 @@ _FORMAT_ALIASES = {
     "safetensors": ("safetensors-sharded", "safetensors"),
     "pytorch": ("pytorch-sharded", "pytorch"),
     "bin": ("pytorch-sharded", "pytorch"),
-    "tf": ("tf",), "h5": ("tf",),
-    "flax": ("flax",), "msgpack": ("flax",),
+    "tf": ("tf",),
+    "h5": ("tf",),
+    "flax": ("flax",),
+    "msgpack": ("flax",),
 }
 
 _DTYPES = {
-    "fp32": np.float32, "float32": np.float32,
-    "fp16": np.float16, "float16": np.float16, "half": np.float16,
-    "bf16": ml_dtypes.bfloat16, "bfloat16": ml_dtypes.bfloat16,
+    "fp32": np.float32,
+    "float32": np.float32,
+    "fp16": np.float16,
+    "float16": np.float16,
+    "half": np.float16,
+    "bf16": ml_dtypes.bfloat16,
+    "bfloat16": ml_dtypes.bfloat16,
 }
 
 
@@ -92,7 +98,9 @@ def cast_state_dict(state_dict: Mapping[str, np.ndarray], dtype: Any) -> dict[st
             out[k] = done[id(given)][1]
         elif is_float and v.dtype != dt:
             # from a memory map: cast block by block, each source block released as it lands
-            out[k] = lowmem.owned_copy(v, dt) if lowmem.mapped_buffer(v) is not None else v.astype(dt)
+            out[k] = (
+                lowmem.owned_copy(v, dt) if lowmem.mapped_buffer(v) is not None else v.astype(dt)
+            )
             done[id(given)] = (given, out[k])
         else:
             out[k] = v
@@ -170,9 +178,13 @@ def weight_files(directory: str | os.PathLike, fmt: str) -> list[Path]:
     return [path, *(checked_file(d, s) for s in shards)]
 
 
-def read_state_dict(directory: str | os.PathLike, *, prefer: str | None = None,
-                    mmap: bool = True, config: GPT2Config | None = None,
-                    ) -> tuple[dict[str, np.ndarray], CheckpointInfo]:
+def read_state_dict(
+    directory: str | os.PathLike,
+    *,
+    prefer: str | None = None,
+    mmap: bool = True,
+    config: GPT2Config | None = None,
+) -> tuple[dict[str, np.ndarray], CheckpointInfo]:
     """Read the weights of a checkpoint directory as a canonical-named numpy dict.
 
     Keys keep the prefix convention of the file (with or without ``transformer.``);
@@ -246,7 +258,9 @@ def load_pretrained(
         logger.warning(
             "%s: some weights of %s were not in the checkpoint and are newly initialised: %s. "
             "Train the model on a down-stream task before using it.",
-            directory, naming.HEADS[naming.head_of(head)], ", ".join(report.newly_initialized),
+            directory,
+            naming.HEADS[naming.head_of(head)],
+            ", ".join(report.newly_initialized),
         )
     if report.ignored_buffers or report.tied:
         logger.info("loading %s: %s", directory, report.summary())
@@ -287,8 +301,9 @@ def save_pretrained(
     to_write = naming.drop_tied(sd, config, head)
     for fmt in formats:
         if fmt == "safetensors":
-            written += st.save_sharded(to_write, directory, max_shard_size=max_shard_size,
-                                       progress=progress)
+            written += st.save_sharded(
+                to_write, directory, max_shard_size=max_shard_size, progress=progress
+            )
         elif fmt == "pytorch":
             from gpt2_core.formats import torch_bin
 
@@ -300,8 +315,9 @@ def save_pretrained(
         elif fmt == "flax":
             from gpt2_core.formats import flax_msgpack
 
-            written.append(flax_msgpack.save(sd, directory / FORMAT_FILES["flax"], config, head,
-                                             progress))
+            written.append(
+                flax_msgpack.save(sd, directory / FORMAT_FILES["flax"], config, head, progress)
+            )
         else:
             raise ValueError(f"unknown format {fmt!r}; use safetensors, pytorch, tf or flax")
     return written

@@ -48,7 +48,9 @@ SUMMARY_TYPES = frozenset({"last", "first", "mean", "cls_index"})
 #: ``attn_implementation`` values. Which ones a backend runs (and on which devices) is the
 #: backend's call: torch eager / sdpa / flash_attention_2, TF eager, Flax eager / sdpa / cudnn.
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "cudnn")
-PROBLEM_TYPES = frozenset({"regression", "single_label_classification", "multi_label_classification"})
+PROBLEM_TYPES = frozenset(
+    {"regression", "single_label_classification", "multi_label_classification"}
+)
 
 # field name -> HF default. Order is the order of HF's docstring; it is also the order of to_dict.
 _DEFAULTS: dict[str, Any] = {
@@ -178,8 +180,10 @@ class GPT2Config:
             object.__setattr__(self, name, copy.deepcopy(kwargs.pop(name, default)))
         model_type = kwargs.pop("model_type", MODEL_TYPE)
         if model_type != MODEL_TYPE:
-            raise ValueError(f"GPT2Config: this is a {model_type!r} config (model_type "
-                             f"{model_type!r}); gpt2-zoo runs GPT-2 only (model_type 'gpt2')")
+            raise ValueError(
+                f"GPT2Config: this is a {model_type!r} config (model_type "
+                f"{model_type!r}); gpt2-zoo runs GPT-2 only (model_type 'gpt2')"
+            )
         id2label = kwargs.pop("id2label", None)
         label2id = kwargs.pop("label2id", None)
         num_labels = kwargs.pop("num_labels", None)
@@ -255,7 +259,9 @@ class GPT2Config:
             if not _is_int(v) or v <= 0:
                 raise ValueError(f"GPT2Config: {name} must be a positive int, got {v!r}")
         if self.n_inner is not None and (not _is_int(self.n_inner) or self.n_inner <= 0):
-            raise ValueError(f"GPT2Config: n_inner must be None or a positive int, got {self.n_inner!r}")
+            raise ValueError(
+                f"GPT2Config: n_inner must be None or a positive int, got {self.n_inner!r}"
+            )
         if self.n_embd % self.n_head:
             raise ValueError(
                 f"GPT2Config: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
@@ -278,13 +284,20 @@ class GPT2Config:
             if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 <= v <= 1.0:
                 raise ValueError(f"GPT2Config: {name} must be a probability in [0, 1], got {v!r}")
         eps = self.layer_norm_epsilon
-        if (isinstance(eps, bool) or not isinstance(eps, int | float) or not eps > 0
-                or math.isinf(eps)):
-            raise ValueError(f"GPT2Config: layer_norm_epsilon must be a finite number > 0, "
-                             f"got {eps!r}")
+        if (
+            isinstance(eps, bool)
+            or not isinstance(eps, int | float)
+            or not eps > 0
+            or math.isinf(eps)
+        ):
+            raise ValueError(
+                f"GPT2Config: layer_norm_epsilon must be a finite number > 0, got {eps!r}"
+            )
         ir = self.initializer_range
         if isinstance(ir, bool) or not isinstance(ir, int | float) or not ir >= 0 or math.isinf(ir):
-            raise ValueError(f"GPT2Config: initializer_range must be a finite number >= 0, got {ir!r}")
+            raise ValueError(
+                f"GPT2Config: initializer_range must be a finite number >= 0, got {ir!r}"
+            )
         for name in _BOOLS:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"GPT2Config: {name} must be a bool, got {getattr(self, name)!r}")
@@ -418,8 +431,10 @@ class GPT2Config:
 
 def _check_attn_implementation(value: Any) -> None:
     if value is not None and value not in ATTN_IMPLEMENTATIONS:
-        raise ValueError(f"GPT2Config: attn_implementation must be None or one of "
-                         f"{list(ATTN_IMPLEMENTATIONS)}, got {value!r}")
+        raise ValueError(
+            f"GPT2Config: attn_implementation must be None or one of "
+            f"{list(ATTN_IMPLEMENTATIONS)}, got {value!r}"
+        )
 
 
 def _label_maps(
@@ -446,9 +461,7 @@ def _label_maps(
     except (TypeError, ValueError) as e:
         raise ValueError(f"GPT2Config: id2label keys must be ints (or int strings): {e}") from e
     if sorted(ids) != list(range(len(ids))) or not ids:
-        raise ValueError(
-            f"GPT2Config: id2label keys must be 0..n-1 with n >= 1, got {sorted(ids)}"
-        )
+        raise ValueError(f"GPT2Config: id2label keys must be 0..n-1 with n >= 1, got {sorted(ids)}")
     if not all(isinstance(v, str) for v in ids.values()):
         raise ValueError("GPT2Config: id2label values must be strings")
     if num_labels is not None and num_labels != len(ids):

@@ -46,8 +46,17 @@ logger = logging.getLogger(__name__)
 MAX_ROWS = 16
 #: activation name -> the C kernel's code (every name of ``GPT2Config.ACTIVATIONS``)
 ACTIVATION_CODES = {
-    "gelu_new": 0, "gelu_pytorch_tanh": 0, "gelu_fast": 0, "gelu": 1, "relu": 2,
-    "quick_gelu": 3, "silu": 4, "swish": 4, "tanh": 5, "sigmoid": 6, "linear": 7,
+    "gelu_new": 0,
+    "gelu_pytorch_tanh": 0,
+    "gelu_fast": 0,
+    "gelu": 1,
+    "relu": 2,
+    "quick_gelu": 3,
+    "silu": 4,
+    "swish": 4,
+    "tanh": 5,
+    "sigmoid": 6,
+    "linear": 7,
 }
 
 _SOURCE = Path(__file__).with_name("csrc") / "gpt2_kernels.c"
@@ -69,7 +78,8 @@ def _enabled_by_env() -> bool:
 
 def _cache_dir() -> Path:
     root = os.environ.get("GPT2_ZOO_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "gpt2_zoo")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "gpt2_zoo"
+    )
     return Path(root) / "kernels"
 
 
@@ -119,8 +129,12 @@ def _build(cc: str, out: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
     os.close(fd)
     try:
-        proc = subprocess.run([cc, *_FLAGS, str(_SOURCE), "-o", tmp, "-lm"], capture_output=True,
-                              text=True, timeout=120)
+        proc = subprocess.run(
+            [cc, *_FLAGS, str(_SOURCE), "-o", tmp, "-lm"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[:500]}")
         os.replace(tmp, out)  # atomic: concurrent builders each publish a complete file
@@ -135,8 +149,30 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.gpt2_gemv_kn.restype = None
     lib.gpt2_gemv_nk.argtypes = [vp, i64, vp, cint, vp, vp, i64, i64, i64, i64, cint]
     lib.gpt2_gemv_nk.restype = None
-    lib.gpt2_decode_step.argtypes = [vp, vp, vp, vp, vp, vp, i64, i64, i64, i64, i64, i64,
-                                     i64, i64, f32, cint, cint, vp, vp, cint, cint, vp]
+    lib.gpt2_decode_step.argtypes = [
+        vp,
+        vp,
+        vp,
+        vp,
+        vp,
+        vp,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        f32,
+        cint,
+        cint,
+        vp,
+        vp,
+        cint,
+        cint,
+        vp,
+    ]
     lib.gpt2_decode_step.restype = None
     lib.gpt2_decode_work_floats.argtypes = [i64, i64, i64, i64, i64, i64, cint]
     lib.gpt2_decode_work_floats.restype = i64
@@ -155,8 +191,12 @@ def load() -> ctypes.CDLL | None:
         if not _enabled_by_env():
             _status = "disabled by GPT2_ZOO_CPU_KERNELS"
             return None
-        if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64",
-                                                                      "aarch64", "arm64"):
+        if platform.system() != "Linux" or platform.machine() not in (
+            "x86_64",
+            "AMD64",
+            "aarch64",
+            "arm64",
+        ):
             _status = f"unsupported platform {platform.system()} {platform.machine()}"
             return None
         cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
@@ -172,8 +212,11 @@ def load() -> ctypes.CDLL | None:
             os.environ["GOMP_SPINCOUNT"] = "10000"
         try:
             source = _SOURCE.read_bytes()
-            key = hashlib.sha256(b"\0".join([source, " ".join(_FLAGS).encode(), cc.encode(),
-                                             _cpu_signature().encode()])).hexdigest()[:20]
+            key = hashlib.sha256(
+                b"\0".join(
+                    [source, " ".join(_FLAGS).encode(), cc.encode(), _cpu_signature().encode()]
+                )
+            ).hexdigest()[:20]
             path = _cache_dir() / f"gpt2_kernels-{key}.so"
             if not path.exists():
                 try:
@@ -196,8 +239,9 @@ def load() -> ctypes.CDLL | None:
         # Intel OpenMP) would spin against its threads: then the kernels run single-threaded.
         _threads_ok = not before or after == before
         _lib = lib
-        _status = f"loaded from {path}" + ("" if _threads_ok else " (single-threaded: "
-                                           f"OpenMP runtimes {sorted(after)})")
+        _status = f"loaded from {path}" + (
+            "" if _threads_ok else f" (single-threaded: OpenMP runtimes {sorted(after)})"
+        )
         logger.debug("gpt2 CPU kernels %s", _status)
         return _lib
 
@@ -282,8 +326,7 @@ def _f32(a: np.ndarray, name: str, shape: tuple[int, ...] | None = None) -> np.n
 
 def _weight(a: np.ndarray, name: str, shape: tuple[int, ...] | None = None) -> int:
     """Check a weight matrix (C-contiguous float32, bfloat16 or int8); its kind (0, 1, 2)."""
-    if not isinstance(a, np.ndarray) or a.dtype not in WEIGHT_KINDS \
-            or not a.flags.c_contiguous:
+    if not isinstance(a, np.ndarray) or a.dtype not in WEIGHT_KINDS or not a.flags.c_contiguous:
         raise TypeError(f"{name} must be a C-contiguous float32, bfloat16 or int8 numpy array")
     if shape is not None and a.shape != shape:
         raise ValueError(f"{name} has shape {a.shape}, expected {shape}")
@@ -301,8 +344,13 @@ def _scale(kind: int, scale: np.ndarray | None, name: str, n: int) -> int | None
     return _f32(scale, f"{name} scale", (n,)).ctypes.data
 
 
-def linear_kn(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
-              nt: int | None = None, scale: np.ndarray | None = None) -> np.ndarray:
+def linear_kn(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None = None,
+    nt: int | None = None,
+    scale: np.ndarray | None = None,
+) -> np.ndarray:
     """``b + x @ w`` for x (M, K), w (K, N) (GPT-2's Conv1D layout); x and b float32, w float32
     or bfloat16 (widened to fp32 in registers: the sums are fp32 either way), or int8 with
     ``scale`` (N,) float32 (then ``b + (x @ w) * scale``)."""
@@ -318,14 +366,27 @@ def linear_kn(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
     nt = threads(nt)
     y = np.empty((M, N), np.float32)
     scratch = np.empty(max(1, (nt - 1) * M * N), np.float32)
-    library().gpt2_gemv_kn(x.ctypes.data, K, w.ctypes.data, wq, s,
-                           None if b is None else b.ctypes.data, y.ctypes.data, N, M, K, N,
-                           scratch.ctypes.data, nt)
+    library().gpt2_gemv_kn(
+        x.ctypes.data,
+        K,
+        w.ctypes.data,
+        wq,
+        s,
+        None if b is None else b.ctypes.data,
+        y.ctypes.data,
+        N,
+        M,
+        K,
+        N,
+        scratch.ctypes.data,
+        nt,
+    )
     return y
 
 
-def linear_nk(x: np.ndarray, w: np.ndarray, nt: int | None = None,
-              scale: np.ndarray | None = None) -> np.ndarray:
+def linear_nk(
+    x: np.ndarray, w: np.ndarray, nt: int | None = None, scale: np.ndarray | None = None
+) -> np.ndarray:
     """``x @ w.T`` for x (M, K), w (N, K) (nn.Linear's layout, e.g. the tied LM head); w
     float32 or bfloat16, or int8 with ``scale`` (N,) (one per row of w)."""
     wq = _weight(w, "w")
@@ -335,8 +396,9 @@ def linear_nk(x: np.ndarray, w: np.ndarray, nt: int | None = None,
     if x.shape[1] != K:
         raise ValueError(f"x has {x.shape[1]} features, w expects {K}")
     y = np.empty((x.shape[0], N), np.float32)
-    library().gpt2_gemv_nk(x.ctypes.data, K, w.ctypes.data, wq, s, y.ctypes.data, N,
-                           x.shape[0], K, N, threads(nt))
+    library().gpt2_gemv_nk(
+        x.ctypes.data, K, w.ctypes.data, wq, s, y.ctypes.data, N, x.shape[0], K, N, threads(nt)
+    )
     return y
 
 
@@ -344,8 +406,10 @@ def attention_scales(config: Any) -> list[float]:
     """The score scale of each layer: 1/sqrt(head_dim) (``scale_attn_weights``) divided by
     layer_idx + 1 (``scale_attn_by_inverse_layer_idx``)."""
     base = 1.0 / math.sqrt(config.n_embd // config.n_head) if config.scale_attn_weights else 1.0
-    return [base / (i + 1) if config.scale_attn_by_inverse_layer_idx else base
-            for i in range(config.n_layer)]
+    return [
+        base / (i + 1) if config.scale_attn_by_inverse_layer_idx else base
+        for i in range(config.n_layer)
+    ]
 
 
 class DecodeStep:
@@ -377,11 +441,23 @@ class DecodeStep:
         >>> logits = step(ids, positions, bias, slot)                    # (B, V)
     """
 
-    LAYER_NAMES = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
-                   "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight", "ln_2.bias",
-                   "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias")
-    MATRICES = frozenset(("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight",
-                          "mlp.c_proj.weight"))
+    LAYER_NAMES = (
+        "ln_1.weight",
+        "ln_1.bias",
+        "attn.c_attn.weight",
+        "attn.c_attn.bias",
+        "attn.c_proj.weight",
+        "attn.c_proj.bias",
+        "ln_2.weight",
+        "ln_2.bias",
+        "mlp.c_fc.weight",
+        "mlp.c_fc.bias",
+        "mlp.c_proj.weight",
+        "mlp.c_proj.bias",
+    )
+    MATRICES = frozenset(
+        ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    )
 
     @staticmethod
     def unsupported_reason(config: Any, batch: int, max_length: int) -> str | None:
@@ -399,9 +475,17 @@ class DecodeStep:
             return f"cache length {max_length} > n_positions {config.n_positions}"
         return None
 
-    def __init__(self, config: Any, weights: dict[str, np.ndarray], keys: list[np.ndarray],
-                 values: list[np.ndarray], batch: int, head_transposed: bool = False,
-                 scales: list[float] | None = None, nt: int | None = None) -> None:
+    def __init__(
+        self,
+        config: Any,
+        weights: dict[str, np.ndarray],
+        keys: list[np.ndarray],
+        values: list[np.ndarray],
+        batch: int,
+        head_transposed: bool = False,
+        scales: list[float] | None = None,
+        nt: int | None = None,
+    ) -> None:
         self._lib = library()
         C, H, V = config.n_embd, config.n_head, config.vocab_size
         F = config.inner_dim
@@ -424,11 +508,17 @@ class DecodeStep:
             a = weights[name]
             if matrix:
                 if _weight(a, name, shape) != self.wq:
-                    raise TypeError(f"{name} is {a.dtype} but transformer.wte.weight is "
-                                    f"{wte.dtype}: the weight matrices must share one dtype")
+                    raise TypeError(
+                        f"{name} is {a.dtype} but transformer.wte.weight is "
+                        f"{wte.dtype}: the weight matrices must share one dtype"
+                    )
                 if self.wq == INT8:  # one scale per output channel: the last axis, but rows
-                    n = shape[0] if name in ("transformer.wte.weight", "lm_head.weight") \
-                        and not (name == "lm_head.weight" and head_transposed) else shape[1]
+                    n = (
+                        shape[0]
+                        if name in ("transformer.wte.weight", "lm_head.weight")
+                        and not (name == "lm_head.weight" and head_transposed)
+                        else shape[1]
+                    )
                     s = weights.get(name + "_scale")
                     if s is None and name == "lm_head.weight" and a is wte:  # tied
                         s = weights.get("transformer.wte.weight_scale")
@@ -442,18 +532,35 @@ class DecodeStep:
             return a.ctypes.data
 
         head_shape = (C, V) if head_transposed else (V, C)
-        glob = [ptr("transformer.wte.weight", (V, C), matrix=True),
-                ptr("transformer.wpe.weight", (config.n_positions, C)),
-                ptr("transformer.ln_f.weight", (C,)), ptr("transformer.ln_f.bias", (C,)),
-                ptr("lm_head.weight", head_shape, matrix=True)]
-        shapes = [(C,), (C,), (C, 3 * C), (3 * C,), (C, C), (C,), (C,), (C,), (C, F), (F,),
-                  (F, C), (C,)]
+        glob = [
+            ptr("transformer.wte.weight", (V, C), matrix=True),
+            ptr("transformer.wpe.weight", (config.n_positions, C)),
+            ptr("transformer.ln_f.weight", (C,)),
+            ptr("transformer.ln_f.bias", (C,)),
+            ptr("lm_head.weight", head_shape, matrix=True),
+        ]
+        shapes = [
+            (C,),
+            (C,),
+            (C, 3 * C),
+            (3 * C,),
+            (C, C),
+            (C,),
+            (C,),
+            (C,),
+            (C, F),
+            (F,),
+            (F, C),
+            (C,),
+        ]
         per_layer = []
         if len(keys) != config.n_layer or len(values) != config.n_layer:
             raise ValueError(f"need {config.n_layer} key and value buffers")
         for i, (k, v) in enumerate(zip(keys, values)):
-            per_layer += [ptr(f"transformer.h.{i}.{n}", s, matrix=n in self.MATRICES)
-                          for n, s in zip(self.LAYER_NAMES, shapes)]
+            per_layer += [
+                ptr(f"transformer.h.{i}.{n}", s, matrix=n in self.MATRICES)
+                for n, s in zip(self.LAYER_NAMES, shapes)
+            ]
             for name, buf in (("keys", k), ("values", v)):
                 _f32(buf, f"{name}[{i}]", cache_shape)
                 if not buf.flags.writeable:
@@ -463,13 +570,21 @@ class DecodeStep:
         self._glob = (ctypes.c_void_p * 5)(*glob)
         self._qscales = (ctypes.c_void_p * max(1, len(qscales)))(*qscales)
         self._layers = (ctypes.c_void_p * len(per_layer))(*per_layer)
-        self._scales = np.asarray(scales if scales is not None else attention_scales(config),
-                                  np.float32)
-        self._work = np.empty(self._lib.gpt2_decode_work_floats(
-            batch, C, H, self.L, F, V, self.nt), np.float32)
+        self._scales = np.asarray(
+            scales if scales is not None else attention_scales(config), np.float32
+        )
+        self._work = np.empty(
+            self._lib.gpt2_decode_work_floats(batch, C, H, self.L, F, V, self.nt), np.float32
+        )
 
-    def __call__(self, ids: np.ndarray, positions: np.ndarray, bias: np.ndarray, slot: int,
-                 out: np.ndarray | None = None) -> np.ndarray:
+    def __call__(
+        self,
+        ids: np.ndarray,
+        positions: np.ndarray,
+        bias: np.ndarray,
+        slot: int,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Logits (B, V) after feeding ``ids`` (B,) at ``positions`` (B,) into cache ``slot``;
         ``bias`` (B, L) is the additive padding mask over cache slots (slots after ``slot`` are
         never read). Ids and positions must be valid (the caller produced them)."""
@@ -484,10 +599,29 @@ class DecodeStep:
         else:
             _f32(out, "out", (M, self.V))
         self._lib.gpt2_decode_step(
-            ids.ctypes.data, positions.ctypes.data, self._glob, self._layers,
-            self._scales.ctypes.data, bias.ctypes.data, slot, M, self.C, self.H, L, self.F,
-            self.V, self.n_layer, self.eps, self.act, self.head_kn, out.ctypes.data,
-            self._work.ctypes.data, self.nt, self.wq, self._qscales)
+            ids.ctypes.data,
+            positions.ctypes.data,
+            self._glob,
+            self._layers,
+            self._scales.ctypes.data,
+            bias.ctypes.data,
+            slot,
+            M,
+            self.C,
+            self.H,
+            L,
+            self.F,
+            self.V,
+            self.n_layer,
+            self.eps,
+            self.act,
+            self.head_kn,
+            out.ctypes.data,
+            self._work.ctypes.data,
+            self.nt,
+            self.wq,
+            self._qscales,
+        )
         return out
 
     @property

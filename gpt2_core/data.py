@@ -43,7 +43,9 @@ def resolve_files(patterns: str | os.PathLike | Sequence[str | os.PathLike]) -> 
             if not matches:
                 raise DataError(f"directory {p} holds no .txt or .md files")
         elif any(ch in str(pat) for ch in "*?["):
-            matches = [Path(m) for m in sorted(glob.glob(str(pat), recursive=True)) if Path(m).is_file()]
+            matches = [
+                Path(m) for m in sorted(glob.glob(str(pat), recursive=True)) if Path(m).is_file()
+            ]
             if not matches:
                 raise DataError(f"no file matches {pat!r}")
         else:
@@ -64,12 +66,15 @@ def _encode_document(tokenizer: Any, text: str) -> list[int]:
     (they are packed into blocks), so the tokenizer's "sequence length is longer than the
     specified maximum" warning is turned off where the tokenizer has the switch."""
     if "verbose" in inspect.signature(tokenizer.encode).parameters or hasattr(
-            tokenizer, "model_max_length"):
+        tokenizer, "model_max_length"
+    ):
         return tokenizer.encode(text, verbose=False)
     return tokenizer.encode(text)
 
 
-def tokenize_files(files: Iterable[Path], tokenizer: Any, eos_token_id: int | None = None) -> np.ndarray:
+def tokenize_files(
+    files: Iterable[Path], tokenizer: Any, eos_token_id: int | None = None
+) -> np.ndarray:
     """Token ids of every file, in order, each document followed by EOS (int32)."""
     eos = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
     chunks: list[np.ndarray] = []
@@ -87,7 +92,9 @@ def tokenize_files(files: Iterable[Path], tokenizer: Any, eos_token_id: int | No
     return np.concatenate(chunks)
 
 
-def train_eval_split(tokens: np.ndarray, eval_fraction: float, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+def train_eval_split(
+    tokens: np.ndarray, eval_fraction: float, block_size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The last ``eval_fraction`` of the tokens (at least one block) is held out."""
     if not 0 <= eval_fraction < 1:
         raise DataError(f"eval fraction must be in [0, 1), got {eval_fraction}")
@@ -121,7 +128,7 @@ class PackedDataset:
         return len(self.tokens) // self.block_size
 
     def block(self, i: int) -> np.ndarray:
-        return self.tokens[i * self.block_size:(i + 1) * self.block_size]
+        return self.tokens[i * self.block_size : (i + 1) * self.block_size]
 
     def order(self, epoch: int, seed: int) -> np.ndarray:
         """Block permutation of ``epoch``: a function of (seed, epoch) only."""
@@ -150,12 +157,21 @@ class PackedDataset:
             yield np.stack([self.block(i) for i in range(s, min(s + batch_size, len(self)))])
 
 
-def load_training_data(patterns: Any, tokenizer: Any, block_size: int, eval_fraction: float = 0.1,
-                       n_positions: int | None = None) -> tuple[PackedDataset, PackedDataset | None]:
+def load_training_data(
+    patterns: Any,
+    tokenizer: Any,
+    block_size: int,
+    eval_fraction: float = 0.1,
+    n_positions: int | None = None,
+) -> tuple[PackedDataset, PackedDataset | None]:
     """Files -> (train, eval) datasets, with every input problem raised before training."""
     if n_positions is not None and block_size > n_positions:
-        raise DataError(f"--block-size {block_size} exceeds the model's n_positions ({n_positions})")
+        raise DataError(
+            f"--block-size {block_size} exceeds the model's n_positions ({n_positions})"
+        )
     files = resolve_files(patterns)
     tokens = tokenize_files(files, tokenizer)
     train, held = train_eval_split(tokens, eval_fraction, block_size)
-    return PackedDataset(train, block_size), (PackedDataset(held, block_size) if len(held) else None)
+    return PackedDataset(train, block_size), (
+        PackedDataset(held, block_size) if len(held) else None
+    )

@@ -55,18 +55,29 @@ from gpt2_core.generation_config import GenerationConfig, sampling_seed
 from gpt2_core.inputs import check_prompt_shape
 
 __all__ = [
-    "attention_scale", "beam_filler", "beam_search_finished", "beam_step", "finalize_beams",
-    "init_beam_state", "prepare_inputs", "problem_type", "process_logits",
-    "prompt_position_ids", "sampling_seed", "warp_logits",
+    "attention_scale",
+    "beam_filler",
+    "beam_search_finished",
+    "beam_step",
+    "finalize_beams",
+    "init_beam_state",
+    "prepare_inputs",
+    "problem_type",
+    "process_logits",
+    "prompt_position_ids",
+    "sampling_seed",
+    "warp_logits",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: the score a beam gets to keep it out of a top-k (transformers' -1e9, not -inf: sums stay finite)
 BEAM_NEG = -1.0e9
-RIGHT_PADDING_WARNING = ("A decoder-only architecture is being used, but right-padding was "
-                         "detected! For correct generation results, pad prompts on the left "
-                         "(tokenizer padding_side='left').")
+RIGHT_PADDING_WARNING = (
+    "A decoder-only architecture is being used, but right-padding was "
+    "detected! For correct generation results, pad prompts on the left "
+    "(tokenizer padding_side='left')."
+)
 
 
 # ----------------------------------------------------------------------------- rules
@@ -79,8 +90,9 @@ def _as_int_array(x: Any, name: str) -> np.ndarray:
     return arr
 
 
-def prepare_inputs(input_ids: Any, attention_mask: Any, gen: GenerationConfig,
-                   vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+def prepare_inputs(
+    input_ids: Any, attention_mask: Any, gen: GenerationConfig, vocab_size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The prompt and its mask as int64 numpy arrays (B, T0), checked; see the module rules.
 
     Args:
@@ -106,8 +118,9 @@ def prepare_inputs(input_ids: Any, attention_mask: Any, gen: GenerationConfig,
     check_prompt_shape(ids.shape)
     lo, hi = int(ids.min()), int(ids.max())
     if lo < 0 or hi >= vocab_size:
-        raise ValueError(f"input_ids contains {lo if lo < 0 else hi}, outside the vocabulary "
-                         f"[0, {vocab_size})")
+        raise ValueError(
+            f"input_ids contains {lo if lo < 0 else hi}, outside the vocabulary [0, {vocab_size})"
+        )
     ids = ids.astype(np.int64)
     if attention_mask is None:
         pad = gen.pad_token_id
@@ -177,12 +190,17 @@ def banned_ngram_tokens(input_ids: np.ndarray, n: int) -> list[list[int]]:
         seen: dict[tuple[int, ...], list[int]] = {}
         for gram in zip(*[row[i:] for i in range(n)]):
             seen.setdefault(tuple(gram[:-1]), []).append(gram[-1])
-        banned.append(seen.get(tuple(row[cur_len + 1 - n:cur_len]), []))
+        banned.append(seen.get(tuple(row[cur_len + 1 - n : cur_len]), []))
     return banned
 
 
-def process_logits(input_ids: np.ndarray, scores: np.ndarray, gen: GenerationConfig,
-                   new_tokens: int, min_new_tokens: int) -> np.ndarray:
+def process_logits(
+    input_ids: np.ndarray,
+    scores: np.ndarray,
+    gen: GenerationConfig,
+    new_tokens: int,
+    min_new_tokens: int,
+) -> np.ndarray:
     """transformers' logits processors, in its order, on (R, V) float32 ``scores``.
 
     Args:
@@ -206,8 +224,9 @@ def process_logits(input_ids: np.ndarray, scores: np.ndarray, gen: GenerationCon
     return scores
 
 
-def warp_logits(scores: np.ndarray, gen: GenerationConfig,
-                min_tokens_to_keep: int = 1) -> np.ndarray:
+def warp_logits(
+    scores: np.ndarray, gen: GenerationConfig, min_tokens_to_keep: int = 1
+) -> np.ndarray:
     """The sampling warpers in transformers' order: temperature, top-k, top-p (R, V)."""
     scores = np.array(scores, np.float32)
     if gen.temperature != 1.0:
@@ -215,7 +234,7 @@ def warp_logits(scores: np.ndarray, gen: GenerationConfig,
     V = scores.shape[-1]
     if gen.top_k != 0:
         k = min(max(gen.top_k, min_tokens_to_keep), V)
-        kth = -np.sort(-scores, axis=-1)[:, k - 1:k]
+        kth = -np.sort(-scores, axis=-1)[:, k - 1 : k]
         scores = np.where(scores < kth, -np.inf, scores).astype(np.float32)
     if gen.top_p < 1.0:
         order = np.argsort(scores, axis=-1, kind="stable")  # ascending, as transformers
@@ -248,8 +267,9 @@ def _topk(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(x, idx, axis=-1), idx
 
 
-def init_beam_state(input_ids: np.ndarray, num_beams: int, max_length: int,
-                    filler: int) -> dict[str, np.ndarray]:
+def init_beam_state(
+    input_ids: np.ndarray, num_beams: int, max_length: int, filler: int
+) -> dict[str, np.ndarray]:
     """The state before the first step; ``input_ids`` (B * K, T0) holds each prompt K times."""
     R, T0 = input_ids.shape
     B, K = R // num_beams, num_beams
@@ -271,8 +291,14 @@ def init_beam_state(input_ids: np.ndarray, num_beams: int, max_length: int,
     }
 
 
-def beam_step(state: dict[str, np.ndarray], log_probs: np.ndarray, cur_len: int,
-              prompt_len: int, max_length: int, gen: GenerationConfig) -> dict[str, np.ndarray]:
+def beam_step(
+    state: dict[str, np.ndarray],
+    log_probs: np.ndarray,
+    cur_len: int,
+    prompt_len: int,
+    max_length: int,
+    gen: GenerationConfig,
+) -> dict[str, np.ndarray]:
     """One step of transformers' vectorised beam search; a new state.
 
     Args:
@@ -319,24 +345,28 @@ def beam_step(state: dict[str, np.ndarray], log_probs: np.ndarray, cur_len: int,
     merged_scores = np.concatenate([state["beam_scores"], fin], axis=1)
     best = _topk(merged_scores, K)[1]
     new["sequences"] = _gather_beams(
-        np.concatenate([state["sequences"], topk_running_sequences], axis=1), best)
+        np.concatenate([state["sequences"], topk_running_sequences], axis=1), best
+    )
     new["beam_scores"] = _gather_beams(merged_scores, best)
     new["beam_indices"] = _gather_beams(
-        np.concatenate([state["beam_indices"], topk_running_beam_indices], axis=1), best)
+        np.concatenate([state["beam_indices"], topk_running_beam_indices], axis=1), best
+    )
     new["is_sent_finished"] = _gather_beams(
-        np.concatenate([state["is_sent_finished"], just_finished], axis=1), best)
+        np.concatenate([state["is_sent_finished"], just_finished], axis=1), best
+    )
 
     # can a running beam still beat the worst finished one?
     if es == "never" and lp > 0.0:
         best_len = max_length - prompt_len
     else:
         best_len = cur_len + 1 - prompt_len
-    best_running = new["running_beam_scores"][:, :1] / np.float32(best_len ** lp)
-    worst_finished = np.where(new["is_sent_finished"],
-                              new["beam_scores"].min(1, keepdims=True), np.float32(BEAM_NEG))
-    new["is_early_stop_heuristic_unsatisfied"] = (
-        state["is_early_stop_heuristic_unsatisfied"]
-        & (best_running > worst_finished).any(-1, keepdims=True))
+    best_running = new["running_beam_scores"][:, :1] / np.float32(best_len**lp)
+    worst_finished = np.where(
+        new["is_sent_finished"], new["beam_scores"].min(1, keepdims=True), np.float32(BEAM_NEG)
+    )
+    new["is_early_stop_heuristic_unsatisfied"] = state["is_early_stop_heuristic_unsatisfied"] & (
+        best_running > worst_finished
+    ).any(-1, keepdims=True)
     new["next_token_hits_stopping_criteria"] = hits
     return new
 
@@ -349,8 +379,9 @@ def beam_search_finished(state: dict[str, np.ndarray], gen: GenerationConfig) ->
     return not (improvement_possible and open_beam and valid_continuations)
 
 
-def finalize_beams(state: dict[str, np.ndarray], num_return_sequences: int,
-                   prompt_len: int) -> tuple[np.ndarray, np.ndarray]:
+def finalize_beams(
+    state: dict[str, np.ndarray], num_return_sequences: int, prompt_len: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The best ``num_return_sequences`` hypotheses per prompt, cut after the longest one:
     sequences (B * n, T0 + new) and their scores (B * n,)."""
     n = num_return_sequences
@@ -358,4 +389,4 @@ def finalize_beams(state: dict[str, np.ndarray], num_return_sequences: int,
     sequences = state["sequences"][:, :n].reshape(B * n, L)
     scores = state["beam_scores"][:, :n].reshape(B * n)
     generated = int((state["beam_indices"][:, :n] >= 0).sum(-1).max())
-    return sequences[:, :prompt_len + generated], scores
+    return sequences[:, : prompt_len + generated], scores

@@ -124,8 +124,10 @@ class GenerationConfig:
         if not _is_int(self.num_beams) or self.num_beams < 1:
             fail(f"num_beams must be an int >= 1, got {self.num_beams!r}")
         if self.do_sample and self.num_beams > 1:
-            fail("beam sampling (do_sample=True with num_beams > 1) is not supported; "
-                 "use num_beams=1 to sample or do_sample=False for beam search")
+            fail(
+                "beam sampling (do_sample=True with num_beams > 1) is not supported; "
+                "use num_beams=1 to sample or do_sample=False for beam search"
+            )
         lp = self.length_penalty
         if isinstance(lp, bool) or not isinstance(lp, int | float):
             fail(f"length_penalty must be a number, got {lp!r}")
@@ -135,10 +137,14 @@ class GenerationConfig:
         if not _is_int(n) or n < 1:
             fail(f"num_return_sequences must be an int >= 1, got {n!r}")
         if self.num_beams > 1 and n > self.num_beams:
-            fail(f"num_return_sequences ({n}) must be <= num_beams ({self.num_beams}) in beam search")
+            fail(
+                f"num_return_sequences ({n}) must be <= num_beams ({self.num_beams}) in beam search"
+            )
         if not self.do_sample and self.num_beams == 1 and n > 1:
-            fail(f"greedy search returns one sequence per prompt; num_return_sequences={n} "
-                 "needs do_sample=True or num_beams > 1")
+            fail(
+                f"greedy search returns one sequence per prompt; num_return_sequences={n} "
+                "needs do_sample=True or num_beams > 1"
+            )
         rp = self.repetition_penalty
         if isinstance(rp, bool) or not isinstance(rp, int | float) or not rp > 0:
             fail(f"repetition_penalty must be a number > 0, got {rp!r}")
@@ -183,22 +189,40 @@ class GenerationConfig:
         for e in unreachable:
             if (e, vocab_size) not in _WARNED_UNREACHABLE:
                 _WARNED_UNREACHABLE.add((e, vocab_size))
-                logger.warning("eos_token_id %d is outside the vocabulary (size %d): the model "
-                               "can never emit it, so it never ends a sequence", e, vocab_size)
+                logger.warning(
+                    "eos_token_id %d is outside the vocabulary (size %d): the model "
+                    "can never emit it, so it never ends a sequence",
+                    e,
+                    vocab_size,
+                )
         if unreachable:
             # an implicit pad is the first EOS (transformers): the first one the model can emit
-            out.pad_token_id = (self.pad_token_id if self.pad_token_id is not None
-                                else reachable[0] if reachable else self.effective_pad_token_id)
-            out.eos_token_id = (reachable if isinstance(self.eos_token_id, list) and reachable
-                                else reachable[0] if reachable else None)
+            out.pad_token_id = (
+                self.pad_token_id
+                if self.pad_token_id is not None
+                else reachable[0]
+                if reachable
+                else self.effective_pad_token_id
+            )
+            out.eos_token_id = (
+                reachable
+                if isinstance(self.eos_token_id, list) and reachable
+                else reachable[0]
+                if reachable
+                else None
+            )
         if reachable and out.effective_pad_token_id >= vocab_size:
-            raise ValueError(f"GenerationConfig: pad_token_id {out.effective_pad_token_id} is "
-                             f"outside the vocabulary (size {vocab_size}); it is written after "
-                             f"EOS {reachable[0]}: set pad_token_id to an id below {vocab_size}")
+            raise ValueError(
+                f"GenerationConfig: pad_token_id {out.effective_pad_token_id} is "
+                f"outside the vocabulary (size {vocab_size}); it is written after "
+                f"EOS {reachable[0]}: set pad_token_id to an id below {vocab_size}"
+            )
         if not has_prompt and self.bos_token_id is not None and self.bos_token_id >= vocab_size:
-            raise ValueError(f"GenerationConfig: bos_token_id {self.bos_token_id} is outside the "
-                             f"vocabulary (size {vocab_size}) and there is no prompt to start "
-                             "from: pass input_ids or a bos_token_id below the vocabulary size")
+            raise ValueError(
+                f"GenerationConfig: bos_token_id {self.bos_token_id} is outside the "
+                f"vocabulary (size {vocab_size}) and there is no prompt to start "
+                "from: pass input_ids or a bos_token_id below the vocabulary size"
+            )
         return out
 
     # ------------------------------------------------------------------ derived values
@@ -207,7 +231,9 @@ class GenerationConfig:
         """EOS ids as a list (empty when there is none)."""
         if self.eos_token_id is None:
             return []
-        return list(self.eos_token_id) if isinstance(self.eos_token_id, list) else [self.eos_token_id]
+        return (
+            list(self.eos_token_id) if isinstance(self.eos_token_id, list) else [self.eos_token_id]
+        )
 
     @property
     def effective_pad_token_id(self) -> int:
@@ -261,17 +287,24 @@ class GenerationConfig:
         known = {f.name for f in fields(self)}
         unknown = sorted(set(kwargs) - known)
         if unknown:
-            raise TypeError(f"unknown generation argument(s): {', '.join(unknown)}; "
-                            f"known: {', '.join(sorted(known))}")
+            raise TypeError(
+                f"unknown generation argument(s): {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(known))}"
+            )
         d = asdict(self)
         d.update(kwargs)
         return GenerationConfig(**d)
 
     @classmethod
-    def resolve(cls, generation_config: GenerationConfig | None, model_config: Any,
-                **kwargs: Any) -> GenerationConfig:
+    def resolve(
+        cls, generation_config: GenerationConfig | None, model_config: Any, **kwargs: Any
+    ) -> GenerationConfig:
         """What ``generate(**kwargs)`` uses: the given config (or the model's defaults) + kwargs."""
-        base = generation_config if generation_config is not None else cls.from_model_config(model_config)
+        base = (
+            generation_config
+            if generation_config is not None
+            else cls.from_model_config(model_config)
+        )
         return base.update(**kwargs) if kwargs else base
 
     def to_dict(self) -> dict[str, Any]:

@@ -17,11 +17,20 @@ logger = logging.getLogger(__name__)
 
 #: files a GPT-2 checkpoint directory may hold; a snapshot fetches only these.
 CHECKPOINT_PATTERNS = [
-    "config.json", "generation_config.json",
-    "model.safetensors", "model.safetensors.index.json", "model-*.safetensors",
-    "pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*.bin",
-    "tf_model.h5", "flax_model.msgpack",
-    "vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json",
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "model-*.safetensors",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "pytorch_model-*.bin",
+    "tf_model.h5",
+    "flax_model.msgpack",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
     "special_tokens_map.json",
 ]
 
@@ -45,8 +54,10 @@ def is_local(name_or_path: str | os.PathLike) -> bool:
 
 def offline() -> bool:
     """``HF_HUB_OFFLINE`` (or transformers' ``TRANSFORMERS_OFFLINE``) is set: use the cache only."""
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def cache_dir() -> Path:
@@ -90,8 +101,11 @@ def cached_snapshot(name: str, filename: str | None = None) -> Path | None:
         ref = repo_dir / "refs" / "main"
         if ref.is_file():
             candidates.append(snaps / ref.read_text(encoding="utf-8").strip())
-        candidates += sorted((d for d in snaps.iterdir() if d.is_dir()),
-                             key=lambda d: d.stat().st_mtime, reverse=True)
+        candidates += sorted(
+            (d for d in snaps.iterdir() if d.is_dir()),
+            key=lambda d: d.stat().st_mtime,
+            reverse=True,
+        )
         for snap in candidates:
             if snap.is_dir() and any((snap / f).is_file() for f in wanted):
                 return snap
@@ -99,8 +113,14 @@ def cached_snapshot(name: str, filename: str | None = None) -> Path | None:
 
 
 _CONFIG_FILE = "config.json"
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                 "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "tf_model.h5",
+    "flax_model.msgpack",
+)
 
 
 def _not_cached(name: str, what: str) -> str:
@@ -108,7 +128,9 @@ def _not_cached(name: str, what: str) -> str:
     return f"{what}, and {name!r} is not in the local hub cache {cache_dir()} (looked for {looked})"
 
 
-def resolve_dir(name_or_path: str | os.PathLike, *, allow_patterns: list[str] | None = None) -> Path:
+def resolve_dir(
+    name_or_path: str | os.PathLike, *, allow_patterns: list[str] | None = None
+) -> Path:
     """A local directory holding the checkpoint: ``name_or_path`` itself, or a hub snapshot.
 
     A hub id is looked up in the local Hugging Face cache when ``HF_HUB_OFFLINE`` is set, when
@@ -137,8 +159,12 @@ def resolve_dir(name_or_path: str | os.PathLike, *, allow_patterns: list[str] | 
     except Exception as e:  # network errors, missing repo ...
         cached = cached_snapshot(name)
         if cached is not None:
-            logger.warning("could not reach the hub for %s (%s); using the cached snapshot %s",
-                           repo_id, type(e).__name__, cached)
+            logger.warning(
+                "could not reach the hub for %s (%s); using the cached snapshot %s",
+                repo_id,
+                type(e).__name__,
+                cached,
+            )
             return cached
         raise HubError(_offline_help(name, f"{type(e).__name__}: {e}")) from e
     return Path(local)
@@ -178,7 +204,8 @@ def _looks_like_path(name: str) -> bool:
     return (
         name.startswith((".", "/", "~"))
         or name.count("/") > 1
-        or os.sep in name and name.count(os.sep) > 1
+        or os.sep in name
+        and name.count(os.sep) > 1
         or name.endswith(os.sep)
     )
 
@@ -191,6 +218,10 @@ def _import_hub(name: str, filename: str | None = None):
     except ImportError as e:
         if cached_snapshot(name, filename) is not None:
             return None
-        raise HubError(_offline_help(name, _not_cached(
-            name, "huggingface_hub is not installed; pip install 'gpt2-zoo[hub]'"))) from e
+        raise HubError(
+            _offline_help(
+                name,
+                _not_cached(name, "huggingface_hub is not installed; pip install 'gpt2-zoo[hub]'"),
+            )
+        ) from e
     return huggingface_hub

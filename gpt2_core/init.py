@@ -70,8 +70,9 @@ def random_state_dict(
     return out
 
 
-def missing_weights(config: GPT2Config, head: str, keys: list[str] | tuple[str, ...], *,
-                    seed: int = 0) -> dict[str, np.ndarray]:
+def missing_weights(
+    config: GPT2Config, head: str, keys: list[str] | tuple[str, ...], *, seed: int = 0
+) -> dict[str, np.ndarray]:
     """transformers' init for weights a checkpoint lacks (a new head), in canonical layout:
     biases 0, LayerNorm weights 1, other weights N(0, initializer_range), float32.
 
@@ -97,13 +98,24 @@ def missing_weights(config: GPT2Config, head: str, keys: list[str] | tuple[str, 
         else:
             rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
             out[key] = rng.standard_normal(shape, dtype=np.float32) * np.float32(
-                config.initializer_range)
+                config.initializer_range
+            )
     return out
 
 
 def tiny_config(**overrides) -> GPT2Config:
     """The odd-sized test config: 2 layers, n_embd 36, 3 heads, vocab 257, 32 positions."""
-    base = dict(n_layer=2, n_embd=36, n_head=3, vocab_size=257, n_positions=32,
-                bos_token_id=256, eos_token_id=256, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    base = dict(
+        n_layer=2,
+        n_embd=36,
+        n_head=3,
+        vocab_size=257,
+        n_positions=32,
+        bos_token_id=256,
+        eos_token_id=256,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     base.update(overrides)
     return GPT2Config(**base)

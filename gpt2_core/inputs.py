@@ -32,11 +32,14 @@ def check_ids_shape(shape: Sequence[int | None], name: str = "input_ids") -> Non
     """
     shape = tuple(None if d is None else int(d) for d in shape)
     if len(shape) < 2:
-        raise ValueError(f"{name} must have shape (batch, seq_len), got {shape}: add a batch "
-                         f"axis ({name}[None])")
+        raise ValueError(
+            f"{name} must have shape (batch, seq_len), got {shape}: add a batch axis ({name}[None])"
+        )
     if any(d == 0 for d in shape):
-        raise ValueError(f"{name} has shape {shape}: it is empty; pass at least one sequence "
-                         "of at least one token")
+        raise ValueError(
+            f"{name} has shape {shape}: it is empty; pass at least one sequence "
+            "of at least one token"
+        )
 
 
 def check_prompt_shape(shape: Sequence[int]) -> None:
@@ -47,16 +50,25 @@ def check_prompt_shape(shape: Sequence[int]) -> None:
     """
     shape = tuple(int(d) for d in shape)
     if len(shape) != 2 or 0 in shape:
-        raise ValueError(f"the prompt input_ids must have shape (batch, seq_len) with at least "
-                         f"one token, got {shape}; pass input_ids=None to start from "
-                         "bos_token_id")
+        raise ValueError(
+            f"the prompt input_ids must have shape (batch, seq_len) with at least "
+            f"one token, got {shape}; pass input_ids=None to start from "
+            "bos_token_id"
+        )
 
 
 #: every spelling of a floating dtype the backends accept -> its one name
 _DTYPE_ALIASES = {
-    "fp32": "float32", "float32": "float32", "f32": "float32", "float": "float32",
-    "fp16": "float16", "float16": "float16", "f16": "float16", "half": "float16",
-    "bf16": "bfloat16", "bfloat16": "bfloat16",
+    "fp32": "float32",
+    "float32": "float32",
+    "f32": "float32",
+    "float": "float32",
+    "fp16": "float16",
+    "float16": "float16",
+    "f16": "float16",
+    "half": "float16",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
     "auto": "auto",
 }
 
@@ -89,8 +101,10 @@ def dtype_name(dtype: object) -> str | None:
         key = key.removeprefix(prefix)
     key = key.removesuffix("'>")
     if key not in _DTYPE_ALIASES:
-        raise ValueError(f"unsupported dtype {dtype!r}: use fp32 / float32, bf16 / bfloat16, "
-                         "fp16 / float16, or auto (the checkpoint's dtype)")
+        raise ValueError(
+            f"unsupported dtype {dtype!r}: use fp32 / float32, bf16 / bfloat16, "
+            "fp16 / float16, or auto (the checkpoint's dtype)"
+        )
     return _DTYPE_ALIASES[key]
 
 

@@ -60,19 +60,24 @@ def read_regular_file(path: str | os.PathLike, max_bytes: int, what: str = "file
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise UnsafeFileError(f"{path}: {what} is not a regular file (a FIFO, device or "
-                                  "socket); refusing to read it")
+            raise UnsafeFileError(
+                f"{path}: {what} is not a regular file (a FIFO, device or "
+                "socket); refusing to read it"
+            )
         if st.st_size > max_bytes:
-            raise UnsafeFileError(f"{path}: {what} is {st.st_size} bytes, over the "
-                                  f"{max_bytes}-byte limit for such a file")
+            raise UnsafeFileError(
+                f"{path}: {what} is {st.st_size} bytes, over the "
+                f"{max_bytes}-byte limit for such a file"
+            )
         data = f.read(max_bytes + 1)
     if len(data) > max_bytes:  # grew while reading
         raise UnsafeFileError(f"{path}: {what} is over the {max_bytes}-byte limit")
     return data
 
 
-def load_json_file(path: str | os.PathLike, what: str = "JSON file",
-                   max_bytes: int = MAX_JSON_BYTES) -> Any:
+def load_json_file(
+    path: str | os.PathLike, what: str = "JSON file", max_bytes: int = MAX_JSON_BYTES
+) -> Any:
     """Parse a JSON side file read with :func:`read_regular_file`; every failure (bad UTF-8,
     bad JSON, nesting deep enough to exhaust the recursion limit) is a ``ValueError`` naming
     the file."""
@@ -111,12 +116,15 @@ def check_inside(path: str | os.PathLike, root: str | os.PathLike, what: str = "
         real_blobs = blobs.resolve()
         if real_blobs in real.parents:
             return real
-    raise UnsafeFileError(f"{path}: {what} resolves to {real}, outside the checkpoint directory "
-                          f"{root}; refusing to read it")
+    raise UnsafeFileError(
+        f"{path}: {what} resolves to {real}, outside the checkpoint directory "
+        f"{root}; refusing to read it"
+    )
 
 
-def check_weight_file(path: str | os.PathLike, root: str | os.PathLike | None = None,
-                      what: str = "weights file") -> Path:
+def check_weight_file(
+    path: str | os.PathLike, root: str | os.PathLike | None = None, what: str = "weights file"
+) -> Path:
     """``path`` if it is a regular file inside ``root`` (default: its own directory)."""
     path = Path(path)
     check_inside(path, path.parent if root is None else root, what)
@@ -164,8 +172,12 @@ def atomic_output_file(path: str | os.PathLike, mode: str = "wb") -> Iterator:
 MAX_SIDE_FILE_BYTES = 256 * 1024 * 1024
 
 
-def copy_side_file(src: str | os.PathLike, dst: str | os.PathLike, root: str | os.PathLike,
-                   max_bytes: int = MAX_SIDE_FILE_BYTES) -> Path:
+def copy_side_file(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    root: str | os.PathLike,
+    max_bytes: int = MAX_SIDE_FILE_BYTES,
+) -> Path:
     """Copy ``src`` (a tokenizer or generation file of the checkpoint ``root``) to ``dst`` as a
     new regular file, after checking it is a regular file inside ``root``: a symlink to
     ``/etc/shadow`` named ``vocab.json`` is refused, never copied into the output."""
@@ -226,8 +238,9 @@ class _DirectoryLock:
         import fcntl
 
         while True:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0),
-                         0o666)
+            fd = os.open(
+                self.lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666
+            )
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
@@ -281,9 +294,13 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False,
-                     protect: tuple[str | os.PathLike, ...] = (),
-                     replaceable=None) -> Iterator[Path]:
+def atomic_directory(
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    protect: tuple[str | os.PathLike, ...] = (),
+    replaceable=None,
+) -> Iterator[Path]:
     """Yield a temporary sibling directory; on clean exit it replaces ``path``.
 
     On any error, Ctrl-C or SIGTERM the temporary directory is removed and ``path`` is
@@ -309,24 +326,30 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False,
             return
         if not overwrite:
             raise FileExistsError(
-                f"{path} exists and is not empty (pass overwrite/--force to replace it)")
+                f"{path} exists and is not empty (pass overwrite/--force to replace it)"
+            )
         if replaceable is not None and not replaceable(path):
             raise FileExistsError(
                 f"{path} is not empty and holds no checkpoint; refusing to replace it even "
-                "with --force (remove it yourself if that is what you want)")
+                "with --force (remove it yourself if that is what you want)"
+            )
 
     check_target()
     with _DirectoryLock(path), _sigterm_as_interrupt():
         remove_stale_temporaries(path)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.",
-                                    suffix=".tmp"))
+        tmp = Path(
+            tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+        )
         _chmod_umask(tmp, 0o777)  # mkdtemp's 0700 would hide a shared checkpoint
         try:
             yield tmp
             check_target()  # (again: the directory may have appeared meanwhile)
             if path.exists():
-                old = Path(tempfile.mkdtemp(dir=path.parent,
-                                            prefix=f".{path.name}.{os.getpid()}.", suffix=".old"))
+                old = Path(
+                    tempfile.mkdtemp(
+                        dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".old"
+                    )
+                )
                 os.replace(path, old / "x")
                 os.replace(tmp, path)
                 shutil.rmtree(old, ignore_errors=True)
@@ -339,11 +362,24 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False,
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*$", re.IGNORECASE)
 _UNITS = {
-    "": 1, "B": 1,
-    "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-    "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
-    "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
-    "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40,
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "K": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+    "KI": 2**10,
+    "MI": 2**20,
+    "GI": 2**30,
+    "TI": 2**40,
 }
 
 

@@ -101,11 +101,11 @@ def _fresh(nbytes: int, align: int) -> np.ndarray:
     if nbytes < 4 * _HUGE or _madvise is None:
         raw = np.empty(nbytes + align, np.uint8)
         offset = (-raw.ctypes.data) % align
-        return raw[offset:offset + nbytes]
+        return raw[offset : offset + nbytes]
     raw = np.empty(nbytes + _HUGE, np.uint8)
     offset = (-raw.ctypes.data) % _HUGE
     _madvise(raw.ctypes.data + offset, nbytes - nbytes % _HUGE, _MADV_HUGEPAGE)  # a hint only
-    return raw[offset:offset + nbytes]
+    return raw[offset : offset + nbytes]
 
 
 #: block size for :func:`owned_copy`: the most a copy holds of the source at once
@@ -134,8 +134,8 @@ def owned_copy(arr: Any, dtype: Any = None, *, align: int = 64) -> np.ndarray:
     rows = max(1, BLOCK_BYTES // row_bytes)
     contiguous = arr.flags.c_contiguous
     for start in range(0, arr.shape[0], rows):
-        block = arr[start:start + rows]
-        out[start:start + rows] = block
+        block = arr[start : start + rows]
+        out[start : start + rows] = block
         if contiguous:
             release(block)
     release(arr)

@@ -46,14 +46,28 @@ ARCHITECTURES.update({"TF" + v: k for k, v in HEADS.items()})
 ARCHITECTURES.update({"Flax" + v: k for k, v in HEADS.items()})
 
 #: leaf names of GPT-2's Conv1D weights, stored (in, out).
-CONV1D_MODULES = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj",
-                  "crossattention.c_attn", "crossattention.q_attn", "crossattention.c_proj")
+CONV1D_MODULES = (
+    "attn.c_attn",
+    "attn.c_proj",
+    "mlp.c_fc",
+    "mlp.c_proj",
+    "crossattention.c_attn",
+    "crossattention.q_attn",
+    "crossattention.c_proj",
+)
 #: head Linear weights, stored (out, in) as nn.Linear.
-LINEAR_HEAD_WEIGHTS = ("lm_head.weight", "score.weight", "classifier.weight", "qa_outputs.weight",
-                       "multiple_choice_head.summary.weight")
+LINEAR_HEAD_WEIGHTS = (
+    "lm_head.weight",
+    "score.weight",
+    "classifier.weight",
+    "qa_outputs.weight",
+    "multiple_choice_head.summary.weight",
+)
 
 _BUFFER_RE = re.compile(r"(^|\.)h\.\d+\.(attn|crossattention)\.(bias|masked_bias)$")
-_CONV1D_RE = re.compile(r"(^|\.)h\.\d+\.(" + "|".join(re.escape(m) for m in CONV1D_MODULES) + r")\.weight$")
+_CONV1D_RE = re.compile(
+    r"(^|\.)h\.\d+\.(" + "|".join(re.escape(m) for m in CONV1D_MODULES) + r")\.weight$"
+)
 
 
 def head_of(head_or_class: str) -> str:
@@ -73,7 +87,9 @@ def head_of_model(model: Any) -> str:
     for cls in type(model).__mro__:
         if cls.__name__ in ARCHITECTURES:
             return ARCHITECTURES[cls.__name__]
-    raise TypeError(f"{type(model).__name__} is not one of the GPT-2 classes {list(HEADS.values())}")
+    raise TypeError(
+        f"{type(model).__name__} is not one of the GPT-2 classes {list(HEADS.values())}"
+    )
 
 
 def is_transposed(key: str) -> bool:
@@ -98,26 +114,39 @@ def base_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {"wte.weight": (V, E), "wpe.weight": (P, E)}
     for i in range(config.n_layer):
         b = f"h.{i}."
-        shapes.update({
-            b + "ln_1.weight": (E,), b + "ln_1.bias": (E,),
-            b + "attn.c_attn.weight": (E, 3 * E), b + "attn.c_attn.bias": (3 * E,),
-            b + "attn.c_proj.weight": (E, E), b + "attn.c_proj.bias": (E,),
-        })
+        shapes.update(
+            {
+                b + "ln_1.weight": (E,),
+                b + "ln_1.bias": (E,),
+                b + "attn.c_attn.weight": (E, 3 * E),
+                b + "attn.c_attn.bias": (3 * E,),
+                b + "attn.c_proj.weight": (E, E),
+                b + "attn.c_proj.bias": (E,),
+            }
+        )
         if config.add_cross_attention:
-            shapes.update({
-                b + "crossattention.c_attn.weight": (E, 2 * E),
-                b + "crossattention.c_attn.bias": (2 * E,),
-                b + "crossattention.q_attn.weight": (E, E),
-                b + "crossattention.q_attn.bias": (E,),
-                b + "crossattention.c_proj.weight": (E, E),
-                b + "crossattention.c_proj.bias": (E,),
-                b + "ln_cross_attn.weight": (E,), b + "ln_cross_attn.bias": (E,),
-            })
-        shapes.update({
-            b + "ln_2.weight": (E,), b + "ln_2.bias": (E,),
-            b + "mlp.c_fc.weight": (E, F), b + "mlp.c_fc.bias": (F,),
-            b + "mlp.c_proj.weight": (F, E), b + "mlp.c_proj.bias": (E,),
-        })
+            shapes.update(
+                {
+                    b + "crossattention.c_attn.weight": (E, 2 * E),
+                    b + "crossattention.c_attn.bias": (2 * E,),
+                    b + "crossattention.q_attn.weight": (E, E),
+                    b + "crossattention.q_attn.bias": (E,),
+                    b + "crossattention.c_proj.weight": (E, E),
+                    b + "crossattention.c_proj.bias": (E,),
+                    b + "ln_cross_attn.weight": (E,),
+                    b + "ln_cross_attn.bias": (E,),
+                }
+            )
+        shapes.update(
+            {
+                b + "ln_2.weight": (E,),
+                b + "ln_2.bias": (E,),
+                b + "mlp.c_fc.weight": (E, F),
+                b + "mlp.c_fc.bias": (F,),
+                b + "mlp.c_proj.weight": (F, E),
+                b + "mlp.c_proj.bias": (E,),
+            }
+        )
     shapes.update({"ln_f.weight": (E,), "ln_f.bias": (E,)})
     return shapes
 
@@ -142,8 +171,12 @@ def head_shapes(config: GPT2Config, head: str) -> dict[str, tuple[int, ...]]:
         shapes = {"lm_head.weight": (V, E)}
         if config.summary_use_proj:
             n = summary_out_features(config)
-            shapes.update({"multiple_choice_head.summary.weight": (n, E),
-                           "multiple_choice_head.summary.bias": (n,)})
+            shapes.update(
+                {
+                    "multiple_choice_head.summary.weight": (n, E),
+                    "multiple_choice_head.summary.bias": (n,),
+                }
+            )
         return shapes
     if head == "sequence_classification":
         return {"score.weight": (N, E)}
@@ -171,7 +204,9 @@ def tied_keys(config: GPT2Config, head: str) -> dict[str, str]:
     return {}
 
 
-def count_parameters(config: GPT2Config, head: str = "base", exclude_embeddings: bool = False) -> int:
+def count_parameters(
+    config: GPT2Config, head: str = "base", exclude_embeddings: bool = False
+) -> int:
     """Parameter count of ``head`` with tied weights counted once."""
     shapes = expected_shapes(config, head)
     for k in tied_keys(config, head):
@@ -212,12 +247,15 @@ class TensorLimits:
         if numel > self.max_numel:
             raise ResourceLimitError(
                 f"{source}: tensor {name!r} declares shape {tuple(shape)} ({numel} elements), "
-                f"larger than any weight of its config ({self.max_numel}); refused before reading")
+                f"larger than any weight of its config ({self.max_numel}); refused before reading"
+            )
 
     def check_count(self, source: str, n: int) -> None:
         if n > self.max_tensors:
-            raise ResourceLimitError(f"{source}: {n} tensors, more than its config allows "
-                                     f"({self.max_tensors}); refused before reading")
+            raise ResourceLimitError(
+                f"{source}: {n} tensors, more than its config allows "
+                f"({self.max_tensors}); refused before reading"
+            )
 
 
 def check_config_fits(config: GPT2Config, weight_bytes: int, source: str) -> None:
@@ -226,14 +264,20 @@ def check_config_fits(config: GPT2Config, weight_bytes: int, source: str) -> Non
     before failing. The bound is loose on purpose (8x, at 2 bytes a parameter, the smallest
     float; head weights not counted), so a partial checkpoint read with ``strict=False`` still
     gets its report of missing keys, whose cost stays proportional to the file."""
-    V, P, E, F, L = (config.vocab_size, config.n_positions, config.n_embd, config.inner_dim,
-                     config.n_layer)
+    V, P, E, F, L = (
+        config.vocab_size,
+        config.n_positions,
+        config.n_embd,
+        config.inner_dim,
+        config.n_layer,
+    )
     per_layer = 4 * E + (3 * E * E + 3 * E) + (E * E + E) + (E * F + F) + (F * E + E)
     params = V * E + P * E + 2 * E + L * per_layer
     if 2 * params > 8 * weight_bytes + (1 << 20):
         raise ResourceLimitError(
             f"{source}: config.json declares {params} parameters (n_layer={L}, n_embd={E}, "
-            f"vocab_size={V}) but the weights hold only {weight_bytes} bytes")
+            f"vocab_size={V}) but the weights hold only {weight_bytes} bytes"
+        )
 
 
 def is_float_dtype(dtype: Any) -> bool:
@@ -276,7 +320,9 @@ class LoadReport:
             more = f" and {len(self.mismatched) - 10} more" if len(self.mismatched) > 10 else ""
             parts.append(f"mis-shaped keys{where}: {mm}{more}")
         if self.ignored_buffers:
-            parts.append(f"ignored {len(self.ignored_buffers)} legacy buffers (attn.bias/masked_bias)")
+            parts.append(
+                f"ignored {len(self.ignored_buffers)} legacy buffers (attn.bias/masked_bias)"
+            )
         if self.tied:
             parts.append(f"tied weights (not stored separately): {', '.join(self.tied)}")
         if self.newly_initialized:
@@ -294,7 +340,7 @@ def _short(keys: list[str], n: int = 12) -> str:
 
 
 def strip_base_prefix(key: str) -> str:
-    return key[len(PREFIX):] if key.startswith(PREFIX) else key
+    return key[len(PREFIX) :] if key.startswith(PREFIX) else key
 
 
 def normalize_state_dict(
@@ -340,8 +386,10 @@ def normalize_state_dict(
             continue
         dtype = getattr(value, "dtype", None)
         if dtype is not None and not is_float_dtype(dtype):
-            raise CheckpointError(f"{key}{_in(source)} has dtype {dtype}; GPT-2 weights are "
-                                  "floating point (an integer or string tensor would compute garbage)")
+            raise CheckpointError(
+                f"{key}{_in(source)} has dtype {dtype}; GPT-2 weights are "
+                "floating point (an integer or string tensor would compute garbage)"
+            )
         shape = tuple(getattr(value, "shape", ()))
         if shape != expected[target]:
             report.mismatched.append((key, expected[target], shape))
@@ -350,8 +398,11 @@ def normalize_state_dict(
         out[target] = value
     for tied, src in ties.items():
         if tied in out:
-            if (src in out and out[tied] is not out[src]  # (the same array: no need to read it)
-                    and not np.array_equal(np.asarray(out[tied]), np.asarray(out[src]))):
+            if (
+                src in out
+                and out[tied] is not out[src]  # (the same array: no need to read it)
+                and not np.array_equal(np.asarray(out[tied]), np.asarray(out[src]))
+            ):
                 # an untied checkpoint loaded with tie_word_embeddings=True would silently lose
                 # its head: refuse instead
                 raise CheckpointError(

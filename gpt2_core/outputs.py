@@ -23,14 +23,15 @@ class ModelOutput(OrderedDict):
     FIELDS: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        if len(args) == 1 and not kwargs and (
-                isinstance(args[0], dict) or _is_pairs(args[0])):
+        if len(args) == 1 and not kwargs and (isinstance(args[0], dict) or _is_pairs(args[0])):
             # dict-style construction (what tf.function / pytree rebuilds call): type(out)(pairs)
             kwargs = dict(args[0])
             args = ()
         if args:
             if len(args) > len(self.FIELDS):
-                raise TypeError(f"{type(self).__name__} takes at most {len(self.FIELDS)} positional fields")
+                raise TypeError(
+                    f"{type(self).__name__} takes at most {len(self.FIELDS)} positional fields"
+                )
             for name, value in zip(self.FIELDS, args):
                 if name in kwargs:
                     raise TypeError(f"{type(self).__name__} got {name!r} twice")
@@ -75,8 +76,11 @@ class ModelOutput(OrderedDict):
 
 def _is_pairs(x: Any) -> bool:
     """A list/tuple of (str, value) pairs, as ``dict(...)`` accepts."""
-    return isinstance(x, list | tuple) and bool(x) and all(
-        isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in x)
+    return (
+        isinstance(x, list | tuple)
+        and bool(x)
+        and all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in x)
+    )
 
 
 def _output(name: str, fields: tuple[str, ...], doc: str) -> type[ModelOutput]:

@@ -53,8 +53,16 @@ TASKS: dict[str, str] = {
     "ner": "token_classification",
     "question-answering": "question_answering",
 }
-_FRAMEWORK_NAMES = {"torch": "torch", "pt": "torch", "pytorch": "torch", "tf": "tf",
-                    "tensorflow": "tf", "keras": "tf", "flax": "flax", "jax": "flax"}
+_FRAMEWORK_NAMES = {
+    "torch": "torch",
+    "pt": "torch",
+    "pytorch": "torch",
+    "tf": "tf",
+    "tensorflow": "tf",
+    "keras": "tf",
+    "flax": "flax",
+    "jax": "flax",
+}
 _NEEDS = {"torch": ("torch",), "tf": ("tensorflow", "keras"), "flax": ("jax", "flax")}
 
 
@@ -62,8 +70,10 @@ def _framework_of(model: Any) -> str:
     package = type(model).__module__.split(".")[0]
     fw = {"gpt2_torch": "torch", "gpt2_tf": "tf", "gpt2_flax": "flax"}.get(package)
     if fw is None:
-        raise TypeError(f"model must be a checkpoint path / hub id or a gpt2-zoo model, got "
-                        f"{type(model).__module__}.{type(model).__name__}")
+        raise TypeError(
+            f"model must be a checkpoint path / hub id or a gpt2-zoo model, got "
+            f"{type(model).__module__}.{type(model).__name__}"
+        )
     return fw
 
 
@@ -93,8 +103,9 @@ class Pipeline:
 
     task = ""
 
-    def __init__(self, model: Any, tokenizer: Any, framework: str, backend: Any,
-                 batch_size: int = 1) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, framework: str, backend: Any, batch_size: int = 1
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.framework = framework
@@ -136,8 +147,15 @@ class TextGenerationPipeline(Pipeline):
     task = "text-generation"
     DEFAULTS = {"max_new_tokens": 256, "do_sample": True, "temperature": 0.7}
 
-    def __init__(self, model: Any, tokenizer: Any, framework: str, backend: Any,
-                 batch_size: int = 1, **generate_kwargs: Any) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        framework: str,
+        backend: Any,
+        batch_size: int = 1,
+        **generate_kwargs: Any,
+    ) -> None:
         super().__init__(model, tokenizer, framework, backend, batch_size)
         base = getattr(model, "generation_config", None)
         if base is None:
@@ -145,34 +163,54 @@ class TextGenerationPipeline(Pipeline):
         plain = GenerationConfig()
         # transformers' priority: call kwargs > the model's own (non-default) settings >
         # the pipeline's defaults
-        own = {f.name: getattr(base, f.name) for f in fields(GenerationConfig)
-               if getattr(base, f.name) != getattr(plain, f.name)}
+        own = {
+            f.name: getattr(base, f.name)
+            for f in fields(GenerationConfig)
+            if getattr(base, f.name) != getattr(plain, f.name)
+        }
         settings = {**self.DEFAULTS, **own, **generate_kwargs}
-        if "max_length" in own and "max_new_tokens" not in own and \
-                "max_new_tokens" not in generate_kwargs:
+        if (
+            "max_length" in own
+            and "max_new_tokens" not in own
+            and "max_new_tokens" not in generate_kwargs
+        ):
             settings.pop("max_new_tokens")  # an explicit max_length of the model wins
         gen = GenerationConfig(**settings)
         if gen.pad_token_id is None and getattr(tokenizer, "pad_token_id", None) is not None:
             gen = gen.update(pad_token_id=tokenizer.pad_token_id)
         self.generation_config = gen
 
-    def __call__(self, text_inputs: str | Sequence[str], *, return_full_text: bool = True,
-                 return_tensors: bool = False, clean_up_tokenization_spaces: bool = True,
-                 prefix: str = "", batch_size: int | None = None, **generate_kwargs: Any):
+    def __call__(
+        self,
+        text_inputs: str | Sequence[str],
+        *,
+        return_full_text: bool = True,
+        return_tensors: bool = False,
+        clean_up_tokenization_spaces: bool = True,
+        prefix: str = "",
+        batch_size: int | None = None,
+        **generate_kwargs: Any,
+    ):
         single = isinstance(text_inputs, str)
         prompts = [text_inputs] if single else list(text_inputs)
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise TypeError("text-generation takes a string or a non-empty list of strings")
-        gen = self.generation_config.update(**generate_kwargs) if generate_kwargs else \
-            self.generation_config
+        gen = (
+            self.generation_config.update(**generate_kwargs)
+            if generate_kwargs
+            else self.generation_config
+        )
         bs = batch_size or self.batch_size
         n = gen.num_return_sequences
         tok = self.tokenizer
-        pad = tok.pad_token_id if getattr(tok, "pad_token_id", None) is not None else \
-            gen.effective_pad_token_id
+        pad = (
+            tok.pad_token_id
+            if getattr(tok, "pad_token_id", None) is not None
+            else gen.effective_pad_token_id
+        )
         results = []
         for start in range(0, len(prompts), bs):
-            chunk = prompts[start:start + bs]
+            chunk = prompts[start : start + bs]
             encoded = [tok.encode(prefix + p, add_special_tokens=False) for p in chunk]
             if any(not e for e in encoded):
                 raise ValueError("text-generation: a prompt is empty after tokenisation")
@@ -180,20 +218,28 @@ class TextGenerationPipeline(Pipeline):
             ids = np.full((len(chunk), T), pad, np.int64)
             mask = np.zeros((len(chunk), T), np.int64)
             for i, e in enumerate(encoded):  # left padding: the new tokens follow every prompt
-                ids[i, T - len(e):] = e
-                mask[i, T - len(e):] = 1
+                ids[i, T - len(e) :] = e
+                mask[i, T - len(e) :] = 1
             out = np.asarray(self.backend.generate(self.model, ids, mask, gen))
             for i, prompt in enumerate(chunk):
                 records = []
-                prompt_len = len(tok.decode(encoded[i], skip_special_tokens=True,
-                                            clean_up_tokenization_spaces=clean_up_tokenization_spaces))
-                for row in out[i * n:(i + 1) * n]:
+                prompt_len = len(
+                    tok.decode(
+                        encoded[i],
+                        skip_special_tokens=True,
+                        clean_up_tokenization_spaces=clean_up_tokenization_spaces,
+                    )
+                )
+                for row in out[i * n : (i + 1) * n]:
                     if return_tensors:
                         # the row without this batch's left padding, as transformers returns it
-                        records.append({"generated_token_ids": row[T - len(encoded[i]):].tolist()})
+                        records.append({"generated_token_ids": row[T - len(encoded[i]) :].tolist()})
                         continue
-                    text = tok.decode(row, skip_special_tokens=True,
-                                      clean_up_tokenization_spaces=clean_up_tokenization_spaces)
+                    text = tok.decode(
+                        row,
+                        skip_special_tokens=True,
+                        clean_up_tokenization_spaces=clean_up_tokenization_spaces,
+                    )
                     new = text[prompt_len:]
                     records.append({"generated_text": prompt + new if return_full_text else new})
                 results.append(records)
@@ -215,8 +261,9 @@ class TextClassificationPipeline(Pipeline):
     task = "text-classification"
     _UNSET = object()
 
-    def __call__(self, inputs: str | Sequence[str], top_k: Any = _UNSET,
-                 function_to_apply: str | None = None):
+    def __call__(
+        self, inputs: str | Sequence[str], top_k: Any = _UNSET, function_to_apply: str | None = None
+    ):
         single = isinstance(inputs, str)
         texts = [inputs] if single else list(inputs)
         if not all(isinstance(t, str) for t in texts):
@@ -225,7 +272,9 @@ class TextClassificationPipeline(Pipeline):
         k = 1 if legacy else top_k
         fn = (function_to_apply or self._default_function()).lower()
         if fn not in ("softmax", "sigmoid", "none"):
-            raise ValueError(f"function_to_apply must be 'softmax', 'sigmoid' or 'none', got {fn!r}")
+            raise ValueError(
+                f"function_to_apply must be 'softmax', 'sigmoid' or 'none', got {fn!r}"
+            )
         out = []
         for text in texts:
             ids = np.asarray([self.tokenizer.encode(text)], np.int64)
@@ -266,11 +315,17 @@ class TokenClassificationPipeline(Pipeline):
 
     task = "token-classification"
 
-    def __call__(self, inputs: str | Sequence[str], ignore_labels: Sequence[str] | None = None,
-                 aggregation_strategy: str | None = None):
+    def __call__(
+        self,
+        inputs: str | Sequence[str],
+        ignore_labels: Sequence[str] | None = None,
+        aggregation_strategy: str | None = None,
+    ):
         if aggregation_strategy not in (None, "none"):
-            raise ValueError("token-classification: only aggregation_strategy='none' is "
-                             f"implemented, got {aggregation_strategy!r}")
+            raise ValueError(
+                "token-classification: only aggregation_strategy='none' is "
+                f"implemented, got {aggregation_strategy!r}"
+            )
         ignore = ["O"] if ignore_labels is None else list(ignore_labels)
         single = isinstance(inputs, str)
         texts = [inputs] if single else list(inputs)
@@ -296,8 +351,16 @@ class TokenClassificationPipeline(Pipeline):
                 if label in ignore:
                     continue
                 start, end = enc["offset_mapping"][idx]
-                entities.append({"entity": label, "score": float(scores[idx, best]), "index": idx,
-                                 "word": word, "start": int(start), "end": int(end)})
+                entities.append(
+                    {
+                        "entity": label,
+                        "score": float(scores[idx, best]),
+                        "index": idx,
+                        "word": word,
+                        "start": int(start),
+                        "end": int(end),
+                    }
+                )
             out.append(entities)
         return out[0] if single else out
 
@@ -315,14 +378,25 @@ class QuestionAnsweringPipeline(Pipeline):
 
     task = "question-answering"
 
-    def __call__(self, question: str | None = None, context: str | None = None, *,
-                 top_k: int = 1, max_answer_len: int = 15) -> dict | list[dict]:
+    def __call__(
+        self,
+        question: str | None = None,
+        context: str | None = None,
+        *,
+        top_k: int = 1,
+        max_answer_len: int = 15,
+    ) -> dict | list[dict]:
         if not isinstance(question, str) or not isinstance(context, str):
             raise TypeError("question-answering needs question= and context= strings")
-        if not isinstance(top_k, int) or top_k < 1 or not isinstance(max_answer_len, int) \
-                or max_answer_len < 1:
-            raise ValueError(f"top_k and max_answer_len must be ints >= 1, got {top_k!r}, "
-                             f"{max_answer_len!r}")
+        if (
+            not isinstance(top_k, int)
+            or top_k < 1
+            or not isinstance(max_answer_len, int)
+            or max_answer_len < 1
+        ):
+            raise ValueError(
+                f"top_k and max_answer_len must be ints >= 1, got {top_k!r}, {max_answer_len!r}"
+            )
         if not context.strip():
             raise ValueError("question-answering: the context is empty")
         q_ids = self.tokenizer.encode(question)
@@ -347,8 +421,14 @@ class QuestionAnsweringPipeline(Pipeline):
         for f in order:
             s, e = divmod(int(f), len(c_ids))
             cs, ce = span[words[s]][0], span[words[e]][1]
-            answers.append({"score": float(flat[f]), "start": int(cs), "end": int(ce),
-                            "answer": context[cs:ce]})
+            answers.append(
+                {
+                    "score": float(flat[f]),
+                    "start": int(cs),
+                    "end": int(ce),
+                    "answer": context[cs:ce],
+                }
+            )
         return answers[0] if top_k == 1 else answers
 
 
@@ -360,8 +440,15 @@ _CLASSES: dict[str, type[Pipeline]] = {
 }
 
 
-def pipeline(task: str, model: Any = None, tokenizer: Any = None, framework: str | None = None,
-             dtype: Any = None, device: Any = None, **kwargs: Any) -> Pipeline:
+def pipeline(
+    task: str,
+    model: Any = None,
+    tokenizer: Any = None,
+    framework: str | None = None,
+    dtype: Any = None,
+    device: Any = None,
+    **kwargs: Any,
+) -> Pipeline:
     """Build a pipeline for ``task`` on a GPT-2 checkpoint or model, in any backend.
 
     Args:
@@ -387,8 +474,10 @@ def pipeline(task: str, model: Any = None, tokenizer: Any = None, framework: str
         raise ValueError(f"unknown task {task!r}; gpt2-zoo has: {sorted(TASKS)}")
     head = TASKS[task]
     if model is None:
-        raise ValueError(f"pipeline({task!r}) needs model= (a GPT-2 checkpoint directory, preset, "
-                         "hub id or model); gpt2-zoo downloads no default model")
+        raise ValueError(
+            f"pipeline({task!r}) needs model= (a GPT-2 checkpoint directory, preset, "
+            "hub id or model); gpt2-zoo downloads no default model"
+        )
     if framework is not None:
         if framework not in _FRAMEWORK_NAMES:
             raise ValueError(f"unknown framework {framework!r}; use 'torch', 'tf' or 'flax'")
@@ -409,18 +498,29 @@ def pipeline(task: str, model: Any = None, tokenizer: Any = None, framework: str
         if getattr(model, "head", getattr(model, "_head", head)) != head:
             raise ValueError(f"task {task!r} needs a {head} model, got {type(model).__name__}")
         if dtype is not None or device is not None:
-            raise ValueError("dtype= and device= apply when the pipeline loads the model; "
-                             "convert a model you pass yourself")
+            raise ValueError(
+                "dtype= and device= apply when the pipeline loads the model; "
+                "convert a model you pass yourself"
+            )
         backend = importlib.import_module(f"gpt2_{framework}.pipelines")
         if tokenizer is None:
             if model.config.vocab_size != 50257:
-                raise ValueError("pass tokenizer=: the model's vocab_size is "
-                                 f"{model.config.vocab_size}, not GPT-2's 50257")
+                raise ValueError(
+                    "pass tokenizer=: the model's vocab_size is "
+                    f"{model.config.vocab_size}, not GPT-2's 50257"
+                )
             tokenizer = "gpt2"
     if isinstance(tokenizer, str | os.PathLike):
         tokenizer = AutoTokenizer.from_pretrained(tokenizer)
     return _CLASSES[head](model, tokenizer, framework, backend, **kwargs)
 
 
-__all__ = ["TASKS", "Pipeline", "QuestionAnsweringPipeline", "TextClassificationPipeline",
-           "TextGenerationPipeline", "TokenClassificationPipeline", "pipeline"]
+__all__ = [
+    "TASKS",
+    "Pipeline",
+    "QuestionAnsweringPipeline",
+    "TextClassificationPipeline",
+    "TextGenerationPipeline",
+    "TokenClassificationPipeline",
+    "pipeline",
+]

@@ -59,8 +59,10 @@ def check_scheme(quantize: str | None) -> str | None:
     if quantize is None:
         return None
     if not isinstance(quantize, str) or quantize.lower() not in SCHEMES:
-        raise ValueError(f"quantize={quantize!r} is not supported; choose one of {SCHEMES} "
-                         "(or None for unquantized weights)")
+        raise ValueError(
+            f"quantize={quantize!r} is not supported; choose one of {SCHEMES} "
+            "(or None for unquantized weights)"
+        )
     return quantize.lower()
 
 
@@ -80,12 +82,20 @@ def resolve(dtype, quantize: str | None) -> tuple[object, str | None]:
             raise ValueError(f"dtype={dtype!r} contradicts quantize={quantize!r}")
         return "float32", dtype.lower()
     if isinstance(dtype, str) and dtype.lower().startswith("int"):
-        raise ValueError(f"dtype={dtype!r} is not supported; for quantized weights use "
-                         f"dtype='int8' or quantize='int8' (schemes: {SCHEMES})")
-    if scheme is not None and dtype is not None and "float32" not in str(dtype) \
-            and str(dtype) not in ("fp32", "auto"):
-        raise ValueError(f"quantize={scheme!r} keeps the layer norms, biases and activations in "
-                         f"float32; dtype={dtype!r} is not supported with it")
+        raise ValueError(
+            f"dtype={dtype!r} is not supported; for quantized weights use "
+            f"dtype='int8' or quantize='int8' (schemes: {SCHEMES})"
+        )
+    if (
+        scheme is not None
+        and dtype is not None
+        and "float32" not in str(dtype)
+        and str(dtype) not in ("fp32", "auto")
+    ):
+        raise ValueError(
+            f"quantize={scheme!r} keeps the layer norms, biases and activations in "
+            f"float32; dtype={dtype!r} is not supported with it"
+        )
     return dtype, scheme
 
 
@@ -117,8 +127,9 @@ def quantize_int8(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(np.clip(q, -127, 127).astype(np.int8)), scale
 
 
-def dequantize_int8(q: np.ndarray, scale: np.ndarray, axis: int,
-                    dtype: type = np.float32) -> np.ndarray:
+def dequantize_int8(
+    q: np.ndarray, scale: np.ndarray, axis: int, dtype: type = np.float32
+) -> np.ndarray:
     """The float matrix an int8 one stands for: ``q * scale`` broadcast over output channels
     (the reference every backend's int8 path is checked against)."""
     s = np.asarray(scale, np.float32)
@@ -146,8 +157,9 @@ def is_quantized(state_dict: Mapping[str, np.ndarray]) -> bool:
     return any(k.endswith(SCALE_SUFFIX) for k in state_dict)
 
 
-def quantize_state_dict(state_dict: Mapping[str, np.ndarray],
-                        scheme: str = "int8") -> dict[str, np.ndarray]:
+def quantize_state_dict(
+    state_dict: Mapping[str, np.ndarray], scheme: str = "int8"
+) -> dict[str, np.ndarray]:
     """A canonical state dict with every quantizable matrix (:func:`reduction_axis`) replaced by
     int8 and its scales added under ``<key>_scale``; other entries float32.
 
@@ -178,6 +190,5 @@ def dequantize_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.
         if key.endswith(SCALE_SUFFIX):
             continue
         scale = state_dict.get(key + SCALE_SUFFIX)
-        out[key] = (arr if scale is None
-                    else dequantize_int8(arr, scale, reduction_axis(key)))
+        out[key] = arr if scale is None else dequantize_int8(arr, scale, reduction_axis(key))
     return out

@@ -41,7 +41,9 @@ def lm_logits(
         ids = ids[None]
     B, T = ids.shape
     if ids.min() < 0 or ids.max() >= config.vocab_size:
-        raise ValueError(f"token ids must be in [0, {config.vocab_size}), got {ids.min()}..{ids.max()}")
+        raise ValueError(
+            f"token ids must be in [0, {config.vocab_size}), got {ids.min()}..{ids.max()}"
+        )
     if config.n_positions < T:
         raise ValueError(f"sequence length {T} exceeds n_positions {config.n_positions}")
     pos = np.arange(T)[None] if position_ids is None else np.asarray(position_ids)
@@ -73,8 +75,12 @@ def lm_logits(
     return x @ p["lm_head.weight"].T  # (B, T, V)
 
 
-def greedy(state_dict: Mapping[str, np.ndarray], config: GPT2Config, input_ids: list[int],
-           max_new_tokens: int) -> list[int]:
+def greedy(
+    state_dict: Mapping[str, np.ndarray],
+    config: GPT2Config,
+    input_ids: list[int],
+    max_new_tokens: int,
+) -> list[int]:
     """Greedy continuation (no cache: O(T^2), fine for a demo)."""
     ids = list(input_ids)
     for _ in range(max_new_tokens):

@@ -68,8 +68,13 @@ class TextStreamer(BaseStreamer):
     across tokens are never printed half-way (the same rule as transformers' TextStreamer).
     """
 
-    def __init__(self, tokenizer: Any, skip_prompt: bool = False,
-                 on_text: Callable[[str, bool], None] | None = None, **decode_kwargs: Any) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        skip_prompt: bool = False,
+        on_text: Callable[[str, bool], None] | None = None,
+        **decode_kwargs: Any,
+    ) -> None:
         self.tokenizer = tokenizer
         self.skip_prompt = skip_prompt
         self.decode_kwargs = decode_kwargs
@@ -87,21 +92,21 @@ class TextStreamer(BaseStreamer):
         self._ids.extend(ids)
         text = self.tokenizer.decode(self._ids, **self.decode_kwargs)
         if text.endswith("\n"):
-            piece = text[self._printed:]
+            piece = text[self._printed :]
             self._ids, self._printed = [], 0
         elif text.endswith("\ufffd"):
             return  # an incomplete UTF-8 sequence: wait for the next token
         else:
             # emit up to the last space so words are not cut
             cut = text.rfind(" ") + 1
-            piece = text[self._printed:cut] if cut > self._printed else ""
+            piece = text[self._printed : cut] if cut > self._printed else ""
             self._printed += len(piece)
         if piece:
             self.on_finalized_text(piece, stream_end=False)
 
     def end(self) -> None:
         text = self.tokenizer.decode(self._ids, **self.decode_kwargs) if self._ids else ""
-        piece = text[self._printed:]
+        piece = text[self._printed :]
         self._ids, self._printed = [], 0
         self._next_is_prompt = True
         self.on_finalized_text(piece, stream_end=True)
@@ -125,8 +130,13 @@ class TextIteratorStreamer(TextStreamer):
 
     _STOP = object()
 
-    def __init__(self, tokenizer: Any, skip_prompt: bool = False, timeout: float | None = None,
-                 **decode_kwargs: Any) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        skip_prompt: bool = False,
+        timeout: float | None = None,
+        **decode_kwargs: Any,
+    ) -> None:
         super().__init__(tokenizer, skip_prompt=skip_prompt, **decode_kwargs)
         self._queue: queue.Queue = queue.Queue()
         self.timeout = timeout

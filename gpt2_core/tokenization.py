@@ -24,10 +24,23 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "ADDED_TOKENS_FILE", "DEFAULT_MODEL_MAX_LENGTH", "ENDOFTEXT", "GPT2_PATTERN",
-    "PADDING_STRATEGIES", "SPECIAL_TOKENS_ATTRIBUTES", "SPECIAL_TOKENS_MAP_FILE", "TENSOR_TYPES",
-    "TOKENIZER_CONFIG_FILE", "TOKENIZER_PATTERNS", "TRUNCATION_STRATEGIES", "VOCAB_FILES_NAMES",
-    "AddedToken", "BatchEncoding", "bytes_to_unicode", "to_tensor", "token_to_bytes",
+    "ADDED_TOKENS_FILE",
+    "DEFAULT_MODEL_MAX_LENGTH",
+    "ENDOFTEXT",
+    "GPT2_PATTERN",
+    "PADDING_STRATEGIES",
+    "SPECIAL_TOKENS_ATTRIBUTES",
+    "SPECIAL_TOKENS_MAP_FILE",
+    "TENSOR_TYPES",
+    "TOKENIZER_CONFIG_FILE",
+    "TOKENIZER_PATTERNS",
+    "TRUNCATION_STRATEGIES",
+    "VOCAB_FILES_NAMES",
+    "AddedToken",
+    "BatchEncoding",
+    "bytes_to_unicode",
+    "to_tensor",
+    "token_to_bytes",
 ]
 
 #: GPT-2's pre-tokenisation regex, verbatim from OpenAI's encoder.py (and transformers). It is
@@ -42,13 +55,24 @@ VOCAB_FILES_NAMES = {
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
 ADDED_TOKENS_FILE = "added_tokens.json"
-TOKENIZER_PATTERNS = [*VOCAB_FILES_NAMES.values(), TOKENIZER_CONFIG_FILE,
-                      SPECIAL_TOKENS_MAP_FILE, ADDED_TOKENS_FILE]
+TOKENIZER_PATTERNS = [
+    *VOCAB_FILES_NAMES.values(),
+    TOKENIZER_CONFIG_FILE,
+    SPECIAL_TOKENS_MAP_FILE,
+    ADDED_TOKENS_FILE,
+]
 #: GPT-2's context length; also used when a tokenizer_config.json does not say (transformers would
 #: fall back to 1e30 there, which silently disables truncation to the model size).
 DEFAULT_MODEL_MAX_LENGTH = 1024
-SPECIAL_TOKENS_ATTRIBUTES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token",
-                             "cls_token", "mask_token")
+SPECIAL_TOKENS_ATTRIBUTES = (
+    "bos_token",
+    "eos_token",
+    "unk_token",
+    "sep_token",
+    "pad_token",
+    "cls_token",
+    "mask_token",
+)
 PADDING_STRATEGIES = ("longest", "max_length", "do_not_pad")
 TRUNCATION_STRATEGIES = ("longest_first", "only_first", "only_second", "do_not_truncate")
 TENSOR_TYPES = ("np", "pt", "tf", "jax")
@@ -68,8 +92,11 @@ def bytes_to_unicode() -> dict[int, str]:
     Printable Latin-1 bytes map to themselves; the other 68 (controls, space, ...) map to
     ``chr(256 + n)`` in order, so a BPE symbol never contains whitespace (space -> "Ġ").
     """
-    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-          *range(ord("®"), ord("ÿ") + 1)]
+    bs = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -106,6 +133,7 @@ def token_to_bytes(token: str) -> bytes:
         table = _unicode_to_bytes()
         return b"".join(bytes([table[c]]) if c in table else c.encode("utf-8") for c in token)
 
+
 # ---------------------------------------------------------------------------------------------
 # added tokens
 # ---------------------------------------------------------------------------------------------
@@ -131,8 +159,14 @@ class AddedToken:
         return self.content
 
     def to_dict(self) -> dict[str, Any]:
-        return {"content": self.content, "lstrip": self.lstrip, "normalized": self.normalized,
-                "rstrip": self.rstrip, "single_word": self.single_word, "special": self.special}
+        return {
+            "content": self.content,
+            "lstrip": self.lstrip,
+            "normalized": self.normalized,
+            "rstrip": self.rstrip,
+            "single_word": self.single_word,
+            "special": self.special,
+        }
 
 
 def _as_added_token(token: Any, *, special: bool) -> AddedToken:
@@ -151,8 +185,10 @@ def _as_added_token(token: Any, *, special: bool) -> AddedToken:
         return AddedToken(**kw)
     if hasattr(token, "content"):
         return AddedToken(
-            str(token.content), single_word=bool(getattr(token, "single_word", False)),
-            lstrip=bool(getattr(token, "lstrip", False)), rstrip=bool(getattr(token, "rstrip", False)),
+            str(token.content),
+            single_word=bool(getattr(token, "single_word", False)),
+            lstrip=bool(getattr(token, "lstrip", False)),
+            rstrip=bool(getattr(token, "rstrip", False)),
             normalized=bool(getattr(token, "normalized", not special)),
             special=bool(getattr(token, "special", False)) or special,
         )
@@ -169,6 +205,7 @@ def _token_content(value: Any) -> str | None:
         return str(value.content)
     raise TypeError(f"a special token must be a str or an AddedToken, got {type(value).__name__}")
 
+
 # ---------------------------------------------------------------------------------------------
 # BatchEncoding and tensors
 # ---------------------------------------------------------------------------------------------
@@ -179,8 +216,9 @@ def _tensor_type(return_tensors: Any) -> str | None:
         return None
     name = getattr(return_tensors, "value", return_tensors)  # transformers' TensorType enum
     if name not in TENSOR_TYPES:
-        raise ValueError(f"return_tensors must be one of {TENSOR_TYPES} or None, got "
-                         f"{return_tensors!r}")
+        raise ValueError(
+            f"return_tensors must be one of {TENSOR_TYPES} or None, got {return_tensors!r}"
+        )
     return name
 
 
@@ -194,8 +232,10 @@ def to_tensor(value: Any, tensor_type: str, key: str = "input_ids") -> Any:
             "padding=True (and truncation=True) to get rectangular batches."
         ) from e
     if arr.dtype == object:
-        raise ValueError(f"Unable to create tensor for {key!r}: the sequences have different "
-                         "lengths. Pass padding=True (and truncation=True).")
+        raise ValueError(
+            f"Unable to create tensor for {key!r}: the sequences have different "
+            "lengths. Pass padding=True (and truncation=True)."
+        )
     arr = arr.astype(_TENSOR_INT_DTYPE[tensor_type], copy=False)
     if tensor_type == "np":
         return arr
@@ -219,8 +259,13 @@ class BatchEncoding(dict):
     of sequence ``i`` to the word they came from (GPT2TokenizerFast, pre-split input or offsets).
     """
 
-    def __init__(self, data: Mapping[str, Any] | None = None, *, tensor_type: str | None = None,
-                 word_ids: list[list[int | None]] | None = None) -> None:
+    def __init__(
+        self,
+        data: Mapping[str, Any] | None = None,
+        *,
+        tensor_type: str | None = None,
+        word_ids: list[list[int | None]] | None = None,
+    ) -> None:
         super().__init__(data or {})
         self._word_ids = word_ids
         if tensor_type is not None:
@@ -232,8 +277,9 @@ class BatchEncoding(dict):
         try:
             return self[name]
         except KeyError:
-            raise AttributeError(f"BatchEncoding has no key or attribute {name!r} "
-                                 f"(keys: {list(self)})") from None
+            raise AttributeError(
+                f"BatchEncoding has no key or attribute {name!r} (keys: {list(self)})"
+            ) from None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"data": dict(self), "word_ids": self._word_ids}
@@ -247,7 +293,8 @@ class BatchEncoding(dict):
         if self._word_ids is None:
             raise ValueError(
                 "word_ids() needs GPT2TokenizerFast with is_split_into_words=True or "
-                "return_offsets_mapping=True")
+                "return_offsets_mapping=True"
+            )
         return self._word_ids[batch_index]
 
     def convert_to_tensors(self, tensor_type: str) -> BatchEncoding:
@@ -262,4 +309,3 @@ class BatchEncoding(dict):
             if hasattr(value, "to"):
                 self[key] = value.to(device)
         return self
-

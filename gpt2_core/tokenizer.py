@@ -77,9 +77,17 @@ class GPT2Tokenizer(GPT2TokenizerBase):
         add_bos_token: bool = False,
         **kwargs: Any,
     ) -> None:
-        self._init(load_vocab_files(vocab_file, merges_file), errors=errors, unk_token=unk_token, bos_token=bos_token,
-                   eos_token=eos_token, pad_token=pad_token, add_prefix_space=add_prefix_space,
-                   add_bos_token=add_bos_token, **kwargs)
+        self._init(
+            load_vocab_files(vocab_file, merges_file),
+            errors=errors,
+            unk_token=unk_token,
+            bos_token=bos_token,
+            eos_token=eos_token,
+            pad_token=pad_token,
+            add_prefix_space=add_prefix_space,
+            add_bos_token=add_bos_token,
+            **kwargs,
+        )
 
     def _init(self, files: VocabFiles, **kwargs: Any) -> None:
         kwargs.pop("trim_offsets", None)  # from a tokenizer.json: offsets are fast-only
@@ -151,8 +159,11 @@ class GPT2Tokenizer(GPT2TokenizerBase):
         n = len(sym)
         nxt = list(range(1, n + 1))
         prv = list(range(-1, n - 1))
-        heap = [(r, i) for i, p in enumerate(zip(symbols, symbols[1:]))
-                if (r := ranks.get(p)) is not None]
+        heap = [
+            (r, i)
+            for i, p in enumerate(zip(symbols, symbols[1:]))
+            if (r := ranks.get(p)) is not None
+        ]
         heapq.heapify(heap)
         while heap:
             rank = heap[0][0]
@@ -222,12 +233,21 @@ class GPT2Tokenizer(GPT2TokenizerBase):
                 ids += self._encode_ordinary(piece)
         return ids
 
-    def _encode_batch(self, inputs: list[Any], *, is_split_into_words: bool,
-                      add_prefix_space: bool, return_offsets: bool):
+    def _encode_batch(
+        self,
+        inputs: list[Any],
+        *,
+        is_split_into_words: bool,
+        add_prefix_space: bool,
+        return_offsets: bool,
+    ):
         if return_offsets:
             raise NotImplementedError("offsets need GPT2TokenizerFast")
         if is_split_into_words:
             # transformers: every word gets a space, the first one included
-            return [[i for w in words for i in self._encode_text(w, True)]
-                    for words in inputs], None, None
+            return (
+                [[i for w in words for i in self._encode_text(w, True)] for words in inputs],
+                None,
+                None,
+            )
         return [self._encode_text(t, add_prefix_space) for t in inputs], None, None

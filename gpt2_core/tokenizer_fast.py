@@ -51,8 +51,10 @@ _LONG_WS = 65_536
 # Unicode White_Space, the set both Rust regex engines' \s match (Python's re \s also matches
 # \x1c-\x1f, so the class is spelled out)
 _WS = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
-_WS_CHARS = frozenset("\t\n\x0b\x0c\r \x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000"
-                      + "".join(map(chr, range(0x2000, 0x200B))))
+_WS_CHARS = frozenset(
+    "\t\n\x0b\x0c\r \x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000"
+    + "".join(map(chr, range(0x2000, 0x200B)))
+)
 _LONG_WS_RE = re.compile("[" + _WS + "]{" + str(_LONG_WS) + ",}")
 #: GPT-2's pattern without ``\s+(?!\S)``: no lookaround, so fancy-regex hands it to the
 #: ``regex`` crate's automata. Exact on text cut by :func:`_mark_cuts`.
@@ -67,16 +69,19 @@ _CUT_AT = {
     False: re.compile(f"[{_WS}](?=[{_WS}][^{_WS}])"),
 }
 #: tiktoken's ``encode_to_numpy`` handles special tokens right from 0.11 (added in 0.9)
-_NUMPY_IDS = tuple(map(int, re.findall(r"\d+", getattr(tiktoken, "__version__", "0"))[:2])
-                   ) >= (0, 11)
+_NUMPY_IDS = tuple(map(int, re.findall(r"\d+", getattr(tiktoken, "__version__", "0"))[:2])) >= (
+    0,
+    11,
+)
 logger = logging.getLogger(__name__)
 
 
 def _is_engine_failure(e: BaseException) -> bool:
     """A Rust engine's own failure: a regex error (ValueError) or a pyo3 ``PanicException``
     (a BaseException, which ``except Exception`` would not catch)."""
-    return (type(e).__name__ == "PanicException"
-            or (isinstance(e, ValueError) and "regex" in str(e).lower()))
+    return type(e).__name__ == "PanicException" or (
+        isinstance(e, ValueError) and "regex" in str(e).lower()
+    )
 
 
 def _default_threads() -> int:
@@ -92,8 +97,12 @@ def gpt2_tiktoken_encoding() -> tiktoken.Encoding:
     """A tiktoken ``Encoding`` equal to GPT-2's, built offline from the shipped vocabulary."""
     vocab, _ = _shipped_files()
     ranks = {token_to_bytes(t): i for t, i in vocab.items() if t != ENDOFTEXT}
-    return tiktoken.Encoding("gpt2-gpt2_core", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
-                             special_tokens={ENDOFTEXT: vocab[ENDOFTEXT]})
+    return tiktoken.Encoding(
+        "gpt2-gpt2_core",
+        pat_str=GPT2_PATTERN,
+        mergeable_ranks=ranks,
+        special_tokens={ENDOFTEXT: vocab[ENDOFTEXT]},
+    )
 
 
 @functools.cache
@@ -102,9 +111,12 @@ def _cut_encoding() -> tuple[tiktoken.Encoding, int]:
     and the cut's id (one past the vocabulary, never returned)."""
     tt = gpt2_tiktoken_encoding()
     cut_id = tt.max_token_value + 1
-    enc = tiktoken.Encoding("gpt2-gpt2_core-cut", pat_str=_PATTERN_NO_LOOKAHEAD,
-                            mergeable_ranks=tt._mergeable_ranks,
-                            special_tokens={**tt._special_tokens, _CUT: cut_id})
+    enc = tiktoken.Encoding(
+        "gpt2-gpt2_core-cut",
+        pat_str=_PATTERN_NO_LOOKAHEAD,
+        mergeable_ranks=tt._mergeable_ranks,
+        special_tokens={**tt._special_tokens, _CUT: cut_id},
+    )
     return enc, cut_id
 
 
@@ -133,8 +145,11 @@ def _tiktoken_ids(text: str, special: bool) -> list[int]:
     through :func:`_mark_cuts` and the lookahead-free pattern."""
     if _CUT in text:  # the marker is part of the text: GPT-2's own pattern, unchanged
         tt = gpt2_tiktoken_encoding()
-        return (tt.encode(text, allowed_special={ENDOFTEXT}, disallowed_special=())
-                if special else tt.encode_ordinary(text))
+        return (
+            tt.encode(text, allowed_special={ENDOFTEXT}, disallowed_special=())
+            if special
+            else tt.encode_ordinary(text)
+        )
     enc, cut_id = _cut_encoding()
     allowed = {ENDOFTEXT, _CUT} if special else {_CUT}
     marked, n_cuts = _mark_cuts(text, special)
@@ -143,8 +158,9 @@ def _tiktoken_ids(text: str, special: bool) -> list[int]:
     if _NUMPY_IDS:  # ids as a uint32 buffer, filtered in numpy: less time holding the GIL
         ids = enc.encode_to_numpy(marked, allowed_special=allowed, disallowed_special=())
         return ids[ids != cut_id].tolist()
-    return [i for i in enc.encode(marked, allowed_special=allowed, disallowed_special=())
-            if i != cut_id]
+    return [
+        i for i in enc.encode(marked, allowed_special=allowed, disallowed_special=()) if i != cut_id
+    ]
 
 
 class GPT2TokenizerFast(GPT2TokenizerBase):
@@ -204,12 +220,25 @@ class GPT2TokenizerFast(GPT2TokenizerBase):
         # as transformers, the argument (not tokenizer.json's pre-tokenizer) sets
         # add_prefix_space; from_pretrained passes the value stored in the files
         files = load_vocab_files(vocab_file, merges_file, tokenizer_file)
-        self._init(files, unk_token=unk_token, bos_token=bos_token, eos_token=eos_token,
-                   add_prefix_space=add_prefix_space, trim_offsets=trim_offsets,
-                   num_threads=num_threads, **kwargs)
+        self._init(
+            files,
+            unk_token=unk_token,
+            bos_token=bos_token,
+            eos_token=eos_token,
+            add_prefix_space=add_prefix_space,
+            trim_offsets=trim_offsets,
+            num_threads=num_threads,
+            **kwargs,
+        )
 
-    def _init(self, files: VocabFiles, *, num_threads: int | None = None,
-              trim_offsets: bool = False, **kwargs: Any) -> None:
+    def _init(
+        self,
+        files: VocabFiles,
+        *,
+        num_threads: int | None = None,
+        trim_offsets: bool = False,
+        **kwargs: Any,
+    ) -> None:
         self.num_threads = _default_threads() if num_threads is None else max(1, int(num_threads))
         self._backends: dict[bool, Any] = {}  # add_prefix_space -> tokenizers.Tokenizer
         self._trim_offsets = bool(trim_offsets)
@@ -235,8 +264,12 @@ class GPT2TokenizerFast(GPT2TokenizerBase):
         # tiktoken splits on <|endoftext|> itself when that is the only added token and it
         # strips nothing; other added tokens are split here, then tiktoken encodes the pieces
         info = [self._added_info[i] for i in self._added.values()]
-        self._native_special = (self.is_gpt2_vocab and list(self._added) == [ENDOFTEXT]
-                                and not info[0].lstrip and not info[0].rstrip)
+        self._native_special = (
+            self.is_gpt2_vocab
+            and list(self._added) == [ENDOFTEXT]
+            and not info[0].lstrip
+            and not info[0].rstrip
+        )
 
     @property
     def trim_offsets(self) -> bool:
@@ -265,9 +298,16 @@ class GPT2TokenizerFast(GPT2TokenizerBase):
         from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
         merges = [pair for pair, _ in sorted(self.bpe_ranks.items(), key=lambda kv: kv[1])]
-        tk = Tokenizer(models.BPE(vocab=dict(self.encoder), merges=merges, dropout=None,
-                                  continuing_subword_prefix="", end_of_word_suffix="",
-                                  fuse_unk=False))
+        tk = Tokenizer(
+            models.BPE(
+                vocab=dict(self.encoder),
+                merges=merges,
+                dropout=None,
+                continuing_subword_prefix="",
+                end_of_word_suffix="",
+                fuse_unk=False,
+            )
+        )
         tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
         tk.decoder = decoders.ByteLevel()
         # transformers' GPT2Converter: ByteLevel(trim_offsets=False), or a BOS template. The
@@ -277,20 +317,31 @@ class GPT2TokenizerFast(GPT2TokenizerBase):
         if self.add_bos_token and self.bos_token is not None:
             bos = self.bos_token
             template = processors.TemplateProcessing(
-                single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 $B:1",
-                special_tokens=[(bos, self.bos_token_id)])
-            tk.post_processor = (processors.Sequence([byte_level, template])
-                                 if self._trim_offsets else template)
+                single=f"{bos}:0 $A:0",
+                pair=f"{bos}:0 $A:0 $B:1",
+                special_tokens=[(bos, self.bos_token_id)],
+            )
+            tk.post_processor = (
+                processors.Sequence([byte_level, template]) if self._trim_offsets else template
+            )
         else:
             tk.post_processor = byte_level
         for i in sorted(self._added_info):
             t = self._added_info[i]
-            added = AddedToken(t.content, single_word=t.single_word, lstrip=t.lstrip,
-                               rstrip=t.rstrip, normalized=t.normalized, special=t.special)
+            added = AddedToken(
+                t.content,
+                single_word=t.single_word,
+                lstrip=t.lstrip,
+                rstrip=t.rstrip,
+                normalized=t.normalized,
+                special=t.special,
+            )
             (tk.add_special_tokens if t.special else tk.add_tokens)([added])
             if tk.token_to_id(t.content) != i:
-                raise RuntimeError(f"tokenizers gave added token {t.content!r} id "
-                                   f"{tk.token_to_id(t.content)}, expected {i} (ids with gaps?)")
+                raise RuntimeError(
+                    f"tokenizers gave added token {t.content!r} id "
+                    f"{tk.token_to_id(t.content)}, expected {i} (ids with gaps?)"
+                )
         return tk
 
     @property
@@ -308,8 +359,9 @@ class GPT2TokenizerFast(GPT2TokenizerBase):
                 raise
             # a Rust engine gave up (regex backtracking limit, a panic): the pure-Python BPE
             # gives the ids the slow tokenizer gives, by construction
-            logger.debug("tokenizer engine failed (%s: %s); using the Python BPE",
-                         type(e).__name__, e)
+            logger.debug(
+                "tokenizer engine failed (%s: %s); using the Python BPE", type(e).__name__, e
+            )
             return self._encode_text_python(text, add_prefix_space)
 
     def _python_bpe(self):
@@ -325,8 +377,11 @@ class GPT2TokenizerFast(GPT2TokenizerBase):
         """What :meth:`_encode_text_engines` computes, with the slow tokenizer's pre-tokenizer
         and BPE for the plain text between added tokens (same prefix-space rules)."""
         py = self._python_bpe()
-        native = (self._tiktoken is not None and self._native_special
-                  and not (add_prefix_space and ENDOFTEXT in text))
+        native = (
+            self._tiktoken is not None
+            and self._native_special
+            and not (add_prefix_space and ENDOFTEXT in text)
+        )
         if native and add_prefix_space and text and text[0] != " ":
             text = " " + text
         ids: list[int] = []
@@ -349,7 +404,7 @@ class GPT2TokenizerFast(GPT2TokenizerBase):
         the run encode independently to the same ids.
         """
         # a run of _LONG_WS or more covers an index _LONG_WS - 1 (mod _LONG_WS): look there first
-        if len(text) < _LONG_WS or _WS_CHARS.isdisjoint(text[_LONG_WS - 1::_LONG_WS]):
+        if len(text) < _LONG_WS or _WS_CHARS.isdisjoint(text[_LONG_WS - 1 :: _LONG_WS]):
             return _tiktoken_ids(text, special)
         ids: list[int] = []
         pos = 0
@@ -389,13 +444,20 @@ class GPT2TokenizerFast(GPT2TokenizerBase):
                 ids += self._tt_encode(piece, special=False)
         return ids
 
-    def _encode_batch(self, inputs: list[Any], *, is_split_into_words: bool,
-                      add_prefix_space: bool, return_offsets: bool):
+    def _encode_batch(
+        self,
+        inputs: list[Any],
+        *,
+        is_split_into_words: bool,
+        add_prefix_space: bool,
+        return_offsets: bool,
+    ):
         if return_offsets or is_split_into_words or self._tiktoken is None:
             # pre-split words always get their leading space (the slow tokenizer's rule)
             tk = self._backend(add_prefix_space or is_split_into_words)
-            encs = tk.encode_batch(inputs, is_pretokenized=is_split_into_words,
-                                   add_special_tokens=False)
+            encs = tk.encode_batch(
+                inputs, is_pretokenized=is_split_into_words, add_special_tokens=False
+            )
             ids = [e.ids for e in encs]
             if not return_offsets and not is_split_into_words:
                 return ids, None, None
@@ -411,15 +473,21 @@ class GPT2TokenizerFast(GPT2TokenizerBase):
         with ThreadPoolExecutor(min(self.num_threads, len(chunks))) as pool:
             return [ids for part in pool.map(encode, chunks) for ids in part], None, None
 
-    def encode_batch(self, texts: list[str], *, add_special_tokens: bool = True,
-                     add_prefix_space: bool | None = None) -> list[list[int]]:
+    def encode_batch(
+        self,
+        texts: list[str],
+        *,
+        add_special_tokens: bool = True,
+        add_prefix_space: bool | None = None,
+    ) -> list[list[int]]:
         """Ids of many texts, on ``num_threads`` threads: ``__call__`` without the dict."""
         if not isinstance(texts, list | tuple):
             raise TypeError(f"texts must be a list of str, got {type(texts).__name__}")
         _, firsts, _ = self._normalize_inputs(list(texts), None, False)
         aps = self.add_prefix_space if add_prefix_space is None else bool(add_prefix_space)
-        ids, _, _ = self._encode_batch(firsts, is_split_into_words=False, add_prefix_space=aps,
-                                       return_offsets=False)
+        ids, _, _ = self._encode_batch(
+            firsts, is_split_into_words=False, add_prefix_space=aps, return_offsets=False
+        )
         if add_special_tokens and self.add_bos_token and self.bos_token_id is not None:
             ids = [[self.bos_token_id, *x] for x in ids]
         return ids

@@ -26,9 +26,24 @@ DROPOUT_FIELDS = ("resid_pdrop", "embd_pdrop", "attn_pdrop")
 
 # Settings a resumed run must share with the run it continues: they decide the data order, the
 # schedule or the update rule, so changing one would silently make a different run.
-RESUME_FIELDS = ("steps", "batch_size", "grad_accum", "block_size", "lr", "min_lr_ratio",
-                 "warmup_steps", "weight_decay", "beta1", "beta2", "eps", "grad_clip", "seed",
-                 "dropout", "precision", "eval_fraction")
+RESUME_FIELDS = (
+    "steps",
+    "batch_size",
+    "grad_accum",
+    "block_size",
+    "lr",
+    "min_lr_ratio",
+    "warmup_steps",
+    "weight_decay",
+    "beta1",
+    "beta2",
+    "eps",
+    "grad_clip",
+    "seed",
+    "dropout",
+    "precision",
+    "eval_fraction",
+)
 
 
 def default_warmup(steps: int) -> int:
@@ -76,8 +91,16 @@ class TrainConfig:
         def fail(msg: str) -> None:
             raise ValueError(f"TrainConfig: {msg}")
 
-        for name in ("steps", "batch_size", "grad_accum", "block_size", "eval_every",
-                     "save_every", "eval_batches", "log_every"):
+        for name in (
+            "steps",
+            "batch_size",
+            "grad_accum",
+            "block_size",
+            "eval_every",
+            "save_every",
+            "eval_batches",
+            "log_every",
+        ):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 fail(f"{name} must be an int >= 1, got {v!r}")
@@ -142,8 +165,11 @@ class MetricsLog:
     def __init__(self, path: str | os.PathLike, resume_from_step: int | None = None) -> None:
         self.path = Path(path)
         if resume_from_step is not None and self.path.exists():
-            keep = [ln for ln in self.path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= resume_from_step]
+            keep = [
+                ln
+                for ln in self.path.read_text().splitlines()
+                if ln.strip() and json.loads(ln).get("step", 0) <= resume_from_step
+            ]
             atomic_write_text(self.path, "".join(ln + "\n" for ln in keep))
         elif resume_from_step is None and self.path.exists():
             self.path.unlink()
@@ -158,7 +184,9 @@ class MetricsLog:
         return [json.loads(ln) for ln in self.path.read_text().splitlines() if ln.strip()]
 
 
-def plot_loss_curve(metrics: list[dict[str, Any]], path: str | os.PathLike, title: str = "") -> Path | None:
+def plot_loss_curve(
+    metrics: list[dict[str, Any]], path: str | os.PathLike, title: str = ""
+) -> Path | None:
     """Write a loss-curve PNG (training loss, and eval loss where recorded).
 
     Without matplotlib it logs a warning saying so and returns None (metrics.jsonl holds the
@@ -170,8 +198,11 @@ def plot_loss_curve(metrics: list[dict[str, Any]], path: str | os.PathLike, titl
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        logger.warning("%s not written: matplotlib is not installed (pip install matplotlib, "
-                       "or the gpt2-zoo[all] extra); the losses are in metrics.jsonl", path)
+        logger.warning(
+            "%s not written: matplotlib is not installed (pip install matplotlib, "
+            "or the gpt2-zoo[all] extra); the losses are in metrics.jsonl",
+            path,
+        )
         return None
     steps = [m["step"] for m in metrics if "loss" in m]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
@@ -247,14 +278,23 @@ def check_out_dir(out_dir: str | os.PathLike, resume: bool) -> Path:
     except OSError as e:
         raise OSError(f"output directory {out} is not writable: {e}") from e
     if not resume and ((out / "last").exists() or (out / "metrics.jsonl").exists()):
-        raise FileExistsError(f"{out} already holds a training run; pass resume=True "
-                              "(--resume) to continue it or choose another directory")
+        raise FileExistsError(
+            f"{out} already holds a training run; pass resume=True "
+            "(--resume) to continue it or choose another directory"
+        )
     return out
 
 
-def save_checkpoint(out_dir: str | os.PathLike, step: int, state_dict: dict[str, Any],
-                    moments: dict[str, Any], config: Any, cfg: TrainConfig,
-                    extra: dict[str, Any], rng: str) -> Path:
+def save_checkpoint(
+    out_dir: str | os.PathLike,
+    step: int,
+    state_dict: dict[str, Any],
+    moments: dict[str, Any],
+    config: Any,
+    cfg: TrainConfig,
+    extra: dict[str, Any],
+    rng: str,
+) -> Path:
     """Write ``OUT/checkpoint-<step>/`` atomically, then point ``OUT/last`` at it.
 
     ``rng`` says, for people reading the state, how the backend derives its random streams.
@@ -267,8 +307,14 @@ def save_checkpoint(out_dir: str | os.PathLike, step: int, state_dict: dict[str,
     with atomic_directory(target, overwrite=True) as tmp:
         ckpt.save_pretrained(state_dict, config, tmp, "lm")
         st.save_file(moments, tmp / "optimizer.safetensors")
-        state = {"format": STATE_FORMAT, "step": step, "adam_step": step,
-                 "train_config": cfg.to_dict(), "rng": rng, **extra}
+        state = {
+            "format": STATE_FORMAT,
+            "step": step,
+            "adam_step": step,
+            "train_config": cfg.to_dict(),
+            "rng": rng,
+            **extra,
+        }
         atomic_write_text(tmp / "trainer_state.json", json.dumps(state, indent=2) + "\n")
     atomic_write_text(Path(out_dir) / "last", target.name + "\n")
     return target
@@ -282,17 +328,24 @@ def check_resume(state: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
     """
     saved = state.get("train_config") or {}
     now = cfg.to_dict()
-    changed = [f"{k} was {saved[k]!r}, now {now[k]!r}" for k in RESUME_FIELDS
-               if k in saved and saved[k] != now[k]]
+    changed = [
+        f"{k} was {saved[k]!r}, now {now[k]!r}"
+        for k in RESUME_FIELDS
+        if k in saved and saved[k] != now[k]
+    ]
     if changed:
-        raise ValueError(f"cannot resume the run in {path.parent}: " + "; ".join(changed) +
-                         ". A resumed run must use the settings it started with (they fix the "
-                         "data order and the schedule): pass the same values, or start a new "
-                         "run in another OUT")
+        raise ValueError(
+            f"cannot resume the run in {path.parent}: "
+            + "; ".join(changed)
+            + ". A resumed run must use the settings it started with (they fix the "
+            "data order and the schedule): pass the same values, or start a new "
+            "run in another OUT"
+        )
 
 
-def read_checkpoint(path: Path, cfg: TrainConfig | None = None
-                    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+def read_checkpoint(
+    path: Path, cfg: TrainConfig | None = None
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """(trainer_state, canonical weights, moments) of a checkpoint directory.
 
     With ``cfg`` (the settings of the run that resumes), :func:`check_resume` runs first.
@@ -311,8 +364,14 @@ def read_checkpoint(path: Path, cfg: TrainConfig | None = None
     return state, sd, moments
 
 
-def save_final_model(out_dir: str | os.PathLike, state_dict: dict[str, Any], config: Any,
-                     generation_config: Any, log: MetricsLog | None, framework: str) -> None:
+def save_final_model(
+    out_dir: str | os.PathLike,
+    state_dict: dict[str, Any],
+    config: Any,
+    generation_config: Any,
+    log: MetricsLog | None,
+    framework: str,
+) -> None:
     """The end of every backend's run: the model (config.json + model.safetensors), its
     generation_config.json and loss.png in OUT -- one layout whatever the framework."""
     from gpt2_core import checkpoint as ckpt

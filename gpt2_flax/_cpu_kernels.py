@@ -67,9 +67,10 @@ def _build(cc: str, cxx: str, include: str, out: Path) -> None:
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=out.name + ".") as tmp:
         obj, lib = os.path.join(tmp, "kernels.o"), os.path.join(tmp, out.name)
         c_flags = [f for f in core._FLAGS if f != "-shared"]
-        for cmd in ([cc, *c_flags, "-w", "-c", str(core._SOURCE), "-o", obj],
-                    [cxx, *_CXX_FLAGS, "-shared", f"-I{include}", str(_SOURCE), obj, "-o", lib,
-                     "-lm"]):
+        for cmd in (
+            [cc, *c_flags, "-w", "-c", str(core._SOURCE), "-o", obj],
+            [cxx, *_CXX_FLAGS, "-shared", f"-I{include}", str(_SOURCE), obj, "-o", lib, "-lm"],
+        ):
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
             if proc.returncode != 0:
                 raise RuntimeError(f"{cmd[0]} failed: {proc.stderr.strip()[:500]}")
@@ -99,10 +100,20 @@ def load() -> ctypes.CDLL | None:
             return None
         try:
             include = jax.ffi.include_dir()
-            key = hashlib.sha256(b"\0".join([
-                _SOURCE.read_bytes(), core._SOURCE.read_bytes(), " ".join(core._FLAGS).encode(),
-                " ".join(_CXX_FLAGS).encode(), cc.encode(), cxx.encode(),
-                core._cpu_signature().encode(), jax.lib.__version__.encode()])).hexdigest()[:20]
+            key = hashlib.sha256(
+                b"\0".join(
+                    [
+                        _SOURCE.read_bytes(),
+                        core._SOURCE.read_bytes(),
+                        " ".join(core._FLAGS).encode(),
+                        " ".join(_CXX_FLAGS).encode(),
+                        cc.encode(),
+                        cxx.encode(),
+                        core._cpu_signature().encode(),
+                        jax.lib.__version__.encode(),
+                    ]
+                )
+            ).hexdigest()[:20]
             path = core._cache_dir() / f"gpt2_xla_ffi-{key}.so"
             if not path.exists():
                 try:
@@ -115,8 +126,9 @@ def load() -> ctypes.CDLL | None:
             if abi != (_ABI, _KERNEL_ABI):
                 raise RuntimeError(f"{path}: ABI {abi} != {(_ABI, _KERNEL_ABI)}")
             if not _registered:
-                jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.Gpt2DecodeStep),
-                                            platform="cpu")
+                jax.ffi.register_ffi_target(
+                    TARGET, jax.ffi.pycapsule(lib.Gpt2DecodeStep), platform="cpu"
+                )
                 _registered = True
         except Exception as e:  # a missing or broken toolchain only costs speed
             _status = f"unavailable: {e}"
@@ -131,8 +143,11 @@ def load() -> ctypes.CDLL | None:
 def status() -> str:
     """A line saying whether the kernel is available to Flax, and if not, why."""
     load()
-    return "gpt2_core.cpu_kernels.disabled() in effect" if _lib is not None and not \
-        core.active() else _status
+    return (
+        "gpt2_core.cpu_kernels.disabled() in effect"
+        if _lib is not None and not core.active()
+        else _status
+    )
 
 
 def _reset() -> None:
@@ -166,8 +181,12 @@ def unsupported_reason(model: Any, rows: int, cache_len: int) -> str | None:
     if load() is None:
         return status()
     params = _weights(model)
-    matrices = {params[k].dtype for k in params if k.endswith(".weight")
-                and (k.split(".")[-2] in ("c_attn", "c_proj", "c_fc", "wte", "lm_head"))}
+    matrices = {
+        params[k].dtype
+        for k in params
+        if k.endswith(".weight")
+        and (k.split(".")[-2] in ("c_attn", "c_proj", "c_fc", "wte", "lm_head"))
+    }
     if len(matrices) != 1 or next(iter(matrices)) not in STEP_DTYPES:
         return f"weight matrices of dtype {sorted(d.name for d in matrices)}"
     for name, a in params.items():
@@ -196,33 +215,53 @@ def decode_forward(model: Any, rows: int, cache_len: int):
         a = params[name]
         return a if matrix else a.astype(jnp.float32)  # vectors and wpe: widened, exactly
 
-    operands = [get("transformer.wte.weight", True), get("transformer.wpe.weight"),
-                get("transformer.ln_f.weight"), get("transformer.ln_f.bias"),
-                get("transformer.wte.weight" if tied else "lm_head.weight", True)]
+    operands = [
+        get("transformer.wte.weight", True),
+        get("transformer.wpe.weight"),
+        get("transformer.ln_f.weight"),
+        get("transformer.ln_f.bias"),
+        get("transformer.wte.weight" if tied else "lm_head.weight", True),
+    ]
     for i in range(config.n_layer):
-        operands += [get(f"transformer.h.{i}.{n}", n in core.DecodeStep.MATRICES)
-                     for n in core.DecodeStep.LAYER_NAMES]
+        operands += [
+            get(f"transformer.h.{i}.{n}", n in core.DecodeStep.MATRICES)
+            for n in core.DecodeStep.LAYER_NAMES
+        ]
     scales = jnp.asarray(core.attention_scales(config), jnp.float32)
     n = 2 * config.n_layer
-    cache_type = jax.ShapeDtypeStruct((rows, config.n_head, cache_len, config.head_dim),
-                                      jnp.float32)
+    cache_type = jax.ShapeDtypeStruct(
+        (rows, config.n_head, cache_len, config.head_dim), jnp.float32
+    )
     first_cache = 5 + len(operands)  # operand index of keys[0]
     call = jax.ffi.ffi_call(
-        TARGET, (jax.ShapeDtypeStruct((rows, config.vocab_size), jnp.float32),
-                 *([cache_type] * n)),
-        input_output_aliases={first_cache + j: 1 + j for j in range(n)})
-    attrs = dict(eps=np.float32(config.layer_norm_epsilon),
-                 act=np.int64(core.ACTIVATION_CODES[config.activation_function]),
-                 head_kn=np.int64(not tied), n_head=np.int64(config.n_head),
-                 threads=np.int64(core.threads()), wbf16=np.int64(wbf16))
+        TARGET,
+        (jax.ShapeDtypeStruct((rows, config.vocab_size), jnp.float32), *([cache_type] * n)),
+        input_output_aliases={first_cache + j: 1 + j for j in range(n)},
+    )
+    attrs = dict(
+        eps=np.float32(config.layer_norm_epsilon),
+        act=np.int64(core.ACTIVATION_CODES[config.activation_function]),
+        head_kn=np.int64(not tied),
+        n_head=np.int64(config.n_head),
+        threads=np.int64(core.threads()),
+        wbf16=np.int64(wbf16),
+    )
 
     def forward(tokens, cache, pos, row_mask):
         bias = jnp.where(row_mask != 0, 0.0, -jnp.inf).astype(jnp.float32)  # (R, M)
         caches = [c for kv in zip(cache.keys, cache.values) for c in kv]
-        logits, *caches = call(tokens.astype(jnp.int32), pos.astype(jnp.int32), bias,
-                               cache.index.astype(jnp.int32), scales, *operands, *caches,
-                               **attrs)
-        return logits, StaticCache(keys=tuple(caches[0::2]), values=tuple(caches[1::2]),
-                               index=cache.index + 1)
+        logits, *caches = call(
+            tokens.astype(jnp.int32),
+            pos.astype(jnp.int32),
+            bias,
+            cache.index.astype(jnp.int32),
+            scales,
+            *operands,
+            *caches,
+            **attrs,
+        )
+        return logits, StaticCache(
+            keys=tuple(caches[0::2]), values=tuple(caches[1::2]), index=cache.index + 1
+        )
 
     return forward

@@ -64,9 +64,11 @@ class FrameworkMixin:
     """NNX-only members of ``GPT2PreTrainedModel`` (which is also an ``nnx.Module``)."""
 
     generation_config = _unhashed_attribute(
-        "generation_config", "The checkpoint's generation_config.json (None: from the config).")
+        "generation_config", "The checkpoint's generation_config.json (None: from the config)."
+    )
     load_report = _unhashed_attribute(
-        "load_report", "What from_pretrained found (a gpt2_core.naming.LoadReport).")
+        "load_report", "What from_pretrained found (a gpt2_core.naming.LoadReport)."
+    )
 
     # -- state dicts (torch's come with nn.Module)
     def state_dict(self) -> dict[str, np.ndarray]:

@@ -26,10 +26,12 @@ def _auto(name: str, head: str) -> type:
 
 FlaxAutoModel = _auto("AutoModel", "base")
 FlaxAutoModelForCausalLM = _auto("AutoModelForCausalLM", "lm")
-FlaxAutoModelForSequenceClassification = _auto("AutoModelForSequenceClassification",
-                                               "sequence_classification")
-FlaxAutoModelForTokenClassification = _auto("AutoModelForTokenClassification",
-                                            "token_classification")
+FlaxAutoModelForSequenceClassification = _auto(
+    "AutoModelForSequenceClassification", "sequence_classification"
+)
+FlaxAutoModelForTokenClassification = _auto(
+    "AutoModelForTokenClassification", "token_classification"
+)
 FlaxAutoModelForQuestionAnswering = _auto("AutoModelForQuestionAnswering", "question_answering")
 AutoModel = FlaxAutoModel
 AutoModelForCausalLM = FlaxAutoModelForCausalLM
@@ -37,8 +39,17 @@ AutoModelForSequenceClassification = FlaxAutoModelForSequenceClassification
 AutoModelForTokenClassification = FlaxAutoModelForTokenClassification
 AutoModelForQuestionAnswering = FlaxAutoModelForQuestionAnswering
 
-__all__ = ["AutoModel", "AutoModelForCausalLM", "AutoModelForQuestionAnswering",
-           "AutoModelForSequenceClassification", "AutoModelForTokenClassification",
-           "AutoTokenizer", "FlaxAutoModel", "FlaxAutoModelForCausalLM",
-           "FlaxAutoModelForQuestionAnswering", "FlaxAutoModelForSequenceClassification",
-           "FlaxAutoModelForTokenClassification", "NotGPT2Error"]
+__all__ = [
+    "AutoModel",
+    "AutoModelForCausalLM",
+    "AutoModelForQuestionAnswering",
+    "AutoModelForSequenceClassification",
+    "AutoModelForTokenClassification",
+    "AutoTokenizer",
+    "FlaxAutoModel",
+    "FlaxAutoModelForCausalLM",
+    "FlaxAutoModelForQuestionAnswering",
+    "FlaxAutoModelForSequenceClassification",
+    "FlaxAutoModelForTokenClassification",
+    "NotGPT2Error",
+]

@@ -88,17 +88,28 @@ class _Options:
 
 def _params(gen: GenerationConfig, eos: tuple[int, ...], pad: int) -> dict[str, jax.Array]:
     """The numeric settings passed as traced values: changing them does not recompile."""
-    return dict(eos=jnp.asarray(eos if eos else (-1,), jnp.int32), pad=jnp.int32(pad),
-                fill=jnp.int32(beam_filler(gen)),
-                temperature=jnp.float32(gen.temperature), top_p=jnp.float32(gen.top_p),
-                repetition_penalty=jnp.float32(gen.repetition_penalty),
-                length_penalty=jnp.float32(gen.length_penalty))
+    return dict(
+        eos=jnp.asarray(eos if eos else (-1,), jnp.int32),
+        pad=jnp.int32(pad),
+        fill=jnp.int32(beam_filler(gen)),
+        temperature=jnp.float32(gen.temperature),
+        top_p=jnp.float32(gen.top_p),
+        repetition_penalty=jnp.float32(gen.repetition_penalty),
+        length_penalty=jnp.float32(gen.length_penalty),
+    )
 
 
 # ---------------------------------------------------------------------------- logits processors
-def process_logits(scores: jax.Array, buf: jax.Array, valid: jax.Array, cur: jax.Array,
-                   step: jax.Array, min_new: jax.Array, opts: _Options,
-                   params: dict) -> jax.Array:
+def process_logits(
+    scores: jax.Array,
+    buf: jax.Array,
+    valid: jax.Array,
+    cur: jax.Array,
+    step: jax.Array,
+    min_new: jax.Array,
+    opts: _Options,
+    params: dict,
+) -> jax.Array:
     """transformers' processors, in its order: repetition penalty, no-repeat n-gram, min length
     (the numpy reference is :func:`gpt2_core.generation.process_logits`).
 
@@ -123,9 +134,9 @@ def process_logits(scores: jax.Array, buf: jax.Array, valid: jax.Array, cur: jax
             last_ok = jax.lax.dynamic_slice_in_dim(valid, jnp.maximum(starts, 0), n - 1, axis=1)
             match = jnp.all(last_ok, axis=1, keepdims=True) & (starts >= 0)  # (R, 1)
             for k in range(n - 1):  # n-gram at s: buf[s : s+n-1] == last, token buf[s+n-1] banned
-                match = match & (buf[:, k:k + W] == last[:, k:k + 1]) & valid[:, k:k + W]
-            match = match & valid[:, n - 1:] & (jnp.arange(W)[None, :] + n - 1 < cur)
-            banned_tok = jnp.where(match, buf[:, n - 1:], V)
+                match = match & (buf[:, k : k + W] == last[:, k : k + 1]) & valid[:, k : k + W]
+            match = match & valid[:, n - 1 :] & (jnp.arange(W)[None, :] + n - 1 < cur)
+            banned_tok = jnp.where(match, buf[:, n - 1 :], V)
             banned = jnp.zeros((R, V), bool).at[rows, banned_tok].set(True, mode="drop")
             scores = jnp.where(banned, -jnp.inf, scores)
     if opts.n_eos:
@@ -165,15 +176,33 @@ def _stream_put(stream_id, tokens) -> None:
 def _forward(model, ids, cache, positions, mask):
     """The transformer over ``ids`` (R, t) into the static cache; float32 logits (R, V) of the
     last position only (any model with ``transformer`` and ``_lm_logits``: the LM and double heads)."""
-    out = model.transformer(ids, past_key_values=cache, attention_mask=mask,
-                            position_ids=positions, use_cache=True, return_dict=True,
-                            deterministic=True)
+    out = model.transformer(
+        ids,
+        past_key_values=cache,
+        attention_mask=mask,
+        position_ids=positions,
+        use_cache=True,
+        return_dict=True,
+        deterministic=True,
+    )
     logits = model._lm_logits(out.last_hidden_state[:, -1, :])
     return logits.astype(jnp.float32), out.past_key_values
 
 
-def _generate_program(graphdef, opts: _Options, state, ids, mask, prompt_pos, offset, max_new,
-                      min_new, key, stream_id, params):
+def _generate_program(
+    graphdef,
+    opts: _Options,
+    state,
+    ids,
+    mask,
+    prompt_pos,
+    offset,
+    max_new,
+    min_new,
+    key,
+    stream_id,
+    params,
+):
     """ids/mask (B, Tb) left-padded; ``prompt_pos`` their position ids
     (:func:`gpt2_core.generation.prompt_position_ids`); ``offset`` = Tb - Tu (first slot of the
     user's prompt)."""
@@ -191,7 +220,9 @@ def _generate_program(graphdef, opts: _Options, state, ids, mask, prompt_pos, of
 
     from gpt2_flax.modeling import StaticCache  # modeling imports this module
 
-    cache = StaticCache.allocate(config, B, M, jnp.float32 if opts.cpu_kernel else model.transformer.dtype)
+    cache = StaticCache.allocate(
+        config, B, M, jnp.float32 if opts.cpu_kernel else model.transformer.dtype
+    )
     logits, cache = _forward(model, ids, cache, prompt_pos, full_mask)  # (B, V)
 
     buf = jnp.full((B, M), pad, jnp.int32).at[:, :Tb].set(ids.astype(jnp.int32))
@@ -204,6 +235,7 @@ def _generate_program(graphdef, opts: _Options, state, ids, mask, prompt_pos, of
         forward = _cpu_kernels.decode_forward(model, R, M)
 
     if opts.mode != "beam":
+
         def select(logits, step, buf, unfinished):
             valid = (slots >= offset) & (slots < Tb + step)
             scores = process_logits(logits, buf, valid, Tb + step, step, min_new, opts, params)
@@ -251,16 +283,27 @@ def _generate_program(graphdef, opts: _Options, state, ids, mask, prompt_pos, of
         running_sequences=running_sequences,
         running_beam_scores=jnp.zeros((B, nb), jnp.float32).at[:, 1:].set(BEAM_NEG),
         running_beam_indices=running_beam_indices,
-        sequences=running_sequences, beam_scores=jnp.full((B, nb), BEAM_NEG, jnp.float32),
-        beam_indices=running_beam_indices, is_sent_finished=jnp.zeros((B, nb), bool),
+        sequences=running_sequences,
+        beam_scores=jnp.full((B, nb), BEAM_NEG, jnp.float32),
+        beam_indices=running_beam_indices,
+        is_sent_finished=jnp.zeros((B, nb), bool),
         is_early_stop_heuristic_unsatisfied=jnp.ones((B, 1), bool),
-        next_token_hits_stopping_criteria=jnp.zeros((B, n_cand), bool))
+        next_token_hits_stopping_criteria=jnp.zeros((B, n_cand), bool),
+    )
 
     def beam_select(logits, step, c):
         valid = (slots >= offset) & (slots < Tb + step)
         scores = jax.nn.log_softmax(logits, axis=-1)
-        scores = process_logits(scores, c["running_sequences"].reshape(R, M), valid, Tb + step,
-                                step, min_new, opts, params)
+        scores = process_logits(
+            scores,
+            c["running_sequences"].reshape(R, M),
+            valid,
+            Tb + step,
+            step,
+            min_new,
+            opts,
+            params,
+        )
         new = beam_step(c, scores, step, Tb, max_new, opts, params)
         src = new["running_beam_indices"][:, :, step].reshape(R)
         tok = new["running_sequences"][:, :, Tb + step].reshape(R)
@@ -268,8 +311,12 @@ def _generate_program(graphdef, opts: _Options, state, ids, mask, prompt_pos, of
 
     def keep_going(c, step):
         open_beam = ~(jnp.all(c["is_sent_finished"]) & (opts.early_stopping is True))
-        return ((step < max_new) & jnp.any(c["is_early_stop_heuristic_unsatisfied"])
-                & open_beam & ~jnp.all(c["next_token_hits_stopping_criteria"]))
+        return (
+            (step < max_new)
+            & jnp.any(c["is_early_stop_heuristic_unsatisfied"])
+            & open_beam
+            & ~jnp.all(c["next_token_hits_stopping_criteria"])
+        )
 
     c, src, tok = beam_select(logits, jnp.int32(0), init)
     cache = cache.reorder(src)
@@ -297,8 +344,15 @@ def _take(x: jax.Array, idx: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
-def beam_step(state: dict, log_probs: jax.Array, step: jax.Array, prompt_len: int,
-              max_new: jax.Array, opts: _Options, params: dict) -> dict:
+def beam_step(
+    state: dict,
+    log_probs: jax.Array,
+    step: jax.Array,
+    prompt_len: int,
+    max_new: jax.Array,
+    opts: _Options,
+    params: dict,
+) -> dict:
     """One step of transformers 4.57's vectorised beam search on the processed ``log_probs``
     (B * K, V) with its state names; ``step`` tokens generated so far, the running sequences
     hold ``prompt_len + step`` slots. The numpy reference is
@@ -311,18 +365,23 @@ def beam_step(state: dict, log_probs: jax.Array, step: jax.Array, prompt_len: in
     topk_log_probs, topk_indices = jax.lax.top_k(scores.reshape(B, nb * V), K)  # (B, K)
     topk_beam, topk_ids = topk_indices // V, (topk_indices % V).astype(jnp.int32)
     topk_running_sequences = jax.lax.dynamic_update_slice(
-        _take(state["running_sequences"], topk_beam), topk_ids[:, :, None],
-        (0, 0, prompt_len + step))
+        _take(state["running_sequences"], topk_beam),
+        topk_ids[:, :, None],
+        (0, 0, prompt_len + step),
+    )
     flat_beam = (topk_beam + jnp.arange(B)[:, None] * nb).astype(jnp.int32)
     topk_running_beam_indices = jax.lax.dynamic_update_slice(
-        _take(state["running_beam_indices"], topk_beam), flat_beam[:, :, None], (0, 0, step))
+        _take(state["running_beam_indices"], topk_beam), flat_beam[:, :, None], (0, 0, step)
+    )
     hits = jnp.isin(topk_ids, params["eos"]) | (step + 1 >= max_new)  # (B, K)
     # the best nb candidates that did not stop keep running
     topk_running_log_probs = topk_log_probs + hits.astype(jnp.float32) * BEAM_NEG
     nxt = jax.lax.top_k(topk_running_log_probs, nb)[1]
-    new = dict(running_sequences=_take(topk_running_sequences, nxt),
-               running_beam_scores=_take(topk_running_log_probs, nxt),
-               running_beam_indices=_take(topk_running_beam_indices, nxt))
+    new = dict(
+        running_sequences=_take(topk_running_sequences, nxt),
+        running_beam_scores=_take(topk_running_log_probs, nxt),
+        running_beam_indices=_take(topk_running_beam_indices, nxt),
+    )
     # finished candidates among the top nb may enter the finished set
     just_finished = hits & (jnp.arange(K) < nb)[None, :]
     fin = topk_log_probs / ((step + 1).astype(jnp.float32) ** lp)
@@ -333,23 +392,27 @@ def beam_step(state: dict, log_probs: jax.Array, step: jax.Array, prompt_len: in
     merged_scores = jnp.concatenate([state["beam_scores"], fin], axis=1)
     best = jax.lax.top_k(merged_scores, nb)[1]
     new["sequences"] = _take(
-        jnp.concatenate([state["sequences"], topk_running_sequences], axis=1), best)
+        jnp.concatenate([state["sequences"], topk_running_sequences], axis=1), best
+    )
     new["beam_scores"] = _take(merged_scores, best)
     new["beam_indices"] = _take(
-        jnp.concatenate([state["beam_indices"], topk_running_beam_indices], axis=1), best)
+        jnp.concatenate([state["beam_indices"], topk_running_beam_indices], axis=1), best
+    )
     new["is_sent_finished"] = _take(
-        jnp.concatenate([state["is_sent_finished"], just_finished], axis=1), best)
+        jnp.concatenate([state["is_sent_finished"], just_finished], axis=1), best
+    )
     # can a running beam still beat the worst finished one?
     if es == "never" and opts.positive_length_penalty:
         best_len = max_new.astype(jnp.float32)
     else:
         best_len = (step + 1).astype(jnp.float32)
-    best_running = new["running_beam_scores"][:, :1] / best_len ** lp
-    worst_finished = jnp.where(new["is_sent_finished"],
-                               jnp.min(new["beam_scores"], axis=1, keepdims=True), BEAM_NEG)
-    new["is_early_stop_heuristic_unsatisfied"] = (
-        state["is_early_stop_heuristic_unsatisfied"]
-        & jnp.any(best_running > worst_finished, axis=-1, keepdims=True))
+    best_running = new["running_beam_scores"][:, :1] / best_len**lp
+    worst_finished = jnp.where(
+        new["is_sent_finished"], jnp.min(new["beam_scores"], axis=1, keepdims=True), BEAM_NEG
+    )
+    new["is_early_stop_heuristic_unsatisfied"] = state[
+        "is_early_stop_heuristic_unsatisfied"
+    ] & jnp.any(best_running > worst_finished, axis=-1, keepdims=True)
     new["next_token_hits_stopping_criteria"] = hits
     return new
 
@@ -361,10 +424,16 @@ _program = jax.jit(_generate_program, static_argnums=(0, 1))
 class GenerationMixin:
     """``generate`` for :class:`gpt2_flax.GPT2LMHeadModel` (see the module docstring)."""
 
-    def generate(self, input_ids: Any = None, attention_mask: Any = None,
-                 generation_config: GenerationConfig | None = None, *,
-                 prng_key: jax.Array | None = None, streamer: Any = None,
-                 **kwargs: Any) -> jax.Array:
+    def generate(
+        self,
+        input_ids: Any = None,
+        attention_mask: Any = None,
+        generation_config: GenerationConfig | None = None,
+        *,
+        prng_key: jax.Array | None = None,
+        streamer: Any = None,
+        **kwargs: Any,
+    ) -> jax.Array:
         """Generate continuations; returns token ids (B * num_return_sequences, Tu + new).
 
         Args:
@@ -386,7 +455,9 @@ class GenerationMixin:
             >>> out = model.generate(ids, do_sample=True, top_p=0.9, prng_key=jax.random.key(1))
         """
         config = self.config
-        if generation_config is None:  # from_pretrained keeps the checkpoint's generation_config.json
+        if (
+            generation_config is None
+        ):  # from_pretrained keeps the checkpoint's generation_config.json
             generation_config = getattr(self, "generation_config", None)
         gen = GenerationConfig.resolve(generation_config, config, **kwargs)
         gen = gen.for_model(config.vocab_size, has_prompt=input_ids is not None)
@@ -404,8 +475,9 @@ class GenerationMixin:
         else:
             mode = "sample" if gen.do_sample else "greedy"
         if streamer is not None and (mode == "beam" or B > 1):
-            raise ValueError("streamer supports batch size 1 without beam search "
-                             "(num_beams=1), as transformers")
+            raise ValueError(
+                "streamer supports batch size 1 without beam search (num_beams=1), as transformers"
+            )
 
         # bucket the shapes: left-pad the prompt to Tb, the cache to M
         Tb = bucket(Tu)
@@ -413,20 +485,26 @@ class GenerationMixin:
         # the bucket's extra slots repeat the first column (a valid id: the pad id may lie
         # outside the vocabulary, and a NaN embedding would reach the masked values)
         ids_b = np.repeat(ids[:, :1], Tb, axis=1).astype(np.int32)
-        ids_b[:, Tb - Tu:] = ids
+        ids_b[:, Tb - Tu :] = ids
         mask_b = np.zeros((B, Tb), np.int32)
-        mask_b[:, Tb - Tu:] = mask
+        mask_b[:, Tb - Tu :] = mask
         sample = mode == "sample"
         opts = _Options(
-            mode=mode, cache_len=M, vocab_size=config.vocab_size, n_eos=len(eos),
+            mode=mode,
+            cache_len=M,
+            vocab_size=config.vocab_size,
+            n_eos=len(eos),
             use_temperature=sample and gen.temperature != 1.0,
             top_k=int(gen.top_k) if sample else 0,
             use_top_p=sample and gen.top_p < 1.0,
             use_repetition_penalty=gen.repetition_penalty != 1.0,
             no_repeat_ngram_size=int(gen.no_repeat_ngram_size),
-            num_beams=gen.num_beams, num_return_sequences=gen.num_return_sequences,
+            num_beams=gen.num_beams,
+            num_return_sequences=gen.num_return_sequences,
             early_stopping=gen.early_stopping if mode == "beam" else False,
-            positive_length_penalty=gen.length_penalty > 0, stream=streamer is not None)
+            positive_length_penalty=gen.length_penalty > 0,
+            stream=streamer is not None,
+        )
         rows = B * (gen.num_return_sequences if sample else gen.num_beams)
         reason = _cpu_kernels.unsupported_reason(self, rows, M)
         logger.debug("gpt2_flax generate: CPU kernel %s", reason or "in use")
@@ -445,10 +523,20 @@ class GenerationMixin:
             streamer.put(ids)
         graphdef, state = nnx.split(self)
         try:
-            seqs, n_new = _program(graphdef, opts, state, jnp.asarray(ids_b), jnp.asarray(mask_b),
-                                   jnp.asarray(prompt_position_ids(mask_b), jnp.int32),
-                                   jnp.int32(Tb - Tu), jnp.int32(max_new), jnp.int32(min_new),
-                                   prng_key, jnp.int32(stream_id), _params(gen, eos, pad))
+            seqs, n_new = _program(
+                graphdef,
+                opts,
+                state,
+                jnp.asarray(ids_b),
+                jnp.asarray(mask_b),
+                jnp.asarray(prompt_position_ids(mask_b), jnp.int32),
+                jnp.int32(Tb - Tu),
+                jnp.int32(max_new),
+                jnp.int32(min_new),
+                prng_key,
+                jnp.int32(stream_id),
+                _params(gen, eos, pad),
+            )
             n_new = int(n_new)  # waits for the program (and its callbacks) to finish
         finally:
             if streamer is not None:
@@ -456,4 +544,4 @@ class GenerationMixin:
                 _STREAMERS.pop(stream_id, None)
         if streamer is not None:
             streamer.end()
-        return seqs[:, Tb - Tu:Tb + n_new]
+        return seqs[:, Tb - Tu : Tb + n_new]

@@ -141,8 +141,10 @@ def _check_range(x: jax.Array, high: int, name: str, what: str) -> None:
     if x.size == 0:
         return
     if _is_traced(x):
-        checkify.debug_check(jnp.all((x >= 0) & (x < high)),
-                             f"{name} out of range: every value must be in [0, {high}) ({what})")
+        checkify.debug_check(
+            jnp.all((x >= 0) & (x < high)),
+            f"{name} out of range: every value must be in [0, {high}) ({what})",
+        )
         return
     lo, hi = int(jnp.min(x)), int(jnp.max(x))
     if lo < 0 or hi >= high:
@@ -201,7 +203,9 @@ def checked(fn):
 
 
 # ---------------------------------------------------------------------------- losses
-def cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int = IGNORE_INDEX) -> jax.Array:
+def cross_entropy(
+    logits: jax.Array, labels: jax.Array, ignore_index: int = IGNORE_INDEX
+) -> jax.Array:
     """Mean cross-entropy over the labels that are not ``ignore_index`` (torch semantics).
 
     ``logits`` (n, K), ``labels`` (n,). All labels ignored gives NaN, as torch's 0/0.
@@ -214,16 +218,19 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int = IGNO
     return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.sum(valid)
 
 
-def _check_labels(labels: jax.Array, num_classes: int, name: str,
-                  ignore_index: int | None = IGNORE_INDEX) -> None:
+def _check_labels(
+    labels: jax.Array, num_classes: int, name: str, ignore_index: int | None = IGNORE_INDEX
+) -> None:
     if _is_traced(labels) or labels.size == 0:
         return
     arr = np.asarray(labels)
     if ignore_index is not None:
         arr = arr[arr != ignore_index]
     if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
-        raise ValueError(f"{name} must be in [0, {num_classes}) or {ignore_index} (ignored), "
-                         f"got values in [{arr.min()}, {arr.max()}]")
+        raise ValueError(
+            f"{name} must be in [0, {num_classes}) or {ignore_index} (ignored), "
+            f"got values in [{arr.min()}, {arr.max()}]"
+        )
 
 
 def _result(out: ModelOutput, return_dict: bool):
@@ -246,10 +253,19 @@ class Conv1D(nnx.Linear):
         dtype, param_dtype, rngs: as :class:`GPT2Attention`.
     """
 
-    def __init__(self, nf: int, nx: int, init_std: float = 0.02, *, dtype: Any = jnp.float32,
-                 param_dtype: Any = jnp.float32, rngs: nnx.Rngs) -> None:
-        super().__init__(nx, nf, kernel_init=_normal(init_std), dtype=dtype,
-                         param_dtype=param_dtype, rngs=rngs)
+    def __init__(
+        self,
+        nf: int,
+        nx: int,
+        init_std: float = 0.02,
+        *,
+        dtype: Any = jnp.float32,
+        param_dtype: Any = jnp.float32,
+        rngs: nnx.Rngs,
+    ) -> None:
+        super().__init__(
+            nx, nf, kernel_init=_normal(init_std), dtype=dtype, param_dtype=param_dtype, rngs=rngs
+        )
 
 
 class LayerNorm(nnx.LayerNorm):
@@ -261,11 +277,24 @@ class LayerNorm(nnx.LayerNorm):
         dtype, param_dtype, rngs: as :class:`GPT2Attention`.
     """
 
-    def __init__(self, dim: int, epsilon: float, *, dtype: Any = jnp.float32,
-                 param_dtype: Any = jnp.float32, rngs: nnx.Rngs) -> None:
+    def __init__(
+        self,
+        dim: int,
+        epsilon: float,
+        *,
+        dtype: Any = jnp.float32,
+        param_dtype: Any = jnp.float32,
+        rngs: nnx.Rngs,
+    ) -> None:
         # use_fast_variance=False: E[(x - mean)^2] as torch, not E[x^2] - mean^2
-        super().__init__(dim, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
-                         use_fast_variance=False, rngs=rngs)
+        super().__init__(
+            dim,
+            epsilon=epsilon,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            use_fast_variance=False,
+            rngs=rngs,
+        )
 
 
 @jax.tree_util.register_dataclass
@@ -291,13 +320,16 @@ class StaticCache:
     index: jax.Array
 
     @classmethod
-    def allocate(cls, config: GPT2Config, batch_size: int, max_length: int,
-                 dtype: Any = jnp.float32) -> StaticCache:
+    def allocate(
+        cls, config: GPT2Config, batch_size: int, max_length: int, dtype: Any = jnp.float32
+    ) -> StaticCache:
         shape = (batch_size, config.n_head, max_length, config.head_dim)  # (B, H, S, D)
         zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.n_layer))
-        return cls(keys=zeros, values=tuple(jnp.zeros(shape, dtype) for _ in zeros),
-                   index=jnp.zeros((), jnp.int32))
-
+        return cls(
+            keys=zeros,
+            values=tuple(jnp.zeros(shape, dtype) for _ in zeros),
+            index=jnp.zeros((), jnp.int32),
+        )
 
     @property
     def max_length(self) -> int:
@@ -309,9 +341,11 @@ class StaticCache:
 
     def reorder(self, index: jax.Array) -> StaticCache:
         """Reorder the batch rows (beam search): row i becomes old row ``index[i]``."""
-        return StaticCache(keys=tuple(k[index] for k in self.keys),
-                           values=tuple(v[index] for v in self.values), index=self.index)
-
+        return StaticCache(
+            keys=tuple(k[index] for k in self.keys),
+            values=tuple(v[index] for v in self.values),
+            index=self.index,
+        )
 
 
 class GPT2Attention(nnx.Module):
@@ -335,9 +369,16 @@ class GPT2Attention(nnx.Module):
         >>> attn = GPT2Attention(tiny_config(), layer_idx=0, rngs=nnx.Rngs(0))
     """
 
-    def __init__(self, config: GPT2Config, is_cross_attention: bool = False, layer_idx: int = 0,
-                 *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-                 rngs: nnx.Rngs) -> None:
+    def __init__(
+        self,
+        config: GPT2Config,
+        is_cross_attention: bool = False,
+        layer_idx: int = 0,
+        *,
+        dtype: Any = jnp.float32,
+        param_dtype: Any = jnp.float32,
+        rngs: nnx.Rngs,
+    ) -> None:
         C, std = config.n_embd, config.initializer_range
         proj_std = std / math.sqrt(2 * config.n_layer)  # GPT-2's scaled residual init
         self.embed_dim, self.num_heads, self.head_dim = C, config.n_head, config.head_dim
@@ -408,12 +449,16 @@ class GPT2Attention(nnx.Module):
         if causal_mask is not None:
             bias = jnp.where(causal_mask, 0, jnp.finfo(dt).min).astype(dt)  # (1, 1, T, S)
         if attention_mask is not None:
-            bias = (attention_mask.astype(dt) if bias is None
-                    else bias + attention_mask.astype(dt))
+            bias = attention_mask.astype(dt) if bias is None else bias + attention_mask.astype(dt)
         impl = "cudnn" if self.attn_implementation == "cudnn" else None
         out = jax.nn.dot_product_attention(
-            q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3),
-            bias=bias, scale=self.scale, implementation=impl)  # (B, T, H, D)
+            q.transpose(0, 2, 1, 3),
+            k.transpose(0, 2, 1, 3),
+            v.transpose(0, 2, 1, 3),
+            bias=bias,
+            scale=self.scale,
+            implementation=impl,
+        )  # (B, T, H, D)
         return out.transpose(0, 2, 1, 3).astype(dtype)  # (B, H, T, D)
 
     def __call__(
@@ -464,13 +509,15 @@ class GPT2Attention(nnx.Module):
         present = (k, v) if use_cache or cache_position is not None else None
 
         dropout_off = self.attn_dropout.rate == 0 or (
-            self.attn_dropout.deterministic if deterministic is None else deterministic)
+            self.attn_dropout.deterministic if deterministic is None else deterministic
+        )
         weights = None
         if self.attn_implementation != "eager" and head_mask is None and dropout_off:
             out = self._fused_attention(q, k, v, causal_mask, attention_mask)
         else:
-            out, weights = self._eager_attention(q, k, v, causal_mask, attention_mask, head_mask,
-                                                 deterministic)
+            out, weights = self._eager_attention(
+                q, k, v, causal_mask, attention_mask, head_mask, deterministic
+            )
         out = self._merge_heads(out)  # (B, T, C)
         out = self.resid_dropout(self.c_proj(out), deterministic=deterministic)
         return out, present, (weights if output_attentions else None)
@@ -482,18 +529,26 @@ def _attn_implementation(config: GPT2Config, dtype: Any) -> str:
     fp16/bf16 compute only); the others are refused, never replaced."""
     impl = config.attn_implementation or "eager"
     if impl not in ("eager", "sdpa", "cudnn"):
-        raise ValueError(f"attn_implementation={impl!r} is not available in gpt2_flax; use "
-                         "'eager', 'sdpa' (jax.nn.dot_product_attention) or 'cudnn' (GPU)")
+        raise ValueError(
+            f"attn_implementation={impl!r} is not available in gpt2_flax; use "
+            "'eager', 'sdpa' (jax.nn.dot_product_attention) or 'cudnn' (GPU)"
+        )
     if impl == "cudnn":
         if jax.default_backend() != "gpu":
-            raise ValueError("attn_implementation='cudnn' needs a GPU (JAX runs on "
-                             f"{jax.default_backend()!r}); use 'sdpa' or 'eager'")
+            raise ValueError(
+                "attn_implementation='cudnn' needs a GPU (JAX runs on "
+                f"{jax.default_backend()!r}); use 'sdpa' or 'eager'"
+            )
         if jnp.dtype(dtype) not in (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16)):
-            raise ValueError("attn_implementation='cudnn' needs fp16 or bf16 compute "
-                             f"(dtype={jnp.dtype(dtype).name}); use 'sdpa' or 'eager'")
+            raise ValueError(
+                "attn_implementation='cudnn' needs fp16 or bf16 compute "
+                f"(dtype={jnp.dtype(dtype).name}); use 'sdpa' or 'eager'"
+            )
         if config.reorder_and_upcast_attn:
-            raise ValueError("attn_implementation='cudnn' cannot honour reorder_and_upcast_attn"
-                             "=True (float32 scores); use 'sdpa' or 'eager'")
+            raise ValueError(
+                "attn_implementation='cudnn' cannot honour reorder_and_upcast_attn"
+                "=True (float32 scores); use 'sdpa' or 'eager'"
+            )
     return impl
 
 
@@ -509,8 +564,15 @@ class GPT2MLP(nnx.Module):
         >>> mlp = GPT2MLP(144, tiny_config(), rngs=nnx.Rngs(0))
     """
 
-    def __init__(self, intermediate_size: int, config: GPT2Config, *, dtype: Any = jnp.float32,
-                 param_dtype: Any = jnp.float32, rngs: nnx.Rngs) -> None:
+    def __init__(
+        self,
+        intermediate_size: int,
+        config: GPT2Config,
+        *,
+        dtype: Any = jnp.float32,
+        param_dtype: Any = jnp.float32,
+        rngs: nnx.Rngs,
+    ) -> None:
         C, std = config.n_embd, config.initializer_range
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.c_fc = Conv1D(intermediate_size, C, std, **kw)
@@ -535,8 +597,15 @@ class GPT2Block(nnx.Module):
         >>> block = GPT2Block(tiny_config(), layer_idx=1, rngs=nnx.Rngs(0))
     """
 
-    def __init__(self, config: GPT2Config, layer_idx: int = 0, *, dtype: Any = jnp.float32,
-                 param_dtype: Any = jnp.float32, rngs: nnx.Rngs) -> None:
+    def __init__(
+        self,
+        config: GPT2Config,
+        layer_idx: int = 0,
+        *,
+        dtype: Any = jnp.float32,
+        param_dtype: Any = jnp.float32,
+        rngs: nnx.Rngs,
+    ) -> None:
         C, eps = config.n_embd, config.layer_norm_epsilon
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.ln_1 = LayerNorm(C, eps, **kw)
@@ -544,8 +613,9 @@ class GPT2Block(nnx.Module):
         self.ln_2 = LayerNorm(C, eps, **kw)
         self.add_cross_attention = config.add_cross_attention
         if config.add_cross_attention:
-            self.crossattention = GPT2Attention(config, is_cross_attention=True,
-                                                layer_idx=layer_idx, **kw)
+            self.crossattention = GPT2Attention(
+                config, is_cross_attention=True, layer_idx=layer_idx, **kw
+            )
             self.ln_cross_attn = LayerNorm(C, eps, **kw)
         self.mlp = GPT2MLP(config.inner_dim, config, **kw)
 
@@ -567,29 +637,45 @@ class GPT2Block(nnx.Module):
         """Returns (hidden (B, T, C), present, self-attention weights, cross-attention weights)."""
         self_past = None if layer_past is None else tuple(layer_past[:2])
         attn_out, present, self_w = self.attn(
-            self.ln_1(hidden_states), self_past, attention_mask, causal_mask, head_mask,
-            use_cache=use_cache, output_attentions=output_attentions,
-            cache_position=cache_position, deterministic=deterministic)
+            self.ln_1(hidden_states),
+            self_past,
+            attention_mask,
+            causal_mask,
+            head_mask,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            cache_position=cache_position,
+            deterministic=deterministic,
+        )
         hidden_states = hidden_states + attn_out
         cross_w = None
         if encoder_hidden_states is not None:
             if not self.add_cross_attention:
-                raise ValueError("encoder_hidden_states were passed but the model has no "
-                                 "cross-attention: build it with config.add_cross_attention=True")
-            cross_past = (tuple(layer_past[2:4]) if layer_past is not None and len(layer_past) == 4
-                          else None)
+                raise ValueError(
+                    "encoder_hidden_states were passed but the model has no "
+                    "cross-attention: build it with config.add_cross_attention=True"
+                )
+            cross_past = (
+                tuple(layer_past[2:4]) if layer_past is not None and len(layer_past) == 4 else None
+            )
             cross_out, cross_present, cross_w = self.crossattention(
-                self.ln_cross_attn(hidden_states), cross_past, head_mask=head_mask,
+                self.ln_cross_attn(hidden_states),
+                cross_past,
+                head_mask=head_mask,
                 encoder_hidden_states=encoder_hidden_states,
-                encoder_attention_mask=encoder_attention_mask, use_cache=use_cache,
-                output_attentions=output_attentions, deterministic=deterministic)
+                encoder_attention_mask=encoder_attention_mask,
+                use_cache=use_cache,
+                output_attentions=output_attentions,
+                deterministic=deterministic,
+            )
             hidden_states = hidden_states + cross_out
             if present is not None and cache_position is None:
                 # (k, v, cross_k, cross_v): transformers' legacy layout (a static cache holds
                 # the self-attention buffers only)
                 present = present + cross_present
-        hidden_states = hidden_states + self.mlp(self.ln_2(hidden_states),
-                                                 deterministic=deterministic)
+        hidden_states = hidden_states + self.mlp(
+            self.ln_2(hidden_states), deterministic=deterministic
+        )
         return hidden_states, present, self_w, cross_w
 
 
@@ -606,21 +692,40 @@ class GPT2SequenceSummary(nnx.Module):
         >>> s = GPT2SequenceSummary(tiny_config(), rngs=nnx.Rngs(0))
     """
 
-    def __init__(self, config: GPT2Config, *, dtype: Any = jnp.float32,
-                 param_dtype: Any = jnp.float32, rngs: nnx.Rngs) -> None:
+    def __init__(
+        self,
+        config: GPT2Config,
+        *,
+        dtype: Any = jnp.float32,
+        param_dtype: Any = jnp.float32,
+        rngs: nnx.Rngs,
+    ) -> None:
         self.summary_type = config.summary_type
         # one assignment: NNX fixes an attribute as data (a layer) or static (None) when first set
-        self.summary = (nnx.Linear(config.n_embd, naming.summary_out_features(config),
-                                   dtype=dtype, param_dtype=param_dtype,
-                                   kernel_init=_normal(config.initializer_range), rngs=rngs)
-                        if config.summary_use_proj else None)
+        self.summary = (
+            nnx.Linear(
+                config.n_embd,
+                naming.summary_out_features(config),
+                dtype=dtype,
+                param_dtype=param_dtype,
+                kernel_init=_normal(config.initializer_range),
+                rngs=rngs,
+            )
+            if config.summary_use_proj
+            else None
+        )
         act = config.summary_activation
         self.activation = ACT2FN[act] if act else ACT2FN["linear"]
         self.first_dropout = nnx.Dropout(config.summary_first_dropout, rngs=rngs)
         self.last_dropout = nnx.Dropout(config.summary_last_dropout, rngs=rngs)
 
-    def __call__(self, hidden_states: jax.Array, cls_index: jax.Array | None = None, *,
-                 deterministic: bool | None = None) -> jax.Array:
+    def __call__(
+        self,
+        hidden_states: jax.Array,
+        cls_index: jax.Array | None = None,
+        *,
+        deterministic: bool | None = None,
+    ) -> jax.Array:
         """hidden_states (B, N, T, C), cls_index (B, N) -> (B, N, out).
 
         "last", "first" and "mean" index axis 1 exactly as transformers does
@@ -634,10 +739,12 @@ class GPT2SequenceSummary(nnx.Module):
             output = hidden_states.mean(axis=1)
         else:  # cls_index; default: the last token
             if cls_index is None:
-                cls_index = jnp.full(hidden_states.shape[:-2], hidden_states.shape[-2] - 1,
-                                     jnp.int32)
-            output = jnp.take_along_axis(hidden_states, cls_index[..., None, None],
-                                         axis=-2)[..., 0, :]  # (B, N, C)
+                cls_index = jnp.full(
+                    hidden_states.shape[:-2], hidden_states.shape[-2] - 1, jnp.int32
+                )
+            output = jnp.take_along_axis(hidden_states, cls_index[..., None, None], axis=-2)[
+                ..., 0, :
+            ]  # (B, N, C)
         output = self.first_dropout(output, deterministic=deterministic)
         if self.summary is not None:
             output = self.summary(output)
@@ -666,24 +773,44 @@ class GPT2PreTrainedModel(FrameworkMixin, nnx.Module):
         return cls(config, rngs=nnx.Rngs(seed), **kwargs)
 
     @classmethod
-    def from_state_dict(cls, config: GPT2Config, state_dict: dict[str, Any], *,
-                        dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-                        seed: int = 0, sharding: Any = None, strict: bool = True):
+    def from_state_dict(
+        cls,
+        config: GPT2Config,
+        state_dict: dict[str, Any],
+        *,
+        dtype: Any = jnp.float32,
+        param_dtype: Any = jnp.float32,
+        seed: int = 0,
+        sharding: Any = None,
+        strict: bool = True,
+    ):
         """Build abstractly (``nnx.eval_shape``: no random init pass) and fill from a canonical
         state dict (HF PyTorch names/layouts); raises ``CheckpointError`` naming bad keys."""
         from gpt2_flax import weights
 
-        abstract = nnx.eval_shape(lambda: cls(config, dtype=dtype, param_dtype=param_dtype,
-                                              rngs=nnx.Rngs(seed), sharding=sharding))
+        abstract = nnx.eval_shape(
+            lambda: cls(
+                config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed), sharding=sharding
+            )
+        )
         model = weights.materialize(abstract, state_dict, seed=seed, strict=strict)
         model.eval()
         return model
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, *, dtype: Any = jnp.float32,
-                        param_dtype: Any = jnp.float32, config: GPT2Config | None = None,
-                        prefer: str | None = None, seed: int = 0, sharding: Any = None,
-                        quantize: str | None = None, **config_overrides: Any):
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        dtype: Any = jnp.float32,
+        param_dtype: Any = jnp.float32,
+        config: GPT2Config | None = None,
+        prefer: str | None = None,
+        seed: int = 0,
+        sharding: Any = None,
+        quantize: str | None = None,
+        **config_overrides: Any,
+    ):
         """Load any transformers GPT-2 checkpoint (safetensors, sharded, pytorch_model.bin,
         tf_model.h5, flax_model.msgpack) from a directory or hub id.
 
@@ -712,19 +839,28 @@ class GPT2PreTrainedModel(FrameworkMixin, nnx.Module):
         from gpt2_flax import quantize as Q
 
         dtype, quantize = Q.resolve(dtype, quantize)
-        config, sd, report = checkpoint.load_pretrained(name_or_path, cls.head, config=config,
-                                                        prefer=prefer, **config_overrides)
+        config, sd, report = checkpoint.load_pretrained(
+            name_or_path, cls.head, config=config, prefer=prefer, **config_overrides
+        )
         dtype, param_dtype = (_jnp_dtype(d, sd) for d in (dtype, param_dtype))
-        model = cls.from_state_dict(config, sd, dtype=dtype, param_dtype=param_dtype, seed=seed,
-                                    sharding=sharding)
+        model = cls.from_state_dict(
+            config, sd, dtype=dtype, param_dtype=param_dtype, seed=seed, sharding=sharding
+        )
         model.load_report = report
         with contextlib.suppress(ValueError, OSError):  # no generation_config.json
             model.generation_config = GenerationConfig.from_pretrained(
-                checkpoint.hub.resolve_dir(name_or_path))
+                checkpoint.hub.resolve_dir(name_or_path)
+            )
         return Q.quantize_model(model, quantize) if quantize else model
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *, flax_msgpack: bool = False,
-                        max_shard_size: int | str = "5GB", dtype: Any = None) -> list:
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        *,
+        flax_msgpack: bool = False,
+        max_shard_size: int | str = "5GB",
+        dtype: Any = None,
+    ) -> list:
         """Write ``config.json`` + ``model.safetensors`` (and ``flax_model.msgpack`` in
         transformers' Flax layout when ``flax_msgpack``) that transformers loads directly, and
         the generation config when the model has one."""
@@ -733,8 +869,15 @@ class GPT2PreTrainedModel(FrameworkMixin, nnx.Module):
 
         refuse_save(self)
         formats = ("safetensors", "flax") if flax_msgpack else ("safetensors",)
-        written = save_pretrained(self.state_dict(), self.config, save_directory, self.head,
-                                  max_shard_size=max_shard_size, dtype=dtype, formats=formats)
+        written = save_pretrained(
+            self.state_dict(),
+            self.config,
+            save_directory,
+            self.head,
+            max_shard_size=max_shard_size,
+            dtype=dtype,
+            formats=formats,
+        )
         if self.generation_config is not None:
             written.append(self.generation_config.save_pretrained(save_directory))
         return written
@@ -778,8 +921,15 @@ class GPT2Model(GPT2PreTrainedModel):
 
     head = "base"
 
-    def __init__(self, config: GPT2Config, *, dtype: Any = jnp.float32,
-                 param_dtype: Any = jnp.float32, rngs: nnx.Rngs, sharding: Any = None) -> None:
+    def __init__(
+        self,
+        config: GPT2Config,
+        *,
+        dtype: Any = jnp.float32,
+        param_dtype: Any = jnp.float32,
+        rngs: nnx.Rngs,
+        sharding: Any = None,
+    ) -> None:
         super().__init__(config)
         config = self.config
         self.dtype = dtype
@@ -801,8 +951,10 @@ class GPT2Model(GPT2PreTrainedModel):
         if hm.ndim == 1:
             hm = jnp.broadcast_to(hm, (n_layer, hm.shape[0]))
         if hm.ndim != 2 or hm.shape != (n_layer, n_head):
-            raise ValueError(f"head_mask must have shape ({n_head},) or ({n_layer}, {n_head}), "
-                             f"got {jnp.shape(head_mask)}")
+            raise ValueError(
+                f"head_mask must have shape ({n_head},) or ({n_layer}, {n_head}), "
+                f"got {jnp.shape(head_mask)}"
+            )
         return [hm[i][None, :, None, None] for i in range(n_layer)]
 
     def _flatten_inputs(self, input_ids, inputs_embeds):
@@ -810,8 +962,10 @@ class GPT2Model(GPT2PreTrainedModel):
         ``(input_ids, inputs_embeds, input_shape)`` (the caller's shape, without C)."""
         cfg = self.config
         if input_ids is not None and inputs_embeds is not None:
-            raise ValueError("You cannot specify both input_ids and inputs_embeds at the same "
-                             "time: pass either one")
+            raise ValueError(
+                "You cannot specify both input_ids and inputs_embeds at the same "
+                "time: pass either one"
+            )
         if input_ids is not None:
             input_ids = _as_int_array(input_ids, "input_ids")
             check_ids_shape(input_ids.shape)
@@ -821,8 +975,10 @@ class GPT2Model(GPT2PreTrainedModel):
             inputs_embeds = jnp.asarray(inputs_embeds)
             check_ids_shape(inputs_embeds.shape[:-1], "inputs_embeds")
             if inputs_embeds.ndim < 3 or inputs_embeds.shape[-1] != cfg.n_embd:
-                raise ValueError(f"inputs_embeds must have shape (batch, seq_len, {cfg.n_embd}), "
-                                 f"got {inputs_embeds.shape}")
+                raise ValueError(
+                    f"inputs_embeds must have shape (batch, seq_len, {cfg.n_embd}), "
+                    f"got {inputs_embeds.shape}"
+                )
             input_shape = inputs_embeds.shape[:-1]
             inputs_embeds = inputs_embeds.reshape(-1, *inputs_embeds.shape[-2:])  # (B, T, C)
         else:
@@ -843,26 +999,33 @@ class GPT2Model(GPT2PreTrainedModel):
             if past_key_values.batch_size != B:
                 raise ValueError(f"StaticCache holds batch {past_key_values.batch_size}, got {B}")
             if not _is_traced(cache_position) and int(cache_position) + T > S:
-                raise ValueError(f"StaticCache is full: index {int(cache_position)} + {T} new "
-                                 f"tokens > its length {S}")
+                raise ValueError(
+                    f"StaticCache is full: index {int(cache_position)} + {T} new "
+                    f"tokens > its length {S}"
+                )
             layer_pasts = list(zip(past_key_values.keys, past_key_values.values))
             return layer_pasts, past_length, S, cache_position
         if past_key_values is not None:
             if len(past_key_values) != cfg.n_layer:
-                raise ValueError(f"past_key_values has {len(past_key_values)} layers, "
-                                 f"the model has {cfg.n_layer}")
+                raise ValueError(
+                    f"past_key_values has {len(past_key_values)} layers, "
+                    f"the model has {cfg.n_layer}"
+                )
             layer_pasts = past_key_values
             past_length = past_key_values[0][0].shape[2]
         else:
             layer_pasts, past_length = [None] * cfg.n_layer, 0
         S = past_length + T
         if position_ids is None and cfg.n_positions < S:
-            raise ValueError(f"sequence length {S} (past {past_length} + new {T}) exceeds "
-                             f"n_positions={cfg.n_positions}")
+            raise ValueError(
+                f"sequence length {S} (past {past_length} + new {T}) exceeds "
+                f"n_positions={cfg.n_positions}"
+            )
         return layer_pasts, past_length, S, None
 
-    def _embed(self, input_ids, inputs_embeds, position_ids, token_type_ids, past_length, T,
-               deterministic):
+    def _embed(
+        self, input_ids, inputs_embeds, position_ids, token_type_ids, past_length, T, deterministic
+    ):
         """wte(ids) + wpe(positions) [+ wte(token types)], then dropout: (B, T, C).
 
         Ids are range-checked first (under ``jit``: checkify checks), and the lookups give NaN
@@ -872,14 +1035,16 @@ class GPT2Model(GPT2PreTrainedModel):
             _check_range(input_ids, cfg.vocab_size, "input_ids", f"vocab_size={cfg.vocab_size}")
         if token_type_ids is not None:
             token_type_ids = _as_int_array(token_type_ids, "token_type_ids").reshape(-1, T)
-            _check_range(token_type_ids, cfg.vocab_size, "token_type_ids",
-                         "token types are looked up in wte")
+            _check_range(
+                token_type_ids, cfg.vocab_size, "token_type_ids", "token types are looked up in wte"
+            )
         if position_ids is None:
             position_ids = (past_length + jnp.arange(T, dtype=jnp.int32))[None, :]  # (1, T)
         else:
             position_ids = _as_int_array(position_ids, "position_ids").reshape(-1, T)
-        _check_range(position_ids, cfg.n_positions, "position_ids",
-                     f"n_positions={cfg.n_positions}")
+        _check_range(
+            position_ids, cfg.n_positions, "position_ids", f"n_positions={cfg.n_positions}"
+        )
         if inputs_embeds is None:
             inputs_embeds = _lookup(self.wte.embedding[...], input_ids)  # (B, T, C)
         hidden_states = inputs_embeds + _lookup(self.wpe.embedding[...], position_ids)
@@ -888,8 +1053,17 @@ class GPT2Model(GPT2PreTrainedModel):
         hidden_states = hidden_states.astype(self.dtype)
         return self.drop(hidden_states, deterministic=deterministic)
 
-    def _attention_masks(self, attention_mask, encoder_hidden_states, encoder_attention_mask,
-                         B: int, T: int, past_length, S: int, static: bool):
+    def _attention_masks(
+        self,
+        attention_mask,
+        encoder_hidden_states,
+        encoder_attention_mask,
+        B: int,
+        T: int,
+        past_length,
+        S: int,
+        static: bool,
+    ):
         """The causal mask (1, 1, T, S) (bool, True = may attend), the additive self-attention
         mask (B|1, 1, T, S) and the encoder's (B, 1, 1|T, S_enc) or None: HF's eager 4-D mask =
         where(causal & not-pad, 0, min), applied on top of the causal where."""
@@ -901,8 +1075,9 @@ class GPT2Model(GPT2PreTrainedModel):
             attention_mask = jnp.asarray(attention_mask).reshape(B, -1)
             if attention_mask.shape[1] != S:
                 what = "the cache length" if static else "past + current length"
-                raise ValueError(f"attention_mask has {attention_mask.shape[1]} columns but "
-                                 f"{what} is {S}")
+                raise ValueError(
+                    f"attention_mask has {attention_mask.shape[1]} columns but {what} is {S}"
+                )
             keep = causal_mask & (attention_mask != 0)[:, None, None, :]  # (B, 1, T, S)
         else:
             keep = causal_mask
@@ -919,24 +1094,49 @@ class GPT2Model(GPT2PreTrainedModel):
             encoder_bias = ((1.0 - m) * min_value).astype(score_dtype)
         return bias, causal_mask, encoder_bias
 
-    def _run_blocks(self, hidden_states, layer_pasts, bias, causal_mask, head_masks,
-                    encoder_hidden_states, encoder_bias, cache_position, use_cache,
-                    output_attentions, output_hidden_states, deterministic):
+    def _run_blocks(
+        self,
+        hidden_states,
+        layer_pasts,
+        bias,
+        causal_mask,
+        head_masks,
+        encoder_hidden_states,
+        encoder_bias,
+        cache_position,
+        use_cache,
+        output_attentions,
+        output_hidden_states,
+        deterministic,
+    ):
         """Every block in turn; returns (hidden, presents, all hidden states, self / cross
         attention weights), the last three None when not asked for."""
         presents: list | None = [] if use_cache or cache_position is not None else None
         all_hidden: tuple | None = () if output_hidden_states else None
         all_self: tuple | None = () if output_attentions else None
         all_cross: tuple | None = (
-            () if output_attentions and self.config.add_cross_attention
-            and encoder_hidden_states is not None else None)
+            ()
+            if output_attentions
+            and self.config.add_cross_attention
+            and encoder_hidden_states is not None
+            else None
+        )
         for block, layer_past, layer_head_mask in zip(self.h, layer_pasts, head_masks):
             if all_hidden is not None:
                 all_hidden += (hidden_states,)
             hidden_states, present, self_w, cross_w = block(
-                hidden_states, layer_past, bias, causal_mask, layer_head_mask,
-                encoder_hidden_states, encoder_bias, use_cache, output_attentions,
-                cache_position, deterministic=deterministic)
+                hidden_states,
+                layer_past,
+                bias,
+                causal_mask,
+                layer_head_mask,
+                encoder_hidden_states,
+                encoder_bias,
+                use_cache,
+                output_attentions,
+                cache_position,
+                deterministic=deterministic,
+            )
             if presents is not None:
                 presents.append(present)
             if all_self is not None:
@@ -969,31 +1169,57 @@ class GPT2Model(GPT2PreTrainedModel):
         as returned with ``use_cache``, or a :class:`StaticCache` (returned advanced by T).
         """
         cfg = self.config
-        output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
+        output_attentions = (
+            cfg.output_attentions if output_attentions is None else output_attentions
+        )
         if output_attentions and self.h[0].attn.attn_implementation != "eager":
-            raise ValueError("output_attentions=True needs attn_implementation='eager' (the fused "
-                             f"{self.h[0].attn.attn_implementation!r} path computes no weights)")
-        output_hidden_states = (cfg.output_hidden_states if output_hidden_states is None
-                                else output_hidden_states)
+            raise ValueError(
+                "output_attentions=True needs attn_implementation='eager' (the fused "
+                f"{self.h[0].attn.attn_implementation!r} path computes no weights)"
+            )
+        output_hidden_states = (
+            cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
         use_cache = cfg.use_cache if use_cache is None else use_cache
         return_dict = cfg.use_return_dict if return_dict is None else return_dict
 
         input_ids, inputs_embeds, input_shape = self._flatten_inputs(input_ids, inputs_embeds)
-        B, T = (input_ids.shape if input_ids is not None else inputs_embeds.shape[:2])
+        B, T = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
         layer_pasts, past_length, S, cache_position = self._read_cache(
-            past_key_values, B, T, position_ids)
+            past_key_values, B, T, position_ids
+        )
         static = cache_position is not None
-        hidden_states = self._embed(input_ids, inputs_embeds, position_ids, token_type_ids,
-                                    past_length, T, deterministic)
+        hidden_states = self._embed(
+            input_ids, inputs_embeds, position_ids, token_type_ids, past_length, T, deterministic
+        )
         bias, causal_mask, encoder_bias = self._attention_masks(
-            attention_mask, encoder_hidden_states, encoder_attention_mask, B, T, past_length, S,
-            static)
+            attention_mask,
+            encoder_hidden_states,
+            encoder_attention_mask,
+            B,
+            T,
+            past_length,
+            S,
+            static,
+        )
         hidden_states, presents, all_hidden, all_self, all_cross = self._run_blocks(
-            hidden_states, layer_pasts, bias, causal_mask, self._head_masks(head_mask),
-            encoder_hidden_states, encoder_bias, cache_position, use_cache, output_attentions,
-            output_hidden_states, deterministic)
+            hidden_states,
+            layer_pasts,
+            bias,
+            causal_mask,
+            self._head_masks(head_mask),
+            encoder_hidden_states,
+            encoder_bias,
+            cache_position,
+            use_cache,
+            output_attentions,
+            output_hidden_states,
+            deterministic,
+        )
         hidden_states = self.ln_f(hidden_states)
-        hidden_states = hidden_states.reshape(*input_shape, hidden_states.shape[-1])  # (B, [N,] T, C)
+        hidden_states = hidden_states.reshape(
+            *input_shape, hidden_states.shape[-1]
+        )  # (B, [N,] T, C)
         if all_hidden is not None:
             all_hidden += (hidden_states,)
 
@@ -1001,12 +1227,17 @@ class GPT2Model(GPT2PreTrainedModel):
         if use_cache:
             past_out = tuple(presents)
             if static:
-                past_out = StaticCache(keys=tuple(p[0] for p in presents),
-                                       values=tuple(p[1] for p in presents),
-                                       index=cache_position + T)
+                past_out = StaticCache(
+                    keys=tuple(p[0] for p in presents),
+                    values=tuple(p[1] for p in presents),
+                    index=cache_position + T,
+                )
         out = BaseModelOutputWithPastAndCrossAttentions(
-            last_hidden_state=hidden_states, past_key_values=past_out, hidden_states=all_hidden,
-            attentions=all_self, cross_attentions=all_cross,
+            last_hidden_state=hidden_states,
+            past_key_values=past_out,
+            hidden_states=all_hidden,
+            attentions=all_self,
+            cross_attentions=all_cross,
         )
         return _result(out, return_dict)
 
@@ -1031,16 +1262,32 @@ class GPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
 
     head = "lm"
 
-    def __init__(self, config: GPT2Config, *, dtype: Any = jnp.float32,
-                 param_dtype: Any = jnp.float32, rngs: nnx.Rngs, sharding: Any = None) -> None:
+    def __init__(
+        self,
+        config: GPT2Config,
+        *,
+        dtype: Any = jnp.float32,
+        param_dtype: Any = jnp.float32,
+        rngs: nnx.Rngs,
+        sharding: Any = None,
+    ) -> None:
         super().__init__(config)
         config = self.config
         self.transformer = GPT2Model(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         # tied (the default): no lm_head variable, the logits are hidden @ wte^T
-        self.lm_head = (nnx.Linear(config.n_embd, config.vocab_size, use_bias=False,
-                                   kernel_init=_normal(config.initializer_range), dtype=dtype,
-                                   param_dtype=param_dtype, rngs=rngs)
-                        if not config.tie_word_embeddings else None)
+        self.lm_head = (
+            nnx.Linear(
+                config.n_embd,
+                config.vocab_size,
+                use_bias=False,
+                kernel_init=_normal(config.initializer_range),
+                dtype=dtype,
+                param_dtype=param_dtype,
+                rngs=rngs,
+            )
+            if not config.tie_word_embeddings
+            else None
+        )
         _annotate(self, sharding)
 
     def _lm_logits(self, hidden_states: jax.Array) -> jax.Array:
@@ -1050,17 +1297,43 @@ class GPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
         wte = self.transformer.wte.embedding[...].astype(hidden_states.dtype)  # (V, C)
         return jnp.einsum("...c,vc->...v", hidden_states, wte)
 
-    def __call__(self, input_ids=None, past_key_values=None, attention_mask=None,
-                 token_type_ids=None, position_ids=None, head_mask=None, inputs_embeds=None,
-                 encoder_hidden_states=None, encoder_attention_mask=None, labels=None,
-                 use_cache=None, output_attentions=None, output_hidden_states=None,
-                 return_dict=None, logits_to_keep: int = 0, *, deterministic: bool | None = None):
+    def __call__(
+        self,
+        input_ids=None,
+        past_key_values=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        head_mask=None,
+        inputs_embeds=None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        labels=None,
+        use_cache=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        logits_to_keep: int = 0,
+        *,
+        deterministic: bool | None = None,
+    ):
         return_dict = self.config.use_return_dict if return_dict is None else return_dict
         out = self.transformer(
-            input_ids, past_key_values, attention_mask, token_type_ids, position_ids, head_mask,
-            inputs_embeds, encoder_hidden_states, encoder_attention_mask, use_cache,
-            output_attentions, output_hidden_states, return_dict=True,
-            deterministic=deterministic)
+            input_ids,
+            past_key_values,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            head_mask,
+            inputs_embeds,
+            encoder_hidden_states,
+            encoder_attention_mask,
+            use_cache,
+            output_attentions,
+            output_hidden_states,
+            return_dict=True,
+            deterministic=deterministic,
+        )
         hidden = out.last_hidden_state
         if logits_to_keep:
             hidden = hidden[..., -logits_to_keep:, :]
@@ -1073,12 +1346,17 @@ class GPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
             # pad labels with -100 on the right and shift left (HF ForCausalLMLoss)
             shifted = jnp.concatenate(
                 [labels[..., 1:], jnp.full(labels.shape[:-1] + (1,), IGNORE_INDEX, labels.dtype)],
-                axis=-1)
+                axis=-1,
+            )
             loss = cross_entropy(logits.reshape(-1, V), shifted.reshape(-1))
         result = CausalLMOutputWithCrossAttentions(
-            loss=loss, logits=logits, past_key_values=out.past_key_values,
-            hidden_states=out.hidden_states, attentions=out.attentions,
-            cross_attentions=out.cross_attentions)
+            loss=loss,
+            logits=logits,
+            past_key_values=out.past_key_values,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+            cross_attentions=out.cross_attentions,
+        )
         return _result(result, return_dict)
 
 
@@ -1101,17 +1379,32 @@ class GPT2DoubleHeadsModel(GPT2PreTrainedModel, GenerationMixin):
 
     head = "double_heads"
 
-    def __init__(self, config: GPT2Config, *, dtype: Any = jnp.float32,
-                 param_dtype: Any = jnp.float32, rngs: nnx.Rngs, sharding: Any = None) -> None:
+    def __init__(
+        self,
+        config: GPT2Config,
+        *,
+        dtype: Any = jnp.float32,
+        param_dtype: Any = jnp.float32,
+        rngs: nnx.Rngs,
+        sharding: Any = None,
+    ) -> None:
         if isinstance(config, GPT2Config) and config.num_labels != 1:
             config = config.copy(num_labels=1)  # as transformers, on a copy (see gpt2_torch)
         super().__init__(config)
         config = self.config
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.transformer = GPT2Model(config, **kw)
-        self.lm_head = (nnx.Linear(config.n_embd, config.vocab_size, use_bias=False,
-                                   kernel_init=_normal(config.initializer_range), **kw)
-                        if not config.tie_word_embeddings else None)
+        self.lm_head = (
+            nnx.Linear(
+                config.n_embd,
+                config.vocab_size,
+                use_bias=False,
+                kernel_init=_normal(config.initializer_range),
+                **kw,
+            )
+            if not config.tie_word_embeddings
+            else None
+        )
         self.multiple_choice_head = GPT2SequenceSummary(config, **kw)
         _annotate(self, sharding)
 
@@ -1122,17 +1415,40 @@ class GPT2DoubleHeadsModel(GPT2PreTrainedModel, GenerationMixin):
         wte = self.transformer.wte.embedding[...].astype(hidden_states.dtype)  # (V, C)
         return jnp.einsum("...c,vc->...v", hidden_states, wte)
 
-    def __call__(self, input_ids=None, past_key_values=None, attention_mask=None,
-                 token_type_ids=None, position_ids=None, head_mask=None, inputs_embeds=None,
-                 mc_token_ids=None, labels=None, mc_labels=None, use_cache=None,
-                 output_attentions=None, output_hidden_states=None, return_dict=None, *,
-                 deterministic: bool | None = None):
+    def __call__(
+        self,
+        input_ids=None,
+        past_key_values=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        head_mask=None,
+        inputs_embeds=None,
+        mc_token_ids=None,
+        labels=None,
+        mc_labels=None,
+        use_cache=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        *,
+        deterministic: bool | None = None,
+    ):
         return_dict = self.config.use_return_dict if return_dict is None else return_dict
         out = self.transformer(
-            input_ids, past_key_values, attention_mask, token_type_ids, position_ids, head_mask,
-            inputs_embeds, use_cache=use_cache, output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states, return_dict=True,
-            deterministic=deterministic)
+            input_ids,
+            past_key_values,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            head_mask,
+            inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            deterministic=deterministic,
+        )
         hidden = out.last_hidden_state  # (B, N, T, C)
         lm_logits = self._lm_logits(hidden)  # (B, N, T, V)
         if mc_token_ids is not None:
@@ -1144,19 +1460,26 @@ class GPT2DoubleHeadsModel(GPT2PreTrainedModel, GenerationMixin):
         if mc_labels is not None:
             mc_labels = _as_int_array(mc_labels, "mc_labels")
             _check_labels(mc_labels, mc_logits.shape[-1], "mc_labels")
-            mc_loss = cross_entropy(mc_logits.reshape(-1, mc_logits.shape[-1]),
-                                    mc_labels.reshape(-1))
+            mc_loss = cross_entropy(
+                mc_logits.reshape(-1, mc_logits.shape[-1]), mc_labels.reshape(-1)
+            )
         lm_loss = None
         if labels is not None:
             labels = _as_int_array(labels, "labels")
             V = self.config.vocab_size
             _check_labels(labels, V, "labels")
-            lm_loss = cross_entropy(lm_logits[..., :-1, :].reshape(-1, V),
-                                    labels[..., 1:].reshape(-1))
+            lm_loss = cross_entropy(
+                lm_logits[..., :-1, :].reshape(-1, V), labels[..., 1:].reshape(-1)
+            )
         result = GPT2DoubleHeadsModelOutput(
-            loss=lm_loss, mc_loss=mc_loss, logits=lm_logits, mc_logits=mc_logits,
-            past_key_values=out.past_key_values, hidden_states=out.hidden_states,
-            attentions=out.attentions)
+            loss=lm_loss,
+            mc_loss=mc_loss,
+            logits=lm_logits,
+            mc_logits=mc_logits,
+            past_key_values=out.past_key_values,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
         return _result(result, return_dict)
 
 
@@ -1179,31 +1502,68 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
 
     head = "sequence_classification"
 
-    def __init__(self, config: GPT2Config, *, dtype: Any = jnp.float32,
-                 param_dtype: Any = jnp.float32, rngs: nnx.Rngs, sharding: Any = None) -> None:
+    def __init__(
+        self,
+        config: GPT2Config,
+        *,
+        dtype: Any = jnp.float32,
+        param_dtype: Any = jnp.float32,
+        rngs: nnx.Rngs,
+        sharding: Any = None,
+    ) -> None:
         super().__init__(config)
         config = self.config
         self.transformer = GPT2Model(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.score = nnx.Linear(config.n_embd, config.num_labels, use_bias=False, dtype=dtype,
-                                param_dtype=param_dtype,
-                                kernel_init=_normal(config.initializer_range), rngs=rngs)
+        self.score = nnx.Linear(
+            config.n_embd,
+            config.num_labels,
+            use_bias=False,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            kernel_init=_normal(config.initializer_range),
+            rngs=rngs,
+        )
         _annotate(self, sharding)
 
-    def __call__(self, input_ids=None, past_key_values=None, attention_mask=None,
-                 token_type_ids=None, position_ids=None, head_mask=None, inputs_embeds=None,
-                 labels=None, use_cache=None, output_attentions=None, output_hidden_states=None,
-                 return_dict=None, *, deterministic: bool | None = None):
+    def __call__(
+        self,
+        input_ids=None,
+        past_key_values=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        head_mask=None,
+        inputs_embeds=None,
+        labels=None,
+        use_cache=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        *,
+        deterministic: bool | None = None,
+    ):
         return_dict = self.config.use_return_dict if return_dict is None else return_dict
         pad = self.config.pad_token_id
-        batch = (jnp.shape(input_ids)[0] if input_ids is not None else jnp.shape(inputs_embeds)[0])
+        batch = jnp.shape(input_ids)[0] if input_ids is not None else jnp.shape(inputs_embeds)[0]
         if pad is None and batch != 1:
-            raise ValueError("Cannot handle batch sizes > 1 if no padding token is defined "
-                             "(set config.pad_token_id)")
+            raise ValueError(
+                "Cannot handle batch sizes > 1 if no padding token is defined "
+                "(set config.pad_token_id)"
+            )
         out = self.transformer(
-            input_ids, past_key_values, attention_mask, token_type_ids, position_ids, head_mask,
-            inputs_embeds, use_cache=use_cache, output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states, return_dict=True,
-            deterministic=deterministic)
+            input_ids,
+            past_key_values,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            head_mask,
+            inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            deterministic=deterministic,
+        )
         logits = self.score(out.last_hidden_state)  # (B, T, num_labels)
         T = logits.shape[1]
         if pad is None:
@@ -1212,14 +1572,20 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
             ids = jnp.asarray(input_ids).reshape(batch, -1)
             last = jnp.argmax(jnp.arange(T) * (ids != pad), axis=-1)  # rightmost non-pad token
         else:
-            logger.warning("GPT2ForSequenceClassification: padding is not detected with "
-                           "inputs_embeds; pooling the last position")
+            logger.warning(
+                "GPT2ForSequenceClassification: padding is not detected with "
+                "inputs_embeds; pooling the last position"
+            )
             last = jnp.full((batch,), T - 1)
         pooled = logits[jnp.arange(batch), last]  # (B, num_labels)
         loss = self._classification_loss(pooled, labels) if labels is not None else None
         result = SequenceClassifierOutputWithPast(
-            loss=loss, logits=pooled, past_key_values=out.past_key_values,
-            hidden_states=out.hidden_states, attentions=out.attentions)
+            loss=loss,
+            logits=pooled,
+            past_key_values=out.past_key_values,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
         return _result(result, return_dict)
 
     def _classification_loss(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -1230,17 +1596,23 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
         if problem == "regression":
             labels = labels.astype(jnp.float32)
             if n == 1:
-                return jnp.mean((jnp.squeeze(logits).astype(jnp.float32) - jnp.squeeze(labels)) ** 2)
+                return jnp.mean(
+                    (jnp.squeeze(logits).astype(jnp.float32) - jnp.squeeze(labels)) ** 2
+                )
             return jnp.mean((logits.astype(jnp.float32) - labels) ** 2)
         if problem == "single_label_classification":
             if not jnp.issubdtype(labels.dtype, jnp.integer):
-                raise TypeError(f"single-label classification needs integer labels, got {labels.dtype}")
+                raise TypeError(
+                    f"single-label classification needs integer labels, got {labels.dtype}"
+                )
             _check_labels(labels, n, "labels")
             return cross_entropy(logits.reshape(-1, n), labels.reshape(-1))
         # multi-label: mean binary cross-entropy with logits
         x, y = logits.astype(jnp.float32), labels.astype(jnp.float32)
         if x.shape != y.shape:
-            raise ValueError(f"multi-label labels must have the logits' shape {x.shape}, got {y.shape}")
+            raise ValueError(
+                f"multi-label labels must have the logits' shape {x.shape}, got {y.shape}"
+            )
         return jnp.mean(jnp.maximum(x, 0) - x * y + jnp.log1p(jnp.exp(-jnp.abs(x))))
 
 
@@ -1259,27 +1631,61 @@ class GPT2ForTokenClassification(GPT2PreTrainedModel):
 
     head = "token_classification"
 
-    def __init__(self, config: GPT2Config, *, dtype: Any = jnp.float32,
-                 param_dtype: Any = jnp.float32, rngs: nnx.Rngs, sharding: Any = None) -> None:
+    def __init__(
+        self,
+        config: GPT2Config,
+        *,
+        dtype: Any = jnp.float32,
+        param_dtype: Any = jnp.float32,
+        rngs: nnx.Rngs,
+        sharding: Any = None,
+    ) -> None:
         super().__init__(config)
         config = self.config
         self.transformer = GPT2Model(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.dropout = nnx.Dropout(config.classifier_dropout_prob, rngs=rngs)
-        self.classifier = nnx.Linear(config.n_embd, config.num_labels, dtype=dtype,
-                                     param_dtype=param_dtype,
-                                     kernel_init=_normal(config.initializer_range), rngs=rngs)
+        self.classifier = nnx.Linear(
+            config.n_embd,
+            config.num_labels,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            kernel_init=_normal(config.initializer_range),
+            rngs=rngs,
+        )
         _annotate(self, sharding)
 
-    def __call__(self, input_ids=None, past_key_values=None, attention_mask=None,
-                 token_type_ids=None, position_ids=None, head_mask=None, inputs_embeds=None,
-                 labels=None, use_cache=None, output_attentions=None, output_hidden_states=None,
-                 return_dict=None, *, deterministic: bool | None = None):
+    def __call__(
+        self,
+        input_ids=None,
+        past_key_values=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        head_mask=None,
+        inputs_embeds=None,
+        labels=None,
+        use_cache=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        *,
+        deterministic: bool | None = None,
+    ):
         return_dict = self.config.use_return_dict if return_dict is None else return_dict
         out = self.transformer(
-            input_ids, past_key_values, attention_mask, token_type_ids, position_ids, head_mask,
-            inputs_embeds, use_cache=use_cache, output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states, return_dict=True,
-            deterministic=deterministic)
+            input_ids,
+            past_key_values,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            head_mask,
+            inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            deterministic=deterministic,
+        )
         h = self.dropout(out.last_hidden_state, deterministic=deterministic)
         logits = self.classifier(h)  # (B, T, num_labels)
         loss = None
@@ -1288,8 +1694,9 @@ class GPT2ForTokenClassification(GPT2PreTrainedModel):
             n = self.config.num_labels
             _check_labels(labels, n, "labels")
             loss = cross_entropy(logits.reshape(-1, n), labels.reshape(-1))
-        result = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states,
-                                       attentions=out.attentions)
+        result = TokenClassifierOutput(
+            loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions
+        )
         return _result(result, return_dict)
 
 
@@ -1312,25 +1719,59 @@ class GPT2ForQuestionAnswering(GPT2PreTrainedModel):
 
     head = "question_answering"
 
-    def __init__(self, config: GPT2Config, *, dtype: Any = jnp.float32,
-                 param_dtype: Any = jnp.float32, rngs: nnx.Rngs, sharding: Any = None) -> None:
+    def __init__(
+        self,
+        config: GPT2Config,
+        *,
+        dtype: Any = jnp.float32,
+        param_dtype: Any = jnp.float32,
+        rngs: nnx.Rngs,
+        sharding: Any = None,
+    ) -> None:
         super().__init__(config)
         config = self.config
         self.transformer = GPT2Model(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.qa_outputs = nnx.Linear(config.n_embd, 2, dtype=dtype, param_dtype=param_dtype,
-                                     kernel_init=_normal(config.initializer_range), rngs=rngs)
+        self.qa_outputs = nnx.Linear(
+            config.n_embd,
+            2,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            kernel_init=_normal(config.initializer_range),
+            rngs=rngs,
+        )
         _annotate(self, sharding)
 
-    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None,
-                 position_ids=None, head_mask=None, inputs_embeds=None, start_positions=None,
-                 end_positions=None, output_attentions=None, output_hidden_states=None,
-                 return_dict=None, *, deterministic: bool | None = None):
+    def __call__(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        head_mask=None,
+        inputs_embeds=None,
+        start_positions=None,
+        end_positions=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        *,
+        deterministic: bool | None = None,
+    ):
         return_dict = self.config.use_return_dict if return_dict is None else return_dict
         out = self.transformer(
-            input_ids, None, attention_mask, token_type_ids, position_ids, head_mask,
-            inputs_embeds, use_cache=False, output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states, return_dict=True,
-            deterministic=deterministic)
+            input_ids,
+            None,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            head_mask,
+            inputs_embeds,
+            use_cache=False,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            deterministic=deterministic,
+        )
         logits = self.qa_outputs(out.last_hidden_state)  # (B, T, 2)
         start_logits, end_logits = logits[..., 0], logits[..., 1]  # (B, T) each
         loss = None
@@ -1340,11 +1781,17 @@ class GPT2ForQuestionAnswering(GPT2PreTrainedModel):
             ep = _as_int_array(end_positions, "end_positions")
             sp = jnp.clip(sp.reshape(-1), 0, T)  # T = outside the window: ignored
             ep = jnp.clip(ep.reshape(-1), 0, T)
-            loss = (cross_entropy(start_logits, sp, ignore_index=T)
-                    + cross_entropy(end_logits, ep, ignore_index=T)) / 2
+            loss = (
+                cross_entropy(start_logits, sp, ignore_index=T)
+                + cross_entropy(end_logits, ep, ignore_index=T)
+            ) / 2
         result = QuestionAnsweringModelOutput(
-            loss=loss, start_logits=start_logits, end_logits=end_logits,
-            hidden_states=out.hidden_states, attentions=out.attentions)
+            loss=loss,
+            start_logits=start_logits,
+            end_logits=end_logits,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
         return _result(result, return_dict)
 
 
@@ -1367,9 +1814,20 @@ FlaxGPT2ForTokenClassification = GPT2ForTokenClassification
 FlaxGPT2ForQuestionAnswering = GPT2ForQuestionAnswering
 
 __all__: Sequence[str] = [
-    "ACT2FN", "GPT2Attention", "GPT2Block", "GPT2DoubleHeadsModel", "GPT2ForQuestionAnswering",
-    "GPT2ForSequenceClassification", "GPT2ForTokenClassification", "GPT2LMHeadModel", "GPT2MLP",
-    "GPT2Model", "GPT2PreTrainedModel", "GPT2SequenceSummary", "MODEL_CLASSES",
+    "ACT2FN",
+    "GPT2Attention",
+    "GPT2Block",
+    "GPT2DoubleHeadsModel",
+    "GPT2ForQuestionAnswering",
+    "GPT2ForSequenceClassification",
+    "GPT2ForTokenClassification",
+    "GPT2LMHeadModel",
+    "GPT2MLP",
+    "GPT2Model",
+    "GPT2PreTrainedModel",
+    "GPT2SequenceSummary",
+    "MODEL_CLASSES",
     "StaticCache",
-    "checked", "cross_entropy",
+    "checked",
+    "cross_entropy",
 ]

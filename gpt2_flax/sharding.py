@@ -93,16 +93,20 @@ class ShardingConfig:
         return cls(batch=P(data_axis))
 
     @classmethod
-    def tensor_parallel(cls, model_axis: str = "model", data_axis: str | None = "data",
-                        shard_vocab: bool = False) -> ShardingConfig:
+    def tensor_parallel(
+        cls, model_axis: str = "model", data_axis: str | None = "data", shard_vocab: bool = False
+    ) -> ShardingConfig:
         """Megatron layout on ``model_axis`` (+ data parallel on ``data_axis`` if given)."""
         m = model_axis
         emb = P(m, None) if shard_vocab else P(None, m)
         return cls(
-            wte=emb, wpe=P(None, m),
-            c_attn_kernel=P(None, m), c_attn_bias=P(m),  # column-parallel
+            wte=emb,
+            wpe=P(None, m),
+            c_attn_kernel=P(None, m),
+            c_attn_bias=P(m),  # column-parallel
             attn_proj_kernel=P(m, None),  # row-parallel
-            c_fc_kernel=P(None, m), c_fc_bias=P(m),
+            c_fc_kernel=P(None, m),
+            c_fc_bias=P(m),
             mlp_proj_kernel=P(m, None),
             lm_head_kernel=P(None, m) if shard_vocab else P(m, None),
             batch=P(data_axis) if data_axis else None,
@@ -112,9 +116,17 @@ class ShardingConfig:
     def fsdp(cls, axis: str = "data") -> ShardingConfig:
         """Fully sharded data parallel: matrices split on their first dim, batch on ``axis``."""
         a = P(axis, None)
-        return cls(wte=P(None, axis), wpe=P(None, axis), c_attn_kernel=a, attn_proj_kernel=a,
-                   c_fc_kernel=a, mlp_proj_kernel=a, lm_head_kernel=a, head_kernel=a,
-                   batch=P(axis))
+        return cls(
+            wte=P(None, axis),
+            wpe=P(None, axis),
+            c_attn_kernel=a,
+            attn_proj_kernel=a,
+            c_fc_kernel=a,
+            mlp_proj_kernel=a,
+            lm_head_kernel=a,
+            head_kernel=a,
+            batch=P(axis),
+        )
 
     # ------------------------------------------------------------------ lookup
     def spec_for(self, path: tuple) -> P | None:
@@ -155,11 +167,13 @@ def _check_divisible(state: Any, mesh: Mesh) -> None:
             if axes is None:
                 continue
             size = 1
-            for a in (axes if isinstance(axes, tuple) else (axes,)):
+            for a in axes if isinstance(axes, tuple) else (axes,):
                 size *= mesh.shape[a]
             if dim % size:
-                raise ValueError(f"cannot shard {'/'.join(map(str, path))} {tuple(shape)} with "
-                                 f"{spec}: dimension {dim} is not divisible by {size} devices")
+                raise ValueError(
+                    f"cannot shard {'/'.join(map(str, path))} {tuple(shape)} with "
+                    f"{spec}: dimension {dim} is not divisible by {size} devices"
+                )
 
 
 def auto_mesh(mesh: Mesh) -> Mesh:

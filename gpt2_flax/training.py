@@ -73,12 +73,11 @@ STRATEGIES = ("none", "dp", "fsdp")
 _RNG = "dropout keys fold_in(key(seed), step); data order from (seed, step)"
 
 
-
-
 # ----------------------------------------------------------------------------- run directory
 # ----------------------------------------------------------------------------- mesh
-def make_mesh(strategy: str = "dp", axes: dict[str, int] | None = None
-              ) -> tuple[Mesh | None, ShardingConfig | None]:
+def make_mesh(
+    strategy: str = "dp", axes: dict[str, int] | None = None
+) -> tuple[Mesh | None, ShardingConfig | None]:
     """A ``("data", "model")`` mesh over every device and the matching ShardingConfig.
 
     Args:
@@ -99,13 +98,16 @@ def make_mesh(strategy: str = "dp", axes: dict[str, int] | None = None
     axes = dict(axes or {"data": n})
     data, model = axes.get("data", 1), axes.get("model", 1)
     if data * model != n:
-        raise ValueError(f"mesh data={data} x model={model} needs {data * model} devices, "
-                         f"but JAX sees {n}")
+        raise ValueError(
+            f"mesh data={data} x model={model} needs {data * model} devices, but JAX sees {n}"
+        )
     mesh = auto_mesh(jax.make_mesh((data, model), ("data", "model")))
     if model > 1:
         if strategy == "fsdp":
-            raise ValueError("fsdp with a model axis is not supported: use --strategy dp "
-                             "with data=N,model=M (tensor parallel) or fsdp with data only")
+            raise ValueError(
+                "fsdp with a model axis is not supported: use --strategy dp "
+                "with data=N,model=M (tensor parallel) or fsdp with data only"
+            )
         return mesh, ShardingConfig.tensor_parallel(model_axis="model", data_axis="data")
     if strategy == "fsdp":
         return mesh, ShardingConfig.fsdp("data")
@@ -130,8 +132,9 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(init, update)
 
 
-def make_optimizer(params: Any, cfg: TrainConfig, *, mask: Any = None
-                   ) -> optax.GradientTransformation:
+def make_optimizer(
+    params: Any, cfg: TrainConfig, *, mask: Any = None
+) -> optax.GradientTransformation:
     """Global-norm clip, then AdamW (decay on matrices only) on the schedule of
     :func:`gpt2_core.training.learning_rate` (a float32 table indexed by the update count).
 
@@ -143,10 +146,10 @@ def make_optimizer(params: Any, cfg: TrainConfig, *, mask: Any = None
     table = np.asarray([learning_rate(cfg, s) for s in range(cfg.steps)], np.float32)
     schedule = lambda count: jnp.asarray(table)[jnp.minimum(count, cfg.steps - 1)]  # noqa: E731
     if mask is None:
-        mask = jax.tree_util.tree_map_with_path(
-            lambda path, p: decays(_key(path), p.ndim), params)
-    adamw = optax.adamw(schedule, b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps,
-                        weight_decay=cfg.weight_decay, mask=mask)
+        mask = jax.tree_util.tree_map_with_path(lambda path, p: decays(_key(path), p.ndim), params)
+    adamw = optax.adamw(
+        schedule, b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=mask
+    )
     if cfg.grad_clip:
         return optax.chain(clip_by_global_norm(cfg.grad_clip), adamw)
     return adamw
@@ -218,14 +221,19 @@ def _restore_moments(opt_state: Any, moments: dict[str, np.ndarray], step: int) 
     mu = optax.tree_utils.tree_get(opt_state, "mu")
     nu = optax.tree_utils.tree_get(opt_state, "nu")
     restored = optax.tree_utils.tree_set(
-        opt_state, mu=_from_canonical(mu, moments, "exp_avg/"),
+        opt_state,
+        mu=_from_canonical(mu, moments, "exp_avg/"),
         nu=_from_canonical(nu, moments, "exp_avg_sq/"),
-        count=jnp.asarray(step, jnp.int32))
+        count=jnp.asarray(step, jnp.int32),
+    )
     # a fresh buffer per leaf (tree_set put one count array in two places, and the step
     # donates its inputs), with the dtype and placement of the initial state, so that the
     # compiled step is reused rather than retraced
-    return jax.tree.map(lambda x, like: jax.device_put(jnp.array(x, like.dtype, copy=True),
-                                                       like.sharding), restored, opt_state)
+    return jax.tree.map(
+        lambda x, like: jax.device_put(jnp.array(x, like.dtype, copy=True), like.sharding),
+        restored,
+        opt_state,
+    )
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -280,11 +288,12 @@ def train(
 
     model.train()  # dropout on (as the config says); the flag is static in the graphdef
     graphdef, params, rngs, rest = nnx.split(model, nnx.Param, nnx.RngState, ...)
-    decay_spec = tuple((_key(path), p.ndim)
-                       for path, p in jax.tree_util.tree_flatten_with_path(params)[0])
+    decay_spec = tuple(
+        (_key(path), p.ndim) for path, p in jax.tree_util.tree_flatten_with_path(params)[0]
+    )
     tx, init_jit, step_jit, eval_jit = _programs(
-        graphdef, jax.tree.structure(params), decay_spec,
-        tuple(sorted(cfg.to_dict().items())))
+        graphdef, jax.tree.structure(params), decay_spec, tuple(sorted(cfg.to_dict().items()))
+    )
     opt_state = init_jit(params)  # moments inherit the parameters' shardings
     if moments is not None:
         opt_state = _restore_moments(opt_state, moments, int(state["adam_step"]))
@@ -296,23 +305,33 @@ def train(
         spec = sharding.batch if sharding is not None and sharding.batch is not None else P()
         batch_sharding = NamedSharding(mesh, P(None, *spec))  # (A, B, T): B on data
 
-    log = MetricsLog(out / "metrics.jsonl",
-                     resume_from_step=start_step if resume else None) if is_main else None
+    log = (
+        MetricsLog(out / "metrics.jsonl", resume_from_step=start_step if resume else None)
+        if is_main
+        else None
+    )
     result = TrainResult(start_step=start_step, steps=start_step, model=model)
     bar = progress_bar(cfg.steps, start_step, enabled=progress and is_main, desc="train (flax)")
     for step in range(start_step, cfg.steps):
         t0 = time.perf_counter()
         blocks = train_ds.batch(step, A * B, cfg.seed).reshape(A, B, T)  # (A*B, T) -> (A, B, T)
         xs = _global_array(blocks.astype(np.int32), batch_sharding)
-        params, opt_state, rngs, loss, grad_norm = step_jit(params, opt_state, rngs, rest, xs,
-                                                            jnp.asarray(step, jnp.int32))
+        params, opt_state, rngs, loss, grad_norm = step_jit(
+            params, opt_state, rngs, rest, xs, jnp.asarray(step, jnp.int32)
+        )
         loss_value = float(loss)
         if not math.isfinite(loss_value):
-            raise FloatingPointError(f"loss became {loss_value} at step {step + 1}; lower --lr "
-                                     "or check the data")
+            raise FloatingPointError(
+                f"loss became {loss_value} at step {step + 1}; lower --lr or check the data"
+            )
         elapsed = time.perf_counter() - t0
-        record = {"step": step + 1, "loss": loss_value, "lr": learning_rate(cfg, step),
-                  "tokens_per_s": cfg.tokens_per_step / elapsed, "grad_norm": float(grad_norm)}
+        record = {
+            "step": step + 1,
+            "loss": loss_value,
+            "lr": learning_rate(cfg, step),
+            "tokens_per_s": cfg.tokens_per_step / elapsed,
+            "grad_norm": float(grad_norm),
+        }
         if eval_ds is not None and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
             ev = _evaluate(eval_jit, params, rngs, rest, eval_ds, cfg, mesh, compute_dtype)
             record.update(eval_loss=ev, eval_ppl=math.exp(min(ev, 50.0)))
@@ -328,9 +347,20 @@ def train(
             sd = _canonical(params, model.config)  # every process takes part in the gathers
             mom = _moments(opt_state, model.config)
             if is_main:
-                save_checkpoint(out, step + 1, sd, mom, model.config, cfg, {
-                    "framework": "flax", "mesh": dict(mesh.shape) if mesh is not None else None,
-                    "seed": cfg.seed}, rng=_RNG)
+                save_checkpoint(
+                    out,
+                    step + 1,
+                    sd,
+                    mom,
+                    model.config,
+                    cfg,
+                    {
+                        "framework": "flax",
+                        "mesh": dict(mesh.shape) if mesh is not None else None,
+                        "seed": cfg.seed,
+                    },
+                    rng=_RNG,
+                )
         if on_step is not None:
             on_step(step + 1, record)
     if bar is not None:
@@ -338,8 +368,9 @@ def train(
     nnx.update(model, params, rngs)
     sd = _canonical(params, model.config)
     if is_main:
-        save_final_model(out, sd, model.config, getattr(model, "generation_config", None), log,
-                         "flax")
+        save_final_model(
+            out, sd, model.config, getattr(model, "generation_config", None), log, "flax"
+        )
     model.eval()
     return result
 
@@ -367,13 +398,18 @@ def _programs(graphdef: Any, params_treedef: Any, decay_spec: tuple, cfg_items: 
         # dropout streams restart from fold_in(key(seed), step): resumable at any step
         leaves, treedef = jax.tree.flatten(rng_state)
         step_key = jax.random.fold_in(base_key, step)
-        leaves = [jax.random.fold_in(step_key, i) if jnp.issubdtype(v.dtype, jax.dtypes.prng_key)
-                  else jnp.zeros_like(v) for i, v in enumerate(leaves)]
+        leaves = [
+            jax.random.fold_in(step_key, i)
+            if jnp.issubdtype(v.dtype, jax.dtypes.prng_key)
+            else jnp.zeros_like(v)
+            for i, v in enumerate(leaves)
+        ]
         rng_state = jax.tree.unflatten(treedef, leaves)
         grads, loss = None, 0.0
         for a in range(A):  # unrolled: A is small and static
-            (l, rng_state), g = jax.value_and_grad(loss_fn, has_aux=True)(params, rng_state,
-                                                                          rest, xs[a])
+            (l, rng_state), g = jax.value_and_grad(loss_fn, has_aux=True)(
+                params, rng_state, rest, xs[a]
+            )
             grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
             loss = loss + l
         grads = jax.tree.map(lambda g: g / A, grads)
@@ -400,22 +436,35 @@ def apply_dropout(model: Any, cfg: TrainConfig) -> None:
                 module.rate = cfg.dropout
 
 
-def _validate(model: Any, train_ds: PackedDataset, eval_ds: PackedDataset | None,
-              cfg: TrainConfig, mesh: Mesh | None) -> None:
+def _validate(
+    model: Any,
+    train_ds: PackedDataset,
+    eval_ds: PackedDataset | None,
+    cfg: TrainConfig,
+    mesh: Mesh | None,
+) -> None:
     config = model.config
     if train_ds.block_size > config.n_positions:
-        raise DataError(f"block size {train_ds.block_size} exceeds the model's n_positions "
-                        f"({config.n_positions})")
+        raise DataError(
+            f"block size {train_ds.block_size} exceeds the model's n_positions "
+            f"({config.n_positions})"
+        )
     for name, ds in (("training", train_ds), ("held-out", eval_ds)):
         if ds is not None and len(ds.tokens) and int(ds.tokens.max()) >= config.vocab_size:
-            raise DataError(f"{name} data holds token id {int(ds.tokens.max())} but the model's "
-                            f"vocabulary has {config.vocab_size} entries (wrong tokenizer?)")
+            raise DataError(
+                f"{name} data holds token id {int(ds.tokens.max())} but the model's "
+                f"vocabulary has {config.vocab_size} entries (wrong tokenizer?)"
+            )
     if mesh is not None and cfg.batch_size % mesh.shape.get("data", 1):
-        raise ValueError(f"batch size {cfg.batch_size} is not divisible by the mesh's data "
-                         f"axis ({mesh.shape['data']} devices)")
+        raise ValueError(
+            f"batch size {cfg.batch_size} is not divisible by the mesh's data "
+            f"axis ({mesh.shape['data']} devices)"
+        )
     if cfg.precision == "fp16":
-        raise ValueError("fp16 training is not supported by the JAX backend (no loss scaling); "
-                         "use --precision bf16")
+        raise ValueError(
+            "fp16 training is not supported by the JAX backend (no loss scaling); "
+            "use --precision bf16"
+        )
 
 
 def _global_array(blocks: np.ndarray, sharding: NamedSharding | None) -> jax.Array:
@@ -442,6 +491,15 @@ def _evaluate(eval_jit, params, rngs, rest, eval_ds, cfg, mesh, compute_dtype) -
     return total / count
 
 
-__all__ = ["STRATEGIES", "TrainResult", "check_out_dir", "clip_by_global_norm",
-           "latest_checkpoint", "make_mesh", "make_optimizer", "read_checkpoint",
-           "save_checkpoint", "train"]
+__all__ = [
+    "STRATEGIES",
+    "TrainResult",
+    "check_out_dir",
+    "clip_by_global_norm",
+    "latest_checkpoint",
+    "make_mesh",
+    "make_optimizer",
+    "read_checkpoint",
+    "save_checkpoint",
+    "train",
+]

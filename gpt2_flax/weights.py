@@ -86,7 +86,8 @@ def _check_key_set(model: nnx.Module, vmap: dict[str, Any]) -> None:
     if set(vmap) != expected:
         raise AssertionError(
             f"{type(model).__name__}: variables and canonical schema differ: "
-            f"extra {sorted(set(vmap) - expected)}, missing {sorted(expected - set(vmap))}")
+            f"extra {sorted(set(vmap) - expected)}, missing {sorted(expected - set(vmap))}"
+        )
 
 
 def _to_numpy(var: nnx.Variable) -> np.ndarray:
@@ -117,9 +118,9 @@ def to_canonical(model: nnx.Module) -> dict[str, np.ndarray]:
 
 
 def _normalize(model: nnx.Module, state_dict: dict, strict: bool) -> tuple[dict, Any]:
-    sd, report = naming.normalize_state_dict(state_dict, model.config,
-                                             naming.head_of_model(model),
-                                             source=type(model).__name__)
+    sd, report = naming.normalize_state_dict(
+        state_dict, model.config, naming.head_of_model(model), source=type(model).__name__
+    )
     if strict:
         report.raise_if_error()
     elif not report.ok:
@@ -127,8 +128,9 @@ def _normalize(model: nnx.Module, state_dict: dict, strict: bool) -> tuple[dict,
     return sd, report
 
 
-def materialize(abstract: nnx.Module, state_dict: dict, *, strict: bool = True,
-                seed: int = 0) -> nnx.Module:
+def materialize(
+    abstract: nnx.Module, state_dict: dict, *, strict: bool = True, seed: int = 0
+) -> nnx.Module:
     """Turn an abstract model (from ``nnx.eval_shape``) into a concrete one, filled from a
     canonical state dict; no random initialisation pass over the weights.
 
@@ -160,8 +162,14 @@ def materialize(abstract: nnx.Module, state_dict: dict, *, strict: bool = True,
     return nnx.merge(graphdef, nnx.from_flat_state(new_pairs))
 
 
-def load_canonical(model: nnx.Module, state_dict: dict, *, strict: bool = True,
-                   init_missing: bool = False, seed: int = 0) -> naming.LoadReport:
+def load_canonical(
+    model: nnx.Module,
+    state_dict: dict,
+    *,
+    strict: bool = True,
+    init_missing: bool = False,
+    seed: int = 0,
+) -> naming.LoadReport:
     """Copy a canonical state dict into ``model``'s parameters in place.
 
     Args:
@@ -181,8 +189,11 @@ def load_canonical(model: nnx.Module, state_dict: dict, *, strict: bool = True,
     sd, report = _normalize(model, state_dict, strict)
     head = naming.head_of_model(model)
     _check_key_set(model, variable_map(model))
-    new = missing_weights(model.config, head, report.newly_initialized, seed=seed) \
-        if init_missing else {}
+    new = (
+        missing_weights(model.config, head, report.newly_initialized, seed=seed)
+        if init_missing
+        else {}
+    )
     updated = []
     for path, var in _params(model):
         key = canonical_key(path)

@@ -70,8 +70,18 @@ def kernel_weights(model: Any) -> tuple[dict[str, np.ndarray], bool, list]:
     return arrays, head_transposed, keep
 
 
-def generate(model: Any, spec: Any, ids_t, mask_t, positions, sc: dict, streamer,
-             ids: np.ndarray, max_new: int, min_new: int) -> tuple[np.ndarray, int]:
+def generate(
+    model: Any,
+    spec: Any,
+    ids_t,
+    mask_t,
+    positions,
+    sc: dict,
+    streamer,
+    ids: np.ndarray,
+    max_new: int,
+    min_new: int,
+) -> tuple[np.ndarray, int]:
     """The XLA prefill, then per token one compiled ``select`` and one kernel forward.
     Returns the (R, S) sequences and the number of new tokens."""
     fns = model._generation_functions(spec)
@@ -81,8 +91,9 @@ def generate(model: Any, spec: Any, ids_t, mask_t, positions, sc: dict, streamer
     keys = [np.array(k, np.float32) for k, _ in cache]  # writable (R, H, S, D) buffers
     values = [np.array(v, np.float32) for _, v in cache]
     weights, head_transposed, keep = kernel_weights(model)
-    step_fn = cpu_kernels.DecodeStep(model.config, weights, keys, values, R,
-                                     head_transposed=head_transposed)
+    step_fn = cpu_kernels.DecodeStep(
+        model.config, weights, keys, values, R, head_transposed=head_transposed
+    )
     try:
         if spec.mode == "greedy" and not spec.repetition and not spec.ngram:
             return _greedy(spec, state, step_fn, sc, streamer, ids, max_new, min_new)
@@ -101,8 +112,12 @@ def generate(model: Any, spec: Any, ids_t, mask_t, positions, sc: dict, streamer
                 if not np.array_equal(idx, identity):
                     for buf in (*keys, *values):
                         buf[...] = buf[idx]
-            logits = step_fn(state["tokens"].numpy(), state["pos"].numpy() - 1,
-                             slot_bias(state["mask"].numpy()), Tb + step - 1)
+            logits = step_fn(
+                state["tokens"].numpy(),
+                state["pos"].numpy() - 1,
+                slot_bias(state["mask"].numpy()),
+                Tb + step - 1,
+            )
             state["logits"] = tf.constant(logits)
         if streamer is not None:
             streamer.end()
@@ -112,8 +127,9 @@ def generate(model: Any, spec: Any, ids_t, mask_t, positions, sc: dict, streamer
         del keep
 
 
-def _greedy(spec: Any, state: dict, step_fn, sc: dict, streamer, ids: np.ndarray,
-            max_new: int, min_new: int) -> tuple[np.ndarray, int]:
+def _greedy(
+    spec: Any, state: dict, step_fn, sc: dict, streamer, ids: np.ndarray, max_new: int, min_new: int
+) -> tuple[np.ndarray, int]:
     """Greedy search on the host, step for step what the compiled ``_sample_select`` does:
     EOS suppressed before ``min_new_tokens``, argmax (first maximum), finished rows padded,
     stop when every row has emitted an EOS."""

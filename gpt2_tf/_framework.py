@@ -48,9 +48,12 @@ class FrameworkMixin:
 
     # ---------------------------------------------------------------- Keras serialisation
     def get_config(self) -> dict[str, Any]:
-        return {"config": self.config.to_dict(), "name": self.name,
-                "dtype": keras.dtype_policies.serialize(self.dtype_policy),
-                "trainable": self.trainable}
+        return {
+            "config": self.config.to_dict(),
+            "name": self.name,
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+            "trainable": self.trainable,
+        }
 
     # ---------------------------------------------------------------- fit() support
     _LOSS_KEYS: ClassVar[tuple[str, ...]] = ("loss",)
@@ -58,15 +61,18 @@ class FrameworkMixin:
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Keras hook: the model's own loss(es) when labels were in ``x``, else the compiled loss."""
-        own = [y_pred[k] for k in self._LOSS_KEYS
-               if isinstance(y_pred, Mapping) and y_pred.get(k) is not None]
+        own = [
+            y_pred[k]
+            for k in self._LOSS_KEYS
+            if isinstance(y_pred, Mapping) and y_pred.get(k) is not None
+        ]
         if y is not None and getattr(self, "loss", None) is not None:
-            return super().compute_loss(x, y, _keras_y_pred(self, y_pred), sample_weight,
-                                        training)
+            return super().compute_loss(x, y, _keras_y_pred(self, y_pred), sample_weight, training)
         if not own:
             raise ValueError(
                 f"{type(self).__name__}: nothing to train on. Put the labels in the input dict "
-                f"(e.g. {{'input_ids': ..., 'labels': ...}}) or compile with a loss and pass y.")
+                f"(e.g. {{'input_ids': ..., 'labels': ...}}) or compile with a loss and pass y."
+            )
         total = tf.add_n([tf.cast(v, tf.float32) for v in own])
         if self.losses:
             total = total + tf.add_n([tf.cast(v, tf.float32) for v in self.losses])
@@ -108,8 +114,9 @@ class FrameworkMixin:
             out = self(input_ids=x, training=False, **_forward_kwargs(self))
         return _outputs_dict(self, out)
 
-    def export_serving(self, path: str | os.PathLike, *, with_tokenizer: bool = False,
-                       **text_kwargs: Any) -> None:
+    def export_serving(
+        self, path: str | os.PathLike, *, with_tokenizer: bool = False, **text_kwargs: Any
+    ) -> None:
         """Write a SavedModel whose ``serving_default`` maps (input_ids, attention_mask) to the
         head's outputs (int32 (B, T) each; ``(B, N, T)`` for the double-heads model). It loads
         with plain ``tf.saved_model.load`` — no gpt2_tf, no Keras needed.
@@ -128,8 +135,14 @@ class FrameworkMixin:
         archive.add_endpoint("serving_default", serve, input_signature=spec)
         archive.write_out(str(path), verbose=False)
 
-    def export(self, filepath: str | os.PathLike, format: str = "tf_saved_model",
-               verbose: bool | None = None, input_signature: Any = None, **kwargs: Any) -> None:
+    def export(
+        self,
+        filepath: str | os.PathLike,
+        format: str = "tf_saved_model",
+        verbose: bool | None = None,
+        input_signature: Any = None,
+        **kwargs: Any,
+    ) -> None:
         """Keras 3's ``model.export``: for ``format="tf_saved_model"`` without an explicit
         ``input_signature``, a SavedModel with Keras' ``serve`` endpoint (and
         ``serving_default``) taking int32 ``input_ids`` and ``attention_mask`` and returning
@@ -141,8 +154,9 @@ class FrameworkMixin:
             >>> tf.saved_model.load("exported/").serve(ids, mask)["logits"]  # doctest: +SKIP
         """
         if format != "tf_saved_model" or input_signature is not None:
-            return super().export(filepath, format=format, verbose=verbose,
-                                  input_signature=input_signature, **kwargs)
+            return super().export(
+                filepath, format=format, verbose=verbose, input_signature=input_signature, **kwargs
+            )
         archive, serve, spec = _serving_archive(self)
         archive.add_endpoint("serve", serve, input_signature=spec)
         archive.add_endpoint("serving_default", serve, input_signature=spec)
@@ -172,13 +186,19 @@ def _forward_kwargs(model: keras.Model) -> dict[str, Any]:
 def _serving_archive(model: keras.Model) -> Any:
     """A Keras ExportArchive tracking ``model``, its serving function and input spec."""
     rank = 3 if model.head == "double_heads" else 2
-    spec = [tf.TensorSpec([None] * rank, tf.int32, name="input_ids"),
-            tf.TensorSpec([None] * rank, tf.int32, name="attention_mask")]
+    spec = [
+        tf.TensorSpec([None] * rank, tf.int32, name="input_ids"),
+        tf.TensorSpec([None] * rank, tf.int32, name="attention_mask"),
+    ]
     keys = ("last_hidden_state",) if model.head == "base" else model._OUTPUT_KEYS
 
     def serve(input_ids, attention_mask):
-        out = model(input_ids=input_ids, attention_mask=attention_mask, training=False,
-                   **_forward_kwargs(model))
+        out = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            training=False,
+            **_forward_kwargs(model),
+        )
         return {k: tf.cast(out[k], tf.float32) for k in keys}
 
     archive = keras.export.ExportArchive()
@@ -190,9 +210,11 @@ def _host_check_inputs(config: GPT2Config, inputs: Mapping[str, Any]) -> None:
     """Eager range checks of the id inputs (used before XLA, which cannot raise)."""
     from gpt2_tf.modeling import _check_int_ids  # modeling imports this module
 
-    for name, upper, what in (("input_ids", config.vocab_size, "the vocabulary"),
-                              ("token_type_ids", config.vocab_size, "the vocabulary"),
-                              ("position_ids", config.n_positions, "the positions")):
+    for name, upper, what in (
+        ("input_ids", config.vocab_size, "the vocabulary"),
+        ("token_type_ids", config.vocab_size, "the vocabulary"),
+        ("position_ids", config.n_positions, "the positions"),
+    ):
         v = inputs.get(name)
         if v is not None:
             _check_int_ids(name, tf.convert_to_tensor(v), upper, what)

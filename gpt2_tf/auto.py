@@ -17,19 +17,31 @@ from gpt2_tf.modeling import MODEL_CLASSES
 TFAutoModel = make_auto_class("AutoModel", "base", MODEL_CLASSES, prefix="TF")
 TFAutoModelForCausalLM = make_auto_class("AutoModelForCausalLM", "lm", MODEL_CLASSES, prefix="TF")
 TFAutoModelForSequenceClassification = make_auto_class(
-    "AutoModelForSequenceClassification", "sequence_classification", MODEL_CLASSES, prefix="TF")
+    "AutoModelForSequenceClassification", "sequence_classification", MODEL_CLASSES, prefix="TF"
+)
 TFAutoModelForTokenClassification = make_auto_class(
-    "AutoModelForTokenClassification", "token_classification", MODEL_CLASSES, prefix="TF")
+    "AutoModelForTokenClassification", "token_classification", MODEL_CLASSES, prefix="TF"
+)
 TFAutoModelForQuestionAnswering = make_auto_class(
-    "AutoModelForQuestionAnswering", "question_answering", MODEL_CLASSES, prefix="TF")
+    "AutoModelForQuestionAnswering", "question_answering", MODEL_CLASSES, prefix="TF"
+)
 AutoModel = TFAutoModel
 AutoModelForCausalLM = TFAutoModelForCausalLM
 AutoModelForSequenceClassification = TFAutoModelForSequenceClassification
 AutoModelForTokenClassification = TFAutoModelForTokenClassification
 AutoModelForQuestionAnswering = TFAutoModelForQuestionAnswering
 
-__all__ = ["AutoModel", "AutoModelForCausalLM", "AutoModelForQuestionAnswering",
-           "AutoModelForSequenceClassification", "AutoModelForTokenClassification",
-           "AutoTokenizer", "NotGPT2Error", "TFAutoModel", "TFAutoModelForCausalLM",
-           "TFAutoModelForQuestionAnswering", "TFAutoModelForSequenceClassification",
-           "TFAutoModelForTokenClassification"]
+__all__ = [
+    "AutoModel",
+    "AutoModelForCausalLM",
+    "AutoModelForQuestionAnswering",
+    "AutoModelForSequenceClassification",
+    "AutoModelForTokenClassification",
+    "AutoTokenizer",
+    "NotGPT2Error",
+    "TFAutoModel",
+    "TFAutoModelForCausalLM",
+    "TFAutoModelForQuestionAnswering",
+    "TFAutoModelForSequenceClassification",
+    "TFAutoModelForTokenClassification",
+]

@@ -79,9 +79,14 @@ class GenerationMixin:
     """Adds ``generate`` to a Keras GPT-2 model with an LM head (``transformer`` + ``_lm_logits``)."""
 
     # ------------------------------------------------------------------ public API
-    def generate(self, input_ids: Any = None, attention_mask: Any = None,
-                 generation_config: GenerationConfig | None = None, streamer: Any = None,
-                 **kwargs: Any) -> tf.Tensor:
+    def generate(
+        self,
+        input_ids: Any = None,
+        attention_mask: Any = None,
+        generation_config: GenerationConfig | None = None,
+        streamer: Any = None,
+        **kwargs: Any,
+    ) -> tf.Tensor:
         """Generate token ids; returns int32 (B * num_return_sequences, T + new) like transformers.
 
         Args:
@@ -102,11 +107,16 @@ class GenerationMixin:
         cfg = self.config
         gc = GenerationConfig.resolve(
             generation_config if generation_config is not None else self.generation_config,
-            cfg, **kwargs)
+            cfg,
+            **kwargs,
+        )
         gc = gc.for_model(cfg.vocab_size, has_prompt=input_ids is not None)
-        ids, mask = prepare_inputs(input_ids.numpy() if tf.is_tensor(input_ids) else input_ids,
-                                   attention_mask.numpy() if tf.is_tensor(attention_mask)
-                                   else attention_mask, gc, cfg.vocab_size)
+        ids, mask = prepare_inputs(
+            input_ids.numpy() if tf.is_tensor(input_ids) else input_ids,
+            attention_mask.numpy() if tf.is_tensor(attention_mask) else attention_mask,
+            gc,
+            cfg.vocab_size,
+        )
         ids, mask = ids.astype(np.int32), mask.astype(np.int32)
         B, T = ids.shape
         max_new = gc.max_new_tokens_for(T, cfg.n_positions)
@@ -116,8 +126,7 @@ class GenerationMixin:
         beam = gc.num_beams > 1
         expand = gc.num_beams if beam else gc.num_return_sequences
         if streamer is not None and (beam or B * expand != 1):
-            raise ValueError("streaming supports batch size 1 and no beam search "
-                             "(as transformers)")
+            raise ValueError("streaming supports batch size 1 and no beam search (as transformers)")
         Tb = _round_up(T, PROMPT_BUCKET)
         S = _round_up(Tb + max_new, LENGTH_BUCKET)
         eos = gc.eos_token_ids
@@ -125,12 +134,19 @@ class GenerationMixin:
         fill = beam_filler(gc) if beam else pad
         top_k = min(gc.top_k, cfg.vocab_size) if gc.do_sample else 0
         spec = _Spec(
-            batch=B, expand=expand, prompt_len=Tb, slots=S,
+            batch=B,
+            expand=expand,
+            prompt_len=Tb,
+            slots=S,
             mode="beam" if beam else ("sample" if gc.do_sample else "greedy"),
-            top_k=top_k, top_p=gc.do_sample and gc.top_p < 1.0,
-            repetition=gc.repetition_penalty != 1.0, ngram=gc.no_repeat_ngram_size,
-            n_eos=len(eos), early_stopping=gc.early_stopping if beam else False,
-            n_return=gc.num_return_sequences if beam else 1)
+            top_k=top_k,
+            top_p=gc.do_sample and gc.top_p < 1.0,
+            repetition=gc.repetition_penalty != 1.0,
+            ngram=gc.no_repeat_ngram_size,
+            n_eos=len(eos),
+            early_stopping=gc.early_stopping if beam else False,
+            n_return=gc.num_return_sequences if beam else 1,
+        )
         # bucket padding: repeat the first column (a valid id) and mask it out
         extra = Tb - T
         ids_p = np.concatenate([np.repeat(ids[:, :1], extra, axis=1), ids], axis=1)
@@ -155,9 +171,10 @@ class GenerationMixin:
         reason = _cpu_kernels.unsupported_reason(self, spec.rows, S)
         if reason is None:
             spec = dataclasses.replace(spec, host=True)
-            seq, n_new = _cpu_kernels.generate(self, spec, ids_t, mask_t, positions, sc,
-                                               streamer, ids, max_new, min_new)
-            seq = seq[:, extra:Tb + int(n_new)]
+            seq, n_new = _cpu_kernels.generate(
+                self, spec, ids_t, mask_t, positions, sc, streamer, ids, max_new, min_new
+            )
+            seq = seq[:, extra : Tb + int(n_new)]
             return tf.constant(seq, tf.int32)
         logger.debug("generate: XLA loop (fused CPU step unavailable: %s)", reason)
         fns = self._generation_functions(spec)
@@ -175,7 +192,7 @@ class GenerationMixin:
                     break
             streamer.end()
             seq, n_new = state["seq"], state["step"]
-        seq = seq.numpy()[:, extra:Tb + int(n_new)]
+        seq = seq.numpy()[:, extra : Tb + int(n_new)]
         return tf.constant(seq, tf.int32)
 
     @property
@@ -194,6 +211,7 @@ class GenerationMixin:
             cache = {}
             object.__setattr__(self, "_gen_fns", cache)
         if spec not in cache:
+
             def full(ids, mask, positions, sc):
                 state = self._gen_prefill(spec, ids, mask, positions, sc)
                 state = self._gen_loop(spec, state, sc, sc["max_new"])
@@ -207,11 +225,14 @@ class GenerationMixin:
                 "select": tf.function(select, jit_compile=True),
                 "full": tf.function(full, jit_compile=True),
                 "prefill": tf.function(
-                    lambda ids, mask, positions, sc: self._gen_prefill(spec, ids, mask,
-                                                                       positions, sc),
-                    jit_compile=True),
-                "loop": tf.function(lambda state, sc, stop: self._gen_loop(spec, state, sc, stop),
-                                    jit_compile=True),
+                    lambda ids, mask, positions, sc: self._gen_prefill(
+                        spec, ids, mask, positions, sc
+                    ),
+                    jit_compile=True,
+                ),
+                "loop": tf.function(
+                    lambda state, sc, stop: self._gen_loop(spec, state, sc, stop), jit_compile=True
+                ),
             }
         return cache[spec]
 
@@ -224,9 +245,14 @@ class GenerationMixin:
         """One cached forward: tokens (R, t) at buffer slots [slot, slot + t) -> last logits (R, V)."""
         t = tokens.shape[1]
         out = self.transformer(
-            input_ids=tokens, position_ids=positions, attention_mask=mask,
-            past_key_values=cache, use_cache=True, cache_position=slot + tf.range(t),
-            training=False)
+            input_ids=tokens,
+            position_ids=positions,
+            attention_mask=mask,
+            past_key_values=cache,
+            use_cache=True,
+            cache_position=slot + tf.range(t),
+            training=False,
+        )
         logits = self._lm_logits(out.last_hidden_state[:, -1:, :])[:, 0]
         return tf.cast(logits, tf.float32), out.past_key_values
 
@@ -239,8 +265,10 @@ class GenerationMixin:
         H, D = cfg.n_head, cfg.head_dim
         mask_s = tf.pad(mask, [[0, 0], [0, S - Tb]])  # (B, S)
         dtype = self.transformer.compute_dtype
-        cache = tuple((tf.zeros([B, H, S, D], dtype), tf.zeros([B, H, S, D], dtype))
-                      for _ in range(cfg.n_layer))
+        cache = tuple(
+            (tf.zeros([B, H, S, D], dtype), tf.zeros([B, H, S, D], dtype))
+            for _ in range(cfg.n_layer)
+        )
         logits, cache = self._gen_forward(ids, positions, mask_s, cache, 0)
 
         def rep(x):  # (B, ...) -> (R, ...), each prompt repeated `expand` times
@@ -263,19 +291,24 @@ class GenerationMixin:
             n_cand = max(2, 1 + spec.n_eos) * nb
             running_sequences = tf.reshape(seq, [B, nb, S])
             running_beam_indices = tf.fill([B, nb, S - Tb], -1)
-            state.update({
-                "beam_idx": tf.range(R, dtype=tf.int32),  # the rows' source rows (cache reorder)
-                "running_sequences": running_sequences,
-                "running_beam_scores": tf.tile(
-                    tf.constant([[0.0] + [BEAM_NEG] * (nb - 1)], tf.float32), [B, 1]),
-                "running_beam_indices": running_beam_indices,
-                "sequences": running_sequences,
-                "beam_scores": tf.fill([B, nb], BEAM_NEG),
-                "beam_indices": running_beam_indices,
-                "is_sent_finished": tf.zeros([B, nb], tf.bool),
-                "is_early_stop_heuristic_unsatisfied": tf.ones([B, 1], tf.bool),
-                "next_token_hits_stopping_criteria": tf.zeros([B, n_cand], tf.bool),
-            })
+            state.update(
+                {
+                    "beam_idx": tf.range(
+                        R, dtype=tf.int32
+                    ),  # the rows' source rows (cache reorder)
+                    "running_sequences": running_sequences,
+                    "running_beam_scores": tf.tile(
+                        tf.constant([[0.0] + [BEAM_NEG] * (nb - 1)], tf.float32), [B, 1]
+                    ),
+                    "running_beam_indices": running_beam_indices,
+                    "sequences": running_sequences,
+                    "beam_scores": tf.fill([B, nb], BEAM_NEG),
+                    "beam_indices": running_beam_indices,
+                    "is_sent_finished": tf.zeros([B, nb], tf.bool),
+                    "is_early_stop_heuristic_unsatisfied": tf.ones([B, 1], tf.bool),
+                    "next_token_hits_stopping_criteria": tf.zeros([B, n_cand], tf.bool),
+                }
+            )
         else:
             state["seq"] = seq
             state["done"] = tf.zeros([R], tf.bool)
@@ -302,8 +335,9 @@ class GenerationMixin:
             penalised = tf.where(scores < 0, scores * p, scores / p)
             scores = tf.where(presence > 0, penalised, scores)
         if spec.ngram:
-            scores = tf.where(self._banned_ngrams(seq, sc["start"], cur, spec.ngram) > 0,
-                              _NEG_INF, scores)
+            scores = tf.where(
+                self._banned_ngrams(seq, sc["start"], cur, spec.ngram) > 0, _NEG_INF, scores
+            )
         if spec.n_eos:
             eos_mask = tf.reduce_max(tf.one_hot(sc["eos"], self.config.vocab_size), axis=0)  # (V,)
             too_short = step < sc["min_new"]
@@ -314,18 +348,19 @@ class GenerationMixin:
         """(R, V) 1.0 for tokens that would repeat an n-gram of seq[:, start:cur]."""
         R, S = seq.shape
         W = S - n + 1
-        cols = [seq[:, k:k + W] for k in range(n)]  # window p holds tokens p .. p+n-1
+        cols = [seq[:, k : k + W] for k in range(n)]  # window p holds tokens p .. p+n-1
         prefix = tf.slice(seq, [0, cur - (n - 1)], [R, n - 1])  # the last n-1 tokens
         match = tf.ones([R, W], tf.bool)
         for k in range(n - 1):
-            match &= tf.equal(cols[k], prefix[:, k:k + 1])
+            match &= tf.equal(cols[k], prefix[:, k : k + 1])
         p = tf.range(W)
         hit = match & ((p >= start) & (p <= cur - n))[None, :]
         rows = tf.broadcast_to(tf.range(R)[:, None], [R, W])
         # a filler of -1 (beam search without EOS) lies outside [0, V): XLA drops it
         idx = tf.stack([rows, cols[n - 1]], axis=-1)  # (R, W, 2)
-        return tf.tensor_scatter_nd_max(tf.zeros([R, self.config.vocab_size]), idx,
-                                        tf.cast(hit, tf.float32))
+        return tf.tensor_scatter_nd_max(
+            tf.zeros([R, self.config.vocab_size]), idx, tf.cast(hit, tf.float32)
+        )
 
     def warp_logits(self, spec: _Spec, sc, scores):
         """Sampling warpers in transformers' order: temperature, top-k, top-p."""
@@ -368,9 +403,11 @@ class GenerationMixin:
         run = (state["step"] < sc["max_new"]) & ~state["finished"]
         logits, cache = tf.cond(
             run,
-            lambda: self._gen_forward(state["tokens"][:, None], state["pos"][:, None] - 1,
-                                      state["mask"], cache, slot),
-            lambda: (state["logits"], cache))
+            lambda: self._gen_forward(
+                state["tokens"][:, None], state["pos"][:, None] - 1, state["mask"], cache, slot
+            ),
+            lambda: (state["logits"], cache),
+        )
         return dict(state, logits=logits, cache=cache)
 
     def _select(self, spec: _Spec, sc, state):
@@ -383,16 +420,25 @@ class GenerationMixin:
         """Book the chosen tokens (R,): the slot becomes visible, positions and step advance."""
         cur = spec.prompt_len + state["step"]
         mask = xla.dynamic_update_slice(state["mask"], tf.ones_like(tokens)[:, None], [0, cur])
-        new = dict(state, mask=mask, step=state["step"] + 1, tokens=tokens,
-                   pos=state["pos"] + 1, finished=finished, **updates)
+        new = dict(
+            state,
+            mask=mask,
+            step=state["step"] + 1,
+            tokens=tokens,
+            pos=state["pos"] + 1,
+            finished=finished,
+            **updates,
+        )
         if spec.repetition:
-            new["presence"] = tf.maximum(new["presence"],
-                                         tf.one_hot(tokens, self.config.vocab_size))
+            new["presence"] = tf.maximum(
+                new["presence"], tf.one_hot(tokens, self.config.vocab_size)
+            )
         return new
 
     def _sample_select(self, spec: _Spec, sc, state):
-        scores = self.process_logits(spec, sc, state["logits"], state["seq"], state["step"],
-                                     state.get("presence"))
+        scores = self.process_logits(
+            spec, sc, state["logits"], state["seq"], state["step"], state.get("presence")
+        )
         if spec.mode == "sample":
             scores = self.warp_logits(spec, sc, scores)
             seed = tf.stack([sc["seed"], state["step"]])
@@ -418,13 +464,16 @@ class GenerationMixin:
         topk_log_probs, topk_indices = tf.math.top_k(tf.reshape(scores, [B, nb * V]), K)
         topk_beam, topk_ids = topk_indices // V, topk_indices % V  # (B, K)
         topk_running_sequences = tf.gather(state["running_sequences"], topk_beam, batch_dims=1)
-        topk_running_sequences = xla.dynamic_update_slice(topk_running_sequences,
-                                                          topk_ids[:, :, None], [0, 0, cur])
-        topk_running_beam_indices = tf.gather(state["running_beam_indices"], topk_beam,
-                                              batch_dims=1)
+        topk_running_sequences = xla.dynamic_update_slice(
+            topk_running_sequences, topk_ids[:, :, None], [0, 0, cur]
+        )
+        topk_running_beam_indices = tf.gather(
+            state["running_beam_indices"], topk_beam, batch_dims=1
+        )
         flat_beam = topk_beam + tf.range(B)[:, None] * nb  # (B, K) rows of the sources
         topk_running_beam_indices = xla.dynamic_update_slice(
-            topk_running_beam_indices, flat_beam[:, :, None], [0, 0, step])
+            topk_running_beam_indices, flat_beam[:, :, None], [0, 0, step]
+        )
         # which candidates stop here (EOS or max length)
         hits = tf.reduce_any(topk_ids[:, :, None] == sc["eos"][None, None, :], axis=-1)
         hits = hits | (step + 1 >= sc["max_new"])
@@ -448,13 +497,17 @@ class GenerationMixin:
         merged_scores = tf.concat([state["beam_scores"], fin], axis=1)
         best = tf.math.top_k(merged_scores, nb).indices
         new["sequences"] = tf.gather(
-            tf.concat([state["sequences"], topk_running_sequences], axis=1), best, batch_dims=1)
+            tf.concat([state["sequences"], topk_running_sequences], axis=1), best, batch_dims=1
+        )
         new["beam_scores"] = tf.gather(merged_scores, best, batch_dims=1)
         new["beam_indices"] = tf.gather(
-            tf.concat([state["beam_indices"], topk_running_beam_indices], axis=1), best,
-            batch_dims=1)
+            tf.concat([state["beam_indices"], topk_running_beam_indices], axis=1),
+            best,
+            batch_dims=1,
+        )
         new["is_sent_finished"] = tf.gather(
-            tf.concat([state["is_sent_finished"], just_finished], axis=1), best, batch_dims=1)
+            tf.concat([state["is_sent_finished"], just_finished], axis=1), best, batch_dims=1
+        )
         # can a running beam still beat the worst finished one?
         new_len = tf.cast(step + 1, tf.float32)
         if spec.early_stopping == "never":
@@ -462,12 +515,14 @@ class GenerationMixin:
         else:
             best_len = new_len
         best_running = new["running_beam_scores"][:, :1] / tf.pow(best_len, lp)
-        worst_finished = tf.where(new["is_sent_finished"],
-                                  tf.reduce_min(new["beam_scores"], axis=1, keepdims=True),
-                                  BEAM_NEG)
-        new["is_early_stop_heuristic_unsatisfied"] = (
-            state["is_early_stop_heuristic_unsatisfied"]
-            & tf.reduce_any(best_running > worst_finished, axis=-1, keepdims=True))
+        worst_finished = tf.where(
+            new["is_sent_finished"],
+            tf.reduce_min(new["beam_scores"], axis=1, keepdims=True),
+            BEAM_NEG,
+        )
+        new["is_early_stop_heuristic_unsatisfied"] = state[
+            "is_early_stop_heuristic_unsatisfied"
+        ] & tf.reduce_any(best_running > worst_finished, axis=-1, keepdims=True)
         new["next_token_hits_stopping_criteria"] = hits
         return new
 
@@ -476,11 +531,19 @@ class GenerationMixin:
         B, nb, S = spec.batch, spec.expand, spec.slots
         step = state["step"]
         running = tf.reshape(state["running_sequences"], [B * nb, S])
-        log_probs = self.process_logits(spec, sc, tf.nn.log_softmax(state["logits"], axis=-1),
-                                        running, step, state.get("presence"))
+        log_probs = self.process_logits(
+            spec,
+            sc,
+            tf.nn.log_softmax(state["logits"], axis=-1),
+            running,
+            step,
+            state.get("presence"),
+        )
         new = self.beam_step(spec, sc, state, log_probs)
-        finished = ~(tf.reduce_any(new["is_early_stop_heuristic_unsatisfied"])
-                     & ~tf.reduce_all(new["next_token_hits_stopping_criteria"]))
+        finished = ~(
+            tf.reduce_any(new["is_early_stop_heuristic_unsatisfied"])
+            & ~tf.reduce_all(new["next_token_hits_stopping_criteria"])
+        )
         if spec.early_stopping is True:
             finished |= tf.reduce_all(new["is_sent_finished"])
         beam_idx = tf.reshape(new["running_beam_indices"][:, :, step], [-1])  # (R,)

@@ -50,19 +50,26 @@ _MIN32 = float(np.finfo(np.float32).min)
 
 def _tf_output(base: type[core_outputs.ModelOutput]) -> type[core_outputs.ModelOutput]:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        if len(args) == 1 and not kwargs and not tf.is_tensor(args[0]) and not isinstance(
-            args[0], np.ndarray | tuple
+        if (
+            len(args) == 1
+            and not kwargs
+            and not tf.is_tensor(args[0])
+            and not isinstance(args[0], np.ndarray | tuple)
         ):
             kwargs = dict(args[0])
             args = ()
         base.__init__(self, *args, **kwargs)
 
-    return type(base.__name__, (base,), {"__init__": __init__, "__module__": __name__,
-                                         "__doc__": base.__doc__})
+    return type(
+        base.__name__,
+        (base,),
+        {"__init__": __init__, "__module__": __name__, "__doc__": base.__doc__},
+    )
 
 
 BaseModelOutputWithPastAndCrossAttentions = _tf_output(
-    core_outputs.BaseModelOutputWithPastAndCrossAttentions)
+    core_outputs.BaseModelOutputWithPastAndCrossAttentions
+)
 CausalLMOutputWithCrossAttentions = _tf_output(core_outputs.CausalLMOutputWithCrossAttentions)
 GPT2DoubleHeadsModelOutput = _tf_output(core_outputs.GPT2DoubleHeadsModelOutput)
 SequenceClassifierOutputWithPast = _tf_output(core_outputs.SequenceClassifierOutputWithPast)
@@ -133,8 +140,13 @@ def _check_int_ids(name: str, ids, upper: int | None, what: str):
         return
     checks = [tf.debugging.assert_non_negative(ids, message=f"{name} has negative ids")]
     if upper is not None:
-        checks.append(tf.debugging.assert_less(
-            ids, tf.cast(upper, ids.dtype), message=f"{name} has ids outside {what} [0, {upper})"))
+        checks.append(
+            tf.debugging.assert_less(
+                ids,
+                tf.cast(upper, ids.dtype),
+                message=f"{name} has ids outside {what} [0, {upper})",
+            )
+        )
     return checks
 
 
@@ -229,11 +241,14 @@ class StaticCache(NamedTuple):
     values: tuple
 
     @classmethod
-    def allocate(cls, config: GPT2Config, batch_size: int, max_length: int,
-                 dtype: Any = tf.float32) -> StaticCache:
+    def allocate(
+        cls, config: GPT2Config, batch_size: int, max_length: int, dtype: Any = tf.float32
+    ) -> StaticCache:
         shape = (batch_size, config.n_head, max_length, config.head_dim)  # (B, H, S, D)
-        return cls(keys=tuple(tf.zeros(shape, dtype) for _ in range(config.n_layer)),
-                   values=tuple(tf.zeros(shape, dtype) for _ in range(config.n_layer)))
+        return cls(
+            keys=tuple(tf.zeros(shape, dtype) for _ in range(config.n_layer)),
+            values=tuple(tf.zeros(shape, dtype) for _ in range(config.n_layer)),
+        )
 
     @property
     def max_length(self) -> int:
@@ -245,13 +260,20 @@ class StaticCache(NamedTuple):
 
     def reorder(self, index) -> StaticCache:
         """Reorder the batch rows (beam search): row i becomes old row ``index[i]``."""
-        return StaticCache(keys=tuple(tf.gather(k, index) for k in self.keys),
-                           values=tuple(tf.gather(v, index) for v in self.values))
+        return StaticCache(
+            keys=tuple(tf.gather(k, index) for k in self.keys),
+            values=tuple(tf.gather(v, index) for v in self.values),
+        )
 
 
 def _dense(units: int, config: GPT2Config, name: str, dtype, use_bias: bool = True):
-    layer = keras.layers.Dense(units, use_bias=use_bias, name=name, dtype=dtype,
-                               kernel_initializer=_normal(config.initializer_range))
+    layer = keras.layers.Dense(
+        units,
+        use_bias=use_bias,
+        name=name,
+        dtype=dtype,
+        kernel_initializer=_normal(config.initializer_range),
+    )
     layer.build((None, config.n_embd))
     return layer
 
@@ -261,9 +283,11 @@ def _attn_implementation(config: GPT2Config) -> str:
     kernel to offer, so only the explicit (eager) path; the others are refused, never replaced."""
     impl = config.attn_implementation or "eager"
     if impl != "eager":
-        raise ValueError(f"attn_implementation={impl!r} is not available in gpt2_tf: TensorFlow "
-                         "has no fused attention kernel for it; use 'eager' (or the torch / flax "
-                         "backend)")
+        raise ValueError(
+            f"attn_implementation={impl!r} is not available in gpt2_tf: TensorFlow "
+            "has no fused attention kernel for it; use 'eager' (or the torch / flax "
+            "backend)"
+        )
     return impl
 
 
@@ -281,8 +305,13 @@ class GPT2Attention(keras.layers.Layer):
         >>> out, present, weights = attn(tf.zeros([2, 5, 36]), use_cache=True)
     """
 
-    def __init__(self, config: GPT2Config, is_cross_attention: bool = False,
-                 layer_idx: int = 0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        config: GPT2Config,
+        is_cross_attention: bool = False,
+        layer_idx: int = 0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         C = config.n_embd
         self.embed_dim, self.num_heads, self.head_dim = C, config.n_head, config.head_dim
@@ -301,14 +330,19 @@ class GPT2Attention(keras.layers.Layer):
         dt = self.dtype_policy
         with keras.name_scope(self.name, caller=self):  # full variable paths
             if is_cross_attention:
-                self.c_attn = Conv1D(2 * C, C, std, name="c_attn", dtype=dt)  # k, v from the encoder
+                self.c_attn = Conv1D(
+                    2 * C, C, std, name="c_attn", dtype=dt
+                )  # k, v from the encoder
                 self.q_attn = Conv1D(C, C, std, name="q_attn", dtype=dt)
             else:
                 self.c_attn = Conv1D(3 * C, C, std, name="c_attn", dtype=dt)  # fused q, k, v
             self.c_proj = Conv1D(C, C, proj_std, name="c_proj", dtype=dt)
-            self.attn_dropout = keras.layers.Dropout(config.attn_pdrop, name="attn_dropout", dtype=dt)
-            self.resid_dropout = keras.layers.Dropout(config.resid_pdrop, name="resid_dropout",
-                                                      dtype=dt)
+            self.attn_dropout = keras.layers.Dropout(
+                config.attn_pdrop, name="attn_dropout", dtype=dt
+            )
+            self.resid_dropout = keras.layers.Dropout(
+                config.resid_pdrop, name="resid_dropout", dtype=dt
+            )
         self.built = True
 
     def _split_heads(self, x):
@@ -347,9 +381,20 @@ class GPT2Attention(keras.layers.Layer):
             w = w * tf.cast(head_mask, w.dtype)
         return tf.matmul(w, v), w
 
-    def call(self, hidden_states, layer_past=None, attention_mask=None, causal_mask=None,
-             head_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
-             use_cache=False, output_attentions=False, cache_position=None, training=None):
+    def call(
+        self,
+        hidden_states,
+        layer_past=None,
+        attention_mask=None,
+        causal_mask=None,
+        head_mask=None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        use_cache=False,
+        output_attentions=False,
+        cache_position=None,
+        training=None,
+    ):
         """Attention output (B, T, C), the present (k, v) if ``use_cache``, the weights if asked.
 
         Self-attention: ``layer_past`` is ``(k, v)`` (B, H, S_past, D) of earlier positions,
@@ -380,8 +425,9 @@ class GPT2Attention(keras.layers.Layer):
                     k = tf.concat([tf.cast(past_k, k.dtype), k], axis=2)  # (B, H, S, D)
                     v = tf.concat([tf.cast(past_v, v.dtype), v], axis=2)
         present = (k, v) if use_cache else None
-        out, weights = self._eager_attention(q, k, v, causal_mask, attention_mask, head_mask,
-                                             training)
+        out, weights = self._eager_attention(
+            q, k, v, causal_mask, attention_mask, head_mask, training
+        )
         out = self._merge_heads(out)  # (B, T, C)
         out = self.resid_dropout(self.c_proj(out), training=training)
         return out, present, (weights if output_attentions else None)
@@ -401,8 +447,9 @@ class GPT2MLP(keras.layers.Layer):
         std = config.initializer_range
         with keras.name_scope(self.name, caller=self):  # full variable paths
             self.c_fc = Conv1D(intermediate_size, C, std, name="c_fc", dtype=dt)
-            self.c_proj = Conv1D(C, intermediate_size, std / math.sqrt(2 * config.n_layer),
-                                 name="c_proj", dtype=dt)
+            self.c_proj = Conv1D(
+                C, intermediate_size, std / math.sqrt(2 * config.n_layer), name="c_proj", dtype=dt
+            )
         self.act = ACT_FNS[config.activation_function]
         self.dropout = keras.layers.Dropout(config.resid_pdrop, name="dropout", dtype=dt)
         self.built = True
@@ -429,36 +476,65 @@ class GPT2Block(keras.layers.Layer):
             self.ln_2 = LayerNorm(C, eps, name="ln_2", dtype=dt)
             self.add_cross_attention = config.add_cross_attention
             if config.add_cross_attention:
-                self.crossattention = GPT2Attention(config, is_cross_attention=True,
-                                                    layer_idx=layer_idx, name="crossattention",
-                                                    dtype=dt)
+                self.crossattention = GPT2Attention(
+                    config,
+                    is_cross_attention=True,
+                    layer_idx=layer_idx,
+                    name="crossattention",
+                    dtype=dt,
+                )
                 self.ln_cross_attn = LayerNorm(C, eps, name="ln_cross_attn", dtype=dt)
             self.mlp = GPT2MLP(config.inner_dim, config, name="mlp", dtype=dt)
         self.built = True
 
-    def call(self, hidden_states, layer_past=None, attention_mask=None, causal_mask=None,
-             head_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
-             use_cache=False, output_attentions=False, cache_position=None, training=None):
+    def call(
+        self,
+        hidden_states,
+        layer_past=None,
+        attention_mask=None,
+        causal_mask=None,
+        head_mask=None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        use_cache=False,
+        output_attentions=False,
+        cache_position=None,
+        training=None,
+    ):
         """Returns (hidden (B, T, C), present, self-attention weights, cross-attention weights)."""
         self_past = None if layer_past is None else tuple(layer_past[:2])
         attn_out, present, self_w = self.attn(
-            self.ln_1(hidden_states), layer_past=self_past, attention_mask=attention_mask,
-            causal_mask=causal_mask, head_mask=head_mask, use_cache=use_cache,
-            output_attentions=output_attentions, cache_position=cache_position,
-            training=training)
+            self.ln_1(hidden_states),
+            layer_past=self_past,
+            attention_mask=attention_mask,
+            causal_mask=causal_mask,
+            head_mask=head_mask,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            cache_position=cache_position,
+            training=training,
+        )
         hidden_states = hidden_states + attn_out
         cross_w = None
         if encoder_hidden_states is not None:
             if not self.add_cross_attention:
-                raise ValueError("encoder_hidden_states were passed but the model has no "
-                                 "cross-attention: build it with config.add_cross_attention=True")
-            cross_past = (tuple(layer_past[2:4]) if layer_past is not None and len(layer_past) == 4
-                          else None)
+                raise ValueError(
+                    "encoder_hidden_states were passed but the model has no "
+                    "cross-attention: build it with config.add_cross_attention=True"
+                )
+            cross_past = (
+                tuple(layer_past[2:4]) if layer_past is not None and len(layer_past) == 4 else None
+            )
             cross_out, cross_present, cross_w = self.crossattention(
-                self.ln_cross_attn(hidden_states), layer_past=cross_past, head_mask=head_mask,
+                self.ln_cross_attn(hidden_states),
+                layer_past=cross_past,
+                head_mask=head_mask,
                 encoder_hidden_states=encoder_hidden_states,
-                encoder_attention_mask=encoder_attention_mask, use_cache=use_cache,
-                output_attentions=output_attentions, training=training)
+                encoder_attention_mask=encoder_attention_mask,
+                use_cache=use_cache,
+                output_attentions=output_attentions,
+                training=training,
+            )
             hidden_states = hidden_states + cross_out
             if present is not None and cache_position is None:
                 # (k, v, cross_k, cross_v): transformers' legacy layout (a static cache holds
@@ -487,10 +563,12 @@ class GPT2SequenceSummary(keras.layers.Layer):
         act = config.summary_activation
         self.activation = ACT_FNS[act] if act else (lambda x: x)
         with keras.name_scope(self.name, caller=self):  # full variable paths
-            self.first_dropout = keras.layers.Dropout(config.summary_first_dropout,
-                                                      name="first_dropout", dtype=dt)
-            self.last_dropout = keras.layers.Dropout(config.summary_last_dropout,
-                                                     name="last_dropout", dtype=dt)
+            self.first_dropout = keras.layers.Dropout(
+                config.summary_first_dropout, name="first_dropout", dtype=dt
+            )
+            self.last_dropout = keras.layers.Dropout(
+                config.summary_last_dropout, name="last_dropout", dtype=dt
+            )
         self.built = True
 
     def call(self, hidden_states, cls_index=None, training=None):
@@ -505,8 +583,9 @@ class GPT2SequenceSummary(keras.layers.Layer):
             if cls_index is None:
                 T = _static_dim(hidden_states, -2)
                 cls_index = tf.fill(tf.shape(hidden_states)[:-2], T - 1)
-            out = tf.gather(hidden_states, tf.cast(cls_index, tf.int32),
-                            batch_dims=len(hidden_states.shape) - 2)  # (B, N, C)
+            out = tf.gather(
+                hidden_states, tf.cast(cls_index, tf.int32), batch_dims=len(hidden_states.shape) - 2
+            )  # (B, N, C)
         out = self.first_dropout(out, training=training)
         if self.summary is not None:
             out = self.summary(out)
@@ -522,7 +601,8 @@ def _masked_ce(logits, labels, ignore_index=-100):
     labels = tf.cast(labels, tf.int32)
     keep = tf.not_equal(labels, ignore_index)
     per = tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=tf.where(keep, labels, 0), logits=logits)
+        labels=tf.where(keep, labels, 0), logits=logits
+    )
     keep = tf.cast(keep, tf.float32)
     return tf.reduce_sum(per * keep) / tf.reduce_sum(keep)
 
@@ -542,11 +622,16 @@ def _label_checks(labels, n: int, name: str):
         arr = labels.numpy()
         bad = arr[(arr != -100) & ((arr < 0) | (arr >= n))]
         if bad.size:
-            raise ValueError(f"{name} contains {bad.flat[0]}: use ids in [0, {n}) or -100 to ignore")
+            raise ValueError(
+                f"{name} contains {bad.flat[0]}: use ids in [0, {n}) or -100 to ignore"
+            )
         return []
     ok = tf.logical_or(tf.equal(labels, -100), tf.logical_and(labels >= 0, labels < n))
-    return [tf.debugging.assert_equal(tf.reduce_all(ok), True,
-                                      message=f"{name} must be in [0, {n}) or -100")]
+    return [
+        tf.debugging.assert_equal(
+            tf.reduce_all(ok), True, message=f"{name} must be in [0, {n}) or -100"
+        )
+    ]
 
 
 # ----------------------------------------------------------------------------- base classes
@@ -586,10 +671,17 @@ class GPT2PreTrainedModel(FrameworkMixin, keras.Model):
 
     # ---------------------------------------------------------------- checkpoints
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, *, dtype: Any = None,
-                        config: GPT2Config | None = None, prefer: str | None = None,
-                        strict: bool = True, quantize: str | None = None,
-                        **config_overrides: Any):
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        dtype: Any = None,
+        config: GPT2Config | None = None,
+        prefer: str | None = None,
+        strict: bool = True,
+        quantize: str | None = None,
+        **config_overrides: Any,
+    ):
         """Load a transformers-style checkpoint directory (or hub id) of any format.
 
         Args:
@@ -615,8 +707,8 @@ class GPT2PreTrainedModel(FrameworkMixin, keras.Model):
 
         dtype, quantize = Q.resolve(dtype, quantize)
         cfg, sd, report = checkpoint.load_pretrained(
-            name_or_path, cls.head, config=config, prefer=prefer, strict=strict,
-            **config_overrides)
+            name_or_path, cls.head, config=config, prefer=prefer, strict=strict, **config_overrides
+        )
         if isinstance(dtype, str) and dtype.lower() == "auto":
             dtype = stored_dtype_name(sd)  # the checkpoint's own dtype
         with _no_init():
@@ -626,15 +718,22 @@ class GPT2PreTrainedModel(FrameworkMixin, keras.Model):
             from gpt2_core.generation_config import GenerationConfig
 
             model.generation_config = GenerationConfig.from_pretrained(
-                checkpoint.hub.resolve_dir(name_or_path))
+                checkpoint.hub.resolve_dir(name_or_path)
+            )
         except (ValueError, OSError):
             pass
         logger.info("loaded %s: %s", name_or_path, report.summary())
         return Q.quantize_model(model, quantize) if quantize else model
 
     @classmethod
-    def from_state_dict(cls, config: GPT2Config, state_dict: Mapping[str, Any], *,
-                        dtype: Any = None, strict: bool = True):
+    def from_state_dict(
+        cls,
+        config: GPT2Config,
+        state_dict: Mapping[str, Any],
+        *,
+        dtype: Any = None,
+        strict: bool = True,
+    ):
         """A model built from ``config`` and filled from a canonical state dict (HF PyTorch
         names and layouts); raises ``CheckpointError`` naming bad keys when ``strict``."""
         with _no_init():
@@ -642,8 +741,14 @@ class GPT2PreTrainedModel(FrameworkMixin, keras.Model):
         model.load_state_dict(state_dict, strict=strict)
         return model
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *, tf_h5: bool = False,
-                        max_shard_size: int | str = "5GB", dtype: Any = None) -> list:
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        *,
+        tf_h5: bool = False,
+        max_shard_size: int | str = "5GB",
+        dtype: Any = None,
+    ) -> list:
         """Write config.json + model.safetensors (and, with ``tf_h5``, a transformers tf_model.h5).
 
         Returns the written paths.
@@ -655,8 +760,14 @@ class GPT2PreTrainedModel(FrameworkMixin, keras.Model):
         refuse_save(self)
         formats = ("safetensors", "tf") if tf_h5 else ("safetensors",)
         written = checkpoint.save_pretrained(
-            to_canonical(self), self.config, save_directory, self.head,
-            max_shard_size=max_shard_size, dtype=dtype, formats=formats)
+            to_canonical(self),
+            self.config,
+            save_directory,
+            self.head,
+            max_shard_size=max_shard_size,
+            dtype=dtype,
+            formats=formats,
+        )
         if self.generation_config is not None:
             written.append(self.generation_config.save_pretrained(save_directory))
         return written
@@ -682,8 +793,10 @@ def _policy(dtype: Any):
         return keras.DTypePolicy("mixed_float16")
     name = dtype_name(dtype)
     if name == "auto":
-        raise ValueError("dtype='auto' (the checkpoint's dtype) is for from_pretrained; give "
-                         "fp32, bf16 or fp16 here")
+        raise ValueError(
+            "dtype='auto' (the checkpoint's dtype) is for from_pretrained; give "
+            "fp32, bf16 or fp16 here"
+        )
     return keras.DTypePolicy(name)
 
 
@@ -722,14 +835,26 @@ class GPT2Model(GPT2PreTrainedModel):
         super().__init__(config, **kwargs)
         cfg, dt = self.config, self.dtype_policy
         with keras.name_scope(self.name, caller=self):  # full variable paths
-            self.wte = keras.layers.Embedding(cfg.vocab_size, cfg.n_embd, name="wte", dtype=dt,
-                                              embeddings_initializer=_normal(cfg.initializer_range))
+            self.wte = keras.layers.Embedding(
+                cfg.vocab_size,
+                cfg.n_embd,
+                name="wte",
+                dtype=dt,
+                embeddings_initializer=_normal(cfg.initializer_range),
+            )
             self.wte.build((None,))
-            self.wpe = keras.layers.Embedding(cfg.n_positions, cfg.n_embd, name="wpe", dtype=dt,
-                                              embeddings_initializer=_normal(cfg.initializer_range))
+            self.wpe = keras.layers.Embedding(
+                cfg.n_positions,
+                cfg.n_embd,
+                name="wpe",
+                dtype=dt,
+                embeddings_initializer=_normal(cfg.initializer_range),
+            )
             self.wpe.build((None,))
             self.drop = keras.layers.Dropout(cfg.embd_pdrop, name="drop", dtype=dt)
-            self.h = [GPT2Block(cfg, layer_idx=i, name=f"h_{i}", dtype=dt) for i in range(cfg.n_layer)]
+            self.h = [
+                GPT2Block(cfg, layer_idx=i, name=f"h_{i}", dtype=dt) for i in range(cfg.n_layer)
+            ]
             self.ln_f = LayerNorm(cfg.n_embd, cfg.layer_norm_epsilon, name="ln_f", dtype=dt)
         self.built = True
 
@@ -750,15 +875,18 @@ class GPT2Model(GPT2PreTrainedModel):
         ``(input_ids, inputs_embeds, input_shape, checks)`` (graph-mode range checks)."""
         cfg = self.config
         if input_ids is not None and inputs_embeds is not None:
-            raise ValueError("You cannot specify both input_ids and inputs_embeds at the same "
-                             "time: pass either one")
+            raise ValueError(
+                "You cannot specify both input_ids and inputs_embeds at the same "
+                "time: pass either one"
+            )
         checks = []
         if input_ids is not None:
             if input_ids.shape.rank is not None:
                 check_ids_shape(input_ids.shape.as_list())
             if not static:
-                checks += _check_int_ids("input_ids", input_ids, cfg.vocab_size,
-                                         "the vocabulary") or []
+                checks += (
+                    _check_int_ids("input_ids", input_ids, cfg.vocab_size, "the vocabulary") or []
+                )
             input_shape = tf.shape(input_ids)
             input_ids = tf.reshape(input_ids, [-1, _static_dim(input_ids, -1)])  # (B, T)
         elif inputs_embeds is not None:
@@ -780,41 +908,65 @@ class GPT2Model(GPT2PreTrainedModel):
             past_key_values = tuple(zip(past_key_values.keys, past_key_values.values))
         static = cache_position is not None
         if past_key_values is not None and len(past_key_values) != cfg.n_layer:
-            raise ValueError(f"past_key_values has {len(past_key_values)} layers, "
-                             f"the model has {cfg.n_layer}")
+            raise ValueError(
+                f"past_key_values has {len(past_key_values)} layers, the model has {cfg.n_layer}"
+            )
         if static:
             cache_position = tf.cast(cache_position, tf.int32)
             S = _static_dim(past_key_values[0][0], 2)
             past_length = cache_position[0]
         else:
-            past_length = (_static_dim(past_key_values[0][0], 2)
-                           if past_key_values is not None else 0)
+            past_length = (
+                _static_dim(past_key_values[0][0], 2) if past_key_values is not None else 0
+            )
             S = past_length + T
             cache_position = tf.range(past_length, S)
         layer_pasts = past_key_values if past_key_values is not None else [None] * cfg.n_layer
         return layer_pasts, past_length, S, cache_position, static
 
-    def _embed(self, input_ids, inputs_embeds, position_ids, token_type_ids, cache_position,
-               T, past_length, S, static, checks, training):
+    def _embed(
+        self,
+        input_ids,
+        inputs_embeds,
+        position_ids,
+        token_type_ids,
+        cache_position,
+        T,
+        past_length,
+        S,
+        static,
+        checks,
+        training,
+    ):
         """wte(ids) + wpe(positions) [+ wte(token types)], then dropout: (B, T, C)."""
         cfg = self.config
         if position_ids is None:
             if isinstance(S, int) and cfg.n_positions < S:
-                raise ValueError(f"sequence length {S} (past {past_length} + new {T}) exceeds "
-                                 f"n_positions={cfg.n_positions}")
+                raise ValueError(
+                    f"sequence length {S} (past {past_length} + new {T}) exceeds "
+                    f"n_positions={cfg.n_positions}"
+                )
             if not isinstance(S, int):
-                checks.append(tf.debugging.assert_less_equal(
-                    S, cfg.n_positions, message=f"sequence length exceeds n_positions="
-                    f"{cfg.n_positions}"))
+                checks.append(
+                    tf.debugging.assert_less_equal(
+                        S,
+                        cfg.n_positions,
+                        message=f"sequence length exceeds n_positions={cfg.n_positions}",
+                    )
+                )
             position_ids = cache_position[None, :]  # (1, T)
         else:
             if not static:
-                checks += _check_int_ids("position_ids", position_ids, cfg.n_positions,
-                                         "the positions") or []
+                checks += (
+                    _check_int_ids("position_ids", position_ids, cfg.n_positions, "the positions")
+                    or []
+                )
             position_ids = tf.reshape(position_ids, [-1, T])
         if token_type_ids is not None:
-            checks += _check_int_ids("token_type_ids", token_type_ids, cfg.vocab_size,
-                                     "the vocabulary") or []
+            checks += (
+                _check_int_ids("token_type_ids", token_type_ids, cfg.vocab_size, "the vocabulary")
+                or []
+            )
             token_type_ids = tf.reshape(token_type_ids, [-1, T])
 
         with tf.control_dependencies(checks):
@@ -824,57 +976,93 @@ class GPT2Model(GPT2PreTrainedModel):
                     # XLA cannot raise: make rows with out-of-range ids NaN rather than silently
                     # reading a clamped (CPU) or zero (GPU) embedding
                     bad = tf.reduce_any((input_ids < 0) | (input_ids >= cfg.vocab_size), axis=-1)
-                    inputs_embeds = tf.where(bad[:, None, None],
-                                             tf.constant(float("nan"), inputs_embeds.dtype),
-                                             inputs_embeds)
+                    inputs_embeds = tf.where(
+                        bad[:, None, None],
+                        tf.constant(float("nan"), inputs_embeds.dtype),
+                        inputs_embeds,
+                    )
             hidden_states = inputs_embeds + self.wpe(position_ids)
         if token_type_ids is not None:
             hidden_states = hidden_states + self.wte(token_type_ids)
         return self.drop(hidden_states, training=training)
 
-    def _attention_masks(self, attention_mask, encoder_hidden_states, encoder_attention_mask,
-                         B, S, cache_position):
+    def _attention_masks(
+        self, attention_mask, encoder_hidden_states, encoder_attention_mask, B, S, cache_position
+    ):
         """Boolean masks, True = may attend: causal (1, 1, T, S), causal & not padding
         (B|1, 1, T, S), and the encoder's (B, 1, 1, S_enc) or None. Booleans because Keras
         would autocast a float mask to bf16/fp16."""
         causal = tf.range(S)[None, :] <= cache_position[:, None]  # (T, S)
         causal_mask = causal[None, None]
         if attention_mask is not None:
-            if attention_mask.shape.rank is not None and attention_mask.shape[-1] is not None \
-                    and isinstance(S, int) and attention_mask.shape[-1] != S:
-                raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} positions but "
-                                 f"past + new tokens are {S}")
+            if (
+                attention_mask.shape.rank is not None
+                and attention_mask.shape[-1] is not None
+                and isinstance(S, int)
+                and attention_mask.shape[-1] != S
+            ):
+                raise ValueError(
+                    f"attention_mask covers {attention_mask.shape[-1]} positions but "
+                    f"past + new tokens are {S}"
+                )
             keep = causal_mask & _keep_mask(attention_mask, B, S)
         else:
             keep = causal_mask
         encoder_mask = None
         if encoder_hidden_states is not None:
-            enc_B, enc_S = (_static_dim(encoder_hidden_states, 0),
-                            _static_dim(encoder_hidden_states, 1))
+            enc_B, enc_S = (
+                _static_dim(encoder_hidden_states, 0),
+                _static_dim(encoder_hidden_states, 1),
+            )
             if encoder_attention_mask is None:
                 encoder_attention_mask = tf.ones([enc_B, enc_S], tf.int32)
             encoder_mask = _keep_mask(encoder_attention_mask, enc_B, enc_S)
         return keep, causal_mask, encoder_mask
 
-    def _run_blocks(self, hidden_states, layer_pasts, keep, causal_mask, head_masks,
-                    encoder_hidden_states, encoder_mask, cache_position, static, use_cache,
-                    output_attentions, output_hidden_states, training):
+    def _run_blocks(
+        self,
+        hidden_states,
+        layer_pasts,
+        keep,
+        causal_mask,
+        head_masks,
+        encoder_hidden_states,
+        encoder_mask,
+        cache_position,
+        static,
+        use_cache,
+        output_attentions,
+        output_hidden_states,
+        training,
+    ):
         """Every block in turn; returns (hidden, presents, all hidden states, self / cross
         attention weights), the last three None when not asked for."""
         presents = [] if use_cache else None
         all_hidden = [] if output_hidden_states else None
         all_self = [] if output_attentions else None
-        all_cross = ([] if output_attentions and self.config.add_cross_attention
-                     and encoder_hidden_states is not None else None)
+        all_cross = (
+            []
+            if output_attentions
+            and self.config.add_cross_attention
+            and encoder_hidden_states is not None
+            else None
+        )
         for block, layer_past, layer_head_mask in zip(self.h, layer_pasts, head_masks):
             if all_hidden is not None:
                 all_hidden.append(hidden_states)
             hidden_states, present, self_w, cross_w = block(
-                hidden_states, layer_past=layer_past, attention_mask=keep,
-                causal_mask=causal_mask, head_mask=layer_head_mask,
-                encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=encoder_mask,
-                use_cache=use_cache, output_attentions=output_attentions,
-                cache_position=cache_position if static else None, training=training)
+                hidden_states,
+                layer_past=layer_past,
+                attention_mask=keep,
+                causal_mask=causal_mask,
+                head_mask=layer_head_mask,
+                encoder_hidden_states=encoder_hidden_states,
+                encoder_attention_mask=encoder_mask,
+                use_cache=use_cache,
+                output_attentions=output_attentions,
+                cache_position=cache_position if static else None,
+                training=training,
+            )
             if presents is not None:
                 presents.append(present)
             if all_self is not None:
@@ -884,11 +1072,24 @@ class GPT2Model(GPT2PreTrainedModel):
         return hidden_states, presents, all_hidden, all_self, all_cross
 
     @_unpack_inputs
-    def call(self, input_ids=None, past_key_values=None, attention_mask=None,
-             token_type_ids=None, position_ids=None, head_mask=None, inputs_embeds=None,
-             encoder_hidden_states=None, encoder_attention_mask=None, use_cache=None,
-             output_attentions=None, output_hidden_states=None, return_dict=None,
-             cache_position=None, training=None):
+    def call(
+        self,
+        input_ids=None,
+        past_key_values=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        head_mask=None,
+        inputs_embeds=None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        use_cache=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        cache_position=None,
+        training=None,
+    ):
         """Forward pass; returns ``BaseModelOutputWithPastAndCrossAttentions``.
 
         ``cache_position`` (T,) with a :class:`StaticCache` (or ``past_key_values`` of
@@ -896,30 +1097,66 @@ class GPT2Model(GPT2PreTrainedModel):
         loop (slots are written in place, ``attention_mask`` then covers all S slots).
         """
         cfg = self.config
-        output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = (cfg.output_hidden_states if output_hidden_states is None
-                                else output_hidden_states)
+        output_attentions = (
+            cfg.output_attentions if output_attentions is None else output_attentions
+        )
+        output_hidden_states = (
+            cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
         use_cache = cfg.use_cache if use_cache is None else use_cache
         return_dict = cfg.use_return_dict if return_dict is None else return_dict
         input_ids, attention_mask, token_type_ids, position_ids, encoder_hidden_states = (
-            _to_tensor(x) for x in (input_ids, attention_mask, token_type_ids, position_ids,
-                                    encoder_hidden_states))
+            _to_tensor(x)
+            for x in (
+                input_ids,
+                attention_mask,
+                token_type_ids,
+                position_ids,
+                encoder_hidden_states,
+            )
+        )
         static_cache = past_key_values if isinstance(past_key_values, StaticCache) else None
 
         input_ids, inputs_embeds, input_shape, checks = self._flatten_inputs(
-            input_ids, inputs_embeds, static=cache_position is not None)
-        B, T = (_static_dim(input_ids if input_ids is not None else inputs_embeds, i)
-                for i in (0, 1))
+            input_ids, inputs_embeds, static=cache_position is not None
+        )
+        B, T = (
+            _static_dim(input_ids if input_ids is not None else inputs_embeds, i) for i in (0, 1)
+        )
         layer_pasts, past_length, S, cache_position, static = self._read_cache(
-            past_key_values, B, T, cache_position)
-        hidden_states = self._embed(input_ids, inputs_embeds, position_ids, token_type_ids,
-                                    cache_position, T, past_length, S, static, checks, training)
+            past_key_values, B, T, cache_position
+        )
+        hidden_states = self._embed(
+            input_ids,
+            inputs_embeds,
+            position_ids,
+            token_type_ids,
+            cache_position,
+            T,
+            past_length,
+            S,
+            static,
+            checks,
+            training,
+        )
         keep, causal_mask, encoder_mask = self._attention_masks(
-            attention_mask, encoder_hidden_states, encoder_attention_mask, B, S, cache_position)
+            attention_mask, encoder_hidden_states, encoder_attention_mask, B, S, cache_position
+        )
         hidden_states, presents, all_hidden, all_self, all_cross = self._run_blocks(
-            hidden_states, layer_pasts, keep, causal_mask, self._head_masks(head_mask),
-            encoder_hidden_states, encoder_mask, cache_position, static, use_cache,
-            output_attentions, output_hidden_states, training)
+            hidden_states,
+            layer_pasts,
+            keep,
+            causal_mask,
+            self._head_masks(head_mask),
+            encoder_hidden_states,
+            encoder_mask,
+            cache_position,
+            static,
+            use_cache,
+            output_attentions,
+            output_hidden_states,
+            training,
+        )
         hidden_states = self.ln_f(hidden_states)
         out_shape = tf.concat([input_shape, [cfg.n_embd]], 0)
         hidden_states = tf.reshape(hidden_states, out_shape)  # (B, [N,] T, C)
@@ -930,8 +1167,9 @@ class GPT2Model(GPT2PreTrainedModel):
         if use_cache:
             past_out = tuple(presents)
             if static_cache is not None:
-                past_out = StaticCache(keys=tuple(p[0] for p in presents),
-                                       values=tuple(p[1] for p in presents))
+                past_out = StaticCache(
+                    keys=tuple(p[0] for p in presents), values=tuple(p[1] for p in presents)
+                )
         out = BaseModelOutputWithPastAndCrossAttentions(
             last_hidden_state=hidden_states,
             past_key_values=past_out,
@@ -976,8 +1214,9 @@ class GPT2LMHeadModel(GenerationMixin, GPT2PreTrainedModel):
             # tied (the default): no lm_head variable, the logits are hidden @ wte^T
             self.lm_head = None
             if not cfg.tie_word_embeddings:
-                self.lm_head = _dense(cfg.vocab_size, cfg, "lm_head", self.dtype_policy,
-                                      use_bias=False)
+                self.lm_head = _dense(
+                    cfg.vocab_size, cfg, "lm_head", self.dtype_policy, use_bias=False
+                )
         self.built = True
 
     def _lm_logits(self, hidden_states):
@@ -987,15 +1226,31 @@ class GPT2LMHeadModel(GenerationMixin, GPT2PreTrainedModel):
         wte = tf.cast(self.transformer.wte.embeddings, hidden_states.dtype)  # (V, C)
         flat = tf.reshape(hidden_states, [-1, self.config.n_embd])
         logits = tf.matmul(flat, wte, transpose_b=True)  # (B*T, V)
-        return tf.reshape(logits, tf.concat([tf.shape(hidden_states)[:-1],
-                                             [self.config.vocab_size]], 0))
+        return tf.reshape(
+            logits, tf.concat([tf.shape(hidden_states)[:-1], [self.config.vocab_size]], 0)
+        )
 
     @_unpack_inputs
-    def call(self, input_ids=None, past_key_values=None, attention_mask=None,
-             token_type_ids=None, position_ids=None, head_mask=None, inputs_embeds=None,
-             encoder_hidden_states=None, encoder_attention_mask=None, labels=None,
-             use_cache=None, output_attentions=None, output_hidden_states=None,
-             return_dict=None, cache_position=None, logits_to_keep: int = 0, training=None):
+    def call(
+        self,
+        input_ids=None,
+        past_key_values=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        head_mask=None,
+        inputs_embeds=None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        labels=None,
+        use_cache=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        cache_position=None,
+        logits_to_keep: int = 0,
+        training=None,
+    ):
         """Logits (B, T, V) and, with ``labels`` (B, T), the shifted LM loss (-100 ignored).
 
         ``logits_to_keep=k`` computes logits for the last k positions only (0 = all).
@@ -1003,13 +1258,22 @@ class GPT2LMHeadModel(GenerationMixin, GPT2PreTrainedModel):
         """
         return_dict = self.config.use_return_dict if return_dict is None else return_dict
         base = self.transformer(
-            return_dict=True, training=training, input_ids=input_ids, past_key_values=past_key_values,
-            attention_mask=attention_mask, token_type_ids=token_type_ids,
-            position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
+            return_dict=True,
+            training=training,
+            input_ids=input_ids,
+            past_key_values=past_key_values,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            head_mask=head_mask,
+            inputs_embeds=inputs_embeds,
             encoder_hidden_states=encoder_hidden_states,
-            encoder_attention_mask=encoder_attention_mask, use_cache=use_cache,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-            cache_position=cache_position)
+            encoder_attention_mask=encoder_attention_mask,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            cache_position=cache_position,
+        )
         hidden = base.last_hidden_state
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:, :]
@@ -1018,9 +1282,13 @@ class GPT2LMHeadModel(GenerationMixin, GPT2PreTrainedModel):
         if labels is not None:
             loss = causal_lm_loss(logits, _to_tensor(labels), self.config.vocab_size)
         out = CausalLMOutputWithCrossAttentions(
-            loss=loss, logits=logits, past_key_values=base.past_key_values,
-            hidden_states=base.hidden_states, attentions=base.attentions,
-            cross_attentions=base.cross_attentions)
+            loss=loss,
+            logits=logits,
+            past_key_values=base.past_key_values,
+            hidden_states=base.hidden_states,
+            attentions=base.attentions,
+            cross_attentions=base.cross_attentions,
+        )
         return out if return_dict else out.to_tuple()
 
 
@@ -1057,11 +1325,13 @@ class GPT2DoubleHeadsModel(GenerationMixin, GPT2PreTrainedModel):
             # tied (the default): no lm_head variable, the logits are hidden @ wte^T
             self.lm_head = None
             if not cfg.tie_word_embeddings:
-                self.lm_head = _dense(cfg.vocab_size, cfg, "lm_head", self.dtype_policy,
-                                      use_bias=False)
+                self.lm_head = _dense(
+                    cfg.vocab_size, cfg, "lm_head", self.dtype_policy, use_bias=False
+                )
         with keras.name_scope(self.name, caller=self):
             self.multiple_choice_head = GPT2SequenceSummary(
-                self.config, name="multiple_choice_head", dtype=self.dtype_policy)
+                self.config, name="multiple_choice_head", dtype=self.dtype_policy
+            )
         self.built = True
 
     def _lm_logits(self, hidden_states):
@@ -1071,29 +1341,57 @@ class GPT2DoubleHeadsModel(GenerationMixin, GPT2PreTrainedModel):
         wte = tf.cast(self.transformer.wte.embeddings, hidden_states.dtype)  # (V, C)
         flat = tf.reshape(hidden_states, [-1, self.config.n_embd])
         logits = tf.matmul(flat, wte, transpose_b=True)  # (B*T, V)
-        return tf.reshape(logits, tf.concat([tf.shape(hidden_states)[:-1],
-                                             [self.config.vocab_size]], 0))
+        return tf.reshape(
+            logits, tf.concat([tf.shape(hidden_states)[:-1], [self.config.vocab_size]], 0)
+        )
 
     @_unpack_inputs
-    def call(self, input_ids=None, past_key_values=None, attention_mask=None,
-             token_type_ids=None, position_ids=None, head_mask=None, inputs_embeds=None,
-             mc_token_ids=None, labels=None, mc_labels=None, use_cache=None,
-             output_attentions=None, output_hidden_states=None, return_dict=None,
-             cache_position=None, training=None):
+    def call(
+        self,
+        input_ids=None,
+        past_key_values=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        head_mask=None,
+        inputs_embeds=None,
+        mc_token_ids=None,
+        labels=None,
+        mc_labels=None,
+        use_cache=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        cache_position=None,
+        training=None,
+    ):
         return_dict = self.config.use_return_dict if return_dict is None else return_dict
         base = self.transformer(
-            return_dict=True, training=training, input_ids=input_ids, past_key_values=past_key_values,
-            attention_mask=attention_mask, token_type_ids=token_type_ids,
-            position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
-            use_cache=use_cache, output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states, cache_position=cache_position)
+            return_dict=True,
+            training=training,
+            input_ids=input_ids,
+            past_key_values=past_key_values,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            head_mask=head_mask,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            cache_position=cache_position,
+        )
         hidden = base.last_hidden_state  # (B, N, T, C)
         lm_logits = self._lm_logits(hidden)
         if mc_token_ids is not None:
             mc_token_ids = tf.convert_to_tensor(mc_token_ids)
             T = _static_dim(hidden, -2)
-            checks = _check_int_ids("mc_token_ids", mc_token_ids,
-                                    T if isinstance(T, int) else None, "the sequence") or []
+            checks = (
+                _check_int_ids(
+                    "mc_token_ids", mc_token_ids, T if isinstance(T, int) else None, "the sequence"
+                )
+                or []
+            )
             with tf.control_dependencies(checks):
                 mc_token_ids = tf.identity(mc_token_ids)
         mc_logits = self.multiple_choice_head(hidden, mc_token_ids, training=training)
@@ -1102,14 +1400,20 @@ class GPT2DoubleHeadsModel(GenerationMixin, GPT2PreTrainedModel):
         mc_loss = lm_loss = None
         if mc_labels is not None:
             n = _static_dim(mc_logits, -1)
-            mc_loss = _masked_ce(tf.reshape(mc_logits, [-1, n]),
-                                 tf.reshape(_to_tensor(mc_labels), [-1]))
+            mc_loss = _masked_ce(
+                tf.reshape(mc_logits, [-1, n]), tf.reshape(_to_tensor(mc_labels), [-1])
+            )
         if labels is not None:
             lm_loss = causal_lm_loss(lm_logits, _to_tensor(labels), self.config.vocab_size)
         out = GPT2DoubleHeadsModelOutput(
-            loss=lm_loss, mc_loss=mc_loss, logits=lm_logits, mc_logits=mc_logits,
-            past_key_values=base.past_key_values, hidden_states=base.hidden_states,
-            attentions=base.attentions)
+            loss=lm_loss,
+            mc_loss=mc_loss,
+            logits=lm_logits,
+            mc_logits=mc_logits,
+            past_key_values=base.past_key_values,
+            hidden_states=base.hidden_states,
+            attentions=base.attentions,
+        )
         return out if return_dict else out.to_tuple()
 
 
@@ -1140,24 +1444,45 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
         with keras.name_scope(self.name, caller=self):
             self.transformer = GPT2Model(self.config, name="transformer", dtype=self.dtype_policy)
         with keras.name_scope(self.name, caller=self):
-            self.score = _dense(self.config.num_labels, self.config, "score", self.dtype_policy,
-                                use_bias=False)
+            self.score = _dense(
+                self.config.num_labels, self.config, "score", self.dtype_policy, use_bias=False
+            )
         self.built = True
 
     @_unpack_inputs
-    def call(self, input_ids=None, past_key_values=None, attention_mask=None,
-             token_type_ids=None, position_ids=None, head_mask=None, inputs_embeds=None,
-             labels=None, use_cache=None, output_attentions=None, output_hidden_states=None,
-             return_dict=None, training=None):
+    def call(
+        self,
+        input_ids=None,
+        past_key_values=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        head_mask=None,
+        inputs_embeds=None,
+        labels=None,
+        use_cache=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        training=None,
+    ):
         cfg = self.config
         return_dict = cfg.use_return_dict if return_dict is None else return_dict
         input_ids = _to_tensor(input_ids)
         base = self.transformer(
-            return_dict=True, training=training, input_ids=input_ids, past_key_values=past_key_values,
-            attention_mask=attention_mask, token_type_ids=token_type_ids,
-            position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
-            use_cache=use_cache, output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states)
+            return_dict=True,
+            training=training,
+            input_ids=input_ids,
+            past_key_values=past_key_values,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            head_mask=head_mask,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
         logits = self.score(base.last_hidden_state)  # (B, T, num_labels)
         B, T = _static_dim(logits, 0), _static_dim(logits, 1)
         if cfg.pad_token_id is None:
@@ -1167,19 +1492,25 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
         elif input_ids is not None:
             # rightmost non-pad token: handles left and right padding
             non_pad = tf.cast(tf.not_equal(input_ids, cfg.pad_token_id), tf.int32)
-            last = tf.argmax(tf.range(T, dtype=tf.int32)[None, :] * non_pad, axis=-1,
-                             output_type=tf.int32)
+            last = tf.argmax(
+                tf.range(T, dtype=tf.int32)[None, :] * non_pad, axis=-1, output_type=tf.int32
+            )
         else:
-            logger.warning("%s will not detect padding tokens in `inputs_embeds`",
-                           type(self).__name__)
+            logger.warning(
+                "%s will not detect padding tokens in `inputs_embeds`", type(self).__name__
+            )
             last = tf.fill([B], T - 1)
         pooled = tf.gather(logits, last, batch_dims=1)  # (B, num_labels)
         loss = None
         if labels is not None:
             loss = self._classification_loss(pooled, _to_tensor(labels))
         out = SequenceClassifierOutputWithPast(
-            loss=loss, logits=pooled, past_key_values=base.past_key_values,
-            hidden_states=base.hidden_states, attentions=base.attentions)
+            loss=loss,
+            logits=pooled,
+            past_key_values=base.past_key_values,
+            hidden_states=base.hidden_states,
+            attentions=base.attentions,
+        )
         return out if return_dict else out.to_tuple()
 
     def _classification_loss(self, pooled, labels):
@@ -1189,7 +1520,9 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
         if problem == "regression":
             labels = tf.cast(labels, tf.float32)
             if n == 1:
-                return tf.reduce_mean(tf.square(tf.reshape(pooled, [-1]) - tf.reshape(labels, [-1])))
+                return tf.reduce_mean(
+                    tf.square(tf.reshape(pooled, [-1]) - tf.reshape(labels, [-1]))
+                )
             return tf.reduce_mean(tf.square(pooled - labels))
         if problem == "single_label_classification":
             return _masked_ce(tf.reshape(pooled, [-1, n]), tf.reshape(labels, [-1]))
@@ -1219,32 +1552,54 @@ class GPT2ForTokenClassification(GPT2PreTrainedModel):
         with keras.name_scope(self.name, caller=self):
             self.transformer = GPT2Model(self.config, name="transformer", dtype=self.dtype_policy)
         dt = self.dtype_policy
-        self.dropout = keras.layers.Dropout(self.config.classifier_dropout_prob, name="dropout",
-                                            dtype=dt)
+        self.dropout = keras.layers.Dropout(
+            self.config.classifier_dropout_prob, name="dropout", dtype=dt
+        )
         with keras.name_scope(self.name, caller=self):
             self.classifier = _dense(self.config.num_labels, self.config, "classifier", dt)
         self.built = True
 
     @_unpack_inputs
-    def call(self, input_ids=None, past_key_values=None, attention_mask=None,
-             token_type_ids=None, position_ids=None, head_mask=None, inputs_embeds=None,
-             labels=None, use_cache=None, output_attentions=None, output_hidden_states=None,
-             return_dict=None, training=None):
+    def call(
+        self,
+        input_ids=None,
+        past_key_values=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        head_mask=None,
+        inputs_embeds=None,
+        labels=None,
+        use_cache=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        training=None,
+    ):
         return_dict = self.config.use_return_dict if return_dict is None else return_dict
         base = self.transformer(
-            return_dict=True, training=training, input_ids=input_ids, past_key_values=past_key_values,
-            attention_mask=attention_mask, token_type_ids=token_type_ids,
-            position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
-            use_cache=use_cache, output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states)
+            return_dict=True,
+            training=training,
+            input_ids=input_ids,
+            past_key_values=past_key_values,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            head_mask=head_mask,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
         hidden = self.dropout(base.last_hidden_state, training=training)
         logits = self.classifier(hidden)  # (B, T, num_labels)
         loss = None
         if labels is not None:
             n = self.config.num_labels
             loss = _masked_ce(tf.reshape(logits, [-1, n]), tf.reshape(_to_tensor(labels), [-1]))
-        out = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=base.hidden_states,
-                                    attentions=base.attentions)
+        out = TokenClassifierOutput(
+            loss=loss, logits=logits, hidden_states=base.hidden_states, attentions=base.attentions
+        )
         return out if return_dict else out.to_tuple()
 
 
@@ -1278,16 +1633,35 @@ class GPT2ForQuestionAnswering(GPT2PreTrainedModel):
         self.built = True
 
     @_unpack_inputs
-    def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-             head_mask=None, inputs_embeds=None, start_positions=None, end_positions=None,
-             output_attentions=None, output_hidden_states=None, return_dict=None,
-             training=None):
+    def call(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        head_mask=None,
+        inputs_embeds=None,
+        start_positions=None,
+        end_positions=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        training=None,
+    ):
         return_dict = self.config.use_return_dict if return_dict is None else return_dict
         base = self.transformer(
-            return_dict=True, training=training, input_ids=input_ids, attention_mask=attention_mask,
-            token_type_ids=token_type_ids, position_ids=position_ids, head_mask=head_mask,
-            inputs_embeds=inputs_embeds, use_cache=False, output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states)
+            return_dict=True,
+            training=training,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            head_mask=head_mask,
+            inputs_embeds=inputs_embeds,
+            use_cache=False,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
         logits = self.qa_outputs(base.last_hidden_state)  # (B, T, 2)
         start_logits, end_logits = logits[..., 0], logits[..., 1]
         loss = None
@@ -1301,10 +1675,13 @@ class GPT2ForQuestionAnswering(GPT2PreTrainedModel):
             start_loss = _masked_ce(start_logits, clamp(start_positions), ignore_index=T)
             end_loss = _masked_ce(end_logits, clamp(end_positions), ignore_index=T)
             loss = (start_loss + end_loss) / 2.0
-        out = QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits,
-                                           end_logits=end_logits,
-                                           hidden_states=base.hidden_states,
-                                           attentions=base.attentions)
+        out = QuestionAnsweringModelOutput(
+            loss=loss,
+            start_logits=start_logits,
+            end_logits=end_logits,
+            hidden_states=base.hidden_states,
+            attentions=base.attentions,
+        )
         return out if return_dict else out.to_tuple()
 
 

@@ -25,19 +25,29 @@ def load(head: str, name_or_path: Any, *, dtype: Any = None, device: Any = None)
 
 def forward(model, ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
     out = model(input_ids=tf.constant(ids), attention_mask=tf.constant(mask), training=False)
-    return {k: np.asarray(tf.cast(out[k], tf.float32))
-            for k in ("logits", "start_logits", "end_logits") if out.get(k) is not None}
+    return {
+        k: np.asarray(tf.cast(out[k], tf.float32))
+        for k in ("logits", "start_logits", "end_logits")
+        if out.get(k) is not None
+    }
 
 
 def generate(model, ids: np.ndarray, mask: np.ndarray, gen: GenerationConfig) -> np.ndarray:
     return np.asarray(model.generate(ids, attention_mask=mask, generation_config=gen))
 
 
-def pipeline(task: str, model: Any = None, tokenizer: Any = None, dtype: Any = None,
-             device: Any = None, **kwargs: Any) -> _core.Pipeline:
+def pipeline(
+    task: str,
+    model: Any = None,
+    tokenizer: Any = None,
+    dtype: Any = None,
+    device: Any = None,
+    **kwargs: Any,
+) -> _core.Pipeline:
     """:func:`gpt2_core.pipelines.pipeline` with ``framework="tf"``."""
-    return _core.pipeline(task, model=model, tokenizer=tokenizer, framework="tf", dtype=dtype,
-                          device=device, **kwargs)
+    return _core.pipeline(
+        task, model=model, tokenizer=tokenizer, framework="tf", dtype=dtype, device=device, **kwargs
+    )
 
 
 __all__ = ["pipeline"]

@@ -66,4 +66,5 @@ def refuse_save(model: Any) -> None:
         raise ValueError(
             f"save_pretrained: this model is quantized ({model.quantization}); transformers' "
             "checkpoint formats hold float weights only. Save the float model and load it with "
-            f"from_pretrained(..., quantize={model.quantization!r}) instead.")
+            f"from_pretrained(..., quantize={model.quantization!r}) instead."
+        )

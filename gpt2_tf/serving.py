@@ -43,8 +43,12 @@ class _Detokenizer(tf.Module):
             tokens[i] = ""
         self.tokens = tf.constant(tokens)
         u2b = {u: bytes([b]) for b, u in bytes_to_unicode().items()}
-        self.chars = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
-            tf.constant(list(u2b)), tf.constant(list(u2b.values()))), default_value="")
+        self.chars = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(list(u2b)), tf.constant(list(u2b.values()))
+            ),
+            default_value="",
+        )
 
     def __call__(self, ids: tf.Tensor) -> tf.Tensor:
         pieces = tf.strings.reduce_join(tf.gather(self.tokens, ids), axis=-1)  # (B,)
@@ -55,9 +59,14 @@ class _Detokenizer(tf.Module):
         return tf.strings.unicode_transcode(raw, "UTF-8", "UTF-8", errors="replace")
 
 
-def export_text_serving(model: Any, path: str | os.PathLike, *,
-                        tokenizer: TFGPT2Tokenizer | None = None, max_new_tokens: int = 32,
-                        max_prompt_tokens: int | None = None) -> None:
+def export_text_serving(
+    model: Any,
+    path: str | os.PathLike,
+    *,
+    tokenizer: TFGPT2Tokenizer | None = None,
+    max_new_tokens: int = 32,
+    max_prompt_tokens: int | None = None,
+) -> None:
     """Write the string-in / text-out SavedModel of an LM (see the module docstring).
 
     Args:
@@ -69,28 +78,37 @@ def export_text_serving(model: Any, path: str | os.PathLike, *,
             n_positions - max_new_tokens).
     """
     if getattr(model, "head", None) != "lm":
-        raise TypeError(f"with_tokenizer=True serves text generation: it needs a GPT2LMHeadModel, "
-                        f"got {type(model).__name__}")
+        raise TypeError(
+            f"with_tokenizer=True serves text generation: it needs a GPT2LMHeadModel, "
+            f"got {type(model).__name__}"
+        )
     cfg = model.config
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
     limit = cfg.n_positions - max_new_tokens
     max_prompt_tokens = max_prompt_tokens or limit
     if not 1 <= max_prompt_tokens <= limit:
-        raise ValueError(f"max_prompt_tokens must be in [1, n_positions - max_new_tokens = {limit}],"
-                         f" got {max_prompt_tokens}")
+        raise ValueError(
+            f"max_prompt_tokens must be in [1, n_positions - max_new_tokens = {limit}],"
+            f" got {max_prompt_tokens}"
+        )
     if tokenizer is None:
         tokenizer = TFGPT2Tokenizer.from_pretrained("gpt2")
     if max(tokenizer.vocab.values()) >= cfg.vocab_size:
-        raise ValueError(f"the tokenizer has ids up to {max(tokenizer.vocab.values())} but the "
-                         f"model's vocab_size is {cfg.vocab_size}")
+        raise ValueError(
+            f"the tokenizer has ids up to {max(tokenizer.vocab.values())} but the "
+            f"model's vocab_size is {cfg.vocab_size}"
+        )
     gen = model.generation_config
     eos = [] if gen is None else gen.eos_token_ids
     if not eos and cfg.eos_token_id is not None:
         eos = [cfg.eos_token_id] if isinstance(cfg.eos_token_id, int) else list(cfg.eos_token_id)
     pad = eos[0] if eos else 0
-    detok = _Detokenizer(tokenizer, skip_ids=[tokenizer.vocab[t] for t in tokenizer.special_tokens],
-                         vocab_size=cfg.vocab_size)
+    detok = _Detokenizer(
+        tokenizer,
+        skip_ids=[tokenizer.vocab[t] for t in tokenizer.special_tokens],
+        vocab_size=cfg.vocab_size,
+    )
     eos_t = tf.constant(eos or [-1], tf.int32)
     N = max_new_tokens
 
@@ -109,8 +127,13 @@ def export_text_serving(model: Any, path: str | os.PathLike, *,
 
         def body(step, buf, mask, done):
             pos = tf.maximum(tf.cumsum(mask, axis=1) - 1, 0)  # positions of real tokens
-            logits = model(input_ids=buf, attention_mask=mask, position_ids=pos,
-                           training=False, use_cache=False)["logits"]  # (B, T0 + N, V)
+            logits = model(
+                input_ids=buf,
+                attention_mask=mask,
+                position_ids=pos,
+                training=False,
+                use_cache=False,
+            )["logits"]  # (B, T0 + N, V)
             nxt = tf.cast(tf.argmax(logits[:, T0 + step - 1], axis=-1), tf.int32)  # (B,)
             nxt = tf.where(done, pad, nxt)
             col = tf.one_hot(T0 + step, T0 + N, dtype=tf.int32)[None, :]  # (1, T0 + N)
@@ -120,16 +143,19 @@ def export_text_serving(model: Any, path: str | os.PathLike, *,
             return step + 1, buf, mask, done
 
         _, buf, _, _ = tf.while_loop(
-            lambda step, buf, mask, done: (step < N) & ~tf.reduce_all(done), body,
-            (tf.constant(0), buf, mask, tf.zeros([B], tf.bool)))
+            lambda step, buf, mask, done: (step < N) & ~tf.reduce_all(done),
+            body,
+            (tf.constant(0), buf, mask, tf.zeros([B], tf.bool)),
+        )
         return {"generated_text": detok(buf[:, T0:]), "output_ids": buf}
 
     archive = keras.export.ExportArchive()
     archive.track(model)
     for table in [*tokenizer.tables.all, detok.chars]:  # lookup tables are tracked by hand
         archive.track(table)
-    archive.add_endpoint("serving_default", serve,
-                         input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+    archive.add_endpoint(
+        "serving_default", serve, input_signature=[tf.TensorSpec([None], tf.string, name="text")]
+    )
     archive.write_out(str(path), verbose=False)
 
 

@@ -44,8 +44,10 @@ from gpt2_core.tokenization import bytes_to_unicode
 
 MARK = b"\xff"  # cut marker: a byte that never occurs in UTF-8 text
 # Python's str.isspace() / regex \s for Unicode, written out for RE2
-_WS = (r"\t\n\x{0b}\x{0c}\r\x{1c}-\x{1f} \x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}"
-       r"\x{2029}\x{202f}\x{205f}\x{3000}")
+_WS = (
+    r"\t\n\x{0b}\x{0c}\r\x{1c}-\x{1f} \x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}"
+    r"\x{2029}\x{202f}\x{205f}\x{3000}"
+)
 _BIG = np.iinfo(np.int32).max
 
 
@@ -80,10 +82,17 @@ class TFGPT2Tokenizer(keras.layers.Layer):
         >>> out = tok(tf.constant(["Hello world", "a"]))                  # doctest: +SKIP
     """
 
-    def __init__(self, vocab: Mapping[str, int], merges: Sequence[Any], *,
-                 max_length: int | None = None, pad_token_id: int | None = None,
-                 padding_side: str = "right", special_tokens: Sequence[str] | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        vocab: Mapping[str, int],
+        merges: Sequence[Any],
+        *,
+        max_length: int | None = None,
+        pad_token_id: int | None = None,
+        padding_side: str = "right",
+        special_tokens: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
@@ -106,25 +115,43 @@ class TFGPT2Tokenizer(keras.layers.Layer):
             raise ValueError(f"special tokens {missing} are not in the vocabulary")
         self.special_tokens = list(special_tokens)
         # longest first, so that a special token containing another one wins
-        specials = "|".join(_re2_escape(t) for t in sorted(self.special_tokens, key=len,
-                                                           reverse=True))
+        specials = "|".join(
+            _re2_escape(t) for t in sorted(self.special_tokens, key=len, reverse=True)
+        )
         self._special_re = specials
         self._last_ws_re = f"([{_WS}])([^{_WS}])"
-        self._piece_re = (r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+"
-                          rf"| ?[^{_WS}\p{{L}}\p{{N}}]+|[{_WS}]+")
+        self._piece_re = (
+            r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+"
+            rf"| ?[^{_WS}\p{{L}}\p{{N}}]+|[{_WS}]+"
+        )
         b2u = bytes_to_unicode()
-        self._bytes = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
-            tf.constant([bytes([b]) for b in range(256)]),
-            tf.constant([b2u[b] for b in range(256)])), default_value="")
-        self._vocab = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
-            tf.constant(list(self.vocab)), tf.constant(list(self.vocab.values()), tf.int32)),
-            default_value=-1)
-        self._ranks = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
-            tf.constant(self.merges or [" "]),
-            tf.constant(list(range(len(self.merges))) or [_BIG], tf.int32)), default_value=_BIG)
-        self._special_set = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
-            tf.constant(self.special_tokens or ["\x00"]), tf.constant(
-                [1] * len(self.special_tokens) or [0], tf.int32)), default_value=0)
+        self._bytes = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant([bytes([b]) for b in range(256)]),
+                tf.constant([b2u[b] for b in range(256)]),
+            ),
+            default_value="",
+        )
+        self._vocab = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(list(self.vocab)), tf.constant(list(self.vocab.values()), tf.int32)
+            ),
+            default_value=-1,
+        )
+        self._ranks = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(self.merges or [" "]),
+                tf.constant(list(range(len(self.merges))) or [_BIG], tf.int32),
+            ),
+            default_value=_BIG,
+        )
+        self._special_set = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(self.special_tokens or ["\x00"]),
+                tf.constant([1] * len(self.special_tokens) or [0], tf.int32),
+            ),
+            default_value=0,
+        )
         # Keras does not track lookup tables; a tf.Module does: a SavedModel that calls this
         # layer must reach ``tables`` from its root (``module.tables = tok.tables``)
         self.tables = tf.Module(name="gpt2_tokenizer_tables")
@@ -137,8 +164,10 @@ class TFGPT2Tokenizer(keras.layers.Layer):
         """From a :class:`gpt2_core.tokenizer_fast.GPT2TokenizerFast` (or GPT2Tokenizer)."""
         ranks = tokenizer.bpe_ranks
         merges = [f"{a} {b}" for (a, b), _ in sorted(ranks.items(), key=lambda kv: kv[1])]
-        kwargs.setdefault("special_tokens", [t for t in tokenizer.all_special_tokens
-                                             if t in tokenizer.get_vocab()])
+        kwargs.setdefault(
+            "special_tokens",
+            [t for t in tokenizer.all_special_tokens if t in tokenizer.get_vocab()],
+        )
         return cls(tokenizer.get_vocab(), merges, **kwargs)
 
     @classmethod
@@ -150,9 +179,14 @@ class TFGPT2Tokenizer(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update(vocab=self.vocab, merges=self.merges, max_length=self.max_length,
-                      pad_token_id=self.pad_token_id, padding_side=self.padding_side,
-                      special_tokens=self.special_tokens)
+        config.update(
+            vocab=self.vocab,
+            merges=self.merges,
+            max_length=self.max_length,
+            pad_token_id=self.pad_token_id,
+            padding_side=self.padding_side,
+            special_tokens=self.special_tokens,
+        )
         return config
 
     # ------------------------------------------------------------------ the graph
@@ -165,13 +199,18 @@ class TFGPT2Tokenizer(keras.layers.Layer):
         def cut(values, pattern, rewrite):
             return tf.strings.split(tf.strings.regex_replace(values, pattern, rewrite), sep=MARK)
 
-        segs = (cut(texts, self._special_re, MARK + rb"\0" + MARK) if self._special_re
-                else tf.RaggedTensor.from_tensor(texts[:, None]))  # (B, S)
+        segs = (
+            cut(texts, self._special_re, MARK + rb"\0" + MARK)
+            if self._special_re
+            else tf.RaggedTensor.from_tensor(texts[:, None])
+        )  # (B, S)
         sub = cut(segs.flat_values, self._last_ws_re, MARK + rb"\1\2")  # (S, S')
         flat = sub.flat_values
         special = self._special_set.lookup(flat) > 0  # special tokens stay whole
-        pieces = tf.strings.split(tf.where(special, flat, tf.strings.regex_replace(
-            flat, self._piece_re, MARK + rb"\0")), sep=MARK)
+        pieces = tf.strings.split(
+            tf.where(special, flat, tf.strings.regex_replace(flat, self._piece_re, MARK + rb"\0")),
+            sep=MARK,
+        )
         pieces = segs.with_flat_values(sub.with_flat_values(pieces)).merge_dims(1, 3)
         return tf.ragged.boolean_mask(pieces, tf.strings.length(pieces) > 0)  # (B, pieces)
 
@@ -202,14 +241,14 @@ class TFGPT2Tokenizer(keras.layers.Layer):
             drop = tf.scatter_nd(at + 1, tf.ones_like(at[:, 0], tf.bool), [N])
             nxt = tf.concat([sym[1:], [""]], axis=0)[:N]  # (N,) the right neighbour
             sym = tf.where(merge, tf.strings.join([sym, nxt]), sym)
-            return (tf.boolean_mask(sym, ~drop), tf.boolean_mask(wid, ~drop),
-                    tf.size(at) > 0)
+            return (tf.boolean_mask(sym, ~drop), tf.boolean_mask(wid, ~drop), tf.size(at) > 0)
 
         sym, wid, _ = tf.while_loop(
-            lambda sym, wid, go: go, body,
+            lambda sym, wid, go: go,
+            body,
             (chars.flat_values, tf.cast(chars.value_rowids(), tf.int32), tf.constant(True)),
-            shape_invariants=(tf.TensorShape([None]), tf.TensorShape([None]),
-                              tf.TensorShape([])))
+            shape_invariants=(tf.TensorShape([None]), tf.TensorShape([None]), tf.TensorShape([])),
+        )
         return tf.RaggedTensor.from_value_rowids(sym, wid, nrows=W)
 
     def tokenize(self, texts: Any) -> tf.RaggedTensor:
@@ -230,7 +269,8 @@ class TFGPT2Tokenizer(keras.layers.Layer):
         ids = tf.RaggedTensor.from_tensor(whole[:, None], lengths=tf.ones_like(whole))
         ids = _scatter_rows(ids, todo, sub_ids)  # (W, None)
         tf.debugging.assert_non_negative(
-            ids.flat_values, message="TFGPT2Tokenizer: a symbol is not in the vocabulary")
+            ids.flat_values, message="TFGPT2Tokenizer: a symbol is not in the vocabulary"
+        )
         out = tf.RaggedTensor.from_row_splits(ids, pieces.row_splits).merge_dims(1, 2)
         return out[0] if scalar else out
 
@@ -254,6 +294,7 @@ class TFGPT2Tokenizer(keras.layers.Layer):
             input_ids = tf.reverse(tf.reverse_sequence(input_ids, lengths, 1, 0), [1])
             mask = tf.reverse(tf.reverse_sequence(mask, lengths, 1, 0), [1])
         return {"input_ids": input_ids, "attention_mask": mask}
+
 
 def _scatter_rows(base: tf.RaggedTensor, rows: tf.Tensor, values: tf.RaggedTensor):
     """``base`` with ``base[rows[i]] = values[i]`` (ragged rows of any length)."""

@@ -67,8 +67,6 @@ STRATEGIES = ("none", "mirrored", "multiworker")
 _RNG = "dropout seed state [hash(seed, layer), step]; data order from (seed, step)"
 
 
-
-
 # ----------------------------------------------------------------------------- run directory
 # ----------------------------------------------------------------------------- strategy
 def make_strategy(name: str = "none") -> tf.distribute.Strategy:
@@ -87,8 +85,10 @@ def make_strategy(name: str = "none") -> tf.distribute.Strategy:
         return tf.distribute.MirroredStrategy(devices=devices)
     if name == "multiworker":
         if "TF_CONFIG" not in os.environ:
-            raise ValueError("strategy multiworker needs TF_CONFIG (the cluster and this "
-                             "worker's index); see docs/training.md")
+            raise ValueError(
+                "strategy multiworker needs TF_CONFIG (the cluster and this "
+                "worker's index); see docs/training.md"
+            )
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")
 
@@ -98,8 +98,10 @@ def _is_chief(strategy: tf.distribute.Strategy) -> bool:
     if resolver is None or not resolver.cluster_spec().as_dict():
         return True
     return resolver.task_type in (None, "chief") or (
-        resolver.task_type == "worker" and resolver.task_id == 0
-        and "chief" not in resolver.cluster_spec().as_dict())
+        resolver.task_type == "worker"
+        and resolver.task_id == 0
+        and "chief" not in resolver.cluster_spec().as_dict()
+    )
 
 
 # ----------------------------------------------------------------------------- optimizer
@@ -144,11 +146,21 @@ def make_optimizer(model: keras.Model, cfg: TrainConfig) -> TorchAdamW:
 
     Create it inside the strategy's scope (so its slots are mirrored like the variables).
     """
-    opt = TorchAdamW(learning_rate=cfg.lr, weight_decay=cfg.weight_decay, beta_1=cfg.beta1,
-                     beta_2=cfg.beta2, epsilon=cfg.eps)
+    opt = TorchAdamW(
+        learning_rate=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        beta_1=cfg.beta1,
+        beta_2=cfg.beta2,
+        epsilon=cfg.eps,
+    )
     names = {id(v): k for k, v in variable_map(model).items()}
-    opt.exclude_from_weight_decay(var_list=[
-        v for v in model.trainable_variables if not decays(names.get(id(v), v.path), len(v.shape))])
+    opt.exclude_from_weight_decay(
+        var_list=[
+            v
+            for v in model.trainable_variables
+            if not decays(names.get(id(v), v.path), len(v.shape))
+        ]
+    )
     opt.build(model.trainable_variables)
     return opt
 
@@ -172,8 +184,9 @@ def _moments(opt: TorchAdamW, model: keras.Model) -> dict[str, np.ndarray]:
     return out
 
 
-def _restore_moments(opt: TorchAdamW, model: keras.Model, moments: dict[str, np.ndarray],
-                     step: int) -> None:
+def _restore_moments(
+    opt: TorchAdamW, model: keras.Model, moments: dict[str, np.ndarray], step: int
+) -> None:
     for key, (m, v, transposed) in _slots(opt, model).items():
         for name, var in (("exp_avg", m), ("exp_avg_sq", v)):
             arr = np.asarray(moments[f"{name}/{key}"], dtype=np.float32)
@@ -261,8 +274,7 @@ def train(
         grads, loss = None, 0.0
         for a in range(A):  # unrolled: A is small and static
             with tf.GradientTape() as tape:
-                micro = model(input_ids=xs[a], labels=xs[a], use_cache=False,
-                              training=True).loss
+                micro = model(input_ids=xs[a], labels=xs[a], use_cache=False, training=True).loss
             # dense: the embedding's IndexedSlices would not add, scale or all-reduce as one
             g = [tf.convert_to_tensor(x) for x in tape.gradient(micro, variables)]
             grads = g if grads is None else [x + y for x, y in zip(grads, g)]
@@ -281,16 +293,21 @@ def train(
     @tf.function
     def train_step(dist_xs):
         loss, norm = strategy.run(replica_step, args=(dist_xs,))
-        return (strategy.reduce(tf.distribute.ReduceOp.MEAN, loss, axis=None),
-                strategy.reduce(tf.distribute.ReduceOp.MEAN, norm, axis=None))
+        return (
+            strategy.reduce(tf.distribute.ReduceOp.MEAN, loss, axis=None),
+            strategy.reduce(tf.distribute.ReduceOp.MEAN, norm, axis=None),
+        )
 
     @tf.function
     def eval_loss(x):
         return model(input_ids=x, labels=x, use_cache=False, training=False).loss
 
     gens = _seed_generators(model)
-    log = MetricsLog(out / "metrics.jsonl",
-                     resume_from_step=start_step if resume else None) if chief else None
+    log = (
+        MetricsLog(out / "metrics.jsonl", resume_from_step=start_step if resume else None)
+        if chief
+        else None
+    )
     result = TrainResult(start_step=start_step, steps=start_step, model=model)
     bar = progress_bar(cfg.steps, start_step, enabled=progress and chief, desc="train (tf)")
     for step in range(start_step, cfg.steps):
@@ -302,15 +319,23 @@ def train(
         blocks = train_ds.batch(step, A * B, cfg.seed).reshape(A, B, T).astype(np.int32)
         dist_xs = strategy.experimental_distribute_values_from_function(
             lambda ctx, blocks=blocks: tf.constant(
-                blocks[:, ctx.replica_id_in_sync_group * b:(ctx.replica_id_in_sync_group + 1) * b]))
+                blocks[:, ctx.replica_id_in_sync_group * b : (ctx.replica_id_in_sync_group + 1) * b]
+            )
+        )
         loss, norm = train_step(dist_xs)
         loss_value = float(loss)
         if not math.isfinite(loss_value):
-            raise FloatingPointError(f"loss became {loss_value} at step {step + 1}; lower --lr "
-                                     "or check the data")
+            raise FloatingPointError(
+                f"loss became {loss_value} at step {step + 1}; lower --lr or check the data"
+            )
         elapsed = time.perf_counter() - t0
-        record = {"step": step + 1, "loss": loss_value, "lr": lr,
-                  "tokens_per_s": cfg.tokens_per_step / elapsed, "grad_norm": float(norm)}
+        record = {
+            "step": step + 1,
+            "loss": loss_value,
+            "lr": lr,
+            "tokens_per_s": cfg.tokens_per_step / elapsed,
+            "grad_norm": float(norm),
+        }
         if eval_ds is not None and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
             ev = _evaluate(eval_loss, eval_ds, cfg)
             record.update(eval_loss=ev, eval_ppl=math.exp(min(ev, 50.0)))
@@ -325,16 +350,27 @@ def train(
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
             sd, mom = to_canonical(model), _moments(optimizer, model)
             if chief:
-                save_checkpoint(out, step + 1, sd, mom, model.config, cfg,
-                                {"framework": "tf", "strategy": type(strategy).__name__,
-                                 "replicas": W, "seed": cfg.seed}, rng=_RNG)
+                save_checkpoint(
+                    out,
+                    step + 1,
+                    sd,
+                    mom,
+                    model.config,
+                    cfg,
+                    {
+                        "framework": "tf",
+                        "strategy": type(strategy).__name__,
+                        "replicas": W,
+                        "seed": cfg.seed,
+                    },
+                    rng=_RNG,
+                )
         if on_step is not None:
             on_step(step + 1, record)
     if bar is not None:
         bar.close()
     if chief:
-        save_final_model(out, to_canonical(model), model.config, model.generation_config, log,
-                         "tf")
+        save_final_model(out, to_canonical(model), model.config, model.generation_config, log, "tf")
     return result
 
 
@@ -355,33 +391,47 @@ def apply_dropout(model: keras.Model, cfg: TrainConfig) -> None:
                     layer._tracker.lock()
 
 
-def _validate(model: keras.Model, train_ds: PackedDataset, eval_ds: PackedDataset | None,
-              cfg: TrainConfig, strategy: tf.distribute.Strategy) -> None:
+def _validate(
+    model: keras.Model,
+    train_ds: PackedDataset,
+    eval_ds: PackedDataset | None,
+    cfg: TrainConfig,
+    strategy: tf.distribute.Strategy,
+) -> None:
     config = model.config
     if getattr(model, "head", None) != "lm":
         raise TypeError(f"train needs a GPT2LMHeadModel, got {type(model).__name__}")
     if train_ds.block_size > config.n_positions:
-        raise DataError(f"block size {train_ds.block_size} exceeds the model's n_positions "
-                        f"({config.n_positions})")
+        raise DataError(
+            f"block size {train_ds.block_size} exceeds the model's n_positions "
+            f"({config.n_positions})"
+        )
     for name, ds in (("training", train_ds), ("held-out", eval_ds)):
         if ds is not None and len(ds.tokens) and int(ds.tokens.max()) >= config.vocab_size:
-            raise DataError(f"{name} data holds token id {int(ds.tokens.max())} but the model's "
-                            f"vocabulary has {config.vocab_size} entries (wrong tokenizer?)")
+            raise DataError(
+                f"{name} data holds token id {int(ds.tokens.max())} but the model's "
+                f"vocabulary has {config.vocab_size} entries (wrong tokenizer?)"
+            )
     W = strategy.num_replicas_in_sync
     if cfg.batch_size % W:
         raise ValueError(f"batch size {cfg.batch_size} is not divisible by {W} replicas")
     first = model.trainable_variables[0]
     first = getattr(first, "value", first)  # keras.Variable -> its tf.Variable
     if W > 1 and not strategy.extended.variable_created_in_scope(first):
-        raise ValueError("the model's variables were not created under strategy.scope(); build "
-                         "or load the model inside `with strategy.scope():`")
+        raise ValueError(
+            "the model's variables were not created under strategy.scope(); build "
+            "or load the model inside `with strategy.scope():`"
+        )
     policy = model.dtype_policy.name
     if cfg.precision == "bf16" and policy != "mixed_bfloat16":
-        raise ValueError(f"precision bf16 needs the model built with dtype='mixed_bfloat16' "
-                         f"(it has {policy!r})")
+        raise ValueError(
+            f"precision bf16 needs the model built with dtype='mixed_bfloat16' (it has {policy!r})"
+        )
     if cfg.precision == "fp16":
-        raise ValueError("fp16 training is not supported by the TF backend here (no loss "
-                         "scaling in this loop); use --precision bf16")
+        raise ValueError(
+            "fp16 training is not supported by the TF backend here (no loss "
+            "scaling in this loop); use --precision bf16"
+        )
     if cfg.precision == "fp32" and policy != "float32":
         raise ValueError(f"precision fp32 needs a float32 model (it has policy {policy!r})")
 
@@ -397,6 +447,15 @@ def _evaluate(eval_loss, eval_ds: PackedDataset, cfg: TrainConfig) -> float:
     return total / count
 
 
-__all__ = ["STRATEGIES", "TorchAdamW", "TrainResult", "check_out_dir", "latest_checkpoint",
-           "make_optimizer", "make_strategy", "read_checkpoint", "save_checkpoint",
-           "train"]
+__all__ = [
+    "STRATEGIES",
+    "TorchAdamW",
+    "TrainResult",
+    "check_out_dir",
+    "latest_checkpoint",
+    "make_optimizer",
+    "make_strategy",
+    "read_checkpoint",
+    "save_checkpoint",
+    "train",
+]

@@ -73,8 +73,10 @@ def variable_map(model: GPT2PreTrainedModel) -> dict[str, Any]:
     head = naming.head_of_model(model)
     base = model if head == "base" else model.transformer
     p = "" if head == "base" else naming.PREFIX
-    out: dict[str, Any] = {f"{p}wte.weight": base.wte.embeddings,
-                           f"{p}wpe.weight": base.wpe.embeddings}
+    out: dict[str, Any] = {
+        f"{p}wte.weight": base.wte.embeddings,
+        f"{p}wpe.weight": base.wpe.embeddings,
+    }
     for i, block in enumerate(base.h):
         out.update(_block_vars(block, f"{p}h.{i}.", model.config))
     out[f"{p}ln_f.weight"] = base.ln_f.gamma
@@ -102,11 +104,14 @@ def _check_key_set(model: GPT2PreTrainedModel, vmap: Mapping[str, Any]) -> None:
     if set(vmap) != expected:
         raise AssertionError(
             f"{type(model).__name__}: variable map and canonical schema differ: "
-            f"extra {sorted(set(vmap) - expected)}, missing {sorted(expected - set(vmap))}")
+            f"extra {sorted(set(vmap) - expected)}, missing {sorted(expected - set(vmap))}"
+        )
     n_model = len(model.weights)
     if n_model != len(vmap):
-        raise AssertionError(f"{type(model).__name__} has {n_model} variables but only "
-                             f"{len(vmap)} are mapped to canonical keys")
+        raise AssertionError(
+            f"{type(model).__name__} has {n_model} variables but only "
+            f"{len(vmap)} are mapped to canonical keys"
+        )
 
 
 def _to_numpy(v) -> np.ndarray:
@@ -158,15 +163,20 @@ def _assign(var: Any, arr: np.ndarray, *, mapped: bool) -> None:
         var.assign(tf.cast(tf.convert_to_tensor(arr), var.dtype))
         return
     for start in range(0, arr.shape[0], rows):
-        block = arr[start:start + rows]
-        target[start:start + rows].assign(tf.cast(tf.convert_to_tensor(block), target.dtype))
+        block = arr[start : start + rows]
+        target[start : start + rows].assign(tf.cast(tf.convert_to_tensor(block), target.dtype))
         if mapped:
             lowmem.release(block)
 
 
-def load_canonical(model: GPT2PreTrainedModel, state_dict: Mapping[str, Any], *,
-                   strict: bool = True, init_missing: bool = False,
-                   seed: int = 0) -> naming.LoadReport:
+def load_canonical(
+    model: GPT2PreTrainedModel,
+    state_dict: Mapping[str, Any],
+    *,
+    strict: bool = True,
+    init_missing: bool = False,
+    seed: int = 0,
+) -> naming.LoadReport:
     """Assign a canonical state dict to the model's variables (cast to each variable's dtype).
 
     Args:
@@ -184,16 +194,20 @@ def load_canonical(model: GPT2PreTrainedModel, state_dict: Mapping[str, Any], *,
         the :class:`gpt2_core.naming.LoadReport`.
     """
     head = naming.head_of_model(model)
-    sd, report = naming.normalize_state_dict(state_dict, model.config, head,
-                                             source=type(model).__name__)
+    sd, report = naming.normalize_state_dict(
+        state_dict, model.config, head, source=type(model).__name__
+    )
     if strict:
         report.raise_if_error()
     elif not report.ok:
         logger.warning("loading a state dict: %s", report.summary())
     vmap = variable_map(model)
     _check_key_set(model, vmap)
-    new = missing_weights(model.config, head, report.newly_initialized, seed=seed) \
-        if init_missing else {}
+    new = (
+        missing_weights(model.config, head, report.newly_initialized, seed=seed)
+        if init_missing
+        else {}
+    )
     for key, var in vmap.items():
         arr = sd.get(key, new.get(key))
         if arr is None:
@@ -202,8 +216,9 @@ def load_canonical(model: GPT2PreTrainedModel, state_dict: Mapping[str, Any], *,
         if key in TRANSPOSED:
             arr = arr.T
         if tuple(arr.shape) != tuple(var.shape):
-            raise naming.CheckpointError(f"{key}: checkpoint shape {arr.shape}, variable "
-                                         f"{tuple(var.shape)}")
+            raise naming.CheckpointError(
+                f"{key}: checkpoint shape {arr.shape}, variable {tuple(var.shape)}"
+            )
         _assign(var, arr, mapped=key in sd and key not in TRANSPOSED)
         if key in sd:
             lowmem.release(sd[key])  # a memory-mapped source: one copy (the variable) stays

@@ -54,8 +54,12 @@ def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def linear_kn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``bias + x @ weight`` for ``weight`` (K, N) (GPT-2's Conv1D layout); x (..., K).
     :func:`gpt2_core.cpu_kernels.linear_kn` over zero-copy numpy views."""
-    y = core.linear_kn(_view(x.reshape(-1, x.shape[-1])), _view(weight),
-                       None if bias is None else _view(bias), nt=_threads())
+    y = core.linear_kn(
+        _view(x.reshape(-1, x.shape[-1])),
+        _view(weight),
+        None if bias is None else _view(bias),
+        nt=_threads(),
+    )
     return torch.from_numpy(y).view(*x.shape[:-1], y.shape[1])
 
 
@@ -89,9 +93,14 @@ class DecodeStep:
         weights = {name: _view(p) for name, p in _canonical_params(model)}
         weights.update(kernel_scales(model))
         self._step = core.DecodeStep(
-            model.config, weights, [_view(k) for k in cache.keys],
-            [_view(v) for v in cache.values], batch,
-            scales=[float(b.attn.scale) for b in model.transformer.h], nt=_threads())
+            model.config,
+            weights,
+            [_view(k) for k in cache.keys],
+            [_view(v) for v in cache.values],
+            batch,
+            scales=[float(b.attn.scale) for b in model.transformer.h],
+            nt=_threads(),
+        )
         self._tensors = (list(model.parameters()), cache)  # keep the storage alive
 
     @staticmethod
@@ -108,15 +117,19 @@ class DecodeStep:
         if len({p.dtype for p in params}) != 1 or params[0].dtype not in STEP_DTYPES:
             return "weights not all float32 or all bfloat16"
         for t in [*params, *cache.keys, *cache.values]:
-            if (type(t) not in (torch.Tensor, torch.nn.Parameter) or t.device.type != "cpu"
-                    or not t.is_contiguous()):
+            if (
+                type(t) not in (torch.Tensor, torch.nn.Parameter)
+                or t.device.type != "cpu"
+                or not t.is_contiguous()
+            ):
                 return "weights or cache not contiguous CPU tensors"
         if any(t.dtype != CACHE_DTYPE for t in [*cache.keys, *cache.values]):
             return "cache not float32"
         return None
 
-    def __call__(self, ids: torch.Tensor, positions: torch.Tensor, bias: torch.Tensor,
-                 slot: int) -> torch.Tensor:
+    def __call__(
+        self, ids: torch.Tensor, positions: torch.Tensor, bias: torch.Tensor, slot: int
+    ) -> torch.Tensor:
         out = torch.empty(self._step.M, self._step.V, dtype=torch.float32)
         self._step(_view(ids), _view(positions), _view(bias), slot, out=out.numpy())
         return out
@@ -131,9 +144,14 @@ def _canonical_params(model: torch.nn.Module):
     yield "transformer.ln_f.bias", tr.ln_f.bias
     yield "lm_head.weight", model.lm_head.weight
     for i, block in enumerate(tr.h):
-        mods = {"ln_1": block.ln_1, "attn.c_attn": block.attn.c_attn,
-                "attn.c_proj": block.attn.c_proj, "ln_2": block.ln_2,
-                "mlp.c_fc": block.mlp.c_fc, "mlp.c_proj": block.mlp.c_proj}
+        mods = {
+            "ln_1": block.ln_1,
+            "attn.c_attn": block.attn.c_attn,
+            "attn.c_proj": block.attn.c_proj,
+            "ln_2": block.ln_2,
+            "mlp.c_fc": block.mlp.c_fc,
+            "mlp.c_proj": block.mlp.c_proj,
+        }
         for name, mod in mods.items():
             yield f"transformer.h.{i}.{name}.weight", mod.weight
             yield f"transformer.h.{i}.{name}.bias", mod.bias

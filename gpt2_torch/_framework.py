@@ -36,8 +36,9 @@ class FrameworkMixin:
             module.bias.data.zero_()
         # GPT-2 paper: residual projections scaled by 1/sqrt(N), N = 2 residual layers per block
         if isinstance(module, GPT2Attention | GPT2MLP):
-            module.c_proj.weight.data.normal_(mean=0.0,
-                                              std=std / math.sqrt(2 * self.config.n_layer))
+            module.c_proj.weight.data.normal_(
+                mean=0.0, std=std / math.sqrt(2 * self.config.n_layer)
+            )
 
     def post_init(self) -> None:
         """Initialise every weight (HF's scheme) and tie the LM head (no init for a model

@@ -21,12 +21,21 @@ from gpt2_torch.modeling import MODEL_CLASSES
 AutoModel = make_auto_class("AutoModel", "base", MODEL_CLASSES)
 AutoModelForCausalLM = make_auto_class("AutoModelForCausalLM", "lm", MODEL_CLASSES)
 AutoModelForSequenceClassification = make_auto_class(
-    "AutoModelForSequenceClassification", "sequence_classification", MODEL_CLASSES)
+    "AutoModelForSequenceClassification", "sequence_classification", MODEL_CLASSES
+)
 AutoModelForTokenClassification = make_auto_class(
-    "AutoModelForTokenClassification", "token_classification", MODEL_CLASSES)
+    "AutoModelForTokenClassification", "token_classification", MODEL_CLASSES
+)
 AutoModelForQuestionAnswering = make_auto_class(
-    "AutoModelForQuestionAnswering", "question_answering", MODEL_CLASSES)
+    "AutoModelForQuestionAnswering", "question_answering", MODEL_CLASSES
+)
 
-__all__ = ["AutoModel", "AutoModelForCausalLM", "AutoModelForQuestionAnswering",
-           "AutoModelForSequenceClassification", "AutoModelForTokenClassification",
-           "AutoTokenizer", "NotGPT2Error"]
+__all__ = [
+    "AutoModel",
+    "AutoModelForCausalLM",
+    "AutoModelForQuestionAnswering",
+    "AutoModelForSequenceClassification",
+    "AutoModelForTokenClassification",
+    "AutoTokenizer",
+    "NotGPT2Error",
+]

@@ -78,11 +78,16 @@ def _lm_logits(model: GPT2PreTrainedModel, h: torch.Tensor, head_w: torch.Tensor
     return h @ head_w
 
 
-def _decode_step(model: GPT2PreTrainedModel, head_w: torch.Tensor, cache: Any,
-                 input_ids: torch.Tensor, position_ids: torch.Tensor,
-                 cache_position: torch.Tensor, slot_mask: torch.Tensor,
-                 encoder_inputs: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
-                 ) -> torch.Tensor:
+def _decode_step(
+    model: GPT2PreTrainedModel,
+    head_w: torch.Tensor,
+    cache: Any,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    cache_position: torch.Tensor,
+    slot_mask: torch.Tensor,
+    encoder_inputs: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
+) -> torch.Tensor:
     """One token per row through the model's own forward into the static cache (written in
     place at ``cache_position``); logits (B, V) for the next token.
 
@@ -91,9 +96,16 @@ def _decode_step(model: GPT2PreTrainedModel, head_w: torch.Tensor, cache: Any,
     """
     enc_states, enc_mask = encoder_inputs
     out = model.transformer(
-        input_ids, past_key_values=cache, attention_mask=slot_mask, position_ids=position_ids,
-        cache_position=cache_position, encoder_hidden_states=enc_states,
-        encoder_attention_mask=enc_mask, use_cache=True, return_dict=True)
+        input_ids,
+        past_key_values=cache,
+        attention_mask=slot_mask,
+        position_ids=position_ids,
+        cache_position=cache_position,
+        encoder_hidden_states=enc_states,
+        encoder_attention_mask=enc_mask,
+        use_cache=True,
+        return_dict=True,
+    )
     return _lm_logits(model, out.last_hidden_state[:, -1], head_w)  # (B, V)
 
 
@@ -110,16 +122,27 @@ def _get_step(compile: bool) -> Callable:
 class _Decoder:
     """The prefill + step engine over one static cache (an explicit value, owned per call)."""
 
-    def __init__(self, model: GPT2PreTrainedModel, batch: int, max_length: int,
-                 prompt_mask: torch.Tensor, compile: bool,
-                 encoder_hidden_states: torch.Tensor | None = None,
-                 encoder_attention_mask: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        model: GPT2PreTrainedModel,
+        batch: int,
+        max_length: int,
+        prompt_mask: torch.Tensor,
+        compile: bool,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+    ) -> None:
         self.model = model
         device = model.lm_head.weight.device
         dtype = model.transformer.wpe.weight.dtype  # (not the head's: it may be int8)
         # the fused CPU step reads bf16 weights but keeps its cache (and sums) in fp32
-        fused_bf16 = (dtype == torch.bfloat16 and not compile and device.type == "cpu"
-                      and encoder_hidden_states is None and _cpu_kernels.core.active())
+        fused_bf16 = (
+            dtype == torch.bfloat16
+            and not compile
+            and device.type == "cpu"
+            and encoder_hidden_states is None
+            and _cpu_kernels.core.active()
+        )
         cache_dtype = _cpu_kernels.CACHE_DTYPE if fused_bf16 else dtype
         self.cache = _static_cache().allocate(model.config, batch, max_length, cache_dtype, device)
         self.head_w = _lm_head_matrix(model, compile)
@@ -130,10 +153,12 @@ class _Decoder:
         # the fused kernel's additive form of it, (B, 1, 1, L): min / 2 keeps a fully padded
         # row finite and uniform, as the model's forward does
         self.pad_bias = torch.zeros(batch, 1, 1, max_length, dtype=dtype, device=device)
-        self.pad_bias.masked_fill_(self.slot_mask[:, None, None, :] == 0,
-                                   torch.finfo(dtype).min / 2)
+        self.pad_bias.masked_fill_(
+            self.slot_mask[:, None, None, :] == 0, torch.finfo(dtype).min / 2
+        )
         self.prompt_positions = torch.as_tensor(
-            prompt_position_ids(prompt_mask.cpu().numpy()), device=device)
+            prompt_position_ids(prompt_mask.cpu().numpy()), device=device
+        )
         self.next_position = prompt_mask.long().sum(-1, keepdim=True)  # (B, 1)
         self.prompt_mask = prompt_mask
         self.encoder_inputs: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
@@ -142,7 +167,8 @@ class _Decoder:
                 raise ValueError("encoder_hidden_states need config.add_cross_attention=True")
             self.encoder_inputs = (
                 encoder_hidden_states.to(device, dtype),
-                None if encoder_attention_mask is None else encoder_attention_mask.to(device))
+                None if encoder_attention_mask is None else encoder_attention_mask.to(device),
+            )
         self.length = 0
         self.step_fn = _get_step(compile)
         # the fused single-token kernel (CPU, fp32, eval); otherwise the torch modules
@@ -168,14 +194,17 @@ class _Decoder:
         T0 = input_ids.shape[1]
         if self.fused is not None and self.fused_prompt and T0 <= KERNEL_PROMPT_TOKENS:
             for t in range(T0):
-                logits = self.fused(input_ids[:, t], self.prompt_positions[:, t], self.pad_bias,
-                                    t)
+                logits = self.fused(input_ids[:, t], self.prompt_positions[:, t], self.pad_bias, t)
             self.length = T0
             return logits
         enc_states, enc_mask = self.encoder_inputs
         out = self.model.transformer(
-            input_ids, attention_mask=self.prompt_mask, position_ids=self.prompt_positions,
-            encoder_hidden_states=enc_states, encoder_attention_mask=enc_mask, use_cache=True,
+            input_ids,
+            attention_mask=self.prompt_mask,
+            position_ids=self.prompt_positions,
+            encoder_hidden_states=enc_states,
+            encoder_attention_mask=enc_mask,
+            use_cache=True,
             return_dict=True,
         )
         for k_buf, v_buf, present in zip(self.cache.keys, self.cache.values, out.past_key_values):
@@ -190,9 +219,16 @@ class _Decoder:
             logits = self.fused(tokens, self.next_position, self.pad_bias, self.length)
         else:
             cache_position = torch.tensor([self.length], device=tokens.device)
-            logits = self.step_fn(self.model, self.head_w, self.cache, tokens[:, None],
-                                  self.next_position, cache_position, self.slot_mask,
-                                  self.encoder_inputs)
+            logits = self.step_fn(
+                self.model,
+                self.head_w,
+                self.cache,
+                tokens[:, None],
+                self.next_position,
+                cache_position,
+                self.slot_mask,
+                self.encoder_inputs,
+            )
         self.next_position = self.next_position + 1
         self.length += 1
         return logits
@@ -202,13 +238,19 @@ class _Decoder:
         self.next_position = self.next_position.index_select(0, index)
         self.pad_bias = self.pad_bias.index_select(0, index)
         self.slot_mask = self.slot_mask.index_select(0, index)
-        self.encoder_inputs = tuple(None if t is None else t.index_select(0, index)
-                                    for t in self.encoder_inputs)
+        self.encoder_inputs = tuple(
+            None if t is None else t.index_select(0, index) for t in self.encoder_inputs
+        )
 
 
 # ----------------------------------------------------------------------------- logits processors
-def process_logits(input_ids: torch.Tensor, scores: torch.Tensor, gen: GenerationConfig,
-                   new_tokens: int, min_new_tokens: int) -> torch.Tensor:
+def process_logits(
+    input_ids: torch.Tensor,
+    scores: torch.Tensor,
+    gen: GenerationConfig,
+    new_tokens: int,
+    min_new_tokens: int,
+) -> torch.Tensor:
     """transformers' logits processors in its order (repetition penalty, no-repeat n-grams,
     EOS banned before ``min_new_tokens``); ``input_ids`` (R, T) every token so far, ``scores``
     (R, V). The numpy reference is :func:`gpt2_core.generation.process_logits`."""
@@ -227,8 +269,9 @@ def process_logits(input_ids: torch.Tensor, scores: torch.Tensor, gen: Generatio
     return scores
 
 
-def warp_logits(scores: torch.Tensor, gen: GenerationConfig,
-                min_tokens_to_keep: int = 1) -> torch.Tensor:
+def warp_logits(
+    scores: torch.Tensor, gen: GenerationConfig, min_tokens_to_keep: int = 1
+) -> torch.Tensor:
     """The sampling warpers in transformers' order: temperature, top-k, top-p (R, V)."""
     if gen.temperature != 1.0:
         scores = scores / gen.temperature
@@ -257,9 +300,14 @@ def _static_cache() -> type:
 class GenerationMixin:
     """Adds ``generate`` to a PyTorch GPT-2 model with an LM head (as in gpt2_tf and gpt2_flax)."""
 
-    def generate(self, input_ids: Any = None, attention_mask: Any = None,
-                 generation_config: GenerationConfig | None = None, streamer: Any = None,
-                 **kwargs: Any) -> torch.Tensor | GenerateOutput:
+    def generate(
+        self,
+        input_ids: Any = None,
+        attention_mask: Any = None,
+        generation_config: GenerationConfig | None = None,
+        streamer: Any = None,
+        **kwargs: Any,
+    ) -> torch.Tensor | GenerateOutput:
         """Generate continuations; returns prompt + new ids (B * num_return_sequences, T + new).
 
         A method form of :func:`generate`, which documents every option (``max_new_tokens``,
@@ -270,8 +318,14 @@ class GenerationMixin:
             >>> model.generate(ids, attention_mask=mask, num_beams=4, num_return_sequences=2,
             ...                max_new_tokens=20, no_repeat_ngram_size=3)  # doctest: +SKIP
         """
-        return generate(self, input_ids, attention_mask=attention_mask,
-                        generation_config=generation_config, streamer=streamer, **kwargs)
+        return generate(
+            self,
+            input_ids,
+            attention_mask=attention_mask,
+            generation_config=generation_config,
+            streamer=streamer,
+            **kwargs,
+        )
 
 
 def _numpy(x: Any) -> Any:
@@ -323,15 +377,23 @@ def generate(
     """
     with torch.inference_mode():
         sequences, scores = _generate(
-            model, input_ids, attention_mask, generation_config, streamer,
+            model,
+            input_ids,
+            attention_mask,
+            generation_config,
+            streamer,
             encoder_hidden_states=encoder_hidden_states,
-            encoder_attention_mask=encoder_attention_mask, compile=compile, **kwargs)
+            encoder_attention_mask=encoder_attention_mask,
+            compile=compile,
+            **kwargs,
+        )
     # inference tensors cannot be saved for backward: return ordinary (cheap) copies so that the
     # ids can feed a training step (e.g. fine-tuning on samples)
     sequences = sequences.clone()
     if return_dict_in_generate:
-        return GenerateOutput(sequences=sequences,
-                              sequences_scores=None if scores is None else scores.clone())
+        return GenerateOutput(
+            sequences=sequences, sequences_scores=None if scores is None else scores.clone()
+        )
     return sequences
 
 
@@ -375,8 +437,9 @@ def _generate(
     enc = None
     if encoder_hidden_states is not None:
         if encoder_hidden_states.shape[0] != B:
-            raise ValueError(f"encoder_hidden_states has batch {encoder_hidden_states.shape[0]}, "
-                             f"input_ids {B}")
+            raise ValueError(
+                f"encoder_hidden_states has batch {encoder_hidden_states.shape[0]}, input_ids {B}"
+            )
         enc = (encoder_hidden_states, encoder_attention_mask)
     # every row is repeated num_beams (beam search) or num_return_sequences (sampling) times
     copies = gen.num_beams if gen.num_beams > 1 else gen.num_return_sequences
@@ -388,8 +451,10 @@ def _generate(
     if gen.num_beams > 1:
         sequences, scores = _beam_search(decoder, ids, gen, max_length, min_new)
     else:
-        sequences, scores = _sample(decoder, ids, gen, max_length, min_new, generator,
-                                    streamer), None
+        sequences, scores = (
+            _sample(decoder, ids, gen, max_length, min_new, generator, streamer),
+            None,
+        )
     return sequences, scores
 
 
@@ -442,8 +507,9 @@ def _gather_beams(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.take_along_dim(t, idx, dim=1)
 
 
-def init_beam_state(input_ids: torch.Tensor, num_beams: int, max_length: int,
-                    filler: int) -> dict[str, torch.Tensor]:
+def init_beam_state(
+    input_ids: torch.Tensor, num_beams: int, max_length: int, filler: int
+) -> dict[str, torch.Tensor]:
     """The state before the first step; ``input_ids`` (B * K, T0) holds each prompt K times.
     transformers' names; the numpy reference is :func:`gpt2_core.generation.init_beam_state`."""
     R, T0 = input_ids.shape
@@ -452,8 +518,7 @@ def init_beam_state(input_ids: torch.Tensor, num_beams: int, max_length: int,
     running_sequences[:, :, :T0] = input_ids.view(B, K, T0)
     running_beam_scores = torch.zeros((B, K), dtype=torch.float, device=device)
     running_beam_scores[:, 1:] = BEAM_NEG  # only the first beam expands at step one
-    running_beam_indices = torch.full((B, K, max_length - T0), -1, dtype=torch.long,
-                                      device=device)
+    running_beam_indices = torch.full((B, K, max_length - T0), -1, dtype=torch.long, device=device)
     return {
         "running_sequences": running_sequences,
         "running_beam_scores": running_beam_scores,
@@ -462,15 +527,21 @@ def init_beam_state(input_ids: torch.Tensor, num_beams: int, max_length: int,
         "beam_scores": torch.full((B, K), BEAM_NEG, dtype=torch.float, device=device),
         "beam_indices": running_beam_indices.clone(),
         "is_sent_finished": torch.zeros((B, K), dtype=torch.bool, device=device),
-        "is_early_stop_heuristic_unsatisfied": torch.ones((B, 1), dtype=torch.bool,
-                                                          device=device),
-        "next_token_hits_stopping_criteria": torch.zeros((B, 2 * K), dtype=torch.bool,
-                                                         device=device),
+        "is_early_stop_heuristic_unsatisfied": torch.ones((B, 1), dtype=torch.bool, device=device),
+        "next_token_hits_stopping_criteria": torch.zeros(
+            (B, 2 * K), dtype=torch.bool, device=device
+        ),
     }
 
 
-def beam_step(state: dict[str, torch.Tensor], log_probs: torch.Tensor, cur_len: int,
-              prompt_len: int, max_length: int, gen: GenerationConfig) -> dict[str, torch.Tensor]:
+def beam_step(
+    state: dict[str, torch.Tensor],
+    log_probs: torch.Tensor,
+    cur_len: int,
+    prompt_len: int,
+    max_length: int,
+    gen: GenerationConfig,
+) -> dict[str, torch.Tensor]:
     """One step of transformers 4.57's vectorised beam search (``GenerationMixin._beam_search``).
 
     ``log_probs`` (B * K, V) are the processed log-probabilities of the running beams' next
@@ -518,24 +589,28 @@ def beam_step(state: dict[str, torch.Tensor], log_probs: torch.Tensor, cur_len: 
     merged_scores = torch.cat((state["beam_scores"], fin), dim=1)
     best = torch.topk(merged_scores, k=K)[1]
     new["sequences"] = _gather_beams(
-        torch.cat((state["sequences"], topk_running_sequences), dim=1), best)
+        torch.cat((state["sequences"], topk_running_sequences), dim=1), best
+    )
     new["beam_scores"] = _gather_beams(merged_scores, best)
     new["beam_indices"] = _gather_beams(
-        torch.cat((state["beam_indices"], topk_running_beam_indices), dim=1), best)
+        torch.cat((state["beam_indices"], topk_running_beam_indices), dim=1), best
+    )
     new["is_sent_finished"] = _gather_beams(
-        torch.cat((state["is_sent_finished"], just_finished), dim=1), best)
+        torch.cat((state["is_sent_finished"], just_finished), dim=1), best
+    )
 
     # can a running beam still beat the worst finished one?
     if es == "never" and lp > 0.0:
         best_len = max_length - prompt_len
     else:
         best_len = cur_len + 1 - prompt_len
-    best_running = new["running_beam_scores"][:, :1] / (best_len ** lp)
-    worst_finished = torch.where(new["is_sent_finished"],
-                                 torch.min(new["beam_scores"], dim=1, keepdim=True)[0], BEAM_NEG)
-    new["is_early_stop_heuristic_unsatisfied"] = (
-        state["is_early_stop_heuristic_unsatisfied"]
-        & torch.any(best_running > worst_finished, dim=-1, keepdim=True))
+    best_running = new["running_beam_scores"][:, :1] / (best_len**lp)
+    worst_finished = torch.where(
+        new["is_sent_finished"], torch.min(new["beam_scores"], dim=1, keepdim=True)[0], BEAM_NEG
+    )
+    new["is_early_stop_heuristic_unsatisfied"] = state[
+        "is_early_stop_heuristic_unsatisfied"
+    ] & torch.any(best_running > worst_finished, dim=-1, keepdim=True)
     new["next_token_hits_stopping_criteria"] = hits
     return new
 
@@ -548,8 +623,9 @@ def beam_search_finished(state: dict[str, torch.Tensor], gen: GenerationConfig) 
     return not (improvement_possible and open_beam and valid_continuations)
 
 
-def finalize_beams(state: dict[str, torch.Tensor], num_return_sequences: int,
-                   prompt_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+def finalize_beams(
+    state: dict[str, torch.Tensor], num_return_sequences: int, prompt_len: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The best ``num_return_sequences`` hypotheses per prompt, cut after the longest one:
     sequences (B * n, T0 + new) and their scores (B * n,)."""
     n = num_return_sequences
@@ -557,7 +633,7 @@ def finalize_beams(state: dict[str, torch.Tensor], num_return_sequences: int,
     sequences = state["sequences"][:, :n].reshape(B * n, L)
     scores = state["beam_scores"][:, :n].reshape(B * n)
     generated = int((state["beam_indices"][:, :n] >= 0).sum(dim=-1).max())
-    return sequences[:, :prompt_len + generated], scores
+    return sequences[:, : prompt_len + generated], scores
 
 
 def _beam_search(decoder, flat_ids, gen, max_length, min_new):
@@ -569,8 +645,9 @@ def _beam_search(decoder, flat_ids, gen, max_length, min_new):
     logits = decoder.prefill(flat_ids)
     while True:
         running = state["running_sequences"][:, :, :cur_len].reshape(-1, cur_len)
-        log_probs = process_logits(running, F.log_softmax(logits.float(), dim=-1), gen,
-                                   cur_len - T0, min_new)
+        log_probs = process_logits(
+            running, F.log_softmax(logits.float(), dim=-1), gen, cur_len - T0, min_new
+        )
         state = beam_step(state, log_probs, cur_len, T0, max_length, gen)
         cur_len += 1
         if beam_search_finished(state, gen):

@@ -149,9 +149,14 @@ class StaticCache:
     values: list[torch.Tensor]
 
     @classmethod
-    def allocate(cls, config: GPT2Config, batch_size: int, max_length: int,
-                 dtype: torch.dtype = torch.float32,
-                 device: torch.device | str | None = None) -> StaticCache:
+    def allocate(
+        cls,
+        config: GPT2Config,
+        batch_size: int,
+        max_length: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> StaticCache:
         shape = (batch_size, config.n_head, max_length, config.head_dim)  # (B, H, L, D)
         keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
         values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
@@ -189,12 +194,16 @@ def _attn_implementation(config: GPT2Config) -> str:
     PyTorch cannot run or that cannot honour the config's flags."""
     impl = config.attn_implementation or "sdpa"
     if impl not in ("eager", "sdpa", "flash_attention_2"):
-        raise ValueError(f"attn_implementation={impl!r} is not available in gpt2_torch; use "
-                         "'eager', 'sdpa' or 'flash_attention_2'")
+        raise ValueError(
+            f"attn_implementation={impl!r} is not available in gpt2_torch; use "
+            "'eager', 'sdpa' or 'flash_attention_2'"
+        )
     if impl == "flash_attention_2" and config.reorder_and_upcast_attn:
-        raise ValueError("attn_implementation='flash_attention_2' cannot honour "
-                         "reorder_and_upcast_attn=True (float32 QK^T and softmax); use 'sdpa' "
-                         "or 'eager'")
+        raise ValueError(
+            "attn_implementation='flash_attention_2' cannot honour "
+            "reorder_and_upcast_attn=True (float32 QK^T and softmax); use 'sdpa' "
+            "or 'eager'"
+        )
     return impl
 
 
@@ -208,8 +217,9 @@ class GPT2Attention(nn.Module):
         layer_idx: index of the block (for ``scale_attn_by_inverse_layer_idx``).
     """
 
-    def __init__(self, config: GPT2Config, is_cross_attention: bool = False,
-                 layer_idx: int = 0) -> None:
+    def __init__(
+        self, config: GPT2Config, is_cross_attention: bool = False, layer_idx: int = 0
+    ) -> None:
         super().__init__()
         self.embed_dim = config.n_embd
         self.num_heads = config.n_head
@@ -248,8 +258,10 @@ class GPT2Attention(nn.Module):
             with torch.autocast(q.device.type, enabled=False):
                 w = torch.baddbmm(
                     torch.empty(B * H, T, S, dtype=torch.float32, device=q.device),
-                    q.reshape(-1, T, D).float(), k.transpose(-1, -2).reshape(-1, D, S).float(),
-                    beta=0, alpha=self.scale,
+                    q.reshape(-1, T, D).float(),
+                    k.transpose(-1, -2).reshape(-1, D, S).float(),
+                    beta=0,
+                    alpha=self.scale,
                 ).view(B, H, T, S)
         else:
             w = torch.matmul(q, k.transpose(-1, -2))  # (B, H, T, S)
@@ -277,22 +289,33 @@ class GPT2Attention(nn.Module):
                 raise ValueError(
                     "attn_implementation='flash_attention_2' runs unpadded causal attention only: "
                     "got an attention mask with padding (or a past without a static cache), a "
-                    "head_mask or output_attentions; use attn_implementation='sdpa' for those")
+                    "head_mask or output_attentions; use attn_implementation='sdpa' for those"
+                )
             from flash_attn import flash_attn_func
 
-            out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                  dropout_p=dropout, softmax_scale=self.scale,
-                                  causal=is_causal and not self.is_cross_attention)  # (B, T, H, D)
+            out = flash_attn_func(
+                q.transpose(1, 2),
+                k.transpose(1, 2),
+                v.transpose(1, 2),
+                dropout_p=dropout,
+                softmax_scale=self.scale,
+                causal=is_causal and not self.is_cross_attention,
+            )  # (B, T, H, D)
             return out.transpose(1, 2)  # (B, H, T, D)
         if self.reorder_and_upcast_attn and q.dtype != torch.float32:
             # the flag promises float32 scores and softmax: compute the whole attention in fp32
             return F.scaled_dot_product_attention(
-                q.float(), k.float(), v.float(),
+                q.float(),
+                k.float(),
+                v.float(),
                 attn_mask=None if mask is None else mask.float(),
-                dropout_p=dropout, is_causal=is_causal, scale=self.scale,
+                dropout_p=dropout,
+                is_causal=is_causal,
+                scale=self.scale,
             ).to(q.dtype)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
-                                              is_causal=is_causal, scale=self.scale)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal, scale=self.scale
+        )
 
     def forward(
         self,
@@ -347,10 +370,15 @@ class GPT2Attention(nn.Module):
             raise ValueError(
                 "attn_implementation='flash_attention_2' runs unpadded causal attention only: "
                 "got an attention mask with padding (or a past without a static cache), a "
-                "head_mask or output_attentions; use attn_implementation='sdpa' for those")
+                "head_mask or output_attentions; use attn_implementation='sdpa' for those"
+            )
         weights = None
-        if not flash and (output_attentions or head_mask is not None or grad_with_mask
-                          or self.attn_implementation == "eager"):
+        if not flash and (
+            output_attentions
+            or head_mask is not None
+            or grad_with_mask
+            or self.attn_implementation == "eager"
+        ):
             out, weights = self._eager_attention(q, k, v, mask, head_mask)
             if not output_attentions:
                 weights = None
@@ -396,7 +424,9 @@ class GPT2Block(nn.Module):
         self.ln_2 = LayerNorm(C, eps)
         self.add_cross_attention = config.add_cross_attention
         if config.add_cross_attention:
-            self.crossattention = GPT2Attention(config, is_cross_attention=True, layer_idx=layer_idx)
+            self.crossattention = GPT2Attention(
+                config, is_cross_attention=True, layer_idx=layer_idx
+            )
             self.ln_cross_attn = LayerNorm(C, eps)
         self.mlp = GPT2MLP(config.inner_dim, config)
 
@@ -417,26 +447,42 @@ class GPT2Block(nn.Module):
         """Returns (hidden (B, T, C), present, self-attention weights, cross-attention weights)."""
         self_past = None if layer_past is None else layer_past[:2]
         attn_out, present, self_w = self.attn(
-            self.ln_1(hidden_states), self_past, attention_mask, head_mask,
-            use_cache=use_cache, output_attentions=output_attentions,
-            cache_position=cache_position, is_causal=is_causal, static_cache=static_cache,
+            self.ln_1(hidden_states),
+            self_past,
+            attention_mask,
+            head_mask,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            cache_position=cache_position,
+            is_causal=is_causal,
+            static_cache=static_cache,
         )
         hidden_states = hidden_states + attn_out
         cross_w = None
         if encoder_hidden_states is not None:
             if not self.add_cross_attention:
-                raise ValueError("encoder_hidden_states were passed but the model has no "
-                                 "cross-attention: build it with config.add_cross_attention=True")
-            cross_past = layer_past[2:4] if layer_past is not None and len(layer_past) == 4 else None
+                raise ValueError(
+                    "encoder_hidden_states were passed but the model has no "
+                    "cross-attention: build it with config.add_cross_attention=True"
+                )
+            cross_past = (
+                layer_past[2:4] if layer_past is not None and len(layer_past) == 4 else None
+            )
             cross_out, cross_present, cross_w = self.crossattention(
-                self.ln_cross_attn(hidden_states), cross_past, None, head_mask,
+                self.ln_cross_attn(hidden_states),
+                cross_past,
+                None,
+                head_mask,
                 encoder_hidden_states=encoder_hidden_states,
                 encoder_attention_mask=encoder_attention_mask,
-                use_cache=use_cache, output_attentions=output_attentions,
+                use_cache=use_cache,
+                output_attentions=output_attentions,
             )
             hidden_states = hidden_states + cross_out
             if present is not None:
-                present = present + cross_present  # (k, v, cross_k, cross_v), transformers' legacy layout
+                present = (
+                    present + cross_present
+                )  # (k, v, cross_k, cross_v), transformers' legacy layout
         hidden_states = hidden_states + self.mlp(self.ln_2(hidden_states))
         return hidden_states, present, self_w, cross_w
 
@@ -462,8 +508,9 @@ class GPT2SequenceSummary(nn.Module):
         self.first_dropout = nn.Dropout(p1) if p1 > 0 else nn.Identity()
         self.last_dropout = nn.Dropout(p2) if p2 > 0 else nn.Identity()
 
-    def forward(self, hidden_states: torch.Tensor,
-                cls_index: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, cls_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """hidden_states (B, N, T, C), cls_index (B, N) -> (B, N, out)."""
         if self.summary_type == "last":
             output = hidden_states[:, -1]
@@ -473,12 +520,15 @@ class GPT2SequenceSummary(nn.Module):
             output = hidden_states.mean(dim=1)
         else:  # cls_index; default: the last token
             if cls_index is None:
-                cls_index = torch.full_like(hidden_states[..., :1, :], hidden_states.shape[-2] - 1,
-                                            dtype=torch.long)
+                cls_index = torch.full_like(
+                    hidden_states[..., :1, :], hidden_states.shape[-2] - 1, dtype=torch.long
+                )
             else:
                 _check_ids("mc_token_ids", cls_index, hidden_states.shape[-2])
                 cls_index = cls_index.unsqueeze(-1).unsqueeze(-1)  # (B, N, 1, 1)
-                cls_index = cls_index.expand((-1,) * (cls_index.dim() - 1) + (hidden_states.size(-1),))
+                cls_index = cls_index.expand(
+                    (-1,) * (cls_index.dim() - 1) + (hidden_states.size(-1),)
+                )
             output = hidden_states.gather(-2, cls_index).squeeze(-2)  # (B, N, C)
         output = self.first_dropout(output)
         output = self.activation(self.summary(output))
@@ -494,8 +544,9 @@ def _check_ids(name: str, ids: torch.Tensor, upper: int) -> None:
         raise TypeError(f"{name} must hold integer ids, got dtype {ids.dtype}")
     if ids.numel() and torch.compiler.is_compiling():
         # no data-dependent Python branch (a Dynamo graph break): an in-graph assertion instead
-        torch._assert_async(((ids >= 0) & (ids < upper)).all(),
-                            f"{name} contains ids outside [0, {upper})")
+        torch._assert_async(
+            ((ids >= 0) & (ids < upper)).all(), f"{name} contains ids outside [0, {upper})"
+        )
     elif ids.numel():
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= upper:
@@ -514,11 +565,17 @@ def _causal_bias(cache_position: torch.Tensor, key_length: int, dtype: torch.dty
     """(T, S) additive causal bias: key s is visible from the query at slot p iff s <= p."""
     keys = torch.arange(key_length, device=cache_position.device)
     visible = keys[None, :] <= cache_position[:, None]
-    return torch.zeros((), dtype=dtype, device=keys.device).masked_fill(~visible, torch.finfo(dtype).min)
+    return torch.zeros((), dtype=dtype, device=keys.device).masked_fill(
+        ~visible, torch.finfo(dtype).min
+    )
 
 
-def build_attention_bias(attention_mask: torch.Tensor | None, cache_position: torch.Tensor,
-                         key_length: int, dtype: torch.dtype) -> torch.Tensor:
+def build_attention_bias(
+    attention_mask: torch.Tensor | None,
+    cache_position: torch.Tensor,
+    key_length: int,
+    dtype: torch.dtype,
+) -> torch.Tensor:
     """The additive self-attention mask (B|1, 1, T, S): causal (finfo.min) + padding (min / 2).
 
     Padded keys get half the minimum so that a fully masked row (a left-pad query) attends
@@ -527,11 +584,15 @@ def build_attention_bias(attention_mask: torch.Tensor | None, cache_position: to
     bias = _causal_bias(cache_position, key_length, dtype)[None, None]  # (1, 1, T, S)
     if attention_mask is not None:
         # min + min/2 stays finite in fp32/bf16 and becomes -inf in fp16: both give weight 0
-        bias = torch.maximum(bias + _padding_bias(attention_mask, dtype), bias.new_tensor(torch.finfo(dtype).min))
+        bias = torch.maximum(
+            bias + _padding_bias(attention_mask, dtype), bias.new_tensor(torch.finfo(dtype).min)
+        )
     return bias
 
 
-def encoder_attention_bias(encoder_attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def encoder_attention_bias(
+    encoder_attention_mask: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
     """(B, S_enc) or (B, T, S_enc) 0/1 mask -> additive (B, 1, 1|T, S_enc), transformers' rule."""
     m = encoder_attention_mask.to(dtype)
     m = m[:, None, None, :] if m.dim() == 2 else m[:, None, :, :]
@@ -564,8 +625,9 @@ class GPT2PreTrainedModel(FrameworkMixin, nn.Module):
         return cls(config)
 
     @classmethod
-    def from_state_dict(cls, config: GPT2Config, state_dict: Any, *,
-                        strict: bool = True) -> GPT2PreTrainedModel:
+    def from_state_dict(
+        cls, config: GPT2Config, state_dict: Any, *, strict: bool = True
+    ) -> GPT2PreTrainedModel:
         """A model built from ``config`` and filled from a canonical state dict (HF PyTorch
         names and layouts); raises ``CheckpointError`` naming bad keys when ``strict``."""
         from gpt2_torch import weights
@@ -636,13 +698,19 @@ class GPT2PreTrainedModel(FrameworkMixin, nn.Module):
         dtype, quantize = Q.resolve(dtype, quantize)
         np_dtype = None if dtype in (None, "auto") else dtype
         config, state_dict, report = ckpt.load_pretrained(
-            name_or_path, cls._head, config=config, dtype=np_dtype, prefer=prefer, strict=strict,
+            name_or_path,
+            cls._head,
+            config=config,
+            dtype=np_dtype,
+            prefer=prefer,
+            strict=strict,
             **config_overrides,
         )
         with torch.device("meta"), weights.skip_init():
             model = cls(config)
-        weights.load_canonical(model, state_dict, assign=True, consume=True,
-                               init_missing=True, strict=strict)
+        weights.load_canonical(
+            model, state_dict, assign=True, consume=True, init_missing=True, strict=strict
+        )
         _materialize_missing(model, dtype=weights.torch_dtype_of(state_dict))
         model.to(device)
         if config.attn_implementation == "flash_attention_2":
@@ -656,9 +724,14 @@ class GPT2PreTrainedModel(FrameworkMixin, nn.Module):
         model.eval()  # as transformers: a loaded model starts in eval mode (dropout off)
         return Q.quantize_model(model, quantize) if quantize else model
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *,
-                        max_shard_size: int | str = "5GB", dtype: Any = None,
-                        formats: Sequence[str] = ("safetensors",)) -> list[Path]:
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        *,
+        max_shard_size: int | str = "5GB",
+        dtype: Any = None,
+        formats: Sequence[str] = ("safetensors",),
+    ) -> list[Path]:
         """Write config.json and the weights (model.safetensors by default) that transformers loads.
 
         Args:
@@ -670,9 +743,15 @@ class GPT2PreTrainedModel(FrameworkMixin, nn.Module):
         from gpt2_torch import quantize, weights
 
         quantize.refuse_save(self)
-        written = ckpt.save_pretrained(weights.to_canonical(self), self.config, save_directory,
-                                       self._head, max_shard_size=max_shard_size, dtype=dtype,
-                                       formats=tuple(formats))
+        written = ckpt.save_pretrained(
+            weights.to_canonical(self),
+            self.config,
+            save_directory,
+            self._head,
+            max_shard_size=max_shard_size,
+            dtype=dtype,
+            formats=tuple(formats),
+        )
         self.generation_config.save_pretrained(save_directory)
         return written
 
@@ -723,11 +802,15 @@ class GPT2Model(GPT2PreTrainedModel):
         if head_mask is None:
             return [None] * self.config.n_layer
         if head_mask.dim() == 1:  # the same heads in every layer
-            head_mask = head_mask[None, None, :, None, None].expand(self.config.n_layer, -1, -1, -1, -1)
+            head_mask = head_mask[None, None, :, None, None].expand(
+                self.config.n_layer, -1, -1, -1, -1
+            )
         elif head_mask.dim() == 2:  # per layer
             head_mask = head_mask[:, None, :, None, None]
         if head_mask.dim() != 5 or head_mask.shape[0] != self.config.n_layer:
-            raise ValueError(f"head_mask must be (n_head,) or (n_layer, n_head), got {tuple(head_mask.shape)}")
+            raise ValueError(
+                f"head_mask must be (n_head,) or (n_layer, n_head), got {tuple(head_mask.shape)}"
+            )
         head_mask = head_mask.to(self.wpe.weight.dtype)
         return list(head_mask)
 
@@ -736,7 +819,9 @@ class GPT2Model(GPT2PreTrainedModel):
         ``(input_ids, inputs_embeds, input_shape)`` (the caller's shape, without C)."""
         cfg = self.config
         if input_ids is not None and inputs_embeds is not None:
-            raise ValueError("You cannot specify both input_ids and inputs_embeds at the same time: pass either one")
+            raise ValueError(
+                "You cannot specify both input_ids and inputs_embeds at the same time: pass either one"
+            )
         if input_ids is not None:
             _check_ids("input_ids", input_ids, cfg.vocab_size)
             check_ids_shape(tuple(input_ids.shape))
@@ -745,8 +830,10 @@ class GPT2Model(GPT2PreTrainedModel):
         elif inputs_embeds is not None:
             check_ids_shape(tuple(inputs_embeds.shape[:-1]), "inputs_embeds")
             if inputs_embeds.dim() < 3 or inputs_embeds.shape[-1] != cfg.n_embd:
-                raise ValueError(f"inputs_embeds must have shape (batch, seq_len, {cfg.n_embd}), "
-                                 f"got {tuple(inputs_embeds.shape)}")
+                raise ValueError(
+                    f"inputs_embeds must have shape (batch, seq_len, {cfg.n_embd}), "
+                    f"got {tuple(inputs_embeds.shape)}"
+                )
             input_shape = inputs_embeds.shape[:-1]
             inputs_embeds = inputs_embeds.reshape(-1, *inputs_embeds.shape[-2:])  # (B, T, C)
         else:
@@ -763,13 +850,16 @@ class GPT2Model(GPT2PreTrainedModel):
                 raise ValueError("a StaticCache needs cache_position (the slots of the new tokens)")
             if past_key_values.batch_size != B:
                 raise ValueError(f"StaticCache holds batch {past_key_values.batch_size}, got {B}")
-            layer_pasts: Sequence[LayerPast | None] = list(zip(past_key_values.keys,
-                                                               past_key_values.values))
+            layer_pasts: Sequence[LayerPast | None] = list(
+                zip(past_key_values.keys, past_key_values.values)
+            )
             past_length, key_length = 0, past_key_values.max_length
         elif past_key_values is not None:
             if len(past_key_values) != cfg.n_layer:
-                raise ValueError(f"past_key_values has {len(past_key_values)} layers, "
-                                 f"the model has {cfg.n_layer}")
+                raise ValueError(
+                    f"past_key_values has {len(past_key_values)} layers, "
+                    f"the model has {cfg.n_layer}"
+                )
             layer_pasts = past_key_values
             past_length = past_key_values[0][0].shape[-2]
             key_length = past_length + T
@@ -777,11 +867,14 @@ class GPT2Model(GPT2PreTrainedModel):
             layer_pasts = [None] * cfg.n_layer
             past_length, key_length = 0, T
         if cache_position is None:
-            cache_position = torch.arange(past_length, past_length + T, device=self.wte.weight.device)
+            cache_position = torch.arange(
+                past_length, past_length + T, device=self.wte.weight.device
+            )
         return layer_pasts, past_length, key_length, cache_position, static
 
-    def _embed(self, input_ids, inputs_embeds, position_ids, token_type_ids, cache_position,
-               T: int) -> torch.Tensor:
+    def _embed(
+        self, input_ids, inputs_embeds, position_ids, token_type_ids, cache_position, T: int
+    ) -> torch.Tensor:
         """wte(ids) + wpe(positions) [+ wte(token types)], then dropout: (B, T, C)."""
         cfg = self.config
         if position_ids is None:
@@ -798,16 +891,29 @@ class GPT2Model(GPT2PreTrainedModel):
             hidden_states = hidden_states + self.wte(token_type_ids)
         return self.drop(hidden_states)
 
-    def _attention_masks(self, attention_mask, encoder_hidden_states, encoder_attention_mask,
-                         B: int, T: int, past_length: int, key_length: int, cache_position,
-                         static: bool, dtype: torch.dtype, use_fused: bool):
+    def _attention_masks(
+        self,
+        attention_mask,
+        encoder_hidden_states,
+        encoder_attention_mask,
+        B: int,
+        T: int,
+        past_length: int,
+        key_length: int,
+        cache_position,
+        static: bool,
+        dtype: torch.dtype,
+        use_fused: bool,
+    ):
         """The self-attention bias (B|1, 1, T, S) or None with ``is_causal`` (SDPA's own causal
         kernel), and the encoder bias (B, 1, 1|T, S_enc) or None."""
         if attention_mask is not None:
             attention_mask = attention_mask.reshape(B, -1)
             if attention_mask.shape[1] != key_length:
-                raise ValueError(f"attention_mask covers {attention_mask.shape[1]} positions but "
-                                 f"past + new tokens are {key_length}")
+                raise ValueError(
+                    f"attention_mask covers {attention_mask.shape[1]} positions but "
+                    f"past + new tokens are {key_length}"
+                )
             if not static and bool(attention_mask.all()):
                 attention_mask = None  # nothing padded: keep SDPA's fast causal path
         is_causal = False
@@ -821,24 +927,53 @@ class GPT2Model(GPT2PreTrainedModel):
             encoder_bias = encoder_attention_bias(encoder_attention_mask, dtype)
         return bias, is_causal, encoder_bias
 
-    def _run_blocks(self, hidden_states, layer_pasts, bias, is_causal, head_masks,
-                    encoder_hidden_states, encoder_bias, cache_position, static: bool,
-                    use_cache: bool, output_attentions: bool, output_hidden_states: bool):
+    def _run_blocks(
+        self,
+        hidden_states,
+        layer_pasts,
+        bias,
+        is_causal,
+        head_masks,
+        encoder_hidden_states,
+        encoder_bias,
+        cache_position,
+        static: bool,
+        use_cache: bool,
+        output_attentions: bool,
+        output_hidden_states: bool,
+    ):
         """Every block in turn; returns (hidden, presents, all hidden states, self / cross
         attention weights), the last three None when not asked for."""
         presents: list[LayerPast] | None = [] if use_cache else None
         all_hidden: tuple[torch.Tensor, ...] | None = () if output_hidden_states else None
         all_self: tuple[torch.Tensor, ...] | None = () if output_attentions else None
         all_cross: tuple[torch.Tensor, ...] | None = (
-            () if output_attentions and self.config.add_cross_attention
-            and encoder_hidden_states is not None else None)
+            ()
+            if output_attentions
+            and self.config.add_cross_attention
+            and encoder_hidden_states is not None
+            else None
+        )
         for block, layer_past, layer_head_mask in zip(self.h, layer_pasts, head_masks):
             if all_hidden is not None:
                 all_hidden = all_hidden + (hidden_states,)
-            args = (hidden_states, layer_past, bias, layer_head_mask, encoder_hidden_states,
-                    encoder_bias, use_cache, output_attentions, cache_position, is_causal, static)
+            args = (
+                hidden_states,
+                layer_past,
+                bias,
+                layer_head_mask,
+                encoder_hidden_states,
+                encoder_bias,
+                use_cache,
+                output_attentions,
+                cache_position,
+                is_causal,
+                static,
+            )
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                hidden_states, present, self_w, cross_w = checkpoint(block, *args, use_reentrant=False)
+                hidden_states, present, self_w, cross_w = checkpoint(
+                    block, *args, use_reentrant=False
+                )
             else:
                 hidden_states, present, self_w, cross_w = block(*args)
             if presents is not None:
@@ -885,34 +1020,64 @@ class GPT2Model(GPT2PreTrainedModel):
             cache_position: (T,) slots of the new tokens in the key sequence.
         """
         cfg = self.config
-        output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = (cfg.output_hidden_states if output_hidden_states is None
-                                else output_hidden_states)
+        output_attentions = (
+            cfg.output_attentions if output_attentions is None else output_attentions
+        )
+        output_hidden_states = (
+            cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
         explicit_cache = bool(use_cache)
         use_cache = cfg.use_cache if use_cache is None else use_cache
         return_dict = cfg.use_return_dict if return_dict is None else return_dict
         if self.gradient_checkpointing and self.training and use_cache:
             if explicit_cache:  # the config default is dropped silently
-                logger.warning("use_cache=True is incompatible with gradient checkpointing; "
-                               "setting use_cache=False")
+                logger.warning(
+                    "use_cache=True is incompatible with gradient checkpointing; "
+                    "setting use_cache=False"
+                )
             use_cache = False
 
         input_ids, inputs_embeds, input_shape = self._flatten_inputs(input_ids, inputs_embeds)
         B, T = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
         dtype = self.wpe.weight.dtype if inputs_embeds is None else inputs_embeds.dtype
         layer_pasts, past_length, key_length, cache_position, static = self._read_cache(
-            past_key_values, B, T, cache_position)
-        hidden_states = self._embed(input_ids, inputs_embeds, position_ids, token_type_ids,
-                                    cache_position, T)
-        use_fused = (not output_attentions and head_mask is None
-                     and self.h[0].attn.attn_implementation != "eager")  # eager needs a causal bias
+            past_key_values, B, T, cache_position
+        )
+        hidden_states = self._embed(
+            input_ids, inputs_embeds, position_ids, token_type_ids, cache_position, T
+        )
+        use_fused = (
+            not output_attentions
+            and head_mask is None
+            and self.h[0].attn.attn_implementation != "eager"
+        )  # eager needs a causal bias
         bias, is_causal, encoder_bias = self._attention_masks(
-            attention_mask, encoder_hidden_states, encoder_attention_mask, B, T, past_length,
-            key_length, cache_position, static, dtype, use_fused)
+            attention_mask,
+            encoder_hidden_states,
+            encoder_attention_mask,
+            B,
+            T,
+            past_length,
+            key_length,
+            cache_position,
+            static,
+            dtype,
+            use_fused,
+        )
         hidden_states, presents, all_hidden, all_self, all_cross = self._run_blocks(
-            hidden_states, layer_pasts, bias, is_causal, self._head_masks(head_mask),
-            encoder_hidden_states, encoder_bias, cache_position, static, use_cache,
-            output_attentions, output_hidden_states)
+            hidden_states,
+            layer_pasts,
+            bias,
+            is_causal,
+            self._head_masks(head_mask),
+            encoder_hidden_states,
+            encoder_bias,
+            cache_position,
+            static,
+            use_cache,
+            output_attentions,
+            output_hidden_states,
+        )
         hidden_states = self.ln_f(hidden_states)
         hidden_states = hidden_states.view(*input_shape, cfg.n_embd)  # (B, [N,] T, C)
         if all_hidden is not None:
@@ -922,14 +1087,18 @@ class GPT2Model(GPT2PreTrainedModel):
         if use_cache:
             past_out = past_key_values if static else tuple(presents)
         out = BaseModelOutputWithPastAndCrossAttentions(
-            last_hidden_state=hidden_states, past_key_values=past_out, hidden_states=all_hidden,
-            attentions=all_self, cross_attentions=all_cross,
+            last_hidden_state=hidden_states,
+            past_key_values=past_out,
+            hidden_states=all_hidden,
+            attentions=all_self,
+            cross_attentions=all_cross,
         )
         return out if return_dict else out.to_tuple()
 
 
-def _check_labels(name: str, labels: torch.Tensor, num_classes: int,
-                  ignore_index: int = -100) -> None:
+def _check_labels(
+    name: str, labels: torch.Tensor, num_classes: int, ignore_index: int = -100
+) -> None:
     """Class ids in [0, num_classes) or ``ignore_index``, checked before the loss (torch's
     cross_entropy raises an IndexError on CPU and a device-side assert on CUDA)."""
     if not labels.numel():
@@ -939,8 +1108,9 @@ def _check_labels(name: str, labels: torch.Tensor, num_classes: int,
         torch._assert_async(ok.all(), f"{name} must be in [0, {num_classes}) or {ignore_index}")
     elif not bool(ok.all()):
         bad = int(labels[~ok].flatten()[0])
-        raise ValueError(f"{name} contains {bad}: use ids in [0, {num_classes}) or "
-                         f"{ignore_index} to ignore")
+        raise ValueError(
+            f"{name} contains {bad}: use ids in [0, {num_classes}) or {ignore_index} to ignore"
+        )
 
 
 def _lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -948,8 +1118,11 @@ def _lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     _check_labels("labels", labels, logits.shape[-1])
     shift_logits = logits[..., :-1, :].float()  # (..., T-1, V); float32 as transformers' loss
     shift_labels = labels[..., 1:].to(logits.device)
-    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
-                           shift_labels.reshape(-1), ignore_index=-100)
+    return F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]),
+        shift_labels.reshape(-1),
+        ignore_index=-100,
+    )
 
 
 class GPT2LMHeadModel(GenerationMixin, GPT2PreTrainedModel):
@@ -1008,12 +1181,19 @@ class GPT2LMHeadModel(GenerationMixin, GPT2PreTrainedModel):
         """
         return_dict = self.config.use_return_dict if return_dict is None else return_dict
         base = self.transformer(
-            input_ids, encoder_hidden_states=encoder_hidden_states,
+            input_ids,
+            encoder_hidden_states=encoder_hidden_states,
             encoder_attention_mask=encoder_attention_mask,
-            past_key_values=past_key_values, attention_mask=attention_mask,
-            token_type_ids=token_type_ids, position_ids=position_ids, head_mask=head_mask,
-            inputs_embeds=inputs_embeds, use_cache=use_cache, output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states, return_dict=True,
+            past_key_values=past_key_values,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            head_mask=head_mask,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
             cache_position=cache_position,
         )
         hidden = base.last_hidden_state
@@ -1021,8 +1201,11 @@ class GPT2LMHeadModel(GenerationMixin, GPT2PreTrainedModel):
         logits = self._lm_logits(hidden[:, keep, :])
         loss = _lm_loss(logits, labels) if labels is not None else None
         out = CausalLMOutputWithCrossAttentions(
-            loss=loss, logits=logits, past_key_values=base.past_key_values,
-            hidden_states=base.hidden_states, attentions=base.attentions,
+            loss=loss,
+            logits=logits,
+            past_key_values=base.past_key_values,
+            hidden_states=base.hidden_states,
+            attentions=base.attentions,
             cross_attentions=base.cross_attentions,
         )
         return out if return_dict else out.to_tuple()
@@ -1087,10 +1270,16 @@ class GPT2DoubleHeadsModel(GenerationMixin, GPT2PreTrainedModel):
         return_dict = self.config.use_return_dict if return_dict is None else return_dict
         base = self.transformer(
             input_ids,
-            past_key_values=past_key_values, attention_mask=attention_mask,
-            token_type_ids=token_type_ids, position_ids=position_ids, head_mask=head_mask,
-            inputs_embeds=inputs_embeds, use_cache=use_cache, output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states, return_dict=True,
+            past_key_values=past_key_values,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            head_mask=head_mask,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
             cache_position=cache_position,
         )
         hidden = base.last_hidden_state  # (B, N, T, C)
@@ -1102,8 +1291,12 @@ class GPT2DoubleHeadsModel(GenerationMixin, GPT2PreTrainedModel):
             mc_loss = F.cross_entropy(mc_logits.view(-1, mc_logits.size(-1)), mc_labels.view(-1))
         lm_loss = _lm_loss(lm_logits, labels) if labels is not None else None
         out = GPT2DoubleHeadsModelOutput(
-            loss=lm_loss, mc_loss=mc_loss, logits=lm_logits, mc_logits=mc_logits,
-            past_key_values=base.past_key_values, hidden_states=base.hidden_states,
+            loss=lm_loss,
+            mc_loss=mc_loss,
+            logits=lm_logits,
+            mc_logits=mc_logits,
+            past_key_values=base.past_key_values,
+            hidden_states=base.hidden_states,
             attentions=base.attentions,
         )
         return out if return_dict else out.to_tuple()
@@ -1155,17 +1348,25 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
         return_dict = self.config.use_return_dict if return_dict is None else return_dict
         base = self.transformer(
             input_ids,
-            past_key_values=past_key_values, attention_mask=attention_mask,
-            token_type_ids=token_type_ids, position_ids=position_ids, head_mask=head_mask,
-            inputs_embeds=inputs_embeds, use_cache=use_cache, output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states, return_dict=True,
+            past_key_values=past_key_values,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            head_mask=head_mask,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
             cache_position=cache_position,
         )
         logits = self.score(base.last_hidden_state)  # (B, T, num_labels)
         B = logits.shape[0]
         pad = self.config.pad_token_id
         if pad is None and B != 1:
-            raise ValueError("cannot pool a batch > 1 without config.pad_token_id (which marks padding)")
+            raise ValueError(
+                "cannot pool a batch > 1 without config.pad_token_id (which marks padding)"
+            )
         if pad is None:
             last = torch.full((B,), -1, device=logits.device, dtype=torch.long)
         elif input_ids is not None:
@@ -1173,8 +1374,10 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
             idx = torch.arange(input_ids.shape[-1], device=logits.device, dtype=torch.int32)
             last = (idx * non_pad).argmax(-1)  # rightmost non-pad token; 0 if all are pads
         else:
-            logger.warning("%s cannot detect padding in inputs_embeds; pooling the last position",
-                           type(self).__name__)
+            logger.warning(
+                "%s cannot detect padding in inputs_embeds; pooling the last position",
+                type(self).__name__,
+            )
             last = torch.full((B,), -1, device=logits.device, dtype=torch.long)
         pooled = logits[torch.arange(B, device=logits.device), last]  # (B, num_labels)
 
@@ -1182,8 +1385,11 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
         if labels is not None:
             loss = self._classification_loss(pooled, labels)
         out = SequenceClassifierOutputWithPast(
-            loss=loss, logits=pooled, past_key_values=base.past_key_values,
-            hidden_states=base.hidden_states, attentions=base.attentions,
+            loss=loss,
+            logits=pooled,
+            past_key_values=base.past_key_values,
+            hidden_states=base.hidden_states,
+            attentions=base.attentions,
         )
         return out if return_dict else out.to_tuple()
 
@@ -1244,19 +1450,28 @@ class GPT2ForTokenClassification(GPT2PreTrainedModel):
         return_dict = self.config.use_return_dict if return_dict is None else return_dict
         base = self.transformer(
             input_ids,
-            past_key_values=past_key_values, attention_mask=attention_mask,
-            token_type_ids=token_type_ids, position_ids=position_ids, head_mask=head_mask,
-            inputs_embeds=inputs_embeds, use_cache=use_cache, output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states, return_dict=True,
+            past_key_values=past_key_values,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            head_mask=head_mask,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
             cache_position=cache_position,
         )
         logits = self.classifier(self.dropout(base.last_hidden_state))
         loss = None
         if labels is not None:
             _check_labels("labels", labels, self.config.num_labels)
-            loss = F.cross_entropy(logits.view(-1, self.config.num_labels), labels.to(logits.device).view(-1))
-        out = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=base.hidden_states,
-                                    attentions=base.attentions)
+            loss = F.cross_entropy(
+                logits.view(-1, self.config.num_labels), labels.to(logits.device).view(-1)
+            )
+        out = TokenClassifierOutput(
+            loss=loss, logits=logits, hidden_states=base.hidden_states, attentions=base.attentions
+        )
         return out if return_dict else out.to_tuple()
 
 
@@ -1300,10 +1515,16 @@ class GPT2ForQuestionAnswering(GPT2PreTrainedModel):
         """Start/end logits (B, T); loss = mean of the two CEs, positions clamped to [0, T] (T ignored)."""
         return_dict = self.config.use_return_dict if return_dict is None else return_dict
         base = self.transformer(
-            input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-            position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
-            use_cache=False, output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states, return_dict=True,
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            head_mask=head_mask,
+            inputs_embeds=inputs_embeds,
+            use_cache=False,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
         )
         logits = self.qa_outputs(base.last_hidden_state)  # (B, T, 2)
         start_logits, end_logits = (x.squeeze(-1).contiguous() for x in logits.split(1, dim=-1))
@@ -1317,11 +1538,17 @@ class GPT2ForQuestionAnswering(GPT2PreTrainedModel):
             ignored = start_logits.size(1)
             start_positions = start_positions.to(start_logits.device).clamp(0, ignored)
             end_positions = end_positions.to(end_logits.device).clamp(0, ignored)
-            loss = (F.cross_entropy(start_logits, start_positions, ignore_index=ignored)
-                    + F.cross_entropy(end_logits, end_positions, ignore_index=ignored)) / 2
-        out = QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits,
-                                           end_logits=end_logits, hidden_states=base.hidden_states,
-                                           attentions=base.attentions)
+            loss = (
+                F.cross_entropy(start_logits, start_positions, ignore_index=ignored)
+                + F.cross_entropy(end_logits, end_positions, ignore_index=ignored)
+            ) / 2
+        out = QuestionAnsweringModelOutput(
+            loss=loss,
+            start_logits=start_logits,
+            end_logits=end_logits,
+            hidden_states=base.hidden_states,
+            attentions=base.attentions,
+        )
         return out if return_dict else out.to_tuple()
 
 

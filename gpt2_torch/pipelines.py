@@ -17,8 +17,14 @@ from gpt2_core import pipelines as _core
 from gpt2_core.generation_config import GenerationConfig
 from gpt2_torch.modeling import MODEL_CLASSES
 
-_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
-           "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+_DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+}
 
 
 def load(head: str, name_or_path: Any, *, dtype: Any = None, device: Any = None):
@@ -33,25 +39,45 @@ def load(head: str, name_or_path: Any, *, dtype: Any = None, device: Any = None)
 def forward(model, ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
     device = next(model.parameters()).device
     with torch.inference_mode():
-        out = model(input_ids=torch.as_tensor(ids, device=device),
-                    attention_mask=torch.as_tensor(mask, device=device))
-    return {k: out[k].float().cpu().numpy() for k in ("logits", "start_logits", "end_logits")
-            if out.get(k) is not None}
+        out = model(
+            input_ids=torch.as_tensor(ids, device=device),
+            attention_mask=torch.as_tensor(mask, device=device),
+        )
+    return {
+        k: out[k].float().cpu().numpy()
+        for k in ("logits", "start_logits", "end_logits")
+        if out.get(k) is not None
+    }
 
 
 def generate(model, ids: np.ndarray, mask: np.ndarray, gen: GenerationConfig) -> np.ndarray:
     device = next(model.parameters()).device
-    out = model.generate(torch.as_tensor(ids, device=device),
-                         attention_mask=torch.as_tensor(mask, device=device),
-                         generation_config=gen)
+    out = model.generate(
+        torch.as_tensor(ids, device=device),
+        attention_mask=torch.as_tensor(mask, device=device),
+        generation_config=gen,
+    )
     return out.cpu().numpy()
 
 
-def pipeline(task: str, model: Any = None, tokenizer: Any = None, dtype: Any = None,
-             device: Any = None, **kwargs: Any) -> _core.Pipeline:
+def pipeline(
+    task: str,
+    model: Any = None,
+    tokenizer: Any = None,
+    dtype: Any = None,
+    device: Any = None,
+    **kwargs: Any,
+) -> _core.Pipeline:
     """:func:`gpt2_core.pipelines.pipeline` with ``framework="torch"``."""
-    return _core.pipeline(task, model=model, tokenizer=tokenizer, framework="torch", dtype=dtype,
-                          device=device, **kwargs)
+    return _core.pipeline(
+        task,
+        model=model,
+        tokenizer=tokenizer,
+        framework="torch",
+        dtype=dtype,
+        device=device,
+        **kwargs,
+    )
 
 
 __all__ = ["pipeline"]

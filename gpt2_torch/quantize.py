@@ -40,9 +40,14 @@ def _int8(w: torch.Tensor, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _kernel_ok(x: torch.Tensor) -> bool:
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
-            and 0 < x.numel() <= _cpu_kernels.MAX_ROWS * x.shape[-1]
-            and not torch.compiler.is_compiling() and _cpu_kernels.core.active())
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.is_grad_enabled()
+        and 0 < x.numel() <= _cpu_kernels.MAX_ROWS * x.shape[-1]
+        and not torch.compiler.is_compiling()
+        and _cpu_kernels.core.active()
+    )
 
 
 class QuantizedConv1D(nn.Module):
@@ -55,8 +60,9 @@ class QuantizedConv1D(nn.Module):
         bias: (out,) float32.
     """
 
-    def __init__(self, weight: torch.Tensor, weight_scale: torch.Tensor,
-                 bias: torch.Tensor) -> None:
+    def __init__(
+        self, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor
+    ) -> None:
         super().__init__()
         self.nf = weight.shape[1]
         self.register_buffer("weight", weight)  # (in, out) int8
@@ -75,9 +81,12 @@ class QuantizedConv1D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _kernel_ok(x):  # a few rows (decoding): the int8 GEMV reads the int8 matrix itself
             y = _cpu_kernels.core.linear_kn(
-                x.reshape(-1, x.shape[-1]).contiguous().numpy(), self.weight.numpy(),
-                self.bias.detach().numpy(), nt=_cpu_kernels._threads(),
-                scale=self.weight_scale.numpy())
+                x.reshape(-1, x.shape[-1]).contiguous().numpy(),
+                self.weight.numpy(),
+                self.bias.detach().numpy(),
+                nt=_cpu_kernels._threads(),
+                scale=self.weight_scale.numpy(),
+            )
             return torch.from_numpy(y).view(*x.shape[:-1], self.nf)
         size_out = x.shape[:-1] + (self.nf,)
         w = self.dequantized().to(x.dtype)
@@ -112,8 +121,11 @@ class QuantizedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _kernel_ok(x):
             y = _cpu_kernels.core.linear_nk(
-                x.reshape(-1, x.shape[-1]).contiguous().numpy(), self.weight.numpy(),
-                nt=_cpu_kernels._threads(), scale=self.weight_scale.numpy())
+                x.reshape(-1, x.shape[-1]).contiguous().numpy(),
+                self.weight.numpy(),
+                nt=_cpu_kernels._threads(),
+                scale=self.weight_scale.numpy(),
+            )
             return torch.from_numpy(y).view(*x.shape[:-1], self.out_features)
         w = self.weight.float() * self.weight_scale[:, None]
         return F.linear(x, w.to(x.dtype))
@@ -144,8 +156,9 @@ def quantize_model(model: nn.Module, scheme: str = "int8") -> nn.Module:
         q, s = _int8(tr.wte.weight, axis=1)
         tr.wte = QuantizedEmbedding(q, s)
         if head is not None:
-            model.lm_head = (QuantizedLinear(q, s) if tied
-                             else QuantizedLinear(*_int8(head.weight, axis=1)))
+            model.lm_head = (
+                QuantizedLinear(q, s) if tied else QuantizedLinear(*_int8(head.weight, axis=1))
+            )
     model.quantization = scheme
     return model.eval()
 
@@ -157,8 +170,11 @@ def kernel_scales(model: nn.Module) -> dict[str, object]:
     for name, buf in model.named_buffers():
         if name.endswith(".weight_scale"):
             out[name.replace(".weight_scale", ".weight" + Q.SCALE_SUFFIX)] = buf.numpy()
-    if "lm_head.weight_scale" not in out and "transformer.wte.weight_scale" in out \
-            and getattr(getattr(model, "lm_head", None), "weight_scale", None) is not None:
+    if (
+        "lm_head.weight_scale" not in out
+        and "transformer.wte.weight_scale" in out
+        and getattr(getattr(model, "lm_head", None), "weight_scale", None) is not None
+    ):
         out["lm_head.weight_scale"] = model.lm_head.weight_scale.numpy()  # tied: deduplicated
     return out
 
@@ -169,4 +185,5 @@ def refuse_save(model: nn.Module) -> None:
         raise ValueError(
             f"save_pretrained: this model is quantized ({model.quantization}); transformers' "
             "checkpoint formats hold float weights only. Save the float model and load it with "
-            f"from_pretrained(..., quantize={model.quantization!r}) instead.")
+            f"from_pretrained(..., quantize={model.quantization!r}) instead."
+        )

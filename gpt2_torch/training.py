@@ -71,8 +71,6 @@ STRATEGIES = ("none", "ddp", "fsdp")
 _RNG = "dropout seeded from (seed, step, rank); data order from (seed, step)"
 
 
-
-
 # ----------------------------------------------------------------------------- run directory
 def _step_seed(seed: int, step: int, rank: int) -> int:
     """The dropout seed of one (seed, step, rank): independent of how the run got there."""
@@ -98,14 +96,17 @@ def _setup_distributed(strategy: str, device: str | torch.device | None) -> _Dis
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
     if strategy == "none":
-        dev = torch.device(device) if device is not None else torch.device(
-            "cuda" if cuda else "cpu")
+        dev = (
+            torch.device(device) if device is not None else torch.device("cuda" if cuda else "cpu")
+        )
         return _Dist(strategy, device=dev)
     owns = False
     if not dist.is_initialized():
         if "RANK" not in os.environ:
-            raise RuntimeError(f"strategy {strategy!r} needs torch.distributed: launch with "
-                               "torchrun --nproc_per_node N ... (or init the process group)")
+            raise RuntimeError(
+                f"strategy {strategy!r} needs torch.distributed: launch with "
+                "torchrun --nproc_per_node N ... (or init the process group)"
+            )
         local = int(os.environ.get("LOCAL_RANK", 0))
         if cuda:
             torch.cuda.set_device(local)
@@ -148,12 +149,15 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     for name, p in model.named_parameters():  # tied lm_head/wte listed once
         if p.requires_grad:
             (decay if decays(name, p.ndim) else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     # foreach=False: the per-parameter loop is the reference formulation, and keeps the
     # float rounding of every update independent of how tensors are grouped
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                             foreach=False)
+    return torch.optim.AdamW(
+        groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, foreach=False
+    )
 
 
 def _canonical_name(name: str, model: nn.Module) -> str:
@@ -164,8 +168,9 @@ def _canonical_name(name: str, model: nn.Module) -> str:
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def _full_state(wrapped: nn.Module, inner: nn.Module, optimizer: torch.optim.Optimizer,
-                d: _Dist) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def _full_state(
+    wrapped: nn.Module, inner: nn.Module, optimizer: torch.optim.Optimizer, d: _Dist
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(canonical weights, canonical AdamW moments) as numpy on rank 0 (empty elsewhere)."""
     if d.strategy == "none":
         sd = weights.to_canonical(inner)
@@ -197,8 +202,14 @@ def _full_state(wrapped: nn.Module, inner: nn.Module, optimizer: torch.optim.Opt
     return sd, moments
 
 
-def _load_optimizer(wrapped: nn.Module, inner: nn.Module, optimizer: torch.optim.Optimizer,
-                    moments: dict[str, np.ndarray], adam_step: int, d: _Dist) -> None:
+def _load_optimizer(
+    wrapped: nn.Module,
+    inner: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    moments: dict[str, np.ndarray],
+    adam_step: int,
+    d: _Dist,
+) -> None:
     names = dict(inner.named_parameters())
     if d.strategy == "none":
         for name, p in names.items():
@@ -226,14 +237,15 @@ def _load_optimizer(wrapped: nn.Module, inner: nn.Module, optimizer: torch.optim
                 "exp_avg": weights.numpy_to_tensor(moments[f"exp_avg/{key}"]),
                 "exp_avg_sq": weights.numpy_to_tensor(moments[f"exp_avg_sq/{key}"]),
             }
-    set_optimizer_state_dict(wrapped, optimizer, {"state": state,
-                                                  "param_groups": template["param_groups"]},
-                             options=opts)
+    set_optimizer_state_dict(
+        wrapped, optimizer, {"state": state, "param_groups": template["param_groups"]}, options=opts
+    )
 
 
 # ----------------------------------------------------------------------------- evaluation
-def _evaluate(wrapped: nn.Module, eval_ds: PackedDataset, cfg: TrainConfig, d: _Dist,
-              autocast: Callable) -> float:
+def _evaluate(
+    wrapped: nn.Module, eval_ds: PackedDataset, cfg: TrainConfig, d: _Dist, autocast: Callable
+) -> float:
     """Mean held-out loss over up to ``cfg.eval_batches`` batches (every rank, same blocks)."""
     wrapped.eval()
     total, count = 0.0, 0
@@ -294,16 +306,25 @@ def train(
             dist.destroy_process_group()
 
 
-def _validate(model: nn.Module, train_ds: PackedDataset, eval_ds: PackedDataset | None,
-              cfg: TrainConfig, d: _Dist) -> None:
+def _validate(
+    model: nn.Module,
+    train_ds: PackedDataset,
+    eval_ds: PackedDataset | None,
+    cfg: TrainConfig,
+    d: _Dist,
+) -> None:
     config = model.config
     if train_ds.block_size > config.n_positions:
-        raise DataError(f"block size {train_ds.block_size} exceeds the model's n_positions "
-                        f"({config.n_positions})")
+        raise DataError(
+            f"block size {train_ds.block_size} exceeds the model's n_positions "
+            f"({config.n_positions})"
+        )
     for name, ds in (("training", train_ds), ("held-out", eval_ds)):
         if ds is not None and len(ds.tokens) and int(ds.tokens.max()) >= config.vocab_size:
-            raise DataError(f"{name} data holds token id {int(ds.tokens.max())} but the model's "
-                            f"vocabulary has {config.vocab_size} entries (wrong tokenizer?)")
+            raise DataError(
+                f"{name} data holds token id {int(ds.tokens.max())} but the model's "
+                f"vocabulary has {config.vocab_size} entries (wrong tokenizer?)"
+            )
     if cfg.batch_size % d.world:
         raise ValueError(f"batch size {cfg.batch_size} is not divisible by {d.world} processes")
     if cfg.precision == "fp16" and d.device.type != "cuda":
@@ -352,8 +373,11 @@ def _train(model, train_ds, eval_ds, cfg, out_dir, resume, d: _Dist, progress, o
         return torch.autocast(device_type=d.device.type, dtype=amp_dtype)
 
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
-    log = MetricsLog(out / "metrics.jsonl",
-                     resume_from_step=start_step if resume else None) if d.is_main else None
+    log = (
+        MetricsLog(out / "metrics.jsonl", resume_from_step=start_step if resume else None)
+        if d.is_main
+        else None
+    )
     A, B, T = cfg.grad_accum, cfg.batch_size, train_ds.block_size
     b = B // d.world  # blocks per rank per micro-step
     result = TrainResult(start_step=start_step, steps=start_step, model=model)
@@ -366,7 +390,7 @@ def _train(model, train_ds, eval_ds, cfg, out_dir, resume, d: _Dist, progress, o
             group["lr"] = lr
         # (A*B, T) global blocks of this step -> (A, B, T) micro-steps -> this rank's (A, b, T)
         blocks = train_ds.batch(step, A * B, cfg.seed).reshape(A, B, T)
-        local = torch.from_numpy(blocks[:, d.rank * b:(d.rank + 1) * b].astype(np.int64))
+        local = torch.from_numpy(blocks[:, d.rank * b : (d.rank + 1) * b].astype(np.int64))
         torch.manual_seed(_step_seed(cfg.seed, step, d.rank))
         loss_sum = torch.zeros((), device=d.device)
         for a in range(A):
@@ -377,8 +401,7 @@ def _train(model, train_ds, eval_ds, cfg, out_dir, resume, d: _Dist, progress, o
             loss_sum += loss.detach().float()
         if scaler:
             scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip \
-            else None
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip else None
         if scaler:
             scaler.step(optimizer)
             scaler.update()
@@ -390,11 +413,16 @@ def _train(model, train_ds, eval_ds, cfg, out_dir, resume, d: _Dist, progress, o
             loss_sum /= d.world
         loss_value = float(loss_sum)
         if not math.isfinite(loss_value):
-            raise FloatingPointError(f"loss became {loss_value} at step {step + 1}; lower --lr "
-                                     "or check the data")
+            raise FloatingPointError(
+                f"loss became {loss_value} at step {step + 1}; lower --lr or check the data"
+            )
         elapsed = time.perf_counter() - t0
-        record = {"step": step + 1, "loss": loss_value, "lr": lr,
-                  "tokens_per_s": cfg.tokens_per_step / elapsed}
+        record = {
+            "step": step + 1,
+            "loss": loss_value,
+            "lr": lr,
+            "tokens_per_s": cfg.tokens_per_step / elapsed,
+        }
         if grad_norm is not None:
             gn = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
             record["grad_norm"] = float(gn)
@@ -412,9 +440,21 @@ def _train(model, train_ds, eval_ds, cfg, out_dir, resume, d: _Dist, progress, o
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
             sd, mom = _full_state(wrapped, model, optimizer, d)
             if d.is_main:
-                save_checkpoint(out, step + 1, sd, mom, model.config, cfg,
-                                {"framework": "torch", "strategy": d.strategy,
-                                 "world_size": d.world, "seed": cfg.seed}, rng=_RNG)
+                save_checkpoint(
+                    out,
+                    step + 1,
+                    sd,
+                    mom,
+                    model.config,
+                    cfg,
+                    {
+                        "framework": "torch",
+                        "strategy": d.strategy,
+                        "world_size": d.world,
+                        "seed": cfg.seed,
+                    },
+                    rng=_RNG,
+                )
         if on_step is not None:
             on_step(step + 1, record)
     if bar is not None:
@@ -423,14 +463,16 @@ def _train(model, train_ds, eval_ds, cfg, out_dir, resume, d: _Dist, progress, o
     return result
 
 
-def _finish(wrapped: nn.Module, model: nn.Module, out: Path, d: _Dist,
-            log: MetricsLog | None) -> None:
+def _finish(
+    wrapped: nn.Module, model: nn.Module, out: Path, d: _Dist, log: MetricsLog | None
+) -> None:
     """The final model in OUT (config.json + model.safetensors) and the loss-curve PNG."""
     if d.strategy == "fsdp":
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        msd = get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True,
-                                                                      cpu_offload=True))
+        msd = get_model_state_dict(
+            wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
         sd = {k: weights.tensor_to_numpy(v) for k, v in msd.items()}
     else:
         sd = weights.to_canonical(model)
@@ -440,5 +482,13 @@ def _finish(wrapped: nn.Module, model: nn.Module, out: Path, d: _Dist,
         dist.barrier()
 
 
-__all__ = ["STRATEGIES", "TrainResult", "check_out_dir", "latest_checkpoint", "make_optimizer",
-           "read_checkpoint", "save_checkpoint", "train"]
+__all__ = [
+    "STRATEGIES",
+    "TrainResult",
+    "check_out_dir",
+    "latest_checkpoint",
+    "make_optimizer",
+    "read_checkpoint",
+    "save_checkpoint",
+    "train",
+]

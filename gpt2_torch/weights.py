@@ -32,8 +32,18 @@ logger = logging.getLogger(__name__)
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 
 
-_INIT_FNS = ("normal_", "uniform_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_",
-             "xavier_uniform_", "xavier_normal_", "constant_", "zeros_", "ones_")
+_INIT_FNS = (
+    "normal_",
+    "uniform_",
+    "trunc_normal_",
+    "kaiming_uniform_",
+    "kaiming_normal_",
+    "xavier_uniform_",
+    "xavier_normal_",
+    "constant_",
+    "zeros_",
+    "ones_",
+)
 
 
 @contextlib.contextmanager
@@ -91,7 +101,8 @@ def torch_dtype_of(state_dict: Mapping[str, np.ndarray]) -> torch.dtype:
             return torch.bfloat16
         if np.issubdtype(dt, np.floating):
             return {np.dtype(np.float16): torch.float16, np.dtype(np.float64): torch.float64}.get(
-                dt, torch.float32)
+                dt, torch.float32
+            )
     return torch.float32
 
 
@@ -112,7 +123,8 @@ def _check_key_set(model: GPT2PreTrainedModel, vmap: Mapping[str, torch.nn.Param
     if set(vmap) != expected:
         raise AssertionError(
             f"{type(model).__name__}: parameters and canonical schema differ: "
-            f"extra {sorted(set(vmap) - expected)}, missing {sorted(expected - set(vmap))}")
+            f"extra {sorted(set(vmap) - expected)}, missing {sorted(expected - set(vmap))}"
+        )
 
 
 def _to_numpy(var: torch.Tensor) -> np.ndarray:
@@ -185,18 +197,23 @@ def load_canonical(
             that differs from ``wte`` (always).
     """
     head = naming.head_of_model(model)
-    state_dict = {k: tensor_to_numpy(v) if isinstance(v, torch.Tensor) else v
-                  for k, v in state_dict.items()}
-    sd, report = naming.normalize_state_dict(state_dict, model.config, head,
-                                             source=type(model).__name__)
+    state_dict = {
+        k: tensor_to_numpy(v) if isinstance(v, torch.Tensor) else v for k, v in state_dict.items()
+    }
+    sd, report = naming.normalize_state_dict(
+        state_dict, model.config, head, source=type(model).__name__
+    )
     if strict:
         report.raise_if_error()
     elif not report.ok:
         logger.warning("loading a state dict: %s", report.summary())
     vmap = variable_map(model)
     _check_key_set(model, vmap)
-    new = missing_weights(model.config, head, report.newly_initialized, seed=seed) \
-        if init_missing else {}
+    new = (
+        missing_weights(model.config, head, report.newly_initialized, seed=seed)
+        if init_missing
+        else {}
+    )
     dtype = torch_dtype_of(sd)
     tensors = {}
     for key in vmap:

@@ -215,8 +215,10 @@ def _listed(folder: str, marker: str) -> list[str]:
     """Sub-folders of FIXTURES/folder holding ``marker``; none is an error, not zero tests."""
     names = sorted(p.name for p in (FIXTURES / folder).iterdir() if (p / marker).exists())
     if not names:
-        raise FileNotFoundError(f"no {marker} under {FIXTURES / folder}: the committed "
-                                "fixtures are missing (git checkout tests/fixtures)")
+        raise FileNotFoundError(
+            f"no {marker} under {FIXTURES / folder}: the committed "
+            "fixtures are missing (git checkout tests/fixtures)"
+        )
     return names
 
 

@@ -24,8 +24,15 @@ import numpy as np
 
 from gpt2_core.config import GPT2Config
 
-FIELDS = ("loss", "mc_loss", "logits", "mc_logits", "start_logits", "end_logits",
-          "last_hidden_state")
+FIELDS = (
+    "loss",
+    "mc_loss",
+    "logits",
+    "mc_logits",
+    "start_logits",
+    "end_logits",
+    "last_hidden_state",
+)
 #: framework -> the third-party package whose absence (only) lets its tests skip
 FRAMEWORK_PACKAGES = {"torch": "torch", "tf": "tensorflow", "flax": "flax"}
 FRAMEWORKS = tuple(FRAMEWORK_PACKAGES)
@@ -60,8 +67,10 @@ def assert_close(ours, ref, what: str = "", rel: float = REL) -> float:
     if os.environ.get("GPT2_TOLERANCE_LOG"):
         with open(os.environ["GPT2_TOLERANCE_LOG"], "a") as f:
             f.write(f"{what}\t{diff / scale:.3e}\n")
-    assert diff <= rel * scale, (f"{what}: max|diff| {diff:.3g} > {rel:g} x scale {scale:.3g} "
-                                 f"at {np.unravel_index(np.argmax(np.abs(ours - ref)), ref.shape)}")
+    assert diff <= rel * scale, (
+        f"{what}: max|diff| {diff:.3g} > {rel:g} x scale {scale:.3g} "
+        f"at {np.unravel_index(np.argmax(np.abs(ours - ref)), ref.shape)}"
+    )
     return diff
 
 
@@ -143,8 +152,11 @@ class Adapter:
         return load_pretrained(self.name, directory, head)
 
     def generate(self, model, input_ids, attention_mask, **kwargs) -> np.ndarray:
-        out = model.generate(self.tensor(np.asarray(input_ids)),
-                             attention_mask=self.tensor(np.asarray(attention_mask)), **kwargs)
+        out = model.generate(
+            self.tensor(np.asarray(input_ids)),
+            attention_mask=self.tensor(np.asarray(attention_mask)),
+            **kwargs,
+        )
         return _np(out)
 
 
@@ -180,8 +192,11 @@ class TorchAdapter(Adapter):
         model.zero_grad(set_to_none=True)
         out = model(**_convert(self, inputs), **flags)
         _total_loss(out).backward()
-        grads = {k: p.grad.numpy().astype(np.float64)
-                 for k, p in self.weights.variable_map(model).items() if p.grad is not None}
+        grads = {
+            k: p.grad.numpy().astype(np.float64)
+            for k, p in self.weights.variable_map(model).items()
+            if p.grad is not None
+        }
         model.zero_grad(set_to_none=True)
         return grads
 
@@ -231,8 +246,9 @@ class FlaxAdapter(Adapter):
 
         super().__init__()
         self.jnp, self.nnx = jnp, nnx
-        self._jitted = nnx.jit(lambda model, arrays, static: model(**arrays, **dict(static)),
-                               static_argnums=2)
+        self._jitted = nnx.jit(
+            lambda model, arrays, static: model(**arrays, **dict(static)), static_argnums=2
+        )
 
     def build(self, cfg: GPT2Config, head: str, sd: dict, dtype: str = "fp32"):
         jnp = self.jnp
@@ -290,7 +306,9 @@ def adapter(name: str) -> Adapter:
 
     if name not in _INSTANCES:
         third_party = FRAMEWORK_PACKAGES[name]
-        if importlib.util.find_spec(third_party) is None:  # pragma: no cover - make test installs all
+        if (
+            importlib.util.find_spec(third_party) is None
+        ):  # pragma: no cover - make test installs all
             pytest.skip(f"{third_party} is not installed")
         _INSTANCES[name] = ADAPTERS[name]()
     return _INSTANCES[name]

@@ -45,8 +45,11 @@ def _golden_model(fw: str, case_name: str, head_class: str):
     head = naming.head_of(head_class)
     wanted = naming.expected_shapes(cfg, head)
     # the case holds every head's weights: keep this head's (the others would be unexpected)
-    sd = {k: v for k, v in case.weights.items()
-          if k in wanted or naming.strip_base_prefix(k) in wanted}
+    sd = {
+        k: v
+        for k, v in case.weights.items()
+        if k in wanted or naming.strip_base_prefix(k) in wanted
+    }
     return adapter(fw).build(cfg, head, sd)
 
 
@@ -99,8 +102,11 @@ def test_golden_outputs(A, case_name, head):
         if run.get("grads"):
             grads = A.grads(model, inputs, **run["flags"])
             for name in run["grads"]:
-                assert_close(grads[name], case.get(head, scenario, f"grads/{name}"),
-                             f"{case_name} {head} {scenario} grads/{name}")
+                assert_close(
+                    grads[name],
+                    case.get(head, scenario, f"grads/{name}"),
+                    f"{case_name} {head} {scenario} grads/{name}",
+                )
 
 
 @pytest.mark.parametrize("scenario", ["nomask", "left_pad"])
@@ -113,20 +119,37 @@ def test_golden_cached_decode(A, case_name, scenario):
     ids = case.golden[recipe["input_ids"]]
     B, T = ids.shape
     mask = case.golden[recipe["attention_mask"]] if recipe["attention_mask"] else np.ones_like(ids)
-    pos = (case.golden[recipe["position_ids"]] if recipe["position_ids"]
-           else np.broadcast_to(np.arange(T), (B, T)).copy())
+    pos = (
+        case.golden[recipe["position_ids"]]
+        if recipe["position_ids"]
+        else np.broadcast_to(np.arange(T), (B, T)).copy()
+    )
     enc = {}
     if recipe["encoder"]:
-        enc = {"encoder_hidden_states": case.golden["inputs/encoder_hidden_states"],
-               "encoder_attention_mask": case.golden["inputs/encoder_attention_mask"]}
+        enc = {
+            "encoder_hidden_states": case.golden["inputs/encoder_hidden_states"],
+            "encoder_attention_mask": case.golden["inputs/encoder_attention_mask"],
+        }
     p = recipe["prefix_len"]
-    out = A.call(model, input_ids=ids[:, :p], attention_mask=mask[:, :p],
-                 position_ids=pos[:, :p], use_cache=True, **enc)
+    out = A.call(
+        model,
+        input_ids=ids[:, :p],
+        attention_mask=mask[:, :p],
+        position_ids=pos[:, :p],
+        use_cache=True,
+        **enc,
+    )
     steps = []
     for t in range(p, T):
-        out = A.call(model, input_ids=ids[:, t:t + 1], past_key_values=out["past_key_values"],
-                     attention_mask=mask[:, :t + 1], position_ids=pos[:, t:t + 1],
-                     use_cache=True, **enc)
+        out = A.call(
+            model,
+            input_ids=ids[:, t : t + 1],
+            past_key_values=out["past_key_values"],
+            attention_mask=mask[:, : t + 1],
+            position_ids=pos[:, t : t + 1],
+            use_cache=True,
+            **enc,
+        )
         steps.append(field(out, "logits"))
     assert_close(np.concatenate(steps, 1), ref, f"{case_name} cache_{scenario}")
 
@@ -134,8 +157,12 @@ def test_golden_cached_decode(A, case_name, scenario):
 #: generate() compiles one XLA loop per setting in tf and flax: every case in torch, the
 #: default case (greedy, penalties, beam, EOS list) in the others
 GENERATE_CASES = {"torch": CASES, "tf": ["default"], "flax": ["default"]}
-GENERATIONS = [pytest.param(fw, c, g, id=f"{fw}-{c}-{g}") for fw in FRAMEWORKS
-               for c in GENERATE_CASES[fw] for g in golden.load_case(c).meta["generation"]]
+GENERATIONS = [
+    pytest.param(fw, c, g, id=f"{fw}-{c}-{g}")
+    for fw in FRAMEWORKS
+    for c in GENERATE_CASES[fw]
+    for g in golden.load_case(c).meta["generation"]
+]
 
 
 @pytest.mark.parametrize(("fw", "case_name", "name"), GENERATIONS)
@@ -144,8 +171,11 @@ def test_golden_generate(fw, case_name, name):
     A = adapter(fw)
     case = golden.load_case(case_name)
     rec = case.generation(name)
-    kwargs = {k: v for k, v in rec["kwargs"].items()
-              if k not in ("output_scores", "return_dict_in_generate")}
+    kwargs = {
+        k: v
+        for k, v in rec["kwargs"].items()
+        if k not in ("output_scores", "return_dict_in_generate")
+    }
     if rec.get("encoder_inputs"):
         if fw != "torch":  # not in GENERATE_CASES: guard against a silent half-check
             pytest.fail(f"{fw}: generate with encoder_hidden_states is not wired")
@@ -175,15 +205,20 @@ def _left_pad(ids: np.ndarray, n_pads) -> tuple[np.ndarray, np.ndarray, np.ndarr
     out, mask = np.zeros_like(ids), np.ones_like(ids)
     T = ids.shape[1]
     for i, n in enumerate(n_pads):
-        out[i, n:] = ids[i, :T - n]
+        out[i, n:] = ids[i, : T - n]
         mask[i, :n] = 0
     pos = np.where(mask == 1, np.cumsum(mask, -1) - 1, 1)
     return out, mask, pos
 
 
-PRIMARY = {"base": "last_hidden_state", "lm": "logits", "double_heads": "mc_logits",
-           "sequence_classification": "logits", "token_classification": "logits",
-           "question_answering": "start_logits"}
+PRIMARY = {
+    "base": "last_hidden_state",
+    "lm": "logits",
+    "double_heads": "mc_logits",
+    "sequence_classification": "logits",
+    "token_classification": "logits",
+    "question_answering": "start_logits",
+}
 
 
 @pytest.mark.parametrize("head", HEADS)
@@ -191,11 +226,17 @@ def test_every_head_output_shapes(A, head):
     B, T = 2, 5
     ids = _ids((B, T))
     x = ids[None] if head == "double_heads" else ids  # (1 batch, 2 choices, T)
-    out = A.call(_model(A.name, head), input_ids=x, output_hidden_states=True,
-                 output_attentions=True)
-    want = {"base": (B, T, 36), "lm": (B, T, 257), "double_heads": (1, 2),
-            "sequence_classification": (B, 3), "token_classification": (B, T, 3),
-            "question_answering": (B, T)}[head]
+    out = A.call(
+        _model(A.name, head), input_ids=x, output_hidden_states=True, output_attentions=True
+    )
+    want = {
+        "base": (B, T, 36),
+        "lm": (B, T, 257),
+        "double_heads": (1, 2),
+        "sequence_classification": (B, 3),
+        "token_classification": (B, T, 3),
+        "question_answering": (B, T),
+    }[head]
     assert field(out, PRIMARY[head]).shape == want
     assert len(out["hidden_states"]) == 3 and len(out["attentions"]) == 2
     assert field(out, "attentions/0").shape == (B, 3, T, T)
@@ -224,12 +265,17 @@ def test_cache_equals_full_pass(A):
     full = field(A.call(model, input_ids=ids), "logits")
     out = A.call(model, input_ids=ids[:, :4], use_cache=True)
     steps = [field(out, "logits")]
-    out = A.call(model, input_ids=ids[:, 4:7], past_key_values=out["past_key_values"],
-                 use_cache=True)
+    out = A.call(
+        model, input_ids=ids[:, 4:7], past_key_values=out["past_key_values"], use_cache=True
+    )
     steps.append(field(out, "logits"))
     for t in (7, 8):
-        out = A.call(model, input_ids=ids[:, t:t + 1], past_key_values=out["past_key_values"],
-                     use_cache=True)
+        out = A.call(
+            model,
+            input_ids=ids[:, t : t + 1],
+            past_key_values=out["past_key_values"],
+            use_cache=True,
+        )
         steps.append(field(out, "logits"))
     assert_close(np.concatenate(steps, 1), full, f"{A.name} cached")
     assert field(out, "past_key_values/0/key").shape == (3, 3, 9, 12)  # (B, H, T, D)
@@ -239,10 +285,21 @@ def test_cache_with_left_padding_equals_full_pass(A):
     model = _model(A.name)
     ids, mask, pos = _left_pad(_ids((3, 9)), [0, 2, 5])
     full = field(A.call(model, input_ids=ids, attention_mask=mask, position_ids=pos), "logits")
-    a = A.call(model, input_ids=ids[:, :6], attention_mask=mask[:, :6], position_ids=pos[:, :6],
-               use_cache=True)
-    b = A.call(model, input_ids=ids[:, 6:], attention_mask=mask, position_ids=pos[:, 6:],
-               past_key_values=a["past_key_values"], use_cache=True)
+    a = A.call(
+        model,
+        input_ids=ids[:, :6],
+        attention_mask=mask[:, :6],
+        position_ids=pos[:, :6],
+        use_cache=True,
+    )
+    b = A.call(
+        model,
+        input_ids=ids[:, 6:],
+        attention_mask=mask,
+        position_ids=pos[:, 6:],
+        past_key_values=a["past_key_values"],
+        use_cache=True,
+    )
     real = mask.astype(bool)
     got = np.concatenate([field(a, "logits"), field(b, "logits")], 1)
     assert_close(got[real], full[real], f"{A.name} left-padded cache")
@@ -291,8 +348,12 @@ def test_sequence_classification_pools_last_real_token(A, side):
 def test_canonical_weights_round_trip(A, head):
     """canonical -> model -> canonical is bit-exact, in expected_shapes order (untied heads,
     cross-attention weights included)."""
-    cfg = tiny_config(pad_token_id=0, num_labels=3, tie_word_embeddings=head != "lm",
-                      add_cross_attention=head == "base")
+    cfg = tiny_config(
+        pad_token_id=0,
+        num_labels=3,
+        tie_word_embeddings=head != "lm",
+        add_cross_attention=head == "base",
+    )
     sd = random_state_dict(cfg, head, seed=3, std=0.3)
     back = A.canonical(A.build(cfg, head, sd))
     assert list(back) == list(naming.expected_shapes(cfg, head))
@@ -324,13 +385,19 @@ def test_weights_modules_share_one_api():
     shared = None
     for fw in FRAMEWORKS:
         W = adapter(fw).weights
-        for name in ("to_canonical", "load_canonical", "variable_map", "is_transposed",
-                     "TRANSPOSED"):
+        for name in (
+            "to_canonical",
+            "load_canonical",
+            "variable_map",
+            "is_transposed",
+            "TRANSPOSED",
+        ):
             assert hasattr(W, name), f"gpt2_{fw}.weights lacks {name}"
         assert W.TRANSPOSED in ((), naming.LINEAR_HEAD_WEIGHTS), fw
         params = inspect.signature(W.load_canonical).parameters
-        common = {k: (params[k].kind, params[k].default)
-                  for k in ("strict", "init_missing", "seed")}
+        common = {
+            k: (params[k].kind, params[k].default) for k in ("strict", "init_missing", "seed")
+        }
         assert list(params)[:2] == ["model", "state_dict"]
         shared = shared or common
         assert common == shared, fw
@@ -352,8 +419,9 @@ def test_new_head_initialisation_is_seeded_and_the_same_everywhere(tmp_path):
             report = A.weights.load_canonical(model, base, init_missing=True, seed=seed)
             assert report.newly_initialized == ["score.weight"]
             np.testing.assert_array_equal(A.canonical(model)["score.weight"], want, err_msg=fw)
-    assert not np.array_equal(want, missing_weights(cfg, head, ["score.weight"], seed=0)[
-        "score.weight"])
+    assert not np.array_equal(
+        want, missing_weights(cfg, head, ["score.weight"], seed=0)["score.weight"]
+    )
     # from_pretrained of a base checkpoint: the default seed, so every backend has the same head
     adapter("torch").save(_model("torch", "base", num_labels=4), tmp_path)
     want = missing_weights(cfg, head, ["score.weight"], seed=0)["score.weight"]
@@ -384,11 +452,13 @@ def test_load_canonical_rejects_bad_state_dicts(A, caplog):
         report = load(model, extra, strict=False)  # logged, and the rest is loaded
     assert report.unexpected == ["score.weight"] and "score.weight" in caplog.text
     # keys without the ``transformer.`` prefix and without the tied head load too
-    report = load(model, {naming.strip_base_prefix(k): v for k, v in sd.items()
-                          if k != "lm_head.weight"})
+    report = load(
+        model, {naming.strip_base_prefix(k): v for k, v in sd.items() if k != "lm_head.weight"}
+    )
     assert report.ok and report.tied == ["lm_head.weight"]
-    np.testing.assert_array_equal(A.canonical(model)["lm_head.weight"],
-                                  sd["transformer.wte.weight"])
+    np.testing.assert_array_equal(
+        A.canonical(model)["lm_head.weight"], sd["transformer.wte.weight"]
+    )
 
 
 # ---------------------------------------------------------------------------- bad input
@@ -400,15 +470,27 @@ def test_bad_inputs_raise_clear_errors(A):
         (ValueError, r"input_ids contains -1", dict(input_ids=np.array([[1, -1]]))),
         (TypeError, "integer", dict(input_ids=np.array([[1.0, 2.0]], np.float32))),
         (ValueError, r"n_positions|position_ids contains 32", dict(input_ids=_ids((1, 33)))),
-        (ValueError, r"position_ids contains 40", dict(input_ids=np.array([[1, 2]]),
-                                                       position_ids=np.array([[0, 40]]))),
-        (ValueError, r"token_type_ids contains 300", dict(input_ids=ids,
-                                                          token_type_ids=np.full_like(ids, 300))),
+        (
+            ValueError,
+            r"position_ids contains 40",
+            dict(input_ids=np.array([[1, 2]]), position_ids=np.array([[0, 40]])),
+        ),
+        (
+            ValueError,
+            r"token_type_ids contains 300",
+            dict(input_ids=ids, token_type_ids=np.full_like(ids, 300)),
+        ),
         (ValueError, r"attention_mask", dict(input_ids=ids, attention_mask=np.ones((1, 5)))),
-        (ValueError, r"input_ids and inputs_embeds|either input_ids or inputs_embeds",
-         dict(input_ids=ids, inputs_embeds=np.zeros((1, 3, 36), np.float32))),
-        (ValueError, "cross-attention", dict(input_ids=ids, encoder_hidden_states=np.zeros(
-            (1, 2, 36), np.float32))),
+        (
+            ValueError,
+            r"input_ids and inputs_embeds|either input_ids or inputs_embeds",
+            dict(input_ids=ids, inputs_embeds=np.zeros((1, 3, 36), np.float32)),
+        ),
+        (
+            ValueError,
+            "cross-attention",
+            dict(input_ids=ids, encoder_hidden_states=np.zeros((1, 2, 36), np.float32)),
+        ),
     ]
     for error, match, kwargs in cases:
         with pytest.raises(error, match=match):
@@ -419,5 +501,6 @@ def test_bad_inputs_raise_clear_errors(A):
 
 def test_out_of_range_labels_raise_clear_errors(A):
     with pytest.raises(ValueError, match=r"labels contains 999|labels must be"):
-        A.call_eager(_model(A.name), input_ids=np.array([[1, 2, 3]]),
-                     labels=np.array([[1, 2, 999]]))
+        A.call_eager(
+            _model(A.name), input_ids=np.array([[1, 2, 3]]), labels=np.array([[1, 2, 999]])
+        )

@@ -30,24 +30,24 @@ CALL = {"forward": "__call__", "call": "__call__"}
 ALLOWLIST: dict[str, str] = {
     # methods
     "method Conv1D.__call__": "flax: Conv1D is nnx.Linear (same (in, out) kernel), its __call__ "
-                              "is inherited",
+    "is inherited",
     "method LayerNorm.__call__": "tf only: float32 statistics under mixed policies; torch and "
-                                 "flax inherit their framework's LayerNorm",
+    "flax inherit their framework's LayerNorm",
     "method GPT2Attention._fused_attention": "tf: TensorFlow has no fused attention kernel "
-                                             "(attn_implementation='eager' only)",
+    "(attn_implementation='eager' only)",
     # attributes
     "attribute Conv1D.weight": "flax: nnx.Linear's kernel (set by the parent constructor)",
     "attribute Conv1D.bias": "flax: nnx.Linear's bias (set by the parent constructor)",
     "attribute Conv1D.nf": "torch/tf: output width for the reshape; flax: nnx.Linear's",
     "attribute Conv1D.nx": "tf: input width for the reshape",
     "attribute LayerNorm.gamma": "tf: Keras-named variables; torch and flax: their "
-                                 "framework's LayerNorm parameters",
+    "framework's LayerNorm parameters",
     "attribute LayerNorm.beta": "as LayerNorm.gamma",
     "attribute LayerNorm.epsilon": "as LayerNorm.gamma",
     "attribute GPT2Model.dtype": "flax: the computation dtype (torch and Keras carry it on "
-                                 "the parameters / the dtype policy)",
+    "the parameters / the dtype policy)",
     "attribute GPT2PreTrainedModel.generation_config": "flax: a property of "
-                                                       "_framework.FrameworkMixin over _Unhashed",
+    "_framework.FrameworkMixin over _Unhashed",
     "attribute GPT2PreTrainedModel.gradient_checkpointing": "torch only",
 }
 # Keras layers set ``self.built = True`` after building their variables eagerly
@@ -57,8 +57,12 @@ IGNORED_ATTRIBUTES = {"built"}
 def _self_targets(node: ast.AST):
     targets = node.targets if isinstance(node, ast.Assign) else [node.target]
     for t in targets:
-        for x in (t.elts if isinstance(t, ast.Tuple) else [t]):
-            if isinstance(x, ast.Attribute) and isinstance(x.value, ast.Name) and x.value.id == "self":
+        for x in t.elts if isinstance(t, ast.Tuple) else [t]:
+            if (
+                isinstance(x, ast.Attribute)
+                and isinstance(x.value, ast.Name)
+                and x.value.id == "self"
+            ):
                 yield x.attr
 
 
@@ -69,11 +73,17 @@ def parse(backend: str) -> dict:
     for node in tree.body:
         if isinstance(node, ast.ClassDef):
             out["classes"].append(node.name)
-            out["methods"][node.name] = {CALL.get(n.name, n.name) for n in node.body
-                                         if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
+            out["methods"][node.name] = {
+                CALL.get(n.name, n.name)
+                for n in node.body
+                if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+            }
             out["attributes"][node.name] = {
-                a for n in ast.walk(node) if isinstance(n, ast.Assign | ast.AnnAssign)
-                for a in _self_targets(n)} - IGNORED_ATTRIBUTES
+                a
+                for n in ast.walk(node)
+                if isinstance(n, ast.Assign | ast.AnnAssign)
+                for a in _self_targets(n)
+            } - IGNORED_ATTRIBUTES
         elif isinstance(node, ast.FunctionDef):
             out["functions"].append(node.name)
     return out
@@ -82,8 +92,12 @@ def parse(backend: str) -> dict:
 def compare() -> dict:
     """Per kind: every item, those shared by the three files, and the rest with their owners."""
     files = {b: parse(b) for b in BACKENDS}
-    items: dict[str, dict[str, set[str]]] = {"class": {}, "method": {}, "attribute": {},
-                                             "function": {}}
+    items: dict[str, dict[str, set[str]]] = {
+        "class": {},
+        "method": {},
+        "attribute": {},
+        "function": {},
+    }
     for b, f in files.items():
         for c in f["classes"]:
             items["class"].setdefault(c, set()).add(b)
@@ -104,27 +118,37 @@ def compare() -> dict:
 
 
 def figures(r: dict) -> str:
-    return ", ".join(f"{kind}es {len(r[kind]['shared'])}/{len(r[kind]['all'])}" if kind == "class"
-                     else f"{kind}s {len(r[kind]['shared'])}/{len(r[kind]['all'])}"
-                     for kind in ("class", "method", "attribute", "function"))
+    return ", ".join(
+        f"{kind}es {len(r[kind]['shared'])}/{len(r[kind]['all'])}"
+        if kind == "class"
+        else f"{kind}s {len(r[kind]['shared'])}/{len(r[kind]['all'])}"
+        for kind in ("class", "method", "attribute", "function")
+    )
 
 
 def test_modeling_files_stay_parallel():
     r = compare()
-    unlisted = [f"{kind} {name} (only in {', '.join(owners)})"
-                for kind in ("class", "method", "attribute")
-                for name, owners in sorted(r[kind]["partial"].items())
-                if f"{kind} {name}" not in ALLOWLIST]
-    stale = [key for key in ALLOWLIST
-             if key.split(" ", 1)[1] not in r[key.split(" ", 1)[0]]["partial"]]
-    shared_order = [[c for c in r["files"][b]["classes"] if c in r["class"]["shared"]]
-                    for b in BACKENDS]
-    msg = (f"shared by all three modeling files: {figures(r)}.\n"
-           + "".join(f"  not shared and not in ALLOWLIST: {u}\n" for u in unlisted)
-           + "".join(f"  ALLOWLIST entry now shared or gone (remove it): {s}\n" for s in stale))
+    unlisted = [
+        f"{kind} {name} (only in {', '.join(owners)})"
+        for kind in ("class", "method", "attribute")
+        for name, owners in sorted(r[kind]["partial"].items())
+        if f"{kind} {name}" not in ALLOWLIST
+    ]
+    stale = [
+        key for key in ALLOWLIST if key.split(" ", 1)[1] not in r[key.split(" ", 1)[0]]["partial"]
+    ]
+    shared_order = [
+        [c for c in r["files"][b]["classes"] if c in r["class"]["shared"]] for b in BACKENDS
+    ]
+    msg = (
+        f"shared by all three modeling files: {figures(r)}.\n"
+        + "".join(f"  not shared and not in ALLOWLIST: {u}\n" for u in unlisted)
+        + "".join(f"  ALLOWLIST entry now shared or gone (remove it): {s}\n" for s in stale)
+    )
     assert not unlisted and not stale, msg
     assert shared_order[0] == shared_order[1] == shared_order[2], (
-        f"class order differs: {dict(zip(BACKENDS, shared_order))}")
+        f"class order differs: {dict(zip(BACKENDS, shared_order))}"
+    )
     assert r["class"]["shared"] == r["class"]["all"], msg  # every class in all three files
     # issue #14's bar: framework plumbing lives in each backend's _framework.FrameworkMixin
     assert len(r["method"]["shared"]) / len(r["method"]["all"]) >= 0.9, msg
@@ -150,8 +174,13 @@ def test_guard_sees_a_divergence(monkeypatch):
 #: or (``GenerationMixin.x``) a method. TF's logits processors and beam step are methods of its
 #: GenerationMixin because they run inside its traced loop; a bare name is found either way.
 SHARED_API = {
-    "generation": {"GenerationMixin", "GenerationMixin.generate", "process_logits", "warp_logits",
-                   "beam_step"},
+    "generation": {
+        "GenerationMixin",
+        "GenerationMixin.generate",
+        "process_logits",
+        "warp_logits",
+        "beam_step",
+    },
     "weights": {"is_transposed", "variable_map", "to_canonical", "load_canonical"},
 }
 #: public names defined by fewer than three of the files, and why
@@ -159,7 +188,7 @@ API_ALLOWLIST: dict[str, str] = {
     "generation torch generate": "the functional form behind GenerationMixin.generate",
     "generation torch GenerateOutput": "return_dict_in_generate=True (torch only, as transformers)",
     "generation torch init_beam_state": "torch's beam search is eager: its state helpers are "
-                                        "module functions (tf/flax build the state in-graph)",
+    "module functions (tf/flax build the state in-graph)",
     "generation torch beam_search_finished": "as init_beam_state",
     "generation torch finalize_beams": "as init_beam_state",
     "generation flax trace_count": "the jit retrace counter (tf: GenerationMixin.generation_trace_count)",
@@ -170,7 +199,7 @@ API_ALLOWLIST: dict[str, str] = {
     "weights torch numpy_to_tensor": "as tensor_to_numpy",
     "weights torch torch_dtype_of": "as tensor_to_numpy",
     "weights flax canonical_key": "NNX paths are tuples: one key function (torch/tf names are "
-                                  "already canonical strings)",
+    "already canonical strings)",
     "weights flax materialize": "NNX abstract (eval_shape) models are filled in place",
 }
 
@@ -180,7 +209,8 @@ SIGNATURE_EXTRAS: dict[tuple[str, str], dict[str, str]] = {
     ("torch", "load_canonical"): {
         "assign": "load into a model built on the meta device (torch's load at one copy)",
         "consume": "hand the state dict's buffers to the model without a copy (torch tensors "
-                   "can wrap numpy memory; Keras and NNX variables always own theirs)"},
+        "can wrap numpy memory; Keras and NNX variables always own theirs)",
+    },
     ("flax", "GenerationMixin.generate"): {"prng_key": "JAX's explicit sampling key"},
 }
 
@@ -193,8 +223,13 @@ def public_api(backend: str, module: str) -> dict[str, ast.AST]:
         if isinstance(node, ast.FunctionDef | ast.ClassDef) and not node.name.startswith("_"):
             out[node.name] = node
             if isinstance(node, ast.ClassDef) and node.name == "GenerationMixin":
-                out.update({f"GenerationMixin.{m.name}": m for m in node.body
-                            if isinstance(m, ast.FunctionDef) and not m.name.startswith("_")})
+                out.update(
+                    {
+                        f"GenerationMixin.{m.name}": m
+                        for m in node.body
+                        if isinstance(m, ast.FunctionDef) and not m.name.startswith("_")
+                    }
+                )
     return out
 
 
@@ -210,15 +245,24 @@ def _params(fn: ast.FunctionDef) -> list[str]:
 @pytest.mark.parametrize("module", sorted(SHARED_API))
 def test_generation_and_weights_share_a_public_api(module):
     apis = {b: public_api(b, module) for b in BACKENDS}
-    missing = [f"{name} (not in gpt2_{b}/{module}.py)" for b in BACKENDS
-               for name in sorted(SHARED_API[module]) if not _found(apis[b], name)]
+    missing = [
+        f"{name} (not in gpt2_{b}/{module}.py)"
+        for b in BACKENDS
+        for name in sorted(SHARED_API[module])
+        if not _found(apis[b], name)
+    ]
     shared = {n for n in SHARED_API[module]} | {f"GenerationMixin.{n}" for n in SHARED_API[module]}
-    extra = {f"{module} {b} {n}" for b in BACKENDS for n in apis[b]
-             if n not in shared and not all(n in apis[o] for o in BACKENDS)}
+    extra = {
+        f"{module} {b} {n}"
+        for b in BACKENDS
+        for n in apis[b]
+        if n not in shared and not all(n in apis[o] for o in BACKENDS)
+    }
     listed = {k for k in API_ALLOWLIST if k.startswith(module + " ")}
     assert not missing, f"shared public API missing: {missing}"
-    assert extra <= listed, f"public names in fewer than three files, not in API_ALLOWLIST: " \
-                            f"{sorted(extra - listed)}"
+    assert extra <= listed, (
+        f"public names in fewer than three files, not in API_ALLOWLIST: {sorted(extra - listed)}"
+    )
     assert listed <= extra, f"API_ALLOWLIST entries now shared or gone: {sorted(listed - extra)}"
 
 
@@ -226,12 +270,23 @@ def test_shared_functions_have_one_signature():
     """The same parameter names in all three, apart from SIGNATURE_EXTRAS."""
     for module, names in SHARED_API.items():
         apis = {b: public_api(b, module) for b in BACKENDS}
-        for name in ("to_canonical", "load_canonical", "variable_map", "is_transposed",
-                     "GenerationMixin.generate"):
+        for name in (
+            "to_canonical",
+            "load_canonical",
+            "variable_map",
+            "is_transposed",
+            "GenerationMixin.generate",
+        ):
             if name not in names:
                 continue
-            sigs = {b: [p for p in _params(apis[b][name])
-                        if p not in SIGNATURE_EXTRAS.get((b, name), {})] for b in BACKENDS}
+            sigs = {
+                b: [
+                    p
+                    for p in _params(apis[b][name])
+                    if p not in SIGNATURE_EXTRAS.get((b, name), {})
+                ]
+                for b in BACKENDS
+            }
             assert sigs["torch"] == sigs["tf"] == sigs["flax"], f"{module}.{name}: {sigs}"
 
 
@@ -324,10 +379,16 @@ def test_cross_attention_cache_layout(backend):
     assert len(full.past_key_values[0]) == 4
     assert tuple(full.past_key_values[0][2].shape) == (2, 3, 3, 12)  # (B, H, S_enc, D)
     a = _run(backend, model, input_ids=ids[:, :3], encoder_hidden_states=enc, use_cache=True)
-    b = _run(backend, model, input_ids=ids[:, 3:], encoder_hidden_states=enc,
-             past_key_values=a.past_key_values)
-    np.testing.assert_allclose(np.concatenate([_np(a.logits), _np(b.logits)], 1),
-                               _np(full.logits), atol=1e-4)
+    b = _run(
+        backend,
+        model,
+        input_ids=ids[:, 3:],
+        encoder_hidden_states=enc,
+        past_key_values=a.past_key_values,
+    )
+    np.testing.assert_allclose(
+        np.concatenate([_np(a.logits), _np(b.logits)], 1), _np(full.logits), atol=1e-4
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

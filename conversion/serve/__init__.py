@@ -38,18 +38,26 @@ def _need_serve_extra() -> None:
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as e:
-        raise RuntimeError(f"gpt2 serve needs the serve extra ({e}): "
-                           "pip install 'gpt2-zoo[serve]'") from e
+        raise RuntimeError(
+            f"gpt2 serve needs the serve extra ({e}): pip install 'gpt2-zoo[serve]'"
+        ) from e
 
 
-def load_engine(model: str, framework: str = "torch", dtype: str | None = None,
-                tokenizer: str | None = None, name: str | None = None, warmup: bool = True,
-                max_queue: int = 256) -> Any:
+def load_engine(
+    model: str,
+    framework: str = "torch",
+    dtype: str | None = None,
+    tokenizer: str | None = None,
+    name: str | None = None,
+    warmup: bool = True,
+    max_queue: int = 256,
+) -> Any:
     """Load ``model`` in ``framework`` and start its generation worker."""
     from conversion.serve.engine import Engine
 
-    engine = Engine.load(model, framework=framework, dtype=dtype, tokenizer=tokenizer, name=name,
-                         max_queue=max_queue)
+    engine = Engine.load(
+        model, framework=framework, dtype=dtype, tokenizer=tokenizer, name=name, max_queue=max_queue
+    )
     engine.start(warmup=warmup)
     return engine
 
@@ -71,8 +79,9 @@ class ServerThread:
     (and the engine's worker) on exit.
     """
 
-    def __init__(self, engine: Any, host: str = DEFAULT_HOST, port: int = 0,
-                 log_level: str = "warning") -> None:
+    def __init__(
+        self, engine: Any, host: str = DEFAULT_HOST, port: int = 0, log_level: str = "warning"
+    ) -> None:
         _need_serve_extra()
         import uvicorn
 
@@ -84,8 +93,14 @@ class ServerThread:
                 s.bind((host, 0))
                 port = s.getsockname()[1]
         self.url = f"http://{host}:{port}"
-        config = uvicorn.Config(create_app(engine), host=host, port=port, log_level=log_level,
-                                lifespan="off", timeout_graceful_shutdown=5)
+        config = uvicorn.Config(
+            create_app(engine),
+            host=host,
+            port=port,
+            log_level=log_level,
+            lifespan="off",
+            timeout_graceful_shutdown=5,
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="gpt2-serve-http", daemon=True)
 
@@ -110,9 +125,16 @@ class ServerThread:
         self.stop()
 
 
-def serve(model: str, framework: str = "torch", host: str = DEFAULT_HOST,
-          port: int = DEFAULT_PORT, dtype: str | None = None, tokenizer: str | None = None,
-          name: str | None = None, max_queue: int = 256) -> int:
+def serve(
+    model: str,
+    framework: str = "torch",
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    dtype: str | None = None,
+    tokenizer: str | None = None,
+    name: str | None = None,
+    max_queue: int = 256,
+) -> int:
     """``gpt2 serve``: load, warm up, serve until Ctrl-C."""
     _need_serve_extra()
     import uvicorn
@@ -120,16 +142,28 @@ def serve(model: str, framework: str = "torch", host: str = DEFAULT_HOST,
     from conversion.serve.app import create_app
 
     if not is_loopback(host):
-        logger.warning("serving on %s: anyone who can reach this address can use the model "
-                       "(there is no authentication)", host)
-    engine = load_engine(model, framework, dtype=dtype, tokenizer=tokenizer, name=name,
-                         max_queue=max_queue)
+        logger.warning(
+            "serving on %s: anyone who can reach this address can use the model "
+            "(there is no authentication)",
+            host,
+        )
+    engine = load_engine(
+        model, framework, dtype=dtype, tokenizer=tokenizer, name=name, max_queue=max_queue
+    )
     shown = f"[{host}]" if ":" in host else host
-    print(f"gpt2 serve: {engine.name} in {framework} ({engine.dtype}) on http://{shown}:{port}/ "
-          f"(API: /v1/completions, /v1/models, /health); Ctrl-C stops", flush=True)
+    print(
+        f"gpt2 serve: {engine.name} in {framework} ({engine.dtype}) on http://{shown}:{port}/ "
+        f"(API: /v1/completions, /v1/models, /health); Ctrl-C stops",
+        flush=True,
+    )
     try:
-        uvicorn.run(create_app(engine), host=host, port=port, log_level="warning",
-                    timeout_graceful_shutdown=5)
+        uvicorn.run(
+            create_app(engine),
+            host=host,
+            port=port,
+            log_level="warning",
+            timeout_graceful_shutdown=5,
+        )
     finally:
         engine.close()
     return 0

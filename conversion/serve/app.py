@@ -53,30 +53,60 @@ MAX_CHOICES = 64  # prompts x n in one request
 MAX_STOP = 4
 SEED_LIMIT = 2**31  # TF takes the seed as an int32
 #: the page's own origin only: no CDN, no inline script
-CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-       "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 #: OpenAI fields accepted only at their neutral value (name -> accepted values)
-_NEUTRAL = {"echo": (False, None), "logprobs": (None,), "best_of": (None, 1),
-            "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0),
-            "logit_bias": (None, {}), "suffix": (None, "")}
-_KNOWN = {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "n", "stop", "seed",
-          "stream", "stream_options", "user", *_NEUTRAL}
+_NEUTRAL = {
+    "echo": (False, None),
+    "logprobs": (None,),
+    "best_of": (None, 1),
+    "presence_penalty": (None, 0, 0.0),
+    "frequency_penalty": (None, 0, 0.0),
+    "logit_bias": (None, {}),
+    "suffix": (None, ""),
+}
+_KNOWN = {
+    "model",
+    "prompt",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "n",
+    "stop",
+    "seed",
+    "stream",
+    "stream_options",
+    "user",
+    *_NEUTRAL,
+}
 
 
 class APIError(Exception):
     """An error answered as ``{"error": {...}}`` with an HTTP status (4xx: the request's fault)."""
 
-    def __init__(self, status: int, message: str, param: str | None = None,
-                 code: str | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, param: str | None = None, code: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
 
     def response(self) -> JSONResponse:
         kind = "invalid_request_error" if self.status < 500 else "server_error"
-        return JSONResponse({"error": {"message": self.message, "type": kind,
-                                       "param": self.param, "code": self.code}},
-                            status_code=self.status)
+        return JSONResponse(
+            {
+                "error": {
+                    "message": self.message,
+                    "type": kind,
+                    "param": self.param,
+                    "code": self.code,
+                }
+            },
+            status_code=self.status,
+        )
 
 
 @dataclass
@@ -110,8 +140,9 @@ def _get_int(body: dict, name: str, default: int, lo: int, hi: int | None = None
     return v
 
 
-def _get_number(body: dict, name: str, default: float, lo: float, hi: float,
-                lo_open: bool = False) -> float:
+def _get_number(
+    body: dict, name: str, default: float, lo: float, hi: float, lo_open: bool = False
+) -> float:
     v = body.get(name)
     if v is None:
         return default
@@ -123,20 +154,33 @@ def _get_number(body: dict, name: str, default: float, lo: float, hi: float,
 
 def _prompts(body: dict, engine: Engine) -> list[list[int]]:
     if "prompt" not in body or body["prompt"] is None:
-        raise APIError(400, "prompt is required (a string, a list of strings, a list of token "
-                            "ids or a list of lists of token ids)", "prompt")
+        raise APIError(
+            400,
+            "prompt is required (a string, a list of strings, a list of token "
+            "ids or a list of lists of token ids)",
+            "prompt",
+        )
     p = body["prompt"]
     if isinstance(p, str):
         items: list[Any] = [p]
     elif isinstance(p, list) and p and all(_is_int(x) for x in p):
         items = [p]
-    elif isinstance(p, list) and p and all(
+    elif (
+        isinstance(p, list)
+        and p
+        and all(
             isinstance(x, str) or (isinstance(x, list) and x and all(_is_int(t) for t in x))
-            for x in p):
+            for x in p
+        )
+    ):
         items = p  # several prompts: strings or lists of ids
     else:
-        raise APIError(400, "prompt must be a string, a non-empty list of strings, a non-empty "
-                            "list of token ids or a list of non-empty lists of token ids", "prompt")
+        raise APIError(
+            400,
+            "prompt must be a string, a non-empty list of strings, a non-empty "
+            "list of token ids or a list of non-empty lists of token ids",
+            "prompt",
+        )
     vocab = engine.config.vocab_size
     out = []
     for item in items:
@@ -144,8 +188,11 @@ def _prompts(body: dict, engine: Engine) -> list[list[int]]:
         bad = [t for t in ids if not 0 <= t < vocab]
         if bad:
             where = "the tokenizer gave" if isinstance(item, str) else "prompt holds"
-            raise APIError(400, f"{where} token id {bad[0]}, outside the model's vocabulary "
-                                f"[0, {vocab})", "prompt")
+            raise APIError(
+                400,
+                f"{where} token id {bad[0]}, outside the model's vocabulary [0, {vocab})",
+                "prompt",
+            )
         out.append(ids)
     return out
 
@@ -156,17 +203,30 @@ def parse_completion_request(body: Any, engine: Engine) -> CompletionRequest:
         raise APIError(400, f"the request body must be a JSON object, got {type(body).__name__}")
     unknown = sorted(set(body) - _KNOWN)
     if unknown:
-        raise APIError(400, f"unknown field {unknown[0]!r} (supported: "
-                            f"{', '.join(sorted(_KNOWN - set(_NEUTRAL)))})", unknown[0])
+        raise APIError(
+            400,
+            f"unknown field {unknown[0]!r} (supported: "
+            f"{', '.join(sorted(_KNOWN - set(_NEUTRAL)))})",
+            unknown[0],
+        )
     for name, neutral in _NEUTRAL.items():
         v = body.get(name)
         if v is not None and not any(v == ok and type(v) is type(ok) for ok in neutral):
-            raise APIError(400, f"{name} is not supported by this server "
-                                f"(got {body[name]!r})", name, "unsupported_parameter")
+            raise APIError(
+                400,
+                f"{name} is not supported by this server (got {body[name]!r})",
+                name,
+                "unsupported_parameter",
+            )
     model = body.get("model")
     if model is not None and model != engine.name:
-        raise APIError(404, f"model {model!r} is not served here; this server serves "
-                            f"{engine.name!r} (GET /v1/models)", "model", "model_not_found")
+        raise APIError(
+            404,
+            f"model {model!r} is not served here; this server serves "
+            f"{engine.name!r} (GET /v1/models)",
+            "model",
+            "model_not_found",
+        )
     if "user" in body and body["user"] is not None and not isinstance(body["user"], str):
         raise APIError(400, "user must be a string", "user")
 
@@ -188,8 +248,9 @@ def parse_completion_request(body: Any, engine: Engine) -> CompletionRequest:
     else:
         raise APIError(400, "stop must be a string or a list of strings", "stop")
     if len(stops) > MAX_STOP or any(not s for s in stops):
-        raise APIError(400, f"stop takes at most {MAX_STOP} non-empty strings, got {stop!r}",
-                       "stop")
+        raise APIError(
+            400, f"stop takes at most {MAX_STOP} non-empty strings, got {stop!r}", "stop"
+        )
     stream = body.get("stream", False)
     if stream is None:
         stream = False
@@ -198,36 +259,60 @@ def parse_completion_request(body: Any, engine: Engine) -> CompletionRequest:
     opts = body.get("stream_options")
     include_usage = False
     if opts is not None:
-        if not isinstance(opts, dict) or set(opts) - {"include_usage"} or not isinstance(
-                opts.get("include_usage", False), bool):
-            raise APIError(400, "stream_options must be {\"include_usage\": true|false}",
-                           "stream_options")
+        if (
+            not isinstance(opts, dict)
+            or set(opts) - {"include_usage"}
+            or not isinstance(opts.get("include_usage", False), bool)
+        ):
+            raise APIError(
+                400, 'stream_options must be {"include_usage": true|false}', "stream_options"
+            )
         if not stream:
-            raise APIError(400, "stream_options is only allowed with stream: true",
-                           "stream_options")
+            raise APIError(
+                400, "stream_options is only allowed with stream: true", "stream_options"
+            )
         include_usage = opts.get("include_usage", False)
     if n > 1 and temperature == 0:
         raise APIError(400, "n > 1 needs temperature > 0: greedy search gives one answer", "n")
 
     prompts = _prompts(body, engine)
     if len(prompts) * n > MAX_CHOICES:
-        raise APIError(400, f"{len(prompts)} prompts x n={n} is more than {MAX_CHOICES} "
-                            "sequences in one request", "n")
+        raise APIError(
+            400,
+            f"{len(prompts)} prompts x n={n} is more than {MAX_CHOICES} sequences in one request",
+            "n",
+        )
     ctx = engine.config.n_positions
     for ids in prompts:
         if len(ids) >= ctx:
-            raise APIError(400, f"the prompt is {len(ids)} tokens, but this model's context "
-                                f"(n_positions) is {ctx} tokens, which leaves no room to "
-                                "generate; shorten the prompt", "prompt", "context_length_exceeded")
+            raise APIError(
+                400,
+                f"the prompt is {len(ids)} tokens, but this model's context "
+                f"(n_positions) is {ctx} tokens, which leaves no room to "
+                "generate; shorten the prompt",
+                "prompt",
+                "context_length_exceeded",
+            )
         if len(ids) + max_tokens > ctx:
-            raise APIError(400, f"the prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) "
-                                f"exceeds this model's context of {ctx} tokens; set max_tokens "
-                                f"to at most {ctx - len(ids)}", "max_tokens",
-                           "context_length_exceeded")
-    sampling = [Sampling(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                         top_k=top_k, seed=None if seed is None else (seed + k) % SEED_LIMIT,
-                         stop=stops)
-                for k in range(len(prompts) * n)]
+            raise APIError(
+                400,
+                f"the prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) "
+                f"exceeds this model's context of {ctx} tokens; set max_tokens "
+                f"to at most {ctx - len(ids)}",
+                "max_tokens",
+                "context_length_exceeded",
+            )
+    sampling = [
+        Sampling(
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            seed=None if seed is None else (seed + k) % SEED_LIMIT,
+            stop=stops,
+        )
+        for k in range(len(prompts) * n)
+    ]
     return CompletionRequest(prompts, n, sampling, stream, include_usage)
 
 
@@ -240,8 +325,11 @@ async def _read_json(request: Request) -> Any:
     """
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/json":
-        raise APIError(415, f"Content-Type must be application/json, got {ctype or 'none'!r} "
-                            "(curl: -H 'Content-Type: application/json')")
+        raise APIError(
+            415,
+            f"Content-Type must be application/json, got {ctype or 'none'!r} "
+            "(curl: -H 'Content-Type: application/json')",
+        )
     size = request.headers.get("content-length")
     if size is not None and size.isdigit() and int(size) > MAX_BODY_BYTES:
         raise APIError(413, f"request body of {size} bytes is over the {MAX_BODY_BYTES} byte limit")
@@ -263,30 +351,52 @@ def create_app(engine: Engine) -> Starlette:
     created = int(time.time())
 
     def model_card() -> dict[str, Any]:
-        return {"id": engine.name, "object": "model", "created": created, "owned_by": "gpt2-zoo",
-                "framework": engine.framework, "dtype": engine.dtype,
-                "max_model_len": engine.config.n_positions}
+        return {
+            "id": engine.name,
+            "object": "model",
+            "created": created,
+            "owned_by": "gpt2-zoo",
+            "framework": engine.framework,
+            "dtype": engine.dtype,
+            "max_model_len": engine.config.n_positions,
+        }
 
     async def index(request: Request) -> Response:
-        return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": CSP,
-                                                            "Cache-Control": "no-cache"})
+        return FileResponse(
+            STATIC / "index.html",
+            headers={"Content-Security-Policy": CSP, "Cache-Control": "no-cache"},
+        )
 
     async def health(request: Request) -> Response:
         last = engine.last
-        return JSONResponse({
-            "status": "ok", "model": engine.name, "framework": engine.framework,
-            "dtype": engine.dtype, "n_positions": engine.config.n_positions,
-            "queued": engine.queued, "busy": engine.busy, **engine.stats,
-            "last_tokens_per_second": None if last is None else round(last.tokens_per_second, 2),
-        })
+        return JSONResponse(
+            {
+                "status": "ok",
+                "model": engine.name,
+                "framework": engine.framework,
+                "dtype": engine.dtype,
+                "n_positions": engine.config.n_positions,
+                "queued": engine.queued,
+                "busy": engine.busy,
+                **engine.stats,
+                "last_tokens_per_second": None
+                if last is None
+                else round(last.tokens_per_second, 2),
+            }
+        )
 
     async def models(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [model_card()]})
 
     async def model(request: Request) -> Response:
         if request.path_params["model_id"] != engine.name:
-            raise APIError(404, f"model {request.path_params['model_id']!r} is not served here; "
-                                f"this server serves {engine.name!r}", "model", "model_not_found")
+            raise APIError(
+                404,
+                f"model {request.path_params['model_id']!r} is not served here; "
+                f"this server serves {engine.name!r}",
+                "model",
+                "model_not_found",
+            )
         return JSONResponse(model_card())
 
     async def completions(request: Request) -> Response:
@@ -304,37 +414,49 @@ def create_app(engine: Engine) -> Starlette:
         try:
             for k, sampling in enumerate(req.sampling):
                 prompt = req.prompts[k // req.n]
-                engine.submit(prompt, sampling, cancel=cancel,
-                              on_delta=(lambda text, k=k: post("delta", k, text))
-                              if req.stream else None,
-                              on_done=lambda result, k=k: post("done", k, result))
+                engine.submit(
+                    prompt,
+                    sampling,
+                    cancel=cancel,
+                    on_delta=(lambda text, k=k: post("delta", k, text)) if req.stream else None,
+                    on_done=lambda result, k=k: post("done", k, result),
+                )
         except QueueFull as e:
             cancel.set()
             raise APIError(503, str(e), code="queue_full") from None
-        meta = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion",
-                "created": int(time.time()), "model": engine.name,
-                "system_fingerprint": f"gpt2-zoo-{engine.framework}"}
+        meta = {
+            "id": f"cmpl-{uuid.uuid4().hex[:24]}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": engine.name,
+            "system_fingerprint": f"gpt2-zoo-{engine.framework}",
+        }
         prompt_tokens = sum(len(p) for p in req.prompts)  # each prompt once, as OpenAI counts
         if req.stream:
             return StreamingResponse(
                 _stream(events, cancel, meta, len(req.sampling), req.include_usage, prompt_tokens),
                 media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
         results = await _collect(request, events, cancel, len(req.sampling))
         if results is None:  # the client has gone; nobody reads this
             return Response(status_code=499)
-        choices = [{"text": r.text, "index": k, "logprobs": None, "finish_reason": r.finish_reason}
-                   for k, r in enumerate(results)]
-        return JSONResponse({**meta, "choices": choices,
-                             "usage": _usage(results, prompt_tokens)})
+        choices = [
+            {"text": r.text, "index": k, "logprobs": None, "finish_reason": r.finish_reason}
+            for k, r in enumerate(results)
+        ]
+        return JSONResponse({**meta, "choices": choices, "usage": _usage(results, prompt_tokens)})
 
     async def api_error(request: Request, exc: Exception) -> Response:
         return exc.response()  # type: ignore[attr-defined]
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        return APIError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
-                        code="not_found" if exc.status_code == 404 else None).response()
+        return APIError(
+            exc.status_code,
+            f"{request.method} {request.url.path}: {exc.detail}",
+            code="not_found" if exc.status_code == 404 else None,
+        ).response()
 
     routes = [
         Route("/", index),
@@ -344,8 +466,9 @@ def create_app(engine: Engine) -> Starlette:
         Route("/v1/completions", completions, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    app = Starlette(routes=routes,
-                    exception_handlers={APIError: api_error, HTTPException: http_error})
+    app = Starlette(
+        routes=routes, exception_handlers={APIError: api_error, HTTPException: http_error}
+    )
     app.state.engine = engine
     return app
 
@@ -353,15 +476,19 @@ def create_app(engine: Engine) -> Starlette:
 def _usage(results: list[Result], prompt_tokens: int) -> dict[str, Any]:
     completion = sum(len(r.token_ids) for r in results)
     seconds = sum(r.seconds for r in results)
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
-            "total_tokens": prompt_tokens + completion,
-            # not in OpenAI's schema (clients ignore it): the page shows it
-            "generation_seconds": round(seconds, 4),
-            "tokens_per_second": round(completion / seconds, 2) if seconds > 0 else None}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": prompt_tokens + completion,
+        # not in OpenAI's schema (clients ignore it): the page shows it
+        "generation_seconds": round(seconds, 4),
+        "tokens_per_second": round(completion / seconds, 2) if seconds > 0 else None,
+    }
 
 
-async def _collect(request: Request, events: asyncio.Queue, cancel: threading.Event,
-                   total: int) -> list[Result] | None:
+async def _collect(
+    request: Request, events: asyncio.Queue, cancel: threading.Event, total: int
+) -> list[Result] | None:
     """Every choice's result, or None when the client disconnected first (then cancelled)."""
 
     async def watch() -> None:  # a plain request has no other way to notice a gone client
@@ -395,8 +522,14 @@ def _sse(data: dict[str, Any]) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-async def _stream(events: asyncio.Queue, cancel: threading.Event, meta: dict[str, Any], total: int,
-                  include_usage: bool, prompt_tokens: int) -> AsyncIterator[str]:
+async def _stream(
+    events: asyncio.Queue,
+    cancel: threading.Event,
+    meta: dict[str, Any],
+    total: int,
+    include_usage: bool,
+    prompt_tokens: int,
+) -> AsyncIterator[str]:
     """OpenAI's completion chunks; the last chunk of each choice carries its finish_reason.
     When the client disconnects Starlette cancels this generator: ``finally`` then stops the
     request's sequences."""
@@ -406,19 +539,43 @@ async def _stream(events: asyncio.Queue, cancel: threading.Event, meta: dict[str
         while pending:
             kind, k, payload = await events.get()
             if kind == "delta":
-                yield _sse({**meta, "choices": [{"text": payload, "index": k, "logprobs": None,
-                                                 "finish_reason": None}]})
+                yield _sse(
+                    {
+                        **meta,
+                        "choices": [
+                            {"text": payload, "index": k, "logprobs": None, "finish_reason": None}
+                        ],
+                    }
+                )
                 continue
             pending -= 1
             if isinstance(payload, BaseException):
                 cancel.set()
-                yield _sse({"error": {"message": f"generation failed: {type(payload).__name__}: "
-                                                 f"{payload}", "type": "server_error",
-                                      "param": None, "code": None}})
+                yield _sse(
+                    {
+                        "error": {
+                            "message": f"generation failed: {type(payload).__name__}: {payload}",
+                            "type": "server_error",
+                            "param": None,
+                            "code": None,
+                        }
+                    }
+                )
                 break
             results.append(payload)
-            yield _sse({**meta, "choices": [{"text": "", "index": k, "logprobs": None,
-                                             "finish_reason": payload.finish_reason}]})
+            yield _sse(
+                {
+                    **meta,
+                    "choices": [
+                        {
+                            "text": "",
+                            "index": k,
+                            "logprobs": None,
+                            "finish_reason": payload.finish_reason,
+                        }
+                    ],
+                }
+            )
         else:
             if include_usage:
                 yield _sse({**meta, "choices": [], "usage": _usage(results, prompt_tokens)})

@@ -76,8 +76,13 @@ class Sampling:
             kw["do_sample"] = False
         else:
             seed = self.seed if self.seed is not None else secrets.randbelow(2**31)
-            kw.update(do_sample=True, temperature=float(self.temperature),
-                      top_p=float(self.top_p), top_k=int(self.top_k), seed=int(seed))
+            kw.update(
+                do_sample=True,
+                temperature=float(self.temperature),
+                top_p=float(self.top_p),
+                top_k=int(self.top_k),
+                seed=int(seed),
+            )
         return kw
 
 
@@ -116,8 +121,14 @@ class _TextStreamer:
     stop string that the next tokens might complete.
     """
 
-    def __init__(self, tokenizer: Any, eos_ids: list[int], stop: tuple[str, ...],
-                 cancel: threading.Event | None, on_delta: Callable[[str], None] | None) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        eos_ids: list[int],
+        stop: tuple[str, ...],
+        cancel: threading.Event | None,
+        on_delta: Callable[[str], None] | None,
+    ) -> None:
         self.tokenizer = tokenizer
         self.eos_ids = set(eos_ids)
         self.stop = stop
@@ -174,7 +185,7 @@ class _TextStreamer:
 
     def _emit(self, upto: int) -> None:
         if upto > self.sent:
-            piece = self.text[self.sent:upto]
+            piece = self.text[self.sent : upto]
             self.sent = upto
             if self.on_delta is not None:
                 self.on_delta(piece)
@@ -208,10 +219,19 @@ class Engine:
         max_queue: waiting sequences beyond which :meth:`submit` raises :class:`QueueFull`.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, framework: str, name: str,
-                 dtype: str = "fp32", max_queue: int = 256) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        framework: str,
+        name: str,
+        dtype: str = "fp32",
+        max_queue: int = 256,
+    ) -> None:
         if framework not in FRAMEWORKS:
-            raise ValueError(f"unknown framework {framework!r}; choose from {', '.join(FRAMEWORKS)}")
+            raise ValueError(
+                f"unknown framework {framework!r}; choose from {', '.join(FRAMEWORKS)}"
+            )
         self.model = model
         self.tokenizer = tokenizer
         self.framework = framework
@@ -232,29 +252,45 @@ class Engine:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, model: str, framework: str = "torch", dtype: str | None = None,
-             tokenizer: str | None = None, name: str | None = None, **kwargs: Any) -> Engine:
+    def load(
+        cls,
+        model: str,
+        framework: str = "torch",
+        dtype: str | None = None,
+        tokenizer: str | None = None,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> Engine:
         """Load ``model`` (a checkpoint directory or hub id) in ``framework``.
 
         The tokenizer comes from ``tokenizer`` if given, else from the checkpoint directory,
         else GPT-2's own (shipped) when the model has GPT-2's vocabulary.
         """
         if framework not in FRAMEWORKS:
-            raise ValueError(f"unknown framework {framework!r}; choose from {', '.join(FRAMEWORKS)}")
+            raise ValueError(
+                f"unknown framework {framework!r}; choose from {', '.join(FRAMEWORKS)}"
+            )
         if dtype is not None and dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
         try:
             mod = importlib.import_module(FRAMEWORKS[framework])
         except ImportError as e:
-            raise RuntimeError(f"the {framework} backend is not installed ({e}); "
-                               f"pip install 'gpt2-zoo[{framework},serve]'") from e
+            raise RuntimeError(
+                f"the {framework} backend is not installed ({e}); "
+                f"pip install 'gpt2-zoo[{framework},serve]'"
+            ) from e
         t0 = time.perf_counter()
         m = mod.GPT2LMHeadModel.from_pretrained(model, **_dtype_kwargs(framework, dtype))
         if hasattr(m, "eval"):
             m.eval()
         tok = load_tokenizer(tokenizer or model, m.config.vocab_size)
-        logger.info("loaded %s in %s (%s) in %.1fs", model, framework, dtype or "fp32",
-                    time.perf_counter() - t0)
+        logger.info(
+            "loaded %s in %s (%s) in %.1fs",
+            model,
+            framework,
+            dtype or "fp32",
+            time.perf_counter() - t0,
+        )
         return cls(m, tok, framework, name or str(model), dtype or "fp32", **kwargs)
 
     # ------------------------------------------------------------------ text
@@ -281,9 +317,13 @@ class Engine:
         out = self.model.generate(ids.astype(np.int32), streamer=streamer, **kwargs)
         return np.asarray(out)[0].tolist()
 
-    def complete(self, prompt_ids: list[int], sampling: Sampling,
-                 on_delta: Callable[[str], None] | None = None,
-                 cancel: threading.Event | None = None) -> Result:
+    def complete(
+        self,
+        prompt_ids: list[int],
+        sampling: Sampling,
+        on_delta: Callable[[str], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Result:
         """Generate one sequence now, in the calling thread (the worker calls this)."""
         streamer = _TextStreamer(self.tokenizer, self.eos_ids, sampling.stop, cancel, on_delta)
         t0 = time.perf_counter()
@@ -329,18 +369,25 @@ class Engine:
         """Sequences waiting (the one being generated excluded)."""
         return self._queue.qsize()
 
-    def submit(self, prompt_ids: list[int], sampling: Sampling, *,
-               on_done: Callable[[Result | BaseException], None],
-               on_delta: Callable[[str], None] | None = None,
-               cancel: threading.Event | None = None) -> None:
+    def submit(
+        self,
+        prompt_ids: list[int],
+        sampling: Sampling,
+        *,
+        on_done: Callable[[Result | BaseException], None],
+        on_delta: Callable[[str], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> None:
         """Queue one sequence. ``on_delta(text)`` gets pieces as they are generated and
         ``on_done`` the :class:`Result` (or the exception); both are called on the worker
         thread. Setting ``cancel`` stops it (or skips it if it has not started)."""
         if self._thread is None:
             raise RuntimeError("Engine.start() was not called")
         if self._queue.qsize() >= self.max_queue:
-            raise QueueFull(f"{self._queue.qsize()} sequences are already waiting "
-                            f"(--max-queue {self.max_queue}); retry later")
+            raise QueueFull(
+                f"{self._queue.qsize()} sequences are already waiting "
+                f"(--max-queue {self.max_queue}); retry later"
+            )
         self._queue.put(_Job(prompt_ids, sampling, cancel or threading.Event(), on_delta, on_done))
 
     def _work(self) -> None:
@@ -355,7 +402,8 @@ class Engine:
             self.busy = True
             try:
                 result: Result | BaseException = self.complete(
-                    job.prompt_ids, job.sampling, job.on_delta, job.cancel)
+                    job.prompt_ids, job.sampling, job.on_delta, job.cancel
+                )
             except Exception as e:  # reported to the request; the worker carries on
                 logger.exception("generation failed")
                 self.stats["failed"] += 1
@@ -391,8 +439,9 @@ def _dtype_kwargs(framework: str, dtype: str | None) -> dict[str, Any]:
     if framework == "torch":
         import torch
 
-        return {"dtype": {"fp32": torch.float32, "fp16": torch.float16,
-                          "bf16": torch.bfloat16}[dtype]}
+        return {
+            "dtype": {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+        }
     if framework == "tf":
         return {"dtype": dtype}
     import jax.numpy as jnp

@@ -65,8 +65,11 @@ def _array_from_ext(data: bytes, limits: Any = None, source: str = "") -> np.nda
         shape = tuple(shape)
     except (msgpack.UnpackException, ValueError, TypeError) as e:
         raise FlaxMsgpackError(f"malformed array ({e})") from None
-    if not isinstance(buf, bytes) or not isinstance(dtype_name, str) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+    if (
+        not isinstance(buf, bytes)
+        or not isinstance(dtype_name, str)
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ):
         raise FlaxMsgpackError(f"malformed array header (shape {shape!r})")
     dt = _dtype(dtype_name)
     if limits is not None:
@@ -83,6 +86,7 @@ def _ext_hook_for(limits: Any = None, source: str = "") -> Callable[[int, bytes]
         if code == _EXT_NPSCALAR:
             return _array_from_ext(data, limits, source)[()]
         raise FlaxMsgpackError(f"unsupported msgpack extension type {code}")
+
     return hook
 
 
@@ -114,9 +118,13 @@ def read_tree(path: str | Path, limits: Any = None) -> dict[str, Any]:
     """
     path = Path(path)
     try:
-        tree = msgpack.unpackb(path.read_bytes(), ext_hook=_ext_hook_for(limits, str(path)),
-                               raw=False, strict_map_key=False,
-                               object_pairs_hook=unique_keys(FlaxMsgpackError, "a map"))
+        tree = msgpack.unpackb(
+            path.read_bytes(),
+            ext_hook=_ext_hook_for(limits, str(path)),
+            raw=False,
+            strict_map_key=False,
+            object_pairs_hook=unique_keys(FlaxMsgpackError, "a map"),
+        )
         if not isinstance(tree, dict):
             raise FlaxMsgpackError(f"expected a parameter dict, found {type(tree).__name__}")
         return _unchunk(tree)
@@ -175,11 +183,14 @@ def load(path: str | Path, limits: Any = None) -> dict[str, np.ndarray]:
         name = ".".join([*scope, _LEAF_TO_CANON.get(leaf, leaf)])
         if leaf == "kernel":
             if value.ndim != 2:
-                raise FlaxMsgpackError(f"{path}: {'/'.join(keys)} has rank {value.ndim}, expected 2")
+                raise FlaxMsgpackError(
+                    f"{path}: {'/'.join(keys)} has rank {value.ndim}, expected 2"
+                )
             value = value.T  # (out, in) Conv1D / (in, out) Dense -> canonical
         if name in out:
-            raise FlaxMsgpackError(f"{path}: {source[name]} and {'/'.join(keys)} both map to "
-                                   f"{name}")
+            raise FlaxMsgpackError(
+                f"{path}: {source[name]} and {'/'.join(keys)} both map to {name}"
+            )
         out[name] = np.asarray(value, order="C")
         source[name] = "/".join(keys)
     return out
@@ -201,7 +212,10 @@ def to_tree(state_dict: Mapping[str, np.ndarray], config: GPT2Config, head: str)
             elif module.startswith("ln_"):
                 leaf = "scale"
             else:
-                leaf, arr = "kernel", arr.T  # Conv1D (in,out) -> (out,in); Linear (out,in) -> (in,out)
+                leaf, arr = (
+                    "kernel",
+                    arr.T,
+                )  # Conv1D (in,out) -> (out,in); Linear (out,in) -> (in,out)
         node = tree
         for p in scope:
             node = node.setdefault(p, {})
@@ -226,13 +240,20 @@ def _pack_default(obj: Any) -> Any:
 def _chunk(arr: np.ndarray) -> dict[str, Any]:
     step = max(1, _MAX_CHUNK // arr.dtype.itemsize)
     flat = arr.reshape(-1)
-    chunks = [flat[i:i + step] for i in range(0, flat.size, step)]
-    return {_CHUNKED: True, "shape": {str(i): d for i, d in enumerate(arr.shape)},
-            "chunks": {str(i): c for i, c in enumerate(chunks)}}
+    chunks = [flat[i : i + step] for i in range(0, flat.size, step)]
+    return {
+        _CHUNKED: True,
+        "shape": {str(i): d for i, d in enumerate(arr.shape)},
+        "chunks": {str(i): c for i, c in enumerate(chunks)},
+    }
 
 
-def _write_tree(f, packer: msgpack.Packer, tree: Mapping[str, Any],
-                progress: Callable[[int], None] | None = None) -> None:
+def _write_tree(
+    f,
+    packer: msgpack.Packer,
+    tree: Mapping[str, Any],
+    progress: Callable[[int], None] | None = None,
+) -> None:
     """Stream a nested dict as msgpack: one array's bytes in memory at a time, never the file."""
     f.write(packer.pack_map_header(len(tree)))
     for key, value in tree.items():
@@ -261,8 +282,13 @@ def _write_array(f, packer: msgpack.Packer, arr: np.ndarray) -> None:
         f.write(memoryview(data.reshape(-1).view(np.uint8)))
 
 
-def save(state_dict: Mapping[str, np.ndarray], path: str | Path, config: GPT2Config,
-         head: str, progress: Callable[[int], None] | None = None) -> Path:
+def save(
+    state_dict: Mapping[str, np.ndarray],
+    path: str | Path,
+    config: GPT2Config,
+    head: str,
+    progress: Callable[[int], None] | None = None,
+) -> Path:
     """Write a flax_model.msgpack that transformers' FlaxGPT2*Model.from_pretrained loads."""
     path = Path(path)
     tree = to_tree(state_dict, config, head)

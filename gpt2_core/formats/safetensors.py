@@ -29,10 +29,18 @@ _MAX_HEADER = 100_000_000  # the reference implementation's MAX_HEADER_SIZE
 MAX_TENSORS = 100_000
 
 DTYPES: dict[str, np.dtype] = {
-    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
     "BF16": np.dtype(ml_dtypes.bfloat16),
-    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
-    "U64": np.dtype("<u8"), "U32": np.dtype("<u4"), "U16": np.dtype("<u2"), "U8": np.dtype("u1"),
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U64": np.dtype("<u8"),
+    "U32": np.dtype("<u4"),
+    "U16": np.dtype("<u2"),
+    "U8": np.dtype("u1"),
     "BOOL": np.dtype("bool"),
 }
 _NAMES = {v: k for k, v in DTYPES.items()}
@@ -60,8 +68,10 @@ def _uint(x: Any) -> int:
     return x
 
 
-def read_header(path: str | os.PathLike, limits: Any = None,
-                ) -> tuple[dict[str, Any], dict[str, str], int]:
+def read_header(
+    path: str | os.PathLike,
+    limits: Any = None,
+) -> tuple[dict[str, Any], dict[str, str], int]:
     """Return ``(tensors_header, metadata, data_start)`` after validating the header.
 
     The rules are the reference implementation's (``safetensors`` 0.8 ``Metadata::validate``),
@@ -81,19 +91,27 @@ def read_header(path: str | os.PathLike, limits: Any = None,
             raise SafetensorsError(f"{path}: too short to be a safetensors file ({size} bytes)")
         n = int.from_bytes(raw, "little")
         if n > _MAX_HEADER:
-            raise SafetensorsError(f"{path}: header of {n} bytes is over the {_MAX_HEADER}-byte "
-                                   "limit")
+            raise SafetensorsError(
+                f"{path}: header of {n} bytes is over the {_MAX_HEADER}-byte limit"
+            )
         if 8 + n > size:
-            raise SafetensorsError(f"{path}: header length {n} is invalid for a file of {size} bytes")
+            raise SafetensorsError(
+                f"{path}: header length {n} is invalid for a file of {size} bytes"
+            )
         text = f.read(n)
     count = text.count(b'"data_offsets"')
     max_tensors = MAX_TENSORS if limits is None else min(MAX_TENSORS, limits.max_tensors)
     if count > max_tensors:
-        raise SafetensorsError(f"{path}: header declares {count} tensors, over the limit of "
-                               f"{max_tensors}; refused before parsing")
+        raise SafetensorsError(
+            f"{path}: header declares {count} tensors, over the limit of "
+            f"{max_tensors}; refused before parsing"
+        )
     try:
-        header = json.loads(text.decode("utf-8"), object_pairs_hook=unique_keys(SafetensorsError, "the header"),
-                            parse_constant=_no_constants)
+        header = json.loads(
+            text.decode("utf-8"),
+            object_pairs_hook=unique_keys(SafetensorsError, "the header"),
+            parse_constant=_no_constants,
+        )
     except UnicodeDecodeError as e:
         raise SafetensorsError(f"{path}: header is not UTF-8: {e}") from e
     except json.JSONDecodeError as e:
@@ -124,15 +142,19 @@ def read_header(path: str | os.PathLike, limits: Any = None,
                 raise TypeError("data_offsets must have 2 elements")
             begin, end = (_uint(x) for x in info["data_offsets"])
         except (KeyError, TypeError) as e:
-            raise SafetensorsError(f"{path}: bad header entry for tensor {name!r} ({e}): "
-                                   f"{str(info)[:200]}") from None
+            raise SafetensorsError(
+                f"{path}: bad header entry for tensor {name!r} ({e}): {str(info)[:200]}"
+            ) from None
         if info["dtype"] not in DTYPES:
-            raise SafetensorsError(f"{path}: tensor {name!r} has unsupported dtype "
-                                   f"{info['dtype']!r} (supported: {', '.join(DTYPES)})")
+            raise SafetensorsError(
+                f"{path}: tensor {name!r} has unsupported dtype "
+                f"{info['dtype']!r} (supported: {', '.join(DTYPES)})"
+            )
         if end > data_len:
             raise SafetensorsError(
                 f"{path}: tensor {name!r} data offsets [{begin}, {end}] fall outside the "
-                f"{data_len}-byte data section")
+                f"{data_len}-byte data section"
+            )
         if limits is not None:
             limits.check(str(path), name, shape)
         spans.append((begin, end, name, shape, DTYPES[info["dtype"]]))
@@ -143,7 +165,8 @@ def read_header(path: str | os.PathLike, limits: Any = None,
         if begin != start or end < begin:
             raise SafetensorsError(
                 f"{path}: tensor {name!r} data offsets [{begin}, {end}] overlap another tensor "
-                f"or leave a hole (expected it to start at byte {start})")
+                f"or leave a hole (expected it to start at byte {start})"
+            )
         start = end
         nbytes = math.prod(shape) * dt.itemsize
         if nbytes >= 2**64:
@@ -151,18 +174,25 @@ def read_header(path: str | os.PathLike, limits: Any = None,
         if end - begin != nbytes:
             raise SafetensorsError(
                 f"{path}: tensor {name!r} has {end - begin} bytes but dtype "
-                f"{header[name]['dtype']} x shape {shape} needs {nbytes}")
+                f"{header[name]['dtype']} x shape {shape} needs {nbytes}"
+            )
     if start != data_len:
         raise SafetensorsError(
             f"{path}: the tensors cover {start} bytes of the {data_len}-byte data section "
-            "(the file is truncated or has trailing bytes)")
+            "(the file is truncated or has trailing bytes)"
+        )
     for _, _, name, shape, _ in spans:
         header[name] = {**header[name], "shape": shape}
     return header, metadata, 8 + n
 
 
-def load_file(path: str | os.PathLike, *, mmap: bool = True,
-              keys: Iterable[str] | None = None, limits: Any = None) -> dict[str, np.ndarray]:
+def load_file(
+    path: str | os.PathLike,
+    *,
+    mmap: bool = True,
+    keys: Iterable[str] | None = None,
+    limits: Any = None,
+) -> dict[str, np.ndarray]:
     """Read tensors from one safetensors file.
 
     With ``mmap=True`` (default) the arrays are read-only views on a memory map: nothing is read
@@ -183,14 +213,17 @@ def load_file(path: str | os.PathLike, *, mmap: bool = True,
         info = header[name]
         begin, end = info["data_offsets"]
         dt = DTYPES[info["dtype"]]
-        arr = buf[start + begin:start + end].view(dt).reshape(info["shape"])
+        arr = buf[start + begin : start + end].view(dt).reshape(info["shape"])
         out[name] = arr
     return out
 
 
-def save_file(tensors: Mapping[str, np.ndarray], path: str | os.PathLike,
-              metadata: Mapping[str, str] | None = None,
-              progress: Callable[[int], None] | None = None) -> None:
+def save_file(
+    tensors: Mapping[str, np.ndarray],
+    path: str | os.PathLike,
+    metadata: Mapping[str, str] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> None:
     """Write ``tensors`` to ``path`` atomically (readable by the safetensors package and torch).
 
     ``progress(nbytes)`` is called after each tensor is written.
@@ -208,8 +241,11 @@ def save_file(tensors: Mapping[str, np.ndarray], path: str | os.PathLike,
         arr = np.asarray(value)
         name_dt = dtype_name(arr.dtype)
         arr = np.asarray(arr, dtype=DTYPES[name_dt], order="C")  # (keeps 0-d arrays 0-d)
-        header[name] = {"dtype": name_dt, "shape": list(arr.shape),
-                        "data_offsets": [offset, offset + arr.nbytes]}
+        header[name] = {
+            "dtype": name_dt,
+            "shape": list(arr.shape),
+            "data_offsets": [offset, offset + arr.nbytes],
+        }
         offset += arr.nbytes
         arrays.append(arr)
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
@@ -239,9 +275,13 @@ def shard_plan(sizes: Mapping[str, int], max_shard_size: int | str) -> list[list
     return shards
 
 
-def save_sharded(tensors: Mapping[str, np.ndarray], directory: str | os.PathLike,
-                 max_shard_size: int | str = "5GB", metadata: Mapping[str, str] | None = None,
-                 progress: Callable[[int], None] | None = None) -> list[Path]:
+def save_sharded(
+    tensors: Mapping[str, np.ndarray],
+    directory: str | os.PathLike,
+    max_shard_size: int | str = "5GB",
+    metadata: Mapping[str, str] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[Path]:
     """Write ``model.safetensors``, or shards ``model-0000i-of-0000n.safetensors`` plus
     ``model.safetensors.index.json`` when the tensors exceed ``max_shard_size``.
 
@@ -265,7 +305,9 @@ def save_sharded(tensors: Mapping[str, np.ndarray], directory: str | os.PathLike
         files.append(directory / fname)
         weight_map.update({k: fname for k in names})
     index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map}
-    atomic_write_text(directory / SAFE_WEIGHTS_INDEX_NAME, json.dumps(index, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(
+        directory / SAFE_WEIGHTS_INDEX_NAME, json.dumps(index, indent=2, sort_keys=True) + "\n"
+    )
     files.append(directory / SAFE_WEIGHTS_INDEX_NAME)
     return files
 
@@ -287,24 +329,32 @@ def read_weight_map(index_path: Path, error: type[Exception]) -> dict[str, str]:
 
     try:
         raw = read_regular_file(index_path, 64 * 1024 * 1024, "shard index")
-        index = json.loads(raw.decode("utf-8"), object_pairs_hook=unique_keys(SafetensorsError, "the header"))
+        index = json.loads(
+            raw.decode("utf-8"), object_pairs_hook=unique_keys(SafetensorsError, "the header")
+        )
         weight_map = index["weight_map"]
-    except (UnicodeDecodeError, json.JSONDecodeError, SafetensorsError, KeyError,
-            TypeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, SafetensorsError, KeyError, TypeError) as e:
         raise error(f"{index_path}: not a valid shard index ({e})") from e
     except RecursionError:
         raise error(f"{index_path}: shard index is nested too deeply") from None
     if not isinstance(weight_map, dict):
         raise error(f"{index_path}: weight_map must be an object")
     for shard in set(weight_map.values()):
-        if (not isinstance(shard, str) or not shard or "/" in shard or "\\" in shard
-                or shard.startswith(".") or "\0" in shard):
+        if (
+            not isinstance(shard, str)
+            or not shard
+            or "/" in shard
+            or "\\" in shard
+            or shard.startswith(".")
+            or "\0" in shard
+        ):
             raise error(f"{index_path}: invalid shard file name {shard!r}")
     return weight_map
 
 
-def load_sharded(index_path: str | os.PathLike, *, mmap: bool = True,
-                 limits: Any = None) -> dict[str, np.ndarray]:
+def load_sharded(
+    index_path: str | os.PathLike, *, mmap: bool = True, limits: Any = None
+) -> dict[str, np.ndarray]:
     """Read every tensor of a sharded checkpoint (each shard memory-mapped).
 
     Each shard must hold exactly the tensors the index assigns to it: a tensor the index does
@@ -328,6 +378,7 @@ def load_sharded(index_path: str | os.PathLike, *, mmap: bool = True,
             raise SafetensorsError(
                 f"{path}: holds {extra[0]!r}, which {index_path} "
                 + (f"assigns to {where}" if where else "does not list")
-                + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
+                + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
+            )
         out.update(load_file(path, mmap=mmap, keys=names, limits=limits))
     return out

@@ -42,9 +42,22 @@ MODEL_SCOPES = {
     "token_classification": "tfgpt2_for_token_classification",
     "question_answering": "tfgpt2_for_question_answering",
 }
-_TOP_LAYERS = ("transformer", "score", "multiple_choice_head", "classifier", "qa_outputs", "lm_head")
-_LEAF_TO_CANON = {"embeddings": "weight", "gamma": "weight", "beta": "bias", "kernel": "weight",
-                  "weight": "weight", "bias": "bias"}
+_TOP_LAYERS = (
+    "transformer",
+    "score",
+    "multiple_choice_head",
+    "classifier",
+    "qa_outputs",
+    "lm_head",
+)
+_LEAF_TO_CANON = {
+    "embeddings": "weight",
+    "gamma": "weight",
+    "beta": "bias",
+    "kernel": "weight",
+    "weight": "weight",
+    "bias": "bias",
+}
 
 
 class TFH5Error(ValueError):
@@ -104,13 +117,17 @@ def _check_dataset(path: Path, name: str, ds: h5py.Dataset, limits) -> None:
     non-numeric type."""
     plist = ds.id.get_create_plist()
     if plist.get_layout() == h5py.h5d.VIRTUAL:
-        raise TFH5Error(f"{path}: variable {name!r} is a virtual dataset (its data lives in "
-                        "other files); refused")
+        raise TFH5Error(
+            f"{path}: variable {name!r} is a virtual dataset (its data lives in "
+            "other files); refused"
+        )
     if plist.get_external_count() > 0:
         target = plist.get_external(0)[0]
         target = target.decode("utf-8", "replace") if isinstance(target, bytes) else target
-        raise TFH5Error(f"{path}: variable {name!r} stores its data in the external file "
-                        f"{target!r}; only data inside the file is read")
+        raise TFH5Error(
+            f"{path}: variable {name!r} stores its data in the external file "
+            f"{target!r}; only data inside the file is read"
+        )
     if ds.dtype.kind not in "fiub":
         raise TFH5Error(f"{path}: variable {name!r} has non-numeric type {ds.dtype}")
     shape = tuple(ds.shape or ())
@@ -122,7 +139,8 @@ def _check_dataset(path: Path, name: str, ds: h5py.Dataset, limits) -> None:
     if nbytes > ratio * stored and nbytes > 0:
         raise TFH5Error(
             f"{path}: variable {name!r} declares {nbytes} bytes (shape {shape}) but stores "
-            f"{stored}; refused before reading (a fill-value or decompression bomb?)")
+            f"{stored}; refused before reading (a fill-value or decompression bomb?)"
+        )
 
 
 def load(path: str | Path, limits=None) -> dict[str, np.ndarray]:
@@ -163,8 +181,7 @@ def load(path: str | Path, limits=None) -> dict[str, np.ndarray]:
             elif key.endswith(".bias") and arr.ndim == 2 and arr.shape[0] == 1:
                 arr = arr[0]  # TFConv1D bias (1, n)
             if key in out:
-                raise TFH5Error(f"{path}: two variables map to {key}: {source[key]!r} and "
-                                f"{full!r}")
+                raise TFH5Error(f"{path}: two variables map to {key}: {source[key]!r} and {full!r}")
             out[key] = arr
             source[key] = full
     return out
@@ -177,8 +194,9 @@ def _entries(path: Path, f: h5py.File) -> list[tuple[str, str, h5py.Dataset]]:
     def add(wn: str, full: str) -> None:
         kind = _link_kind(f, full)
         if kind:
-            raise TFH5Error(f"{path}: variable {full!r} is a {kind}; only datasets stored in "
-                            "the file are read")
+            raise TFH5Error(
+                f"{path}: variable {full!r} is a {kind}; only datasets stored in the file are read"
+            )
         obj = f.get(full)
         if not isinstance(obj, h5py.Dataset):
             raise TFH5Error(f"{path}: {full!r} is not a dataset")
@@ -244,8 +262,13 @@ def _tf_variable(key: str, arr: np.ndarray, scope: str) -> tuple[str, str, np.nd
     return layer, name, np.asarray(arr, order="C")
 
 
-def save(state_dict: Mapping[str, np.ndarray], path: str | Path, config: GPT2Config,
-         head: str, progress: Callable[[int], None] | None = None) -> Path:
+def save(
+    state_dict: Mapping[str, np.ndarray],
+    path: str | Path,
+    config: GPT2Config,
+    head: str,
+    progress: Callable[[int], None] | None = None,
+) -> Path:
     """Write a tf_model.h5 in transformers' layout (loads with ``TFGPT2*.from_pretrained``).
 
     Head layers transformers' TF never had (token classification, QA) follow the same Dense
@@ -257,8 +280,10 @@ def save(state_dict: Mapping[str, np.ndarray], path: str | Path, config: GPT2Con
     scope = MODEL_SCOPES[head]
     sd = naming.drop_tied(state_dict, config, head)
     if "lm_head.weight" in sd:
-        logger.warning("tf_model.h5: untied lm_head.weight written as layer 'lm_head'; "
-                       "transformers' TF GPT-2 always ties its head to wte and will ignore it")
+        logger.warning(
+            "tf_model.h5: untied lm_head.weight written as layer 'lm_head'; "
+            "transformers' TF GPT-2 always ties its head to wte and will ignore it"
+        )
     layers: dict[str, list[tuple[str, np.ndarray]]] = {}
     for key, value in sd.items():
         arr = np.asarray(value)

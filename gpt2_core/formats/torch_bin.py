@@ -50,17 +50,28 @@ class TorchBinError(ValueError):
 
 # storage class name -> numpy dtype (legacy typed-storage names are what torch.save writes)
 _STORAGE_DTYPES: dict[str, np.dtype] = {
-    "DoubleStorage": np.dtype("<f8"), "FloatStorage": np.dtype("<f4"),
-    "HalfStorage": np.dtype("<f2"), "BFloat16Storage": np.dtype(ml_dtypes.bfloat16),
-    "LongStorage": np.dtype("<i8"), "IntStorage": np.dtype("<i4"),
-    "ShortStorage": np.dtype("<i2"), "CharStorage": np.dtype("i1"),
-    "ByteStorage": np.dtype("u1"), "BoolStorage": np.dtype("bool"),
+    "DoubleStorage": np.dtype("<f8"),
+    "FloatStorage": np.dtype("<f4"),
+    "HalfStorage": np.dtype("<f2"),
+    "BFloat16Storage": np.dtype(ml_dtypes.bfloat16),
+    "LongStorage": np.dtype("<i8"),
+    "IntStorage": np.dtype("<i4"),
+    "ShortStorage": np.dtype("<i2"),
+    "CharStorage": np.dtype("i1"),
+    "ByteStorage": np.dtype("u1"),
+    "BoolStorage": np.dtype("bool"),
 }
 # torch.<dtype> globals (used by _rebuild_tensor_v3 and UntypedStorage files)
 _TORCH_DTYPES: dict[str, np.dtype] = {
-    "float64": np.dtype("<f8"), "float32": np.dtype("<f4"), "float16": np.dtype("<f2"),
-    "bfloat16": np.dtype(ml_dtypes.bfloat16), "int64": np.dtype("<i8"), "int32": np.dtype("<i4"),
-    "int16": np.dtype("<i2"), "int8": np.dtype("i1"), "uint8": np.dtype("u1"),
+    "float64": np.dtype("<f8"),
+    "float32": np.dtype("<f4"),
+    "float16": np.dtype("<f2"),
+    "bfloat16": np.dtype(ml_dtypes.bfloat16),
+    "int64": np.dtype("<i8"),
+    "int32": np.dtype("<i4"),
+    "int16": np.dtype("<i2"),
+    "int8": np.dtype("i1"),
+    "uint8": np.dtype("u1"),
     "bool": np.dtype("bool"),
 }
 _NP_TO_STORAGE = {v: k for k, v in _STORAGE_DTYPES.items()}
@@ -119,11 +130,18 @@ class _Budget:
         if self.copied > 4 * self.storage_bytes + (1 << 20):
             raise TorchBinError(
                 f"{self.source}: tensors copy {self.copied} bytes out of {self.storage_bytes} "
-                "bytes of storage (overlapping views); refused")
+                "bytes of storage (overlapping views); refused"
+            )
 
 
-def _rebuild_tensor(storage: _Storage, offset: int, size: tuple, stride: tuple, *_: Any,
-                    budget: _Budget | None = None) -> np.ndarray:
+def _rebuild_tensor(
+    storage: _Storage,
+    offset: int,
+    size: tuple,
+    stride: tuple,
+    *_: Any,
+    budget: _Budget | None = None,
+) -> np.ndarray:
     if not isinstance(storage, _Storage):
         raise TorchBinError(f"tensor rebuilt from {type(storage).__name__}, not a storage")
     data = storage.data
@@ -151,23 +169,28 @@ def _rebuild_tensor(storage: _Storage, offset: int, size: tuple, stride: tuple, 
         raise TorchBinError(
             f"tensor of size {size} / stride {stride} has {n} elements but its storage only "
             f"{data.size - offset} from offset {offset} (overlapping, e.g. stride-0, views are "
-            "not weights)")
+            "not weights)"
+        )
     if budget is not None:
         budget.take(size, n * data.itemsize)
     view = np.lib.stride_tricks.as_strided(
-        data[offset:], shape=size, strides=tuple(st * data.itemsize for st in stride), writeable=False
+        data[offset:],
+        shape=size,
+        strides=tuple(st * data.itemsize for st in stride),
+        writeable=False,
     )
     return np.array(view)  # own, contiguous copy
 
 
-def _rebuild_tensor_v3(storage, offset, size, stride, requires_grad, hooks, dtype, *_,
-                       budget=None):
+def _rebuild_tensor_v3(storage, offset, size, stride, requires_grad, hooks, dtype, *_, budget=None):
     if not isinstance(storage, _Storage):
         raise TorchBinError(f"tensor rebuilt from {type(storage).__name__}, not a storage")
     if isinstance(dtype, _DType) and storage.data.dtype != dtype.dtype:
         raw = storage.data.view(np.uint8)
         if raw.size % dtype.dtype.itemsize:
-            raise TorchBinError(f"storage of {raw.size} bytes is not a whole number of {dtype.dtype}")
+            raise TorchBinError(
+                f"storage of {raw.size} bytes is not a whole number of {dtype.dtype}"
+            )
         storage = _Storage(raw.view(dtype.dtype))
     return _rebuild_tensor(storage, offset, size, stride, budget=budget)
 
@@ -178,6 +201,7 @@ def _rebuild_parameter(data: np.ndarray, *_: Any) -> np.ndarray:
 
 def _safe_globals(budget: _Budget | None) -> dict[tuple[str, str], Any]:
     """The globals a state dict needs, with fresh stand-ins for this load only."""
+
     def v2(*args):
         return _rebuild_tensor(*args[:4], budget=budget)
 
@@ -236,9 +260,14 @@ class _RestrictedUnpickler(pickle._Unpickler):
 
     dispatch = dict(pickle._Unpickler.dispatch)
 
-    def __init__(self, file, load_storage, source: str,
-                 overrides: dict[tuple[str, str], Any] | None = None,
-                 budget: _Budget | None = None) -> None:
+    def __init__(
+        self,
+        file,
+        load_storage,
+        source: str,
+        overrides: dict[tuple[str, str], Any] | None = None,
+        budget: _Budget | None = None,
+    ) -> None:
         super().__init__(file)
         self._load_storage = load_storage
         self._source = source
@@ -269,12 +298,14 @@ class _RestrictedUnpickler(pickle._Unpickler):
         if type(inst) not in (OrderedDict, dict) or not isinstance(state, dict | tuple):
             raise UnsafeCheckpointError(
                 f"{self._source}: the pickle sets the state of a {type(inst).__name__} (BUILD); "
-                "a state dict only sets its own _metadata. Refused, nothing was changed.")
+                "a state dict only sets its own _metadata. Refused, nothing was changed."
+            )
         # the state (torch's _metadata: version numbers) is not needed: dropped
 
     def _refuse(self) -> None:
-        raise UnsafeCheckpointError(f"{self._source}: out-of-band pickle buffers are not "
-                                    "used by weights files; refused")
+        raise UnsafeCheckpointError(
+            f"{self._source}: out-of-band pickle buffers are not used by weights files; refused"
+        )
 
     dispatch[pickle.BUILD[0]] = _load_build
     dispatch[pickle.BYTEARRAY8[0]] = _refuse
@@ -292,10 +323,21 @@ class _RestrictedUnpickler(pickle._Unpickler):
             raise TorchBinError(f"{self._source}: {e}") from None
         except RecursionError:
             raise TorchBinError(f"{self._source}: the pickle is nested too deeply") from None
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
-                AttributeError, struct.error, OverflowError, UnicodeDecodeError) as e:
-            raise TorchBinError(f"{self._source}: malformed pickle ({type(e).__name__}: "
-                                f"{str(e)[:200]})") from None
+        except (
+            pickle.UnpicklingError,
+            EOFError,
+            ValueError,
+            TypeError,
+            KeyError,
+            IndexError,
+            AttributeError,
+            struct.error,
+            OverflowError,
+            UnicodeDecodeError,
+        ) as e:
+            raise TorchBinError(
+                f"{self._source}: malformed pickle ({type(e).__name__}: {str(e)[:200]})"
+            ) from None
 
 
 #: a zip entry expanding more than this (deflate tops out near 1032x on zeros; real weights
@@ -305,11 +347,13 @@ _MAX_PICKLE_BYTES = 256 * 1024 * 1024
 
 
 def _check_entry(path: Path, info: zipfile.ZipInfo) -> None:
-    if (info.compress_type != zipfile.ZIP_STORED
-            and info.file_size > _MAX_COMPRESSION_RATIO * max(info.compress_size, 1)):
+    if info.compress_type != zipfile.ZIP_STORED and info.file_size > _MAX_COMPRESSION_RATIO * max(
+        info.compress_size, 1
+    ):
         raise TorchBinError(
             f"{path}: archive entry {info.filename} expands {info.compress_size} bytes to "
-            f"{info.file_size} (a decompression bomb?); refused before reading")
+            f"{info.file_size} (a decompression bomb?); refused before reading"
+        )
 
 
 def _load_zip(path: Path, limits: Any = None) -> Any:
@@ -327,7 +371,10 @@ def _load_zip(path: Path, limits: Any = None) -> Any:
         byteorder = root + "byteorder"
         if byteorder in names:
             _check_entry(path, infos[byteorder])
-            if infos[byteorder].file_size > 64 or zf.read(byteorder).strip() not in (b"little", b""):
+            if infos[byteorder].file_size > 64 or zf.read(byteorder).strip() not in (
+                b"little",
+                b"",
+            ):
                 raise TorchBinError(f"{path}: big-endian checkpoints are not supported")
         cache: dict[str, _Storage] = {}
         budget = _Budget(str(path), limits)
@@ -343,7 +390,8 @@ def _load_zip(path: Path, limits: Any = None) -> Any:
                 if info.file_size != numel * dtype.itemsize:
                     raise TorchBinError(
                         f"{path}: storage {key} declares {numel} x {dtype} but its archive "
-                        f"entry holds {info.file_size} bytes")
+                        f"entry holds {info.file_size} bytes"
+                    )
                 if limits is not None:
                     limits.check(str(path), f"storage {key}", (numel,))
                 raw = zf.read(entry)
@@ -356,12 +404,14 @@ def _load_zip(path: Path, limits: Any = None) -> Any:
         info = infos[pkl[0]]
         _check_entry(path, info)
         if info.file_size > _MAX_PICKLE_BYTES:
-            raise TorchBinError(f"{path}: data.pkl of {info.file_size} bytes is too large for a "
-                                "state dict")
+            raise TorchBinError(
+                f"{path}: data.pkl of {info.file_size} bytes is too large for a state dict"
+            )
         try:
             with zf.open(pkl[0]) as f:
-                return _RestrictedUnpickler(_ClampedReader(f, info.file_size), load_storage,
-                                            str(path), budget=budget).load()
+                return _RestrictedUnpickler(
+                    _ClampedReader(f, info.file_size), load_storage, str(path), budget=budget
+                ).load()
         except (zipfile.BadZipFile, zlib.error, NotImplementedError) as e:
             raise TorchBinError(f"{path}: damaged archive ({e})") from None
 
@@ -369,9 +419,11 @@ def _load_zip(path: Path, limits: Any = None) -> Any:
 def _load_legacy(path: Path, limits: Any = None) -> Any:
     budget = _Budget(str(path), limits)
     with open(path, "rb") as f:
+
         def small_load():
-            return _RestrictedUnpickler(_ClampedReader(f, _remaining(f)), _no_storage,
-                                        str(path)).load()
+            return _RestrictedUnpickler(
+                _ClampedReader(f, _remaining(f)), _no_storage, str(path)
+            ).load()
 
         def _no_storage(*_):
             raise UnsafeCheckpointError(f"{path}: storage reference in a header pickle")
@@ -379,7 +431,9 @@ def _load_legacy(path: Path, limits: Any = None) -> Any:
         try:
             magic = small_load()
         except TorchBinError as e:
-            raise TorchBinError(f"{path}: neither a zip archive nor a legacy torch file ({e})") from e
+            raise TorchBinError(
+                f"{path}: neither a zip archive nor a legacy torch file ({e})"
+            ) from e
         if magic != _LEGACY_MAGIC:
             raise TorchBinError(f"{path}: not a PyTorch checkpoint (bad magic number)")
         if small_load() != _LEGACY_PROTOCOL:
@@ -409,12 +463,14 @@ def _load_legacy(path: Path, limits: Any = None) -> Any:
         def lazy_rebuild(storage, offset, size, stride, *rest):
             return _Lazy((storage, offset, size, stride))
 
-        overrides = {("torch._utils", "_rebuild_tensor_v2"): lazy_rebuild,
-                     ("torch._utils", "_rebuild_tensor"): lazy_rebuild}
-        obj = _RestrictedUnpickler(_ClampedReader(f, _remaining(f)), load_storage, str(path),
-                                   overrides).load()
-        keys = _RestrictedUnpickler(_ClampedReader(f, _remaining(f)), _no_storage,
-                                    str(path)).load()
+        overrides = {
+            ("torch._utils", "_rebuild_tensor_v2"): lazy_rebuild,
+            ("torch._utils", "_rebuild_tensor"): lazy_rebuild,
+        }
+        obj = _RestrictedUnpickler(
+            _ClampedReader(f, _remaining(f)), load_storage, str(path), overrides
+        ).load()
+        keys = _RestrictedUnpickler(_ClampedReader(f, _remaining(f)), _no_storage, str(path)).load()
         if not isinstance(keys, list):
             raise TorchBinError(f"{path}: malformed storage key list")
         for key in keys:
@@ -428,8 +484,9 @@ def _load_legacy(path: Path, limits: Any = None) -> Any:
             (count,) = struct.unpack("<q", head)
             dtype = stype.dtype or np.dtype("u1")
             if count < 0 or count * dtype.itemsize > _remaining(f):
-                raise TorchBinError(f"{path}: storage {key} declares {count} elements, more "
-                                    "than the file holds")
+                raise TorchBinError(
+                    f"{path}: storage {key} declares {count} elements, more than the file holds"
+                )
             if limits is not None:
                 limits.check(str(path), f"storage {key}", (count,))
             raw = f.read(count * dtype.itemsize)
@@ -490,7 +547,9 @@ def read_index(path: str | Path) -> dict[str, str]:
     return read_weight_map(Path(path), TorchBinError)
 
 
-def load_checkpoint(path: str | Path, limits: Any = None) -> tuple[dict[str, np.ndarray], list[Path]]:
+def load_checkpoint(
+    path: str | Path, limits: Any = None
+) -> tuple[dict[str, np.ndarray], list[Path]]:
     """Read ``pytorch_model.bin`` or a sharded ``pytorch_model.bin.index.json``.
 
     Each shard must hold exactly the tensors the index assigns to it: a key the index puts in
@@ -511,12 +570,14 @@ def load_checkpoint(path: str | Path, limits: Any = None) -> tuple[dict[str, np.
                     where = weight_map.get(k)
                     raise TorchBinError(
                         f"{shard_path}: holds {k!r}, which {path} "
-                        + (f"assigns to {where}" if where else "does not list"))
+                        + (f"assigns to {where}" if where else "does not list")
+                    )
             listed = [k for k, v in weight_map.items() if v == shard and k not in part]
             if listed:
-                raise TorchBinError(f"{shard_path}: lacks {listed[0]!r}, which {path} assigns "
-                                    f"to it" + (f" (and {len(listed) - 1} more)"
-                                                if len(listed) > 1 else ""))
+                raise TorchBinError(
+                    f"{shard_path}: lacks {listed[0]!r}, which {path} assigns "
+                    f"to it" + (f" (and {len(listed) - 1} more)" if len(listed) > 1 else "")
+                )
             out.update(part)
         return out, [path, *(path.parent / s for s in shards)]
     return load(path, limits), [path]
@@ -550,17 +611,43 @@ def _pickle_state_dict(entries: list[tuple[str, str, str, int, tuple, tuple]]) -
     empty_od = _op_global("collections", "OrderedDict") + pickle.EMPTY_TUPLE + pickle.REDUCE
     out = [pickle.PROTO + bytes([2]), empty_od, pickle.MARK]
     for name, storage_cls, key, numel, size, stride in entries:
-        pid = _op_tuple([_op_str("storage"), _op_global("torch", storage_cls), _op_str(key),
-                         _op_str("cpu"), _op_int(numel)]) + pickle.BINPERSID
-        args = _op_tuple([pid, _op_int(0), _op_tuple([_op_int(d) for d in size]),
-                          _op_tuple([_op_int(d) for d in stride]), pickle.NEWFALSE, empty_od])
-        out += [_op_str(name), _op_global("torch._utils", "_rebuild_tensor_v2"), args, pickle.REDUCE]
+        pid = (
+            _op_tuple(
+                [
+                    _op_str("storage"),
+                    _op_global("torch", storage_cls),
+                    _op_str(key),
+                    _op_str("cpu"),
+                    _op_int(numel),
+                ]
+            )
+            + pickle.BINPERSID
+        )
+        args = _op_tuple(
+            [
+                pid,
+                _op_int(0),
+                _op_tuple([_op_int(d) for d in size]),
+                _op_tuple([_op_int(d) for d in stride]),
+                pickle.NEWFALSE,
+                empty_od,
+            ]
+        )
+        out += [
+            _op_str(name),
+            _op_global("torch._utils", "_rebuild_tensor_v2"),
+            args,
+            pickle.REDUCE,
+        ]
     out += [pickle.SETITEMS, pickle.STOP]
     return b"".join(out)
 
 
-def save(state_dict: Mapping[str, np.ndarray], path: str | Path,
-         progress: Callable[[int], None] | None = None) -> Path:
+def save(
+    state_dict: Mapping[str, np.ndarray],
+    path: str | Path,
+    progress: Callable[[int], None] | None = None,
+) -> Path:
     """Write ``state_dict`` as a zip-format ``pytorch_model.bin`` (atomically).
 
     Arrays that are the same object (tied weights) share one storage, as torch.save does.
@@ -573,7 +660,9 @@ def save(state_dict: Mapping[str, np.ndarray], path: str | Path,
         if id(value) not in by_id:
             arr = np.asarray(value, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
             if arr.dtype not in _NP_TO_STORAGE:
-                raise TorchBinError(f"cannot store {name!r} of dtype {arr.dtype} in pytorch_model.bin")
+                raise TorchBinError(
+                    f"cannot store {name!r} of dtype {arr.dtype} in pytorch_model.bin"
+                )
             by_id[id(value)] = str(len(storages))
             storages.append(arr)
         key = by_id[id(value)]

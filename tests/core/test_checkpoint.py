@@ -41,8 +41,9 @@ def test_dtype_cast_on_load_and_save(tmp_path):
     assert back["transformer.wte.weight"].dtype == ml_dtypes.bfloat16
     _, back32, _ = checkpoint.load_pretrained(tmp_path, "lm", dtype="fp32")
     assert back32["transformer.wte.weight"].dtype == np.float32
-    np.testing.assert_allclose(back32["transformer.wte.weight"], sd["transformer.wte.weight"],
-                               rtol=1e-2, atol=1e-2)
+    np.testing.assert_allclose(
+        back32["transformer.wte.weight"], sd["transformer.wte.weight"], rtol=1e-2, atol=1e-2
+    )
     _, back16, _ = checkpoint.load_pretrained(tmp_path, "lm", dtype=np.float16)
     assert back16["transformer.h.0.ln_1.weight"].dtype == np.float16
     with pytest.raises(ValueError, match="unsupported dtype"):
@@ -73,7 +74,10 @@ def test_mismatched_checkpoint_raises_with_key_names(tmp_path):
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["n_embd"] = 48  # the weights were made for 36
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(naming.CheckpointError, match=r"transformer.wte.weight \(expected \(257, 48\), got \(257, 36\)\)"):
+    with pytest.raises(
+        naming.CheckpointError,
+        match=r"transformer.wte.weight \(expected \(257, 48\), got \(257, 36\)\)",
+    ):
         checkpoint.load_pretrained(tmp_path, "lm")
     _, _, report = checkpoint.load_pretrained(tmp_path, "lm", strict=False)
     assert not report.ok

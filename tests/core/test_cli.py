@@ -22,8 +22,9 @@ def src(tmp_path):
 
 
 def test_help_lists_subcommands():
-    out = subprocess.run([sys.executable, "-m", "conversion", "--help"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "conversion", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     for cmd in ("demo", "inspect", "convert"):
         assert cmd in out
 
@@ -78,8 +79,22 @@ def test_convert_failure_leaves_nothing_behind(src, tmp_path, monkeypatch):
 
 def test_convert_dtype_and_shards(src, tmp_path):
     out = tmp_path / "bf16"
-    assert cli.main(["convert", str(src), str(out), "--to", "safetensors", "--dtype", "bf16",
-                     "--max-shard-size", "20KB"]) == 0
+    assert (
+        cli.main(
+            [
+                "convert",
+                str(src),
+                str(out),
+                "--to",
+                "safetensors",
+                "--dtype",
+                "bf16",
+                "--max-shard-size",
+                "20KB",
+            ]
+        )
+        == 0
+    )
     assert (out / "model.safetensors.index.json").exists()
     raw, info = checkpoint.read_state_dict(out)
     assert info.format == "safetensors-sharded" and len(info.files) > 2
@@ -97,7 +112,9 @@ def test_convert_reports_missing_keys(src, tmp_path, capsys):
 
 
 def test_demo_numpy_path(tmp_path, capsys):
-    assert cli.main(["demo", "--frameworks", "", "--out", str(tmp_path), "--max-new-tokens", "2"]) == 0
+    assert (
+        cli.main(["demo", "--frameworks", "", "--out", str(tmp_path), "--max-new-tokens", "2"]) == 0
+    )
     out = capsys.readouterr().out
     assert out.count("yes") == 5 and "demo passed" in out
 
@@ -112,7 +129,12 @@ def test_openai_tf1_round_trip(src, tmp_path):
     oa = tmp_path / "openai"
     assert cli.main(["convert", str(src), str(oa), "--to", "openai"]) == 0
     assert json.loads((oa / "hparams.json").read_text()) == {
-        "n_vocab": 257, "n_ctx": 32, "n_embd": 36, "n_head": 3, "n_layer": 2}
+        "n_vocab": 257,
+        "n_ctx": 32,
+        "n_embd": 36,
+        "n_head": 3,
+        "n_layer": 2,
+    }
     assert (oa / "encoder.json").exists()  # vocab.json under OpenAI's name
     shapes = dict(tf.train.list_variables(str(oa / "model.ckpt")))
     assert shapes["model/h0/attn/c_attn/w"] == [1, 36, 108]

@@ -27,19 +27,24 @@ def ckpt(tmp_path):
 
 def _hide(monkeypatch, *modules):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name in modules else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in modules else real(name, *a)
+    )
 
 
-@pytest.mark.parametrize("argv,hidden,extra", [
-    (["--to", "keras"], ("tensorflow",), "tf"),
-    (["--to", "openai"], ("tensorflow",), "tf"),
-    (["--to", "nnx"], ("jax", "flax"), "flax"),
-    (["--to", "tf", "--verify"], ("tensorflow",), "tf"),
-    (["--to", "flax", "--verify"], ("torch",), "torch"),
-])
-def test_convert_without_the_framework_writes_nothing(argv, hidden, extra, ckpt, tmp_path,
-                                                      monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "argv,hidden,extra",
+    [
+        (["--to", "keras"], ("tensorflow",), "tf"),
+        (["--to", "openai"], ("tensorflow",), "tf"),
+        (["--to", "nnx"], ("jax", "flax"), "flax"),
+        (["--to", "tf", "--verify"], ("tensorflow",), "tf"),
+        (["--to", "flax", "--verify"], ("torch",), "torch"),
+    ],
+)
+def test_convert_without_the_framework_writes_nothing(
+    argv, hidden, extra, ckpt, tmp_path, monkeypatch, capsys
+):
     _hide(monkeypatch, *hidden)
     out = tmp_path / "out"
     assert cli.main(["convert", str(ckpt), str(out), *argv]) == 1
@@ -84,16 +89,21 @@ def test_openai_reader_infers_the_mlp_width(tmp_path):
     assert "n_inner" not in json.loads((tmp_path / "hparams.json").read_text())
     config, loaded = openai_ckpt.load(tmp_path)
     assert config.n_inner == 50
-    np.testing.assert_array_equal(loaded["transformer.h.1.mlp.c_fc.weight"],
-                                  sd["transformer.h.1.mlp.c_fc.weight"])
+    np.testing.assert_array_equal(
+        loaded["transformer.h.1.mlp.c_fc.weight"], sd["transformer.h.1.mlp.c_fc.weight"]
+    )
 
 
 def test_cli_output_has_no_tensorflow_banners(ckpt):
     pytest.importorskip("tensorflow")
     env = {k: v for k, v in __import__("os").environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    r = subprocess.run([sys.executable, "-m", "conversion", "verify", str(ckpt),
-                        "--frameworks", "tf"], capture_output=True, text=True, env=env,
-                       timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "conversion", "verify", str(ckpt), "--frameworks", "tf"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     for banner in ("cpu_feature_guard", "oneDNN custom operations", "Unable to register"):
         assert banner not in r.stderr + r.stdout

@@ -13,7 +13,13 @@ FIXTURES = Path(__file__).parents[1] / "fixtures" / "hf4576" / "configs"
 
 def test_hf_defaults():
     c = GPT2Config()
-    assert (c.vocab_size, c.n_positions, c.n_embd, c.n_layer, c.n_head) == (50257, 1024, 768, 12, 12)
+    assert (c.vocab_size, c.n_positions, c.n_embd, c.n_layer, c.n_head) == (
+        50257,
+        1024,
+        768,
+        12,
+        12,
+    )
     assert c.n_inner is None and c.inner_dim == 3072 and c.head_dim == 64
     assert c.activation_function == "gelu_new" and c.layer_norm_epsilon == 1e-5
     assert (c.resid_pdrop, c.embd_pdrop, c.attn_pdrop) == (0.1, 0.1, 0.1)
@@ -28,11 +34,16 @@ def test_hf_defaults():
 
 
 def test_aliases_read_and_write():
-    c = GPT2Config(hidden_size=48, num_attention_heads=4, num_hidden_layers=3,
-                   max_position_embeddings=64)
+    c = GPT2Config(
+        hidden_size=48, num_attention_heads=4, num_hidden_layers=3, max_position_embeddings=64
+    )
     assert (c.n_embd, c.n_head, c.n_layer, c.n_positions) == (48, 4, 3, 64)
-    assert (c.hidden_size, c.num_attention_heads, c.num_hidden_layers,
-            c.max_position_embeddings) == (48, 4, 3, 64)
+    assert (
+        c.hidden_size,
+        c.num_attention_heads,
+        c.num_hidden_layers,
+        c.max_position_embeddings,
+    ) == (48, 4, 3, 64)
     c.hidden_size = 96
     assert c.n_embd == 96
     with pytest.raises(ValueError, match="hidden_size"):
@@ -94,9 +105,16 @@ def test_labels():
 
 
 def test_unknown_keys_and_legacy_fields_round_trip(tmp_path):
-    d = {"model_type": "gpt2", "n_ctx": 1024, "n_embd": 64, "n_head": 4,
-         "task_specific_params": {"text-generation": {"do_sample": True, "max_length": 50}},
-         "architectures": ["GPT2LMHeadModel"], "my_key": [1, 2], "transformers_version": "4.57.6"}
+    d = {
+        "model_type": "gpt2",
+        "n_ctx": 1024,
+        "n_embd": 64,
+        "n_head": 4,
+        "task_specific_params": {"text-generation": {"do_sample": True, "max_length": 50}},
+        "architectures": ["GPT2LMHeadModel"],
+        "my_key": [1, 2],
+        "transformers_version": "4.57.6",
+    }
     c = GPT2Config.from_dict(d)
     assert c.n_ctx == 1024 and c.extra["my_key"] == [1, 2]
     out = c.to_dict()

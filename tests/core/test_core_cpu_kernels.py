@@ -23,12 +23,15 @@ def _canonical(cfg, seed=0):
 
 
 @pytest.mark.parametrize("nt", [1, 2])
-@pytest.mark.parametrize("overrides", [
-    {},
-    {"activation_function": "gelu", "scale_attn_by_inverse_layer_idx": True},
-    {"activation_function": "relu", "scale_attn_weights": False, "n_inner": 50},
-    {"activation_function": "sigmoid", "layer_norm_epsilon": 1e-2},
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"activation_function": "gelu", "scale_attn_by_inverse_layer_idx": True},
+        {"activation_function": "relu", "scale_attn_weights": False, "n_inner": 50},
+        {"activation_function": "sigmoid", "layer_norm_epsilon": 1e-2},
+    ],
+)
 def test_decode_steps_equal_the_numpy_reference(nt, overrides):
     """Feed a left-padded batch one token per step; the logits of every step equal the float64
     reference's full forward over the same prefix."""
@@ -45,8 +48,11 @@ def test_decode_steps_equal_the_numpy_reference(nt, overrides):
     keys = [np.zeros((B, H, L, D), np.float32) for _ in range(cfg.n_layer)]
     values = [np.zeros((B, H, L, D), np.float32) for _ in range(cfg.n_layer)]
     step = K.DecodeStep(cfg, sd, keys, values, B, nt=nt)
-    bias = np.where(np.pad(mask, [(0, 0), (0, L - T)], constant_values=1) == 1, 0.0,
-                    np.finfo(np.float32).min / 2).astype(np.float32)
+    bias = np.where(
+        np.pad(mask, [(0, 0), (0, L - T)], constant_values=1) == 1,
+        0.0,
+        np.finfo(np.float32).min / 2,
+    ).astype(np.float32)
     ref = reference.lm_logits(sd, cfg, ids, attention_mask=mask, position_ids=positions)
     for t in range(T):
         logits = step(ids[:, t], positions[:, t], bias, t)
@@ -78,11 +84,16 @@ def test_gemv_equal_numpy(nt):
         w = rng.standard_normal((Kd, N), dtype=np.float32)
         b = rng.standard_normal(N, dtype=np.float32)
         want = x.astype(np.float64) @ w + b
-        np.testing.assert_allclose(K.linear_kn(x, w, b, nt=nt), want, rtol=0,
-                                   atol=2e-6 * np.abs(want).max())
+        np.testing.assert_allclose(
+            K.linear_kn(x, w, b, nt=nt), want, rtol=0, atol=2e-6 * np.abs(want).max()
+        )
         want = x.astype(np.float64) @ w
-        np.testing.assert_allclose(K.linear_nk(x, np.ascontiguousarray(w.T), nt=nt), want,
-                                   rtol=0, atol=2e-6 * np.abs(want).max())
+        np.testing.assert_allclose(
+            K.linear_nk(x, np.ascontiguousarray(w.T), nt=nt),
+            want,
+            rtol=0,
+            atol=2e-6 * np.abs(want).max(),
+        )
 
 
 def test_bad_inputs_are_named():
@@ -122,16 +133,22 @@ def test_bf16_gemv_equal_numpy_over_the_rounded_weights(nt):
         w = rng.standard_normal((Kd, N), dtype=np.float32).astype(K.BF16)
         b = rng.standard_normal(N, dtype=np.float32)
         want = x.astype(np.float64) @ w.astype(np.float64) + b
-        np.testing.assert_allclose(K.linear_kn(x, w, b, nt=nt), want, rtol=0,
-                                   atol=2e-6 * np.abs(want).max())
+        np.testing.assert_allclose(
+            K.linear_kn(x, w, b, nt=nt), want, rtol=0, atol=2e-6 * np.abs(want).max()
+        )
         want = x.astype(np.float64) @ w.astype(np.float64)
-        np.testing.assert_allclose(K.linear_nk(x, np.ascontiguousarray(w.T), nt=nt), want,
-                                   rtol=0, atol=2e-6 * np.abs(want).max())
+        np.testing.assert_allclose(
+            K.linear_nk(x, np.ascontiguousarray(w.T), nt=nt),
+            want,
+            rtol=0,
+            atol=2e-6 * np.abs(want).max(),
+        )
 
 
 @pytest.mark.parametrize("nt", [1, 2])
-@pytest.mark.parametrize("overrides", [{}, {"tie_word_embeddings": False, "n_inner": 50,
-                                            "activation_function": "gelu"}])
+@pytest.mark.parametrize(
+    "overrides", [{}, {"tie_word_embeddings": False, "n_inner": 50, "activation_function": "gelu"}]
+)
 def test_bf16_decode_steps_equal_the_numpy_reference(nt, overrides):
     cfg = tiny_config(**overrides)
     sd = _bf16(_canonical(cfg, seed=3))
@@ -146,8 +163,11 @@ def test_bf16_decode_steps_equal_the_numpy_reference(nt, overrides):
     values = [np.zeros((B, H, L, D), np.float32) for _ in range(cfg.n_layer)]
     step = K.DecodeStep(cfg, sd, keys, values, B, nt=nt)
     assert step.wbf16 == 1
-    bias = np.where(np.pad(mask, [(0, 0), (0, L - T)], constant_values=1) == 1, 0.0,
-                    np.finfo(np.float32).min / 2).astype(np.float32)
+    bias = np.where(
+        np.pad(mask, [(0, 0), (0, L - T)], constant_values=1) == 1,
+        0.0,
+        np.finfo(np.float32).min / 2,
+    ).astype(np.float32)
     ref = reference.lm_logits(_widened(sd), cfg, ids, attention_mask=mask, position_ids=positions)
     for t in range(T):
         logits = step(ids[:, t], positions[:, t], bias, t)
@@ -162,8 +182,10 @@ def test_bf16_matrices_must_not_mix_with_fp32():
     sd = _canonical(cfg)
     H, D = cfg.n_head, cfg.n_embd // cfg.n_head
     kv = [np.zeros((1, H, 4, D), np.float32) for _ in range(cfg.n_layer)]
-    mixed = dict(sd, **{"transformer.h.1.mlp.c_fc.weight":
-                        sd["transformer.h.1.mlp.c_fc.weight"].astype(K.BF16)})
+    mixed = dict(
+        sd,
+        **{"transformer.h.1.mlp.c_fc.weight": sd["transformer.h.1.mlp.c_fc.weight"].astype(K.BF16)},
+    )
     with pytest.raises(TypeError, match=r"transformer\.h\.1\.mlp\.c_fc\.weight is bfloat16"):
         K.DecodeStep(cfg, mixed, kv, kv, 1)
     with pytest.raises(TypeError, match="float32, bfloat16 or int8"):
@@ -183,17 +205,23 @@ def test_reasons_for_not_running():
 def _in_subprocess(code, **env):
     import os
 
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={k: v for k, v in {**os.environ, **env}.items() if v is not None},
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in {**os.environ, **env}.items() if v is not None},
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
 
 
 def test_loading_imports_no_framework_and_tames_openmp_spinning():
-    code = ("import os, sys; from gpt2_core import cpu_kernels as k; assert k.load() is not None;"
-            "print(sorted(m for m in ('torch', 'tensorflow', 'jax') if m in sys.modules),"
-            " os.environ.get('GOMP_SPINCOUNT'))")
+    code = (
+        "import os, sys; from gpt2_core import cpu_kernels as k; assert k.load() is not None;"
+        "print(sorted(m for m in ('torch', 'tensorflow', 'jax') if m in sys.modules),"
+        " os.environ.get('GOMP_SPINCOUNT'))"
+    )
     assert _in_subprocess(code, GOMP_SPINCOUNT=None, OMP_WAIT_POLICY=None) == "[] 10000"
     # a user's own OpenMP setting wins
     assert _in_subprocess(code, GOMP_SPINCOUNT=None, OMP_WAIT_POLICY="active") == "[] None"

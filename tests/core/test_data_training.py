@@ -31,7 +31,9 @@ def test_files_globs_and_errors(tmp_path):
 
 def test_load_training_data_and_block_size_check(tmp_path):
     (tmp_path / "a.txt").write_text("x" * 1000)
-    train, held = load_training_data(tmp_path / "a.txt", ByteTok(), block_size=16, eval_fraction=0.1)
+    train, held = load_training_data(
+        tmp_path / "a.txt", ByteTok(), block_size=16, eval_fraction=0.1
+    )
     assert len(train) == (1001 - 100) // 16 and len(held) == 100 // 16
     assert train.tokens[-1] == ord("x") and held.tokens[-1] == 256  # EOS closes the document
     with pytest.raises(DataError, match="exceeds the model's n_positions"):

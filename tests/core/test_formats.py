@@ -42,6 +42,7 @@ def test_tf_h5_layout_matches_transformers(tmp_path):
     cfg = CONFIGS["tied"]
     sd = random_state_dict(cfg, "sequence_classification", seed=0, std=0.3)
     tf_h5.save(sd, tmp_path / "tf_model.h5", cfg, "sequence_classification")
+
     def strs(values):
         return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
 
@@ -51,7 +52,9 @@ def test_tf_h5_layout_matches_transformers(tmp_path):
         assert "tfgpt2_for_sequence_classification/transformer/h_._0/attn/c_attn/weight:0" in names
         assert "tfgpt2_for_sequence_classification/transformer/wte/embeddings:0" in names
         assert "tfgpt2_for_sequence_classification/transformer/ln_f/gamma:0" in names
-        bias = f["transformer"]["tfgpt2_for_sequence_classification/transformer/h_._1/mlp/c_fc/bias:0"]
+        bias = f["transformer"][
+            "tfgpt2_for_sequence_classification/transformer/h_._1/mlp/c_fc/bias:0"
+        ]
         assert bias.shape == (1, 144)  # TFConv1D bias (1, n)
         kernel = f["score"]["tfgpt2_for_sequence_classification/score/kernel:0"]
         assert kernel.shape == (36, 3)  # Dense kernel (in, out)
@@ -59,10 +62,17 @@ def test_tf_h5_layout_matches_transformers(tmp_path):
 
 def test_tf_name_mapping():
     assert tf_h5.tf_name_to_canonical("tfgpt2lm_head_model/transformer/h_._11/ln_2/beta:0") == (
-        "transformer.h.11.ln_2.bias", False)
-    assert tf_h5.tf_name_to_canonical("m/transformer/wte/weight:0") == ("transformer.wte.weight", False)
+        "transformer.h.11.ln_2.bias",
+        False,
+    )
+    assert tf_h5.tf_name_to_canonical("m/transformer/wte/weight:0") == (
+        "transformer.wte.weight",
+        False,
+    )
     assert tf_h5.tf_name_to_canonical("m/multiple_choice_head/summary/kernel:0") == (
-        "multiple_choice_head.summary.weight", True)
+        "multiple_choice_head.summary.weight",
+        True,
+    )
     with pytest.raises(tf_h5.TFH5Error, match="unrecognised variable"):
         tf_h5.tf_name_to_canonical("m/transformer/wte/moving_mean:0")
 
@@ -83,11 +93,15 @@ def test_flax_tree_layout_has_the_out_in_kernel_trap():
 
 def test_flax_chunked_arrays_are_read(tmp_path):
     arr = np.arange(10, dtype=np.float32).reshape(2, 5)
-    chunked = {"__msgpack_chunked_array__": True, "shape": {"0": 2, "1": 5},
-               "chunks": {"0": arr.reshape(-1)[:6], "1": arr.reshape(-1)[6:]}}
+    chunked = {
+        "__msgpack_chunked_array__": True,
+        "shape": {"0": 2, "1": 5},
+        "chunks": {"0": arr.reshape(-1)[:6], "1": arr.reshape(-1)[6:]},
+    }
     tree = {"wte": {"embedding": chunked}}
     (tmp_path / "f.msgpack").write_bytes(
-        msgpack.packb(tree, default=flax_msgpack._pack_default, strict_types=True))
+        msgpack.packb(tree, default=flax_msgpack._pack_default, strict_types=True)
+    )
     assert np.array_equal(flax_msgpack.load(tmp_path / "f.msgpack")["wte.weight"], arr)
 
 
@@ -129,8 +143,14 @@ def test_reads_transformers_files(name):
         np.testing.assert_array_equal(v, source[src_key], err_msg=f"{name}: {k}")
 
 
-@pytest.mark.parametrize("name", [n for n in _format_dirs() if n not in ("base_only", "flax_base",
-                                                                         "tf_base", "tf_double", "tf_seqcls")])
+@pytest.mark.parametrize(
+    "name",
+    [
+        n
+        for n in _format_dirs()
+        if n not in ("base_only", "flax_base", "tf_base", "tf_double", "tf_seqcls")
+    ],
+)
 def test_transformers_files_give_transformers_logits(name):
     """End to end: weights read from each transformers file, run by the numpy reference, give
     the logits transformers computed in that file's own framework."""
@@ -159,8 +179,9 @@ def test_writers_report_progress_in_bytes(tmp_path, fmt):
     cfg = CONFIGS["tied"]
     sd = random_state_dict(cfg, "lm", seed=0, std=0.3)
     seen = []
-    checkpoint.save_pretrained(sd, cfg, tmp_path, "lm", formats=(fmt,), progress=seen.append,
-                               max_shard_size="20KB")
+    checkpoint.save_pretrained(
+        sd, cfg, tmp_path, "lm", formats=(fmt,), progress=seen.append, max_shard_size="20KB"
+    )
     stored = naming.drop_tied(sd, cfg, "lm")
     assert sum(seen) == sum(v.nbytes for v in stored.values())
     assert len(seen) == len(stored)

@@ -12,25 +12,28 @@ def test_defaults_match_transformers_4():
     assert not g.do_sample and g.repetition_penalty == 1.0 and g.no_repeat_ngram_size == 0
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"max_new_tokens": -1}, "max_new_tokens"),
-    ({"max_length": 0}, "max_length"),
-    ({"temperature": 0.0}, "temperature"),
-    ({"top_p": 0.0}, "top_p"),
-    ({"top_p": 1.5}, "top_p"),
-    ({"top_k": -2}, "top_k"),
-    ({"num_beams": 0}, "num_beams"),
-    ({"num_beams": 2, "num_return_sequences": 3}, "must be <= num_beams"),
-    ({"num_return_sequences": 2}, "greedy search returns one sequence"),
-    ({"do_sample": True, "num_beams": 2}, "beam sampling"),
-    ({"repetition_penalty": 0}, "repetition_penalty"),
-    ({"no_repeat_ngram_size": -1}, "no_repeat_ngram_size"),
-    ({"eos_token_id": []}, "eos_token_id"),
-    ({"eos_token_id": [1, -1]}, "eos_token_id"),
-    ({"pad_token_id": "0"}, "pad_token_id"),
-    ({"early_stopping": "sometimes"}, "early_stopping"),
-    ({"do_sample": 1}, "do_sample must be a bool"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"max_new_tokens": -1}, "max_new_tokens"),
+        ({"max_length": 0}, "max_length"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": -2}, "top_k"),
+        ({"num_beams": 0}, "num_beams"),
+        ({"num_beams": 2, "num_return_sequences": 3}, "must be <= num_beams"),
+        ({"num_return_sequences": 2}, "greedy search returns one sequence"),
+        ({"do_sample": True, "num_beams": 2}, "beam sampling"),
+        ({"repetition_penalty": 0}, "repetition_penalty"),
+        ({"no_repeat_ngram_size": -1}, "no_repeat_ngram_size"),
+        ({"eos_token_id": []}, "eos_token_id"),
+        ({"eos_token_id": [1, -1]}, "eos_token_id"),
+        ({"pad_token_id": "0"}, "pad_token_id"),
+        ({"early_stopping": "sometimes"}, "early_stopping"),
+        ({"do_sample": 1}, "do_sample must be a bool"),
+    ],
+)
 def test_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         GenerationConfig(**kwargs)
@@ -59,8 +62,10 @@ def test_unreachable_eos_is_dropped_with_one_warning(caplog):
         g.for_model(cfg.vocab_size)
     assert m.eos_token_ids == [] and m.pad_token_id == 7
     assert g.eos_token_ids == [50256]  # the caller's config is untouched
-    assert sum("eos_token_id 50256 is outside the vocabulary" in r.message
-               for r in caplog.records) == 1
+    assert (
+        sum("eos_token_id 50256 is outside the vocabulary" in r.message for r in caplog.records)
+        == 1
+    )
     # a reachable EOS is kept; pad (used after it) must then fit
     m = GenerationConfig(eos_token_id=[50256, 5], pad_token_id=None).for_model(300)
     assert m.eos_token_ids == [5] and m.pad_token_id == 5
@@ -87,5 +92,7 @@ def test_json_round_trip(tmp_path):
     g = GenerationConfig(num_beams=4, length_penalty=0.5, eos_token_id=[1, 2], seed=3)
     g.save_pretrained(tmp_path)
     assert GenerationConfig.from_pretrained(tmp_path) == g
-    (tmp_path / "generation_config.json").write_text('{"max_length": 30, "transformers_version": "4.57.6"}')
+    (tmp_path / "generation_config.json").write_text(
+        '{"max_length": 30, "transformers_version": "4.57.6"}'
+    )
     assert GenerationConfig.from_pretrained(tmp_path).max_length == 30

@@ -23,14 +23,17 @@ def test_prepare_inputs_shapes_and_bos():
         G.prepare_inputs(None, None, GenerationConfig(), 10)
 
 
-@pytest.mark.parametrize("bad, err, match", [
-    ([[1.0, 2.0]], TypeError, "integer"),
-    ([[True, False]], TypeError, "integer"),
-    ([[1, 10]], ValueError, "contains 10, outside the vocabulary"),
-    ([[-1, 2]], ValueError, "contains -1"),
-    (np.zeros((1, 0), np.int64), ValueError, "at least one token"),
-    (np.zeros((1, 2, 3), np.int64), ValueError, r"\(batch, seq_len\)"),
-])
+@pytest.mark.parametrize(
+    "bad, err, match",
+    [
+        ([[1.0, 2.0]], TypeError, "integer"),
+        ([[True, False]], TypeError, "integer"),
+        ([[1, 10]], ValueError, "contains 10, outside the vocabulary"),
+        ([[-1, 2]], ValueError, "contains -1"),
+        (np.zeros((1, 0), np.int64), ValueError, "at least one token"),
+        (np.zeros((1, 2, 3), np.int64), ValueError, r"\(batch, seq_len\)"),
+    ],
+)
 def test_prepare_inputs_refuses_bad_ids(bad, err, match):
     with pytest.raises(err, match=match):
         G.prepare_inputs(bad, None, GenerationConfig(), 10)
@@ -46,16 +49,19 @@ def test_prepare_inputs_refuses_bad_mask():
     assert G.prepare_inputs([1, 2], [0.0, 1.0], GenerationConfig(), 10)[1].tolist() == [[0, 1]]
 
 
-@pytest.mark.parametrize("gen, expected", [
-    # an explicit pad, present and not an EOS: inferred
-    (GenerationConfig(pad_token_id=0, eos_token_id=9), [[0, 1, 1]]),
-    # pad == EOS: not inferred (transformers)
-    (GenerationConfig(pad_token_id=9, eos_token_id=9), [[1, 1, 1]]),
-    # no pad and no EOS: token 0 is a token, not padding (TF used to treat it as padding)
-    (GenerationConfig(), [[1, 1, 1]]),
-    # implicit pad = first EOS: never inferred
-    (GenerationConfig(eos_token_id=0), [[1, 1, 1]]),
-])
+@pytest.mark.parametrize(
+    "gen, expected",
+    [
+        # an explicit pad, present and not an EOS: inferred
+        (GenerationConfig(pad_token_id=0, eos_token_id=9), [[0, 1, 1]]),
+        # pad == EOS: not inferred (transformers)
+        (GenerationConfig(pad_token_id=9, eos_token_id=9), [[1, 1, 1]]),
+        # no pad and no EOS: token 0 is a token, not padding (TF used to treat it as padding)
+        (GenerationConfig(), [[1, 1, 1]]),
+        # implicit pad = first EOS: never inferred
+        (GenerationConfig(eos_token_id=0), [[1, 1, 1]]),
+    ],
+)
 def test_mask_inference(gen, expected):
     assert G.prepare_inputs([[0, 4, 5]], None, gen, 10)[1].tolist() == expected
 
@@ -72,12 +78,15 @@ def test_prompt_position_ids():
     assert G.prompt_position_ids(mask).tolist() == [[1, 1, 0, 1, 2], [0, 1, 2, 3, 4]]
 
 
-@pytest.mark.parametrize("gen, filler", [
-    (GenerationConfig(), -1),
-    (GenerationConfig(eos_token_id=[5, 6]), 5),
-    (GenerationConfig(eos_token_id=5, pad_token_id=3), 3),
-    (GenerationConfig(eos_token_id=5, pad_token_id=0), 5),  # `pad or eos[0]`
-])
+@pytest.mark.parametrize(
+    "gen, filler",
+    [
+        (GenerationConfig(), -1),
+        (GenerationConfig(eos_token_id=[5, 6]), 5),
+        (GenerationConfig(eos_token_id=5, pad_token_id=3), 3),
+        (GenerationConfig(eos_token_id=5, pad_token_id=0), 5),  # `pad or eos[0]`
+    ],
+)
 def test_beam_filler(gen, filler):
     assert G.beam_filler(gen) == filler
 
@@ -85,8 +94,13 @@ def test_beam_filler(gen, filler):
 def test_attention_scale():
     cfg = GPT2Config(n_embd=36, n_head=3, n_layer=2)
     assert G.attention_scale(cfg, 1) == pytest.approx(1 / np.sqrt(12))
-    cfg = GPT2Config(n_embd=36, n_head=3, n_layer=2, scale_attn_by_inverse_layer_idx=True,
-                     scale_attn_weights=False)
+    cfg = GPT2Config(
+        n_embd=36,
+        n_head=3,
+        n_layer=2,
+        scale_attn_by_inverse_layer_idx=True,
+        scale_attn_weights=False,
+    )
     assert G.attention_scale(cfg, 1) == 0.5
 
 
@@ -141,8 +155,13 @@ def _toy_beam_search(table, gen, prompt, max_length):
     cur = T0
     while True:
         last = state["running_sequences"][:, :, cur - 1].reshape(-1)
-        lp = G.process_logits(state["running_sequences"].reshape(-1, max_length)[:, :cur],
-                              G.log_softmax(table[last]), gen, cur - T0, 0)
+        lp = G.process_logits(
+            state["running_sequences"].reshape(-1, max_length)[:, :cur],
+            G.log_softmax(table[last]),
+            gen,
+            cur - T0,
+            0,
+        )
         state = G.beam_step(state, lp, cur, T0, max_length, gen)
         cur += 1
         if G.beam_search_finished(state, gen):
@@ -169,8 +188,9 @@ def test_beam_step_eos_finishes_early_and_filler_follows():
     p[1, 3] = 1.0  # 1 -> EOS
     p[2, 2] = 1.0  # 2 -> 2 -> 2 ...
     table = np.log(p + 1e-12)
-    gen = GenerationConfig(num_beams=2, num_return_sequences=2, eos_token_id=3, pad_token_id=0,
-                           early_stopping=True)
+    gen = GenerationConfig(
+        num_beams=2, num_return_sequences=2, eos_token_id=3, pad_token_id=0, early_stopping=True
+    )
     seqs, scores = _toy_beam_search(table, gen, [[0]], 6)
     # the EOS hypothesis (length 2) beats the running one once early stopping has 2 finished
     assert [0, 1, 3] in [s[:3].tolist() for s in seqs]

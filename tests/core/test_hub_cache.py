@@ -57,12 +57,15 @@ def test_cache_dir_follows_huggingface_hub(monkeypatch, tmp_path):
     assert hub.cache_dir() == tmp_path / "c"
 
 
-@pytest.mark.parametrize("cached_as,asked_as", [
-    ("openai-community/gpt2", "openai-community/gpt2"),
-    ("openai-community/gpt2", "gpt2"),
-    ("gpt2", "gpt2"),                     # a legacy cache (models--gpt2)
-    ("gpt2", "openai-community/gpt2"),
-])
+@pytest.mark.parametrize(
+    "cached_as,asked_as",
+    [
+        ("openai-community/gpt2", "openai-community/gpt2"),
+        ("openai-community/gpt2", "gpt2"),
+        ("gpt2", "gpt2"),  # a legacy cache (models--gpt2)
+        ("gpt2", "openai-community/gpt2"),
+    ],
+)
 def test_offline_reads_the_cache(offline_cache, cached_as, asked_as):
     snap = make_cache(offline_cache, cached_as)
     assert hub.resolve_dir(asked_as) == snap
@@ -113,8 +116,11 @@ def test_every_backend_loads_from_the_offline_cache(offline_cache, framework):
 
         from gpt2_torch import GPT2LMHeadModel
 
-        got = GPT2LMHeadModel.from_pretrained("openai-community/gpt2")(
-            torch.from_numpy(ids)).logits.detach().numpy()
+        got = (
+            GPT2LMHeadModel.from_pretrained("openai-community/gpt2")(torch.from_numpy(ids))
+            .logits.detach()
+            .numpy()
+        )
     elif framework == "tf":
         from gpt2_tf import GPT2LMHeadModel
 

@@ -18,9 +18,11 @@ def _rss() -> int:
 @pytest.fixture
 def mapped(tmp_path):
     rng = np.random.default_rng(0)
-    tensors = {"a": rng.normal(size=(300, 257)).astype(np.float32),
-               "b": rng.normal(size=(7,)).astype(ml_dtypes.bfloat16),
-               "c": rng.normal(size=(1024, 1031)).astype(np.float32)}
+    tensors = {
+        "a": rng.normal(size=(300, 257)).astype(np.float32),
+        "b": rng.normal(size=(7,)).astype(ml_dtypes.bfloat16),
+        "c": rng.normal(size=(1024, 1031)).astype(np.float32),
+    }
     save_file(tensors, tmp_path / "m.safetensors")
     return tensors, load_file(tmp_path / "m.safetensors")
 
@@ -48,12 +50,14 @@ def test_release_gives_back_resident_pages(mapped):
     tensors, sd = mapped
     big = sd["c"]  # 4.2 MB
     before = _rss()
-    assert float(big.sum(dtype=np.float64)) == pytest.approx(float(tensors["c"].sum(dtype=np.float64)))
+    assert float(big.sum(dtype=np.float64)) == pytest.approx(
+        float(tensors["c"].sum(dtype=np.float64))
+    )
     touched = _rss()
     lowmem.release(big)
     after = _rss()
     assert touched - before > 3_000_000  # reading it made it resident...
-    assert touched - after > 3_000_000   # ...and release gave it back
+    assert touched - after > 3_000_000  # ...and release gave it back
 
 
 def test_release_skips_writable_maps(tmp_path):

@@ -12,8 +12,13 @@ E, V, P, F = 36, 257, 32, 144
 
 def test_heads_and_class_names():
     assert list(naming.HEADS.values()) == [
-        "GPT2Model", "GPT2LMHeadModel", "GPT2DoubleHeadsModel", "GPT2ForSequenceClassification",
-        "GPT2ForTokenClassification", "GPT2ForQuestionAnswering"]
+        "GPT2Model",
+        "GPT2LMHeadModel",
+        "GPT2DoubleHeadsModel",
+        "GPT2ForSequenceClassification",
+        "GPT2ForTokenClassification",
+        "GPT2ForQuestionAnswering",
+    ]
     assert naming.head_of("TFGPT2LMHeadModel") == "lm"
     assert naming.head_of("FlaxGPT2Model") == "base"
     with pytest.raises(ValueError, match="unknown GPT-2 head"):
@@ -32,14 +37,23 @@ def test_base_schema_shapes():
     assert not any(k.startswith("transformer.") for k in s)
 
 
-@pytest.mark.parametrize("head, extra", [
-    ("lm", {"lm_head.weight": (V, E)}),
-    ("double_heads", {"lm_head.weight": (V, E), "multiple_choice_head.summary.weight": (1, E),
-                      "multiple_choice_head.summary.bias": (1,)}),
-    ("sequence_classification", {"score.weight": (3, E)}),
-    ("token_classification", {"classifier.weight": (3, E), "classifier.bias": (3,)}),
-    ("question_answering", {"qa_outputs.weight": (2, E), "qa_outputs.bias": (2,)}),
-])
+@pytest.mark.parametrize(
+    "head, extra",
+    [
+        ("lm", {"lm_head.weight": (V, E)}),
+        (
+            "double_heads",
+            {
+                "lm_head.weight": (V, E),
+                "multiple_choice_head.summary.weight": (1, E),
+                "multiple_choice_head.summary.bias": (1,),
+            },
+        ),
+        ("sequence_classification", {"score.weight": (3, E)}),
+        ("token_classification", {"classifier.weight": (3, E), "classifier.bias": (3,)}),
+        ("question_answering", {"qa_outputs.weight": (2, E), "qa_outputs.bias": (2,)}),
+    ],
+)
 def test_head_schemas(head, extra):
     s = naming.expected_shapes(CFG, head)
     assert all(k.startswith("transformer.") for k in s if k not in extra)
@@ -52,7 +66,8 @@ def test_summary_without_projection_to_labels():
     cfg = tiny_config(summary_proj_to_labels=False)
     assert naming.head_shapes(cfg, "double_heads")["multiple_choice_head.summary.weight"] == (E, E)
     assert "multiple_choice_head.summary.weight" not in naming.head_shapes(
-        tiny_config(summary_use_proj=False), "double_heads")
+        tiny_config(summary_use_proj=False), "double_heads"
+    )
 
 
 def test_cross_attention_keys():
@@ -153,8 +168,9 @@ def test_missing_weights_follow_transformers_init_and_are_seeded_per_key():
     new = missing_weights(cfg, "token_classification", keys, seed=1)
     assert new["classifier.weight"].shape == (3, E) and new["classifier.weight"].dtype == np.float32
     assert np.all(new["classifier.bias"] == 0)
-    big = missing_weights(tiny_config(n_embd=300, n_head=3), "base", ["h.0.mlp.c_fc.weight",
-                                                                      "h.0.ln_1.weight"])
+    big = missing_weights(
+        tiny_config(n_embd=300, n_head=3), "base", ["h.0.mlp.c_fc.weight", "h.0.ln_1.weight"]
+    )
     assert abs(big["h.0.mlp.c_fc.weight"].std() - 0.02) < 0.001
     assert np.all(big["h.0.ln_1.weight"] == 1)
     # a key's values depend on the seed and its own name only, not on the other keys

@@ -16,9 +16,12 @@ kernels = pytest.mark.skipif(K.load() is None, reason=f"CPU kernels: {K.status()
 @pytest.mark.parametrize("axis", [0, 1])
 def test_round_trip_error_is_at_most_half_a_step_per_channel(axis):
     rng = np.random.default_rng(0)
-    w = rng.standard_normal((37, 19)).astype(np.float32) * rng.uniform(0.01, 3, 19 if axis == 0
-                                                                       else 37)[
-        None if axis == 0 else slice(None), slice(None) if axis == 0 else None]
+    w = (
+        rng.standard_normal((37, 19)).astype(np.float32)
+        * rng.uniform(0.01, 3, 19 if axis == 0 else 37)[
+            None if axis == 0 else slice(None), slice(None) if axis == 0 else None
+        ]
+    )
     w[:, 3] = 0.0 if axis == 0 else w[:, 3]  # an all-zero channel
     q, s = Q.quantize_int8(w, axis)
     assert q.dtype == np.int8 and q.flags.c_contiguous and s.dtype == np.float32
@@ -38,9 +41,14 @@ def test_which_keys_are_quantized_and_ties_stay_shared():
     sd["lm_head.weight"] = sd["transformer.wte.weight"]  # tied: the same array
     qsd = Q.quantize_state_dict(sd)
     int8 = sorted(k for k, v in qsd.items() if v.dtype == np.int8)
-    assert int8 == sorted(["transformer.wte.weight", "lm_head.weight"] + [
-        f"transformer.h.{i}.{m}.weight" for i in range(cfg.n_layer)
-        for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")])
+    assert int8 == sorted(
+        ["transformer.wte.weight", "lm_head.weight"]
+        + [
+            f"transformer.h.{i}.{m}.weight"
+            for i in range(cfg.n_layer)
+            for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+        ]
+    )
     assert qsd["lm_head.weight"] is qsd["transformer.wte.weight"]
     assert qsd["transformer.wte.weight_scale"].shape == (cfg.vocab_size,)
     assert qsd["transformer.h.0.attn.c_attn.weight_scale"].shape == (3 * cfg.n_embd,)
@@ -76,12 +84,14 @@ def test_int8_gemv_equal_the_dequantized_product(nt):
         b = rng.standard_normal(N, dtype=np.float32)
         q, s = Q.quantize_int8(w, 0)
         want = x.astype(np.float64) @ Q.dequantize_int8(q, s, 0, np.float64) + b
-        np.testing.assert_allclose(K.linear_kn(x, q, b, nt=nt, scale=s), want, rtol=0,
-                                   atol=2e-6 * np.abs(want).max())
+        np.testing.assert_allclose(
+            K.linear_kn(x, q, b, nt=nt, scale=s), want, rtol=0, atol=2e-6 * np.abs(want).max()
+        )
         qt, st = Q.quantize_int8(np.ascontiguousarray(w.T), 1)  # (N, K), a scale per row
         want = x.astype(np.float64) @ Q.dequantize_int8(qt, st, 1, np.float64).T
-        np.testing.assert_allclose(K.linear_nk(x, qt, nt=nt, scale=st), want, rtol=0,
-                                   atol=2e-6 * np.abs(want).max())
+        np.testing.assert_allclose(
+            K.linear_nk(x, qt, nt=nt, scale=st), want, rtol=0, atol=2e-6 * np.abs(want).max()
+        )
     with pytest.raises(ValueError, match="scales are required"):
         K.linear_kn(x, q, b)
     with pytest.raises(ValueError, match="int8 weights only"):
@@ -99,16 +109,20 @@ def _step_logits(cfg, sd, nt, head_transposed=False):
     keys = [np.zeros((B, H, L, D), np.float32) for _ in range(cfg.n_layer)]
     values = [np.zeros((B, H, L, D), np.float32) for _ in range(cfg.n_layer)]
     step = K.DecodeStep(cfg, sd, keys, values, B, nt=nt, head_transposed=head_transposed)
-    bias = np.where(np.pad(mask, [(0, 0), (0, L - T)], constant_values=1) == 1, 0.0,
-                    np.finfo(np.float32).min / 2).astype(np.float32)
+    bias = np.where(
+        np.pad(mask, [(0, 0), (0, L - T)], constant_values=1) == 1,
+        0.0,
+        np.finfo(np.float32).min / 2,
+    ).astype(np.float32)
     out = [step(ids[:, t], positions[:, t], bias, t).copy() for t in range(T)]
     return step, ids, mask, positions, out
 
 
 @kernels
 @pytest.mark.parametrize("nt", [1, 2])
-@pytest.mark.parametrize("overrides", [{}, {"tie_word_embeddings": False, "n_inner": 50,
-                                            "activation_function": "gelu"}])
+@pytest.mark.parametrize(
+    "overrides", [{}, {"tie_word_embeddings": False, "n_inner": 50, "activation_function": "gelu"}]
+)
 def test_int8_decode_steps_equal_the_dequantized_reference(nt, overrides):
     """The fused int8 step equals the float64 reference run on the dequantized weights as
     tightly as the fp32 step equals it on fp32 weights (2e-5 of the logits' range)."""
@@ -118,8 +132,9 @@ def test_int8_decode_steps_equal_the_dequantized_reference(nt, overrides):
     qsd = Q.quantize_state_dict(sd)
     step, ids, mask, positions, out = _step_logits(cfg, qsd, nt)
     assert step.wq == K.INT8
-    ref = reference.lm_logits(Q.dequantize_state_dict(qsd), cfg, ids, attention_mask=mask,
-                              position_ids=positions)
+    ref = reference.lm_logits(
+        Q.dequantize_state_dict(qsd), cfg, ids, attention_mask=mask, position_ids=positions
+    )
     for t, logits in enumerate(out):
         for b in range(2):
             if mask[b, t]:

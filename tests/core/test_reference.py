@@ -53,7 +53,7 @@ def test_reference_greedy_matches_transformers_generate():
     assert seq.shape == (ids.shape[0], T + new)
     for row in range(ids.shape[0]):
         prompt = ids[row][mask[row].astype(bool)].tolist()
-        out = reference.greedy(w, cfg, prompt, new)[len(prompt):]
+        out = reference.greedy(w, cfg, prompt, new)[len(prompt) :]
         want = seq[row, T:].tolist()
         if eos in want:  # transformers pads after EOS
             cut = want.index(eos) + 1

@@ -78,12 +78,15 @@ def test_shard_plan_oversized_tensor_gets_its_own_shard():
     assert st.shard_plan({"a": 10, "b": 100, "c": 10}, 50) == [["a"], ["b"], ["c"]]
 
 
-@pytest.mark.parametrize("bad, match", [
-    (b"\x01", "too short"),
-    ((10**9).to_bytes(8, "little") + b"{}", "over the 100000000-byte limit"),
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (b"\x01", "too short"),
+        ((10**9).to_bytes(8, "little") + b"{}", "over the 100000000-byte limit"),
         ((1000).to_bytes(8, "little") + b"{}", "header length"),
-    ((2).to_bytes(8, "little") + b"{x", "not valid JSON"),
-])
+        ((2).to_bytes(8, "little") + b"{x", "not valid JSON"),
+    ],
+)
 def test_malformed_headers(tmp_path, bad, match):
     p = tmp_path / "bad.safetensors"
     p.write_bytes(bad)
@@ -110,7 +113,9 @@ def test_offsets_outside_file_and_size_mismatch(tmp_path):
 
 
 def test_index_with_missing_or_escaping_shard(tmp_path):
-    (tmp_path / st.SAFE_WEIGHTS_INDEX_NAME).write_text(json.dumps({"weight_map": {"a": "nope.safetensors"}}))
+    (tmp_path / st.SAFE_WEIGHTS_INDEX_NAME).write_text(
+        json.dumps({"weight_map": {"a": "nope.safetensors"}})
+    )
     with pytest.raises(st.SafetensorsError, match="shard nope.safetensors is missing"):
         st.load_sharded(tmp_path / st.SAFE_WEIGHTS_INDEX_NAME)
     (tmp_path / st.SAFE_WEIGHTS_INDEX_NAME).write_text(json.dumps({"weight_map": {"a": "../x"}}))

@@ -61,14 +61,17 @@ def test_known_ids(tok):
 
 def test_golden_file_is_current(golden):
     assert golden["versions"]["transformers"] == "4.57.6"
-    assert golden["vocab_md5"] == {"vocab.json": "e96f267f54de31ec5eae10a86a3556f2",
-                                   "merges.txt": "75a37753dd7a28a2c5df80c28bf06e4e"}
+    assert golden["vocab_md5"] == {
+        "vocab.json": "e96f267f54de31ec5eae10a86a3556f2",
+        "merges.txt": "75a37753dd7a28a2c5df80c28bf06e4e",
+    }
     assert len(golden["cases"]) >= 300
 
 
 def test_golden_ids(tok, golden):
-    wrong = [c["text"][:60] for c in golden["cases"]
-             if tok.encode(c["text"], verbose=False) != c["ids"]]
+    wrong = [
+        c["text"][:60] for c in golden["cases"] if tok.encode(c["text"], verbose=False) != c["ids"]
+    ]
     assert not wrong, f"{len(wrong)} texts give other ids than transformers: {wrong[:5]}"
 
 
@@ -87,7 +90,8 @@ def test_golden_offsets(fast, golden):
     enc = fast(texts, return_offsets_mapping=True, verbose=False)
     assert enc["input_ids"] == [c["ids"] for c in golden["cases"]]
     assert [[list(o) for o in offs] for offs in enc["offset_mapping"]] == [
-        c["offsets"] for c in golden["cases"]]
+        c["offsets"] for c in golden["cases"]
+    ]
 
 
 def test_golden_add_prefix_space(slow, fast, golden):
@@ -95,11 +99,14 @@ def test_golden_add_prefix_space(slow, fast, golden):
         assert slow.encode(c["text"], add_prefix_space=True) == c["slow"], c["text"]
         assert fast.encode(c["text"], add_prefix_space=True) == c["fast"], c["text"]
         # the tokenizers path (offsets) and the tiktoken path agree
-        assert fast(c["text"], add_prefix_space=True,
-                    return_offsets_mapping=True)["input_ids"] == c["fast"], c["text"]
+        assert (
+            fast(c["text"], add_prefix_space=True, return_offsets_mapping=True)["input_ids"]
+            == c["fast"]
+        ), c["text"]
     aps = GPT2TokenizerFast.from_pretrained("gpt2", add_prefix_space=True)
     assert [aps.encode(c["text"]) for c in golden["add_prefix_space"]] == [
-        c["fast"] for c in golden["add_prefix_space"]]
+        c["fast"] for c in golden["add_prefix_space"]
+    ]
 
 
 def test_golden_split_into_words(slow, fast, golden):
@@ -113,9 +120,36 @@ def test_golden_split_into_words(slow, fast, golden):
 
 # -- properties ----------------------------------------------------------------------------------
 
-TRICKY = ["'s", "'S", "'ll", "'", " ", "  ", "\t", "\n", "\r\n", "\u00a0", "\u3000", "a", "Z",
-          "é", "e\u0301", "1", "٣", ".", "...", "😀", "👨‍👩‍👧", "🇬🇧", "你好", "שלום", "\x00",
-          "\u200d", "\ufeff", EOT]
+TRICKY = [
+    "'s",
+    "'S",
+    "'ll",
+    "'",
+    " ",
+    "  ",
+    "\t",
+    "\n",
+    "\r\n",
+    "\u00a0",
+    "\u3000",
+    "a",
+    "Z",
+    "é",
+    "e\u0301",
+    "1",
+    "٣",
+    ".",
+    "...",
+    "😀",
+    "👨‍👩‍👧",
+    "🇬🇧",
+    "你好",
+    "שלום",
+    "\x00",
+    "\u200d",
+    "\ufeff",
+    EOT,
+]
 texts = st.one_of(
     st.text(st.characters(blacklist_categories=("Cs",)), max_size=60),
     st.lists(st.sampled_from(TRICKY), max_size=25).map("".join),
@@ -171,7 +205,8 @@ def test_custom_vocab_uses_tokenizers_engine(tmp_path):
         assert t.encode(f"a{EOT}c") == [0, 7, 2]
         assert t.decode([6, 3, 4]) == "abc ab"
     assert GPT2TokenizerFast(vocab, merges)("abc", return_offsets_mapping=True)[
-        "offset_mapping"] == [(0, 3)]
+        "offset_mapping"
+    ] == [(0, 3)]
 
 
 # -- bad input -----------------------------------------------------------------------------------

@@ -77,8 +77,9 @@ def test_pad_method(tok):
     out = tok.pad(features, return_tensors="np")
     assert out["input_ids"].tolist() == [[1, 2, 3], [4, 50256, 50256]]
     assert out["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
-    out = tok.pad({"input_ids": [[1], [2, 3]], "attention_mask": [[1], [1, 1]]},
-                  padding_side="left")
+    out = tok.pad(
+        {"input_ids": [[1], [2, 3]], "attention_mask": [[1], [1, 1]]}, padding_side="left"
+    )
     assert out.input_ids == [[50256, 1], [2, 3]] and out.attention_mask == [[0, 1], [1, 1]]
 
 
@@ -122,8 +123,13 @@ def test_too_long_warning_once(tok, caplog):
     with caplog.at_level(logging.WARNING, logger="gpt2_core"):
         assert len(tok.encode(text)) > 1024
         tok(text)
-    assert caplog.text.count("Token indices sequence length is longer than the specified "
-                             "maximum sequence length for this model (1100 > 1024)") == 1
+    assert (
+        caplog.text.count(
+            "Token indices sequence length is longer than the specified "
+            "maximum sequence length for this model (1100 > 1024)"
+        )
+        == 1
+    )
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="gpt2_core"):
         assert len(tok(text, truncation=True).input_ids) == 1024  # to model_max_length
@@ -176,11 +182,9 @@ def test_offsets(cls):
     enc = t(text, return_offsets_mapping=True)
     # transformers' fast GPT-2 keeps the leading space in a token's span (trim_offsets=False);
     # the bytes of one character split over two tokens share its span
-    assert enc.offset_mapping == [(0, 5), (5, 11), (11, 12), (12, 18), (18, 20), (19, 20),
-                                  (20, 21)]
+    assert enc.offset_mapping == [(0, 5), (5, 11), (11, 12), (12, 18), (18, 20), (19, 20), (20, 21)]
     assert enc.word_ids() == [0, 1, 2, 3, 4, 4, 4]  # " 😀!" is one pre-token
-    batch = t(["Hi", "Hello world"], padding=True, return_offsets_mapping=True,
-              return_tensors="np")
+    batch = t(["Hi", "Hello world"], padding=True, return_offsets_mapping=True, return_tensors="np")
     assert batch["offset_mapping"].shape == (2, 2, 2)
     assert batch["offset_mapping"][0].tolist() == [[0, 2], [0, 0]]
 
@@ -304,7 +308,11 @@ def test_save_pretrained_round_trip(cls, tmp_path):
     for other in CLASSES:
         u = other.from_pretrained(d)
         assert (u.padding_side, u.add_prefix_space, u.pad_token, len(u)) == (
-            "left", True, EOT, 50258)
+            "left",
+            True,
+            EOT,
+            50258,
+        )
         assert u.encode(text) == t.encode(text)
         assert u(["a", "b c"], padding=True).input_ids == t(["a", "b c"], padding=True).input_ids
     assert not list(d.glob("*.tmp"))  # atomic writes leave no temporaries
@@ -330,8 +338,18 @@ def test_save_vocabulary_prefix(cls, tmp_path):
         t.save_vocabulary(tmp_path / "missing")
 
 
-@pytest.mark.parametrize("name", ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2",
-                                  "openai-community/gpt2", "distilbert/distilgpt2"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "gpt2",
+        "gpt2-medium",
+        "gpt2-large",
+        "gpt2-xl",
+        "distilgpt2",
+        "openai-community/gpt2",
+        "distilbert/distilgpt2",
+    ],
+)
 def test_presets_offline(name, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     for cls in CLASSES:
@@ -393,9 +411,10 @@ def test_docstring_examples():
 def test_vocab_json_layout_is_transformers():
     from gpt2_core._vocab_files import dump_vocab
 
-    vocab = {"b": 1, "a\"q": 0, "é\n": 2, "\u2028": 3, "\x00": 4, "Ġworld": 995}
-    assert dump_vocab(vocab) == json.dumps(vocab, indent=2, sort_keys=True,
-                                           ensure_ascii=False) + "\n"
+    vocab = {"b": 1, 'a"q': 0, "é\n": 2, "\u2028": 3, "\x00": 4, "Ġworld": 995}
+    assert (
+        dump_vocab(vocab) == json.dumps(vocab, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    )
 
 
 def test_trim_offsets_option(tmp_path):

@@ -22,11 +22,20 @@ def test_a_million_spaces_encode_like_the_slow_tokenizer(toks):
     assert fast.encode(text) == slow.encode(text)
 
 
-@pytest.mark.parametrize("text", [
-    "a" + " " * 20 + "b", "\n" * 30, "x\n\n" + "\t " * 12 + "y", " " * 9 + "<|endoftext|>" + " " * 9,
-    "end" + "\u3000" * 10, "  lead" + " " * 10 + "\n", "q" + " " * 10 + "'s" + " " * 10 + "9",
-    "\r\n" * 10 + "z", " " * 8,
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a" + " " * 20 + "b",
+        "\n" * 30,
+        "x\n\n" + "\t " * 12 + "y",
+        " " * 9 + "<|endoftext|>" + " " * 9,
+        "end" + "\u3000" * 10,
+        "  lead" + " " * 10 + "\n",
+        "q" + " " * 10 + "'s" + " " * 10 + "9",
+        "\r\n" * 10 + "z",
+        " " * 8,
+    ],
+)
 @pytest.mark.parametrize("aps", [False, True])
 def test_long_run_splitting_is_exact(toks, monkeypatch, text, aps):
     """The split logic on short runs (limit lowered to 8) is invisible: the same ids as
@@ -34,8 +43,9 @@ def test_long_run_splitting_is_exact(toks, monkeypatch, text, aps):
     fast, slow = toks
     whole = fast.encode(text, add_prefix_space=aps)
     monkeypatch.setattr(tf_mod, "_LONG_WS", 8)
-    monkeypatch.setattr(tf_mod, "_LONG_WS_RE", re.compile(
-        tf_mod._LONG_WS_RE.pattern.replace("{65536,}", "{8,}")))
+    monkeypatch.setattr(
+        tf_mod, "_LONG_WS_RE", re.compile(tf_mod._LONG_WS_RE.pattern.replace("{65536,}", "{8,}"))
+    )
     assert fast.encode(text, add_prefix_space=aps) == whole
     if not aps:  # (add_prefix_space differs between the two by design, see docs/tokenizer.md)
         assert whole == slow.encode(text)
@@ -76,8 +86,32 @@ def test_decode_refuses_non_integer_ids(toks, bad):
 
 # -- the lookahead-free pattern over cut text (tokenizer_fast._mark_cuts) ---------------------
 
-_PIECES = [" ", " ", " ", "\n", "\t", "\r\n", "\u3000", "\xa0", "\x1c", "\x85", "a", "Z", "é",
-           "7", "'", "s", "ll", ".", "!", "日", "😀", "<|endoftext|>", "<|endoftext|", tf_mod._CUT]
+_PIECES = [
+    " ",
+    " ",
+    " ",
+    "\n",
+    "\t",
+    "\r\n",
+    "\u3000",
+    "\xa0",
+    "\x1c",
+    "\x85",
+    "a",
+    "Z",
+    "é",
+    "7",
+    "'",
+    "s",
+    "ll",
+    ".",
+    "!",
+    "日",
+    "😀",
+    "<|endoftext|>",
+    "<|endoftext|",
+    tf_mod._CUT,
+]
 
 
 @pytest.mark.parametrize("numpy_ids", [True, False])
@@ -92,8 +126,11 @@ def test_cut_pattern_gives_gpt2_patterns_ids(monkeypatch, special, numpy_ids):
     rng = random.Random(14)
     for _ in range(1500):
         s = "".join(rng.choice(_PIECES) for _ in range(rng.randint(0, 30)))
-        want = (gpt2.encode(s, allowed_special={"<|endoftext|>"}, disallowed_special=())
-                if special else gpt2.encode_ordinary(s))
+        want = (
+            gpt2.encode(s, allowed_special={"<|endoftext|>"}, disallowed_special=())
+            if special
+            else gpt2.encode_ordinary(s)
+        )
         assert tf_mod._tiktoken_ids(s, special) == want, s
 
 
@@ -119,8 +156,9 @@ def test_long_run_prescan_finds_every_run(toks, monkeypatch, offset):
     tiktoken is never given one."""
     fast, slow = toks
     monkeypatch.setattr(tf_mod, "_LONG_WS", 8)
-    monkeypatch.setattr(tf_mod, "_LONG_WS_RE", re.compile(
-        tf_mod._LONG_WS_RE.pattern.replace("{65536,}", "{8,}")))
+    monkeypatch.setattr(
+        tf_mod, "_LONG_WS_RE", re.compile(tf_mod._LONG_WS_RE.pattern.replace("{65536,}", "{8,}"))
+    )
     inner = tf_mod._tiktoken_ids
 
     def checked(text, special):

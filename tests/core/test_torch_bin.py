@@ -16,10 +16,16 @@ def _sd():
     g = torch.Generator().manual_seed(0)
     w = torch.randn(5, 7, generator=g)
     return {
-        "w": w, "tied": w, "transposed": w.t(), "view": w[1:3, 2:],
-        "ids": torch.arange(6, dtype=torch.int64), "half": torch.randn(3, generator=g).half(),
-        "bf16": torch.randn(4, generator=g).bfloat16(), "scalar": torch.tensor(2.5),
-        "param": torch.nn.Parameter(torch.randn(2, 2, generator=g)), "flag": torch.tensor([True]),
+        "w": w,
+        "tied": w,
+        "transposed": w.t(),
+        "view": w[1:3, 2:],
+        "ids": torch.arange(6, dtype=torch.int64),
+        "half": torch.randn(3, generator=g).half(),
+        "bf16": torch.randn(4, generator=g).bfloat16(),
+        "scalar": torch.tensor(2.5),
+        "param": torch.nn.Parameter(torch.randn(2, 2, generator=g)),
+        "flag": torch.tensor([True]),
     }
 
 
@@ -46,7 +52,11 @@ def test_writes_what_torch_loads_with_weights_only(tmp_path):
     p = torch_bin.save(sd, tmp_path / "pytorch_model.bin")
     back = torch.load(p, weights_only=True)
     for k, v in sd.items():
-        ref = torch.from_numpy(v.astype(np.float32)).bfloat16() if v.dtype == ml_dtypes.bfloat16 else torch.from_numpy(np.array(v))
+        ref = (
+            torch.from_numpy(v.astype(np.float32)).bfloat16()
+            if v.dtype == ml_dtypes.bfloat16
+            else torch.from_numpy(np.array(v))
+        )
         assert torch.equal(back[k], ref), k
     assert back["w"].data_ptr() == back["tied"].data_ptr()
     assert np.array_equal(torch_bin.load(p)["transposed"], sd["transposed"])
@@ -55,6 +65,7 @@ def test_writes_what_torch_loads_with_weights_only(tmp_path):
 class _Evil:
     def __reduce__(self):
         import os
+
         return (os.system, ("touch /tmp/gpt2zoo-pwned",))
 
 
@@ -67,9 +78,12 @@ def test_refuses_pickle_that_would_run_code(tmp_path, container):
             z.writestr("archive/data.pkl", payload)
     else:
         p.write_bytes(payload)
-    with pytest.raises(torch_bin.UnsafeCheckpointError, match="refusing to load global '(posix|os).system'"):
+    with pytest.raises(
+        torch_bin.UnsafeCheckpointError, match="refusing to load global '(posix|os).system'"
+    ):
         torch_bin.load(p)
     import os
+
     assert not os.path.exists("/tmp/gpt2zoo-pwned")
 
 

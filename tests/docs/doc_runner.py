@@ -35,9 +35,16 @@ BLOCKS = S.all_blocks()
 
 #: the doc tests are split over two test files so that ``pytest -n 2 --dist loadfile`` runs
 #: them on both workers; pages are assigned by measured run time, new pages by name.
-SHARD_OF = {"README.md": 0, "docs/training.md": 0, "docs/cpu-kernels.md": 0,
-            "docs/keras.md": 1, "docs/jax.md": 1, "docs/pytorch.md": 1, "docs/tokenizer.md": 1,
-            "docs/conversion.md": 1}
+SHARD_OF = {
+    "README.md": 0,
+    "docs/training.md": 0,
+    "docs/cpu-kernels.md": 0,
+    "docs/keras.md": 1,
+    "docs/jax.md": 1,
+    "docs/pytorch.md": 1,
+    "docs/tokenizer.md": 1,
+    "docs/conversion.md": 1,
+}
 SHARDS = 2
 
 
@@ -51,7 +58,7 @@ def params(shard: int):
         if shard_of(b.path) != shard:
             continue
         marks = []
-        if b.error:   # a malformed directive fails, whatever else the comment says
+        if b.error:  # a malformed directive fails, whatever else the comment says
             yield pytest.param(b, id=b.id)
             continue
         if b.slow:
@@ -72,15 +79,24 @@ def _build_base(base: Path) -> None:
     from gpt2_core.init import random_state_dict
     from gpt2_core.tokenizer_fast import GPT2TokenizerFast
 
-    cfg = GPT2Config(n_layer=2, n_embd=48, n_head=3, vocab_size=50257, n_positions=1024,
-                     bos_token_id=50256, eos_token_id=50256)
+    cfg = GPT2Config(
+        n_layer=2,
+        n_embd=48,
+        n_head=3,
+        vocab_size=50257,
+        n_positions=1024,
+        bos_token_id=50256,
+        eos_token_id=50256,
+    )
     model = base / "ckpt"
     checkpoint.save_pretrained(random_state_dict(cfg, "lm", seed=0, std=0.3), cfg, model, "lm")
-    GPT2TokenizerFast.from_pretrained(S.ROOT / "gpt2_core" / "assets" / "gpt2").save_pretrained(model)
+    GPT2TokenizerFast.from_pretrained(S.ROOT / "gpt2_core" / "assets" / "gpt2").save_pretrained(
+        model
+    )
     GenerationConfig.from_model_config(cfg).save_pretrained(model)
     for name in S.MODEL_DIRS[1:]:
         shutil.copytree(model, base / name)
-    for name in ("vocab.json", "merges.txt"):    # GPT2Tokenizer("vocab.json", "merges.txt")
+    for name in ("vocab.json", "merges.txt"):  # GPT2Tokenizer("vocab.json", "merges.txt")
         shutil.copy(model / name, base / name)
     # `gpt2 train ... --data docs/` trains on this documentation
     shutil.copytree(S.ROOT / "docs", base / "docs")
@@ -101,12 +117,17 @@ def _write_shims(bindir: Path) -> None:
         "python": f'exec "{py}" "$@"\n',
         "python3": f'exec "{py}" "$@"\n',
         # train runs are shrunk: argparse keeps the last of a repeated flag
-        "gpt2": ('if [ "${1:-}" = train ]; then set -- "$@" $GPT2_DOCTEST_TRAIN_ARGS; fi\n'
-                 f'exec "{py}" -m conversion "$@"\n'),
-        "torchrun": ('case " $* " in *" -m conversion train "*) '
-                     'set -- "$@" $GPT2_DOCTEST_TRAIN_ARGS;; esac\n'
-                     f'exec "{py}" "{torchrun}" "$@"\n' if torchrun.exists() else
-                     'echo "torchrun is not installed" >&2; exit 127\n'),
+        "gpt2": (
+            'if [ "${1:-}" = train ]; then set -- "$@" $GPT2_DOCTEST_TRAIN_ARGS; fi\n'
+            f'exec "{py}" -m conversion "$@"\n'
+        ),
+        "torchrun": (
+            'case " $* " in *" -m conversion train "*) '
+            'set -- "$@" $GPT2_DOCTEST_TRAIN_ARGS;; esac\n'
+            f'exec "{py}" "{torchrun}" "$@"\n'
+            if torchrun.exists()
+            else 'echo "torchrun is not installed" >&2; exit 127\n'
+        ),
     }
     for name, body in shims.items():
         p = bindir / name
@@ -126,24 +147,26 @@ class DocEnv:
         home.mkdir()
         env = dict(os.environ)
         env.pop("PYTEST_CURRENT_TEST", None)
-        env.update({
-            "PATH": f"{self.bin}{os.pathsep}{env.get('PATH', '')}",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(S.ROOT), env.get("PYTHONPATH")])),
-            "HF_HUB_OFFLINE": "1",
-            "HF_HOME": str(home / "hf"),             # an empty hub cache: nothing downloaded
-            "GPT2_ZOO_CACHE": env.get("GPT2_ZOO_CACHE", str(root / "zoo-cache")),
-            "GPT2_DOCTEST_TRAIN_ARGS": S.SMALL_TRAIN_ARGS,
-            "OMP_NUM_THREADS": "1",
-            "GPT2_ZOO_CPU_THREADS": "1",
-            "TF_CPP_MIN_LOG_LEVEL": "2",
-            "PYTHONUNBUFFERED": "1",
-            "MPLBACKEND": "Agg",
-        })
+        env.update(
+            {
+                "PATH": f"{self.bin}{os.pathsep}{env.get('PATH', '')}",
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(S.ROOT), env.get("PYTHONPATH")])),
+                "HF_HUB_OFFLINE": "1",
+                "HF_HOME": str(home / "hf"),  # an empty hub cache: nothing downloaded
+                "GPT2_ZOO_CACHE": env.get("GPT2_ZOO_CACHE", str(root / "zoo-cache")),
+                "GPT2_DOCTEST_TRAIN_ARGS": S.SMALL_TRAIN_ARGS,
+                "OMP_NUM_THREADS": "1",
+                "GPT2_ZOO_CPU_THREADS": "1",
+                "TF_CPP_MIN_LOG_LEVEL": "2",
+                "PYTHONUNBUFFERED": "1",
+                "MPLBACKEND": "Agg",
+            }
+        )
         self.env = env
         self.pages: dict[str, Page] = {}
 
     def page(self, path: str) -> Page:
-        for other, page in self.pages.items():   # blocks run page by page: free the others
+        for other, page in self.pages.items():  # blocks run page by page: free the others
             if other != path:
                 page.stop()
         if path not in self.pages:
@@ -183,9 +206,9 @@ class Page:
         self.log.parent.mkdir(exist_ok=True)
         self.proc: subprocess.Popen | None = None
         self.proc_env: dict[str, str] = {}
-        self.chain: list[str] = []        # ids of the blocks run in the current namespace
-        self.done: set[str] = set()       # shell blocks that succeeded
-        self.failed: set[str] = set()     # blocks that failed (their continuations fail fast)
+        self.chain: list[str] = []  # ids of the blocks run in the current namespace
+        self.done: set[str] = set()  # shell blocks that succeeded
+        self.failed: set[str] = set()  # blocks that failed (their continuations fail fast)
 
     # ------------------------------------------------------------------ common
     def _chain(self, block: S.Block) -> list[S.Block]:
@@ -214,7 +237,7 @@ class Page:
         chain = self._chain(block)
         failed = [b.id for b in chain[:-1] if b.id in self.failed]
         try:
-            if failed:   # replaying a block that failed would only fail again, slowly
+            if failed:  # replaying a block that failed would only fail again, slowly
                 raise BlockFailed(f"{block.id} continues {failed[-1]}, which failed")
             self._run(chain)
         except BlockFailed:
@@ -240,13 +263,26 @@ class Page:
             raise BlockFailed(f"{block.id}: {e}") from None
         # one process per script: a `parallel` block's commands run at the same time (one per
         # "host"), each writing to its own log
-        logs = [open(self.env.root / "logs" / f"{block.id.replace('/', '__')}.{i}.out", "wb+")  # noqa: SIM115
-                for i in range(len(scripts))]
-        env = {"DOCTEST_PORT": str(_free_port()), "DOCTEST_PORT2": str(_free_port()),
-               **self._env(block)}
-        procs = [subprocess.Popen(["bash", "-c", script], cwd=self.ws, env=env,
-                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-                 for script, log in zip(scripts, logs)]
+        logs = [
+            open(self.env.root / "logs" / f"{block.id.replace('/', '__')}.{i}.out", "wb+")  # noqa: SIM115
+            for i in range(len(scripts))
+        ]
+        env = {
+            "DOCTEST_PORT": str(_free_port()),
+            "DOCTEST_PORT2": str(_free_port()),
+            **self._env(block),
+        }
+        procs = [
+            subprocess.Popen(
+                ["bash", "-c", script],
+                cwd=self.ws,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            for script, log in zip(scripts, logs)
+        ]
         deadline = time.monotonic() + timeout
         try:
             timed_out = False
@@ -256,7 +292,7 @@ class Page:
                 except subprocess.TimeoutExpired:
                     timed_out = True
             if timed_out or any(p.returncode != 0 for p in procs):
-                for p in procs:      # a failed "host" leaves the others waiting: stop them
+                for p in procs:  # a failed "host" leaves the others waiting: stop them
                     _kill(p)
             texts = []
             for log in logs:
@@ -265,8 +301,10 @@ class Page:
         finally:
             for log in logs:
                 log.close()
-        text = "\n".join(f"--- process {i}:\n{t[-6000:]}" if len(texts) > 1 else t[-8000:]
-                         for i, t in enumerate(texts))
+        text = "\n".join(
+            f"--- process {i}:\n{t[-6000:]}" if len(texts) > 1 else t[-8000:]
+            for i, t in enumerate(texts)
+        )
         if timed_out:
             raise BlockFailed(f"{what or block.id}: timed out after {timeout:.0f} s\n{text}")
         codes = [p.returncode for p in procs]
@@ -284,9 +322,15 @@ class Page:
     def _start(self, env: dict[str, str]) -> None:
         self.stop()
         log = open(self.log, "ab")  # noqa: SIM115 - the worker owns it until it exits
-        self.proc = subprocess.Popen([sys.executable, str(WORKER)], cwd=self.ws, env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=log, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(WORKER)],
+            cwd=self.ws,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            start_new_session=True,
+        )
         log.close()
         self.proc_env = env
 
@@ -304,8 +348,9 @@ class Page:
             left = deadline - time.monotonic()
             if left <= 0:
                 self.stop()
-                raise BlockFailed(f"{what}: timed out after {timeout:.0f} s\n"
-                                  f"{self._log_tail(start)}")
+                raise BlockFailed(
+                    f"{what}: timed out after {timeout:.0f} s\n{self._log_tail(start)}"
+                )
             ready, _, _ = select.select([self.proc.stdout], [], [], left)
             if ready:
                 line = self.proc.stdout.readline()
@@ -314,24 +359,38 @@ class Page:
             code = self.proc.wait()
             self.proc = None
             self.chain = []
-            raise BlockFailed(f"{what}: the Python worker died (exit status {code})\n"
-                              f"{self._log_tail(start)}")
+            raise BlockFailed(
+                f"{what}: the Python worker died (exit status {code})\n{self._log_tail(start)}"
+            )
         resp = json.loads(line)
         if not resp["ok"]:
-            raise BlockFailed(f"{what} failed:\n{resp['error']}\n--- output:\n"
-                              f"{self._log_tail(start)[-3000:]}")
+            raise BlockFailed(
+                f"{what} failed:\n{resp['error']}\n--- output:\n{self._log_tail(start)[-3000:]}"
+            )
 
     def _exec(self, block: S.Block, what: str) -> None:
         timeout = block.timeout or DEFAULT_TIMEOUT
         for name in block.setup:
             if name not in S.PRELUDES:
-                raise BlockFailed(f"{block.id}: unknown setup {name!r}; "
-                                  f"known: {', '.join(sorted(S.PRELUDES))}")
-            self._request({"code": S.PRELUDES[name], "file": f"<setup {name}>", "line": 0},
-                          timeout, f"{what}: setup {name!r}")
+                raise BlockFailed(
+                    f"{block.id}: unknown setup {name!r}; known: {', '.join(sorted(S.PRELUDES))}"
+                )
+            self._request(
+                {"code": S.PRELUDES[name], "file": f"<setup {name}>", "line": 0},
+                timeout,
+                f"{what}: setup {name!r}",
+            )
         is_doctest = block.code.lstrip().startswith(">>>")
-        self._request({"code": block.code, "file": str(S.ROOT / block.path),
-                       "line": block.line, "doctest": is_doctest}, timeout, what)
+        self._request(
+            {
+                "code": block.code,
+                "file": str(S.ROOT / block.path),
+                "line": block.line,
+                "doctest": is_doctest,
+            },
+            timeout,
+            what,
+        )
 
     def _run_python(self, chain: list[S.Block]) -> None:
         block = chain[-1]

@@ -23,8 +23,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 #: info string -> how the block runs
-LANGS = {"python": "python", "py": "python", "pycon": "python",
-         "bash": "bash", "sh": "bash", "shell": "bash", "console": "console"}
+LANGS = {
+    "python": "python",
+    "py": "python",
+    "pycon": "python",
+    "bash": "bash",
+    "sh": "bash",
+    "shell": "bash",
+    "console": "console",
+}
 
 FENCE = re.compile(r"^(?P<indent>[ \t]{0,3})(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`\s]*)[^`]*$")
 DIRECTIVE = re.compile(r"^\s*<!--\s*doctest:(?P<body>.*?)-->\s*$")
@@ -34,8 +41,10 @@ MODEL_DIRS = ("ckpt", "gpt2", "path/to/checkpoint", "path/to/gpt2")
 
 #: appended to every ``gpt2 train`` / ``torchrun ... -m conversion train`` by the shims:
 #: argparse keeps the last value, so these shrink the documented runs to a few seconds.
-SMALL_TRAIN_ARGS = ("--steps 2 --batch-size 8 --block-size 16 --eval-every 2 --eval-batches 1 "
-                    "--save-every 2 --no-progress")
+SMALL_TRAIN_ARGS = (
+    "--steps 2 --batch-size 8 --block-size 16 --eval-every 2 --eval-batches 1 "
+    "--save-every 2 --no-progress"
+)
 
 
 class DirectiveError(ValueError):
@@ -44,15 +53,15 @@ class DirectiveError(ValueError):
 
 @dataclasses.dataclass
 class Block:
-    path: str                 # relative to the repo root, e.g. "docs/keras.md"
-    line: int                 # 1-based line of the opening fence
-    lang: str                 # "python", "bash" or "console"
-    code: str                 # the block's text, replacements applied
+    path: str  # relative to the repo root, e.g. "docs/keras.md"
+    line: int  # 1-based line of the opening fence
+    lang: str  # "python", "bash" or "console"
+    code: str  # the block's text, replacements applied
     skip: str | None = None
     xfail: str | None = None
     slow: bool = False
-    parallel: bool = False    # shell: each command at once, in its own process ("each host")
-    cont: bool = False        # runs after (in the namespace / directory of) the previous block
+    parallel: bool = False  # shell: each command at once, in its own process ("each host")
+    cont: bool = False  # runs after (in the namespace / directory of) the previous block
     setup: tuple[str, ...] = ()
     timeout: float | None = None
     env: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -113,7 +122,7 @@ def parse_markdown(path: Path, root: Path = ROOT) -> list[Block]:
     rel = path.relative_to(root).as_posix()
     lines = path.read_text(encoding="utf-8").splitlines()
     blocks: list[Block] = []
-    pending: list[tuple[int, str]] = []   # (line, directive text) waiting for their fence
+    pending: list[tuple[int, str]] = []  # (line, directive text) waiting for their fence
     i = 0
     while i < len(lines):
         m = FENCE.match(lines[i])
@@ -124,8 +133,15 @@ def parse_markdown(path: Path, root: Path = ROOT) -> list[Block]:
             continue
         if not m:
             if lines[i].strip() and pending:
-                blocks.append(Block(rel, pending[0][0], "python", "", error=(
-                    "a doctest comment must come right before a fenced code block")))
+                blocks.append(
+                    Block(
+                        rel,
+                        pending[0][0],
+                        "python",
+                        "",
+                        error=("a doctest comment must come right before a fenced code block"),
+                    )
+                )
                 pending = []
             i += 1
             continue
@@ -133,16 +149,24 @@ def parse_markdown(path: Path, root: Path = ROOT) -> list[Block]:
         start = i
         body: list[str] = []
         i += 1
-        while i < len(lines) and not re.match(rf"^[ \t]{{0,3}}{re.escape(fence[0])}{{{len(fence)},}}\s*$",
-                                               lines[i]):
+        while i < len(lines) and not re.match(
+            rf"^[ \t]{{0,3}}{re.escape(fence[0])}{{{len(fence)},}}\s*$", lines[i]
+        ):
             body.append(lines[i])
             i += 1
         i += 1  # the closing fence
         lang = LANGS.get(info)
         if lang is None:
             if pending:
-                blocks.append(Block(rel, start + 1, "python", "", error=(
-                    f"doctest directives on a ```{info} block, which is never run")))
+                blocks.append(
+                    Block(
+                        rel,
+                        start + 1,
+                        "python",
+                        "",
+                        error=(f"doctest directives on a ```{info} block, which is never run"),
+                    )
+                )
             pending = []
             continue
         indent = len(m.group("indent"))
@@ -155,8 +179,15 @@ def parse_markdown(path: Path, root: Path = ROOT) -> list[Block]:
         pending = []
         blocks.append(block)
     if pending:
-        blocks.append(Block(rel, pending[0][0], "python", "", error=(
-            "a doctest comment at the end of the page, with no block after it")))
+        blocks.append(
+            Block(
+                rel,
+                pending[0][0],
+                "python",
+                "",
+                error=("a doctest comment at the end of the page, with no block after it"),
+            )
+        )
     return blocks
 
 
@@ -217,17 +248,20 @@ SHELL_PRELUDES: dict[str, str] = {
     # /health (the README starts its server with `&` through a replace directive)
     "serve-helpers": (
         "trap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n"
-        "wait_for_server() { for _ in $(seq 1 240); do curl -sf \"http://127.0.0.1:${1:-8000}"
+        'wait_for_server() { for _ in $(seq 1 240); do curl -sf "http://127.0.0.1:${1:-8000}'
         "/health\" >/dev/null && return 0; sleep 1; done; echo 'gpt2 serve did not start' >&2; "
-        "return 1; }\n"),
+        "return 1; }\n"
+    ),
     # a server on the tiny checkpoint, for blocks that only talk to one
-    "serve-ckpt": ("gpt2 serve --model ckpt --name gpt2 >serve.log 2>&1 &\n"
-                   "wait_for_server 8000 || { cat serve.log >&2; exit 1; }\n"),
+    "serve-ckpt": (
+        "gpt2 serve --model ckpt --name gpt2 >serve.log 2>&1 &\n"
+        "wait_for_server 8000 || { cat serve.log >&2; exit 1; }\n"
+    ),
     # the prompt files docs/generation.md reads
     "prompt-files": "printf 'The meaning of life is' > prompt.txt && cp prompt.txt p.txt\n",
     # OpenAI's TF1 release layout (hparams.json, model.ckpt.*, encoder.json, vocab.bpe)
     "openai-release": "test -d openai-release || gpt2 convert ckpt openai-release --to openai "
-                      ">/dev/null\n",
+    ">/dev/null\n",
 }
 
 

@@ -23,8 +23,7 @@ def _run(req: dict, ns: dict) -> dict:
         parser = doctest.DocTestParser()
         test = parser.get_doctest(code, ns, f"{filename}:{line}", filename, line)
         report: list[str] = []
-        runner = doctest.DocTestRunner(
-            optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+        runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
         runner.run(test, out=report.append, clear_globs=False)
         ns.update(test.globs)
         if runner.failures:
@@ -38,7 +37,7 @@ def _run(req: dict, ns: dict) -> dict:
 
 def main() -> None:
     proto = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)                       # prints of the blocks go to the log, not the protocol
+    os.dup2(2, 1)  # prints of the blocks go to the log, not the protocol
     sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
     ns: dict = {"__name__": "__main__"}
     for raw in sys.stdin:

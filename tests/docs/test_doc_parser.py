@@ -13,22 +13,29 @@ def _parse(tmp_path, text: str) -> list[S.Block]:
 
 
 def test_runnable_languages_and_line_numbers(tmp_path):
-    blocks = _parse(tmp_path, "# t\n\n```python\nx = 1\n```\n\n```text\nout\n```\n\n"
-                              "```bash\necho hi\n```\n\n```\nplain\n```\n\n```console\n$ ls\nfile\n```\n")
+    blocks = _parse(
+        tmp_path,
+        "# t\n\n```python\nx = 1\n```\n\n```text\nout\n```\n\n"
+        "```bash\necho hi\n```\n\n```\nplain\n```\n\n```console\n$ ls\nfile\n```\n",
+    )
     assert [(b.lang, b.line, b.id) for b in blocks] == [
-        ("python", 3, "docs/page.md:3"), ("bash", 11, "docs/page.md:11"),
-        ("console", 19, "docs/page.md:19")]
+        ("python", 3, "docs/page.md:3"),
+        ("bash", 11, "docs/page.md:11"),
+        ("console", 19, "docs/page.md:19"),
+    ]
     assert blocks[0].code == "x = 1\n"
     assert not any(b.error for b in blocks)
 
 
 def test_directives(tmp_path):
-    text = ("<!-- doctest: setup=tok,ckpt; continue -->\n"
-            "<!-- doctest: replace 1000=>3 \"SRC OUT=>ckpt out\" ; timeout=9 ; slow -->\n"
-            "<!-- doctest: env A=1 B=x=y -->\n\n"
-            "```bash\ngpt2 convert SRC OUT --steps 1000\n```\n"
-            "<!-- doctest: xfail issue 12: it breaks -->\n```python\npass\n```\n"
-            "<!-- doctest: skip two hosts -->\n```sh\nexit 1\n```\n")
+    text = (
+        "<!-- doctest: setup=tok,ckpt; continue -->\n"
+        '<!-- doctest: replace 1000=>3 "SRC OUT=>ckpt out" ; timeout=9 ; slow -->\n'
+        "<!-- doctest: env A=1 B=x=y -->\n\n"
+        "```bash\ngpt2 convert SRC OUT --steps 1000\n```\n"
+        "<!-- doctest: xfail issue 12: it breaks -->\n```python\npass\n```\n"
+        "<!-- doctest: skip two hosts -->\n```sh\nexit 1\n```\n"
+    )
     b, x, s = _parse(tmp_path, text)
     assert b.setup == ("tok", "ckpt") and b.cont and b.slow and b.timeout == 9.0
     assert b.code == "gpt2 convert ckpt out --steps 3\n"
@@ -69,8 +76,10 @@ def test_every_page_is_found():
 
 
 def test_parallel_runs_each_command_in_its_own_script(tmp_path):
-    text = ("<!-- doctest: parallel; setup=openai-release -->\n```bash\n# host 0\n"
-            "run --rank 0 \\\n    --x 1\n\nrun --rank 1 \\\n    --x 1\n```\n")
+    text = (
+        "<!-- doctest: parallel; setup=openai-release -->\n```bash\n# host 0\n"
+        "run --rank 0 \\\n    --x 1\n\nrun --rank 1 \\\n    --x 1\n```\n"
+    )
     (b,) = _parse(tmp_path, text)
     scripts = S.shell_scripts(b)
     assert b.parallel and len(scripts) == 2

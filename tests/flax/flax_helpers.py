@@ -15,8 +15,13 @@ pytest.importorskip("flax")
 import gpt2_flax as gf  # noqa: E402
 from gpt2_core.init import random_state_dict, tiny_config  # noqa: E402
 
-FLAGS = dict(scale_attn_by_inverse_layer_idx=True, reorder_and_upcast_attn=True,
-             activation_function="relu", layer_norm_epsilon=1e-3, n_inner=50)
+FLAGS = dict(
+    scale_attn_by_inverse_layer_idx=True,
+    reorder_and_upcast_attn=True,
+    activation_function="relu",
+    layer_norm_epsilon=1e-3,
+    n_inner=50,
+)
 
 
 def build(head: str, seed: int = 0, **overrides):

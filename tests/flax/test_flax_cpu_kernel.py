@@ -41,27 +41,45 @@ def _both(model, monkeypatch, *args, **kw):
     return fast, ref
 
 
-@pytest.mark.parametrize("kw", [
-    dict(max_new_tokens=9, eos_token_id=None),
-    dict(max_new_tokens=9, eos_token_id=[7, 11], min_new_tokens=3, pad_token_id=2),
-    dict(max_new_tokens=8, repetition_penalty=1.4, no_repeat_ngram_size=2, eos_token_id=None),
-    dict(max_new_tokens=8, do_sample=True, top_k=20, top_p=0.9, temperature=0.7, seed=3,
-         eos_token_id=None),
-    dict(max_new_tokens=8, do_sample=True, num_return_sequences=2, seed=5, eos_token_id=None),
-    dict(max_new_tokens=7, num_beams=3, num_return_sequences=2, eos_token_id=None),
-    dict(max_new_tokens=7, num_beams=2, eos_token_id=5, length_penalty=0.5),
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(max_new_tokens=9, eos_token_id=None),
+        dict(max_new_tokens=9, eos_token_id=[7, 11], min_new_tokens=3, pad_token_id=2),
+        dict(max_new_tokens=8, repetition_penalty=1.4, no_repeat_ngram_size=2, eos_token_id=None),
+        dict(
+            max_new_tokens=8,
+            do_sample=True,
+            top_k=20,
+            top_p=0.9,
+            temperature=0.7,
+            seed=3,
+            eos_token_id=None,
+        ),
+        dict(max_new_tokens=8, do_sample=True, num_return_sequences=2, seed=5, eos_token_id=None),
+        dict(max_new_tokens=7, num_beams=3, num_return_sequences=2, eos_token_id=None),
+        dict(max_new_tokens=7, num_beams=2, eos_token_id=5, length_penalty=0.5),
+    ],
+)
 def test_kernel_generation_equals_xla_loop(model, monkeypatch, kw):
     fast, ref = _both(model, monkeypatch, PROMPT, attention_mask=MASK, **kw)
     np.testing.assert_array_equal(fast, ref)
 
 
-@pytest.mark.parametrize("overrides", [
-    {"tie_word_embeddings": False},  # the LM head is an nnx.Linear kernel stored (C, V)
-    {"activation_function": "gelu", "scale_attn_by_inverse_layer_idx": True},
-    {"activation_function": "quick_gelu", "scale_attn_weights": False, "n_inner": 50,
-     "layer_norm_epsilon": 1e-3, "attn_implementation": "sdpa"},
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"tie_word_embeddings": False},  # the LM head is an nnx.Linear kernel stored (C, V)
+        {"activation_function": "gelu", "scale_attn_by_inverse_layer_idx": True},
+        {
+            "activation_function": "quick_gelu",
+            "scale_attn_weights": False,
+            "n_inner": 50,
+            "layer_norm_epsilon": 1e-3,
+            "attn_implementation": "sdpa",
+        },
+    ],
+)
 def test_kernel_generation_honours_config(monkeypatch, overrides):
     m = build("lm", seed=4, **overrides)[2]
     for kw in (dict(), dict(num_beams=2)):
@@ -73,20 +91,28 @@ def test_bf16_weights_decode_on_the_kernel(monkeypatch):
     cfg, sd, _ = build("lm", seed=3)
     # bf16 weights, fp32 compute: XLA widens each weight as the kernel does, so same tokens
     m = gf.GPT2LMHeadModel.from_state_dict(cfg, sd, param_dtype=jnp.bfloat16)
-    fast, ref = _both(m, monkeypatch, PROMPT, attention_mask=MASK, max_new_tokens=8,
-                      eos_token_id=None)
+    fast, ref = _both(
+        m, monkeypatch, PROMPT, attention_mask=MASK, max_new_tokens=8, eos_token_id=None
+    )
     np.testing.assert_array_equal(fast, ref)
     # bf16 compute too: the kernel keeps fp32 activations (as torch's), XLA rounds them
     m = gf.GPT2LMHeadModel.from_state_dict(cfg, sd, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
     assert K.unsupported_reason(m, 2, 32) is None
-    assert np.asarray(m.generate(PROMPT, attention_mask=MASK, max_new_tokens=4,
-                                 eos_token_id=None)).shape == (2, 10)
+    assert np.asarray(
+        m.generate(PROMPT, attention_mask=MASK, max_new_tokens=4, eos_token_id=None)
+    ).shape == (2, 10)
 
 
 def test_kernel_generation_streams_each_token(model):
     pieces = []
-    out = np.asarray(model.generate(PROMPT[:1], max_new_tokens=5, eos_token_id=None,
-                                    streamer=CallbackStreamer(pieces.append)))[0]
+    out = np.asarray(
+        model.generate(
+            PROMPT[:1],
+            max_new_tokens=5,
+            eos_token_id=None,
+            streamer=CallbackStreamer(pieces.append),
+        )
+    )[0]
     assert [int(p[0]) for p in pieces] == out[6:].tolist()
 
 

@@ -18,8 +18,9 @@ MASK = (PROMPT != 0).astype(np.int32)
 
 def test_greedy_tokens_are_argmax_of_the_full_forward(lm):
     _, _, model = lm
-    out = np.asarray(model.generate(PROMPT, attention_mask=MASK, max_new_tokens=6,
-                                    eos_token_id=None))
+    out = np.asarray(
+        model.generate(PROMPT, attention_mask=MASK, max_new_tokens=6, eos_token_id=None)
+    )
     assert out.shape == (2, 11)
     mask = np.concatenate([MASK, np.ones((2, 6), np.int32)], 1)
     pos = np.where(mask, np.cumsum(mask, 1) - 1, 1)
@@ -41,28 +42,51 @@ def test_two_prompt_lengths_in_one_bucket_compile_once(lm):
 def test_sampling_is_seeded_and_top_k_1_is_greedy(lm):
     _, _, model = lm
     greedy = model.generate(PROMPT, attention_mask=MASK, max_new_tokens=5, eos_token_id=None)
-    kw = dict(attention_mask=MASK, max_new_tokens=5, eos_token_id=None, do_sample=True,
-              temperature=0.7, top_p=0.9)
+    kw = dict(
+        attention_mask=MASK,
+        max_new_tokens=5,
+        eos_token_id=None,
+        do_sample=True,
+        temperature=0.7,
+        top_p=0.9,
+    )
     s1 = model.generate(PROMPT, prng_key=jax.random.key(1), top_k=1, **kw)
     np.testing.assert_array_equal(s1, greedy)
     r1 = model.generate(PROMPT, prng_key=jax.random.key(3), top_k=0, **kw)
     r2 = model.generate(PROMPT, prng_key=jax.random.key(3), top_k=0, **kw)
-    r3 = model.generate(PROMPT, prng_key=jax.random.key(4), top_k=0, temperature=3.0,
-                        **{k: v for k, v in kw.items() if k != "temperature"})
+    r3 = model.generate(
+        PROMPT,
+        prng_key=jax.random.key(4),
+        top_k=0,
+        temperature=3.0,
+        **{k: v for k, v in kw.items() if k != "temperature"},
+    )
     np.testing.assert_array_equal(r1, r2)
     assert not np.array_equal(r1, r3)
 
 
 def test_eos_list_stops_and_pads_and_min_new_tokens(lm):
     _, _, model = lm
-    free = np.asarray(model.generate(PROMPT, attention_mask=MASK, max_new_tokens=6,
-                                     eos_token_id=None))
+    free = np.asarray(
+        model.generate(PROMPT, attention_mask=MASK, max_new_tokens=6, eos_token_id=None)
+    )
     stop = int(free[1, 6])  # row 1's second new token becomes an EOS id
-    out = np.asarray(model.generate(PROMPT, attention_mask=MASK, max_new_tokens=6,
-                                    eos_token_id=[stop, 255], pad_token_id=0))
+    out = np.asarray(
+        model.generate(
+            PROMPT, attention_mask=MASK, max_new_tokens=6, eos_token_id=[stop, 255], pad_token_id=0
+        )
+    )
     assert out[1, 6] == stop and (out[1, 7:] == 0).all()
-    late = np.asarray(model.generate(PROMPT, attention_mask=MASK, max_new_tokens=6,
-                                     eos_token_id=[stop, 255], pad_token_id=0, min_new_tokens=6))
+    late = np.asarray(
+        model.generate(
+            PROMPT,
+            attention_mask=MASK,
+            max_new_tokens=6,
+            eos_token_id=[stop, 255],
+            pad_token_id=0,
+            min_new_tokens=6,
+        )
+    )
     assert stop not in late[:, 5:] and 255 not in late[:, 5:]
 
 
@@ -70,8 +94,9 @@ def test_streamer_gets_prompt_then_each_token(lm):
     _, _, model = lm
     got = []
     streamer = CallbackStreamer(got.append)
-    out = np.asarray(model.generate(PROMPT[1:], max_new_tokens=5, eos_token_id=None,
-                                    streamer=streamer))
+    out = np.asarray(
+        model.generate(PROMPT[1:], max_new_tokens=5, eos_token_id=None, streamer=streamer)
+    )
     assert [t for piece in got for t in piece] == out[0, 5:].tolist()
 
 
@@ -81,7 +106,8 @@ def test_double_heads_model_generates_as_the_lm_head():
 
     cfg, sd, dh = build("double_heads", seed=1, pad_token_id=0)
     lm = gf.GPT2LMHeadModel.from_state_dict(
-        cfg, {k: v for k, v in sd.items() if not k.startswith("multiple_choice_head")})
+        cfg, {k: v for k, v in sd.items() if not k.startswith("multiple_choice_head")}
+    )
     for kw in ({}, {"num_beams": 2}):
         a = np.asarray(lm.generate(PROMPT, attention_mask=MASK, max_new_tokens=4, **kw))
         b = np.asarray(dh.generate(PROMPT, attention_mask=MASK, max_new_tokens=4, **kw))

@@ -63,8 +63,12 @@ def test_lm_loss_matches_manual_shifted_ce(lm):
     labels[0, 3] = -100
     out = jrun(model, input_ids=IDS, labels=labels)
     logp = jax.nn.log_softmax(np.asarray(out.logits, np.float64), -1)
-    picks = [-logp[b, t, labels[b, t + 1]] for b in range(2) for t in range(6)
-             if labels[b, t + 1] != -100]
+    picks = [
+        -logp[b, t, labels[b, t + 1]]
+        for b in range(2)
+        for t in range(6)
+        if labels[b, t + 1] != -100
+    ]
     assert abs(float(out.loss) - np.mean(picks)) < 1e-5
 
 
@@ -73,11 +77,17 @@ def test_token_type_ids_head_mask_and_inputs_embeds(lm):
     base = jrun(model, input_ids=IDS).logits
     emb = model.transformer.wte.embedding[...][IDS]
     assert maxdiff(jrun(model, inputs_embeds=emb).logits, base) < 1e-5
-    assert maxdiff(jrun(model, input_ids=IDS, token_type_ids=np.zeros_like(IDS)).logits, base) > 1e-3
+    assert (
+        maxdiff(jrun(model, input_ids=IDS, token_type_ids=np.zeros_like(IDS)).logits, base) > 1e-3
+    )
     ones = jrun(model, input_ids=IDS, head_mask=np.ones((cfg.n_head,), np.float32)).logits
     assert maxdiff(ones, base) < 1e-6
-    off = jrun(model, input_ids=IDS, head_mask=np.array([[1, 0, 1], [1, 1, 1]], np.float32),
-                output_attentions=True)
+    off = jrun(
+        model,
+        input_ids=IDS,
+        head_mask=np.array([[1, 0, 1], [1, 1, 1]], np.float32),
+        output_attentions=True,
+    )
     assert float(jnp.abs(off.attentions[0][:, 1]).max()) == 0.0
 
 
@@ -95,8 +105,9 @@ def test_sequence_classification_pooling_and_qa_clamping():
     bce = np.mean(np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x))))
     assert abs(float(multi.loss) - bce) < 1e-5
     _, _, qa = build("question_answering")
-    q = jrun(qa, input_ids=IDS[:, :5], start_positions=np.array([1, 99]),
-             end_positions=np.array([3, 2]))
+    q = jrun(
+        qa, input_ids=IDS[:, :5], start_positions=np.array([1, 99]), end_positions=np.array([3, 2])
+    )
     logp = jax.nn.log_softmax(np.asarray(q.start_logits, np.float64), -1)
     logq = jax.nn.log_softmax(np.asarray(q.end_logits, np.float64), -1)
     # start 99 is clamped to T=5 and ignored: only row 0 counts for the start loss
@@ -117,8 +128,13 @@ def test_cross_attention_runs_and_uses_encoder():
     enc = RNG.standard_normal((2, 4, 36)).astype(np.float32)
     out = jrun(model, input_ids=IDS, encoder_hidden_states=enc, output_attentions=True)
     assert out.cross_attentions[0].shape == (2, cfg.n_head, 7, 4)
-    masked = jrun(model, input_ids=IDS, encoder_hidden_states=enc, encoder_attention_mask=np.array(
-        [[1, 1, 0, 0], [1, 1, 1, 1]]), output_attentions=True)
+    masked = jrun(
+        model,
+        input_ids=IDS,
+        encoder_hidden_states=enc,
+        encoder_attention_mask=np.array([[1, 1, 0, 0], [1, 1, 1, 1]]),
+        output_attentions=True,
+    )
     assert float(jnp.abs(masked.cross_attentions[0][0, :, :, 2:]).max()) == 0.0
 
 
@@ -137,10 +153,11 @@ def test_dropout_train_and_eval_modes():
 
 def test_bfloat16_compute_runs():
     cfg = tiny_config()
-    model = gf.GPT2LMHeadModel(cfg, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16,
-                               rngs=nnx.Rngs(0))
+    model = gf.GPT2LMHeadModel(cfg, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
     out = jrun(model, input_ids=IDS)
-    assert out.logits.dtype == jnp.bfloat16 and np.isfinite(np.asarray(out.logits, np.float32)).all()
+    assert (
+        out.logits.dtype == jnp.bfloat16 and np.isfinite(np.asarray(out.logits, np.float32)).all()
+    )
     assert model.transformer.wte.embedding[...].dtype == jnp.bfloat16
 
 

@@ -56,7 +56,9 @@ def test_optax_train_step_lowers_the_loss(weights):
     assert losses[-1] < losses[0]
 
 
-@pytest.mark.skipif(jax.device_count() < 4, reason="needs XLA_FLAGS=--xla_force_host_platform_device_count=4")
+@pytest.mark.skipif(
+    jax.device_count() < 4, reason="needs XLA_FLAGS=--xla_force_host_platform_device_count=4"
+)
 def test_sharded_logits_and_train_step_equal_unsharded(weights):
     cfg, sd = weights
     mesh = jax.make_mesh((2, 2), ("data", "model"))
@@ -72,8 +74,13 @@ def test_sharded_logits_and_train_step_equal_unsharded(weights):
     for _ in range(1):
         loss, ref_loss = train_step(model, opt, ids), train_step(ref, ref_opt, IDS)
         assert float(loss) == pytest.approx(float(ref_loss), rel=1e-5)
-    assert maxdiff(model.transformer.h[1].attn.c_proj.kernel[...],
-                   ref.transformer.h[1].attn.c_proj.kernel[...]) < 1e-5
+    assert (
+        maxdiff(
+            model.transformer.h[1].attn.c_proj.kernel[...],
+            ref.transformer.h[1].attn.c_proj.kernel[...],
+        )
+        < 1e-5
+    )
 
 
 def test_sharding_config_specs_and_errors(weights):
@@ -91,5 +98,6 @@ def test_sharding_config_specs_and_errors(weights):
         bad["transformer.wte.weight"] = np.zeros((257, 36), np.float32)
         model = gf.GPT2LMHeadModel.from_state_dict(cfg.copy(vocab_size=257), bad)
         with pytest.raises(ValueError, match="not divisible"):
-            gf.shard_model(model, mesh, ShardingConfig.tensor_parallel(data_axis=None,
-                                                                        shard_vocab=True))
+            gf.shard_model(
+                model, mesh, ShardingConfig.tensor_parallel(data_axis=None, shard_vocab=True)
+            )

@@ -33,6 +33,7 @@ def test_functional_split_merge_step_with_dropout():
         def loss(p):
             m = nnx.merge(graphdef, p, rng_state, rest, copy=True)
             return loss_fn(m, batch), nnx.state(m, nnx.RngState)
+
         (value, rng_state), grads = jax.value_and_grad(loss, has_aux=True)(params)
         return value, grads, rng_state
 
@@ -51,5 +52,6 @@ def test_checked_works_in_train_mode_and_advances_the_rng():
     with pytest.raises(Exception, match="input_ids out of range"):
         fwd(model, jnp.array([[1, 999999]]))
     model.eval()
-    np.testing.assert_array_equal(np.asarray(fwd(model, jnp.array([[1, 2]]))),
-                                  np.asarray(fwd(model, jnp.array([[1, 2]]))))
+    np.testing.assert_array_equal(
+        np.asarray(fwd(model, jnp.array([[1, 2]]))), np.asarray(fwd(model, jnp.array([[1, 2]])))
+    )

@@ -14,14 +14,21 @@ from gpt2_flax import weights
 def test_mapping_is_a_rename_plus_head_transposes(lm):
     cfg, sd, model = lm
     # Conv1D (in, out) == nnx kernel: no transpose (the Flax (out, in) trap)
-    np.testing.assert_array_equal(np.asarray(model.transformer.h[0].attn.c_attn.kernel[...]),
-                                  sd["transformer.h.0.attn.c_attn.weight"])
-    np.testing.assert_array_equal(np.asarray(model.transformer.h[1].mlp.c_proj.kernel[...]),
-                                  sd["transformer.h.1.mlp.c_proj.weight"])
-    assert weights.canonical_key(("transformer", "h", 0, "ln_1", "scale")) == \
-        "transformer.h.0.ln_1.weight"
+    np.testing.assert_array_equal(
+        np.asarray(model.transformer.h[0].attn.c_attn.kernel[...]),
+        sd["transformer.h.0.attn.c_attn.weight"],
+    )
+    np.testing.assert_array_equal(
+        np.asarray(model.transformer.h[1].mlp.c_proj.kernel[...]),
+        sd["transformer.h.1.mlp.c_proj.weight"],
+    )
+    assert (
+        weights.canonical_key(("transformer", "h", 0, "ln_1", "scale"))
+        == "transformer.h.0.ln_1.weight"
+    )
     assert weights.is_transposed("score.weight") and not weights.is_transposed(
-        "transformer.h.0.attn.c_proj.weight")
+        "transformer.h.0.attn.c_proj.weight"
+    )
     out = model.state_dict()
     assert list(out) == list(sd) and all(np.array_equal(out[k], sd[k]) for k in sd)
 

@@ -35,8 +35,9 @@ def main() -> int:
             print(f"{type(e).__name__}: {e}", file=sys.stderr)
             rc = 1
     seconds = time.perf_counter() - t0
-    print(json.dumps({"rc": rc, "maxrss_mb": round(peak_rss_mb(), 1),
-                      "seconds": round(seconds, 2)}))
+    print(
+        json.dumps({"rc": rc, "maxrss_mb": round(peak_rss_mb(), 1), "seconds": round(seconds, 2)})
+    )
     return 0
 
 

@@ -75,8 +75,9 @@ def test_bomb_case_bounded(case, tmp_path):
     _no_marker_anywhere(tmp_path)
 
 
-@pytest.mark.parametrize("case", [c for c in mc.CASES if c.reference_refuses is not None],
-                         ids=lambda c: c.name)
+@pytest.mark.parametrize(
+    "case", [c for c in mc.CASES if c.reference_refuses is not None], ids=lambda c: c.name
+)
 def test_safetensors_rules_match_the_reference(case, tmp_path):
     """Each safetensors rule agrees with the reference package (duplicates: we are stricter)."""
     from safetensors import SafetensorError
@@ -91,7 +92,11 @@ def test_safetensors_rules_match_the_reference(case, tmp_path):
 
 
 def test_corpus_script_lists_and_builds(tmp_path):
-    r = subprocess.run([sys.executable, str(REPO / "tests/hostile/make_cases.py"), "--list"],
-                       capture_output=True, text=True, check=True)
+    r = subprocess.run(
+        [sys.executable, str(REPO / "tests/hostile/make_cases.py"), "--list"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert f"{len(mc.CASES)} cases" in r.stdout
     assert len(mc.CASES) == len(mc.BY_NAME)  # unique names

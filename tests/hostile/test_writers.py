@@ -99,8 +99,9 @@ def slow(*a, **k):
 torch_bin.save = slow
 sys.exit(cli.main(["convert", {str(src)!r}, {str(out)!r}, "--to", "pytorch"]))
 """
-    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     assert p.stdout.readline().strip() == "writing"
     time.sleep(0.2)
     p.send_signal(signal.SIGTERM)
@@ -166,8 +167,9 @@ def test_read_regular_file_refuses_devices_and_fifos(tmp_path):
         io_utils.load_json_file(tmp_path / "big.json", max_bytes=1000)
 
 
-def test_cli_errors_are_one_line_and_verbose_gives_the_traceback(src, tmp_path, capsys,
-                                                                   monkeypatch):
+def test_cli_errors_are_one_line_and_verbose_gives_the_traceback(
+    src, tmp_path, capsys, monkeypatch
+):
     from gpt2_core import naming
 
     def boom(*a, **k):
@@ -191,9 +193,14 @@ def test_config_json_stays_loadable_after_refusals(src):
 @pytest.mark.parametrize("command", [["inspect"], ["verify", "--frameworks", "torch"]])
 def test_inspect_and_verify_do_not_hang_on_a_fifo_config(tmp_path, command):
     src = mc.config_fifo(tmp_path)
-    r = subprocess.run([sys.executable, "-m", "conversion", command[0], str(src), *command[1:]],
-                       capture_output=True, text=True, timeout=120, cwd=REPO,
-                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    r = subprocess.run(
+        [sys.executable, "-m", "conversion", command[0], str(src), *command[1:]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert r.returncode == 1
     assert "config.json" in r.stderr and "not a regular file" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1

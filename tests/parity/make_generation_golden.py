@@ -16,10 +16,16 @@ from pathlib import Path
 HERE = Path(__file__).parent
 GEN = {
     "greedy": dict(max_new_tokens=8),
-    "penalties": dict(max_new_tokens=8, repetition_penalty=1.3, no_repeat_ngram_size=2,
-                      min_new_tokens=3),
-    "beam": dict(max_new_tokens=6, num_beams=3, num_return_sequences=2, length_penalty=0.7,
-                 early_stopping=True),
+    "penalties": dict(
+        max_new_tokens=8, repetition_penalty=1.3, no_repeat_ngram_size=2, min_new_tokens=3
+    ),
+    "beam": dict(
+        max_new_tokens=6,
+        num_beams=3,
+        num_return_sequences=2,
+        length_penalty=0.7,
+        early_stopping=True,
+    ),
     "eos_list": dict(max_new_tokens=8, eos_token_id=[5, 17], pad_token_id=0),
 }
 BASE = {"pad_token_id": 0, "eos_token_id": 256}

@@ -20,31 +20,64 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 GOLDEN = HERE / "pipeline_golden.json"
-BODY = dict(n_layer=2, n_embd=24, n_head=3, n_positions=64, resid_pdrop=0.0, embd_pdrop=0.0,
-            attn_pdrop=0.0, pad_token_id=50256)
+BODY = dict(
+    n_layer=2,
+    n_embd=24,
+    n_head=3,
+    n_positions=64,
+    resid_pdrop=0.0,
+    embd_pdrop=0.0,
+    attn_pdrop=0.0,
+    pad_token_id=50256,
+)
 HEADS = {
     "lm": {},
     "sequence_classification": {"id2label": {0: "negative", 1: "neutral", 2: "positive"}},
     "token_classification": {"id2label": {0: "O", 1: "B-LOC", 2: "I-LOC", 3: "B-PER"}},
     "question_answering": {},
 }
-PROMPTS = ["Hello, I'm a language model,", "The capital of France",
-           "Once upon a time, in a land far away, there lived"]
+PROMPTS = [
+    "Hello, I'm a language model,",
+    "The capital of France",
+    "Once upon a time, in a land far away, there lived",
+]
 TEXTS = ["What a lovely day in Zürich!", "  spaces, tabs\tand\nnewlines ", "Bad."]
-CONTEXT = ("GPT-2 was released by OpenAI in 2019. It has 1.5 billion parameters and was trained "
-           "on WebText, eight million web pages.")
+CONTEXT = (
+    "GPT-2 was released by OpenAI in 2019. It has 1.5 billion parameters and was trained "
+    "on WebText, eight million web pages."
+)
 QUESTIONS = ["Who released GPT-2?", "How many parameters does it have?"]
 # (name, call kwargs); the text-generation runs are greedy (the pipeline's default samples)
 GEN_RUNS = [
     ("single", dict(text_inputs=PROMPTS[0], do_sample=False, max_new_tokens=10)),
-    ("new_text_only", dict(text_inputs=PROMPTS[1], do_sample=False, max_new_tokens=8,
-                           return_full_text=False)),
-    ("batched_left_padded", dict(text_inputs=PROMPTS, do_sample=False, max_new_tokens=7,
-                                 batch_size=2)),
-    ("beams", dict(text_inputs=PROMPTS[2], do_sample=False, max_new_tokens=6, num_beams=3,
-                   num_return_sequences=2)),
-    ("penalties", dict(text_inputs=PROMPTS[0], do_sample=False, max_new_tokens=10,
-                       repetition_penalty=1.5, no_repeat_ngram_size=2)),
+    (
+        "new_text_only",
+        dict(text_inputs=PROMPTS[1], do_sample=False, max_new_tokens=8, return_full_text=False),
+    ),
+    (
+        "batched_left_padded",
+        dict(text_inputs=PROMPTS, do_sample=False, max_new_tokens=7, batch_size=2),
+    ),
+    (
+        "beams",
+        dict(
+            text_inputs=PROMPTS[2],
+            do_sample=False,
+            max_new_tokens=6,
+            num_beams=3,
+            num_return_sequences=2,
+        ),
+    ),
+    (
+        "penalties",
+        dict(
+            text_inputs=PROMPTS[0],
+            do_sample=False,
+            max_new_tokens=10,
+            repetition_penalty=1.5,
+            no_repeat_ngram_size=2,
+        ),
+    ),
 ]
 CLS_RUNS = [
     ("single", dict(inputs=TEXTS[0])),
@@ -76,8 +109,9 @@ def build_checkpoints(out: Path) -> dict[str, Path]:
         cfg = GPT2Config(**BODY, **extra)
         d = out / head
         if not (d / "config.json").is_file():
-            checkpoint.save_pretrained(random_state_dict(cfg, head, seed=10 + i, std=0.3), cfg,
-                                       d, head)
+            checkpoint.save_pretrained(
+                random_state_dict(cfg, head, seed=10 + i, std=0.3), cfg, d, head
+            )
             tok.save_pretrained(d)
         dirs[head] = d
     return dirs
@@ -105,27 +139,43 @@ def run_hf(src: Path) -> None:
         tok.pad_token = tok.eos_token  # batching and QA padding need one (GPT-2 has none)
         if task == "text-generation":
             tok.padding_side = "left"  # decoder-only batches: left padding (gpt2-zoo always)
-        return transformers.pipeline(task, model=str(src / head), tokenizer=tok, framework="pt",
-                                     model_kwargs={"attn_implementation": "eager"})
+        return transformers.pipeline(
+            task,
+            model=str(src / head),
+            tokenizer=tok,
+            framework="pt",
+            model_kwargs={"attn_implementation": "eager"},
+        )
 
-    result = {"transformers_version": transformers.__version__, "body": BODY,
-              "text-generation": {}, "text-classification": {}, "token-classification": {},
-              "question-answering": {}}
+    result = {
+        "transformers_version": transformers.__version__,
+        "body": BODY,
+        "text-generation": {},
+        "text-classification": {},
+        "token-classification": {},
+        "question-answering": {},
+    }
     gen = pipe("text-generation", "lm")
     for name, kw in GEN_RUNS:
         kw = dict(kw)
-        result["text-generation"][name] = {"kwargs": dict(kw), "output": gen(kw.pop("text_inputs"),
-                                                                             **kw)}
+        result["text-generation"][name] = {
+            "kwargs": dict(kw),
+            "output": gen(kw.pop("text_inputs"), **kw),
+        }
     clf = pipe("text-classification", "sequence_classification")
     for name, kw in CLS_RUNS:
         kw = dict(kw)
-        result["text-classification"][name] = {"kwargs": dict(kw),
-                                               "output": _plain(clf(kw.pop("inputs"), **kw))}
+        result["text-classification"][name] = {
+            "kwargs": dict(kw),
+            "output": _plain(clf(kw.pop("inputs"), **kw)),
+        }
     ner = pipe("token-classification", "token_classification")
     for name, kw in TOK_RUNS:
         kw = dict(kw)
-        result["token-classification"][name] = {"kwargs": dict(kw),
-                                                "output": _plain(ner(kw.pop("inputs"), **kw))}
+        result["token-classification"][name] = {
+            "kwargs": dict(kw),
+            "output": _plain(ner(kw.pop("inputs"), **kw)),
+        }
     qa = pipe("question-answering", "question_answering")
     for name, kw in QA_RUNS:
         result["question-answering"][name] = {"kwargs": dict(kw), "output": _plain(qa(**kw))}

@@ -81,8 +81,13 @@ def test_implementation_matches_transformers(ckpt_dirs, fw, impl, case_name):
         ours = _logits(fw, model, inputs)  # input_ids, attention_mask, position_ids as HF got
         ref = case.get("GPT2LMHeadModel", scenario, "logits")
         valid = case.valid_mask("GPT2LMHeadModel", scenario)  # padded rows: undefined
-        np.testing.assert_allclose(ours[valid], ref[valid], atol=1e-4, rtol=1e-5,
-                                   err_msg=f"{fw} {impl} {case_name} {scenario}")
+        np.testing.assert_allclose(
+            ours[valid],
+            ref[valid],
+            atol=1e-4,
+            rtol=1e-5,
+            err_msg=f"{fw} {impl} {case_name} {scenario}",
+        )
     rec = case.generation("greedy")
     out = model.generate(rec["input_ids"], attention_mask=rec["attention_mask"], **rec["kwargs"])
     np.testing.assert_array_equal(np.asarray(out), rec["sequences"])
@@ -146,13 +151,18 @@ def test_torch_flash_attention_plumbing_with_a_stand_in_kernel(ckpt_dirs, monkey
 
     def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False):
         calls.append((tuple(q.shape), softmax_scale, causal))
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
-                                             v.transpose(1, 2), is_causal=causal,
-                                             scale=softmax_scale)
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            is_causal=causal,
+            scale=softmax_scale,
+        )
         return out.transpose(1, 2)
 
-    monkeypatch.setitem(sys.modules, "flash_attn", types.SimpleNamespace(
-        flash_attn_func=flash_attn_func))
+    monkeypatch.setitem(
+        sys.modules, "flash_attn", types.SimpleNamespace(flash_attn_func=flash_attn_func)
+    )
     monkeypatch.setattr(modeling, "flash_attention_unavailable", lambda device, dtype: None)
     case = golden.load_case("noscale")
     model = _load("torch", ckpt_dirs["noscale"], "flash_attention_2")
@@ -160,10 +170,15 @@ def test_torch_flash_attention_plumbing_with_a_stand_in_kernel(ckpt_dirs, monkey
     ids = torch.as_tensor(np.array(inputs["input_ids"])).long()
     with torch.no_grad():
         logits = model(input_ids=ids).logits.numpy()
-    np.testing.assert_allclose(logits, case.get("GPT2LMHeadModel", "nomask", "logits"),
-                               atol=1e-4, rtol=1e-5)
+    np.testing.assert_allclose(
+        logits, case.get("GPT2LMHeadModel", "nomask", "logits"), atol=1e-4, rtol=1e-5
+    )
     B, T = ids.shape
     assert calls[0] == ((B, T, model.config.n_head, model.config.head_dim), 1.0, True)
     with pytest.raises(ValueError, match="runs unpadded causal attention only"):
-        model(input_ids=ids, attention_mask=torch.as_tensor(
-            np.array(case.inputs("GPT2LMHeadModel", "left_pad")["attention_mask"])).long())
+        model(
+            input_ids=ids,
+            attention_mask=torch.as_tensor(
+                np.array(case.inputs("GPT2LMHeadModel", "left_pad")["attention_mask"])
+            ).long(),
+        )

@@ -13,10 +13,13 @@ from gpt2_core.init import random_state_dict, tiny_config
 
 FRAMEWORKS = installed_frameworks()
 PREFIX = {"torch": "", "tf": "TF", "flax": "Flax"}
-AUTO = {"AutoModel": "GPT2Model", "AutoModelForCausalLM": "GPT2LMHeadModel",
-        "AutoModelForSequenceClassification": "GPT2ForSequenceClassification",
-        "AutoModelForTokenClassification": "GPT2ForTokenClassification",
-        "AutoModelForQuestionAnswering": "GPT2ForQuestionAnswering"}
+AUTO = {
+    "AutoModel": "GPT2Model",
+    "AutoModelForCausalLM": "GPT2LMHeadModel",
+    "AutoModelForSequenceClassification": "GPT2ForSequenceClassification",
+    "AutoModelForTokenClassification": "GPT2ForTokenClassification",
+    "AutoModelForQuestionAnswering": "GPT2ForQuestionAnswering",
+}
 CFG = tiny_config(pad_token_id=0)
 
 
@@ -30,8 +33,9 @@ def ckpts(tmp_path_factory):
         out[fmt] = root / fmt
     other = root / "llama"
     other.mkdir()
-    (other / "config.json").write_text('{"model_type": "llama", "architectures": '
-                                       '["LlamaForCausalLM"]}')
+    (other / "config.json").write_text(
+        '{"model_type": "llama", "architectures": ["LlamaForCausalLM"]}'
+    )
     out["llama"] = other
     odd = root / "odd_arch"
     odd.mkdir()

@@ -47,8 +47,9 @@ def _beam_state(gen, seed=0):
 def _same_finite(a, b):
     a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
     np.testing.assert_array_equal(np.isneginf(a), np.isneginf(b))
-    np.testing.assert_allclose(np.where(np.isfinite(a), a, 0), np.where(np.isfinite(b), b, 0),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.where(np.isfinite(a), a, 0), np.where(np.isfinite(b), b, 0), rtol=1e-5, atol=1e-5
+    )
 
 
 def _check_beam(ref, out):
@@ -103,13 +104,20 @@ def test_torch_beam_step(gen):
 def _flax_opts(gen, n_eos):
     from gpt2_flax.generation import _Options
 
-    return _Options(mode="beam" if gen.num_beams > 1 else "sample", cache_len=T,
-                    vocab_size=V, n_eos=n_eos, use_temperature=gen.temperature != 1.0,
-                    top_k=gen.top_k, use_top_p=gen.top_p < 1.0,
-                    use_repetition_penalty=gen.repetition_penalty != 1.0,
-                    no_repeat_ngram_size=gen.no_repeat_ngram_size, num_beams=gen.num_beams,
-                    early_stopping=gen.early_stopping,
-                    positive_length_penalty=gen.length_penalty > 0)
+    return _Options(
+        mode="beam" if gen.num_beams > 1 else "sample",
+        cache_len=T,
+        vocab_size=V,
+        n_eos=n_eos,
+        use_temperature=gen.temperature != 1.0,
+        top_k=gen.top_k,
+        use_top_p=gen.top_p < 1.0,
+        use_repetition_penalty=gen.repetition_penalty != 1.0,
+        no_repeat_ngram_size=gen.no_repeat_ngram_size,
+        num_beams=gen.num_beams,
+        early_stopping=gen.early_stopping,
+        positive_length_penalty=gen.length_penalty > 0,
+    )
 
 
 @pytest.mark.parametrize("gen", GENS)
@@ -124,8 +132,16 @@ def test_flax_process_logits(gen):
     opts, params = _flax_opts(gen, len(eos)), FG._params(gen, eos, 0)
     valid = jnp.ones((R, T), bool)
     for new in (0, 2):
-        out = FG.process_logits(jnp.asarray(scores), jnp.asarray(ids, jnp.int32), valid,
-                                jnp.int32(T), jnp.int32(new), jnp.int32(1), opts, params)
+        out = FG.process_logits(
+            jnp.asarray(scores),
+            jnp.asarray(ids, jnp.int32),
+            valid,
+            jnp.int32(T),
+            jnp.int32(new),
+            jnp.int32(1),
+            opts,
+            params,
+        )
         _same_finite(out, G.process_logits(ids, scores, gen, new, 1))
 
 
@@ -151,10 +167,18 @@ def test_flax_beam_step(gen):
     state, log_probs, cur, T0, L = _beam_state(gen)
     ref = G.beam_step(state, log_probs, cur, T0, L, gen)
     eos = tuple(gen.eos_token_ids)
-    j_state = {k: jnp.asarray(v.astype(np.int32) if v.dtype == np.int64 else v)
-               for k, v in state.items()}
-    out = FG.beam_step(j_state, jnp.asarray(log_probs), jnp.int32(cur - T0), T0,
-                       jnp.int32(L - T0), _flax_opts(gen, len(eos)), FG._params(gen, eos, 0))
+    j_state = {
+        k: jnp.asarray(v.astype(np.int32) if v.dtype == np.int64 else v) for k, v in state.items()
+    }
+    out = FG.beam_step(
+        j_state,
+        jnp.asarray(log_probs),
+        jnp.int32(cur - T0),
+        T0,
+        jnp.int32(L - T0),
+        _flax_opts(gen, len(eos)),
+        FG._params(gen, eos, 0),
+    )
     _check_beam(ref, out)
 
 
@@ -168,12 +192,15 @@ def _tf_model_and_sc(gen, n_eos, beam):
     from gpt2_tf.generation import _Spec
 
     model = GPT2LMHeadModel(tiny_config(vocab_size=V))
-    sc = {"temperature": tf.constant(gen.temperature, tf.float32),
-          "top_p": tf.constant(gen.top_p, tf.float32),
-          "repetition_penalty": tf.constant(gen.repetition_penalty, tf.float32),
-          "length_penalty": tf.constant(gen.length_penalty, tf.float32),
-          "eos": tf.constant(np.asarray(gen.eos_token_ids, np.int32).reshape(-1)),
-          "min_new": tf.constant(1), "start": tf.constant(0)}
+    sc = {
+        "temperature": tf.constant(gen.temperature, tf.float32),
+        "top_p": tf.constant(gen.top_p, tf.float32),
+        "repetition_penalty": tf.constant(gen.repetition_penalty, tf.float32),
+        "length_penalty": tf.constant(gen.length_penalty, tf.float32),
+        "eos": tf.constant(np.asarray(gen.eos_token_ids, np.int32).reshape(-1)),
+        "min_new": tf.constant(1),
+        "start": tf.constant(0),
+    }
     return model, sc, _Spec
 
 
@@ -184,17 +211,27 @@ def test_tf_process_logits(gen):
 
     ids, scores = _inputs()
     T0 = 3  # tokens after T0 are "generated"; processors see them all
-    spec = _Spec(batch=R, expand=1, prompt_len=T0, slots=T, mode="greedy", top_k=0,
-                 top_p=False, repetition=gen.repetition_penalty != 1.0,
-                 ngram=gen.no_repeat_ngram_size, n_eos=len(gen.eos_token_ids),
-                 early_stopping=False)
+    spec = _Spec(
+        batch=R,
+        expand=1,
+        prompt_len=T0,
+        slots=T,
+        mode="greedy",
+        top_k=0,
+        top_p=False,
+        repetition=gen.repetition_penalty != 1.0,
+        ngram=gen.no_repeat_ngram_size,
+        n_eos=len(gen.eos_token_ids),
+        early_stopping=False,
+    )
     presence = model._presence(tf.constant(ids, tf.int32), 0, T)
     for new in (0, 2):
         # the processors see slots [0, T0 + step): put the step at the end of the ids
         step = T - T0
         sc["min_new"] = tf.constant(step + 1 if new == 0 else 0)
-        out = model.process_logits(spec, sc, tf.constant(scores), tf.constant(ids, tf.int32),
-                                   tf.constant(step), presence)
+        out = model.process_logits(
+            spec, sc, tf.constant(scores), tf.constant(ids, tf.int32), tf.constant(step), presence
+        )
         _same_finite(out.numpy(), G.process_logits(ids, scores, gen, new, 1))
 
 
@@ -204,11 +241,22 @@ def test_tf_warp_logits(gen):
     import tensorflow as tf
 
     _, scores = _inputs(1)
-    spec = _Spec(batch=R, expand=1, prompt_len=1, slots=T, mode="sample",
-                 top_k=min(gen.top_k, V), top_p=gen.top_p < 1.0, repetition=False, ngram=0,
-                 n_eos=0, early_stopping=False)
-    _same_finite(model.warp_logits(spec, sc, tf.constant(scores)).numpy(),
-                 G.warp_logits(scores, gen))
+    spec = _Spec(
+        batch=R,
+        expand=1,
+        prompt_len=1,
+        slots=T,
+        mode="sample",
+        top_k=min(gen.top_k, V),
+        top_p=gen.top_p < 1.0,
+        repetition=False,
+        ngram=0,
+        n_eos=0,
+        early_stopping=False,
+    )
+    _same_finite(
+        model.warp_logits(spec, sc, tf.constant(scores)).numpy(), G.warp_logits(scores, gen)
+    )
 
 
 @pytest.mark.parametrize("gen", BEAMS)
@@ -218,12 +266,23 @@ def test_tf_beam_step(gen):
 
     state, log_probs, cur, T0, L = _beam_state(gen)
     ref = G.beam_step(state, log_probs, cur, T0, L, gen)
-    spec = _Spec(batch=R // K, expand=K, prompt_len=T0, slots=L, mode="beam", top_k=0,
-                 top_p=False, repetition=False, ngram=0, n_eos=len(gen.eos_token_ids),
-                 early_stopping=gen.early_stopping)
+    spec = _Spec(
+        batch=R // K,
+        expand=K,
+        prompt_len=T0,
+        slots=L,
+        mode="beam",
+        top_k=0,
+        top_p=False,
+        repetition=False,
+        ngram=0,
+        n_eos=len(gen.eos_token_ids),
+        early_stopping=gen.early_stopping,
+    )
     sc["max_new"] = tf.constant(L - T0)
-    t_state = {k: tf.constant(v.astype(np.int32) if v.dtype == np.int64 else v)
-               for k, v in state.items()}
+    t_state = {
+        k: tf.constant(v.astype(np.int32) if v.dtype == np.int64 else v) for k, v in state.items()
+    }
     t_state["step"] = tf.constant(cur - T0)
     out = model.beam_step(spec, sc, t_state, tf.constant(log_probs))
     _check_beam(ref, {k: v.numpy() for k, v in out.items()})

@@ -23,14 +23,34 @@ def test_shell_wrapper_parses():
 @pytest.mark.slow
 def test_torch_dry_run_passes_every_check():
     pytest.importorskip("torch")
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--framework", "torch", "--device", "cpu",
-                           "--quick", "--skip", "speed"], capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "GPT2_ZOO_HF_PYTHON": ""})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--framework",
+            "torch",
+            "--device",
+            "cpu",
+            "--quick",
+            "--skip",
+            "speed",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "GPT2_ZOO_HF_PYTHON": ""},
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = json.loads(proc.stdout.strip().splitlines()[-1])["rows"]
     checks = {r["check"]: r["status"] for r in rows}
-    for name in ("parity fp32 nomask", "parity bf16 left_pad", "generate greedy", "generate beam",
-                 "generate sample (seeded)", "attn sdpa (fp32)"):
+    for name in (
+        "parity fp32 nomask",
+        "parity bf16 left_pad",
+        "generate greedy",
+        "generate beam",
+        "generate sample (seeded)",
+        "attn sdpa (fp32)",
+    ):
         assert checks[name] == "PASS", rows
     assert checks["attn flash_attention_2"] in ("PASS", "SKIP")
 
@@ -41,7 +61,11 @@ def test_missing_gpu_is_a_failure_not_a_pass():
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--framework", "torch"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--framework", "torch"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1
     assert "FAIL device: no GPU visible to torch" in proc.stdout

@@ -18,8 +18,12 @@ from conversion.convert import head_from_config
 from gpt2_core.config import GPT2Config
 
 FRAMEWORKS = ("torch", "tf", "flax")
-FIELD = {"base": "last_hidden_state", "lm": "logits", "sequence_classification": "logits",
-         "double_heads": "logits"}
+FIELD = {
+    "base": "last_hidden_state",
+    "lm": "logits",
+    "sequence_classification": "logits",
+    "double_heads": "logits",
+}
 
 
 @pytest.mark.parametrize("fw", FRAMEWORKS)
@@ -30,20 +34,32 @@ def test_transformers_file_loads_with_its_outputs(fw, name):
     expected = load_file(str(d / "expected_logits.safetensors"))
     model = load_pretrained(fw, d, head)
     if head == "double_heads":
-        inputs = {"input_ids": expected["inputs/mc_input_ids"], "mc_token_ids": expected["inputs/mc_token_ids"]}
+        inputs = {
+            "input_ids": expected["inputs/mc_input_ids"],
+            "mc_token_ids": expected["inputs/mc_token_ids"],
+        }
         out = adapter(fw).forward(model, inputs)
-        np.testing.assert_allclose(out["mc_logits"], expected["outputs/nomask/mc_logits"], atol=1e-4, rtol=1e-4)
-        np.testing.assert_allclose(out["logits"], expected["outputs/nomask/logits"], atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(
+            out["mc_logits"], expected["outputs/nomask/mc_logits"], atol=1e-4, rtol=1e-4
+        )
+        np.testing.assert_allclose(
+            out["logits"], expected["outputs/nomask/logits"], atol=1e-4, rtol=1e-4
+        )
         return
     for scenario in ("nomask", "left_pad"):
         if scenario == "nomask":
             inputs = {"input_ids": expected["inputs/input_ids"]}
         else:
-            inputs = {k: expected[f"inputs/left_pad/{k}"] for k in ("input_ids", "attention_mask", "position_ids")}
+            inputs = {
+                k: expected[f"inputs/left_pad/{k}"]
+                for k in ("input_ids", "attention_mask", "position_ids")
+            }
         out = adapter(fw).forward(model, inputs)[FIELD[head]]
         # transformers' Flax ignores scale_attn_weights=False: where it did, the fixture keeps
         # transformers' PyTorch eager outputs (the reference semantics) as pt_eager/*
-        want = expected.get(f"pt_eager/{scenario}/{FIELD[head]}", expected[f"outputs/{scenario}/{FIELD[head]}"])
+        want = expected.get(
+            f"pt_eager/{scenario}/{FIELD[head]}", expected[f"outputs/{scenario}/{FIELD[head]}"]
+        )
         if scenario == "left_pad" and head != "sequence_classification":
             m = inputs["attention_mask"].astype(bool)
             out, want = out[m], want[m]

@@ -74,8 +74,11 @@ def backend(request):
 
 
 def test_one_dimensional_ids_are_refused_with_a_hint(backend):
-    with pytest.raises(ValueError, match=r"must have shape \(batch, seq_len\), got \(3,\): add "
-                                         r"a batch axis \(input_ids\[None\]\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"must have shape \(batch, seq_len\), got \(3,\): add "
+        r"a batch axis \(input_ids\[None\]\)",
+    ):
         backend.forward([1, 2, 3])
 
 
@@ -106,14 +109,22 @@ def test_unseeded_sampling_differs_and_seeded_repeats(backend):
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
-@pytest.mark.parametrize("dtype,want", [("bf16", "bfloat16"), ("bfloat16", "bfloat16"),
-                                        ("fp16", "float16"), ("float32", "float32"),
-                                        ("auto", "bfloat16")])
+@pytest.mark.parametrize(
+    "dtype,want",
+    [
+        ("bf16", "bfloat16"),
+        ("bfloat16", "bfloat16"),
+        ("fp16", "float16"),
+        ("float32", "float32"),
+        ("auto", "bfloat16"),
+    ],
+)
 def test_dtype_spellings(framework, dtype, want, tmp_path):
     pytest.importorskip(MODULES[framework])
     cfg = tiny_config()
-    checkpoint.save_pretrained(random_state_dict(cfg, "lm", seed=0), cfg, tmp_path, "lm",
-                               dtype="bf16")
+    checkpoint.save_pretrained(
+        random_state_dict(cfg, "lm", seed=0), cfg, tmp_path, "lm", dtype="bf16"
+    )
     ids = np.array([[1, 2, 3]])
     if framework == "torch":
         import torch
@@ -121,7 +132,8 @@ def test_dtype_spellings(framework, dtype, want, tmp_path):
         from gpt2_torch import GPT2LMHeadModel
 
         logits = GPT2LMHeadModel.from_pretrained(tmp_path, dtype=dtype)(
-            torch.from_numpy(ids)).logits
+            torch.from_numpy(ids)
+        ).logits
     elif framework == "tf":
         from gpt2_tf import GPT2LMHeadModel
 
@@ -129,8 +141,9 @@ def test_dtype_spellings(framework, dtype, want, tmp_path):
     else:
         from gpt2_flax import GPT2LMHeadModel
 
-        logits = GPT2LMHeadModel.from_pretrained(tmp_path, dtype=dtype,
-                                                 param_dtype=dtype)(input_ids=ids).logits
+        logits = GPT2LMHeadModel.from_pretrained(tmp_path, dtype=dtype, param_dtype=dtype)(
+            input_ids=ids
+        ).logits
     assert str(logits.dtype).rsplit(".", 1)[-1].strip("'>").removeprefix("<dtype: '") == want
 
 

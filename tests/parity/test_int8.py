@@ -199,15 +199,23 @@ def test_cli_generate_quantize_int8_same_text_in_every_framework(tmp_path, capsy
     from gpt2_core.config import GPT2Config
     from gpt2_core.tokenizer_fast import GPT2TokenizerFast
 
-    cfg = GPT2Config(n_layer=2, n_embd=24, n_head=3, n_positions=64, resid_pdrop=0.0,
-                     embd_pdrop=0.0, attn_pdrop=0.0)  # GPT-2's vocabulary: any prompt encodes
+    cfg = GPT2Config(
+        n_layer=2,
+        n_embd=24,
+        n_head=3,
+        n_positions=64,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )  # GPT-2's vocabulary: any prompt encodes
     d = tmp_path / "model"
     checkpoint.save_pretrained(random_state_dict(cfg, "lm", seed=0, std=0.3), cfg, d, "lm")
     GPT2TokenizerFast.from_pretrained("gpt2").save_pretrained(d)
 
     def run(*argv):
-        args = cli.build_parser().parse_args(["generate", "Hello world", "--model", str(d),
-                                              "--max-new-tokens", "8", *argv])
+        args = cli.build_parser().parse_args(
+            ["generate", "Hello world", "--model", str(d), "--max-new-tokens", "8", *argv]
+        )
         out, err = io.StringIO(), io.StringIO()
         rc = gen_cli.run(args, stdin=io.StringIO(""), stdout=out, stderr=err)
         return rc, out.getvalue(), err.getvalue()
@@ -218,8 +226,9 @@ def test_cli_generate_quantize_int8_same_text_in_every_framework(tmp_path, capsy
         assert rc == 0, err
         texts[fw] = out
     assert len(set(texts.values())) == 1, texts
-    assert cli.main(["generate", "x", "--model", str(d), "--quantize", "int8", "--dtype",
-                     "bf16"]) == 1
+    assert (
+        cli.main(["generate", "x", "--model", str(d), "--quantize", "int8", "--dtype", "bf16"]) == 1
+    )
     assert "--quantize int8 keeps activations in fp32" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["generate", "x", "--model", "m", "--quantize", "int4"])
@@ -232,8 +241,9 @@ def test_untied_head_int8(fw, tmp_path):
     cfg = tiny_config(tie_word_embeddings=False)
     sd = random_state_dict(cfg, "lm", seed=2, std=0.3)
     checkpoint.save_pretrained(sd, cfg, tmp_path, "lm")
-    deq = Q.dequantize_state_dict(Q.quantize_state_dict(checkpoint.load_pretrained(tmp_path,
-                                                                                   "lm")[1]))
+    deq = Q.dequantize_state_dict(
+        Q.quantize_state_dict(checkpoint.load_pretrained(tmp_path, "lm")[1])
+    )
     _, logits, greedy = BACKENDS[fw](tmp_path, quantize="int8")
     want = reference.lm_logits(deq, cfg, IDS)
     assert np.abs(logits(IDS) - want).max() <= 2e-5 * np.abs(want).max()
@@ -253,8 +263,9 @@ def test_serve_engine_int8(tmp_path):
     GPT2TokenizerFast.from_pretrained("gpt2").save_pretrained(tmp_path)
     engine = engine_mod.Engine.load(str(tmp_path), "torch", dtype="int8")
     assert engine.dtype == "int8" and engine.model.lm_head.weight.dtype == torch.int8
-    result = engine.complete(engine.encode("Hello"),
-                             engine_mod.Sampling(max_tokens=3, temperature=0))
+    result = engine.complete(
+        engine.encode("Hello"), engine_mod.Sampling(max_tokens=3, temperature=0)
+    )
     assert len(result.token_ids) == 3
     args = cli.build_parser().parse_args(["serve", "--model", "m", "--quantize", "int8"])
     assert args.quantize == "int8"

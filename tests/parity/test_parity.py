@@ -27,19 +27,42 @@ REL = 1e-5
 
 VARIANTS = {
     "default": dict(num_labels=3, pad_token_id=0),
-    "flags": dict(num_labels=3, pad_token_id=0, scale_attn_by_inverse_layer_idx=True,
-                  reorder_and_upcast_attn=True, activation_function="relu",
-                  layer_norm_epsilon=1e-3, n_inner=50),
-    "noscale": dict(num_labels=3, pad_token_id=0, scale_attn_weights=False,
-                    activation_function="gelu", tie_word_embeddings=False),
-    "silu": dict(num_labels=2, pad_token_id=0, activation_function="quick_gelu",
-                 summary_type="mean", summary_activation="tanh", summary_proj_to_labels=False),
+    "flags": dict(
+        num_labels=3,
+        pad_token_id=0,
+        scale_attn_by_inverse_layer_idx=True,
+        reorder_and_upcast_attn=True,
+        activation_function="relu",
+        layer_norm_epsilon=1e-3,
+        n_inner=50,
+    ),
+    "noscale": dict(
+        num_labels=3,
+        pad_token_id=0,
+        scale_attn_weights=False,
+        activation_function="gelu",
+        tie_word_embeddings=False,
+    ),
+    "silu": dict(
+        num_labels=2,
+        pad_token_id=0,
+        activation_function="quick_gelu",
+        summary_type="mean",
+        summary_activation="tanh",
+        summary_proj_to_labels=False,
+    ),
 }
 HEADS = tuple(naming.HEADS)
 # every head on the default config; the flag variants on the heads whose code paths differ
-CASES = [("default", h) for h in HEADS] + [
-    (v, h) for v in ("flags", "noscale") for h in ("lm", "sequence_classification", "double_heads")
-] + [("silu", "double_heads"), ("silu", "token_classification"), ("silu", "question_answering")]
+CASES = (
+    [("default", h) for h in HEADS]
+    + [
+        (v, h)
+        for v in ("flags", "noscale")
+        for h in ("lm", "sequence_classification", "double_heads")
+    ]
+    + [("silu", "double_heads"), ("silu", "token_classification"), ("silu", "question_answering")]
+)
 SCENARIOS = ("nomask", "left_pad", "right_pad")
 B, T = 3, 7
 
@@ -82,7 +105,9 @@ def _inputs(head: str, scenario: str, variant: str = "default") -> dict[str, np.
     elif head == "double_heads":
         C = 2
         inp = {k: np.repeat(v[:, None], C, 1) for k, v in inp.items()}
-        inp["input_ids"][:, 1] = np.where(inp["input_ids"][:, 1] > 0, 257 - inp["input_ids"][:, 1], 0)
+        inp["input_ids"][:, 1] = np.where(
+            inp["input_ids"][:, 1] > 0, 257 - inp["input_ids"][:, 1], 0
+        )
         m = inp.get("attention_mask", np.ones((B, C, T), np.int32))
         inp["mc_token_ids"] = (m.shape[-1] - 1 - np.argmax(m[..., ::-1], -1)).astype(np.int32)
         inp["labels"] = np.where(m == 1, inp["input_ids"], -100).astype(np.int32)
@@ -106,8 +131,11 @@ def _outputs(fw: str, variant: str, head: str, scenario: str, dtype: str = "fp32
 
 def _valid(variant: str, head: str, scenario: str, field: str, shape) -> np.ndarray | None:
     """Real (non-pad) query positions of token-level outputs; None = compare everything."""
-    if scenario == "nomask" or field in ("loss", "mc_loss", "mc_logits") or (
-            head == "sequence_classification"):
+    if (
+        scenario == "nomask"
+        or field in ("loss", "mc_loss", "mc_logits")
+        or (head == "sequence_classification")
+    ):
         return None
     mask = _inputs(head, scenario, variant).get("attention_mask")
     m = mask.astype(bool)
@@ -134,8 +162,12 @@ def test_outputs_agree(a, b, scenario, variant, head):
     oa, ob = _outputs(a, variant, head, scenario), _outputs(b, variant, head, scenario)
     assert set(oa) == set(ob), f"{a} fields {sorted(oa)} vs {b} fields {sorted(ob)}"
     for field in oa:
-        _close(oa[field], ob[field], f"{head}/{scenario}/{field} {a} vs {b}",
-               valid=_valid(variant, head, scenario, field, oa[field].shape))
+        _close(
+            oa[field],
+            ob[field],
+            f"{head}/{scenario}/{field} {a} vs {b}",
+            valid=_valid(variant, head, scenario, field, oa[field].shape),
+        )
 
 
 GRAD_CASES = [("default", h) for h in HEADS if h != "base"] + [("flags", "lm"), ("noscale", "lm")]
@@ -151,7 +183,8 @@ def _grads(fw: str, variant: str, head: str):
 def test_gradients_agree(a, b, variant, head):
     ga, gb = _grads(a, variant, head), _grads(b, variant, head)
     expected = set(naming.expected_shapes(_config(variant), head)) - set(
-        naming.tied_keys(_config(variant), head))
+        naming.tied_keys(_config(variant), head)
+    )
     assert set(ga) == expected, f"{a}: {sorted(set(ga) ^ expected)[:5]}"
     assert set(gb) == expected, f"{b}: {sorted(set(gb) ^ expected)[:5]}"
     for k in ga:
@@ -194,7 +227,9 @@ def test_generation_equals_transformers(fw, name):
     across every pair of frameworks."""
     want = np.asarray(GOLDEN_GEN[name]["sequences"])
     got = _generated(fw, name)
-    assert got.shape == want.shape and np.array_equal(got, want), f"{name} {fw}:\n{got}\nwant\n{want}"
+    assert got.shape == want.shape and np.array_equal(got, want), (
+        f"{name} {fw}:\n{got}\nwant\n{want}"
+    )
 
 
 # bf16 rounds weights and activations to 8 bits of mantissa (relative error 2**-8 = 0.4%); over

@@ -15,9 +15,12 @@ from gpt2_core import pipelines
 
 GOLDEN = json.loads(mpg.GOLDEN.read_text("utf-8"))
 FRAMEWORKS = installed_frameworks()
-TASK_HEAD = {"text-generation": "lm", "text-classification": "sequence_classification",
-             "token-classification": "token_classification",
-             "question-answering": "question_answering"}
+TASK_HEAD = {
+    "text-generation": "lm",
+    "text-classification": "sequence_classification",
+    "token-classification": "token_classification",
+    "question-answering": "question_answering",
+}
 RUNS = [(task, name) for task in TASK_HEAD for name in GOLDEN[task]]
 
 
@@ -31,8 +34,7 @@ _PIPES: dict = {}
 
 def _pipe(dirs, task, fw):
     if (task, fw) not in _PIPES:
-        _PIPES[task, fw] = pipelines.pipeline(task, model=str(dirs[TASK_HEAD[task]]),
-                                              framework=fw)
+        _PIPES[task, fw] = pipelines.pipeline(task, model=str(dirs[TASK_HEAD[task]]), framework=fw)
     return _PIPES[task, fw]
 
 

@@ -36,14 +36,19 @@ def main() -> None:
         page.goto(url + "/")
         page.wait_for_function("document.getElementById('framework').textContent !== '…'")
         for name, value in (("temperature", 0.8), ("n", 4), ("max-tokens", 12), ("delay", 150)):
-            page.eval_on_selector(f"#{name}", "(el, v) => { el.value = v; el.dispatchEvent("
-                                  "new Event('input', {bubbles: true})); }", str(value))
+            page.eval_on_selector(
+                f"#{name}",
+                "(el, v) => { el.value = v; el.dispatchEvent("
+                "new Event('input', {bubbles: true})); }",
+                str(value),
+            )
         page.click("#editor")
         page.keyboard.type(args.text, delay=20)
         page.wait_for_function(
             "() => { const li = [...document.querySelectorAll('#suggestions li')];"
             " return li.length === 4 && li.every(x => !x.classList.contains('pending')); }",
-            timeout=60_000)
+            timeout=60_000,
+        )
         page.keyboard.press("Alt+ArrowDown")
         page.screenshot(path=args.out)
         browser.close()

@@ -9,9 +9,18 @@ import urllib.parse
 
 #: 2 layers, n_embd 36, 3 heads as everywhere in the tests, but GPT-2's vocabulary so that the
 #: shipped tokenizer applies; 64 positions make the context-length errors cheap to reach
-CONFIG = dict(n_layer=2, n_embd=36, n_head=3, vocab_size=50257, n_positions=64,
-              bos_token_id=50256, eos_token_id=50256, resid_pdrop=0.0, embd_pdrop=0.0,
-              attn_pdrop=0.0)
+CONFIG = dict(
+    n_layer=2,
+    n_embd=36,
+    n_head=3,
+    vocab_size=50257,
+    n_positions=64,
+    bos_token_id=50256,
+    eos_token_id=50256,
+    resid_pdrop=0.0,
+    embd_pdrop=0.0,
+    attn_pdrop=0.0,
+)
 
 
 class Client:
@@ -25,14 +34,24 @@ class Client:
     def connect(self, timeout: float = 120) -> http.client.HTTPConnection:
         return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
 
-    def request(self, method: str, path: str, body=None, raw: bytes | None = None,
-                headers: dict | None = None):
+    def request(
+        self,
+        method: str,
+        path: str,
+        body=None,
+        raw: bytes | None = None,
+        headers: dict | None = None,
+    ):
         """(status, headers, decoded JSON or text)."""
         conn = self.connect()
         try:
             data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-            conn.request(method, path, body=data,
-                         headers={"Content-Type": "application/json", **(headers or {})})
+            conn.request(
+                method,
+                path,
+                body=data,
+                headers={"Content-Type": "application/json", **(headers or {})},
+            )
             r = conn.getresponse()
             payload = r.read().decode()
             if r.getheader("content-type", "").startswith("application/json"):
@@ -51,8 +70,12 @@ class Client:
         """The ``data:`` payloads of a streamed completion, ``[DONE]`` kept as the string."""
         conn = self.connect()
         try:
-            conn.request("POST", "/v1/completions", body=json.dumps({**body, "stream": True}),
-                         headers={"Content-Type": "application/json"})
+            conn.request(
+                "POST",
+                "/v1/completions",
+                body=json.dumps({**body, "stream": True}),
+                headers={"Content-Type": "application/json"},
+            )
             r = conn.getresponse()
             assert r.status == 200, r.read()
             assert r.getheader("content-type").startswith("text/event-stream")
@@ -61,7 +84,7 @@ class Client:
                 if not block.strip():
                     continue
                 assert block.startswith("data: "), block
-                data = block[len("data: "):]
+                data = block[len("data: ") :]
                 events.append(data if data == "[DONE]" else json.loads(data))
             return events
         finally:

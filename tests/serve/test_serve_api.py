@@ -24,8 +24,9 @@ def served(ckpt):
 
 
 def greedy(client: Client, prompt, k: int = 8) -> str:
-    status, _, body = client.post("/v1/completions",
-                                  {"prompt": prompt, "max_tokens": k, "temperature": 0})
+    status, _, body = client.post(
+        "/v1/completions", {"prompt": prompt, "max_tokens": k, "temperature": 0}
+    )
     assert status == 200, body
     return body["choices"][0]["text"]
 
@@ -62,8 +63,10 @@ def test_page_and_static_files_are_served(served):
 
 def test_completion_shape_and_usage(served):
     engine, client = served
-    status, _, body = client.post("/v1/completions", {"prompt": "Hello world", "max_tokens": 5,
-                                                      "temperature": 0, "model": engine.name})
+    status, _, body = client.post(
+        "/v1/completions",
+        {"prompt": "Hello world", "max_tokens": 5, "temperature": 0, "model": engine.name},
+    )
     assert status == 200
     assert body["object"] == "text_completion" and body["id"].startswith("cmpl-")
     assert body["model"] == engine.name and isinstance(body["created"], int)
@@ -83,13 +86,15 @@ def test_prompt_forms(served):
     a, b = "One two", "Three"
     ids_a = engine.encode(a)
     assert greedy(client, ids_a) == greedy(client, a)
-    status, _, body = client.post("/v1/completions", {"prompt": [a, b], "max_tokens": 6,
-                                                      "temperature": 0})
+    status, _, body = client.post(
+        "/v1/completions", {"prompt": [a, b], "max_tokens": 6, "temperature": 0}
+    )
     assert status == 200
     assert [c["index"] for c in body["choices"]] == [0, 1]
     assert [c["text"] for c in body["choices"]] == [greedy(client, a, 6), greedy(client, b, 6)]
-    status, _, body2 = client.post("/v1/completions", {"prompt": [ids_a, engine.encode(b)],
-                                                       "max_tokens": 6, "temperature": 0})
+    status, _, body2 = client.post(
+        "/v1/completions", {"prompt": [ids_a, engine.encode(b)], "max_tokens": 6, "temperature": 0}
+    )
     assert [c["text"] for c in body2["choices"]] == [c["text"] for c in body["choices"]]
     # the empty prompt starts from <|endoftext|>, as GPT-2 does
     assert greedy(client, "") == greedy(client, [CONFIG["bos_token_id"]])
@@ -111,8 +116,14 @@ def test_n_and_seed(served):
 
 def test_streaming_sse(served):
     _, client = served
-    req = {"prompt": "The cat", "max_tokens": 12, "temperature": 0.8, "n": 2, "seed": 3,
-           "stream_options": {"include_usage": True}}
+    req = {
+        "prompt": "The cat",
+        "max_tokens": 12,
+        "temperature": 0.8,
+        "n": 2,
+        "seed": 3,
+        "stream_options": {"include_usage": True},
+    }
     events = client.stream(req)
     assert events[-1] == "[DONE]"
     chunks = events[:-1]
@@ -179,12 +190,15 @@ def test_bad_requests_get_4xx_json(served, body, status, message):
     assert engine.stats == before  # nothing was queued
 
 
-@pytest.mark.parametrize("raw,status,message", [
-    (b"{not json", 400, "not valid JSON"),
-    (b"[1, 2]", 400, "must be a JSON object, got list"),
-    (b"\xff\xfe", 400, "not valid JSON"),
-    (b"x" * (2 << 20), 413, "over the 1048576 byte limit"),
-])
+@pytest.mark.parametrize(
+    "raw,status,message",
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b"[1, 2]", 400, "must be a JSON object, got list"),
+        (b"\xff\xfe", 400, "not valid JSON"),
+        (b"x" * (2 << 20), 413, "over the 1048576 byte limit"),
+    ],
+)
 def test_bad_bodies(served, raw, status, message):
     _, client = served
     got, _, err = client.post("/v1/completions", raw=raw)
@@ -195,11 +209,15 @@ def test_json_content_type_is_required(served):
     """A cross-origin page can send text/plain without a CORS preflight: refused."""
     _, client = served
     for ctype in ("text/plain", "application/x-www-form-urlencoded"):
-        status, _, err = client.post("/v1/completions", {"prompt": "x"},
-                                     headers={"Content-Type": ctype})
+        status, _, err = client.post(
+            "/v1/completions", {"prompt": "x"}, headers={"Content-Type": ctype}
+        )
         assert status == 415 and "Content-Type must be application/json" in err["error"]["message"]
-    status, _, _ = client.post("/v1/completions", {"prompt": "x", "max_tokens": 1},
-                               headers={"Content-Type": "application/json; charset=utf-8"})
+    status, _, _ = client.post(
+        "/v1/completions",
+        {"prompt": "x", "max_tokens": 1},
+        headers={"Content-Type": "application/json; charset=utf-8"},
+    )
     assert status == 200
 
 
@@ -208,7 +226,9 @@ def test_dtype(ckpt):
 
     engine = engine_mod.Engine.load(str(ckpt), "torch", dtype="bf16")
     assert engine.model.transformer.wte.weight.dtype == torch.bfloat16 and engine.dtype == "bf16"
-    result = engine.complete(engine.encode("Hello"), engine_mod.Sampling(max_tokens=3, temperature=0))
+    result = engine.complete(
+        engine.encode("Hello"), engine_mod.Sampling(max_tokens=3, temperature=0)
+    )
     assert len(result.token_ids) == 3
     with pytest.raises(ValueError, match="unknown dtype 'fp8'"):
         engine_mod.Engine.load(str(ckpt), "torch", dtype="fp8")
@@ -230,8 +250,10 @@ def test_concurrent_clients_get_their_own_answers(served):
     prompts = [f"Prompt number {i} says" for i in range(8)]
     alone = [greedy(client, p, 10) for p in prompts]
     seeded = {"max_tokens": 10, "temperature": 0.9, "top_p": 0.9, "seed": 11}
-    alone_sampled = [client.post("/v1/completions", {"prompt": p, **seeded})[2]["choices"][0]["text"]
-                     for p in prompts]
+    alone_sampled = [
+        client.post("/v1/completions", {"prompt": p, **seeded})[2]["choices"][0]["text"]
+        for p in prompts
+    ]
     got: dict = {}
     barrier = threading.Barrier(16)
 
@@ -240,8 +262,9 @@ def test_concurrent_clients_get_their_own_answers(served):
         if sample:
             r = client.post("/v1/completions", {"prompt": prompts[i], **seeded})
         else:
-            r = client.post("/v1/completions",
-                            {"prompt": prompts[i], "max_tokens": 10, "temperature": 0})
+            r = client.post(
+                "/v1/completions", {"prompt": prompts[i], "max_tokens": 10, "temperature": 0}
+            )
         got[i, sample] = r[2]["choices"][0]["text"]
 
     threads = [threading.Thread(target=run, args=(i, s)) for i in range(8) for s in (False, True)]
@@ -277,9 +300,12 @@ def test_plain_request_disconnect_stops_generation(served, slow_tokens):
     engine, client = served
     cancelled = engine.stats["cancelled"]
     conn = client.connect()
-    conn.request("POST", "/v1/completions", body=json.dumps(
-        {"prompt": "Tell me", "max_tokens": 50, "temperature": 0}),
-        headers={"Content-Type": "application/json"})
+    conn.request(
+        "POST",
+        "/v1/completions",
+        body=json.dumps({"prompt": "Tell me", "max_tokens": 50, "temperature": 0}),
+        headers={"Content-Type": "application/json"},
+    )
     wait_for(lambda: engine.busy)
     time.sleep(0.1)
     conn.close()
@@ -293,14 +319,22 @@ def test_queued_request_of_a_gone_client_never_runs(served, slow_tokens):
     engine, client = served
     stats = dict(engine.stats)
     first = client.connect()
-    first.request("POST", "/v1/completions", body=json.dumps(
-        {"prompt": "A long one", "max_tokens": 50, "temperature": 0, "stream": True}),
-        headers={"Content-Type": "application/json"})
+    first.request(
+        "POST",
+        "/v1/completions",
+        body=json.dumps(
+            {"prompt": "A long one", "max_tokens": 50, "temperature": 0, "stream": True}
+        ),
+        headers={"Content-Type": "application/json"},
+    )
     wait_for(lambda: engine.busy)
     second = client.connect()
-    second.request("POST", "/v1/completions", body=json.dumps(
-        {"prompt": "Queued", "max_tokens": 50, "temperature": 0}),
-        headers={"Content-Type": "application/json"})
+    second.request(
+        "POST",
+        "/v1/completions",
+        body=json.dumps({"prompt": "Queued", "max_tokens": 50, "temperature": 0}),
+        headers={"Content-Type": "application/json"},
+    )
     wait_for(lambda: engine.queued == 1)
     second.close()
     time.sleep(0.6)  # the server notices within its 0.25 s poll
@@ -316,11 +350,13 @@ def test_full_queue_answers_503(ckpt, slow_tokens):
         client = Client(url)
         body = json.dumps({"prompt": "Busy", "max_tokens": 50, "temperature": 0})
         running, waiting = client.connect(), client.connect()
-        running.request("POST", "/v1/completions", body=body,
-                        headers={"Content-Type": "application/json"})
+        running.request(
+            "POST", "/v1/completions", body=body, headers={"Content-Type": "application/json"}
+        )
         wait_for(lambda: engine.busy)
-        waiting.request("POST", "/v1/completions", body=body,
-                        headers={"Content-Type": "application/json"})
+        waiting.request(
+            "POST", "/v1/completions", body=body, headers={"Content-Type": "application/json"}
+        )
         wait_for(lambda: engine.queued == 1)
         status, _, err = client.post("/v1/completions", {"prompt": "x", "max_tokens": 2})
         assert status == 503 and err["error"]["code"] == "queue_full"
@@ -352,9 +388,23 @@ def test_gpt2_serve_command(ckpt, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "conversion", "serve", "--model", str(ckpt), "--port", str(port),
-         "--name", "tiny"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        [
+            sys.executable,
+            "-m",
+            "conversion",
+            "serve",
+            "--model",
+            str(ckpt),
+            "--port",
+            str(port),
+            "--name",
+            "tiny",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     try:
         line = proc.stdout.readline()
         assert f"tiny in torch (fp32) on http://127.0.0.1:{port}/" in line, line
@@ -368,8 +418,9 @@ def test_gpt2_serve_command(ckpt, tmp_path):
                 assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read()
                 time.sleep(0.1)
         assert status == 200 and h["model"] == "tiny"
-        status, _, body = client.post("/v1/completions", {"model": "tiny", "prompt": "Hi",
-                                                          "max_tokens": 3, "temperature": 0})
+        status, _, body = client.post(
+            "/v1/completions", {"model": "tiny", "prompt": "Hi", "max_tokens": 3, "temperature": 0}
+        )
         assert status == 200 and body["choices"][0]["finish_reason"] in ("length", "stop")
     finally:
         proc.send_signal(signal.SIGINT)
@@ -388,7 +439,9 @@ def test_gpt2_serve_reports_bad_checkpoints(tmp_path, capsys):
     small = tmp_path / "vocab257"
     cfg = tiny_config()
     checkpoint.save_pretrained(random_state_dict(cfg, "lm", seed=0, std=0.3), cfg, small, "lm")
-    with pytest.raises(FileNotFoundError, match="no tokenizer files .* not GPT-2's; pass --tokenizer"):
+    with pytest.raises(
+        FileNotFoundError, match="no tokenizer files .* not GPT-2's; pass --tokenizer"
+    ):
         engine_mod.load_tokenizer(str(small), cfg.vocab_size)
     with pytest.raises(ValueError, match="unknown framework 'mxnet'"):
         engine_mod.Engine.load(str(small), framework="mxnet")
@@ -399,8 +452,10 @@ def test_serve_modules_import_no_framework():
     import subprocess
     import sys
 
-    code = ("import sys, conversion.serve, conversion.serve.app, conversion.serve.engine; "
-            "print(','.join(m for m in ('torch', 'tensorflow', 'jax', 'flax', 'keras') "
-            "if m in sys.modules))")
+    code = (
+        "import sys, conversion.serve, conversion.serve.app, conversion.serve.engine; "
+        "print(','.join(m for m in ('torch', 'tensorflow', 'jax', 'flax', 'keras') "
+        "if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""

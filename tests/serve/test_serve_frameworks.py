@@ -41,9 +41,9 @@ def model_generate(engine, ids: list[int], **kwargs) -> str:
         import jax.numpy as jnp
 
         out = model.generate(jnp.array([ids], jnp.int32), **kwargs)
-    new = np.asarray(out)[0, len(ids):].tolist()
+    new = np.asarray(out)[0, len(ids) :].tolist()
     eos = engine.config.eos_token_id
-    return engine.tokenizer.decode(new[:new.index(eos)] if eos in new else new)
+    return engine.tokenizer.decode(new[: new.index(eos)] if eos in new else new)
 
 
 def complete(client: Client, **body) -> dict:
@@ -71,12 +71,14 @@ def test_greedy_equals_model_generate(served):
 def test_seeded_sampling_equals_model_generate(served):
     engine, client = served
     ids = engine.encode(PROMPT)
-    want = model_generate(engine, ids, max_new_tokens=20, do_sample=True, temperature=0.7,
-                          top_p=0.9, top_k=0, seed=5)
+    want = model_generate(
+        engine, ids, max_new_tokens=20, do_sample=True, temperature=0.7, top_p=0.9, top_k=0, seed=5
+    )
     body = complete(client, prompt=PROMPT, max_tokens=20, temperature=0.7, top_p=0.9, seed=5)
     assert body["choices"][0]["text"] == want
-    events = client.stream({"prompt": PROMPT, "max_tokens": 20, "temperature": 0.7,
-                            "top_p": 0.9, "seed": 5})
+    events = client.stream(
+        {"prompt": PROMPT, "max_tokens": 20, "temperature": 0.7, "top_p": 0.9, "seed": 5}
+    )
     assert streamed_texts(events) == {0: want}
 
 
@@ -84,9 +86,12 @@ def test_stop_strings(served):
     _, client = served
     full = complete(client, prompt=PROMPT, max_tokens=40, temperature=0)["choices"][0]["text"]
     # a 3-character stop string first occurring in the middle of the text
-    start = next(i for i in range(len(full) // 3, len(full) - 3)
-                 if full.find(full[i:i + 3]) == i and "\ufffd" not in full[i:i + 3])
-    stop = full[start:start + 3]
+    start = next(
+        i
+        for i in range(len(full) // 3, len(full) - 3)
+        if full.find(full[i : i + 3]) == i and "\ufffd" not in full[i : i + 3]
+    )
+    stop = full[start : start + 3]
     body = complete(client, prompt=PROMPT, max_tokens=40, temperature=0, stop=["@@@@", stop])
     (choice,) = body["choices"]
     assert choice["text"] == full[:start] and choice["finish_reason"] == "stop"
@@ -108,9 +113,12 @@ def test_stream_disconnect_stops_generation(served, monkeypatch):
     monkeypatch.setattr(engine_mod._TextStreamer, "put", slow_put)
     cancelled = engine.stats["cancelled"]
     conn = client.connect()
-    conn.request("POST", "/v1/completions", body=json.dumps(
-        {"prompt": PROMPT, "max_tokens": 50, "temperature": 0, "stream": True}),
-        headers={"Content-Type": "application/json"})
+    conn.request(
+        "POST",
+        "/v1/completions",
+        body=json.dumps({"prompt": PROMPT, "max_tokens": 50, "temperature": 0, "stream": True}),
+        headers={"Content-Type": "application/json"},
+    )
     r = conn.getresponse()
     assert r.status == 200
     assert r.readline().startswith(b"data: ")  # the first token arrived (de-chunked)
@@ -124,5 +132,6 @@ def test_stream_disconnect_stops_generation(served, monkeypatch):
     monkeypatch.undo()
     # the worker (and, in Flax, the compiled program) keep serving
     ids = engine.encode("after")
-    assert complete(client, prompt="after", max_tokens=4, temperature=0)["choices"][0]["text"] \
-        == model_generate(engine, ids, max_new_tokens=4)
+    assert complete(client, prompt="after", max_tokens=4, temperature=0)["choices"][0][
+        "text"
+    ] == model_generate(engine, ids, max_new_tokens=4)

@@ -63,16 +63,20 @@ def page(browser, served):
     assert response is not None and response.status == 200
     pg.wait_for_selector("#framework")
     # the header is filled from /health once the page has loaded
-    pg.wait_for_function("(document.getElementById('framework') || {}).textContent === 'torch'",
-                         timeout=60_000)
+    pg.wait_for_function(
+        "(document.getElementById('framework') || {}).textContent === 'torch'", timeout=60_000
+    )
     yield pg
     context.close()
     assert not errors, errors  # no JavaScript exceptions
 
 
 def set_range(pg, name: str, value) -> None:
-    pg.eval_on_selector(f"#{name}", "(el, v) => { el.value = v; "
-                        "el.dispatchEvent(new Event('input', {bubbles: true})); }", str(value))
+    pg.eval_on_selector(
+        f"#{name}",
+        "(el, v) => { el.value = v; el.dispatchEvent(new Event('input', {bubbles: true})); }",
+        str(value),
+    )
 
 
 def wait_done(pg, count: int) -> list[str]:
@@ -80,7 +84,10 @@ def wait_done(pg, count: int) -> list[str]:
     pg.wait_for_function(
         "n => { const li = [...document.querySelectorAll('#suggestions li')];"
         " return li.length === n && li.every(x => !x.classList.contains('pending')"
-        " && x.textContent.length > 0); }", arg=count, timeout=60_000)
+        " && x.textContent.length > 0); }",
+        arg=count,
+        timeout=60_000,
+    )
     return pg.eval_on_selector_all("#suggestions li", "els => els.map(e => e.textContent)")
 
 

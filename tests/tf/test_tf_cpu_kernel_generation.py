@@ -12,8 +12,9 @@ from gpt2_core import cpu_kernels
 from gpt2_core.streamers import CallbackStreamer
 from gpt2_tf import _cpu_kernels
 
-pytestmark = pytest.mark.skipif(cpu_kernels.load() is None,
-                                reason=f"CPU kernels: {cpu_kernels.status()}")
+pytestmark = pytest.mark.skipif(
+    cpu_kernels.load() is None, reason=f"CPU kernels: {cpu_kernels.status()}"
+)
 
 
 def _both(model, *args, **kw):
@@ -27,15 +28,25 @@ def _host_specs(model):
     return [spec for spec in model.__dict__.get("_gen_fns", {}) if spec.host]
 
 
-@pytest.mark.parametrize("kw", [
-    dict(max_new_tokens=9, eos_token_id=None),  # plain greedy: chosen on the host
-    dict(max_new_tokens=9, eos_token_id=[7, 11], min_new_tokens=3, pad_token_id=2),
-    dict(max_new_tokens=8, repetition_penalty=1.4, no_repeat_ngram_size=2, eos_token_id=None),
-    dict(max_new_tokens=8, do_sample=True, top_k=20, top_p=0.9, temperature=0.7, seed=3,
-         eos_token_id=None),
-    dict(max_new_tokens=7, num_beams=3, num_return_sequences=2, eos_token_id=None),
-    dict(max_new_tokens=7, num_beams=2, eos_token_id=5, length_penalty=0.5),
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(max_new_tokens=9, eos_token_id=None),  # plain greedy: chosen on the host
+        dict(max_new_tokens=9, eos_token_id=[7, 11], min_new_tokens=3, pad_token_id=2),
+        dict(max_new_tokens=8, repetition_penalty=1.4, no_repeat_ngram_size=2, eos_token_id=None),
+        dict(
+            max_new_tokens=8,
+            do_sample=True,
+            top_k=20,
+            top_p=0.9,
+            temperature=0.7,
+            seed=3,
+            eos_token_id=None,
+        ),
+        dict(max_new_tokens=7, num_beams=3, num_return_sequences=2, eos_token_id=None),
+        dict(max_new_tokens=7, num_beams=2, eos_token_id=5, length_penalty=0.5),
+    ],
+)
 def test_kernel_generation_equals_xla_loop(rng, kw):
     model = make_model("lm")[0]
     batch = ids_like(rng, (2, 6))
@@ -46,11 +57,14 @@ def test_kernel_generation_equals_xla_loop(rng, kw):
     assert _host_specs(model), "the kernel path did not run"
 
 
-@pytest.mark.parametrize("overrides", [
-    {"tie_word_embeddings": False},  # the LM head is a Dense kernel stored (C, V)
-    {"activation_function": "gelu", "scale_attn_by_inverse_layer_idx": True},
-    {"activation_function": "quick_gelu", "scale_attn_weights": False, "n_inner": 50},
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"tie_word_embeddings": False},  # the LM head is a Dense kernel stored (C, V)
+        {"activation_function": "gelu", "scale_attn_by_inverse_layer_idx": True},
+        {"activation_function": "quick_gelu", "scale_attn_weights": False, "n_inner": 50},
+    ],
+)
 def test_kernel_generation_honours_config(rng, overrides):
     model = make_model("lm", **overrides)[0]
     prompt = ids_like(rng, (1, 5))
@@ -65,8 +79,13 @@ def test_kernel_generation_streams_each_token(rng):
     prompt = ids_like(rng, (1, 4))
     for kw in (dict(), dict(repetition_penalty=1.3)):  # host greedy, and XLA token choice
         pieces = []
-        out = model.generate(prompt, max_new_tokens=5, eos_token_id=None,
-                             streamer=CallbackStreamer(pieces.append), **kw).numpy()[0]
+        out = model.generate(
+            prompt,
+            max_new_tokens=5,
+            eos_token_id=None,
+            streamer=CallbackStreamer(pieces.append),
+            **kw,
+        ).numpy()[0]
         assert [int(p[0]) for p in pieces] == out[4:].tolist()
 
 
@@ -83,7 +102,7 @@ def test_kernel_steps_aside(rng):
     model = make_model("lm")[0]
     assert _cpu_kernels.unsupported_reason(model, 1, 32) is None
     assert "rows" in _cpu_kernels.unsupported_reason(model, cpu_kernels.MAX_ROWS + 1, 32)
-    assert "n_positions" in _cpu_kernels.unsupported_reason(model, 1, 10 ** 6)
+    assert "n_positions" in _cpu_kernels.unsupported_reason(model, 1, 10**6)
     with cpu_kernels.disabled():
         assert "disabled" in _cpu_kernels.unsupported_reason(model, 1, 32)
     bf16 = make_model("lm", dtype="mixed_bfloat16")[0]

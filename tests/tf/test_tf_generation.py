@@ -43,7 +43,7 @@ def test_same_bucket_does_not_retrace_and_stops_at_eos(lm, rng):
     eos = int(out[8])
     stopped = lm.generate(prompt, max_new_tokens=6, eos_token_id=eos, pad_token_id=5).numpy()[0]
     first_eos = 7 + int(np.argmax(out[7:] == eos))
-    np.testing.assert_array_equal(stopped, out[:first_eos + 1])
+    np.testing.assert_array_equal(stopped, out[: first_eos + 1])
     # min_new_tokens suppresses EOS until 4 tokens exist
     longer = lm.generate(prompt, max_new_tokens=6, eos_token_id=eos, min_new_tokens=4).numpy()[0]
     assert len(longer) >= 11 and eos not in longer[7:11]
@@ -52,8 +52,15 @@ def test_same_bucket_does_not_retrace_and_stops_at_eos(lm, rng):
 
 def test_sampling_is_seeded_and_processors_apply(lm, rng):
     prompt = ids_like(rng, (1, 4))
-    kw = dict(do_sample=True, max_new_tokens=10, top_p=0.9, temperature=0.8,
-              repetition_penalty=1.3, no_repeat_ngram_size=2, eos_token_id=None)
+    kw = dict(
+        do_sample=True,
+        max_new_tokens=10,
+        top_p=0.9,
+        temperature=0.8,
+        repetition_penalty=1.3,
+        no_repeat_ngram_size=2,
+        eos_token_id=None,
+    )
     a = lm.generate(prompt, seed=7, **kw).numpy()[0]
     b = lm.generate(prompt, seed=7, **kw).numpy()[0]
     c = lm.generate(prompt, seed=8, **kw).numpy()[0]

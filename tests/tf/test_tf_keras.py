@@ -47,9 +47,12 @@ def test_fit_with_compiled_loss_and_targets(rng):
     load_canonical(model, random_state_dict(cfg, "sequence_classification", seed=1, std=0.3))
     x = {"input_ids": ids_like(rng, (8, 6))}
     y = rng.integers(0, 3, 8)
-    model.compile(optimizer=keras.optimizers.Adam(3e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"], jit_compile=False)
+    model.compile(
+        optimizer=keras.optimizers.Adam(3e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        jit_compile=False,
+    )
     hist = model.fit(x, y, batch_size=4, epochs=3, verbose=0, shuffle=False).history
     assert hist["loss"][-1] < hist["loss"][0] and "accuracy" in hist
 
@@ -64,8 +67,9 @@ def test_config_round_trip_and_keras_save_load(tmp_path, rng):
     model.save(path)
     loaded = keras.models.load_model(path)
     assert type(loaded) is GPT2LMHeadModel and TFGPT2LMHeadModel is GPT2LMHeadModel
-    np.testing.assert_array_equal(loaded(input_ids=ids).logits.numpy(),
-                                  model(input_ids=ids).logits.numpy())
+    np.testing.assert_array_equal(
+        loaded(input_ids=ids).logits.numpy(), model(input_ids=ids).logits.numpy()
+    )
 
 
 def test_saved_model_export_loads_without_our_packages(tmp_path, rng):
@@ -87,8 +91,9 @@ def test_saved_model_export_loads_without_our_packages(tmp_path, rng):
         out = sm.signatures["serving_default"](input_ids=ids, attention_mask=mask)
         np.save({str(tmp_path / "out.npy")!r}, out["logits"].numpy())
     """)
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=tmp_path, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     want = model(input_ids=ids, attention_mask=mask).logits.numpy()
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), want, atol=1e-5)
@@ -107,19 +112,24 @@ def test_save_and_from_pretrained(tmp_path, rng):
     base = GPT2Model.from_pretrained(tmp_path / "ckpt")  # head checkpoint into the base model
     np.testing.assert_allclose(
         base(input_ids=ids).last_hidden_state.numpy(),
-        model.transformer(input_ids=ids).last_hidden_state.numpy(), atol=1e-6)
+        model.transformer(input_ids=ids).last_hidden_state.numpy(),
+        atol=1e-6,
+    )
     cls = GPT2ForSequenceClassification.from_pretrained(tmp_path / "ckpt", num_labels=2)
     assert cls(input_ids=ids).logits.shape == (1, 2)
     assert np.abs(cls.score.kernel.numpy()).max() > 0  # new head got a random init
 
 
-@pytest.mark.skipif(importlib.util.find_spec("gpt2_core.formats.tf_h5") is None,
-                    reason="gpt2_core.formats.tf_h5 (the core h5 reader/writer) is not there yet")
+@pytest.mark.skipif(
+    importlib.util.find_spec("gpt2_core.formats.tf_h5") is None,
+    reason="gpt2_core.formats.tf_h5 (the core h5 reader/writer) is not there yet",
+)
 def test_tf_h5_round_trip(tmp_path, rng):
     model, _ = make_model("lm")
     ids = ids_like(rng, (1, 6))
     model.save_pretrained(tmp_path / "h5", tf_h5=True)
     assert (tmp_path / "h5" / "tf_model.h5").exists()
     again = GPT2LMHeadModel.from_pretrained(tmp_path / "h5", prefer="tf")
-    np.testing.assert_allclose(again(input_ids=ids).logits.numpy(),
-                               model(input_ids=ids).logits.numpy(), atol=1e-6)
+    np.testing.assert_allclose(
+        again(input_ids=ids).logits.numpy(), model(input_ids=ids).logits.numpy(), atol=1e-6
+    )

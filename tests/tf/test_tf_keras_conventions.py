@@ -20,10 +20,14 @@ CLASSES = {
     "GPT2ForTokenClassification": ("logits",),
     "GPT2ForQuestionAnswering": ("start_logits", "end_logits"),
 }
-HEADS = {"GPT2Model": "base", "GPT2LMHeadModel": "lm", "GPT2DoubleHeadsModel": "double_heads",
-         "GPT2ForSequenceClassification": "sequence_classification",
-         "GPT2ForTokenClassification": "token_classification",
-         "GPT2ForQuestionAnswering": "question_answering"}
+HEADS = {
+    "GPT2Model": "base",
+    "GPT2LMHeadModel": "lm",
+    "GPT2DoubleHeadsModel": "double_heads",
+    "GPT2ForSequenceClassification": "sequence_classification",
+    "GPT2ForTokenClassification": "token_classification",
+    "GPT2ForQuestionAnswering": "question_answering",
+}
 
 
 def _model(name):
@@ -49,21 +53,22 @@ def test_predict_returns_a_dict_of_arrays_equal_to_call(name):
             np.testing.assert_allclose(out[key], np.asarray(direct[key]), rtol=1e-5, atol=1e-5)
     # a dict of call arguments works too
     out = model.predict({"input_ids": x, "attention_mask": np.ones_like(x)}, verbose=0)
-    np.testing.assert_allclose(out[CLASSES[name][0]], np.asarray(direct[CLASSES[name][0]]),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        out[CLASSES[name][0]], np.asarray(direct[CLASSES[name][0]]), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_evaluate_reports_the_model_loss():
     model, x = _model("GPT2LMHeadModel"), _ids("GPT2LMHeadModel")
     model.compile(optimizer="adam")
-    got = model.evaluate({"input_ids": x, "labels": x}, batch_size=5, verbose=0,
-                         return_dict=True)
+    got = model.evaluate({"input_ids": x, "labels": x}, batch_size=5, verbose=0, return_dict=True)
     want = float(model(input_ids=x, labels=x, training=False).loss)
     assert got["loss"] == pytest.approx(want, rel=1e-5)
 
 
-@pytest.mark.parametrize("name", ["GPT2LMHeadModel", "GPT2ForQuestionAnswering",
-                                  "GPT2DoubleHeadsModel"])
+@pytest.mark.parametrize(
+    "name", ["GPT2LMHeadModel", "GPT2ForQuestionAnswering", "GPT2DoubleHeadsModel"]
+)
 def test_keras_export_after_a_call(name, tmp_path):
     model, x = _model(name), _ids(name)
     want = model(input_ids=tf.constant(x), training=False)  # called first: the failing case
@@ -73,5 +78,6 @@ def test_keras_export_after_a_call(name, tmp_path):
     for endpoint in (loaded.serve, loaded.signatures["serving_default"]):
         got = endpoint(input_ids=tf.constant(x), attention_mask=mask)
         for key in CLASSES[name]:
-            np.testing.assert_allclose(np.asarray(got[key]), np.asarray(want[key]),
-                                       rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(
+                np.asarray(got[key]), np.asarray(want[key]), rtol=1e-5, atol=1e-5
+            )

@@ -30,8 +30,12 @@ def test_tuple_outputs_keep_transformers_order(head, rng):
 
 def test_variable_names_are_canonical(lm):
     paths = {v.path.split("/", 1)[1] for v in lm.weights}  # drop the model's own name
-    assert {"transformer/wte/embeddings", "transformer/h_0/attn/c_attn/weight",
-            "transformer/h_1/mlp/c_proj/bias", "transformer/ln_f/gamma"} <= paths
+    assert {
+        "transformer/wte/embeddings",
+        "transformer/h_0/attn/c_attn/weight",
+        "transformer/h_1/mlp/c_proj/bias",
+        "transformer/ln_f/gamma",
+    } <= paths
     assert len(lm.weights) == len(naming.expected_shapes(lm.config, "lm")) - 1  # tied lm_head
 
 
@@ -58,8 +62,9 @@ def test_losses_match_numpy(rng):
 
     sc, _ = make_model("sequence_classification")
     out = sc(input_ids=ids, labels=np.array([0, 2]))
-    np.testing.assert_allclose(out.loss.numpy(), ce(out.logits.numpy(), np.array([0, 2])).mean(),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        out.loss.numpy(), ce(out.logits.numpy(), np.array([0, 2])).mean(), rtol=1e-5
+    )
     multi = sc(input_ids=ids, labels=np.array([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]], np.float32))
     x = multi.logits.numpy()
     y = np.array([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
@@ -68,14 +73,20 @@ def test_losses_match_numpy(rng):
 
     dh, _ = make_model("double_heads")
     out = dh(input_ids=ids[None], mc_token_ids=[[5, 3]], labels=ids[None], mc_labels=[1])
-    np.testing.assert_allclose(out.mc_loss.numpy(), ce(out.mc_logits.numpy(), np.array([1]))[0],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        out.mc_loss.numpy(), ce(out.mc_logits.numpy(), np.array([1]))[0], rtol=1e-5
+    )
     assert out.loss.shape == ()
 
 
 def test_flags_and_head_mask(rng):
-    cfg_flags = dict(scale_attn_by_inverse_layer_idx=True, reorder_and_upcast_attn=True,
-                     activation_function="quick_gelu", layer_norm_epsilon=1e-3, n_inner=50)
+    cfg_flags = dict(
+        scale_attn_by_inverse_layer_idx=True,
+        reorder_and_upcast_attn=True,
+        activation_function="quick_gelu",
+        layer_norm_epsilon=1e-3,
+        n_inner=50,
+    )
     a, _ = make_model("lm")
     b, _ = make_model("lm", **cfg_flags)
     ids = ids_like(rng, (1, 5))
@@ -116,7 +127,8 @@ def test_bad_inputs_raise_clear_errors(lm, rng):
         lm.generate(bad, max_new_tokens=2)
     # a user's own XLA function cannot raise (XLA drops Assert): the bad row becomes NaN
     xla_out = tf.function(lambda x: lm(input_ids=x).logits, jit_compile=True)(
-        tf.constant(np.array([[1, 2, 3], [1, 2, 300]], np.int32)))
+        tf.constant(np.array([[1, 2, 3], [1, 2, 300]], np.int32))
+    )
     assert np.isfinite(xla_out[0]).all() and np.isnan(xla_out[1]).all()
     with pytest.raises(ValueError, match="batch"):
         lm(input_ids=np.array([1, 2, 3], np.int32))
@@ -124,14 +136,19 @@ def test_bad_inputs_raise_clear_errors(lm, rng):
 
 def test_jit_call_matches_eager(lm, rng):
     ids = ids_like(rng, (2, 7))
-    np.testing.assert_allclose(lm.jit_call(input_ids=ids).logits.numpy(),
-                               lm(input_ids=ids).logits.numpy(), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(
+        lm.jit_call(input_ids=ids).logits.numpy(),
+        lm(input_ids=ids).logits.numpy(),
+        atol=1e-4,
+        rtol=1e-4,
+    )
 
 
 def test_inputs_embeds_and_token_types(lm, rng):
     ids = ids_like(rng, (1, 4))
     emb = tf.gather(lm.transformer.wte.embeddings, ids)
-    np.testing.assert_allclose(lm(inputs_embeds=emb).logits.numpy(),
-                               lm(input_ids=ids).logits.numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        lm(inputs_embeds=emb).logits.numpy(), lm(input_ids=ids).logits.numpy(), atol=1e-5
+    )
     tt = np.ones_like(ids)
     assert not np.allclose(lm(input_ids=ids, token_type_ids=tt).logits, lm(input_ids=ids).logits)

@@ -36,8 +36,7 @@ def tok(fast):
 def test_golden_ids_inside_tf_function(tok):
     f = tf.function(lambda x: tok(x)["input_ids"])
     out = f(tf.constant([c["text"] for c in CASES])).to_list()
-    bad = [(c["text"][:40], ids[:8], c["ids"][:8]) for c, ids in zip(CASES, out)
-           if ids != c["ids"]]
+    bad = [(c["text"][:40], ids[:8], c["ids"][:8]) for c, ids in zip(CASES, out) if ids != c["ids"]]
     assert not bad, f"{len(bad)} of {len(CASES)} differ, e.g. {bad[:3]}"
 
 
@@ -66,18 +65,28 @@ def test_config_round_trip_padding_and_scalar(tok, fast):
 def test_golden_ids_after_saved_model_reload(tok, tmp_path):
     root = tf.Module()
     root.tables = tok.tables  # the lookup tables travel with the SavedModel
-    root.tokenize = tf.function(lambda x: tok(x)["input_ids"].to_tensor(-1),
-                                input_signature=[tf.TensorSpec([None], tf.string)])
+    root.tokenize = tf.function(
+        lambda x: tok(x)["input_ids"].to_tensor(-1),
+        input_signature=[tf.TensorSpec([None], tf.string)],
+    )
     tf.saved_model.save(root, str(tmp_path / "tok"))
-    code = (f"import json, tensorflow as tf, sys\n"
-            f"f = tf.saved_model.load({str(tmp_path / 'tok')!r}).tokenize\n"
-            f"texts = json.loads(sys.stdin.read())\n"
-            f"rows = f(tf.constant(texts)).numpy().tolist()\n"
-            f"print(json.dumps([[i for i in r if i >= 0] for r in rows]))\n"
-            f"print('gpt2_tf' in sys.modules)\n")
-    p = subprocess.run([sys.executable, "-c", code], input=json.dumps([c["text"] for c in SHORT]),
-                       capture_output=True, text=True, timeout=600, cwd=tmp_path,
-                       env={**os.environ, "PYTHONPATH": ""})
+    code = (
+        f"import json, tensorflow as tf, sys\n"
+        f"f = tf.saved_model.load({str(tmp_path / 'tok')!r}).tokenize\n"
+        f"texts = json.loads(sys.stdin.read())\n"
+        f"rows = f(tf.constant(texts)).numpy().tolist()\n"
+        f"print(json.dumps([[i for i in r if i >= 0] for r in rows]))\n"
+        f"print('gpt2_tf' in sys.modules)\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code],
+        input=json.dumps([c["text"] for c in SHORT]),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": ""},
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     ids_line, loaded_ours = p.stdout.strip().splitlines()[-2:]
     assert loaded_ours == "False"  # a process without this package
@@ -85,8 +94,15 @@ def test_golden_ids_after_saved_model_reload(tok, tmp_path):
 
 
 def test_export_serving_with_tokenizer_string_in_text_out(fast, tmp_path):
-    cfg = GPT2Config(n_layer=2, n_embd=24, n_head=3, n_positions=64, resid_pdrop=0.0,
-                     embd_pdrop=0.0, attn_pdrop=0.0)
+    cfg = GPT2Config(
+        n_layer=2,
+        n_embd=24,
+        n_head=3,
+        n_positions=64,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     d = tmp_path / "ckpt"
     checkpoint.save_pretrained(random_state_dict(cfg, "lm", seed=0, std=0.3), cfg, d, "lm")
     model = GPT2LMHeadModel.from_pretrained(d)
@@ -96,14 +112,22 @@ def test_export_serving_with_tokenizer_string_in_text_out(fast, tmp_path):
     for text in prompts:
         ids = fast.encode(text)
         out = np.asarray(model.generate([ids], max_new_tokens=8))
-        expected.append(fast.decode(out[0, len(ids):], skip_special_tokens=True))
-    code = (f"import json, tensorflow as tf, sys\n"
-            f"f = tf.saved_model.load({str(tmp_path / 'serve')!r}).signatures['serving_default']\n"
-            f"out = f(text=tf.constant({prompts!r}))['generated_text'].numpy()\n"
-            f"print(json.dumps([t.decode() for t in out]))\n"
-            f"print('gpt2_tf' in sys.modules)\n")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       timeout=600, cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""})
+        expected.append(fast.decode(out[0, len(ids) :], skip_special_tokens=True))
+    code = (
+        f"import json, tensorflow as tf, sys\n"
+        f"f = tf.saved_model.load({str(tmp_path / 'serve')!r}).signatures['serving_default']\n"
+        f"out = f(text=tf.constant({prompts!r}))['generated_text'].numpy()\n"
+        f"print(json.dumps([t.decode() for t in out]))\n"
+        f"print('gpt2_tf' in sys.modules)\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": ""},
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     texts_line, loaded_ours = p.stdout.strip().splitlines()[-2:]
     assert loaded_ours == "False"

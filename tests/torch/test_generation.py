@@ -41,12 +41,12 @@ def test_left_padded_batch_equals_single_prompts(lm, ids):
     batch = torch.zeros(3, 7, dtype=torch.long)
     mask = torch.zeros(3, 7, dtype=torch.long)
     for i, p in enumerate(prompts):
-        batch[i, 7 - len(p):] = p
-        mask[i, 7 - len(p):] = 1
+        batch[i, 7 - len(p) :] = p
+        mask[i, 7 - len(p) :] = 1
     out = lm.generate(batch, attention_mask=mask, max_new_tokens=6)
     for i, p in enumerate(prompts):
         single = lm.generate(p[None], max_new_tokens=6)
-        assert torch.equal(out[i, 7:], single[0, len(p):]), i
+        assert torch.equal(out[i, 7:], single[0, len(p) :]), i
 
 
 def test_eos_stops_and_pads(lm, ids):
@@ -55,12 +55,12 @@ def test_eos_stops_and_pads(lm, ids):
     out = lm.generate(ids, max_new_tokens=8, eos_token_id=eos, pad_token_id=5)
     row0 = out[0, 9:]
     stop = (row0 == eos).nonzero()[0].item()
-    assert stop <= 2 and torch.all(row0[stop + 1:] == 5)
+    assert stop <= 2 and torch.all(row0[stop + 1 :] == 5)
     for i in range(3):  # rows are the free run up to their first EOS
         gen = out[i, 9:]
-        hit = (free[i, 9:9 + gen.shape[0]] == eos).nonzero()
+        hit = (free[i, 9 : 9 + gen.shape[0]] == eos).nonzero()
         end = hit[0].item() + 1 if len(hit) else gen.shape[0]
-        assert torch.equal(gen[:end], free[i, 9:9 + end])
+        assert torch.equal(gen[:end], free[i, 9 : 9 + end])
     # a list of EOS ids; stops as soon as every row has finished
     eos_list = [int(free[i, 9]) for i in range(3)]
     out = lm.generate(ids, max_new_tokens=8, eos_token_id=eos_list)
@@ -88,7 +88,9 @@ def test_sampling_is_seeded_and_warpers_behave(lm, ids):
     assert torch.equal(a, b) and not torch.equal(a, c)
     greedy = lm.generate(ids, max_new_tokens=10)
     for kw in ({"top_k": 1}, {"top_p": 1e-6}, {"temperature": 1e-4, "top_k": 0}):
-        assert torch.equal(lm.generate(ids, do_sample=True, max_new_tokens=10, seed=1, **kw), greedy)
+        assert torch.equal(
+            lm.generate(ids, do_sample=True, max_new_tokens=10, seed=1, **kw), greedy
+        )
     many = lm.generate(ids[:1], do_sample=True, max_new_tokens=5, num_return_sequences=4, seed=0)
     assert many.shape == (4, 14) and torch.all(many[:, :9] == ids[:1])
 
@@ -96,20 +98,27 @@ def test_sampling_is_seeded_and_warpers_behave(lm, ids):
 def _sequence_scores(model, seqs, prompt_len, length_penalty):
     with torch.no_grad():
         logp = F.log_softmax(model(seqs).logits[:, :-1].float(), -1)
-    tok = logp.gather(2, seqs[:, 1:, None])[..., 0][:, prompt_len - 1:]
+    tok = logp.gather(2, seqs[:, 1:, None])[..., 0][:, prompt_len - 1 :]
     return tok.sum(-1) / (seqs.shape[1] - prompt_len) ** length_penalty
 
 
 def test_beam_search_returns_sorted_beams_better_than_greedy(lm, ids):
-    out = lm.generate(ids[:1], num_beams=4, num_return_sequences=3, max_new_tokens=5,
-                      length_penalty=1.0)
+    out = lm.generate(
+        ids[:1], num_beams=4, num_return_sequences=3, max_new_tokens=5, length_penalty=1.0
+    )
     assert out.shape == (3, 14) and torch.all(out[:, :9] == ids[:1])
     scores = _sequence_scores(lm, out, 9, 1.0)
     assert torch.all(scores[:-1] >= scores[1:] - 1e-5)
     greedy = lm.generate(ids[:1], max_new_tokens=5)
     assert scores[0] >= _sequence_scores(lm, greedy, 9, 1.0)[0] - 1e-5
-    batched = lm.generate(ids, num_beams=3, max_new_tokens=4, early_stopping=True,
-                          eos_token_id=[int(greedy[0, 10])], pad_token_id=0)
+    batched = lm.generate(
+        ids,
+        num_beams=3,
+        max_new_tokens=4,
+        early_stopping=True,
+        eos_token_id=[int(greedy[0, 10])],
+        pad_token_id=0,
+    )
     assert batched.shape[0] == 3
 
 
@@ -146,8 +155,10 @@ def test_generation_errors(lm, ids):
     assert torch.equal(lm.generate(ids, max_new_tokens=0), ids)
 
 
-@pytest.mark.skipif(not os.environ.get("GPT2_TEST_COMPILE"),
-                    reason="torch.compile takes ~1-2 min on 2 CPU cores; set GPT2_TEST_COMPILE=1")
+@pytest.mark.skipif(
+    not os.environ.get("GPT2_TEST_COMPILE"),
+    reason="torch.compile takes ~1-2 min on 2 CPU cores; set GPT2_TEST_COMPILE=1",
+)
 def test_compiled_step_matches_eager(lm, ids):
     eager = lm.generate(ids, max_new_tokens=5)
     assert torch.equal(lm.generate(ids, max_new_tokens=5, compile=True), eager)
@@ -169,14 +180,21 @@ def test_cross_attention_generate_equals_full_forwards(num_beams):
     ids = torch.randint(1, 257, (2, 4), generator=g)
     enc = torch.randn(2, 3, model.config.n_embd, generator=g)
     enc_mask = torch.tensor([[1, 1, 1], [0, 1, 1]])
-    out = model.generate(ids, max_new_tokens=4, num_beams=num_beams, eos_token_id=None,
-                         encoder_hidden_states=enc, encoder_attention_mask=enc_mask)
+    out = model.generate(
+        ids,
+        max_new_tokens=4,
+        num_beams=num_beams,
+        eos_token_id=None,
+        encoder_hidden_states=enc,
+        encoder_attention_mask=enc_mask,
+    )
     if num_beams == 1:  # greedy: each token is the argmax of a full no-cache forward
         seq = ids
         with torch.no_grad():
             for _ in range(4):
-                logits = model(seq, encoder_hidden_states=enc,
-                               encoder_attention_mask=enc_mask).logits[:, -1]
+                logits = model(
+                    seq, encoder_hidden_states=enc, encoder_attention_mask=enc_mask
+                ).logits[:, -1]
                 seq = torch.cat([seq, logits.argmax(-1, keepdim=True)], dim=1)
         assert torch.equal(out, seq)
     else:

@@ -17,8 +17,11 @@ from harness import adapter, assert_close
 from gpt2_core import naming
 from gpt2_core.config import GPT2Config
 
-MAIN = {"GPT2Model": "last_hidden_state", "GPT2ForQuestionAnswering": "start_logits",
-        "GPT2DoubleHeadsModel": "mc_logits"}
+MAIN = {
+    "GPT2Model": "last_hidden_state",
+    "GPT2ForQuestionAnswering": "start_logits",
+    "GPT2DoubleHeadsModel": "mc_logits",
+}
 
 
 @functools.cache
@@ -31,9 +34,13 @@ def _model(case_name: str, head_class: str):
     return adapter("torch").build(cfg, head, sd)
 
 
-RUNS = [pytest.param(c, h, s, id=f"{c}-{h}-{s}") for c in golden.list_cases()
-        for h in golden.load_case(c).heads for s in golden.load_case(c).scenarios
-        if f"{h}/{s}" in golden.load_case(c).meta["runs"]]
+RUNS = [
+    pytest.param(c, h, s, id=f"{c}-{h}-{s}")
+    for c in golden.list_cases()
+    for h in golden.load_case(c).heads
+    for s in golden.load_case(c).scenarios
+    if f"{h}/{s}" in golden.load_case(c).meta["runs"]
+]
 
 
 @pytest.mark.parametrize(("case_name", "head", "scenario"), RUNS)
@@ -48,8 +55,9 @@ def test_sdpa_path_matches_transformers(case_name, head, scenario):
     ref = case.get(head, scenario, main)
     if head not in ("GPT2ForSequenceClassification", "GPT2DoubleHeadsModel"):
         valid = case.valid_mask(head, scenario)
-        valid = np.broadcast_to(valid.reshape(valid.shape + (1,) * (ref.ndim - valid.ndim)),
-                                ref.shape)
+        valid = np.broadcast_to(
+            valid.reshape(valid.shape + (1,) * (ref.ndim - valid.ndim)), ref.shape
+        )
         ours, ref = ours[valid], ref[valid]
     assert_close(ours, ref, f"{case_name} {head} {scenario} {main} (SDPA)")
 
@@ -65,6 +73,7 @@ def test_beam_search_scores_match_transformers(case_name):
         kwargs["encoder_hidden_states"] = t(case.golden["inputs/encoder_hidden_states"])
         kwargs["encoder_attention_mask"] = t(case.golden["inputs/encoder_attention_mask"])
     out = _model(case_name, "GPT2LMHeadModel").generate(
-        t(rec["input_ids"]), attention_mask=t(rec["attention_mask"]), **kwargs)
+        t(rec["input_ids"]), attention_mask=t(rec["attention_mask"]), **kwargs
+    )
     np.testing.assert_array_equal(out.sequences.numpy(), rec["sequences"])
     assert_close(out.sequences_scores.numpy(), rec["sequences_scores"], f"{case_name} scores")

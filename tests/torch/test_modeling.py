@@ -86,7 +86,9 @@ def test_flags_change_the_output(ids):
 def test_inverse_layer_idx_scales_layer_two_only(ids):
     # layer 0 divides by 1, so its attention weights are unchanged; layer 1's differ
     a = make_model("lm")(ids, output_attentions=True).attentions
-    b = make_model("lm", scale_attn_by_inverse_layer_idx=True)(ids, output_attentions=True).attentions
+    b = make_model("lm", scale_attn_by_inverse_layer_idx=True)(
+        ids, output_attentions=True
+    ).attentions
     _close(a[0], b[0])
     assert (a[1] - b[1]).abs().max() > 1e-3
 
@@ -110,8 +112,12 @@ def test_every_activation(act, ids):
     y = model.h[0].mlp.act(x)
     expected = {
         "gelu": 0.5 * x * (1 + torch.erf(x / math.sqrt(2))),
-        "relu": x.clamp(min=0), "silu": x * torch.sigmoid(x), "swish": x * torch.sigmoid(x),
-        "tanh": torch.tanh(x), "sigmoid": torch.sigmoid(x), "linear": x,
+        "relu": x.clamp(min=0),
+        "silu": x * torch.sigmoid(x),
+        "swish": x * torch.sigmoid(x),
+        "tanh": torch.tanh(x),
+        "sigmoid": torch.sigmoid(x),
+        "linear": x,
         "quick_gelu": x * torch.sigmoid(1.702 * x),
     }.get(act, 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))))
     _close(y, expected, atol=1e-6)
@@ -154,8 +160,9 @@ def test_problem_types_are_inferred_and_stored(ids):
     model = make_model("sequence_classification")
     out = model(ids, labels=torch.tensor([[1.0, 0, 1], [0, 0, 1], [1, 1, 1]]))
     assert model.config.problem_type == "multi_label_classification"
-    ref = torch.nn.functional.binary_cross_entropy_with_logits(out.logits, torch.tensor(
-        [[1.0, 0, 1], [0, 0, 1], [1, 1, 1]]))
+    ref = torch.nn.functional.binary_cross_entropy_with_logits(
+        out.logits, torch.tensor([[1.0, 0, 1], [0, 0, 1], [1, 1, 1]])
+    )
     _close(out.loss, ref)
     model = make_model("sequence_classification", num_labels=1)
     out = model(ids, labels=torch.tensor([0.5, -1.0, 2.0]))
@@ -165,7 +172,9 @@ def test_problem_types_are_inferred_and_stored(ids):
 
 def test_question_answering_clamps_positions(ids):
     model = make_model("question_answering")
-    out = model(ids, start_positions=torch.tensor([1, 50, 3]), end_positions=torch.tensor([2, 4, -5]))
+    out = model(
+        ids, start_positions=torch.tensor([1, 50, 3]), end_positions=torch.tensor([2, 4, -5])
+    )
     T = ids.shape[1]
     s = torch.nn.functional.cross_entropy(out.start_logits, torch.tensor([1, T, 3]), ignore_index=T)
     e = torch.nn.functional.cross_entropy(out.end_logits, torch.tensor([2, 4, 0]), ignore_index=T)
@@ -191,7 +200,9 @@ def test_token_classification_loss(ids):
     labels = ids % 3
     labels[:, 0] = -100
     out = model(ids, labels=labels)
-    _close(out.loss, torch.nn.functional.cross_entropy(out.logits.reshape(-1, 3), labels.reshape(-1)))
+    _close(
+        out.loss, torch.nn.functional.cross_entropy(out.logits.reshape(-1, 3), labels.reshape(-1))
+    )
 
 
 # ----------------------------------------------------------------------------- other inputs
@@ -214,8 +225,13 @@ def test_cross_attention(ids):
     model = make_model("lm", add_cross_attention=True)
     enc = torch.randn(3, 4, 36)
     enc_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])
-    out = model(ids, encoder_hidden_states=enc, encoder_attention_mask=enc_mask,
-                output_attentions=True, use_cache=True)
+    out = model(
+        ids,
+        encoder_hidden_states=enc,
+        encoder_attention_mask=enc_mask,
+        output_attentions=True,
+        use_cache=True,
+    )
     assert len(out.cross_attentions) == 2 and out.cross_attentions[0].shape == (3, 3, 9, 4)
     assert torch.all(out.cross_attentions[0][1, :, :, 2:] == 0)
     assert len(out.past_key_values[0]) == 4
@@ -225,9 +241,15 @@ def test_cross_attention(ids):
     out2 = model(ids, encoder_hidden_states=enc2, encoder_attention_mask=enc_mask)
     _close(out2.logits[1], out.logits[1])
     # cached decoding reuses the encoder keys
-    a = model(ids[:, :5], encoder_hidden_states=enc, encoder_attention_mask=enc_mask, use_cache=True)
-    b = model(ids[:, 5:], encoder_hidden_states=enc, encoder_attention_mask=enc_mask,
-              past_key_values=a.past_key_values)
+    a = model(
+        ids[:, :5], encoder_hidden_states=enc, encoder_attention_mask=enc_mask, use_cache=True
+    )
+    b = model(
+        ids[:, 5:],
+        encoder_hidden_states=enc,
+        encoder_attention_mask=enc_mask,
+        past_key_values=a.past_key_values,
+    )
     _close(torch.cat([a.logits, b.logits], 1), out.logits)
     with pytest.raises(ValueError, match="cross-attention"):
         make_model("lm")(ids, encoder_hidden_states=enc)

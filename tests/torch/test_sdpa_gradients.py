@@ -23,8 +23,10 @@ def test_left_padded_gradients_without_output_attentions(case_name):
     model = MODEL_CLASSES["lm"](cfg)
     weights.load_canonical(model, sd)
     model.eval()
-    inp = {k: torch.from_numpy(np.array(v)).long()
-           for k, v in case.inputs("GPT2LMHeadModel", "left_pad").items()}
+    inp = {
+        k: torch.from_numpy(np.array(v)).long()
+        for k, v in case.inputs("GPT2LMHeadModel", "left_pad").items()
+    }
     model(**inp).loss.backward()  # no output_attentions: the SDPA configuration
     params = dict(model.named_parameters())
     checked = 0

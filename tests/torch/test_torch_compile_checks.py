@@ -21,8 +21,7 @@ def test_forward_has_no_graph_break():
 
 def test_compiled_forward_still_refuses_bad_ids():
     model = GPT2LMHeadModel(tiny_config()).eval()
-    fwd = torch.compile(lambda ids: model(input_ids=ids, use_cache=False).logits,
-                        backend="eager")
+    fwd = torch.compile(lambda ids: model(input_ids=ids, use_cache=False).logits, backend="eager")
     assert fwd(torch.tensor([[1, 2]])).shape == (1, 2, 257)
     with pytest.raises(RuntimeError, match="input_ids contains ids outside"):
         fwd(torch.tensor([[1, 999]]))

@@ -103,15 +103,22 @@ def _decode_both(model, ids, mask, steps=4, nt=1):
 
 
 @pytest.mark.parametrize("nt", [1, 2])
-@pytest.mark.parametrize("overrides", [
-    {},
-    {"activation_function": "gelu"},
-    {"activation_function": "relu", "scale_attn_by_inverse_layer_idx": True},
-    {"activation_function": "quick_gelu", "scale_attn_weights": False},
-    {"activation_function": "silu", "reorder_and_upcast_attn": True, "layer_norm_epsilon": 1e-3},
-    {"n_inner": 50, "activation_function": "tanh"},
-    {"tie_word_embeddings": False},
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"activation_function": "gelu"},
+        {"activation_function": "relu", "scale_attn_by_inverse_layer_idx": True},
+        {"activation_function": "quick_gelu", "scale_attn_weights": False},
+        {
+            "activation_function": "silu",
+            "reorder_and_upcast_attn": True,
+            "layer_norm_epsilon": 1e-3,
+        },
+        {"n_inner": 50, "activation_function": "tanh"},
+        {"tie_word_embeddings": False},
+    ],
+)
 def test_fused_step_equals_torch_modules(nt, overrides):
     model = make_model("lm", **overrides)
     g = torch.Generator().manual_seed(3)
@@ -136,25 +143,31 @@ def test_fused_step_not_used_where_unsupported():
     assert "training" in K.DecodeStep.unsupported_reason(model, cache, 1)
     model.eval()
     assert "cross" in K.DecodeStep.unsupported_reason(
-        make_model("lm", add_cross_attention=True), cache, 1)
+        make_model("lm", add_cross_attention=True), cache, 1
+    )
     assert K.DecodeStep.unsupported_reason(make_model("lm").to(torch.bfloat16), cache, 1) is None
     bf16_cache = StaticCache.allocate(model.config, 1, 8, torch.bfloat16)
     assert "cache not float32" in K.DecodeStep.unsupported_reason(model, bf16_cache, 1)
     assert "float32 or all bfloat16" in K.DecodeStep.unsupported_reason(
-        make_model("lm").to(torch.float16), cache, 1)
+        make_model("lm").to(torch.float16), cache, 1
+    )
     mixed = make_model("lm")
     mixed.transformer.h[0].mlp.c_fc.weight.data = mixed.transformer.h[0].mlp.c_fc.weight.data.to(
-        torch.bfloat16)
+        torch.bfloat16
+    )
     assert "float32 or all bfloat16" in K.DecodeStep.unsupported_reason(mixed, cache, 1)
     with K.disabled():
         assert "disabled" in K.DecodeStep.unsupported_reason(model, cache, 1)
 
 
-@pytest.mark.parametrize("kw", [
-    dict(max_new_tokens=10),
-    dict(max_new_tokens=8, num_beams=3, num_return_sequences=2),
-    dict(max_new_tokens=8, repetition_penalty=1.5, no_repeat_ngram_size=2),
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(max_new_tokens=10),
+        dict(max_new_tokens=8, num_beams=3, num_return_sequences=2),
+        dict(max_new_tokens=8, repetition_penalty=1.5, no_repeat_ngram_size=2),
+    ],
+)
 def test_generate_same_tokens_with_and_without_kernels(kw):
     model = make_model("lm")
     g = torch.Generator().manual_seed(5)
@@ -235,7 +248,9 @@ def test_bf16_model_decodes_on_the_kernel_equal_to_fp32_modules_over_its_weights
         assert ref.fused is None
         tok = fast.prefill(ids).float().argmax(-1)
         ref.prefill(ids)
-        for a, b in zip([*fast.cache.keys, *fast.cache.values], [*ref.cache.keys, *ref.cache.values]):
+        for a, b in zip(
+            [*fast.cache.keys, *fast.cache.values], [*ref.cache.keys, *ref.cache.values]
+        ):
             b.copy_(a)  # the same state: only the steps are compared
         for _ in range(3):
             got = fast.step(tok)

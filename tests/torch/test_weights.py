@@ -47,8 +47,9 @@ def test_bfloat16_bridge():
     assert str(sd["transformer.wte.weight"].dtype) == "bfloat16"
     other = make_model("lm", seed=5).to(torch.bfloat16)
     weights.load_canonical(other, sd)
-    assert torch.equal(other.transformer.h[0].attn.c_attn.weight,
-                       model.transformer.h[0].attn.c_attn.weight)
+    assert torch.equal(
+        other.transformer.h[0].attn.c_attn.weight, model.transformer.h[0].attn.c_attn.weight
+    )
 
 
 # ----------------------------------------------------------------------------- save / load
@@ -103,12 +104,16 @@ def test_base_checkpoint_into_heads(tmp_path, ids):
     assert lm.load_report.newly_initialized == []  # the tied head comes from wte
     _close(lm.transformer(ids).last_hidden_state, base(ids).last_hidden_state)
     dh = GPT2DoubleHeadsModel.from_pretrained(tmp_path)
-    assert set(dh.load_report.newly_initialized) == {"multiple_choice_head.summary.weight",
-                                                     "multiple_choice_head.summary.bias"}
+    assert set(dh.load_report.newly_initialized) == {
+        "multiple_choice_head.summary.weight",
+        "multiple_choice_head.summary.bias",
+    }
     # and a head checkpoint into the base model drops the head
     lm.save_pretrained(tmp_path / "lm")
-    _close(GPT2Model.from_pretrained(tmp_path / "lm")(ids).last_hidden_state,
-           base(ids).last_hidden_state)
+    _close(
+        GPT2Model.from_pretrained(tmp_path / "lm")(ids).last_hidden_state,
+        base(ids).last_hidden_state,
+    )
 
 
 def test_mismatched_checkpoint_raises(tmp_path):

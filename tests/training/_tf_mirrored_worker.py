@@ -18,5 +18,6 @@ strategy = make_strategy("mirrored")
 assert strategy.num_replicas_in_sync == 2
 with strategy.scope():
     model = H.fresh_model("tf")
-H.train_fn("tf")(model, *H.datasets(corpus), H.train_config(), out, strategy=strategy,
-                 progress=False)
+H.train_fn("tf")(
+    model, *H.datasets(corpus), H.train_config(), out, strategy=strategy, progress=False
+)

@@ -15,13 +15,33 @@ data = H.datasets(corpus)
 train = H.train_fn("torch")
 dist.init_process_group("gloo")
 try:
-    train(H.fresh_model("torch"), *data, H.train_config(), root / "ddp", strategy="ddp",
-          progress=False)
+    train(
+        H.fresh_model("torch"),
+        *data,
+        H.train_config(),
+        root / "ddp",
+        strategy="ddp",
+        progress=False,
+    )
     with contextlib.suppress(H.Crash):
-        train(H.fresh_model("torch"), *data, H.train_config(), root / "fsdp", strategy="fsdp",
-              progress=False, on_step=H.crash_at(13))
+        train(
+            H.fresh_model("torch"),
+            *data,
+            H.train_config(),
+            root / "fsdp",
+            strategy="fsdp",
+            progress=False,
+            on_step=H.crash_at(13),
+        )
     dist.barrier()
-    train(H.fresh_model("torch", seed=99), *data, H.train_config(), root / "fsdp",
-          strategy="fsdp", resume=True, progress=False)
+    train(
+        H.fresh_model("torch", seed=99),
+        *data,
+        H.train_config(),
+        root / "fsdp",
+        strategy="fsdp",
+        resume=True,
+        progress=False,
+    )
 finally:
     dist.destroy_process_group()

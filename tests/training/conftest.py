@@ -31,8 +31,11 @@ def _jax_compile_cache(tmp_path_factory):
     except ImportError:
         yield
         return
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
+    names = (
+        "jax_compilation_cache_dir",
+        "jax_persistent_cache_min_compile_time_secs",
+        "jax_persistent_cache_min_entry_size_bytes",
+    )
     before = {n: getattr(jax.config, n) for n in names}
     jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
@@ -57,21 +60,22 @@ def torch_run(data, tmp_path_factory):
     """The reference torch run: (out dir, result)."""
     pytest.importorskip("torch")
     out = tmp_path_factory.mktemp("torch_run")
-    return out, H.train_fn("torch")(H.fresh_model("torch"), *data, H.train_config(), out,
-                                    progress=False)
+    return out, H.train_fn("torch")(
+        H.fresh_model("torch"), *data, H.train_config(), out, progress=False
+    )
 
 
 @pytest.fixture(scope="session")
 def tf_run(data, tmp_path_factory):
     pytest.importorskip("tensorflow")
     out = tmp_path_factory.mktemp("tf_run")
-    return out, H.train_fn("tf")(H.fresh_model("tf"), *data, H.train_config(), out,
-                                 progress=False)
+    return out, H.train_fn("tf")(H.fresh_model("tf"), *data, H.train_config(), out, progress=False)
 
 
 @pytest.fixture(scope="session")
 def flax_run(data, tmp_path_factory):
     pytest.importorskip("flax")
     out = tmp_path_factory.mktemp("flax_run")
-    return out, H.train_fn("flax")(H.fresh_model("flax"), *data, H.train_config(), out,
-                                   progress=False)
+    return out, H.train_fn("flax")(
+        H.fresh_model("flax"), *data, H.train_config(), out, progress=False
+    )

@@ -25,20 +25,40 @@ def _train(capsys, *argv):
 
 
 def _base(model_dir, data, out, *extra):
-    return ["--framework", "torch", "--model", model_dir, "--data", data, "--tokenizer", "bytes",
-            "--block-size", 16, "--batch-size", 4, "--steps", 2, "--no-progress", out, *extra]
+    return [
+        "--framework",
+        "torch",
+        "--model",
+        model_dir,
+        "--data",
+        data,
+        "--tokenizer",
+        "bytes",
+        "--block-size",
+        16,
+        "--batch-size",
+        4,
+        "--steps",
+        2,
+        "--no-progress",
+        out,
+        *extra,
+    ]
 
 
-@pytest.mark.parametrize("case,message", [
-    ("missing", "does not exist"),
-    ("empty", "is empty"),
-    ("glob", "no file matches"),
-    ("block", "exceeds the model's n_positions"),
-    ("unwritable", "not writable"),
-    ("gpt2_tokenizer", "--tokenizer bytes"),
-    ("strategy", "is not one of"),
-    ("tiny_text", "too few"),
-])
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("missing", "does not exist"),
+        ("empty", "is empty"),
+        ("glob", "no file matches"),
+        ("block", "exceeds the model's n_positions"),
+        ("unwritable", "not writable"),
+        ("gpt2_tokenizer", "--tokenizer bytes"),
+        ("strategy", "is not one of"),
+        ("tiny_text", "too few"),
+    ],
+)
 def test_bad_input_fails_before_training(case, message, model_dir, corpus, tmp_path, capsys):
     data, out, extra = corpus, tmp_path / "out", []
     if case == "missing":
@@ -90,10 +110,34 @@ def test_end_to_end_from_scratch_with_the_gpt2_tokenizer(tmp_path, corpus, capsy
     model.mkdir()
     cfg.save_pretrained(model)
     out = tmp_path / "out"
-    code, cap = _train(capsys, "--framework", "torch", "--model", model, "--from-scratch",
-                       "--data", corpus, "--block-size", 16, "--batch-size", 4, "--steps", 4,
-                       "--eval-every", 2, "--save-every", 2, "--warmup-steps", 1, "--lr", 3e-3,
-                       "--precision", "bf16", "--no-progress", out)
+    code, cap = _train(
+        capsys,
+        "--framework",
+        "torch",
+        "--model",
+        model,
+        "--from-scratch",
+        "--data",
+        corpus,
+        "--block-size",
+        16,
+        "--batch-size",
+        4,
+        "--steps",
+        4,
+        "--eval-every",
+        2,
+        "--save-every",
+        2,
+        "--warmup-steps",
+        1,
+        "--lr",
+        3e-3,
+        "--precision",
+        "bf16",
+        "--no-progress",
+        out,
+    )
     assert code == 0, cap.err
     assert "trained steps 1-4" in cap.out
     records = H.metrics(out)
@@ -101,10 +145,35 @@ def test_end_to_end_from_scratch_with_the_gpt2_tokenizer(tmp_path, corpus, capsy
     assert records[-1]["eval_loss"] < records[0]["loss"]
     assert (out / "last").read_text().strip() == "checkpoint-4"
     # resuming a finished run has nothing to do
-    code, cap = _train(capsys, "--framework", "torch", "--model", model, "--from-scratch",
-                       "--data", corpus, "--block-size", 16, "--batch-size", 4, "--steps", 4,
-                       "--eval-every", 2, "--save-every", 2, "--warmup-steps", 1, "--lr", 3e-3,
-                       "--precision", "bf16", "--resume", "--no-progress", out)
+    code, cap = _train(
+        capsys,
+        "--framework",
+        "torch",
+        "--model",
+        model,
+        "--from-scratch",
+        "--data",
+        corpus,
+        "--block-size",
+        16,
+        "--batch-size",
+        4,
+        "--steps",
+        4,
+        "--eval-every",
+        2,
+        "--save-every",
+        2,
+        "--warmup-steps",
+        1,
+        "--lr",
+        3e-3,
+        "--precision",
+        "bf16",
+        "--resume",
+        "--no-progress",
+        out,
+    )
     assert code == 0 and "nothing to do" in cap.out
     # the final model in OUT loads in every backend and gives the same logits
     ids = np.array([[464, 2068, 7586, 21831]])

@@ -52,5 +52,9 @@ def test_metrics_and_outputs(torch_run):
     assert (out / "last").read_text().strip() == "checkpoint-20"
     for step in (10, 20):
         ck = out / f"checkpoint-{step}"
-        assert {p.name for p in ck.iterdir()} >= {"config.json", "model.safetensors",
-                                                  "optimizer.safetensors", "trainer_state.json"}
+        assert {p.name for p in ck.iterdir()} >= {
+            "config.json",
+            "model.safetensors",
+            "optimizer.safetensors",
+            "trainer_state.json",
+        }

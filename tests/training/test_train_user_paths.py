@@ -36,8 +36,9 @@ def _parse(*argv):
 # ----------------------------------------------------------------------------- argument order
 def test_out_after_data_is_found(tmp_path):
     """The README's order: ``--data "notes/*.txt" out/ --steps 20`` (argparse gives OUT to --data)."""
-    args = _parse("--framework", "torch", "--model", "ckpt", "--data", "notes/*.txt", "out/",
-                  "--steps", 20)
+    args = _parse(
+        "--framework", "torch", "--model", "ckpt", "--data", "notes/*.txt", "out/", "--steps", 20
+    )
     assert args.out == "out/" and args.data == ["notes/*.txt"] and args.steps == 20
     # OUT first, OUT as an option, several --data values, --data repeated
     assert _parse("out", "--framework", "tf", "--model", "m", "--data", "a.txt").out == "out"
@@ -74,17 +75,37 @@ def test_default_warmup_fits_the_run():
 
 # ----------------------------------------------------------------------------- CLI end to end
 @pytest.mark.parametrize("framework", FRAMEWORKS)
-def test_documented_command_with_dropout_in_every_framework(framework, model_dir, corpus,
-                                                             tmp_path, capsys):
+def test_documented_command_with_dropout_in_every_framework(
+    framework, model_dir, corpus, tmp_path, capsys
+):
     """``gpt2 train --framework F --model ckpt --data DATA out/ --steps N --dropout 0.1``: the
     README's order, real dropout (Flax crashed on it), a warm-up chosen for the run, and the
     same files in OUT from every framework."""
     pytest.importorskip({"torch": "torch", "tf": "tensorflow", "flax": "flax"}[framework])
     out = tmp_path / "out"
-    code = cli.main(["train", "--framework", framework, "--model", str(model_dir), "--data",
-                     str(corpus), str(out), "--steps", "3", "--tokenizer", "bytes",
-                     "--block-size", "16", "--batch-size", "2", "--dropout", "0.1",
-                     "--no-progress"])
+    code = cli.main(
+        [
+            "train",
+            "--framework",
+            framework,
+            "--model",
+            str(model_dir),
+            "--data",
+            str(corpus),
+            str(out),
+            "--steps",
+            "3",
+            "--tokenizer",
+            "bytes",
+            "--block-size",
+            "16",
+            "--batch-size",
+            "2",
+            "--dropout",
+            "0.1",
+            "--no-progress",
+        ]
+    )
     cap = capsys.readouterr()
     assert code == 0, cap.err
     assert "trained steps 1-3" in cap.out and "warm-up 1 steps" in cap.out
@@ -95,10 +116,30 @@ def test_documented_command_with_dropout_in_every_framework(framework, model_dir
     losses = [r["loss"] for r in H.metrics(out)]
     assert len(losses) == 3 and all(np.isfinite(losses))
     # --resume with another --steps is refused, naming both values
-    code = cli.main(["train", "--framework", framework, "--model", str(model_dir), "--data",
-                     str(corpus), str(out), "--steps", "5", "--tokenizer", "bytes",
-                     "--block-size", "16", "--batch-size", "2", "--dropout", "0.1",
-                     "--no-progress", "--resume"])
+    code = cli.main(
+        [
+            "train",
+            "--framework",
+            framework,
+            "--model",
+            str(model_dir),
+            "--data",
+            str(corpus),
+            str(out),
+            "--steps",
+            "5",
+            "--tokenizer",
+            "bytes",
+            "--block-size",
+            "16",
+            "--batch-size",
+            "2",
+            "--dropout",
+            "0.1",
+            "--no-progress",
+            "--resume",
+        ]
+    )
     cap = capsys.readouterr()
     assert code == 1 and "steps was 3, now 5" in cap.err
 
@@ -142,8 +183,11 @@ def _dropout_rates(framework: str, model) -> set[float]:
     if framework == "tf":
         import keras
 
-        return {layer.rate for layer in model.transformer._flatten_layers(include_self=False)
-                if isinstance(layer, keras.layers.Dropout)}
+        return {
+            layer.rate
+            for layer in model.transformer._flatten_layers(include_self=False)
+            if isinstance(layer, keras.layers.Dropout)
+        }
     from flax import nnx
 
     return {m.rate for _, m in nnx.iter_graph(model.transformer) if isinstance(m, nnx.Dropout)}
@@ -160,10 +204,8 @@ def test_trainconfig_dropout_is_applied(framework, corpus, tmp_path):
     for rate in (None, 0.5):
         model = _model(framework)
         assert _dropout_rates(framework, model) == {0.0}
-        cfg = H.train_config(steps=1, grad_accum=1, dropout=rate, eval_every=100,
-                             save_every=100)
-        result = train(model, train_ds, None, cfg, tmp_path / f"{framework}-{rate}",
-                       progress=False)
+        cfg = H.train_config(steps=1, grad_accum=1, dropout=rate, eval_every=100, save_every=100)
+        result = train(model, train_ds, None, cfg, tmp_path / f"{framework}-{rate}", progress=False)
         losses[rate] = result.losses[0]
         want = 0.0 if rate is None else rate
         assert _dropout_rates(framework, model) == {want}
@@ -179,35 +221,86 @@ def test_trainconfig_dropout_is_applied(framework, corpus, tmp_path):
 def test_failed_run_leaves_no_empty_out(model_dir, corpus, tmp_path, capsys):
     out = tmp_path / "never"
     # fp16 training needs CUDA: refused by the torch loop after OUT was created
-    code = cli.main(["train", "--framework", "torch", "--model", str(model_dir), "--data",
-                     str(corpus), str(out), "--steps", "2", "--tokenizer", "bytes",
-                     "--block-size", "16", "--precision", "fp16", "--no-progress"])
+    code = cli.main(
+        [
+            "train",
+            "--framework",
+            "torch",
+            "--model",
+            str(model_dir),
+            "--data",
+            str(corpus),
+            str(out),
+            "--steps",
+            "2",
+            "--tokenizer",
+            "bytes",
+            "--block-size",
+            "16",
+            "--precision",
+            "fp16",
+            "--no-progress",
+        ]
+    )
     assert code == 1 and "fp16" in capsys.readouterr().err
     assert not out.exists()
 
 
-@pytest.mark.parametrize("framework,extra,message", [
-    ("tf", ["--cpu-devices", "2"], "has no effect without --strategy"),
-    ("torch", ["--cpu-devices", "2"], "for tf and flax only"),
-])
-def test_cpu_devices_needs_a_strategy(framework, extra, message, model_dir, corpus, tmp_path,
-                                     capsys):
-    code = cli.main(["train", "--framework", framework, "--model", str(model_dir), "--data",
-                     str(corpus), str(tmp_path / "o"), "--tokenizer", "bytes", *extra])
+@pytest.mark.parametrize(
+    "framework,extra,message",
+    [
+        ("tf", ["--cpu-devices", "2"], "has no effect without --strategy"),
+        ("torch", ["--cpu-devices", "2"], "for tf and flax only"),
+    ],
+)
+def test_cpu_devices_needs_a_strategy(
+    framework, extra, message, model_dir, corpus, tmp_path, capsys
+):
+    code = cli.main(
+        [
+            "train",
+            "--framework",
+            framework,
+            "--model",
+            str(model_dir),
+            "--data",
+            str(corpus),
+            str(tmp_path / "o"),
+            "--tokenizer",
+            "bytes",
+            *extra,
+        ]
+    )
     assert code == 1 and message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 
-def test_missing_framework_is_one_line_and_writes_nothing(model_dir, corpus, tmp_path, capsys,
-                                                          monkeypatch):
+def test_missing_framework_is_one_line_and_writes_nothing(
+    model_dir, corpus, tmp_path, capsys, monkeypatch
+):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name in ("jax", "flax") else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("jax", "flax") else real(name, *a),
+    )
     out = tmp_path / "out"
-    code = cli.main(["train", "--framework", "flax", "--model", str(model_dir), "--data",
-                     str(corpus), str(out), "--tokenizer", "bytes"])
+    code = cli.main(
+        [
+            "train",
+            "--framework",
+            "flax",
+            "--model",
+            str(model_dir),
+            "--data",
+            str(corpus),
+            str(out),
+            "--tokenizer",
+            "bytes",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "pip install 'gpt2-zoo[flax]'" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 and not out.exists()
@@ -237,10 +330,30 @@ def test_loss_png_without_matplotlib_says_so(tmp_path, caplog, monkeypatch):
 
 # ----------------------------------------------------------------------------- distributed
 def _cli_train(framework, model_dir, corpus, out, *extra):
-    return ["-m", "conversion", "train", "--framework", framework, "--model", str(model_dir),
-            "--data", str(corpus), str(out), "--steps", "3", "--tokenizer", "bytes",
-            "--block-size", "16", "--batch-size", "4", "--dropout", "0.1", "--no-progress",
-            *extra]
+    return [
+        "-m",
+        "conversion",
+        "train",
+        "--framework",
+        framework,
+        "--model",
+        str(model_dir),
+        "--data",
+        str(corpus),
+        str(out),
+        "--steps",
+        "3",
+        "--tokenizer",
+        "bytes",
+        "--block-size",
+        "16",
+        "--batch-size",
+        "4",
+        "--dropout",
+        "0.1",
+        "--no-progress",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -248,8 +361,17 @@ def test_torchrun_ddp_with_dropout_prints_one_line(model_dir, corpus, tmp_path):
     """The docs' torchrun recipe with dropout: trains, and only rank 0 speaks."""
     pytest.importorskip("torch")
     out = tmp_path / "ddp"
-    proc = H.run([H.PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-                  "2", *_cli_train("torch", model_dir, corpus, out, "--strategy", "ddp")])
+    proc = H.run(
+        [
+            H.PYTHON,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            *_cli_train("torch", model_dir, corpus, out, "--strategy", "ddp"),
+        ]
+    )
     assert proc.stdout.count("trained steps 1-3") == 1, proc.stdout
     assert len(H.losses(out)) == 3 and all(np.isfinite(H.losses(out)))
     assert json.loads((out / "config.json").read_text())["attn_pdrop"] == 0.1
@@ -259,8 +381,14 @@ def test_torchrun_ddp_with_dropout_prints_one_line(model_dir, corpus, tmp_path):
 def test_tf_mirrored_with_dropout(model_dir, corpus, tmp_path):
     pytest.importorskip("tensorflow")
     out = tmp_path / "mirrored"
-    proc = H.run([H.PYTHON, *_cli_train("tf", model_dir, corpus, out, "--strategy", "mirrored",
-                                        "--cpu-devices", "2")])
+    proc = H.run(
+        [
+            H.PYTHON,
+            *_cli_train(
+                "tf", model_dir, corpus, out, "--strategy", "mirrored", "--cpu-devices", "2"
+            ),
+        ]
+    )
     assert "trained steps 1-3" in proc.stdout
     assert len(H.losses(out)) == 3 and all(np.isfinite(H.losses(out)))
 
@@ -275,6 +403,7 @@ def test_flax_mesh_with_dropout(corpus, tmp_path):
     mesh, sharding = make_mesh("fsdp", {"data": 4})
     train_ds, _ = H.datasets(corpus)
     cfg = H.train_config(steps=3, dropout=0.1, eval_every=100, save_every=100)
-    res = _backend_train("flax")(_model("flax"), train_ds, None, cfg, tmp_path, mesh=mesh,
-                                 sharding=sharding, progress=False)
+    res = _backend_train("flax")(
+        _model("flax"), train_ds, None, cfg, tmp_path, mesh=mesh, sharding=sharding, progress=False
+    )
     assert len(res.losses) == 3 and all(np.isfinite(res.losses))

@@ -26,8 +26,20 @@ HERE = Path(__file__).resolve().parent
 MODEL_CONFIG = tiny_config()  # 2 layers, n_embd 36, 3 heads, vocab 257, 32 positions, dropout 0
 BLOCK = 16
 #: the run every framework does (20 updates of 2 micro-steps of 4 blocks of 16 tokens)
-CFG = dict(steps=20, batch_size=4, grad_accum=2, block_size=BLOCK, lr=3e-3, warmup_steps=5,
-           weight_decay=0.1, grad_clip=1.0, eval_every=10, eval_batches=8, save_every=10, seed=0)
+CFG = dict(
+    steps=20,
+    batch_size=4,
+    grad_accum=2,
+    block_size=BLOCK,
+    lr=3e-3,
+    warmup_steps=5,
+    weight_decay=0.1,
+    grad_clip=1.0,
+    eval_every=10,
+    eval_batches=8,
+    save_every=10,
+    seed=0,
+)
 #: parity tolerances (see docs/training.md, "How close the frameworks are")
 LOSS_RTOL = 1e-5
 WEIGHT_ATOL = 5e-5
@@ -55,8 +67,9 @@ def write_corpus(directory: Path) -> Path:
 
 
 def datasets(corpus: Path):
-    return load_training_data(corpus, ByteTokenizer(), BLOCK, 0.1,
-                              n_positions=MODEL_CONFIG.n_positions)
+    return load_training_data(
+        corpus, ByteTokenizer(), BLOCK, 0.1, n_positions=MODEL_CONFIG.n_positions
+    )
 
 
 def losses(out: Path) -> list[float]:
@@ -83,8 +96,8 @@ def weight_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> tuple[flo
     for k in a:
         d = np.abs(np.asarray(a[k], np.float64) - np.asarray(b[k], np.float64))
         if k.endswith("attn.c_attn.bias"):
-            key_bias = max(key_bias, float(d[C:2 * C].max()))
-            d = np.concatenate([d[:C], d[2 * C:]])
+            key_bias = max(key_bias, float(d[C : 2 * C].max()))
+            d = np.concatenate([d[:C], d[2 * C :]])
         rest = max(rest, float(d.max()))
     return rest, key_bias
 
@@ -97,11 +110,14 @@ def subprocess_env(**extra) -> dict[str, str]:
 
 
 def run(cmd: list[str], timeout: float = 240, **env) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env=subprocess_env(**env), cwd=ROOT)
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env=subprocess_env(**env), cwd=ROOT
+    )
     if proc.returncode:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n"
-                             f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n"
+            f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 
