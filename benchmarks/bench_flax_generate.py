@@ -31,16 +31,15 @@ import argparse
 import contextlib
 import json
 import os
-import statistics
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from json_server import JsonServer  # noqa: E402
+from timing import best_of, load_average, load_note, median, timed  # noqa: E402
 
 #: an interpreter with transformers 4.57.6 (and flax) installed; unset: those rows are skipped
 HF_PYTHON = os.environ.get("GPT2_ZOO_HF_PYTHON", "")
@@ -77,46 +76,28 @@ def bench_ours(cfg_kwargs: dict, prompt: int, new: int, prefill: int, reps: int)
     def gen():
         return model.generate(ids, max_new_tokens=new, eos_token_id=None).block_until_ready()
 
-    t = time.perf_counter()
-    gen()
-    first = time.perf_counter() - t
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        gen()
-        times.append(time.perf_counter() - t)
-    best = min(times)
+    first = timed(gen)[0]
+    best = best_of(gen, reps, warmup=False)
 
     long_ids = jnp.asarray((jnp.arange(prefill)[None] * 31) % cfg.vocab_size, jnp.int32)
     graphdef, state = nnx.split(model)  # functional forward, as transformers' jax.jit(params)
     fwd = jax.jit(lambda s, x: nnx.merge(graphdef, s)(input_ids=x, use_cache=False).logits)
-    t = time.perf_counter()
-    fwd(state, long_ids).block_until_ready()
-    fwd_compile = time.perf_counter() - t
-    ftimes = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fwd(state, long_ids).block_until_ready()
-        ftimes.append(time.perf_counter() - t)
+    fwd_compile = timed(lambda: fwd(state, long_ids).block_until_ready())[0]
+    fwd_s = best_of(lambda: fwd(state, long_ids).block_until_ready(), reps, warmup=False)
     # generate's own prefill: the prompt into the cache, logits of the last position only
     pre = jax.jit(
         lambda s, x: nnx.merge(graphdef, s)(input_ids=x, use_cache=False, logits_to_keep=1).logits
     )
-    pre(state, long_ids).block_until_ready()
-    ptimes = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        pre(state, long_ids).block_until_ready()
-        ptimes.append(time.perf_counter() - t)
+    pre_s = best_of(lambda: pre(state, long_ids).block_until_ready(), reps)
     return dict(
         tok_s=new / best,
         gen_s=best,
         first_call_s=first,
         compile_s=first - best,
-        prefill_s=min(ftimes),
+        prefill_s=fwd_s,
         prefill_compile_s=fwd_compile,
         jax=jax.__version__,
-        gen_prefill_s=min(ptimes),
+        gen_prefill_s=pre_s,
     )
 
 
@@ -197,7 +178,9 @@ TORCH_SCRIPT = textwrap.dedent("""
 """)
 
 
-def bench_vs_torch(cfg_kwargs: dict, prompt: int, new: int, rounds: int, threads: int) -> None:
+def bench_vs_torch(
+    cfg_kwargs: dict, prompt: int, new: int, rounds: int, threads: int, json_path: str | None
+) -> None:
     """Interleaved rounds: Flax with and without the kernel, torch, Flax bf16 on both paths."""
     sys.path.insert(0, str(ROOT))
     import jax
@@ -221,10 +204,14 @@ def bench_vs_torch(cfg_kwargs: dict, prompt: int, new: int, rounds: int, threads
     def flax(model, kernel: bool):
         def run():
             with cpu_kernels.disabled() if not kernel else contextlib.nullcontext():
-                t = time.perf_counter()
-                out = model.generate(ids, max_new_tokens=new, min_new_tokens=new, eos_token_id=None)
-                out = np.asarray(out)
-            return new / (time.perf_counter() - t), out[0, prompt:].tolist()
+                secs, _, out = timed(
+                    lambda: np.asarray(
+                        model.generate(
+                            ids, max_new_tokens=new, min_new_tokens=new, eos_token_id=None
+                        )
+                    )
+                )
+            return new / secs, out[0, prompt:].tolist()
 
         return run
 
@@ -252,10 +239,9 @@ def bench_vs_torch(cfg_kwargs: dict, prompt: int, new: int, rounds: int, threads
         f"jax {jax.__version__}; flax kernel: {_cpu_kernels.status()}; "
         f"use: {_cpu_kernels.unsupported_reason(fp32, 1, 128) or 'yes'}"
     )
-    print(f"torch kernels: {torch_side.info['kernels']}")
-    t = time.perf_counter()
-    first = {name: run()[1] for name, run in rows.items()}  # compile (and build the kernel)
-    print(f"warm-up (compiles) {time.perf_counter() - t:.1f} s")
+    print(f"torch kernels: {torch_side.info['kernels']}; {load_note()}")
+    warm_s, _, first = timed(lambda: {name: run()[1] for name, run in rows.items()})  # compiles
+    print(f"warm-up (compiles) {warm_s:.1f} s")
     same = first["flax fp32 kernel"] == first["flax fp32 XLA loop"]
     print(
         f"fp32 tokens: kernel == XLA loop: {same}; "
@@ -274,10 +260,10 @@ def bench_vs_torch(cfg_kwargs: dict, prompt: int, new: int, rounds: int, threads
 
     def ratio(a: str, b: str) -> str:
         rs = [x / y for x, y in zip(results[a], results[b])]
-        return f"{statistics.median(rs):.2f}x (rounds {min(rs):.2f}-{max(rs):.2f})"
+        return f"{median(rs):.2f}x (rounds {min(rs):.2f}-{max(rs):.2f})"
 
     for name, v in results.items():
-        print(f"{name:20s}: {statistics.median(v):6.1f} tok/s median ({min(v):.1f}-{max(v):.1f})")
+        print(f"{name:20s}: {median(v):6.1f} tok/s median ({min(v):.1f}-{max(v):.1f})")
     print(
         f"flax fp32 kernel / torch fp32     : {ratio('flax fp32 kernel', 'torch fp32')} "
         "(target >= 0.9x)"
@@ -288,6 +274,24 @@ def bench_vs_torch(cfg_kwargs: dict, prompt: int, new: int, rounds: int, threads
     print(
         f"flax bf16 XLA loop / fp32 XLA loop: {ratio('flax bf16 XLA loop', 'flax fp32 XLA loop')}"
     )
+    if json_path:
+        figures = {
+            "threads": threads,
+            "rounds": rounds,
+            "new_tokens": new,
+            "load": load_average(),
+            "tok_s": {k: median(v) for k, v in results.items()},
+            "ratios": {
+                f"{a} / {b}": median([x / y for x, y in zip(results[a], results[b])])
+                for a, b in [
+                    ("flax fp32 kernel", "torch fp32"),
+                    ("flax fp32 XLA loop", "torch fp32"),
+                    ("flax bf16 kernel", "flax fp32 kernel"),
+                    ("flax bf16 XLA loop", "flax fp32 XLA loop"),
+                ]
+            },
+        }
+        Path(json_path).write_text(json.dumps(figures, indent=1) + "\n")
 
 
 def main() -> None:
@@ -301,6 +305,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="rounds of --vs-torch")
     ap.add_argument("--threads", type=int, default=2, help="threads of --vs-torch (both sides)")
     ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--prefill", type=int, default=256, help="prefill prompt length (256)")
+    ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     ap.add_argument(
         "--bound-tok-s",
         type=float,
@@ -309,9 +315,9 @@ def main() -> None:
     )
     args = ap.parse_args()
     cfg = shapes(args.quick)
-    prompt, new, prefill = (16, 16, 64) if args.quick else (16, 64, 256)
+    prompt, new, prefill = (16, 16, 64) if args.quick else (16, 64, args.prefill)
     if args.vs_torch:
-        bench_vs_torch(cfg, prompt, new, 2 if args.quick else args.rounds, args.threads)
+        bench_vs_torch(cfg, prompt, new, 2 if args.quick else args.rounds, args.threads, args.json)
         return
     reps = args.reps or (2 if args.quick else 5)
     ours = bench_ours(cfg, prompt, new, prefill, reps)
@@ -321,7 +327,7 @@ def main() -> None:
         f"# gpt2_flax generate benchmark ({'quick' if args.quick else 'GPT-2 small'}, fp32, "
         f"batch 1, prompt {prompt}, {new} new greedy tokens; prefill {prefill})"
     )
-    print(f"cpu cores: {os.cpu_count()}   jax {ours['jax']}")
+    print(f"cpu cores: {os.cpu_count()}   jax {ours['jax']}   {load_note()}")
     print(
         f"ours          : {ours['tok_s']:8.1f} tok/s   first call {ours['first_call_s']:.1f} s "
         f"(compile ~{ours['compile_s']:.1f} s)   prefill {prefill}: {ours['prefill_s'] * 1e3:.1f} ms "
@@ -344,6 +350,24 @@ def main() -> None:
         )
     else:
         print(f"transformers  : {hf}")
+    if args.json:
+        figures = {
+            "framework": "flax",
+            "quick": args.quick,
+            "load": load_average(),
+            "new_tokens": new,
+            "prefill_len": prefill,
+            "decode_tok_s": ours["tok_s"],
+            "prefill_generate_s": ours["gen_prefill_s"],
+            "prefill_compiled_s": ours["prefill_s"],
+        }
+        if isinstance(hf, dict):
+            figures.update(
+                hf_decode_tok_s=hf["tok_s"],
+                decode_ratio=ours["tok_s"] / hf["tok_s"],
+                hf_prefill_compiled_s=hf["prefill_s"],
+            )
+        Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
     if not args.quick:
         print(
             f"bandwidth     : {ours['tok_s'] / args.bound_tok_s:.0%} of the ~{args.bound_tok_s:.0f} "

@@ -31,8 +31,8 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -40,11 +40,10 @@ from gpt2_core import GPT2Config, cpu_kernels
 from gpt2_core import quantize as Q
 from gpt2_core.init import random_state_dict
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import load_note, median, median_ratio, timed
+
 PROMPT = 16
-
-
-def _median_ratio(a: list[float], b: list[float]) -> float:
-    return statistics.median(x / y for x, y in zip(a, b))
 
 
 # ----------------------------------------------------------------------------- kernel part
@@ -77,10 +76,11 @@ def kernel_part(preset: str, kinds: list[str], rounds: int, new: int, threads: i
     bias = np.zeros((1, L), np.float32)
 
     def run(step) -> float:
-        t = time.perf_counter()
-        for i in range(PROMPT, PROMPT + new):
-            step(np.array([i % cfg.vocab_size]), np.array([i]), bias, i)
-        return new / (time.perf_counter() - t)
+        def steps():
+            for i in range(PROMPT, PROMPT + new):
+                step(np.array([i % cfg.vocab_size]), np.array([i]), bias, i)
+
+        return new / timed(steps)[0]
 
     for s in steps.values():  # warm-up: page faults, thread team
         run(s)
@@ -96,12 +96,12 @@ def kernel_part(preset: str, kinds: list[str], rounds: int, new: int, threads: i
         )
     res = {
         "preset": preset,
-        "tok_s": {k: statistics.median(v) for k, v in tok_s.items()},
+        "tok_s": {k: median(v) for k, v in tok_s.items()},
         "rounds": tok_s,
     }
     for k in kinds:
         if k != "fp32" and "fp32" in kinds:
-            res[f"{k}/fp32"] = _median_ratio(tok_s[k], tok_s["fp32"])
+            res[f"{k}/fp32"] = median_ratio(tok_s[k], tok_s["fp32"])
     return res
 
 
@@ -177,9 +177,7 @@ def generate_part(framework: str, rounds: int, new: int) -> dict:
     for r in range(rounds):
         order = list(models) if r % 2 == 0 else list(models)[::-1]
         for k in order:
-            t = time.perf_counter()
-            gen(models[k], new)
-            tok_s[k].append(new / (time.perf_counter() - t))
+            tok_s[k].append(new / timed(lambda k=k: gen(models[k], new))[0])
         print(
             f"  generate {framework} round {r}: "
             + ", ".join(f"{k} {tok_s[k][-1]:.1f} tok/s" for k in models),
@@ -187,8 +185,8 @@ def generate_part(framework: str, rounds: int, new: int) -> dict:
         )
     return {
         "framework": framework,
-        "tok_s": {k: statistics.median(v) for k, v in tok_s.items()},
-        "int8/fp32": _median_ratio(tok_s["int8"], tok_s["fp32"]),
+        "tok_s": {k: median(v) for k, v in tok_s.items()},
+        "int8/fp32": median_ratio(tok_s["int8"], tok_s["fp32"]),
         "rounds": tok_s,
     }
 
@@ -222,6 +220,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     except ImportError:
         pass
+    print(load_note())
     print(
         f"CPU kernels: {cpu_kernels.status()}; {args.threads} threads; {rounds} rounds, "
         f"{new} new tokens",

@@ -18,8 +18,8 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import statistics
 import sys
 import tempfile
 import textwrap
@@ -30,6 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from json_server import JsonServer
+from timing import load_average, load_note, median, timed
 
 #: tokens/s that a 124M-parameter fp32 model can reach when each token reads every weight once
 #: from memory on the reference 2-core machine (the figure the project budgets against)
@@ -66,8 +67,8 @@ HF_SCRIPT = textwrap.dedent("""
     print(json.dumps({"tokens": out[0].tolist(), "compile_s": compile_s,
                       "prefill_compile_s": fwd_compile}), flush=True)
     for line in sys.stdin:
-        fn = {"decode": lambda: gen(ids, **kw).numpy(), "prefill": lambda: fwd(long).numpy()}.get(
-            line.strip())
+        fn = {"decode": lambda: gen(ids, **kw).numpy(), "prefill": lambda: fwd(long).numpy(),
+              "eager": lambda: model(long).logits.numpy()}.get(line.strip())
         if fn is None:
             break
         t, c = time.perf_counter(), time.process_time()
@@ -77,19 +78,16 @@ HF_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _timed(fn) -> tuple[float, float]:
-    """Wall and CPU (process) seconds of one call."""
-    t, c = time.perf_counter(), time.process_time()
-    fn()
-    return time.perf_counter() - t, time.process_time() - c
-
-
 def _pair(r: dict) -> tuple[float, float]:
     return r["s"], r["cpu_s"]
 
 
 def _median(pairs: list[tuple[float, float]]) -> tuple[float, float]:
-    return statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+    return median([p[0] for p in pairs]), median([p[1] for p in pairs])
+
+
+def _timed(fn) -> tuple[float, float]:
+    return timed(fn)[:2]
 
 
 def main() -> None:
@@ -102,8 +100,10 @@ def main() -> None:
         help="python with transformers 4.57.6 (default $GPT2_ZOO_HF_PYTHON; unset: rows skipped)",
     )
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers side")
+    ap.add_argument("--prefill", type=int, default=256, help="prefill prompt length (256)")
+    ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args()
-    prompt_len, new, prefill_len = 16, 64, 256
+    prompt_len, new, prefill_len = 16, 64, args.prefill
     runs = args.runs or (1 if args.quick else 5)
     if args.quick:
         new, prefill_len = 16, 64
@@ -177,42 +177,34 @@ def main() -> None:
 
     # ours: prefill of a long prompt (the generation prefill: last-token logits) and a full
     # forward with logits for every position (the same work as transformers' forward)
-    from gpt2_tf.generation import _round_up, _Spec
-
-    spec = _Spec(
-        batch=1,
-        expand=1,
-        prompt_len=prefill_len,
-        slots=_round_up(prefill_len + 1, 32),
-        mode="greedy",
-        top_k=0,
-        top_p=False,
-        repetition=False,
-        ngram=0,
-        n_eos=0,
-        early_stopping=False,
-    )
-    prefill_fn = model._generation_functions(spec)["prefill"]
-    sc = {"fill": tf.constant(0), "start": tf.constant(0)}
-    long_t, ones = tf.constant(long), tf.ones_like(long)
-    positions = tf.range(prefill_len)[None]
+    # the generation prefill through the public API: one new token = the prompt's forward into
+    # the cache and the choice of the first token (no decoding step)
+    long_t = tf.constant(long)
 
     def prefill():
-        return prefill_fn(long_t, ones, positions, sc)["logits"].numpy()
+        return model.generate(long_t, max_new_tokens=1, eos_token_id=None).numpy()
 
     t = time.perf_counter()
     prefill()
     ours_prefill_compile = time.perf_counter() - t
     fwd = tf.function(lambda x: model(input_ids=x, use_cache=False).logits, jit_compile=True)
     fwd(long_t).numpy()
-    pre_t, fwd_t, hf_pre_t = [], [], []
+
+    def eager():
+        return model(input_ids=long_t, use_cache=False).logits.numpy()
+
+    eager()
+    pre_t, fwd_t, eager_t, hf_pre_t, hf_eager_t = [], [], [], [], []
     for _ in range(runs):
         pre_t.append(_timed(prefill))
         fwd_t.append(_timed(lambda: fwd(long_t).numpy()))
+        eager_t.append(_timed(eager))
         if hf:
             hf_pre_t.append(_pair(hf.request("prefill")))
+            hf_eager_t.append(_pair(hf.request("eager")))
     ours_prefill, ours_prefill_cpu = _median(pre_t)
     ours_fwd, ours_fwd_cpu = _median(fwd_t)
+    ours_eager = _median(eager_t)[0]
     if hf:
         hf.close()
 
@@ -225,6 +217,7 @@ def main() -> None:
     )
     print(f"model build + weight load: {build_s:.1f} s; median of {runs} interleaved round(s)")
     print(f"CPU kernels: {cpu_kernels.status()}")
+    print(load_note())
     print(f"greedy: prompt {prompt_len} tokens, {new} new tokens")
     print(
         f"  ours (fused CPU step): {ours_tps:7.1f} tok/s  ({ours_gen * 1e3:.0f} ms/run, CPU "
@@ -250,14 +243,14 @@ def main() -> None:
             "[tf.function(generate, jit_compile=True)]"
         )
         print(
-            f"  speed-up             : {statistics.median(ratios):.2f}x wall (median of "
+            f"  speed-up             : {median(ratios):.2f}x wall (median of "
             f"{len(ratios)} rounds, each {min(ratios):.2f}-{max(ratios):.2f}x), "
             f"{hf_gen_cpu / ours_gen_cpu:.2f}x CPU time (target >= 1.2x); all-XLA loop "
             f"{hf_gen / xla_gen:.2f}x; identical tokens: {same}"
         )
     print(f"prefill: {prefill_len}-token prompt")
     print(
-        f"  ours (generation prefill, last-token logits): {ours_prefill * 1e3:7.1f} ms "
+        f"  ours generate(max_new_tokens=1) = prefill  : {ours_prefill * 1e3:7.1f} ms "
         f"(CPU {ours_prefill_cpu * 1e3:.0f}), first call {ours_prefill_compile:.1f} s"
     )
     print(
@@ -274,6 +267,36 @@ def main() -> None:
             f"  ratio ours prefill / transformers forward: {ours_prefill / hf_pre:.2f} "
             f"(target <= 1.0); full forward: {ours_fwd / hf_pre:.2f}"
         )
+    print(f"eager call (model(ids), logits at every position), {prefill_len} tokens")
+    print(f"  ours        : {ours_eager * 1e3:7.1f} ms")
+    if hf:
+        hf_eager = _median(hf_eager_t)[0]
+        print(
+            f"  transformers: {hf_eager * 1e3:7.1f} ms; ours / transformers "
+            f"{ours_eager / hf_eager:.2f} (target <= 1.0)"
+        )
+    if args.json:
+        figures = {
+            "framework": "tf",
+            "quick": args.quick,
+            "load": load_average(),
+            "new_tokens": new,
+            "prefill_len": prefill_len,
+            "decode_tok_s": ours_tps,
+            "decode_xla_loop_tok_s": new / xla_gen,
+            "prefill_generate_s": ours_prefill,
+            "prefill_compiled_s": ours_fwd,
+            "eager_s": ours_eager,
+        }
+        if hf:
+            figures.update(
+                hf_decode_tok_s=new / hf_gen,
+                decode_ratio=median([h[0] / o[0] for o, h in zip(ours_t, hf_t)]),
+                hf_prefill_compiled_s=hf_pre,
+                hf_eager_s=hf_eager,
+                same_tokens=hf.info["tokens"] == ours_tokens.tolist(),
+            )
+        Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ import hashlib
 import json
 import logging
 import os
-import statistics
 import subprocess
 import sys
 import sysconfig
@@ -43,6 +42,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from timing import load_average, median  # noqa: E402
 
 from gpt2_core.tokenization import ENDOFTEXT  # noqa: E402
 from gpt2_core.tokenizer import GPT2Tokenizer  # noqa: E402
@@ -133,11 +135,7 @@ def interleaved(
             times[key]["cpu"].append(time.thread_time() - c0)
             times[key]["wall"].append(wall)
             times[key]["busy"].append((time.process_time() - p0) / wall)
-    return ({k: {m: statistics.median(v) for m, v in t.items()} for k, t in times.items()}, results)
-
-
-def load_average() -> float:
-    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return ({k: {m: median(v) for m, v in t.items()} for k, t in times.items()}, results)
 
 
 def main() -> int:
@@ -169,6 +167,7 @@ def main() -> int:
     ap.add_argument(
         "--quick", action="store_true", help="a smoke run for `make bench`: 0.3 MB, 2 rounds"
     )
+    ap.add_argument("--json", default=None, help="also write the ratios to this JSON file")
     args = ap.parse_args()
     if args.quick:
         args.mb, args.repeats = min(args.mb, 0.3), min(args.repeats, 2)
@@ -349,6 +348,20 @@ def main() -> int:
             f"  GPT2Tokenizer (ours, pure Python) / transformers slow = "
             f"{r_slow / r_hf_slow:.2f}x (target >= 2x)"
         )
+    if args.json:
+        figures = {
+            "load": [load, end_load],
+            "cpus": cpus,
+            "threads": n,
+            "fast_mb_s": r_ours,
+            "tiktoken_mb_s": r_tt,
+            "fast_vs_tiktoken": r_ours / r_tt,
+            "batch_threads_vs_one": wall["ours_batch1"] / wall["ours_batchN"],
+            "batch_cores_busy": t["ours_batchN"]["busy"],
+            "tiktoken_batch_threads_vs_one": wall["tt_batch1"] / wall["tt_batchN"],
+            "slow_vs_transformers_slow": None if r_hf_slow is None else r_slow / r_hf_slow,
+        }
+        Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
     return 0
 
 

@@ -23,12 +23,11 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import statistics
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 import torch
@@ -41,6 +40,7 @@ from gpt2_torch import GPT2LMHeadModel, weights
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from json_server import JsonServer
+from timing import load_average, load_note, median, timed
 
 #: an interpreter with transformers 4.57.6; unset: the transformers rows are skipped
 HF_PYTHON = os.environ.get("GPT2_ZOO_HF_PYTHON", "")
@@ -89,9 +89,7 @@ def measure_bandwidth_gbs(mb: int = 512, repeats: int = 5) -> float:
 
 
 def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
+    return timed(fn)[0]
 
 
 def start_hf(directory: Path, args) -> JsonServer | None:
@@ -117,19 +115,18 @@ def start_hf(directory: Path, args) -> JsonServer | None:
 
 
 def summary(times: list[float], new: int) -> dict:
-    return {"tok_s": new / statistics.median(times), "best_tok_s": new / min(times)}
+    return {"tok_s": new / median(times), "best_tok_s": new / min(times)}
 
 
 def bench_ours(model, ids, args, compile: bool) -> dict:
     kw = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, compile=compile)
-    t = time.perf_counter()
-    model.generate(ids, max_new_tokens=4, min_new_tokens=4, compile=compile)
-    first_call = time.perf_counter() - t
+    first_call = _timed(
+        lambda: model.generate(ids, max_new_tokens=4, min_new_tokens=4, compile=compile)
+    )
     times, out = [], None
     for _ in range(args.repeats):
-        t = time.perf_counter()
-        out = model.generate(ids, **kw)
-        times.append(time.perf_counter() - t)
+        secs, _, out = timed(lambda: model.generate(ids, **kw))
+        times.append(secs)
     return dict(
         summary(times, args.new_tokens),
         first_call_s=first_call,
@@ -153,6 +150,7 @@ def main() -> None:
     p.add_argument("--no-hf", action="store_true", help="skip transformers")
     p.add_argument("--hf-python", default=HF_PYTHON)
     p.add_argument("--bandwidth-gbs", type=float, default=None)
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = p.parse_args()
     if args.quick:
         args.repeats, args.new_tokens, args.no_compile = 2, 16, True
@@ -175,14 +173,11 @@ def main() -> None:
     # decode: ours and transformers alternate, one generate each per round, so that a slow
     # patch of the machine hits both; the speed-up is the median of the per-round ratios
     kw = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
-    t = time.perf_counter()
-    model.generate(ids, max_new_tokens=4, min_new_tokens=4)
-    first_call = time.perf_counter() - t
+    first_call = _timed(lambda: model.generate(ids, max_new_tokens=4, min_new_tokens=4))
     ours_t, hf_t, hf_tokens = [], [], None
     for _ in range(args.repeats):
-        t = time.perf_counter()
-        out = model.generate(ids, **kw)
-        ours_t.append(time.perf_counter() - t)
+        secs, _, out = timed(lambda: model.generate(ids, **kw))
+        ours_t.append(secs)
         if hf:
             r = hf.request("decode")
             hf_t.append(r["s"])
@@ -203,13 +198,13 @@ def main() -> None:
             pre_t.append(_timed(lambda: model(x, use_cache=False)))
             if hf:
                 hf_pre_t.append(hf.request("prefill")["s"])
-    prefill = statistics.median(pre_t)
-    gen_prefill = statistics.median(
+    prefill = median(pre_t)
+    gen_prefill = median(
         _timed(lambda: model.generate(x, max_new_tokens=1)) for _ in range(args.repeats)
     )
     if hf:
         hf.close()
-        hf_res["prefill_s"] = statistics.median(hf_pre_t)
+        hf_res["prefill_s"] = median(hf_pre_t)
     hf = hf_res
     compiled = None if args.no_compile else bench_ours(model, ids, args, compile=True)
     bw = args.bandwidth_gbs or measure_bandwidth_gbs()
@@ -222,6 +217,7 @@ def main() -> None:
         f"  torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} CPUs, "
         f"repeats {args.repeats} (median)",
         f"  memory bandwidth {bw:.1f} GB/s -> bound {bound:.1f} tok/s",
+        f"  {load_note()}",
         "",
         "decode (tok/s, median of repeats; best in the last column)",
         f"  ours eager       {ours['tok_s']:8.2f}   ({ours['tok_s'] / bound:5.1%} of bound)   "
@@ -239,7 +235,7 @@ def main() -> None:
             f"best {hf['best_tok_s']:.2f}"
         )
         lines.append(
-            f"  speed-up eager   {statistics.median(ratios):8.2f}x   (target >= 2x; median of "
+            f"  speed-up eager   {median(ratios):8.2f}x   (target >= 2x; median of "
             f"{len(ratios)} interleaved rounds, each {min(ratios):.2f}-{max(ratios):.2f}x)"
         )
         if compiled:
@@ -260,6 +256,28 @@ def main() -> None:
             f"(ours/transformers {prefill / hf['prefill_s']:.2f}, target <= 1)"
         )
     print("\n".join(lines))
+    if args.json:
+        figures = {
+            "framework": "torch",
+            "quick": args.quick,
+            "load": load_average(),
+            "new_tokens": args.new_tokens,
+            "prefill_len": args.prefill,
+            "decode_tok_s": ours["tok_s"],
+            "bound_tok_s": bound,
+            "prefill_generate_s": gen_prefill,
+            "eager_s": prefill,
+        }
+        if compiled:
+            figures["decode_compiled_tok_s"] = compiled["tok_s"]
+        if hf:
+            figures.update(
+                hf_decode_tok_s=hf["tok_s"],
+                decode_ratio=median(ratios),
+                hf_eager_s=hf["prefill_s"],
+                same_tokens=ours["tokens"] == hf["tokens"],
+            )
+        Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,9 @@ import textwrap
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
+from timing import best_of
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
@@ -293,16 +295,6 @@ def speed_config(quick: bool) -> dict:
     return dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024)
 
 
-def timed(fn, reps: int) -> float:
-    fn()  # compile / warm up
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
 def check_speed(rep: Report, be: Backend, tmp: Path, quick: bool, hf_python: str | None) -> None:
     from gpt2_core import checkpoint, naming
     from gpt2_core.config import GPT2Config
@@ -340,7 +332,7 @@ def check_speed(rep: Report, be: Backend, tmp: Path, quick: bool, hf_python: str
             be.logits(model, {"input_ids": long})
             be.sync()
 
-        tok_s, pre_ms = new / timed(gen, reps), 1e3 * timed(pre, reps)
+        tok_s, pre_ms = new / best_of(gen, reps), 1e3 * best_of(pre, reps)
         ref = hf.get(dtype) if isinstance(hf, dict) else None
         if ref:
             detail = (

@@ -8,10 +8,12 @@ the table never silently drops a line.
     python benchmarks/report.py                  # markdown to stdout
     python benchmarks/report.py --results DIR
 
-Covered so far: load time and peak RSS per framework / preset / dtype
+Covered: fp32 decode, compiled prefill and eager call vs transformers per framework
+(``bench_{torch,tf,flax}_generate.py --json results/generate_*.json``, prefill 256 and 512),
+Flax vs torch decode (``bench_flax_generate.py --vs-torch --json``), the tokenizer against
+tiktoken (``bench_tokenizer.py --json``), load time and peak RSS per framework / preset / dtype
 (``bench_load_memory.py``), bf16 vs fp32 torch decoding (``bench_bf16_decode.py``) and int8
-vs fp32 decoding (``bench_int8_decode.py --xl --json results/int8_decode.json``). The
-decode, prefill and tokenizer figures of the older scripts are in README.md's table.
+vs fp32 decoding (``bench_int8_decode.py --xl --json results/int8_decode.json``).
 """
 
 from __future__ import annotations
@@ -44,6 +46,123 @@ def last_json(path: Path):
             except json.JSONDecodeError:
                 continue
     return None
+
+
+def _result(results: Path, name: str):
+    path = results / name
+    return last_json(path) if path.is_file() else None
+
+
+def _missing(label: str, target: str, cmd: str) -> str:
+    return f"| {label} | not measured | {target} | run `{cmd}` |"
+
+
+def _status(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+GENERATE_TARGETS = {"torch": 2.0, "tf": 1.2, "flax": 2.0}  # decode speed-up vs transformers
+
+
+def generate_rows(results: Path) -> list[str]:
+    rows = []
+    for fw in FRAMEWORKS:
+        d = _result(results, f"generate_{fw}.json")
+        label = f"{fw} greedy decode vs transformers (GPT-2 small fp32, 16 + 64 tokens)"
+        target = f">= {GENERATE_TARGETS[fw]}x"
+        if not d:
+            rows.append(
+                _missing(label, target, f"bench_{fw}_generate.py --json results/generate_{fw}.json")
+            )
+            continue
+        if "hf_decode_tok_s" not in d:
+            rows.append(f"| {label} | {d['decode_tok_s']:.1f} tok/s | {target} | no transformers |")
+        else:
+            rows.append(
+                f"| {label} | {d['decode_tok_s']:.1f} / {d['hf_decode_tok_s']:.1f} tok/s = "
+                f"{d['decode_ratio']:.2f}x | {target} | "
+                f"{_status(d['decode_ratio'] >= GENERATE_TARGETS[fw])} |"
+            )
+    for fw in ("tf", "flax"):
+        for n in (256, 512):
+            name = f"generate_{fw}.json" if n == 256 else f"generate_{fw}_p{n}.json"
+            d = _result(results, name)
+            label = f"{fw} compiled forward, prefill {n} (all logits) vs transformers'"
+            if not d or d.get("prefill_len") != n:
+                rows.append(
+                    _missing(
+                        label,
+                        "<= 1.0x its time",
+                        f"bench_{fw}_generate.py --prefill {n} --json results/{name}",
+                    )
+                )
+                continue
+            if "hf_prefill_compiled_s" not in d:
+                continue
+            r = d["prefill_compiled_s"] / d["hf_prefill_compiled_s"]
+            rows.append(
+                f"| {label} | {d['prefill_compiled_s'] * 1e3:.0f} / "
+                f"{d['hf_prefill_compiled_s'] * 1e3:.0f} ms = {r:.2f} (generate's own prefill "
+                f"{d['prefill_generate_s'] * 1e3:.0f} ms) | <= 1.0 | {_status(r <= 1.0)} |"
+            )
+            if fw == "tf" and "hf_eager_s" in d:
+                r = d["eager_s"] / d["hf_eager_s"]
+                rows.append(
+                    f"| tf eager call, {n} tokens, vs transformers' | {d['eager_s'] * 1e3:.0f} / "
+                    f"{d['hf_eager_s'] * 1e3:.0f} ms = {r:.2f} | <= 1.0 | {_status(r <= 1.0)} |"
+                )
+    d = _result(results, "generate_torch.json")
+    if d and "hf_eager_s" in d:
+        r = d["eager_s"] / d["hf_eager_s"]
+        rows.append(
+            f"| torch forward, prefill {d['prefill_len']} vs transformers' | "
+            f"{d['eager_s'] * 1e3:.0f} / {d['hf_eager_s'] * 1e3:.0f} ms = {r:.2f} | <= 1.0 | "
+            f"{_status(r <= 1.0)} |"
+        )
+    d = _result(results, "flax_vs_torch.json")
+    label = "flax fp32 decode / torch fp32 decode (GPT-2 small, same run)"
+    if not d:
+        rows.append(
+            _missing(
+                label,
+                ">= 0.9x",
+                "bench_flax_generate.py --vs-torch --json results/flax_vs_torch.json",
+            )
+        )
+    else:
+        t, r = d["tok_s"], d["ratios"]["flax fp32 kernel / torch fp32"]
+        rows.append(
+            f"| {label} | {t['flax fp32 kernel']:.1f} / {t['torch fp32']:.1f} tok/s = {r:.2f}x "
+            f"(median of {d['rounds']} rounds, {d['threads']} threads) | >= 0.9x | "
+            f"{_status(r >= 0.9)} |"
+        )
+        rows.append(
+            f"| flax bf16 / fp32 decode (reported) | kernel "
+            f"{d['ratios']['flax bf16 kernel / flax fp32 kernel']:.2f}x, XLA loop "
+            f"{d['ratios']['flax bf16 XLA loop / flax fp32 XLA loop']:.2f}x | reported | - |"
+        )
+    return rows
+
+
+def tokenizer_rows(results: Path) -> list[str]:
+    d = _result(results, "tokenizer.json")
+    if not d:
+        return [
+            _missing(
+                "tokenizer vs tiktoken",
+                ">= 1.0x",
+                "bench_tokenizer.py --json results/tokenizer.json",
+            )
+        ]
+    return [
+        f"| `GPT2TokenizerFast.encode` / tiktoken `encode_ordinary` (1 thread) | "
+        f"{d['fast_mb_s']:.2f} / {d['tiktoken_mb_s']:.2f} MB/s = {d['fast_vs_tiktoken']:.2f}x | "
+        f">= 1.0x | {_status(d['fast_vs_tiktoken'] >= 1.0)} |",
+        f"| `encode_batch`, {d['threads']} threads / 1 thread | "
+        f"{d['batch_threads_vs_one']:.2f}x ({d['batch_cores_busy']:.2f} cores busy; tiktoken "
+        f"{d['tiktoken_batch_threads_vs_one']:.2f}x) | >= 1.6x | "
+        f"{_status(d['batch_threads_vs_one'] >= 1.6)} |",
+    ]
 
 
 def load_rows(results: Path) -> list[str]:
@@ -134,7 +253,8 @@ def main() -> None:
     args = ap.parse_args()
     print("| figure | measured | target | status |")
     print("|---|---|---|---|")
-    for row in [*load_rows(args.results), *bf16_rows(args.results), *int8_rows(args.results)]:
+    sections = [generate_rows, tokenizer_rows, load_rows, bf16_rows, int8_rows]
+    for row in [r for section in sections for r in section(args.results)]:
         print(row)
 
 

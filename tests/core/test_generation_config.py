@@ -53,8 +53,12 @@ def test_from_model_config_and_resolution():
     assert GenerationConfig(eos_token_id=[3, 4]).effective_pad_token_id == 3
 
 
-def test_unreachable_eos_is_dropped_with_one_warning(caplog):
+def test_unreachable_eos_is_dropped_with_one_warning(caplog, monkeypatch):
     # transformers keeps bos/eos 50256 in a model saved with vocab_size 300 and generates
+    # the warning is once per process: forget what earlier tests in this worker triggered
+    from gpt2_core import generation_config
+
+    monkeypatch.setattr(generation_config, "_WARNED_UNREACHABLE", set())
     cfg = GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=300, pad_token_id=7)
     g = GenerationConfig.resolve(None, cfg, max_new_tokens=4)
     with caplog.at_level("WARNING"):
