@@ -141,30 +141,54 @@ def to_canonical(model: GPT2PreTrainedModel) -> dict[str, np.ndarray]:
     return {k: out[k] for k in shapes}
 
 
-#: tensors above this many bytes (the embeddings and an untied head) are assigned in row blocks
-#: of :data:`ASSIGN_BLOCK` bytes. Below it a whole assign is better: a block-wise one makes TF
-#: copy the variable's buffer on the first block, and freed 20-40 MB buffers stay in the C
-#: heap (GPT-2 large kept 1 GB more this way, +0.33x the weights, with a 16 MB threshold).
-ASSIGN_CHUNK = 64 * 1024 * 1024
+#: rows of a tensor copied at a time into a variable's buffer (and released from the mapping)
 ASSIGN_BLOCK = 16 * 1024 * 1024
 
 
-def _assign(var: Any, arr: np.ndarray, *, mapped: bool) -> None:
-    """``var.assign(arr)`` in row blocks, so the transient is one block, not one tensor.
+def _host_view(var: Any) -> np.ndarray | None:
+    """A writable numpy view of a variable's own buffer, or None where TF would give a copy.
 
-    A whole-tensor assign holds the variable's old buffer, the converted tensor and the
-    memory-mapped source at once (3x the tensor; GPT-2 XL's wte is 322 MB). Block by block
-    through the underlying ``tf.Variable`` (a strided-slice assign writes in place) the
-    transient is one block, and each block's mapped pages are released as it lands.
+    On the CPU, a read of a resource variable that is not in copy-on-read mode shares the
+    variable's buffer, and ``EagerTensor._numpy()`` shares the tensor's; two reads that share
+    memory prove it. On an accelerator each read is a fresh host copy: None.
     """
-    target = getattr(var, "_value", None)  # Keras 3's TF backend: the wrapped tf.Variable
-    rows = max(1, ASSIGN_BLOCK // max(1, arr[:1].nbytes)) if arr.ndim else 1
-    if arr.nbytes <= ASSIGN_CHUNK or not isinstance(target, tf.Variable) or arr.ndim == 0:
-        var.assign(tf.cast(tf.convert_to_tensor(arr), var.dtype))
+    target = getattr(var, "_value", var)  # Keras 3's TF backend wraps a tf.Variable
+    if not isinstance(target, tf.Variable) or "CPU" not in target.device.upper():
+        return None
+    try:
+        a, b = target.read_value()._numpy(), target.read_value()._numpy()
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if not (isinstance(a, np.ndarray) and a.flags.writeable and np.shares_memory(a, b)):
+        return None
+    return a
+
+
+def _assign(var: Any, arr: np.ndarray, *, mapped: bool) -> None:
+    """Fill ``var`` with ``arr`` (cast to its dtype) at no more than one block of transient.
+
+    On the CPU the rows are copied straight into the variable's buffer, block by block, and each
+    block's memory-mapped source pages are released as it lands: the weights exist once. Never
+    a sliced ``assign``: a strided-slice assign (like a gather from the variable) switches a TF
+    resource variable to copy-on-read for good, after which *every* dense read copies the whole
+    buffer (100 ms for GPT-2's wte on each eager call and each tied-head matmul). Elsewhere
+    (accelerators) one whole-tensor assign.
+    """
+    view = _host_view(var)
+    if view is None or view.shape != arr.shape:
+        value = tf.convert_to_tensor(arr)
+        var.assign(value if value.dtype == var.dtype else tf.cast(value, var.dtype))
+        del value
+        if mapped:
+            lowmem.release(arr)
         return
+    if arr.ndim == 0:
+        view[...] = arr
+        return
+    rows = max(1, ASSIGN_BLOCK // max(1, arr[:1].nbytes))
     for start in range(0, arr.shape[0], rows):
         block = arr[start : start + rows]
-        target[start : start + rows].assign(tf.cast(tf.convert_to_tensor(block), target.dtype))
+        view[start : start + rows] = block  # numpy casts (float32 -> bfloat16 rounds to nearest)
         if mapped:
             lowmem.release(block)
 

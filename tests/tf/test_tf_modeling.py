@@ -152,3 +152,35 @@ def test_inputs_embeds_and_token_types(lm, rng):
     )
     tt = np.ones_like(ids)
     assert not np.allclose(lm(input_ids=ids, token_type_ids=tt).logits, lm(input_ids=ids).logits)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_loaded_variables_are_filled_in_place_and_read_without_copies(tmp_path, dtype, monkeypatch):
+    """from_pretrained fills each variable's own buffer (no sliced assign): every variable,
+    the embeddings above all, is still read by sharing its buffer after the load and after a
+    forward pass. A sliced assign or a gather from the variable would switch it to TF's
+    copy-on-read mode, where each dense read (every tied-head matmul) copies the whole tensor."""
+    from gpt2_core.init import random_state_dict, tiny_config
+    from gpt2_tf import GPT2LMHeadModel
+    from gpt2_tf.weights import to_canonical
+
+    cfg = tiny_config()
+    sd = random_state_dict(cfg, "lm", seed=3)
+    src = GPT2LMHeadModel(cfg)
+    from gpt2_tf import load_canonical
+
+    load_canonical(src, sd)
+    src.save_pretrained(tmp_path)
+    monkeypatch.setattr("gpt2_tf.weights.ASSIGN_BLOCK", 256)  # many blocks per tensor
+    model = GPT2LMHeadModel.from_pretrained(tmp_path, dtype=dtype)
+    model(input_ids=tf.constant([[1, 2, 3]]))
+    for var in model.weights:
+        v = var._value if hasattr(var, "_value") else var
+        assert np.shares_memory(v.read_value()._numpy(), v.read_value()._numpy()), var.path
+    got = to_canonical(model)
+    for key, want in sd.items():
+        if key in got:
+            want = (
+                want if dtype == "float32" else tf.cast(want, tf.bfloat16).numpy()
+            )  # TF's rounding
+            np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(want), err_msg=key)
