@@ -174,6 +174,7 @@ def test_loaded_variables_are_filled_in_place_and_read_without_copies(tmp_path, 
     monkeypatch.setattr("gpt2_tf.weights.ASSIGN_BLOCK", 256)  # many blocks per tensor
     model = GPT2LMHeadModel.from_pretrained(tmp_path, dtype=dtype)
     model(input_ids=tf.constant([[1, 2, 3]]))
+    model.generate([[1, 2, 3]], max_new_tokens=2, num_beams=2)
     for var in model.weights:
         v = var._value if hasattr(var, "_value") else var
         assert np.shares_memory(v.read_value()._numpy(), v.read_value()._numpy()), var.path
