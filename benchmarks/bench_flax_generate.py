@@ -6,7 +6,7 @@ subprocess with the interpreter named by $GPT2_ZOO_HF_PYTHON when that one has t
 classes; both sides run in the same invocation so the ratio is meaningful on a shared machine.
 
 ``--vs-torch`` instead times, in interleaved rounds of one run, gpt2_flax's greedy decode on
-the fused CPU kernel (``gpt2_flax._cpu_kernels``: the C step as an XLA FFI call inside the jitted
+the fused CPU kernel (``gpt2_flax.generation.decode_engine`` says which: the C step as an XLA FFI call inside the jitted
 loop), the same without it (``cpu_kernels.disabled()``: the all-XLA loop), gpt2_torch's
 ``generate`` (a child interpreter, torch's fused kernel steps) and the bf16-weight model on both
 Flax paths (bf16 weights with fp32 compute, which the kernel reads, and bf16 weights and compute
@@ -190,7 +190,8 @@ def bench_vs_torch(
     from gpt2_core import cpu_kernels
     from gpt2_core.config import GPT2Config
     from gpt2_core.init import random_state_dict
-    from gpt2_flax import GPT2LMHeadModel, _cpu_kernels
+    from gpt2_flax import GPT2LMHeadModel
+    from gpt2_flax.generation import decode_engine
 
     os.environ["GPT2_ZOO_CPU_THREADS"] = str(threads)  # read when the programs are traced
     cfg = GPT2Config(**cfg_kwargs)
@@ -203,6 +204,8 @@ def bench_vs_torch(
 
     def flax(model, kernel: bool):
         def run():
+            # fp32 weights take XLA's loop by default: the kernel row asks for the kernel
+            os.environ["GPT2_ZOO_FLAX_FP32_KERNEL"] = "1" if kernel else "0"
             with cpu_kernels.disabled() if not kernel else contextlib.nullcontext():
                 secs, _, out = timed(
                     lambda: np.asarray(
@@ -236,8 +239,8 @@ def bench_vs_torch(
         f"batch 1, prompt {prompt}, {new} new tokens, {threads} threads, {rounds} rounds)"
     )
     print(
-        f"jax {jax.__version__}; flax kernel: {_cpu_kernels.status()}; "
-        f"use: {_cpu_kernels.unsupported_reason(fp32, 1, 128) or 'yes'}"
+        f"jax {jax.__version__}; bf16 by default: {decode_engine(bf16)}; "
+        f"fp32 by default: {decode_engine(fp32)}"
     )
     print(f"torch kernels: {torch_side.info['kernels']}; {load_note()}")
     warm_s, _, first = timed(lambda: {name: run()[1] for name, run in rows.items()})  # compiles
@@ -248,10 +251,16 @@ def bench_vs_torch(
         f"== torch: {first['flax fp32 kernel'] == torch_side.request('go')['tokens']}"
     )
     results: dict[str, list[float]] = {name: [] for name in [*rows, "torch fp32"]}
+    sides = {
+        **{name: (lambda run=run: run()[0]) for name, run in rows.items()},
+        "torch fp32": lambda: torch_side.request("go")["tok_s"],
+    }
+    order = list(sides)
     for r in range(rounds):
-        for name, run in rows.items():
-            results[name].append(run()[0])
-        results["torch fp32"].append(torch_side.request("go")["tok_s"])
+        # rotate the order each round: a side that runs right after torch's (whose OpenMP
+        # threads spin on for a while after each call) must not always be the same one
+        for name in order[r % len(order) :] + order[: r % len(order)]:
+            results[name].append(sides[name]())
         print(
             f"round {r + 1}: " + "  ".join(f"{k} {v[-1]:.1f}" for k, v in results.items()),
             flush=True,

@@ -421,6 +421,18 @@ _program = jax.jit(_generate_program, static_argnums=(0, 1))
 
 
 # ---------------------------------------------------------------------------- public API
+def decode_engine(model: Any, rows: int = 1, cache_len: int = 128) -> str:
+    """What ``generate`` decodes ``rows`` rows of ``model`` with: ``"cpu kernel"`` (the fused C
+    step as an XLA FFI call in the jitted loop) or ``"xla loop (<why not the kernel>)"``.
+
+    Example:
+        >>> decode_engine(model)                                        # doctest: +SKIP
+        "xla loop (float32 weights: XLA's own loop is faster ...)"
+    """
+    reason = _cpu_kernels.unsupported_reason(model, rows, cache_len)
+    return "cpu kernel" if reason is None else f"xla loop ({reason})"
+
+
 class GenerationMixin:
     """``generate`` for :class:`gpt2_flax.GPT2LMHeadModel` (see the module docstring)."""
 

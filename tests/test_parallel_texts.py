@@ -192,6 +192,8 @@ API_ALLOWLIST: dict[str, str] = {
     "generation torch beam_search_finished": "as init_beam_state",
     "generation torch finalize_beams": "as init_beam_state",
     "generation flax trace_count": "the jit retrace counter (tf: GenerationMixin.generation_trace_count)",
+    "generation flax decode_engine": "flax alone picks per weight dtype between its FFI kernel "
+    "and XLA's loop (torch and tf use their kernel wherever it runs)",
     "generation flax bucket": "the shape bucket of the jitted program (tf buckets privately)",
     "generation tf GenerationMixin.generation_trace_count": "as flax trace_count",
     "weights torch skip_init": "torch builds modules on the meta device before loading",

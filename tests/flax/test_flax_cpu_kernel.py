@@ -23,6 +23,12 @@ PROMPT = np.array([[5, 9, 100, 3, 44, 7], [0, 0, 7, 7, 1, 200]])
 MASK = np.array([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]])
 
 
+@pytest.fixture(autouse=True)
+def fp32_on_kernel(monkeypatch):
+    """These tests check the kernel on fp32 models too (by default fp32 takes XLA's loop)."""
+    monkeypatch.setattr(K, "FLOAT32_ON_KERNEL", True)
+
+
 @pytest.fixture(scope="module")
 def model():
     return build("lm", seed=3)[2]
@@ -166,3 +172,12 @@ def test_kernel_rejects_out_of_range_ids(model):
     assert step(state, jnp.array([3])).shape == (1, cfg.vocab_size)
     with pytest.raises(Exception, match="out of range"):
         step(state, jnp.array([cfg.vocab_size + 5])).block_until_ready()
+
+
+def test_fp32_weights_take_the_xla_loop_by_default(model, monkeypatch):
+    """The measured default: fp32 weights decode in XLA's loop, bf16 weights on the kernel."""
+    monkeypatch.setattr(K, "FLOAT32_ON_KERNEL", False)
+    assert "float32 weights" in K.unsupported_reason(model, 1, 32)
+    cfg, sd, _ = build("lm", seed=3)
+    bf16 = gf.GPT2LMHeadModel.from_state_dict(cfg, sd, param_dtype=jnp.bfloat16)
+    assert K.unsupported_reason(bf16, 1, 32) is None
