@@ -7,8 +7,13 @@ then runs ``GPT2LMHeadModel.from_pretrained`` and reports
 
     peak RSS above idle = VmHWM after the load - VmRSS before it
 
+and its time, both for ``from_pretrained`` alone and until every weight has been read once
+("ready": transformers maps a safetensors file and reads nothing until first use; file pages
+it has read count in its RSS like any other).
+
 as a multiple of the loaded weights' bytes (the parameters in the requested dtype, tied head
-counted once). Target (issue 16): <= 1.1x, i.e. one copy of the weights plus a little.
+counted once). Target (issue 16): <= 1.1x, i.e. one copy of the weights plus a little. With
+``--hf-python`` (or ``$GPT2_ZOO_HF_PYTHON``) transformers' own ``from_pretrained`` gets a row too.
 
     python benchmarks/bench_load_memory.py --quick                  # gpt2-medium, all frameworks
     python benchmarks/bench_load_memory.py --preset gpt2-xl --framework torch --dtype bf16
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -51,9 +57,14 @@ elif framework == "flax":
     from gpt2_flax import GPT2LMHeadModel
     kwargs = {"param_dtype": {"fp32": jnp.float32, "bf16": jnp.bfloat16}[dtype]}
     jnp.zeros(1).block_until_ready()
+elif framework == "transformers":  # run by --hf-python's interpreter
+    import torch
+    from transformers import GPT2LMHeadModel
+    kwargs = {"torch_dtype": {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]}
 else:
     raise SystemExit(f"unknown framework {framework}")
-import gpt2_core.checkpoint  # noqa: F401  (the readers' imports are not part of the load)
+if framework != "transformers":
+    import gpt2_core.checkpoint  # noqa: F401  (the readers' imports are not part of the load)
 try:
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS
@@ -67,9 +78,21 @@ if framework == "flax":  # device_put is asynchronous: time and measure the fini
     from flax import nnx
     jax.block_until_ready(nnx.state(model))
 secs = time.perf_counter() - t
+# then read every weight once: transformers maps a safetensors file and reads nothing until
+# first use, so "ready" (load + one read of each weight) is the time that compares
+if framework in ("torch", "transformers"):
+    with torch.no_grad():
+        for p in model.parameters():
+            p.sum()
+elif framework == "tf":
+    for v in model.weights:
+        tf.reduce_sum(v).numpy()
+else:
+    jax.block_until_ready([x.sum() for x in jax.tree.leaves(nnx.state(model))])
+ready = time.perf_counter() - t
 hwm = status("VmHWM")
 after = status("VmRSS")
-print("RESULT " + json.dumps({"seconds": secs, "idle": idle, "hwm": hwm, "after": after,
+print("RESULT " + json.dumps({"seconds": secs, "ready_seconds": ready, "idle": idle, "hwm": hwm, "after": after,
                               "hwm_reset": reset}))
 """
 
@@ -102,6 +125,12 @@ def main() -> None:
     ap.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
     ap.add_argument("--workdir", default=None, help="where the checkpoint is built (kept)")
     ap.add_argument("--json", default=None, help="also write the rows to this file")
+    ap.add_argument(
+        "--hf-python",
+        default=os.environ.get("GPT2_ZOO_HF_PYTHON", ""),
+        help="python with transformers 4.57.6: adds a transformers row (default "
+        "$GPT2_ZOO_HF_PYTHON; unset: no such row)",
+    )
     args = ap.parse_args()
     preset = "gpt2-medium" if args.quick else args.preset
     tmp = None if args.workdir else tempfile.TemporaryDirectory(prefix="gpt2-load-bench-")
@@ -114,9 +143,15 @@ def main() -> None:
             f"({weights / 1e9:.2f} GB of weights)"
         )
         rows = []
-        for fw in args.framework.split(","):
+        frameworks = args.framework.split(",")
+        if args.hf_python and Path(args.hf_python).is_file() and "transformers" not in frameworks:
+            frameworks.append("transformers")
+        elif "transformers" not in frameworks:
+            print("  transformers: no row (pass --hf-python or set GPT2_ZOO_HF_PYTHON)")
+        for fw in frameworks:
+            python = args.hf_python if fw == "transformers" else sys.executable
             proc = subprocess.run(
-                [sys.executable, "-c", CHILD, fw, str(work), args.dtype],
+                [python, "-c", CHILD, fw, str(work), args.dtype],
                 capture_output=True,
                 text=True,
             )
@@ -133,6 +168,7 @@ def main() -> None:
                     "dtype": args.dtype,
                     "weights_gb": round(weights / 1e9, 3),
                     "seconds": round(r["seconds"], 2),
+                    "ready_seconds": round(r["ready_seconds"], 2),
                     "idle_rss_gb": round(r["idle"] / 1e9, 3),
                     "peak_above_idle_gb": round(above / 1e9, 3),
                     "x_weights": round(above / weights, 3),
@@ -141,7 +177,7 @@ def main() -> None:
                 }
             )
             print(
-                f"  {fw:<6} {r['seconds']:6.2f}s  peak RSS above idle {above / 1e9:5.2f} GB = "
+                f"  {fw:<6} {r['seconds']:6.2f}s (ready {r['ready_seconds']:6.2f}s)  peak RSS above idle {above / 1e9:5.2f} GB = "
                 f"{above / weights:4.2f}x the weights (idle {r['idle'] / 1e9:.2f} GB; "
                 f"after load {(r['after'] - r['idle']) / weights:.2f}x)",
                 flush=True,

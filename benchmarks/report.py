@@ -183,10 +183,18 @@ def load_rows(results: Path) -> list[str]:
                 rows.append(f"| {label} | not measured | <= 1.1x | run {cmd} |")
                 continue
             ok = "met" if r["x_weights"] <= 1.1 else "NOT met"
+            hf = found.get("transformers")
+            vs = ""
+            if hf is not None:
+                vs = f" (transformers {hf['seconds']:.1f} s, {hf['x_weights']:.2f}x)"
+                if fw == "torch":
+                    ok += f"; time {_status(r['seconds'] <= hf['seconds'])}"
             rows.append(
                 f"| {label} | peak RSS above idle {r['peak_above_idle_gb']:.2f} GB = "
                 f"{r['x_weights']:.2f}x the {r['weights_gb']:.2f} GB of weights; "
-                f"{r['seconds']:.1f} s | <= 1.1x | {ok} |"
+                f"{r['seconds']:.1f} s{vs} | <= 1.1x"
+                + ("; torch time <= transformers'" if fw == "torch" else "")
+                + f" | {ok} |"
             )
     return rows
 

@@ -182,7 +182,7 @@ def read_state_dict(
     directory: str | os.PathLike,
     *,
     prefer: str | None = None,
-    mmap: bool = True,
+    mmap: bool | str = True,
     config: GPT2Config | None = None,
 ) -> tuple[dict[str, np.ndarray], CheckpointInfo]:
     """Read the weights of a checkpoint directory as a canonical-named numpy dict.
@@ -230,6 +230,7 @@ def load_pretrained(
     dtype: Any = None,
     prefer: str | None = None,
     strict: bool = True,
+    mmap: bool | str = True,
     **config_overrides: Any,
 ) -> tuple[GPT2Config, dict[str, np.ndarray], naming.LoadReport]:
     """Config, canonical state dict for ``head`` and a load report, from a directory or hub id.
@@ -238,6 +239,7 @@ def load_pretrained(
     they are listed in ``report.newly_initialized`` and logged. Missing, unexpected or mis-shaped
     weights raise :class:`gpt2_core.naming.CheckpointError` naming them (``strict=False`` only
     logs them). ``dtype`` casts floating tensors (``"fp32"``, ``"fp16"``, ``"bf16"``).
+    ``mmap`` is :func:`read_state_dict`'s (``"private"``: writable copy-on-write safetensors).
     """
     directory = hub.resolve_dir(name_or_path)
     if config is None:
@@ -248,7 +250,7 @@ def load_pretrained(
             config = config.copy(**config_overrides)
     elif config_overrides:
         config = config.copy(**config_overrides)
-    raw, info = read_state_dict(directory, prefer=prefer, config=config)
+    raw, info = read_state_dict(directory, prefer=prefer, mmap=mmap, config=config)
     sd, report = naming.normalize_state_dict(raw, config, head, source=str(info.files[0]))
     if not report.ok:
         if strict:

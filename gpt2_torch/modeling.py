@@ -704,6 +704,7 @@ class GPT2PreTrainedModel(FrameworkMixin, nn.Module):
             dtype=np_dtype,
             prefer=prefer,
             strict=strict,
+            mmap="private",  # safetensors: torch adopts the copy-on-write map, no copy
             **config_overrides,
         )
         with torch.device("meta"), weights.skip_init():

@@ -189,14 +189,17 @@ def read_header(
 def load_file(
     path: str | os.PathLike,
     *,
-    mmap: bool = True,
+    mmap: bool | str = True,
     keys: Iterable[str] | None = None,
     limits: Any = None,
 ) -> dict[str, np.ndarray]:
     """Read tensors from one safetensors file.
 
     With ``mmap=True`` (default) the arrays are read-only views on a memory map: nothing is read
-    until used, so converting a large checkpoint stays near one copy of the weights.
+    until used, so converting a large checkpoint stays near one copy of the weights. With
+    ``mmap="private"`` the map is copy-on-write (``MAP_PRIVATE``): the arrays are writable, a
+    write copies that page and never reaches the file, so a framework can adopt them as its
+    tensors without a copy (gpt2_torch's ``from_pretrained``, as transformers does).
     """
     path = Path(path)
     header, _, start = read_header(path, limits)
@@ -204,7 +207,8 @@ def load_file(
     out: dict[str, np.ndarray] = {}
     if mmap:
         size = path.stat().st_size
-        buf = np.memmap(path, dtype=np.uint8, mode="r") if size > 0 else np.zeros(0, np.uint8)
+        mode = "c" if mmap == "private" else "r"
+        buf = np.memmap(path, dtype=np.uint8, mode=mode) if size > 0 else np.zeros(0, np.uint8)
     else:
         buf = np.frombuffer(path.read_bytes(), dtype=np.uint8)
     for name in wanted:
@@ -353,7 +357,7 @@ def read_weight_map(index_path: Path, error: type[Exception]) -> dict[str, str]:
 
 
 def load_sharded(
-    index_path: str | os.PathLike, *, mmap: bool = True, limits: Any = None
+    index_path: str | os.PathLike, *, mmap: bool | str = True, limits: Any = None
 ) -> dict[str, np.ndarray]:
     """Read every tensor of a sharded checkpoint (each shard memory-mapped).
 

@@ -5,6 +5,7 @@ tests/test_backends.py and tests/parity/test_hf_formats.py.
 """
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,3 +125,25 @@ def test_mismatched_checkpoint_raises(tmp_path):
         GPT2LMHeadModel.from_pretrained(tmp_path, n_layer=3)
     with pytest.raises(FileNotFoundError):
         GPT2LMHeadModel.from_pretrained(tmp_path / "nowhere")
+
+
+def test_from_pretrained_adopts_a_copy_on_write_map(tmp_path, ids):
+    """safetensors weights become the parameters without a copy (a private map of the file, as
+    transformers does); writing to a parameter never reaches the file on disk."""
+    make_model("lm").save_pretrained(tmp_path)
+    path = tmp_path / "model.safetensors"
+    before = path.read_bytes()
+    model = GPT2LMHeadModel.from_pretrained(tmp_path)
+    proc_maps = Path("/proc/self/maps")
+    maps = proc_maps.read_text() if proc_maps.exists() else None
+    if maps is not None:  # Linux: the file is mapped while the model lives
+        assert str(path.resolve()) in maps
+    want = model(ids).logits
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)  # in place: copy-on-write pages
+    assert path.read_bytes() == before
+    assert not torch.allclose(model(ids).logits, want)
+    again = GPT2LMHeadModel.from_pretrained(tmp_path)
+    _close(again(ids).logits, want)
+    assert GPT2LMHeadModel.from_pretrained(tmp_path, dtype=torch.bfloat16).dtype == torch.bfloat16
