@@ -88,7 +88,7 @@ elif framework == "tf":
     for v in model.weights:
         tf.reduce_sum(v).numpy()
 else:
-    jax.block_until_ready([x.sum() for x in jax.tree.leaves(nnx.state(model))])
+    jax.block_until_ready([x.sum() for x in jax.tree.leaves(nnx.state(model, nnx.Param))])
 ready = time.perf_counter() - t
 hwm = status("VmHWM")
 after = status("VmRSS")
