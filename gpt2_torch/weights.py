@@ -77,14 +77,17 @@ def tensor_to_numpy(t: torch.Tensor) -> np.ndarray:
 def numpy_to_tensor(a: np.ndarray, *, copy: bool = True) -> torch.Tensor:
     """A torch tensor owning a copy of ``a`` (so read-only / memory-mapped arrays are safe).
 
-    With ``copy=False`` a writable, contiguous, aligned array is wrapped without copying: one
+    With ``copy=False`` a writable, contiguous, 64-byte-aligned array is wrapped without copying: one
     that owns its memory (e.g. the result of a dtype cast) or a copy-on-write map of a file
     (``mmap="private"``: pages are read from the file on first use, writes stay in memory).
     Read-only (memory-mapped) arrays are still copied.
     """
     a = np.asarray(a)
     mapped = lowmem.mapped_buffer(a) is not None
-    share = not copy and a.flags.writeable and a.flags.c_contiguous and a.flags.aligned
+    # a 64-byte-aligned start, as torch's own allocations have: BLAS picks its code path by
+    # alignment, so an unaligned map would give outputs that differ in the last bits from
+    # the model that was saved
+    share = not copy and a.flags.writeable and a.flags.c_contiguous and a.ctypes.data % 64 == 0
     bits = a.view(np.int16) if a.dtype == _BF16 else a
     if share:
         t = torch.from_numpy(bits)
