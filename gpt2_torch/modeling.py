@@ -704,7 +704,9 @@ class GPT2PreTrainedModel(FrameworkMixin, nn.Module):
             dtype=np_dtype,
             prefer=prefer,
             strict=strict,
-            mmap="private",  # safetensors: torch adopts the copy-on-write map, no copy
+            # safetensors: torch adopts the copy-on-write map as it is (no copy). A cast reads
+            # a read-only map instead, whose pages are released block by block as they land
+            mmap="private" if np_dtype is None else True,
             **config_overrides,
         )
         with torch.device("meta"), weights.skip_init():
