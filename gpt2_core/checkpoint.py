@@ -82,11 +82,15 @@ def to_numpy_dtype(dtype: Any) -> np.dtype:
     return dt
 
 
-def cast_state_dict(state_dict: Mapping[str, np.ndarray], dtype: Any) -> dict[str, np.ndarray]:
+def cast_state_dict(
+    state_dict: Mapping[str, np.ndarray], dtype: Any, *, unwritten: bool = False
+) -> dict[str, np.ndarray]:
     """Cast floating-point tensors to ``dtype`` (integer tensors untouched; no copy if equal).
 
     A memory-mapped source tensor's pages are released once cast, so casting a checkpoint
     costs the cast copy, not the cast copy plus the whole file (:mod:`gpt2_core.lowmem`).
+    ``unwritten``: the tensors are views of a copy-on-write map the caller opened itself and
+    nothing wrote to, so those pages are released too (:func:`gpt2_core.lowmem.release`).
     """
     dt = to_numpy_dtype(dtype)
     out = {}
@@ -99,7 +103,9 @@ def cast_state_dict(state_dict: Mapping[str, np.ndarray], dtype: Any) -> dict[st
         elif is_float and v.dtype != dt:
             # from a memory map: cast block by block, each source block released as it lands
             out[k] = (
-                lowmem.owned_copy(v, dt) if lowmem.mapped_buffer(v) is not None else v.astype(dt)
+                lowmem.owned_copy(v, dt, unwritten=unwritten)
+                if lowmem.mapped_buffer(v) is not None
+                else v.astype(dt)
             )
             done[id(given)] = (given, out[k])
         else:
@@ -267,7 +273,7 @@ def load_pretrained(
     if report.ignored_buffers or report.tied:
         logger.info("loading %s: %s", directory, report.summary())
     if dtype is not None:
-        sd = cast_state_dict(sd, dtype)
+        sd = cast_state_dict(sd, dtype, unwritten=mmap == "private")  # our own fresh map
     return config, sd, report
 
 

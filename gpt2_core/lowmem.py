@@ -44,12 +44,14 @@ def mapped_buffer(arr: Any) -> mmap.mmap | None:
     return None
 
 
-def release(arr: Any) -> bool:
+def release(arr: Any, *, unwritten: bool = False) -> bool:
     """Drop the resident pages of a memory-mapped ``arr`` (no-op for other arrays).
 
     Returns True when pages were released. Safe to call on any array: the data stays readable
     (re-read from the file on the next access), so a wrong call costs time, never correctness.
-    Only read-only mappings are touched (a private writable mapping would lose its writes).
+    Only read-only mappings are touched (a private writable mapping would lose its writes),
+    unless ``unwritten``: the caller knows nothing wrote to this copy-on-write map (a loader's
+    own fresh ``mmap="private"`` map), so its pages are still the file's.
     """
     if _DONTNEED is None or not isinstance(arr, np.ndarray) or arr.size == 0:
         return False
@@ -60,7 +62,7 @@ def release(arr: Any) -> bool:
         view = np.frombuffer(mm, dtype=np.uint8)
     except (TypeError, ValueError, BufferError):
         return False
-    if view.flags.writeable:  # ACCESS_WRITE / ACCESS_COPY: DONTNEED could drop data
+    if view.flags.writeable and not unwritten:  # ACCESS_WRITE / COPY: could drop writes
         return False
     lo, hi = np.lib.array_utils.byte_bounds(arr)
     base = view.ctypes.data
@@ -112,7 +114,9 @@ def _fresh(nbytes: int, align: int) -> np.ndarray:
 BLOCK_BYTES = 16 * 1024 * 1024
 
 
-def owned_copy(arr: Any, dtype: Any = None, *, align: int = 64) -> np.ndarray:
+def owned_copy(
+    arr: Any, dtype: Any = None, *, align: int = 64, unwritten: bool = False
+) -> np.ndarray:
     """A C-contiguous copy of ``arr`` (cast to ``dtype``) in new memory aligned to ``align``.
 
     Made in row blocks of about :data:`BLOCK_BYTES`, releasing each memory-mapped source
@@ -137,6 +141,6 @@ def owned_copy(arr: Any, dtype: Any = None, *, align: int = 64) -> np.ndarray:
         block = arr[start : start + rows]
         out[start : start + rows] = block
         if contiguous:
-            release(block)
-    release(arr)
+            release(block, unwritten=unwritten)
+    release(arr, unwritten=unwritten)
     return out

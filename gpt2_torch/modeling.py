@@ -704,9 +704,9 @@ class GPT2PreTrainedModel(FrameworkMixin, nn.Module):
             dtype=np_dtype,
             prefer=prefer,
             strict=strict,
-            # safetensors: torch adopts the copy-on-write map as it is (no copy). A cast reads
-            # a read-only map instead, whose pages are released block by block as they land
-            mmap="private" if np_dtype is None else True,
+            # safetensors: torch adopts the copy-on-write map as it is (no copy); a cast or
+            # an unaligned tensor is copied block by block, each source block released
+            mmap="private",
             **config_overrides,
         )
         with torch.device("meta"), weights.skip_init():

@@ -92,7 +92,8 @@ def numpy_to_tensor(a: np.ndarray, *, copy: bool = True) -> torch.Tensor:
     if share:
         t = torch.from_numpy(bits)
     elif mapped:  # copied block by block, each source block's pages released as it lands
-        t = torch.from_numpy(lowmem.owned_copy(bits))
+        # given away (copy=False: from_pretrained's own map, which nothing wrote to)
+        t = torch.from_numpy(lowmem.owned_copy(bits, unwritten=not copy))
     else:
         t = torch.from_numpy(np.array(bits, copy=True))
     return t.view(torch.bfloat16) if a.dtype == _BF16 else t

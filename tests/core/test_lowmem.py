@@ -91,3 +91,19 @@ def test_cast_state_dict_casts_a_tied_weight_once_and_blockwise(mapped):
     assert out["wte"] is out["head"]  # one cast copy for the tied pair
     assert out["wte"].dtype == ml_dtypes.bfloat16 and lowmem.mapped_buffer(out["wte"]) is None
     np.testing.assert_array_equal(out["a"], tensors["a"].astype(ml_dtypes.bfloat16))
+
+
+def test_private_maps_are_released_only_when_unwritten(tmp_path):
+    """A copy-on-write map (``mmap="private"``) is writable: release leaves it alone (it could
+    drop writes) unless the caller says nothing wrote to it; the data stays the file's."""
+    want = np.arange(4096 * 4, dtype=np.float32).reshape(16, 1024)
+    save_file({"w": want}, tmp_path / "p.safetensors")
+    arr = load_file(tmp_path / "p.safetensors", mmap="private")["w"]
+    assert arr.flags.writeable and lowmem.mapped_buffer(arr) is not None
+    assert not lowmem.release(arr)
+    assert lowmem.release(arr, unwritten=True)
+    np.testing.assert_array_equal(arr, want)
+    out = lowmem.owned_copy(arr, np.float16, unwritten=True)
+    np.testing.assert_array_equal(out, want.astype(np.float16))
+    arr[0, 0] = -1.0  # copy-on-write: the file keeps its value
+    assert load_file(tmp_path / "p.safetensors")["w"][0, 0] == 0.0
