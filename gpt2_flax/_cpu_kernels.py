@@ -164,17 +164,12 @@ def _weights(model: Any) -> dict[str, jax.Array]:
     return {W.canonical_key(path): var.get_value() for path, var in W._params(model)}
 
 
-#: fp32 weights decode on the kernel only when this is True. Measured (bench_flax_generate.py
-#: --vs-torch, GPT-2 small, 2 threads, 10 rotated rounds): the kernel 35 tok/s against XLA's own
-#: loop 42 tok/s (0.85x) for fp32 weights, but 51 against 39 tok/s (1.31x) for bf16 weights,
-#: where XLA widens every weight on each step and the kernel reads bf16 directly. So by
-#: default the kernel serves bf16 weights only; ``GPT2_ZOO_FLAX_FP32_KERNEL=1`` in the
-#: environment (read on each ``generate``) or this flag puts fp32 weights on it too.
-FLOAT32_ON_KERNEL = False
-
-
-def float32_on_kernel() -> bool:
-    return FLOAT32_ON_KERNEL or os.environ.get("GPT2_ZOO_FLAX_FP32_KERNEL", "") == "1"
+#: the environment variable that puts fp32 weights on the kernel too (read on each
+#: ``generate``). Measured (bench_flax_generate.py --vs-torch, GPT-2 small, 2 threads, 10
+#: rotated rounds): the kernel 35 tok/s against XLA's own loop 42 tok/s (0.85x) for fp32
+#: weights, but 51 against 39 tok/s (1.31x) for bf16 weights, where XLA widens every weight on
+#: each step and the kernel reads bf16 directly. So by default the kernel serves bf16 only.
+FP32_KERNEL_ENV = "GPT2_ZOO_FLAX_FP32_KERNEL"
 
 
 def unsupported_reason(model: Any, rows: int, cache_len: int) -> str | None:
@@ -210,8 +205,8 @@ def unsupported_reason(model: Any, rows: int, cache_len: int) -> str | None:
             return f"{name} is on {sorted(str(d) for d in devices)}, not one CPU device"
     if next(iter(matrices)) == jnp.float32 and jnp.dtype(model.transformer.dtype) != jnp.float32:
         return f"compute dtype {jnp.dtype(model.transformer.dtype).name} over float32 weights"
-    if next(iter(matrices)) == jnp.float32 and not float32_on_kernel():
-        return "float32 weights: XLA's own loop is faster (GPT2_ZOO_FLAX_FP32_KERNEL=1 to override)"
+    if next(iter(matrices)) == jnp.float32 and os.environ.get(FP32_KERNEL_ENV, "") != "1":
+        return f"float32 weights: XLA's own loop is faster ({FP32_KERNEL_ENV}=1 to override)"
     return None
 
 

@@ -26,7 +26,7 @@ MASK = np.array([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]])
 @pytest.fixture(autouse=True)
 def fp32_on_kernel(monkeypatch):
     """These tests check the kernel on fp32 models too (by default fp32 takes XLA's loop)."""
-    monkeypatch.setattr(K, "FLOAT32_ON_KERNEL", True)
+    monkeypatch.setenv(K.FP32_KERNEL_ENV, "1")
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +176,7 @@ def test_kernel_rejects_out_of_range_ids(model):
 
 def test_fp32_weights_take_the_xla_loop_by_default(model, monkeypatch):
     """The measured default: fp32 weights decode in XLA's loop, bf16 weights on the kernel."""
-    monkeypatch.setattr(K, "FLOAT32_ON_KERNEL", False)
+    monkeypatch.delenv(K.FP32_KERNEL_ENV)
     assert "float32 weights" in K.unsupported_reason(model, 1, 32)
     cfg, sd, _ = build("lm", seed=3)
     bf16 = gf.GPT2LMHeadModel.from_state_dict(cfg, sd, param_dtype=jnp.bfloat16)
