@@ -3,7 +3,8 @@
 GPT-2 small shapes with random weights (no download), batch 1, float32: a 16-token prompt and 64
 new greedy tokens, and a 256-token prefill (one jitted forward). The transformers side runs in a
 subprocess with the interpreter named by $GPT2_ZOO_HF_PYTHON when that one has transformers' Flax
-classes; both sides run in the same invocation so the ratio is meaningful on a shared machine.
+classes, as a server: each round times both sides' decode, then both sides' forward, back to back
+in an order that alternates by round, and the ratios are medians of the per-round ratios.
 
 ``--vs-torch`` instead times, in interleaved rounds of one run, gpt2_flax's greedy decode on
 the fused CPU kernel (``gpt2_flax.generation.decode_engine`` says which: the C step as an XLA FFI call inside the jitted
@@ -31,7 +32,6 @@ import argparse
 import contextlib
 import json
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from json_server import JsonServer  # noqa: E402
-from timing import best_of, load_average, load_note, median, timed  # noqa: E402
+from timing import load_average, load_note, median, timed  # noqa: E402
 
 #: an interpreter with transformers 4.57.6 (and flax) installed; unset: those rows are skipped
 HF_PYTHON = os.environ.get("GPT2_ZOO_HF_PYTHON", "")
@@ -59,7 +59,9 @@ def shapes(quick: bool) -> dict:
     return dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024)
 
 
-def bench_ours(cfg_kwargs: dict, prompt: int, new: int, prefill: int, reps: int) -> dict:
+def setup_ours(cfg_kwargs: dict, prompt: int, new: int, prefill: int) -> dict:
+    """Our model, compiled; returns the timed calls (decode, full forward, generate's prefill)
+    and the first-call (compile) times."""
     sys.path.insert(0, str(ROOT))
     import jax
     import jax.numpy as jnp
@@ -77,27 +79,22 @@ def bench_ours(cfg_kwargs: dict, prompt: int, new: int, prefill: int, reps: int)
         return model.generate(ids, max_new_tokens=new, eos_token_id=None).block_until_ready()
 
     first = timed(gen)[0]
-    best = best_of(gen, reps, warmup=False)
-
     long_ids = jnp.asarray((jnp.arange(prefill)[None] * 31) % cfg.vocab_size, jnp.int32)
     graphdef, state = nnx.split(model)  # functional forward, as transformers' jax.jit(params)
     fwd = jax.jit(lambda s, x: nnx.merge(graphdef, s)(input_ids=x, use_cache=False).logits)
     fwd_compile = timed(lambda: fwd(state, long_ids).block_until_ready())[0]
-    fwd_s = best_of(lambda: fwd(state, long_ids).block_until_ready(), reps, warmup=False)
     # generate's own prefill: the prompt into the cache, logits of the last position only
     pre = jax.jit(
         lambda s, x: nnx.merge(graphdef, s)(input_ids=x, use_cache=False, logits_to_keep=1).logits
     )
-    pre_s = best_of(lambda: pre(state, long_ids).block_until_ready(), reps)
+    pre(state, long_ids).block_until_ready()
     return dict(
-        tok_s=new / best,
-        gen_s=best,
+        decode=gen,
+        prefill=lambda: fwd(state, long_ids).block_until_ready(),
+        gen_prefill=lambda: pre(state, long_ids).block_until_ready(),
         first_call_s=first,
-        compile_s=first - best,
-        prefill_s=fwd_s,
         prefill_compile_s=fwd_compile,
         jax=jax.__version__,
-        gen_prefill_s=pre_s,
     )
 
 
@@ -108,46 +105,57 @@ HF_SCRIPT = textwrap.dedent("""
     args = json.loads(sys.argv[1])
     cfg = GPT2Config(**args["cfg"], resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     model = FlaxGPT2LMHeadModel(cfg, seed=0)
-    P, N, L, reps = args["prompt"], args["new"], args["prefill"], args["reps"]
+    P, N, L = args["prompt"], args["new"], args["prefill"]
     ids = (jnp.arange(P)[None] * 7919) % cfg.vocab_size
     gen = jax.jit(lambda p, x: model.generate(x, params=p, max_new_tokens=N, do_sample=False,
                                               pad_token_id=0, eos_token_id=None).sequences)
     t = time.perf_counter(); gen(model.params, ids).block_until_ready(); first = time.perf_counter() - t
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter(); gen(model.params, ids).block_until_ready()
-        times.append(time.perf_counter() - t)
     long_ids = (jnp.arange(L)[None] * 31) % cfg.vocab_size
     fwd = jax.jit(lambda p, x: model(x, params=p).logits)
     t = time.perf_counter(); fwd(model.params, long_ids).block_until_ready(); fc = time.perf_counter() - t
-    ft = []
-    for _ in range(reps):
-        t = time.perf_counter(); fwd(model.params, long_ids).block_until_ready()
-        ft.append(time.perf_counter() - t)
-    best = min(times)
-    print(json.dumps(dict(tok_s=N / best, gen_s=best, first_call_s=first, compile_s=first - best,
-                          prefill_s=min(ft), prefill_compile_s=fc)))
+    print(json.dumps(dict(first_call_s=first, prefill_compile_s=fc)), flush=True)
+    # a server from here on: one request line ("decode" / "prefill") -> one timed call
+    for line in sys.stdin:
+        fn = {"decode": lambda: gen(model.params, ids).block_until_ready(),
+              "prefill": lambda: fwd(model.params, long_ids).block_until_ready()}.get(line.strip())
+        if fn is None:
+            break
+        t = time.perf_counter(); fn()
+        print(json.dumps({"s": time.perf_counter() - t}), flush=True)
 """)
 
 
-def bench_hf(cfg_kwargs: dict, prompt: int, new: int, prefill: int, reps: int) -> dict | str:
+def start_hf(cfg_kwargs: dict, prompt: int, new: int, prefill: int) -> JsonServer | str:
+    """transformers' jitted Flax model in its own interpreter, as a server (compiled first)."""
     if not HF_PYTHON or not Path(HF_PYTHON).is_file():
         return (
             f"skipped: GPT2_ZOO_HF_PYTHON={HF_PYTHON!r} is not an interpreter"
             if HF_PYTHON
             else "skipped: set GPT2_ZOO_HF_PYTHON to a python with transformers 4.57.6"
         )
-    args = json.dumps(dict(cfg=cfg_kwargs, prompt=prompt, new=new, prefill=prefill, reps=reps))
-    proc = subprocess.run(
-        [HF_PYTHON, "-c", HF_SCRIPT, args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-        timeout=3600,
-    )
-    if proc.returncode != 0:
-        return "failed: " + proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    args = json.dumps(dict(cfg=cfg_kwargs, prompt=prompt, new=new, prefill=prefill))
+    try:
+        return JsonServer(
+            [HF_PYTHON, "-c", HF_SCRIPT, args], {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        )
+    except RuntimeError as e:
+        return "failed: " + str(e).strip().splitlines()[-1]
+
+
+def interleaved(ours: dict, hf: JsonServer | None, rounds: int) -> dict:
+    """``rounds`` rounds; in each, both sides' decode then both sides' full forward, back to
+    back, in an order that alternates by round. Returns the lists of seconds per side and
+    call."""
+    out = {k: [] for k in ("decode", "prefill", "gen_prefill", "hf_decode", "hf_prefill")}
+    for r in range(rounds):
+        for what in ("decode", "prefill"):
+            sides = [(what, lambda what=what: timed(ours[what])[0])]
+            if hf is not None:
+                sides.append((f"hf_{what}", lambda what=what: hf.request(what)["s"]))
+            for key, fn in sides if r % 2 == 0 else sides[::-1]:
+                out[key].append(fn())
+        out["gen_prefill"].append(timed(ours["gen_prefill"])[0])
+    return out
 
 
 TORCH_SCRIPT = textwrap.dedent("""
@@ -313,7 +321,7 @@ def main() -> None:
     )
     ap.add_argument("--rounds", type=int, default=5, help="rounds of --vs-torch")
     ap.add_argument("--threads", type=int, default=2, help="threads of --vs-torch (both sides)")
-    ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--reps", type=int, default=None, help="interleaved rounds (7; quick: 2)")
     ap.add_argument("--prefill", type=int, default=256, help="prefill prompt length (256)")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     ap.add_argument(
@@ -328,58 +336,69 @@ def main() -> None:
     if args.vs_torch:
         bench_vs_torch(cfg, prompt, new, 2 if args.quick else args.rounds, args.threads, args.json)
         return
-    reps = args.reps or (2 if args.quick else 5)
-    ours = bench_ours(cfg, prompt, new, prefill, reps)
-    hf = bench_hf(cfg, prompt, new, prefill, reps)
-
+    rounds = args.reps or (2 if args.quick else 7)
+    ours = setup_ours(cfg, prompt, new, prefill)
+    hf = start_hf(cfg, prompt, new, prefill)
+    server = hf if isinstance(hf, JsonServer) else None
+    t = interleaved(ours, server, rounds)
+    if server is not None:
+        hf_info = server.info
+        server.close()
+    gen_s, fwd_s, pre_s = median(t["decode"]), median(t["prefill"]), median(t["gen_prefill"])
     print(
         f"# gpt2_flax generate benchmark ({'quick' if args.quick else 'GPT-2 small'}, fp32, "
-        f"batch 1, prompt {prompt}, {new} new greedy tokens; prefill {prefill})"
+        f"batch 1, prompt {prompt}, {new} new greedy tokens; prefill {prefill}; median of "
+        f"{rounds} interleaved rounds)"
     )
     print(f"cpu cores: {os.cpu_count()}   jax {ours['jax']}   {load_note()}")
     print(
-        f"ours          : {ours['tok_s']:8.1f} tok/s   first call {ours['first_call_s']:.1f} s "
-        f"(compile ~{ours['compile_s']:.1f} s)   prefill {prefill}: {ours['prefill_s'] * 1e3:.1f} ms "
-        f"(compile {ours['prefill_compile_s']:.1f} s)"
+        f"ours          : {new / gen_s:8.1f} tok/s   first call {ours['first_call_s']:.1f} s   "
+        f"prefill {prefill}: {fwd_s * 1e3:.1f} ms (compile {ours['prefill_compile_s']:.1f} s)"
     )
-    if isinstance(hf, dict):
+    figures = {
+        "framework": "flax",
+        "quick": args.quick,
+        "load": load_average(),
+        "new_tokens": new,
+        "prefill_len": prefill,
+        "decode_tok_s": new / gen_s,
+        "prefill_generate_s": pre_s,
+        "prefill_compiled_s": fwd_s,
+    }
+    if server is not None:
+        hf_gen, hf_fwd = median(t["hf_decode"]), median(t["hf_prefill"])
+        dec = [h / o for o, h in zip(t["decode"], t["hf_decode"])]
+        pref = [o / h for o, h in zip(t["prefill"], t["hf_prefill"])]
         print(
-            f"transformers  : {hf['tok_s']:8.1f} tok/s   first call {hf['first_call_s']:.1f} s "
-            f"(compile ~{hf['compile_s']:.1f} s)   prefill {prefill}: {hf['prefill_s'] * 1e3:.1f} ms "
-            f"(compile {hf['prefill_compile_s']:.1f} s)"
+            f"transformers  : {new / hf_gen:8.1f} tok/s   first call {hf_info['first_call_s']:.1f} s"
+            f"   prefill {prefill}: {hf_fwd * 1e3:.1f} ms "
+            f"(compile {hf_info['prefill_compile_s']:.1f} s)"
         )
-        print(f"decode ratio  : {ours['tok_s'] / hf['tok_s']:.2f}x (target >= 2x)")
         print(
-            f"generate's prefill (last-position logits only): {ours['gen_prefill_s'] * 1e3:.1f} ms"
-            f" -> {hf['prefill_s'] / ours['gen_prefill_s']:.2f}x transformers' jitted forward"
+            f"decode ratio  : {median(dec):.2f}x (median of {len(dec)} rounds, each "
+            f"{min(dec):.2f}-{max(dec):.2f}x; target >= 2x)"
         )
         print(
-            f"prefill ratio : {hf['prefill_s'] / ours['prefill_s']:.2f}x "
-            "(transformers time / ours; target >= 1x)"
+            f"generate's prefill (last-position logits only): {pre_s * 1e3:.1f} ms"
+            f" -> {pre_s / hf_fwd:.2f} of transformers' jitted forward time"
+        )
+        print(
+            f"full forward  : {median(pref):.2f} of transformers' time (median of {len(pref)} "
+            f"rounds, each {min(pref):.2f}-{max(pref):.2f}; target <= 1.0)"
+        )
+        figures.update(
+            hf_decode_tok_s=new / hf_gen,
+            decode_ratio=median(dec),
+            hf_prefill_compiled_s=hf_fwd,
+            prefill_compiled_ratio=median(pref),
         )
     else:
         print(f"transformers  : {hf}")
     if args.json:
-        figures = {
-            "framework": "flax",
-            "quick": args.quick,
-            "load": load_average(),
-            "new_tokens": new,
-            "prefill_len": prefill,
-            "decode_tok_s": ours["tok_s"],
-            "prefill_generate_s": ours["gen_prefill_s"],
-            "prefill_compiled_s": ours["prefill_s"],
-        }
-        if isinstance(hf, dict):
-            figures.update(
-                hf_decode_tok_s=hf["tok_s"],
-                decode_ratio=ours["tok_s"] / hf["tok_s"],
-                hf_prefill_compiled_s=hf["prefill_s"],
-            )
         Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
     if not args.quick:
         print(
-            f"bandwidth     : {ours['tok_s'] / args.bound_tok_s:.0%} of the ~{args.bound_tok_s:.0f} "
+            f"bandwidth     : {new / gen_s / args.bound_tok_s:.0%} of the ~{args.bound_tok_s:.0f} "
             "tok/s memory-bandwidth bound"
         )
 

@@ -44,6 +44,7 @@ from gpt2_core.generation import (
     sampling_seed,
 )
 from gpt2_core.generation_config import GenerationConfig
+from gpt2_core.inputs import check_prompt_shape
 from gpt2_flax import _cpu_kernels
 
 logger = logging.getLogger(__name__)
@@ -473,6 +474,9 @@ class GenerationMixin:
             generation_config = getattr(self, "generation_config", None)
         gen = GenerationConfig.resolve(generation_config, config, **kwargs)
         gen = gen.for_model(config.vocab_size, has_prompt=input_ids is not None)
+        if isinstance(input_ids, jax.core.Tracer) or isinstance(attention_mask, jax.core.Tracer):
+            # inside jax.jit / nnx.jit (transformers' ``jax.jit(model.generate)`` recipe)
+            return self._generate_in_graph(input_ids, attention_mask, gen, prng_key, streamer)
         ids, mask = prepare_inputs(input_ids, attention_mask, gen, config.vocab_size)
         ids, mask = ids.astype(np.int32), mask.astype(np.int32)
         B, Tu = ids.shape
@@ -557,3 +561,91 @@ class GenerationMixin:
         if streamer is not None:
             streamer.end()
         return seqs[:, Tb - Tu : Tb + n_new]
+
+    def _generate_in_graph(
+        self, input_ids, attention_mask, gen: GenerationConfig, prng_key, streamer
+    ):
+        """``generate`` traced inside ``jax.jit`` / ``nnx.jit`` (transformers' ``jax.jit(
+        model.generate)``): the same compiled loop on traced inputs. Returns (B *
+        num_return_sequences, Tu + max_new_tokens) ids, rows that stop early padded with the
+        pad id (transformers' Flax generate does the same). The value checks of the eager call
+        (ids in the vocabulary, a 0/1 mask) cannot raise on traced values: an id outside the
+        vocabulary makes that row's logits NaN."""
+        config = self.config
+        if streamer is not None:
+            raise ValueError("a streamer needs eager generate: call model.generate outside jax.jit")
+        if input_ids is None:
+            input_ids = [[gen.bos_token_id]]
+        ids = jnp.asarray(input_ids)
+        if not jnp.issubdtype(ids.dtype, jnp.integer):
+            raise TypeError(f"input_ids must hold integers, got dtype {ids.dtype}")
+        ids = ids.astype(jnp.int32)
+        ids = ids[None] if ids.ndim == 1 else ids
+        check_prompt_shape(ids.shape)
+        B, Tu = ids.shape
+        if attention_mask is None:
+            pad = gen.pad_token_id
+            if pad is not None and pad not in gen.eos_token_ids:
+                is_pad = ids == pad
+                mask = jnp.where(jnp.any(is_pad), (~is_pad).astype(jnp.int32), 1)
+            else:
+                mask = jnp.ones_like(ids)
+        else:
+            mask = jnp.asarray(attention_mask).astype(jnp.int32)
+            mask = mask[None] if mask.ndim == 1 else mask
+            if mask.shape != ids.shape:
+                raise ValueError(
+                    f"attention_mask shape {mask.shape} != input_ids shape {ids.shape}"
+                )
+        eos = tuple(gen.eos_token_ids)
+        pad = gen.effective_pad_token_id
+        max_new = gen.max_new_tokens_for(Tu, config.n_positions)
+        if max_new == 0:
+            return ids
+        min_new = gen.min_new_tokens_for(Tu)
+        mode = "beam" if gen.num_beams > 1 else ("sample" if gen.do_sample else "greedy")
+        Tb = bucket(Tu)
+        M = bucket(Tb + max_new)
+        ids_b = jnp.concatenate([jnp.repeat(ids[:, :1], Tb - Tu, axis=1), ids], axis=1)
+        mask_b = jnp.concatenate([jnp.zeros((B, Tb - Tu), jnp.int32), mask], axis=1)
+        sample = mode == "sample"
+        rows = B * (gen.num_return_sequences if sample else gen.num_beams)
+        opts = _Options(
+            mode=mode,
+            cache_len=M,
+            vocab_size=config.vocab_size,
+            n_eos=len(eos),
+            use_temperature=sample and gen.temperature != 1.0,
+            top_k=int(gen.top_k) if sample else 0,
+            use_top_p=sample and gen.top_p < 1.0,
+            use_repetition_penalty=gen.repetition_penalty != 1.0,
+            no_repeat_ngram_size=int(gen.no_repeat_ngram_size),
+            num_beams=gen.num_beams,
+            num_return_sequences=gen.num_return_sequences,
+            early_stopping=gen.early_stopping if mode == "beam" else False,
+            positive_length_penalty=gen.length_penalty > 0,
+            stream=False,
+            cpu_kernel=_cpu_kernels.unsupported_reason(self, rows, M) is None,
+        )
+        if sample and gen.num_return_sequences > 1:
+            ids_b = jnp.repeat(ids_b, gen.num_return_sequences, axis=0)
+            mask_b = jnp.repeat(mask_b, gen.num_return_sequences, axis=0)
+        if prng_key is None:
+            prng_key = jax.random.key(sampling_seed(gen.seed))
+        positions = jnp.where(mask_b != 0, jnp.cumsum(mask_b, axis=-1) - 1, 1).astype(jnp.int32)
+        graphdef, state = nnx.split(self)
+        seqs, _ = _program(
+            graphdef,
+            opts,
+            state,
+            ids_b,
+            mask_b,
+            positions,
+            jnp.int32(Tb - Tu),
+            jnp.int32(max_new),
+            jnp.int32(min_new),
+            prng_key,
+            jnp.int32(0),
+            _params(gen, eos, pad),
+        )
+        return seqs[:, Tb - Tu : Tb + max_new]

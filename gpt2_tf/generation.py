@@ -32,6 +32,7 @@ from tensorflow.compiler.tf2xla.python import xla
 from gpt2_core.generation import (
     BEAM_NEG,
     beam_filler,
+    check_prompt_shape,
     prepare_inputs,
     prompt_position_ids,
     sampling_seed,
@@ -111,6 +112,9 @@ class GenerationMixin:
             **kwargs,
         )
         gc = gc.for_model(cfg.vocab_size, has_prompt=input_ids is not None)
+        if not tf.executing_eagerly():
+            # inside tf.function(model.generate, jit_compile=True), transformers' XLA recipe
+            return self._generate_in_graph(input_ids, attention_mask, gc, streamer)
         ids, mask = prepare_inputs(
             input_ids.numpy() if tf.is_tensor(input_ids) else input_ids,
             attention_mask.numpy() if tf.is_tensor(attention_mask) else attention_mask,
@@ -119,56 +123,19 @@ class GenerationMixin:
         )
         ids, mask = ids.astype(np.int32), mask.astype(np.int32)
         B, T = ids.shape
-        max_new = gc.max_new_tokens_for(T, cfg.n_positions)
-        min_new = gc.min_new_tokens_for(T)
+        if streamer is not None and (gc.num_beams > 1 or B * gc.num_return_sequences != 1):
+            raise ValueError("streaming supports batch size 1 and no beam search (as transformers)")
+        spec, sc, max_new, min_new = self._plan(gc, B, T)
         if max_new == 0:
             return tf.constant(ids, tf.int32)
-        beam = gc.num_beams > 1
-        expand = gc.num_beams if beam else gc.num_return_sequences
-        if streamer is not None and (beam or B * expand != 1):
-            raise ValueError("streaming supports batch size 1 and no beam search (as transformers)")
-        Tb = _round_up(T, PROMPT_BUCKET)
-        S = _round_up(Tb + max_new, LENGTH_BUCKET)
-        eos = gc.eos_token_ids
-        pad = gc.effective_pad_token_id
-        fill = beam_filler(gc) if beam else pad
-        top_k = min(gc.top_k, cfg.vocab_size) if gc.do_sample else 0
-        spec = _Spec(
-            batch=B,
-            expand=expand,
-            prompt_len=Tb,
-            slots=S,
-            mode="beam" if beam else ("sample" if gc.do_sample else "greedy"),
-            top_k=top_k,
-            top_p=gc.do_sample and gc.top_p < 1.0,
-            repetition=gc.repetition_penalty != 1.0,
-            ngram=gc.no_repeat_ngram_size,
-            n_eos=len(eos),
-            early_stopping=gc.early_stopping if beam else False,
-            n_return=gc.num_return_sequences if beam else 1,
-        )
+        Tb, extra = spec.prompt_len, spec.prompt_len - T
         # bucket padding: repeat the first column (a valid id) and mask it out
-        extra = Tb - T
         ids_p = np.concatenate([np.repeat(ids[:, :1], extra, axis=1), ids], axis=1)
         mask_p = np.concatenate([np.zeros((B, extra), np.int32), mask], axis=1)
         positions = tf.constant(prompt_position_ids(mask_p), tf.int32)  # bucket pads at 1
-        seed = sampling_seed(gc.seed)
-        sc = {
-            "max_new": tf.constant(max_new, tf.int32),
-            "min_new": tf.constant(min_new, tf.int32),
-            "start": tf.constant(extra, tf.int32),
-            "pad": tf.constant(pad, tf.int32),
-            "fill": tf.constant(fill, tf.int32),
-            "temperature": tf.constant(gc.temperature, tf.float32),
-            "top_p": tf.constant(gc.top_p, tf.float32),
-            "repetition_penalty": tf.constant(gc.repetition_penalty, tf.float32),
-            "length_penalty": tf.constant(gc.length_penalty, tf.float32),
-            "seed": tf.constant(seed, tf.int32),
-            "eos": tf.constant(np.asarray(eos, np.int32).reshape(-1), tf.int32),
-        }
         ids_t = tf.constant(ids_p, tf.int32)
         mask_t = tf.constant(mask_p, tf.int32)
-        reason = _cpu_kernels.unsupported_reason(self, spec.rows, S)
+        reason = _cpu_kernels.unsupported_reason(self, spec.rows, spec.slots)
         if reason is None:
             spec = dataclasses.replace(spec, host=True)
             seq, n_new = _cpu_kernels.generate(
@@ -194,6 +161,100 @@ class GenerationMixin:
             seq, n_new = state["seq"], state["step"]
         seq = seq.numpy()[:, extra : Tb + int(n_new)]
         return tf.constant(seq, tf.int32)
+
+    def _plan(self, gc: GenerationConfig, B: int, T: int) -> tuple[_Spec, dict, int, int]:
+        """The static setting of one call (B prompts of T tokens) and its scalar inputs:
+        (spec, sc, max_new, min_new)."""
+        cfg = self.config
+        max_new = gc.max_new_tokens_for(T, cfg.n_positions)
+        min_new = gc.min_new_tokens_for(T)
+        beam = gc.num_beams > 1
+        Tb = _round_up(T, PROMPT_BUCKET)
+        S = _round_up(Tb + max_new, LENGTH_BUCKET)
+        eos = gc.eos_token_ids
+        pad = gc.effective_pad_token_id
+        spec = _Spec(
+            batch=B,
+            expand=gc.num_beams if beam else gc.num_return_sequences,
+            prompt_len=Tb,
+            slots=S,
+            mode="beam" if beam else ("sample" if gc.do_sample else "greedy"),
+            top_k=min(gc.top_k, cfg.vocab_size) if gc.do_sample else 0,
+            top_p=gc.do_sample and gc.top_p < 1.0,
+            repetition=gc.repetition_penalty != 1.0,
+            ngram=gc.no_repeat_ngram_size,
+            n_eos=len(eos),
+            early_stopping=gc.early_stopping if beam else False,
+            n_return=gc.num_return_sequences if beam else 1,
+        )
+        sc = {
+            "max_new": tf.constant(max_new, tf.int32),
+            "min_new": tf.constant(min_new, tf.int32),
+            "start": tf.constant(Tb - T, tf.int32),
+            "pad": tf.constant(pad, tf.int32),
+            "fill": tf.constant(beam_filler(gc) if beam else pad, tf.int32),
+            "temperature": tf.constant(gc.temperature, tf.float32),
+            "top_p": tf.constant(gc.top_p, tf.float32),
+            "repetition_penalty": tf.constant(gc.repetition_penalty, tf.float32),
+            "length_penalty": tf.constant(gc.length_penalty, tf.float32),
+            "seed": tf.constant(sampling_seed(gc.seed), tf.int32),
+            "eos": tf.constant(np.asarray(eos, np.int32).reshape(-1), tf.int32),
+        }
+        return spec, sc, max_new, min_new
+
+    def _generate_in_graph(self, input_ids, attention_mask, gc: GenerationConfig, streamer):
+        """``generate`` traced inside a ``tf.function`` (transformers' ``tf.function(
+        model.generate, jit_compile=True)``): the all-XLA loop, on symbolic inputs of static
+        shape. Returns (B * num_return_sequences, T + max_new_tokens) ids, rows that stopped
+        early padded with the pad id (transformers' XLA generate does the same). The value
+        checks of the eager call (ids in the vocabulary, a 0/1 mask) cannot raise in a graph:
+        an id outside the vocabulary makes that row's logits NaN."""
+        if streamer is not None:
+            raise ValueError(
+                "a streamer needs eager generate: call model.generate(...) outside tf.function"
+            )
+        if input_ids is None:
+            if gc.bos_token_id is None:
+                raise ValueError("generate() needs input_ids or a bos_token_id to start from")
+            input_ids = [[gc.bos_token_id]]
+        ids = tf.convert_to_tensor(input_ids)
+        if not ids.dtype.is_integer:
+            raise TypeError(f"input_ids must hold integers, got dtype {ids.dtype.name}")
+        ids = tf.cast(ids, tf.int32)
+        if ids.shape.rank == 1:
+            ids = ids[None]
+        if ids.shape.rank != 2 or None in ids.shape.as_list():
+            raise ValueError(
+                f"generate inside tf.function needs input_ids of a static (batch, length) "
+                f"shape, got {ids.shape}: give the tf.function an input_signature with fixed "
+                "sizes, or call it on concrete tensors"
+            )
+        B, T = ids.shape.as_list()
+        check_prompt_shape((B, T))
+        if attention_mask is None:
+            pad = gc.pad_token_id
+            if pad is not None and pad not in gc.eos_token_ids:
+                is_pad = tf.equal(ids, pad)
+                mask = tf.where(tf.reduce_any(is_pad), tf.cast(~is_pad, tf.int32), 1)
+            else:
+                mask = tf.ones_like(ids)
+        else:
+            mask = tf.convert_to_tensor(attention_mask)
+            if mask.dtype == tf.string:
+                raise TypeError("attention_mask must hold 0 and 1, got dtype string")
+            mask = tf.cast(mask, tf.int32)
+            mask = mask[None] if mask.shape.rank == 1 else mask
+            if mask.shape.as_list() != [B, T]:
+                raise ValueError(f"attention_mask shape {mask.shape} != input_ids shape {(B, T)}")
+        spec, sc, max_new, _ = self._plan(gc, B, T)
+        if max_new == 0:
+            return ids
+        Tb, extra = spec.prompt_len, spec.prompt_len - T
+        ids_p = tf.concat([tf.repeat(ids[:, :1], extra, axis=1), ids], axis=1)
+        mask_p = tf.concat([tf.zeros([B, extra], tf.int32), mask], axis=1)
+        positions = tf.where(mask_p != 0, tf.cumsum(mask_p, axis=1) - 1, 1)
+        seq, _ = self._generation_functions(spec)["full"](ids_p, mask_p, positions, sc)
+        return seq[:, extra : Tb + max_new]
 
     @property
     def generation_trace_count(self) -> int:

@@ -112,3 +112,46 @@ def test_double_heads_model_generates_as_the_lm_head():
         a = np.asarray(lm.generate(PROMPT, attention_mask=MASK, max_new_tokens=4, **kw))
         b = np.asarray(dh.generate(PROMPT, attention_mask=MASK, max_new_tokens=4, **kw))
         np.testing.assert_array_equal(a, b)
+
+
+def test_generate_inside_jax_jit_as_transformers_recipe(lm):
+    """transformers' Flax recipe, ``jax.jit(model.generate)``, and ``nnx.jit`` with the model
+    as an argument: the eager call's tokens; rows that stop early are padded to
+    Tu + max_new_tokens (as transformers' Flax generate); beams and sampling run traced too."""
+    import pytest
+    from flax import nnx
+
+    _, _, model = lm
+    kw = dict(max_new_tokens=6, eos_token_id=None)
+    eager = np.asarray(model.generate(PROMPT, attention_mask=MASK, **kw))
+    jitted = jax.jit(lambda ids, mask: model.generate(ids, attention_mask=mask, **kw))
+    np.testing.assert_array_equal(np.asarray(jitted(PROMPT, MASK)), eager)
+    # the pad id (0) occurs and differs from EOS: the mask is inferred in the graph too
+    np.testing.assert_array_equal(
+        np.asarray(jax.jit(lambda ids: model.generate(ids, **kw))(PROMPT)), eager
+    )
+    # EOS = row 1's 2nd generated token: row 1 stops there and is padded, the shape stays
+    eos = int(eager[1, 6])
+    stopped = np.asarray(
+        nnx.jit(
+            lambda m, ids: m.generate(
+                ids, attention_mask=MASK, max_new_tokens=6, eos_token_id=eos, pad_token_id=3
+            )
+        )(model, PROMPT)
+    )
+    assert stopped.shape == (2, 11)
+    np.testing.assert_array_equal(stopped[1, :7], eager[1, :7])
+    assert stopped[1, 7:].tolist() == [3, 3, 3, 3]
+    beam = dict(max_new_tokens=4, num_beams=3, num_return_sequences=2, eos_token_id=None)
+    want = np.asarray(model.generate(PROMPT[1:], **beam))
+    got = np.asarray(jax.jit(lambda ids: model.generate(ids, **beam))(PROMPT[1:]))
+    np.testing.assert_array_equal(got, want)
+    sample = dict(max_new_tokens=4, do_sample=True, top_k=5, seed=3, eos_token_id=None)
+    np.testing.assert_array_equal(
+        np.asarray(jax.jit(lambda ids: model.generate(ids, **sample))(PROMPT[1:])),
+        np.asarray(model.generate(PROMPT[1:], **sample)),
+    )
+    with pytest.raises(ValueError, match="streamer needs eager"):
+        jax.jit(
+            lambda ids: model.generate(ids, max_new_tokens=2, streamer=CallbackStreamer(print))
+        )(PROMPT[1:])

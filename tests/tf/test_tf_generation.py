@@ -92,3 +92,51 @@ def test_generation_errors(lm, rng):
         lm.generate(np.ones((1, 3), np.float32), max_new_tokens=2)
     with pytest.raises(TypeError, match="unknown generation argument"):
         lm.generate(ids_like(rng, (1, 3)), max_new_tokenz=2)
+
+
+def test_generate_inside_tf_function_as_transformers_recipe(lm, rng):
+    """transformers' TF recipe, ``tf.function(model.generate, jit_compile=True)``: the same
+    tokens as the eager call; rows that stop early are padded to T + max_new_tokens (as
+    transformers' XLA generate); beam search and a mask work in the graph too."""
+    import tensorflow as tf
+
+    xla_generate = tf.function(lm.generate, jit_compile=True)
+    a, b = ids_like(rng, 5), ids_like(rng, 3)
+    batch = np.stack([a, np.concatenate([[0, 0], b])]).astype(np.int32)
+    mask = (batch != 0).astype(np.int32)
+    kw = dict(max_new_tokens=6, eos_token_id=None)
+    eager = lm.generate(batch, attention_mask=mask, **kw).numpy()
+    graph = xla_generate(tf.constant(batch), attention_mask=tf.constant(mask), **kw).numpy()
+    np.testing.assert_array_equal(graph, eager)
+    # EOS = the 2nd generated token of row 0: row 0 stops and is padded, the shape stays
+    eos = int(eager[0, 6])
+    stopped = xla_generate(
+        tf.constant(batch),
+        attention_mask=tf.constant(mask),
+        max_new_tokens=6,
+        eos_token_id=eos,
+        pad_token_id=3,
+    ).numpy()
+    assert stopped.shape == (2, 11)
+    np.testing.assert_array_equal(stopped[0, :7], eager[0, :7])
+    assert stopped[0, 7:].tolist() == [3, 3, 3, 3]
+    # beam search and num_return_sequences, and tf.function without XLA
+    beam_kw = dict(max_new_tokens=4, num_beams=3, num_return_sequences=2, eos_token_id=None)
+    want = lm.generate(a[None], **beam_kw).numpy()
+    got = tf.function(lm.generate)(tf.constant(a[None].astype(np.int32)), **beam_kw).numpy()
+    np.testing.assert_array_equal(got, want)
+
+
+def test_generate_inside_tf_function_needs_static_shapes(lm, rng):
+    import tensorflow as tf
+
+    fn = tf.function(
+        lambda x: lm.generate(x, max_new_tokens=2),
+        input_signature=[tf.TensorSpec([None, None], tf.int32)],
+    )
+    with pytest.raises(ValueError, match="static"):
+        fn(tf.constant(ids_like(rng, (1, 3)).astype(np.int32)))
+    with pytest.raises(ValueError, match="streamer needs eager"):
+        tf.function(lambda x: lm.generate(x, max_new_tokens=2, streamer=CallbackStreamer(print)))(
+            tf.constant(ids_like(rng, (1, 3)).astype(np.int32))
+        )
