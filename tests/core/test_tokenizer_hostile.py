@@ -196,3 +196,18 @@ def test_batch_runs_chunks_on_threads(monkeypatch):
     two = GPT2TokenizerFast(num_threads=2)
     assert two.encode_batch(texts) == [two.encode(t) for t in texts]
     assert seen == [2, 8]  # 2 workers, 2 * _CHUNKS_PER_THREAD chunks
+
+
+@pytest.mark.parametrize("special", [True, False])
+def test_numpy_cut_positions_equal_the_regex_scan(special):
+    """Long texts find their cuts with numpy: the same positions as the ``re`` scan (ASCII and
+    non-ASCII texts, code points above the whitespace table, runs at both ends)."""
+    import random
+
+    rng = random.Random(15)
+    pieces = [*_PIECES, "\U0010fffd", "\u3001", "\u2000\u200a", "x" * 40, "    ", "\n\n"]
+    for _ in range(300):
+        s = "".join(rng.choice(pieces) for _ in range(rng.randint(200, 400)))
+        s = s.ljust(tf_mod._NUMPY_CUTS_MIN, rng.choice(" a"))
+        want = [m.end() for m in tf_mod._CUT_AT[special].finditer(s)]
+        assert tf_mod._cut_positions(s, special) == want, s
