@@ -1,19 +1,23 @@
-"""bf16 weights against fp32 for gpt2_torch greedy decoding on CPU, same weights, same run.
+"""bf16 weights against fp32 for greedy decoding on CPU (gpt2_torch, or gpt2_tf with
+``--framework tf``), same weights, same run.
 
 GPT-2 small shapes (random weights with transformers' init), batch 1, a 16-token prompt and
-64 new tokens (``min_new_tokens`` forces them all). The fp32 model and its bf16 cast
-(``model.to(torch.bfloat16)``, as ``from_pretrained(dtype=torch.bfloat16)`` gives) are timed in
+64 new tokens (``min_new_tokens`` forces them all). The fp32 model and its bf16 copy (torch:
+``model.to(torch.bfloat16)``, as ``from_pretrained(dtype=torch.bfloat16)`` gives; TF: the
+"bfloat16" Keras policy, as ``from_pretrained(dtype="bfloat16")`` gives) are timed in
 alternating rounds, so drifts in the machine's memory bandwidth hit both; the figure is the
 median of the per-round ratios. Decoding is bound by reading the weights (498 MB per token in
 fp32, 249 MB in bf16), so the ceiling of the ratio is 2x. Target (issue 16): >= 1.8x.
 
 Two figures per round: ``generate`` tok/s (64 tokens over the whole call, the 16-token prefill
 included, as bench_torch_generate.py counts it) and the decoding steps alone (a 65-token
-generate minus a 1-token one, public API only). On a CPU without native bf16 the bf16 prefill is fed through the kernel one
-token at a time (torch's emulated bf16 GEMM is far slower), which costs 16 steps.
+generate minus a 1-token one, public API only). On a CPU without native bf16, torch feeds the
+bf16 prompt through the kernel one token at a time (torch's emulated bf16 GEMM is far slower),
+which costs 16 steps; TF runs its XLA prefill in bf16.
 
-    python benchmarks/bench_bf16_decode.py            # 5 rounds
-    python benchmarks/bench_bf16_decode.py --quick    # 2 rounds, 32 new tokens
+    python benchmarks/bench_bf16_decode.py                  # torch, 5 rounds
+    python benchmarks/bench_bf16_decode.py --framework tf   # gpt2_tf
+    python benchmarks/bench_bf16_decode.py --quick          # 2 rounds, 32 new tokens
 """
 
 from __future__ import annotations
@@ -23,26 +27,59 @@ import json
 import sys
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from gpt2_core import GPT2Config, cpu_kernels
 from gpt2_core.init import random_state_dict
-from gpt2_torch import GPT2LMHeadModel, weights
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import load_note, median, timed
 
+FRAMEWORK = "torch"
+
 
 def _generate(model, ids, new: int) -> float:
     """Wall seconds of one greedy ``generate`` of exactly ``new`` tokens."""
+    kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False)
+    if FRAMEWORK == "torch":
+        import torch
 
-    def call():
-        with torch.no_grad():
-            return model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False)
+        def call():
+            with torch.no_grad():
+                return model.generate(ids, **kw)
+    else:
+
+        def call():
+            return model.generate(ids, **kw).numpy()
 
     secs, _, out = timed(call)
     assert out.shape[1] == ids.shape[1] + new
     return secs
+
+
+def _models(cfg, sd, threads: int, prompt: int):
+    """(fp32 model, bf16 model, prompt ids) of the chosen framework."""
+    ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (1, prompt))
+    if FRAMEWORK == "torch":
+        import torch
+
+        from gpt2_torch import GPT2LMHeadModel, weights
+
+        torch.set_num_threads(threads)
+        fp32 = GPT2LMHeadModel(cfg).eval()
+        weights.load_canonical(fp32, sd)
+        bf16 = GPT2LMHeadModel(cfg).eval()
+        bf16.load_state_dict(fp32.state_dict())
+        return fp32, bf16.to(torch.bfloat16), torch.tensor(ids)
+    import os
+
+    os.environ["GPT2_ZOO_CPU_THREADS"] = str(threads)
+    from gpt2_tf import GPT2LMHeadModel, load_canonical
+
+    fp32, bf16 = GPT2LMHeadModel(cfg), GPT2LMHeadModel(cfg, dtype="bfloat16")
+    load_canonical(fp32, sd)
+    load_canonical(bf16, sd)
+    return fp32, bf16, ids.astype(np.int32)
 
 
 def tok_per_s(model, ids, new: int) -> float:
@@ -64,19 +101,14 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--prompt", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--framework", choices=["torch", "tf"], default="torch")
     args = ap.parse_args()
+    global FRAMEWORK
+    FRAMEWORK = args.framework
     rounds, new = (2, 32) if args.quick else (args.rounds, args.new_tokens)
-    torch.set_num_threads(args.threads)
     cfg = GPT2Config.from_pretrained("gpt2")
-    fp32 = GPT2LMHeadModel(cfg).eval()
-    weights.load_canonical(fp32, random_state_dict(cfg, "lm", seed=0))
-    bf16 = GPT2LMHeadModel(cfg).eval()
-    bf16.load_state_dict(fp32.state_dict())
-    bf16 = bf16.to(torch.bfloat16)
-    ids = torch.randint(
-        0, cfg.vocab_size, (1, args.prompt), generator=torch.Generator().manual_seed(0)
-    )
-    print(f"CPU kernels: {cpu_kernels.status()}")
+    fp32, bf16, ids = _models(cfg, random_state_dict(cfg, "lm", seed=0), args.threads, args.prompt)
+    print(f"{FRAMEWORK}; CPU kernels: {cpu_kernels.status()}")
     print(load_note())
     for m in (fp32, bf16):  # warm-up: kernel build, allocator, page faults
         tok_per_s(m, ids, 4)
@@ -114,7 +146,9 @@ def main() -> None:
             "step_ratio",
         )
     }
-    summary.update(threads=args.threads, new_tokens=new, prompt=args.prompt, rounds=rows)
+    summary.update(
+        framework=FRAMEWORK, threads=args.threads, new_tokens=new, prompt=args.prompt, rounds=rows
+    )
     print(
         f"bf16 / fp32: generate {summary['ratio']:.2f}x, decoding steps "
         f"{summary['step_ratio']:.2f}x (medians of {rounds} rounds; target >= 1.8x)"

@@ -12,7 +12,7 @@ Covered: fp32 decode, compiled prefill and eager call vs transformers per framew
 (``bench_{torch,tf,flax}_generate.py --json results/generate_*.json``, prefill 256 and 512),
 Flax vs torch decode (``bench_flax_generate.py --vs-torch --json``), the tokenizer against
 tiktoken (``bench_tokenizer.py --json``), load time and peak RSS per framework / preset / dtype
-(``bench_load_memory.py``), bf16 vs fp32 torch decoding (``bench_bf16_decode.py``) and int8
+(``bench_load_memory.py``), bf16 vs fp32 torch and TF decoding (``bench_bf16_decode.py``) and int8
 vs fp32 decoding (``bench_int8_decode.py --xl --json results/int8_decode.json``).
 """
 
@@ -209,28 +209,33 @@ def load_rows(results: Path) -> list[str]:
 
 
 def bf16_rows(results: Path) -> list[str]:
-    data = None
-    for name in ("bf16_decode_torch.txt", "bf16_decode_torch_t1.txt"):  # idle 2 threads first
-        path = results / name
-        data = last_json(path) if path.is_file() else None
-        if data:
-            break
-    if not data:
-        return [
-            "| torch bf16 / fp32 decode | not measured | >= 1.8x | run "
-            "`bench_bf16_decode.py | tee results/bf16_decode_torch.txt` |"
+    rows = []
+    for fw in ("torch", "tf"):
+        data = None
+        # idle 2 threads first
+        for name in (f"bf16_decode_{fw}.txt", f"bf16_decode_{fw}_t1.txt"):
+            path = results / name
+            data = last_json(path) if path.is_file() else None
+            if data:
+                break
+        if not data:
+            rows.append(
+                f"| {fw} bf16 / fp32 decode | not measured | >= 1.8x | run "
+                f"`bench_bf16_decode.py --framework {fw} | tee results/bf16_decode_{fw}.txt` |"
+            )
+            continue
+        step_ok = "met" if data["step_ratio"] >= 1.8 else "NOT met"
+        gen_ok = "met" if data["ratio"] >= 1.8 else "NOT met"
+        n = len(data["rounds"])
+        rows += [
+            f"| {fw} bf16 / fp32, decoding steps (GPT-2 small, {data['threads']} threads) | "
+            f"{data['bf16_step_tok_s']:.1f} / {data['fp32_step_tok_s']:.1f} tok/s = "
+            f"{data['step_ratio']:.2f}x (median of {n} rounds) | >= 1.8x | {step_ok} |",
+            f"| {fw} bf16 / fp32, whole `generate` ({data['prompt']}-token prompt + "
+            f"{data['new_tokens']} tokens) | {data['bf16_tok_s']:.1f} / {data['fp32_tok_s']:.1f} "
+            f"tok/s = {data['ratio']:.2f}x | >= 1.8x | {gen_ok} |",
         ]
-    step_ok = "met" if data["step_ratio"] >= 1.8 else "NOT met"
-    gen_ok = "met" if data["ratio"] >= 1.8 else "NOT met"
-    n = len(data["rounds"])
-    return [
-        f"| torch bf16 / fp32, decoding steps (GPT-2 small, {data['threads']} threads) | "
-        f"{data['bf16_step_tok_s']:.1f} / {data['fp32_step_tok_s']:.1f} tok/s = "
-        f"{data['step_ratio']:.2f}x (median of {n} rounds) | >= 1.8x | {step_ok} |",
-        f"| torch bf16 / fp32, whole `generate` ({data['prompt']}-token prompt + "
-        f"{data['new_tokens']} tokens) | {data['bf16_tok_s']:.1f} / {data['fp32_tok_s']:.1f} "
-        f"tok/s = {data['ratio']:.2f}x | >= 1.8x | {gen_ok} |",
-    ]
+    return rows
 
 
 def int8_rows(results: Path) -> list[str]:

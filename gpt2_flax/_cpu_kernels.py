@@ -12,11 +12,11 @@ The handler (``gpt2_core/csrc/gpt2_xla_ffi.cc``) is compiled at first use agains
 headers (``jax.ffi.include_dir()``) and linked with ``gpt2_kernels.c`` into one library, cached
 under ``$GPT2_ZOO_CACHE`` keyed by both sources, the flags, the compilers, the CPU and jaxlib's
 version, and published by an atomic rename. It is used only where it computes what the XLA
-forward computes: a CPU backend, every parameter on one CPU device, weight matrices all float32
-or all bfloat16, at most :data:`gpt2_core.cpu_kernels.MAX_ROWS` rows (batch x beams), no
-cross-attention. Everything else, and ``GPT2_ZOO_CPU_KERNELS=0`` or
-``gpt2_core.cpu_kernels.disabled()``, keeps the all-XLA loop; :func:`unsupported_reason` says
-why. With bfloat16 weights the step keeps activations and the cache in float32 (as torch's),
+forward computes: a CPU backend, every parameter on one CPU device, weight matrices all
+float32, all bfloat16, or all int8 with per-output-channel scales (:mod:`gpt2_flax.quantize`),
+at most :data:`gpt2_core.cpu_kernels.MAX_ROWS` rows (batch x beams), no cross-attention.
+Everything else, and ``GPT2_ZOO_CPU_KERNELS=0`` or ``gpt2_core.cpu_kernels.disabled()``, keeps
+the all-XLA loop; :func:`unsupported_reason` says why. With bfloat16 weights the step keeps activations and the cache in float32 (as torch's),
 so its tokens may differ from the all-XLA bf16 loop, which rounds activations to bf16.
 
 Example:
@@ -50,10 +50,13 @@ logger = logging.getLogger(__name__)
 TARGET = "gpt2_zoo_decode_step"
 _SOURCE = core._SOURCE.with_name("gpt2_xla_ffi.cc")
 _CXX_FLAGS = ["-O2", "-march=native", "-fopenmp", "-fPIC", "-std=c++17", "-w"]
-_ABI = 1
+_ABI = 2
 _KERNEL_ABI = 5  # gpt2_kernels.c's gpt2_kernels_abi() this handler is written against
-#: parameter dtypes the step reads (the weight matrices all one of them)
+#: parameter dtypes the step reads (the weight matrices all one of them, or all int8 with
+#: float32 per-output-channel scales: a model quantized by :mod:`gpt2_flax.quantize`)
 STEP_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+#: the C kernel's weight kinds (``wq``)
+_WEIGHT_KINDS = {jnp.dtype(jnp.float32): 0, jnp.dtype(jnp.bfloat16): 1, jnp.dtype(jnp.int8): 2}
 
 _lock = threading.Lock()
 _tried = False
@@ -158,10 +161,31 @@ def _reset() -> None:
 
 
 def _weights(model: Any) -> dict[str, jax.Array]:
-    """Canonical name -> the model's own parameter array (kernels in their (in, out) layout)."""
+    """Canonical name -> the model's own parameter array (kernels in their (in, out) layout).
+    For an int8 model (:mod:`gpt2_flax.quantize`): the int8 matrices under the float names,
+    and their float32 scales under ``<name>_scale`` (the tied head reads wte's)."""
     from gpt2_flax import weights as W
 
-    return {W.canonical_key(path): var.get_value() for path, var in W._params(model)}
+    out = {W.canonical_key(path): var.get_value() for path, var in W._params(model)}
+    if getattr(model, "quantization", None) == "int8":
+        from gpt2_flax import quantize as Q
+
+        tr = model.transformer
+        out["transformer.wte.weight"] = tr.wte.table.get_value()
+        out["transformer.wte.weight_scale"] = tr.wte.table_scale.get_value()
+        linears = {
+            f"transformer.h.{i}.{path}.weight": getattr(
+                getattr(block, path.split(".")[0]), path.split(".")[1]
+            )
+            for i, block in enumerate(tr.h)
+            for path in Q.BLOCK_MATRICES
+        }
+        if isinstance(getattr(model, "lm_head", None), Q.QuantizedLinear):
+            linears["lm_head.weight"] = model.lm_head
+        for name, lin in linears.items():
+            out[name] = lin.kernel.get_value()
+            out[name + "_scale"] = lin.kernel_scale.get_value()
+    return out
 
 
 #: the environment variable that puts fp32 weights on the kernel too (read on each
@@ -176,8 +200,9 @@ def unsupported_reason(model: Any, rows: int, cache_len: int) -> str | None:
     """``None`` when ``generate`` may decode ``rows`` rows over a ``cache_len``-slot cache on
     the kernel, else why not. Called outside ``jit``, on the concrete model."""
     config = model.config
-    if getattr(model, "quantization", None):
-        return f"{model.quantization} weights: the Flax kernel path reads fp32/bf16 matrices"
+    quantization = getattr(model, "quantization", None)
+    if quantization not in (None, "int8"):
+        return f"{quantization} weights: the kernel reads float32, bfloat16 or int8 matrices"
     if not core.active():
         return f"CPU kernels {core.status()}"
     if jax.default_backend() != "cpu":
@@ -195,10 +220,11 @@ def unsupported_reason(model: Any, rows: int, cache_len: int) -> str | None:
         if k.endswith(".weight")
         and (k.split(".")[-2] in ("c_attn", "c_proj", "c_fc", "wte", "lm_head"))
     }
-    if len(matrices) != 1 or next(iter(matrices)) not in STEP_DTYPES:
+    kinds = STEP_DTYPES if quantization is None else (jnp.dtype(jnp.int8),)
+    if len(matrices) != 1 or next(iter(matrices)) not in kinds:
         return f"weight matrices of dtype {sorted(d.name for d in matrices)}"
     for name, a in params.items():
-        if a.dtype not in STEP_DTYPES:
+        if a.dtype not in STEP_DTYPES and not (a.dtype == jnp.int8 and name.endswith(".weight")):
             return f"{name} is {a.dtype}"
         devices = a.sharding.device_set if hasattr(a, "sharding") else set()
         if len(devices) != 1 or next(iter(devices)).platform != "cpu":
@@ -219,7 +245,7 @@ def decode_forward(model: Any, rows: int, cache_len: int):
     config = model.config
     params = _weights(model)
     tied = "lm_head.weight" not in params
-    wbf16 = params["transformer.wte.weight"].dtype == jnp.bfloat16
+    wq = _WEIGHT_KINDS[jnp.dtype(params["transformer.wte.weight"].dtype)]
 
     def get(name: str, matrix: bool = False) -> jax.Array:
         a = params[name]
@@ -237,6 +263,17 @@ def decode_forward(model: Any, rows: int, cache_len: int):
             get(f"transformer.h.{i}.{n}", n in core.DecodeStep.MATRICES)
             for n in core.DecodeStep.LAYER_NAMES
         ]
+    qscales = []  # int8: gpt2_decode_step's qscale order, passed after the caches
+    if wq == 2:
+        head = "transformer.wte.weight" if tied else "lm_head.weight"
+        qscales = [params["transformer.wte.weight_scale"], params[head + "_scale"]]
+        qscales += [
+            params[f"transformer.h.{i}.{n}_scale"]
+            for i in range(config.n_layer)
+            for n in core.DecodeStep.LAYER_NAMES
+            if n in core.DecodeStep.MATRICES
+        ]
+        qscales = [jnp.asarray(q, jnp.float32) for q in qscales]
     scales = jnp.asarray(core.attention_scales(config), jnp.float32)
     n = 2 * config.n_layer
     cache_type = jax.ShapeDtypeStruct(
@@ -254,7 +291,7 @@ def decode_forward(model: Any, rows: int, cache_len: int):
         head_kn=np.int64(not tied),
         n_head=np.int64(config.n_head),
         threads=np.int64(core.threads()),
-        wbf16=np.int64(wbf16),
+        wq=np.int64(wq),
     )
 
     def forward(tokens, cache, pos, row_mask):
@@ -268,6 +305,7 @@ def decode_forward(model: Any, rows: int, cache_len: int):
             scales,
             *operands,
             *caches,
+            *qscales,
             **attrs,
         )
         return logits, StaticCache(

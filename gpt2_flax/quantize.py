@@ -8,10 +8,11 @@ not ``nnx.Param`` (nothing to train); biases, layer norms and ``wpe`` stay ``nnx
 
 JAX-native: each layer computes ``(x @ q.astype(dtype)) * scale`` inside the jitted program
 (the tied head: ``h @ (q * scale)^T``). On CPU XLA does **not** turn this into an int8-reading
-GEMV: it materialises the converted matrix each step, so decoding is slower than fp32 (see benchmarks/bench_int8_decode.py for the measured figure); the memory held is
-int8's. The speed-up on CPU comes with a kernel that reads int8 directly (the torch and TF
-backends use :class:`gpt2_core.cpu_kernels.DecodeStep`; a Flax ``jax.ffi`` kernel is separate
-work).
+GEMV: it materialises the converted matrix each step, so that loop is no faster than fp32; the
+memory held is int8's. So on a CPU ``generate`` decodes an int8 model through the fused C step
+as an XLA FFI call in its jitted loop (:mod:`gpt2_flax._cpu_kernels`, the kernel torch and TF
+decode with), which reads the int8 matrices and their scales in place; the prompt pass, the
+forward and training-free uses keep the expression above.
 
 ``save_pretrained`` / ``state_dict`` refuse a quantized model: transformers' formats have no
 int8 GPT-2 layout.

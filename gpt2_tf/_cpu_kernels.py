@@ -1,9 +1,11 @@
 """TF side of the CPU decoding kernels (:mod:`gpt2_core.cpu_kernels`): generation's one seam.
 
-With fp32 weights on a CPU and no accelerator visible, ``generate`` runs the XLA prefill and
+With fp32 or bf16 weights on a CPU and no accelerator visible, ``generate`` runs the XLA
+prefill (in the model's compute dtype) and
 the compiled token choice (``_generation_functions(spec)["select"]``: processors, sampling or
 beam search, stopping) and does each token's forward here, on the host, through
-:class:`gpt2_core.cpu_kernels.DecodeStep` over zero-copy views of the Keras variables. Plain
+:class:`gpt2_core.cpu_kernels.DecodeStep` over zero-copy views of the Keras variables (bf16
+matrices are read as they are, widened in registers; activations and the cache are fp32). Plain
 greedy search (no repetition penalty or n-gram ban) chooses on the host too: an argmax needs
 no compiled call, which costs ~1.3 ms per token. Nothing here is traced, and the traced code
 has no branch for this path.
@@ -29,19 +31,25 @@ def slot_bias(mask: np.ndarray) -> np.ndarray:
     return np.where(mask == 1, np.float32(0), np.float32(np.finfo(np.float32).min / 2))
 
 
+#: (variable dtype, compute dtype) pairs the fused step serves: fp32, and bf16 weights (the
+#: "bfloat16" policy), which the kernel reads as they are (half the bytes) with fp32
+#: activations and cache, as gpt2_torch's bf16 models. Mixed policies (fp32 variables, bf16 or
+#: fp16 compute) keep the all-XLA loop: the kernel would compute them in fp32.
+STEP_POLICIES = (("float32", "float32"), ("bfloat16", "bfloat16"))
+
+
 def unsupported_reason(model: Any, rows: int, slots: int) -> str | None:
     """``None`` when decoding can run through :class:`gpt2_core.cpu_kernels.DecodeStep`
-    (fp32 weights on the CPU, no accelerator, no cross-attention), else why not."""
+    (fp32 or bf16 weights on the CPU, no accelerator, no cross-attention), else why not."""
     reason = cpu_kernels.DecodeStep.unsupported_reason(model.config, rows, slots)
     if reason is not None:
         return reason
     if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
         return "an accelerator is visible (the XLA loop runs there)"
-    if model.transformer.compute_dtype != "float32":
-        return f"compute dtype {model.transformer.compute_dtype}"
+    compute = model.transformer.compute_dtype
     for v in model.weights:
-        if v.dtype != "float32":
-            return f"variable {v.path} is {v.dtype}"
+        if (v.dtype, compute) not in STEP_POLICIES:
+            return f"variable {v.path} is {v.dtype} with compute dtype {compute}"
         device = getattr(getattr(v, "value", v), "device", "") or ""
         if device and "CPU" not in device.upper():
             return f"variable {v.path} is on {device}"
@@ -88,8 +96,8 @@ def generate(
     Tb, R = spec.prompt_len, spec.rows
     state = dict(fns["prefill"](ids_t, mask_t, positions, sc))
     cache = state.pop("cache")
-    keys = [np.array(k, np.float32) for k, _ in cache]  # writable (R, H, S, D) buffers
-    values = [np.array(v, np.float32) for _, v in cache]
+    keys = [np.array(k.numpy(), np.float32) for k, _ in cache]  # writable (R, H, S, D)
+    values = [np.array(v.numpy(), np.float32) for _, v in cache]
     weights, head_transposed, keep = kernel_weights(model)
     step_fn = cpu_kernels.DecodeStep(
         model.config, weights, keys, values, R, head_transposed=head_transposed

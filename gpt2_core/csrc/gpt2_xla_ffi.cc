@@ -19,8 +19,12 @@
  *   then 5 global weights (wte (V, C), wpe (P, C), ln_f scale, ln_f bias, LM head (V, C) or
  *   with head_kn (C, V)), 12 per layer (gpt2_decode_step's order), then 2 * n_layer caches
  *   (keys 0, values 0, keys 1, ...) each (R, H, L, D) f32.
+ *   With wq = 2 (int8 matrices), then 2 + 4 * n_layer f32 scale vectors in gpt2_decode_step's
+ *   qscale order: wte's per-row (V), the LM head's per-vocab-entry (V), then per layer c_attn
+ *   (3C), attn c_proj (C), c_fc (F), mlp c_proj (C).
  * Results: logits (R, V) f32, then the 2 * n_layer caches (aliased to their operands).
- * The matrices are f32 or, with wbf16, bf16 (widened in registers, as in the ctypes path).
+ * The matrices are f32 (wq 0), bf16 (wq 1, widened in registers, as in the ctypes path) or
+ * int8 with per-output-channel scales (wq 2).
  */
 #include <cstdint>
 #include <string>
@@ -53,12 +57,16 @@ static ffi::Error DecodeStepImpl(I32Vector ids, I32Vector positions, F32Matrix b
                                  ffi::Result<F32Matrix> logits,
                                  ffi::RemainingRets caches, float eps, int64_t act,
                                  int64_t head_kn, int64_t n_head, int64_t threads,
-                                 int64_t wbf16) {
+                                 int64_t wq) {
     const int64_t R = ids.dimensions()[0], L = bias.dimensions()[1];
     const int64_t n_layer = scales.dimensions()[0];
     if (positions.dimensions()[0] != R || bias.dimensions()[0] != R)
         return ffi::Error::InvalidArgument("gpt2_decode_step: ids, positions, bias rows differ");
-    if (static_cast<int64_t>(rest.size()) != kGlobal + (kPerLayer + 2) * n_layer ||
+    if (wq < 0 || wq > 2)
+        return ffi::Error::InvalidArgument("gpt2_decode_step: weight kind wq must be 0, 1 or 2");
+    const int64_t n_weights = kGlobal + (kPerLayer + 2) * n_layer;
+    const int64_t n_scales = wq == 2 ? 2 + 4 * n_layer : 0;
+    if (static_cast<int64_t>(rest.size()) != n_weights + n_scales ||
         static_cast<int64_t>(caches.size()) != 2 * n_layer)
         return ffi::Error::InvalidArgument("gpt2_decode_step: wrong number of weights/caches");
     std::vector<void *> glob(kGlobal), layers((kPerLayer + 2) * n_layer);
@@ -73,6 +81,19 @@ static ffi::Error DecodeStepImpl(I32Vector ids, I32Vector positions, F32Matrix b
         return ffi::Error::InvalidArgument("gpt2_decode_step: bad weight operands");
     const int64_t V = wte.value().dimensions()[0], C = wte.value().dimensions()[1];
     const int64_t P = wpe.value().dimensions()[0], F = fc.value().dimensions()[1];
+    std::vector<const void *> qscale(n_scales > 0 ? n_scales : 1, nullptr);
+    for (int64_t i = 0; i < n_scales; ++i) {  // lengths: V, V, then 3C, C, F, C per layer
+        const int64_t j = i < 2 ? -1 : (i - 2) % 4;
+        const int64_t want = j < 0 ? V : j == 0 ? 3 * C : j == 2 ? F : C;
+        auto b = rest.get<ffi::AnyBuffer>(n_weights + i);
+        if (b.has_error()) return b.error();
+        if (b.value().element_type() != ffi::DataType::F32 ||
+            b.value().dimensions().size() != 1 || b.value().dimensions()[0] != want)
+            return ffi::Error::InvalidArgument("gpt2_decode_step: int8 scale vector " +
+                                               std::to_string(i) + " is not f32 of length " +
+                                               std::to_string(want));
+        qscale[i] = b.value().untyped_data();
+    }
     for (int64_t l = 0; l < n_layer; ++l) {
         for (int64_t j = 0; j < kPerLayer; ++j) {
             auto b = rest.get<ffi::AnyBuffer>(kGlobal + l * kPerLayer + j);
@@ -109,7 +130,8 @@ static ffi::Error DecodeStepImpl(I32Vector ids, I32Vector positions, F32Matrix b
     gpt2_decode_step(id64, pos64, glob.data(), layers.data(), scales.typed_data(),
                      bias.typed_data(), pos, R, C, n_head, L, F, V, n_layer, eps,
                      static_cast<int>(act), static_cast<int>(head_kn), logits->typed_data(),
-                     work.data(), nt, static_cast<int>(wbf16), nullptr);  /* wq: 0 f32, 1 bf16 */
+                     work.data(), nt, static_cast<int>(wq),
+                     n_scales > 0 ? qscale.data() : nullptr);  /* wq: 0 f32, 1 bf16, 2 int8 */
     return ffi::Error::Success();
 }
 
@@ -128,6 +150,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(Gpt2DecodeStep, DecodeStepImpl,
                                   .Attr<int64_t>("head_kn")
                                   .Attr<int64_t>("n_head")
                                   .Attr<int64_t>("threads")
-                                  .Attr<int64_t>("wbf16"));
+                                  .Attr<int64_t>("wq"));
 
-extern "C" int gpt2_xla_ffi_abi(void) { return 1; }
+extern "C" int gpt2_xla_ffi_abi(void) { return 2; }

@@ -142,6 +142,33 @@ def test_tf_int8_decodes_through_the_fused_kernel(ckpt_dir, monkeypatch):
     assert model.int8_weights["transformer.wte.weight"].dtype == np.int8
 
 
+@pytest.mark.skipif(K.load() is None, reason=f"CPU kernels: {K.status()}")
+@pytest.mark.parametrize("tie", [True, False])
+def test_flax_int8_decodes_through_the_ffi_kernel(ckpt_dir, tmp_path, tie):
+    """gpt2_flax's jitted loop calls the fused step on the int8 matrices (jax.ffi): the same
+    greedy tokens as the all-XLA int8 loop and the float64 reference, tied or untied head."""
+    from gpt2_flax import _cpu_kernels as FK
+    from gpt2_flax.generation import decode_engine
+
+    if not tie:
+        cfg = tiny_config(tie_word_embeddings=False)
+        sd = random_state_dict(cfg, "lm", seed=2, std=0.3)
+        checkpoint.save_pretrained(sd, cfg, tmp_path, "lm")
+        ckpt_dir = tmp_path
+    model, _, greedy = _flax(ckpt_dir, quantize="int8")
+    if FK.load() is None:
+        pytest.skip(f"Flax FFI kernel: {FK.status()}")
+    assert FK.unsupported_reason(model, 1, 32) is None and decode_engine(model) == "cpu kernel"
+    kernel = greedy(IDS, 10)[0].tolist()
+    with K.disabled():
+        xla = greedy(IDS, 10)[0].tolist()
+    assert kernel == xla
+    sd = checkpoint.load_pretrained(ckpt_dir, "lm")[1]
+    deq = Q.dequantize_state_dict(Q.quantize_state_dict(sd))
+    deq.setdefault("lm_head.weight", deq["transformer.wte.weight"])
+    assert kernel == reference.greedy(deq, model.config, IDS[0].tolist(), 10)
+
+
 def test_torch_bad_input(ckpt_dir, tmp_path):
     from gpt2_torch import GPT2LMHeadModel
 

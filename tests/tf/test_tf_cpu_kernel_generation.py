@@ -113,3 +113,37 @@ def test_kernel_steps_aside(rng):
     many = ids_like(rng, (cpu_kernels.MAX_ROWS + 1, 3))
     out = model.generate(many, max_new_tokens=2, eos_token_id=None).numpy()
     assert out.shape == (cpu_kernels.MAX_ROWS + 1, 5)
+
+
+def test_bf16_weights_decode_on_the_kernel(rng, monkeypatch):
+    """A "bfloat16"-policy model (bf16 variables) decodes on the kernel, which reads the bf16
+    matrices as they are with fp32 activations and cache (mixed policies step aside, above).
+    Its steps equal the fp32 model over the bf16-rounded weights: only the XLA prefill runs in
+    bf16, so the tokens match that model's while the prompt's rounding moves no argmax."""
+    import ml_dtypes
+
+    from gpt2_tf import GPT2LMHeadModel, load_canonical
+
+    built = []
+    init = cpu_kernels.DecodeStep.__init__
+
+    def spy(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        built.append(self.wq)
+
+    monkeypatch.setattr(cpu_kernels.DecodeStep, "__init__", spy)
+    bf16, sd = make_model("lm", dtype="bfloat16")
+    assert _cpu_kernels.unsupported_reason(bf16, 1, 32) is None
+    rounded = {
+        k: v.astype(ml_dtypes.bfloat16).astype(np.float32) if v.dtype.kind == "f" else v
+        for k, v in sd.items()
+    }
+    fp32 = GPT2LMHeadModel(bf16.config)
+    load_canonical(fp32, rounded)
+    prompt = ids_like(rng, (1, 5))
+    kw = dict(max_new_tokens=8, eos_token_id=None)
+    got = bf16.generate(prompt, **kw).numpy()
+    assert built == [1], "the bf16 model did not decode on the kernel (wq 1)"
+    with cpu_kernels.disabled():
+        want = fp32.generate(prompt, **kw).numpy()
+    np.testing.assert_array_equal(got, want)
