@@ -110,8 +110,9 @@ def main() -> None:
     fp32, bf16, ids = _models(cfg, random_state_dict(cfg, "lm", seed=0), args.threads, args.prompt)
     print(f"{FRAMEWORK}; CPU kernels: {cpu_kernels.status()}")
     print(load_note())
-    for m in (fp32, bf16):  # warm-up: kernel build, allocator, page faults
-        tok_per_s(m, ids, 4)
+    for m in (fp32, bf16):  # warm-up: kernel build, compiles of every length, page faults
+        for n in (1, new, new + 1):
+            _generate(m, ids, n)
     rows = []
     for r in range(rounds):
         a = tok_per_s(fp32, ids, new)
