@@ -16,8 +16,9 @@ forward computes: a CPU backend, every parameter on one CPU device, weight matri
 float32, all bfloat16, or all int8 with per-output-channel scales (:mod:`gpt2_flax.quantize`),
 at most :data:`gpt2_core.cpu_kernels.MAX_ROWS` rows (batch x beams), no cross-attention.
 Everything else, and ``GPT2_ZOO_CPU_KERNELS=0`` or ``gpt2_core.cpu_kernels.disabled()``, keeps
-the all-XLA loop; :func:`unsupported_reason` says why. With bfloat16 weights the step keeps activations and the cache in float32 (as torch's),
-so its tokens may differ from the all-XLA bf16 loop, which rounds activations to bf16.
+the all-XLA loop; :func:`unsupported_reason` says why. With bfloat16 weights the step keeps
+activations and the cache in float32 (as torch's), so its tokens may differ from the all-XLA
+bf16 loop, which rounds activations to bf16.
 
 Example:
     >>> from gpt2_flax import _cpu_kernels as K
@@ -55,8 +56,7 @@ _KERNEL_ABI = 5  # gpt2_kernels.c's gpt2_kernels_abi() this handler is written a
 #: parameter dtypes the step reads (the weight matrices all one of them, or all int8 with
 #: float32 per-output-channel scales: a model quantized by :mod:`gpt2_flax.quantize`)
 STEP_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
-#: the C kernel's weight kinds (``wq``)
-_WEIGHT_KINDS = {jnp.dtype(jnp.float32): 0, jnp.dtype(jnp.bfloat16): 1, jnp.dtype(jnp.int8): 2}
+
 
 _lock = threading.Lock()
 _tried = False
@@ -245,7 +245,7 @@ def decode_forward(model: Any, rows: int, cache_len: int):
     config = model.config
     params = _weights(model)
     tied = "lm_head.weight" not in params
-    wq = _WEIGHT_KINDS[jnp.dtype(params["transformer.wte.weight"].dtype)]
+    wq = core.WEIGHT_KINDS[np.dtype(params["transformer.wte.weight"].dtype)]
 
     def get(name: str, matrix: bool = False) -> jax.Array:
         a = params[name]
@@ -264,7 +264,7 @@ def decode_forward(model: Any, rows: int, cache_len: int):
             for n in core.DecodeStep.LAYER_NAMES
         ]
     qscales = []  # int8: gpt2_decode_step's qscale order, passed after the caches
-    if wq == 2:
+    if wq == core.INT8:
         head = "transformer.wte.weight" if tied else "lm_head.weight"
         qscales = [params["transformer.wte.weight_scale"], params[head + "_scale"]]
         qscales += [

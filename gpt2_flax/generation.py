@@ -86,6 +86,33 @@ class _Options:
     stream: bool = False
     cpu_kernel: bool = False  # decode steps on the fused C step (gpt2_flax._cpu_kernels)
 
+    @classmethod
+    def of(cls, gen: GenerationConfig, vocab_size: int, cache_len: int, stream: bool) -> _Options:
+        """The static setting of one call of ``generate`` (``cpu_kernel`` left to the caller)."""
+        mode = "beam" if gen.num_beams > 1 else ("sample" if gen.do_sample else "greedy")
+        sample = mode == "sample"
+        return cls(
+            mode=mode,
+            cache_len=cache_len,
+            vocab_size=vocab_size,
+            n_eos=len(gen.eos_token_ids),
+            use_temperature=sample and gen.temperature != 1.0,
+            top_k=int(gen.top_k) if sample else 0,
+            use_top_p=sample and gen.top_p < 1.0,
+            use_repetition_penalty=gen.repetition_penalty != 1.0,
+            no_repeat_ngram_size=int(gen.no_repeat_ngram_size),
+            num_beams=gen.num_beams,
+            num_return_sequences=gen.num_return_sequences,
+            early_stopping=gen.early_stopping if mode == "beam" else False,
+            positive_length_penalty=gen.length_penalty > 0,
+            stream=stream,
+        )
+
+    @property
+    def rows(self) -> int:
+        """Rows the loop decodes per prompt: beams, or the samples of each prompt."""
+        return self.num_return_sequences if self.mode == "sample" else self.num_beams
+
 
 def _params(gen: GenerationConfig, eos: tuple[int, ...], pad: int) -> dict[str, jax.Array]:
     """The numeric settings passed as traced values: changing them does not recompile."""
@@ -486,11 +513,7 @@ class GenerationMixin:
         if max_new == 0:
             return jnp.asarray(ids)
         min_new = gen.min_new_tokens_for(Tu)
-        if gen.num_beams > 1:
-            mode = "beam"
-        else:
-            mode = "sample" if gen.do_sample else "greedy"
-        if streamer is not None and (mode == "beam" or B > 1):
+        if streamer is not None and (gen.num_beams > 1 or B > 1):
             raise ValueError(
                 "streamer supports batch size 1 without beam search (num_beams=1), as transformers"
             )
@@ -504,28 +527,11 @@ class GenerationMixin:
         ids_b[:, Tb - Tu :] = ids
         mask_b = np.zeros((B, Tb), np.int32)
         mask_b[:, Tb - Tu :] = mask
-        sample = mode == "sample"
-        opts = _Options(
-            mode=mode,
-            cache_len=M,
-            vocab_size=config.vocab_size,
-            n_eos=len(eos),
-            use_temperature=sample and gen.temperature != 1.0,
-            top_k=int(gen.top_k) if sample else 0,
-            use_top_p=sample and gen.top_p < 1.0,
-            use_repetition_penalty=gen.repetition_penalty != 1.0,
-            no_repeat_ngram_size=int(gen.no_repeat_ngram_size),
-            num_beams=gen.num_beams,
-            num_return_sequences=gen.num_return_sequences,
-            early_stopping=gen.early_stopping if mode == "beam" else False,
-            positive_length_penalty=gen.length_penalty > 0,
-            stream=streamer is not None,
-        )
-        rows = B * (gen.num_return_sequences if sample else gen.num_beams)
-        reason = _cpu_kernels.unsupported_reason(self, rows, M)
+        opts = _Options.of(gen, config.vocab_size, M, stream=streamer is not None)
+        reason = _cpu_kernels.unsupported_reason(self, B * opts.rows, M)
         logger.debug("gpt2_flax generate: CPU kernel %s", reason or "in use")
         opts = dataclasses.replace(opts, cpu_kernel=reason is None)
-        if mode == "sample" and gen.num_return_sequences > 1:
+        if opts.mode == "sample" and gen.num_return_sequences > 1:
             ids_b = np.repeat(ids_b, gen.num_return_sequences, axis=0)
             mask_b = np.repeat(mask_b, gen.num_return_sequences, axis=0)
             ids = np.repeat(ids, gen.num_return_sequences, axis=0)
@@ -603,31 +609,14 @@ class GenerationMixin:
         if max_new == 0:
             return ids
         min_new = gen.min_new_tokens_for(Tu)
-        mode = "beam" if gen.num_beams > 1 else ("sample" if gen.do_sample else "greedy")
         Tb = bucket(Tu)
         M = bucket(Tb + max_new)
         ids_b = jnp.concatenate([jnp.repeat(ids[:, :1], Tb - Tu, axis=1), ids], axis=1)
         mask_b = jnp.concatenate([jnp.zeros((B, Tb - Tu), jnp.int32), mask], axis=1)
-        sample = mode == "sample"
-        rows = B * (gen.num_return_sequences if sample else gen.num_beams)
-        opts = _Options(
-            mode=mode,
-            cache_len=M,
-            vocab_size=config.vocab_size,
-            n_eos=len(eos),
-            use_temperature=sample and gen.temperature != 1.0,
-            top_k=int(gen.top_k) if sample else 0,
-            use_top_p=sample and gen.top_p < 1.0,
-            use_repetition_penalty=gen.repetition_penalty != 1.0,
-            no_repeat_ngram_size=int(gen.no_repeat_ngram_size),
-            num_beams=gen.num_beams,
-            num_return_sequences=gen.num_return_sequences,
-            early_stopping=gen.early_stopping if mode == "beam" else False,
-            positive_length_penalty=gen.length_penalty > 0,
-            stream=False,
-            cpu_kernel=_cpu_kernels.unsupported_reason(self, rows, M) is None,
-        )
-        if sample and gen.num_return_sequences > 1:
+        opts = _Options.of(gen, config.vocab_size, M, stream=False)
+        reason = _cpu_kernels.unsupported_reason(self, B * opts.rows, M)
+        opts = dataclasses.replace(opts, cpu_kernel=reason is None)
+        if opts.mode == "sample" and gen.num_return_sequences > 1:
             ids_b = jnp.repeat(ids_b, gen.num_return_sequences, axis=0)
             mask_b = jnp.repeat(mask_b, gen.num_return_sequences, axis=0)
         if prng_key is None:
