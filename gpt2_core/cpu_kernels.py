@@ -61,7 +61,7 @@ ACTIVATION_CODES = {
 
 _SOURCE = Path(__file__).with_name("csrc") / "gpt2_kernels.c"
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
-_ABI = 5
+_ABI = 6
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -174,6 +174,10 @@ def _declare(lib: ctypes.CDLL) -> None:
         vp,
     ]
     lib.gpt2_decode_step.restype = None
+    lib.gpt2_prefill.argtypes = lib.gpt2_decode_step.argtypes
+    lib.gpt2_prefill.restype = None
+    lib.gpt2_prefill_work_floats.argtypes = [i64, i64, i64, i64, i64, cint]
+    lib.gpt2_prefill_work_floats.restype = i64
     lib.gpt2_decode_work_floats.argtypes = [i64, i64, i64, i64, i64, i64, cint]
     lib.gpt2_decode_work_floats.restype = i64
 
@@ -618,6 +622,66 @@ class DecodeStep:
             self.head_kn,
             out.ctypes.data,
             self._work.ctypes.data,
+            self.nt,
+            self.wq,
+            self._qscales,
+        )
+        return out
+
+    def prefill(
+        self,
+        ids: np.ndarray,
+        positions: np.ndarray,
+        bias: np.ndarray,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Logits (B, V) of the last token after feeding each row's whole prompt ``ids`` (B, T)
+        at ``positions`` (B, T) into cache slots [0, T) in one call; ``bias`` (B, L) as in
+        :meth:`__call__`. Each weight is read (and, for bf16 / int8, widened) once for all
+        B * T tokens, where T single-token steps would read it T times: the prompt of a bf16
+        or int8 model costs about what its fp32 prompt costs in a framework GEMM, not T steps.
+
+        Example:
+            >>> logits = step.prefill(ids, positions, bias)   # then step(next, pos, bias, T)
+        """
+        M, L = self.M, self.L
+        ids = np.ascontiguousarray(ids, np.int64)
+        positions = np.ascontiguousarray(positions, np.int64)
+        if ids.ndim != 2 or ids.shape[0] != M or positions.shape != ids.shape:
+            raise ValueError(
+                f"prompt ids {ids.shape} and positions {positions.shape} must both be ({M}, T)"
+            )
+        T = ids.shape[1]
+        if not 0 < T <= L:
+            raise ValueError(f"prompt of {T} tokens does not fit cache slots [0, {L})")
+        bias = np.ascontiguousarray(bias, np.float32).reshape(M, L)
+        if out is None:
+            out = np.empty((M, self.V), np.float32)
+        else:
+            _f32(out, "out", (M, self.V))
+        work = np.empty(
+            self._lib.gpt2_prefill_work_floats(M, T, self.C, L, self.F, self.nt), np.float32
+        )
+        self._lib.gpt2_prefill(
+            ids.ctypes.data,
+            positions.ctypes.data,
+            self._glob,
+            self._layers,
+            self._scales.ctypes.data,
+            bias.ctypes.data,
+            T,
+            M,
+            self.C,
+            self.H,
+            L,
+            self.F,
+            self.V,
+            self.n_layer,
+            self.eps,
+            self.act,
+            self.head_kn,
+            out.ctypes.data,
+            work.ctypes.data,
             self.nt,
             self.wq,
             self._qscales,

@@ -52,7 +52,7 @@ TARGET = "gpt2_zoo_decode_step"
 _SOURCE = core._SOURCE.with_name("gpt2_xla_ffi.cc")
 _CXX_FLAGS = ["-O2", "-march=native", "-fopenmp", "-fPIC", "-std=c++17", "-w"]
 _ABI = 3
-_KERNEL_ABI = 5  # gpt2_kernels.c's gpt2_kernels_abi() this handler is written against
+_KERNEL_ABI = 6  # gpt2_kernels.c's gpt2_kernels_abi() this handler is written against
 #: parameter dtypes the step reads (the weight matrices all one of them, or all int8 with
 #: float32 per-output-channel scales: a model quantized by :mod:`gpt2_flax.quantize`)
 STEP_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))

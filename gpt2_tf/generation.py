@@ -291,6 +291,14 @@ class GenerationMixin:
                     ),
                     jit_compile=True,
                 ),
+                # the loop state around prompt logits computed elsewhere (the CPU kernel's
+                # prefill): no forward, no cache
+                "prefill_state": tf.function(
+                    lambda ids, mask, positions, sc, logits: self._gen_prefill(
+                        spec, ids, mask, positions, sc, logits=logits
+                    ),
+                    jit_compile=True,
+                ),
                 "loop": tf.function(
                     lambda state, sc, stop: self._gen_loop(spec, state, sc, stop), jit_compile=True
                 ),
@@ -317,20 +325,25 @@ class GenerationMixin:
         logits = self._lm_logits(out.last_hidden_state[:, -1:, :])[:, 0]
         return tf.cast(logits, tf.float32), out.past_key_values
 
-    def _gen_prefill(self, spec: _Spec, ids, mask, positions, sc):
+    def _gen_prefill(self, spec: _Spec, ids, mask, positions, sc, logits=None):
         """Run the (bucketed, left-padded) prompt; return the loop state for R rows.
-        ``positions`` come from :func:`gpt2_core.generation.prompt_position_ids`."""
+        ``positions`` come from :func:`gpt2_core.generation.prompt_position_ids`. Given the
+        prompt's last ``logits`` (B, V) (the CPU kernel's prefill, which fills its own cache),
+        no forward runs and the state has no ``cache``."""
         self._count_trace()
         cfg = self.config
         B, Tb, S, R = spec.batch, spec.prompt_len, spec.slots, spec.rows
         H, D = cfg.n_head, cfg.head_dim
         mask_s = tf.pad(mask, [[0, 0], [0, S - Tb]])  # (B, S)
         dtype = self.transformer.compute_dtype
-        cache = tuple(
-            (tf.zeros([B, H, S, D], dtype), tf.zeros([B, H, S, D], dtype))
-            for _ in range(cfg.n_layer)
-        )
-        logits, cache = self._gen_forward(ids, positions, mask_s, cache, 0)
+        if logits is None:
+            cache = tuple(
+                (tf.zeros([B, H, S, D], dtype), tf.zeros([B, H, S, D], dtype))
+                for _ in range(cfg.n_layer)
+            )
+            logits, cache = self._gen_forward(ids, positions, mask_s, cache, 0)
+        else:
+            cache = None
 
         def rep(x):  # (B, ...) -> (R, ...), each prompt repeated `expand` times
             return tf.repeat(x, spec.expand, axis=0) if spec.expand > 1 else x
@@ -342,9 +355,10 @@ class GenerationMixin:
             "mask": rep(mask_s),
             "pos": rep(tf.reduce_sum(mask, axis=1)),  # position of the next token
             "logits": rep(logits),
-            "cache": tf.nest.map_structure(rep, cache),
             "tokens": tf.zeros([R], tf.int32),  # the last chosen tokens
         }
+        if cache is not None:
+            state["cache"] = tf.nest.map_structure(rep, cache)
         if spec.repetition:
             state["presence"] = self._presence(seq, sc["start"], Tb)
         if spec.mode == "beam":  # transformers' beam-search state, its names

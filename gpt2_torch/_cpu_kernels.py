@@ -134,6 +134,15 @@ class DecodeStep:
         self._step(_view(ids), _view(positions), _view(bias), slot, out=out.numpy())
         return out
 
+    def prefill(
+        self, ids: torch.Tensor, positions: torch.Tensor, bias: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits (B, V) of the last token after the whole prompt ``ids`` (B, T) at cache
+        slots [0, T) (:meth:`gpt2_core.cpu_kernels.DecodeStep.prefill`)."""
+        out = torch.empty(self._step.M, self._step.V, dtype=torch.float32)
+        self._step.prefill(_view(ids), _view(positions), _view(bias), out=out.numpy())
+        return out
+
 
 def _canonical_params(model: torch.nn.Module):
     """(canonical name, tensor) for what the fused step reads."""

@@ -43,9 +43,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _compiled_step: Callable | None = None
-#: longest prompt of a bf16 model that :meth:`_Decoder.prefill` feeds through the CPU kernel
-#: token by token when the CPU has no native bf16 (each token costs one decoding step)
-KERNEL_PROMPT_TOKENS = 64
 
 
 # ----------------------------------------------------------------------------- the model step
@@ -179,7 +176,12 @@ class _Decoder:
                 self.fused = _cpu_kernels.DecodeStep(model, self.cache, batch)
             else:
                 logger.debug("generate: torch modules for decoding (%s)", reason)
-        self.fused_prompt = fused_bf16 and not _cpu_kernels.core.native_bf16()
+        # the prompt through the kernel's prefill too, where torch's own products are slow:
+        # bf16 without native bf16 instructions (emulated GEMM), and int8 (dequantized per call)
+        self.fused_prompt = self.fused is not None and (
+            (fused_bf16 and not _cpu_kernels.core.native_bf16())
+            or bool(getattr(model, "quantization", None))
+        )
         if self.fused is None and cache_dtype != dtype:  # the modules want the model's dtype
             self.cache = _static_cache().allocate(model.config, batch, max_length, dtype, device)
 
@@ -188,13 +190,14 @@ class _Decoder:
         the first T0 slots of the cache: the prompt pass keeps SDPA's causal kernel and attends
         over T0 keys only, not over the whole buffer. Logits (B, V) of the last position.
 
-        A bf16 model on a CPU without native bf16 products instead feeds a prompt of up to
-        :data:`KERNEL_PROMPT_TOKENS` tokens through the fused kernel one token at a time (the
-        same causal computation; torch's emulated bf16 GEMM is ~16x slower than fp32 there)."""
+        A bf16 model on a CPU without native bf16 products, and an int8 model, instead run
+        the prompt through the fused kernel's prefill (``fused_prompt``): the same causal
+        computation in one call, each weight widened once for all B * T0 tokens (torch's
+        emulated bf16 GEMM is ~16x slower than fp32 there; its int8 modules dequantize each
+        weight per call)."""
         T0 = input_ids.shape[1]
-        if self.fused is not None and self.fused_prompt and T0 <= KERNEL_PROMPT_TOKENS:
-            for t in range(T0):
-                logits = self.fused(input_ids[:, t], self.prompt_positions[:, t], self.pad_bias, t)
+        if self.fused_prompt:
+            logits = self.fused.prefill(input_ids, self.prompt_positions, self.pad_bias)
             self.length = T0
             return logits
         enc_states, enc_mask = self.encoder_inputs

@@ -571,6 +571,239 @@ void gpt2_decode_step(const int64_t *ids, const int64_t *positions, void *const 
     }
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* The prompt: T tokens per row through every block at once (a small GEMM, not a GEMV).       */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Block sizes of gemm_team: KC rows of W are packed (widened to fp32 once) NC columns at a
+   time into a per-thread panel, which the MR x NR register tile then reads from L1/L2 for
+   every group of MR rows of X. Packing makes the weight kind irrelevant to the inner loop: a
+   bf16 or int8 weight is widened once per prompt, not once per row. */
+#define PF_KC 256
+#define PF_NR (2 * NW)
+#define PF_NC (16 * PF_NR)
+#define PF_MR 6
+
+/* acc (mr x NR, row stride ldy) += X (mr x kc, row stride ldx) @ P (kc x NR, packed) */
+static inline __attribute__((always_inline)) void pf_tile(const int mr, int64_t kc,
+                                                           const float *restrict X, int64_t ldx,
+                                                           const float *restrict P,
+                                                           float *restrict Y, int64_t ldy) {
+    vn a0[PF_MR], a1[PF_MR];
+    for (int i = 0; i < mr; ++i) {
+        a0[i] = ldn(Y + i * ldy);
+        a1[i] = ldn(Y + i * ldy + NW);
+    }
+    for (int64_t k = 0; k < kc; ++k) {
+        const vn b0 = ldn(P + k * PF_NR), b1 = ldn(P + k * PF_NR + NW);
+        for (int i = 0; i < mr; ++i) {
+            const vn x = (vn){0} + X[i * ldx + k];
+            a0[i] += x * b0;
+            a1[i] += x * b1;
+        }
+    }
+    for (int i = 0; i < mr; ++i) {
+        stn(Y + i * ldy, a0[i]);
+        stn(Y + i * ldy + NW, a1[i]);
+    }
+}
+
+static void pf_tile_any(int mr, int64_t kc, const float *X, int64_t ldx, const float *P, float *Y,
+                        int64_t ldy) {
+    switch (mr) {
+    case 1: pf_tile(1, kc, X, ldx, P, Y, ldy); break;
+    case 2: pf_tile(2, kc, X, ldx, P, Y, ldy); break;
+    case 3: pf_tile(3, kc, X, ldx, P, Y, ldy); break;
+    case 4: pf_tile(4, kc, X, ldx, P, Y, ldy); break;
+    case 5: pf_tile(5, kc, X, ldx, P, Y, ldy); break;
+    default: pf_tile(6, kc, X, ldx, P, Y, ldy); break;
+    }
+}
+
+/* P[s][k][0:NR] = W[k0 + k, n0 + s * NR + j] widened to fp32 (zero past column N) */
+static void pf_pack(const void *W, int wq, int64_t N, int64_t k0, int64_t kc, int64_t n0,
+                    int64_t nc, float *restrict P) {
+    for (int64_t s = 0; s * PF_NR < nc; ++s)
+        for (int64_t k = 0; k < kc; ++k) {
+            float *p = P + (s * kc + k) * PF_NR;
+            const int64_t c0 = n0 + s * PF_NR, row = (k0 + k) * N;
+            const int64_t cn = N - c0 < PF_NR ? N - c0 : PF_NR;
+            if (cn == PF_NR) {
+                if (wq == WQ_INT8) {
+                    stn(p, ldn8((const int8_t *)W + row + c0));
+                    stn(p + NW, ldn8((const int8_t *)W + row + c0 + NW));
+                } else if (wq == WQ_BF16) {
+                    stn(p, ldnh((const uint16_t *)W + row + c0));
+                    stn(p + NW, ldnh((const uint16_t *)W + row + c0 + NW));
+                } else {
+                    memcpy(p, (const float *)W + row + c0, PF_NR * sizeof(float));
+                }
+            } else {
+                for (int64_t j = 0; j < PF_NR; ++j) {
+                    const int64_t i = row + c0 + j;
+                    p[j] = j >= cn                ? 0.f
+                           : wq == WQ_INT8        ? (float)((const int8_t *)W)[i]
+                           : wq == WQ_BF16        ? bf(((const uint16_t *)W)[i])
+                                                  : ((const float *)W)[i];
+                }
+            }
+        }
+}
+
+/*
+ * Inside a team: Y = act(bias + X (M, K) @ W (K, N)) or, with `resid`, resid += bias + X @ W
+ * (Y is then scratch). Unlike kn_team this splits the N columns among the threads (each
+ * reads its share of W once, for all M rows) and needs no reduction; an int8 W's column scales
+ * multiply the finished sums. `pack`: this thread's PF_KC * PF_NC floats.
+ */
+static void gemm_team(const float *X, int64_t ldx, const void *W, int wq, const float *wscale,
+                      const float *bias, float *Y, int64_t ldy, float *resid, int act, int64_t M,
+                      int64_t K, int64_t N, float *pack, int t, int T) {
+    const int64_t strips = (N + PF_NR - 1) / PF_NR, per = (strips + T - 1) / T;
+    const int64_t c0 = t * per * PF_NR, c1 = (t + 1) * per * PF_NR < N ? (t + 1) * per * PF_NR : N;
+    float edge[PF_MR * PF_NR];
+    for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = c0; n < c1; ++n) Y[m * ldy + n] = 0.f;
+    for (int64_t k0 = 0; k0 < K; k0 += PF_KC) {
+        const int64_t kc = K - k0 < PF_KC ? K - k0 : PF_KC;
+        for (int64_t n0 = c0; n0 < c1; n0 += PF_NC) {
+            const int64_t nc = c1 - n0 < PF_NC ? c1 - n0 : PF_NC;
+            pf_pack(W, wq, N, k0, kc, n0, nc, pack);
+            for (int64_t m0 = 0; m0 < M; m0 += PF_MR) {
+                const int mr = M - m0 < PF_MR ? (int)(M - m0) : PF_MR;
+                for (int64_t s = 0; s * PF_NR < nc; ++s) {
+                    const int64_t n = n0 + s * PF_NR, cn = c1 - n < PF_NR ? c1 - n : PF_NR;
+                    const float *x = X + m0 * ldx + k0, *p = pack + s * kc * PF_NR;
+                    float *y = Y + m0 * ldy + n;
+                    if (cn == PF_NR) {
+                        pf_tile_any(mr, kc, x, ldx, p, y, ldy);
+                    } else { /* the last, partial strip: through a full-width buffer */
+                        for (int i = 0; i < mr; ++i)
+                            for (int64_t j = 0; j < PF_NR; ++j)
+                                edge[i * PF_NR + j] = j < cn ? y[i * ldy + j] : 0.f;
+                        pf_tile_any(mr, kc, x, ldx, p, edge, PF_NR);
+                        for (int i = 0; i < mr; ++i)
+                            for (int64_t j = 0; j < cn; ++j) y[i * ldy + j] = edge[i * PF_NR + j];
+                    }
+                }
+            }
+        }
+    }
+    for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = c0; n < c1; ++n) {
+            float y = Y[m * ldy + n];
+            if (wscale) y *= wscale[n];
+            if (bias) y += bias[n];
+            if (resid) resid[m * ldy + n] += y;
+            else Y[m * ldy + n] = activate(y, act);
+        }
+    BARRIER
+}
+
+/*
+ * The prompt of each row: P tokens at cache slots [0, P), every block at once, writing their
+ * keys and values into the caches; logits (M, V) of each row's last token (what generation
+ * samples from). Arguments as gpt2_decode_step's, except ids and positions (M, P) and bias
+ * (M, L) the additive padding mask over cache slots (slots 0..P-1 are read, causally). (Inside
+ * the parallel region T is the team size, as everywhere in this file.)
+ * Work: gpt2_prefill_work_floats(...) floats.
+ */
+void gpt2_prefill(const int64_t *ids, const int64_t *positions, void *const *glob,
+                  void *const *layers, const float *scales, const float *bias, int64_t P,
+                  int64_t M, int64_t C, int64_t H, int64_t L, int64_t F, int64_t V,
+                  int64_t n_layer, float eps, int act, int head_kn, float *logits, float *work,
+                  int nt, int wq, const void *const *qscale) {
+    const int64_t D = C / H, R = M * P;
+    float *h = work, *x = h + R * C, *qkv = x + R * C, *att = qkv + R * 3 * C, *f = att + R * C,
+          *tmp = f + R * F, *last = tmp + R * C, *scores = last + M * C;
+    float *packs = scores + (int64_t)(nt < 1 ? 1 : nt) * L;
+    const float *wte = glob[0], *wpe = glob[1], *lnf_w = glob[2], *lnf_b = glob[3];
+    const void *head = glob[4];
+    const uint16_t *wte_h = glob[0];
+    const int8_t *wte_q = glob[0];
+    const float *wte_s = wq == WQ_INT8 ? qscale[0] : 0, *head_s = wq == WQ_INT8 ? qscale[1] : 0;
+    if (nt < 1) nt = 1;
+#pragma omp parallel num_threads(nt)
+    {
+        TEAM_ID;
+        float *pack = packs + (int64_t)t * PF_KC * PF_NC, *s = scores + (int64_t)t * L;
+        for (int64_t r = t; r < R; r += T)
+            for (int64_t i = 0; i < C; ++i)
+                h[r * C + i] = (wq == WQ_INT8  ? (float)wte_q[ids[r] * C + i] * wte_s[ids[r]]
+                                : wq == WQ_BF16 ? bf(wte_h[ids[r] * C + i])
+                                                : wte[ids[r] * C + i]) +
+                               wpe[positions[r] * C + i];
+        BARRIER
+        for (int64_t l = 0; l < n_layer; ++l) {
+            void *const *p = layers + l * 14;
+            float *kc = p[12], *vc = p[13];
+            const float *const *qs = wq == WQ_INT8 ? (const float *const *)qscale + 2 + 4 * l : 0;
+#define QS(j) (qs ? qs[j] : 0)
+            for (int64_t r = t; r < R; r += T) layer_norm(h + r * C, p[0], p[1], x + r * C, C, eps);
+            BARRIER
+            gemm_team(x, C, p[2], wq, QS(0), p[3], qkv, 3 * C, 0, ACT_LINEAR, R, C, 3 * C, pack,
+                      t, T);
+            for (int64_t pr = t; pr < M * H; pr += T) { /* keys and values into the cache */
+                const int64_t m = pr / H, hh = pr % H;
+                for (int64_t i = 0; i < P; ++i) {
+                    const float *src = qkv + (m * P + i) * 3 * C + hh * D;
+                    memcpy(kc + (pr * L + i) * D, src + C, D * sizeof(float));
+                    memcpy(vc + (pr * L + i) * D, src + 2 * C, D * sizeof(float));
+                }
+            }
+            BARRIER
+            const float scale = scales[l];
+            for (int64_t job = t; job < M * H * P; job += T) { /* (row, head, query) */
+                const int64_t pr = job / P, i = job % P, m = pr / H, hh = pr % H;
+                const float *q = qkv + (m * P + i) * 3 * C + hh * D;
+                const float *kh = kc + pr * L * D, *vh = vc + pr * L * D, *bm = bias + m * L;
+                float mx = -INFINITY, sum = 0.f;
+                for (int64_t j = 0; j <= i; ++j) {
+                    s[j] = dot(q, kh + j * D, D) * scale + bm[j];
+                    if (s[j] > mx) mx = s[j];
+                }
+                for (int64_t j = 0; j <= i; ++j) {
+                    s[j] = expf(s[j] - mx);
+                    sum += s[j];
+                }
+                float *o = att + (m * P + i) * C + hh * D;
+                for (int64_t d = 0; d < D; ++d) o[d] = 0.f;
+                const float inv = 1.0f / sum;
+                for (int64_t j = 0; j <= i; ++j) {
+                    const float w = s[j] * inv;
+                    const float *vj = vh + j * D;
+                    for (int64_t d = 0; d < D; ++d) o[d] += w * vj[d];
+                }
+            }
+            BARRIER
+            gemm_team(att, C, p[4], wq, QS(1), p[5], tmp, C, h, ACT_LINEAR, R, C, C, pack, t, T);
+            for (int64_t r = t; r < R; r += T) layer_norm(h + r * C, p[6], p[7], x + r * C, C, eps);
+            BARRIER
+            gemm_team(x, C, p[8], wq, QS(2), p[9], f, F, 0, act, R, C, F, pack, t, T);
+            gemm_team(f, F, p[10], wq, QS(3), p[11], tmp, C, h, ACT_LINEAR, R, F, C, pack, t, T);
+#undef QS
+        }
+        for (int64_t m = t; m < M; m += T)
+            layer_norm(h + (m * P + P - 1) * C, lnf_w, lnf_b, last + m * C, C, eps);
+        BARRIER
+        if (head_kn) {
+            gemm_team(last, C, head, wq, head_s, 0, logits, V, 0, ACT_LINEAR, M, C, V, pack, t, T);
+        } else {
+            const int64_t chunk = (V + T - 1) / T;
+            int64_t n0 = t * chunk, n1 = n0 + chunk;
+            if (n1 > V) n1 = V;
+            if (n0 < n1) nk_any(last, C, head, wq, head_s, logits, V, M, C, n0, n1);
+        }
+    }
+}
+
+/* Scratch floats gpt2_prefill needs. */
+int64_t gpt2_prefill_work_floats(int64_t M, int64_t P, int64_t C, int64_t L, int64_t F, int nt) {
+    if (nt < 1) nt = 1;
+    const int64_t R = M * P;
+    return R * (7 * C + F) + M * C + (int64_t)nt * (L + PF_KC * PF_NC) + 64;
+}
+
 /* Scratch floats gpt2_decode_step needs. */
 int64_t gpt2_decode_work_floats(int64_t M, int64_t C, int64_t H, int64_t L, int64_t F, int64_t V,
                                 int nt) {
@@ -580,4 +813,4 @@ int64_t gpt2_decode_work_floats(int64_t M, int64_t C, int64_t H, int64_t L, int6
     return M * C * 4 + M * 3 * C + M * F + M * H * L + (int64_t)(nt - 1) * M * NMAX + 64;
 }
 
-int gpt2_kernels_abi(void) { return 5; }
+int gpt2_kernels_abi(void) { return 6; }

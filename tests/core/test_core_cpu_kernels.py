@@ -177,6 +177,90 @@ def test_bf16_decode_steps_equal_the_numpy_reference(nt, overrides):
                 assert np.abs(logits[b] - want).max() <= 2e-5 * np.abs(want).max(), (t, b)
 
 
+def _int8(sd):
+    from gpt2_core import quantize as Q
+
+    q = dict(Q.quantize_state_dict({k: v for k, v in sd.items() if k != "lm_head.weight"}))
+    deq = dict(Q.dequantize_state_dict(q))
+    q["lm_head.weight"], deq["lm_head.weight"] = (
+        q["transformer.wte.weight"],
+        deq["transformer.wte.weight"],
+    )
+    return q, deq
+
+
+@pytest.mark.parametrize("nt", [1, 2])
+@pytest.mark.parametrize("kind", ["float32", "bfloat16", "int8"])
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"activation_function": "gelu", "n_inner": 50, "scale_attn_by_inverse_layer_idx": True}],
+)
+def test_prefill_equals_the_numpy_reference(nt, kind, overrides):
+    """The whole prompt in one call (left-padded rows, odd sizes: 36 channels, 3 heads, vocab
+    257, so every GEMM strip has a ragged edge): the last token's logits and the cache equal the
+    float64 reference over the same (rounded / dequantized) weights, and decoding steps after
+    it continue the reference's sequence."""
+    cfg = tiny_config(**overrides)
+    sd = _canonical(cfg, seed=5)
+    if kind == "bfloat16":
+        sd = _bf16(sd)
+        ref_sd = _widened(sd)
+    elif kind == "int8":
+        sd, ref_sd = _int8(sd)
+    else:
+        ref_sd = sd
+    rng = np.random.default_rng(5)
+    B, T, P, L = 3, 11, 8, 12  # 8 prompt tokens (of 11) then 3 steps
+    ids = rng.integers(0, cfg.vocab_size, (B, T))
+    mask = np.ones((B, T), np.int64)
+    mask[1, :2] = 0
+    mask[2, :7] = 0  # one real prompt token
+    positions = np.where(mask == 1, np.cumsum(mask, 1) - 1, 1)
+    H, D = cfg.n_head, cfg.n_embd // cfg.n_head
+    keys = [np.zeros((B, H, L, D), np.float32) for _ in range(cfg.n_layer)]
+    values = [np.zeros((B, H, L, D), np.float32) for _ in range(cfg.n_layer)]
+    step = K.DecodeStep(cfg, sd, keys, values, B, nt=nt)
+    bias = np.where(
+        np.pad(mask, [(0, 0), (0, L - T)], constant_values=1) == 1,
+        0.0,
+        np.finfo(np.float32).min / 2,
+    ).astype(np.float32)
+    ref = reference.lm_logits(ref_sd, cfg, ids, attention_mask=mask, position_ids=positions)
+    logits = step.prefill(ids[:, :P], positions[:, :P], bias)
+    for b in range(B):
+        want = ref[b, P - 1]
+        assert np.abs(logits[b] - want).max() <= 2e-5 * np.abs(want).max(), b
+    # the cache holds what token-by-token steps write (same weights, another summation order)
+    kv2 = [np.zeros_like(k) for k in keys], [np.zeros_like(v) for v in values]
+    by_step = K.DecodeStep(cfg, sd, *kv2, B, nt=nt)
+    for t in range(P):
+        by_step(ids[:, t], positions[:, t], bias, t)
+    for a, b in zip(keys + values, kv2[0] + kv2[1]):
+        for r in range(B):
+            real = mask[r, :P] == 1
+            np.testing.assert_allclose(
+                a[r][:, :P][:, real], b[r][:, :P][:, real], rtol=0, atol=1e-5 * np.abs(b).max()
+            )
+    for t in range(P, T):
+        logits = step(ids[:, t], positions[:, t], bias, t)
+        for b in range(B):
+            want = ref[b, t]
+            assert np.abs(logits[b] - want).max() <= 2e-5 * np.abs(want).max(), (t, b)
+
+
+def test_prefill_checks_its_inputs():
+    cfg = tiny_config()
+    sd = _canonical(cfg)
+    H, D = cfg.n_head, cfg.n_embd // cfg.n_head
+    kv = [np.zeros((2, H, 4, D), np.float32) for _ in range(cfg.n_layer)]
+    step = K.DecodeStep(cfg, sd, kv, [v.copy() for v in kv], 2)
+    bias = np.zeros((2, 4), np.float32)
+    with pytest.raises(ValueError, match=r"must both be \(2, T\)"):
+        step.prefill(np.ones((1, 3)), np.ones((1, 3)), bias)
+    with pytest.raises(ValueError, match=r"prompt of 5 tokens does not fit cache slots \[0, 4\)"):
+        step.prefill(np.ones((2, 5)), np.ones((2, 5)), bias)
+
+
 def test_bf16_matrices_must_not_mix_with_fp32():
     cfg = tiny_config()
     sd = _canonical(cfg)

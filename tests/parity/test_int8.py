@@ -124,6 +124,15 @@ def test_torch_int8_decodes_through_the_fused_kernel(ckpt_dir):
     assert model.lm_head.weight is model.transformer.wte.weight  # tied: one int8 matrix
     d = _Decoder(model, 1, 12, torch.ones(1, 3, dtype=torch.long), compile=False)
     assert d.fused is not None and d.fused._step.wq == K.INT8
+    assert d.fused_prompt  # the prompt too: the kernel's prefill, not dequantizing modules
+    ids = torch.as_tensor(IDS[:1, :3])
+    with torch.no_grad():
+        got = d.prefill(ids).numpy()
+        with K.disabled():
+            slow = _Decoder(model, 1, 12, torch.ones(1, 3, dtype=torch.long), compile=False)
+            assert not slow.fused_prompt
+            want = slow.prefill(ids).numpy()
+    assert np.abs(got - want).max() <= 2e-5 * np.abs(want).max()
 
 
 @pytest.mark.skipif(K.load() is None, reason=f"CPU kernels: {K.status()}")
@@ -140,6 +149,41 @@ def test_tf_int8_decodes_through_the_fused_kernel(ckpt_dir, monkeypatch):
     greedy(IDS, 3)
     assert built == [K.INT8]
     assert model.int8_weights["transformer.wte.weight"].dtype == np.int8
+
+
+@pytest.mark.skipif(K.load() is None, reason=f"CPU kernels: {K.status()}")
+@pytest.mark.parametrize("fw", ["torch", "tf"])
+def test_int8_prompt_through_the_kernel_prefill_beams_and_padding(fw, ckpt_dir, monkeypatch):
+    """The int8 prompt runs through the kernel's prefill (one call for every row and token), with
+    left padding and beams that share the prompt's cache: the same sequences as the all-framework
+    int8 path (no kernel at all)."""
+    calls = []
+    prefill = K.DecodeStep.prefill
+    monkeypatch.setattr(
+        K.DecodeStep, "prefill", lambda self, *a, **k: calls.append(1) or prefill(self, *a, **k)
+    )
+    model, _, _ = BACKENDS[fw](ckpt_dir, quantize="int8")
+    ids = np.array([[5, 17, 200, 3, 99], [0, 0, 8, 9, 10]])
+    mask = (np.arange(5) >= np.array([[0], [2]])).astype(np.int64)
+    kw = dict(max_new_tokens=5, num_beams=3, num_return_sequences=2, do_sample=False)
+    if fw == "torch":
+        import torch
+
+        def run():
+            with torch.no_grad():
+                return model.generate(
+                    torch.tensor(ids), attention_mask=torch.tensor(mask), **kw
+                ).numpy()
+    else:
+
+        def run():
+            return np.asarray(model.generate(ids, attention_mask=mask, **kw))
+
+    got = run()
+    assert calls, "the prompt did not go through DecodeStep.prefill"
+    with K.disabled():
+        want = run()
+    np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.skipif(K.load() is None, reason=f"CPU kernels: {K.status()}")

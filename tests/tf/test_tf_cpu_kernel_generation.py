@@ -118,8 +118,9 @@ def test_kernel_steps_aside(rng):
 def test_bf16_weights_decode_on_the_kernel(rng, monkeypatch):
     """A "bfloat16"-policy model (bf16 variables) decodes on the kernel, which reads the bf16
     matrices as they are with fp32 activations and cache (mixed policies step aside, above).
-    Its steps equal the fp32 model over the bf16-rounded weights: only the XLA prefill runs in
-    bf16, so the tokens match that model's while the prompt's rounding moves no argmax."""
+    Without native bf16 products the prompt runs through the kernel's prefill too (XLA's bf16
+    program is ~3x slower than fp32 there), so the whole generation computes the fp32 model over
+    the bf16-rounded weights: the tokens equal that model's."""
     import ml_dtypes
 
     from gpt2_tf import GPT2LMHeadModel, load_canonical
@@ -132,6 +133,14 @@ def test_bf16_weights_decode_on_the_kernel(rng, monkeypatch):
         built.append(self.wq)
 
     monkeypatch.setattr(cpu_kernels.DecodeStep, "__init__", spy)
+    monkeypatch.setattr(cpu_kernels, "native_bf16", lambda: False)
+    prefills = []
+    prefill = cpu_kernels.DecodeStep.prefill
+    monkeypatch.setattr(
+        cpu_kernels.DecodeStep,
+        "prefill",
+        lambda self, *a: prefills.append(a[0].shape) or prefill(self, *a),
+    )
     bf16, sd = make_model("lm", dtype="bfloat16")
     assert _cpu_kernels.unsupported_reason(bf16, 1, 32) is None
     rounded = {
@@ -144,6 +153,7 @@ def test_bf16_weights_decode_on_the_kernel(rng, monkeypatch):
     kw = dict(max_new_tokens=8, eos_token_id=None)
     got = bf16.generate(prompt, **kw).numpy()
     assert built == [1], "the bf16 model did not decode on the kernel (wq 1)"
+    assert len(prefills) == 1 and prefills[0][0] == 1, prefills  # one (rows, bucketed T) call
     with cpu_kernels.disabled():
         want = fp32.generate(prompt, **kw).numpy()
     np.testing.assert_array_equal(got, want)

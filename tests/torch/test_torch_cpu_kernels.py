@@ -274,9 +274,9 @@ def test_bf16_generate_runs_on_the_kernel():
     assert out.shape == (1, 9)
 
 
-def test_bf16_short_prompt_runs_on_the_kernel_without_native_bf16(monkeypatch):
-    """Without native bf16 products a short prompt of a bf16 model goes through the kernel one
-    token at a time: its logits and cache equal the fp32 modules' over the widened weights."""
+def test_bf16_prompt_runs_on_the_kernel_prefill_without_native_bf16(monkeypatch):
+    """Without native bf16 products the prompt of a bf16 model goes through the kernel's
+    prefill (one call): its logits and cache equal the fp32 modules' over the widened weights."""
     monkeypatch.setattr(K.core, "native_bf16", lambda: False)
     model = make_model("lm").to(torch.bfloat16)
     wide = make_model("lm")
