@@ -49,9 +49,10 @@ from gpt2_core import cpu_kernels as core
 logger = logging.getLogger(__name__)
 
 TARGET = "gpt2_zoo_decode_step"
+PREFILL_TARGET = "gpt2_zoo_prefill"
 _SOURCE = core._SOURCE.with_name("gpt2_xla_ffi.cc")
 _CXX_FLAGS = ["-O2", "-march=native", "-fopenmp", "-fPIC", "-std=c++17", "-w"]
-_ABI = 3
+_ABI = 4
 _KERNEL_ABI = 6  # gpt2_kernels.c's gpt2_kernels_abi() this handler is written against
 #: parameter dtypes the step reads (the weight matrices all one of them, or all int8 with
 #: float32 per-output-channel scales: a model quantized by :mod:`gpt2_flax.quantize`)
@@ -131,6 +132,9 @@ def load() -> ctypes.CDLL | None:
             if not _registered:
                 jax.ffi.register_ffi_target(
                     TARGET, jax.ffi.pycapsule(lib.Gpt2DecodeStep), platform="cpu"
+                )
+                jax.ffi.register_ffi_target(
+                    PREFILL_TARGET, jax.ffi.pycapsule(lib.Gpt2Prefill), platform="cpu"
                 )
                 _registered = True
         except Exception as e:  # a missing or broken toolchain only costs speed
@@ -236,12 +240,10 @@ def unsupported_reason(model: Any, rows: int, cache_len: int) -> str | None:
     return None
 
 
-def decode_forward(model: Any, rows: int, cache_len: int):
-    """A replacement for the loop's ``forward(tokens, cache, pos, row_mask) -> (logits, cache)``
-    that runs the fused step (called while tracing, after :func:`unsupported_reason` said
-    ``None``). The weights are gathered and the small ones widened once, before the loop."""
-    from gpt2_flax.modeling import StaticCache  # modeling imports generation, which imports this
-
+def _operands(model: Any) -> tuple[list, list, jax.Array, dict]:
+    """The kernel's operands for ``model``: (weights in gpt2_decode_step's order, int8 scales
+    (empty for float weights), per-layer attention scales, the call's attributes). The small
+    float weights are widened to float32 once, here."""
     config = model.config
     params = _weights(model)
     tied = "lm_head.weight" not in params
@@ -275,16 +277,6 @@ def decode_forward(model: Any, rows: int, cache_len: int):
         ]
         qscales = [jnp.asarray(q, jnp.float32) for q in qscales]
     scales = jnp.asarray(core.attention_scales(config), jnp.float32)
-    n = 2 * config.n_layer
-    cache_type = jax.ShapeDtypeStruct(
-        (rows, config.n_head, cache_len, config.head_dim), jnp.float32
-    )
-    first_cache = 5 + len(operands)  # operand index of keys[0]
-    call = jax.ffi.ffi_call(
-        TARGET,
-        (jax.ShapeDtypeStruct((rows, config.vocab_size), jnp.float32), *([cache_type] * n)),
-        input_output_aliases={first_cache + j: 1 + j for j in range(n)},
-    )
     attrs = dict(
         eps=np.float32(config.layer_norm_epsilon),
         act=np.int64(core.ACTIVATION_CODES[config.activation_function]),
@@ -293,6 +285,72 @@ def decode_forward(model: Any, rows: int, cache_len: int):
         threads=np.int64(core.threads()),
         wq=np.int64(wq),
     )
+    return operands, qscales, scales, attrs
+
+
+def _ffi_call(target: str, config: Any, rows: int, cache_len: int, first_cache: int):
+    """``jax.ffi.ffi_call`` of a handler returning logits (rows, V) and the 2 * n_layer
+    caches, each aliased to its operand (``first_cache`` = the operand index of keys[0])."""
+    n = 2 * config.n_layer
+    cache_type = jax.ShapeDtypeStruct(
+        (rows, config.n_head, cache_len, config.head_dim), jnp.float32
+    )
+    return jax.ffi.ffi_call(
+        target,
+        (jax.ShapeDtypeStruct((rows, config.vocab_size), jnp.float32), *([cache_type] * n)),
+        input_output_aliases={first_cache + j: 1 + j for j in range(n)},
+    )
+
+
+def kernel_prefill(model: Any) -> bool:
+    """Whether ``generate`` runs the prompt through the kernel's prefill too (when it decodes on
+    the kernel): int8 matrices (XLA dequantizes every weight per call: ~200 ms for a 16-token
+    GPT-2 small prompt here), and bf16 ones on a CPU without native bf16 products. Float32
+    prompts keep XLA's own GEMMs (the two cost about the same). As in gpt2_torch and gpt2_tf."""
+    kind = np.dtype(_weights(model)["transformer.wte.weight"].dtype)
+    return kind == np.int8 or (kind == core.BF16 and not core.native_bf16())
+
+
+def prefill_forward(model: Any, rows: int, cache_len: int):
+    """A replacement for the prompt's ``forward(ids, cache, positions, mask) -> (logits,
+    cache)`` (ids (rows, T) into slots [0, T) of an empty float32 cache; ``mask`` (rows,
+    cache_len)) through one call of the kernel's prefill (:meth:`gpt2_core.cpu_kernels.
+    DecodeStep.prefill`): each weight read and widened once for the whole prompt."""
+    from gpt2_flax.modeling import StaticCache  # modeling imports generation, which imports this
+
+    config = model.config
+    operands, qscales, scales, attrs = _operands(model)
+    call = _ffi_call(PREFILL_TARGET, config, rows, cache_len, 4 + len(operands))
+    neg = np.float32(np.finfo(np.float32).min / 2)  # finite: a padded query row stays uniform
+
+    def forward(ids, cache, positions, mask):
+        bias = jnp.where(mask != 0, 0.0, neg).astype(jnp.float32)  # (R, M)
+        caches = [c for kv in zip(cache.keys, cache.values) for c in kv]
+        logits, *caches = call(
+            ids.astype(jnp.int32),
+            positions.astype(jnp.int32),
+            bias,
+            scales,
+            *operands,
+            *caches,
+            *qscales,
+            **attrs,
+        )
+        return logits, StaticCache(
+            keys=tuple(caches[0::2]), values=tuple(caches[1::2]), index=cache.index + ids.shape[1]
+        )
+
+    return forward
+
+
+def decode_forward(model: Any, rows: int, cache_len: int):
+    """A replacement for the loop's ``forward(tokens, cache, pos, row_mask) -> (logits, cache)``
+    that runs the fused step (called while tracing, after :func:`unsupported_reason` said
+    ``None``). The weights are gathered and the small ones widened once, before the loop."""
+    from gpt2_flax.modeling import StaticCache  # modeling imports generation, which imports this
+
+    operands, qscales, scales, attrs = _operands(model)
+    call = _ffi_call(TARGET, model.config, rows, cache_len, 5 + len(operands))
 
     def forward(tokens, cache, pos, row_mask):
         bias = jnp.where(row_mask != 0, 0.0, -jnp.inf).astype(jnp.float32)  # (R, M)

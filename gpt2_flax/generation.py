@@ -251,7 +251,11 @@ def _generate_program(
     cache = StaticCache.allocate(
         config, B, M, jnp.float32 if opts.cpu_kernel else model.transformer.dtype
     )
-    logits, cache = _forward(model, ids, cache, prompt_pos, full_mask)  # (B, V)
+    if opts.cpu_kernel and _cpu_kernels.kernel_prefill(model):  # int8 / emulated bf16
+        prefill = _cpu_kernels.prefill_forward(model, B, M)
+        logits, cache = prefill(ids, cache, prompt_pos, full_mask)  # (B, V)
+    else:
+        logits, cache = _forward(model, ids, cache, prompt_pos, full_mask)  # (B, V)
 
     buf = jnp.full((B, M), pad, jnp.int32).at[:, :Tb].set(ids.astype(jnp.int32))
     slots = jnp.arange(M)[None, :]

@@ -1,5 +1,7 @@
 /*
- * gpt2_zoo: the fused single-token decode step of gpt2_kernels.c as an XLA FFI custom call.
+ * gpt2_zoo: the fused single-token decode step of gpt2_kernels.c as an XLA FFI custom call
+ * (Gpt2DecodeStep), and its prompt prefill (Gpt2Prefill: ids and positions (R, T), no slot
+ * operand, the prompt's T tokens go to cache slots [0, T); the other operands as below).
  *
  * gpt2_flax's `generate` is one jitted lax.while_loop. On a CPU each iteration's forward pass
  * can call this handler (jax.ffi.ffi_call, registered for platform "cpu") instead of XLA's own
@@ -48,6 +50,12 @@ void gpt2_decode_step(const int64_t *ids, const int64_t *positions, void *const 
                       float *work, int nt, int wq, const void *const *qscale);
 int64_t gpt2_decode_work_floats(int64_t M, int64_t C, int64_t H, int64_t L, int64_t F, int64_t V,
                                 int nt);
+void gpt2_prefill(const int64_t *ids, const int64_t *positions, void *const *glob,
+                  void *const *layers, const float *scales, const float *bias, int64_t P,
+                  int64_t M, int64_t C, int64_t H, int64_t L, int64_t F, int64_t V,
+                  int64_t n_layer, float eps, int act, int head_kn, float *logits, float *work,
+                  int nt, int wq, const void *const *qscale);
+int64_t gpt2_prefill_work_floats(int64_t M, int64_t P, int64_t C, int64_t L, int64_t F, int nt);
 int gpt2_kernels_abi(void);
 }
 
@@ -104,6 +112,87 @@ using I32Vector = ffi::Buffer<ffi::S32, 1>;
 using I32Scalar = ffi::Buffer<ffi::S32, 0>;
 using F32Vector = ffi::Buffer<ffi::F32, 1>;
 using F32Matrix = ffi::Buffer<ffi::F32, 2>;
+using I32Matrix = ffi::Buffer<ffi::S32, 2>;
+
+/* The weight, cache and int8 scale operands of both handlers, checked and gathered in
+   gpt2_decode_step's pointer order. */
+struct Operands {
+    std::vector<void *> glob, layers;
+    std::vector<const void *> qscale;
+    int64_t n_scales = 0, V = 0, C = 0, P = 0, F = 0;
+};
+
+static ffi::Error Gather(const std::string &name, int64_t R, int64_t L, int64_t n_layer,
+                         int64_t wq, ffi::RemainingArgs &rest, ffi::RemainingRets &caches,
+                         Operands &o) {
+    if (wq < 0 || wq > 2)
+        return ffi::Error::InvalidArgument(name + ": weight kind wq must be 0, 1 or 2");
+    const int64_t n_weights = kGlobal + kPerLayer * n_layer;
+    o.n_scales = wq == 2 ? 2 + 4 * n_layer : 0;
+    if (static_cast<int64_t>(rest.size()) != n_weights + 2 * n_layer + o.n_scales ||
+        static_cast<int64_t>(caches.size()) != 2 * n_layer)
+        return ffi::Error::InvalidArgument(name + ": wrong number of weights/caches");
+    o.glob.assign(kGlobal, nullptr);
+    o.layers.assign((kPerLayer + 2) * n_layer, nullptr);
+    for (int64_t i = 0; i < kGlobal; ++i) {
+        auto b = rest.get<ffi::AnyBuffer>(i);
+        if (b.has_error()) return b.error();
+        o.glob[i] = b.value().untyped_data();
+    }
+    auto wte = rest.get<ffi::AnyBuffer>(0), wpe = rest.get<ffi::AnyBuffer>(1);
+    auto fc = rest.get<ffi::AnyBuffer>(kGlobal + 8);  // layer 0 c_fc (C, F)
+    if (wte.has_error() || wpe.has_error() || fc.has_error())
+        return ffi::Error::InvalidArgument(name + ": bad weight operands");
+    o.V = wte.value().dimensions()[0], o.C = wte.value().dimensions()[1];
+    o.P = wpe.value().dimensions()[0], o.F = fc.value().dimensions()[1];
+    o.qscale.assign(o.n_scales > 0 ? o.n_scales : 1, nullptr);
+    // the scales follow the weights and the 2 * n_layer cache operands
+    const int64_t first_scale = n_weights + 2 * n_layer;
+    for (int64_t i = 0; i < o.n_scales; ++i) {  // lengths: V, V, then 3C, C, F, C per layer
+        const int64_t j = i < 2 ? -1 : (i - 2) % 4;
+        const int64_t want = j < 0 ? o.V : j == 0 ? 3 * o.C : j == 2 ? o.F : o.C;
+        auto b = rest.get<ffi::AnyBuffer>(first_scale + i);
+        if (b.has_error()) return b.error();
+        if (b.value().element_type() != ffi::DataType::F32 ||
+            b.value().dimensions().size() != 1 || b.value().dimensions()[0] != want)
+            return ffi::Error::InvalidArgument(name + ": int8 scale vector " + std::to_string(i) +
+                                               " is not f32 of length " + std::to_string(want));
+        o.qscale[i] = b.value().untyped_data();
+    }
+    for (int64_t l = 0; l < n_layer; ++l) {
+        for (int64_t j = 0; j < kPerLayer; ++j) {
+            auto b = rest.get<ffi::AnyBuffer>(kGlobal + l * kPerLayer + j);
+            if (b.has_error()) return b.error();
+            o.layers[l * (kPerLayer + 2) + j] = b.value().untyped_data();
+        }
+        for (int64_t j = 0; j < 2; ++j) {  // the aliased results: updated in place
+            auto c = caches.get<ffi::AnyBuffer>(2 * l + j);
+            if (c.has_error()) return c.error();
+            auto dims = c.value()->dimensions();
+            if (dims.size() != 4 || dims[0] != R || dims[2] != L)
+                return ffi::Error::InvalidArgument(name + ": cache shape mismatch");
+            o.layers[l * (kPerLayer + 2) + kPerLayer + j] = c.value()->untyped_data();
+        }
+    }
+    return ffi::Error::Success();
+}
+
+/* ids and positions widened to int64, each checked against V and P */
+static ffi::Error Tokens(const std::string &name, const int32_t *ids, const int32_t *positions,
+                         int64_t n, const Operands &o, std::vector<int64_t> &id64,
+                         std::vector<int64_t> &pos64) {
+    id64.resize(n);
+    pos64.resize(n);
+    for (int64_t m = 0; m < n; ++m) {
+        id64[m] = ids[m];
+        pos64[m] = positions[m];
+        if (id64[m] < 0 || id64[m] >= o.V || pos64[m] < 0 || pos64[m] >= o.P)
+            return ffi::Error::InvalidArgument(name + ": token id " + std::to_string(id64[m]) +
+                                               " or position " + std::to_string(pos64[m]) +
+                                               " out of range");
+    }
+    return ffi::Error::Success();
+}
 
 static ffi::Error DecodeStepImpl(I32Vector ids, I32Vector positions, F32Matrix bias,
                                  I32Scalar slot, F32Vector scales, ffi::RemainingArgs rest,
@@ -111,84 +200,74 @@ static ffi::Error DecodeStepImpl(I32Vector ids, I32Vector positions, F32Matrix b
                                  ffi::RemainingRets caches, float eps, int64_t act,
                                  int64_t head_kn, int64_t n_head, int64_t threads,
                                  int64_t wq) {
+    const std::string name = "gpt2_decode_step";
     const int64_t R = ids.dimensions()[0], L = bias.dimensions()[1];
     const int64_t n_layer = scales.dimensions()[0];
     if (positions.dimensions()[0] != R || bias.dimensions()[0] != R)
-        return ffi::Error::InvalidArgument("gpt2_decode_step: ids, positions, bias rows differ");
-    if (wq < 0 || wq > 2)
-        return ffi::Error::InvalidArgument("gpt2_decode_step: weight kind wq must be 0, 1 or 2");
-    const int64_t n_weights = kGlobal + (kPerLayer + 2) * n_layer;
-    const int64_t n_scales = wq == 2 ? 2 + 4 * n_layer : 0;
-    if (static_cast<int64_t>(rest.size()) != n_weights + n_scales ||
-        static_cast<int64_t>(caches.size()) != 2 * n_layer)
-        return ffi::Error::InvalidArgument("gpt2_decode_step: wrong number of weights/caches");
-    std::vector<void *> glob(kGlobal), layers((kPerLayer + 2) * n_layer);
-    for (int64_t i = 0; i < kGlobal; ++i) {
-        auto b = rest.get<ffi::AnyBuffer>(i);
-        if (b.has_error()) return b.error();
-        glob[i] = b.value().untyped_data();
-    }
-    auto wte = rest.get<ffi::AnyBuffer>(0), wpe = rest.get<ffi::AnyBuffer>(1);
-    auto fc = rest.get<ffi::AnyBuffer>(kGlobal + 8);  // layer 0 c_fc (C, F)
-    if (wte.has_error() || wpe.has_error() || fc.has_error())
-        return ffi::Error::InvalidArgument("gpt2_decode_step: bad weight operands");
-    const int64_t V = wte.value().dimensions()[0], C = wte.value().dimensions()[1];
-    const int64_t P = wpe.value().dimensions()[0], F = fc.value().dimensions()[1];
-    std::vector<const void *> qscale(n_scales > 0 ? n_scales : 1, nullptr);
-    for (int64_t i = 0; i < n_scales; ++i) {  // lengths: V, V, then 3C, C, F, C per layer
-        const int64_t j = i < 2 ? -1 : (i - 2) % 4;
-        const int64_t want = j < 0 ? V : j == 0 ? 3 * C : j == 2 ? F : C;
-        auto b = rest.get<ffi::AnyBuffer>(n_weights + i);
-        if (b.has_error()) return b.error();
-        if (b.value().element_type() != ffi::DataType::F32 ||
-            b.value().dimensions().size() != 1 || b.value().dimensions()[0] != want)
-            return ffi::Error::InvalidArgument("gpt2_decode_step: int8 scale vector " +
-                                               std::to_string(i) + " is not f32 of length " +
-                                               std::to_string(want));
-        qscale[i] = b.value().untyped_data();
-    }
-    for (int64_t l = 0; l < n_layer; ++l) {
-        for (int64_t j = 0; j < kPerLayer; ++j) {
-            auto b = rest.get<ffi::AnyBuffer>(kGlobal + l * kPerLayer + j);
-            if (b.has_error()) return b.error();
-            layers[l * (kPerLayer + 2) + j] = b.value().untyped_data();
-        }
-        for (int64_t j = 0; j < 2; ++j) {  // the aliased results: updated in place
-            auto c = caches.get<ffi::AnyBuffer>(2 * l + j);
-            if (c.has_error()) return c.error();
-            auto dims = c.value()->dimensions();
-            if (dims.size() != 4 || dims[0] != R || dims[2] != L)
-                return ffi::Error::InvalidArgument("gpt2_decode_step: cache shape mismatch");
-            layers[l * (kPerLayer + 2) + kPerLayer + j] = c.value()->untyped_data();
-        }
-    }
+        return ffi::Error::InvalidArgument(name + ": ids, positions, bias rows differ");
+    if (R > 64) return ffi::Error::InvalidArgument(name + ": more than 64 rows");
+    Operands o;
+    ffi::Error err = Gather(name, R, L, n_layer, wq, rest, caches, o);
+    if (err.failure()) return err;
     const int64_t pos = *slot.typed_data();
     if (pos < 0 || pos >= L)
-        return ffi::Error::InvalidArgument("gpt2_decode_step: cache slot " + std::to_string(pos) +
+        return ffi::Error::InvalidArgument(name + ": cache slot " + std::to_string(pos) +
                                            " outside [0, " + std::to_string(L) + ")");
-    int64_t id64[64], pos64[64];  // R <= gpt2_core.cpu_kernels.MAX_ROWS (16)
-    if (R > 64) return ffi::Error::InvalidArgument("gpt2_decode_step: more than 64 rows");
-    for (int64_t m = 0; m < R; ++m) {
-        id64[m] = ids.typed_data()[m];
-        pos64[m] = positions.typed_data()[m];
-        if (id64[m] < 0 || id64[m] >= V || pos64[m] < 0 || pos64[m] >= P)
-            return ffi::Error::InvalidArgument(
-                "gpt2_decode_step: token id " + std::to_string(id64[m]) + " or position " +
-                std::to_string(pos64[m]) + " out of range");
-    }
+    std::vector<int64_t> id64, pos64;
+    err = Tokens(name, ids.typed_data(), positions.typed_data(), R, o, id64, pos64);
+    if (err.failure()) return err;
     const int nt = threads < 1 ? 1 : static_cast<int>(threads);
-    const size_t need = static_cast<size_t>(gpt2_decode_work_floats(R, C, n_head, L, F, V, nt));
+    const size_t need =
+        static_cast<size_t>(gpt2_decode_work_floats(R, o.C, n_head, L, o.F, o.V, nt));
     float *out = logits->typed_data();
     const float *sc = scales.typed_data(), *bi = bias.typed_data();
     const std::function<void()> step = [&] {
         static std::vector<float> work;  // scratch of the kernel thread, reused across steps
         if (work.size() < need) work.resize(need);
-        gpt2_decode_step(id64, pos64, glob.data(), layers.data(), sc, bi, pos, R, C, n_head, L,
-                         F, V, n_layer, eps, static_cast<int>(act), static_cast<int>(head_kn),
-                         out, work.data(), nt, static_cast<int>(wq),
-                         n_scales > 0 ? qscale.data() : nullptr); /* wq: 0 f32, 1 bf16, 2 int8 */
+        gpt2_decode_step(id64.data(), pos64.data(), o.glob.data(), o.layers.data(), sc, bi, pos,
+                         R, o.C, n_head, L, o.F, o.V, n_layer, eps, static_cast<int>(act),
+                         static_cast<int>(head_kn), out, work.data(), nt, static_cast<int>(wq),
+                         o.n_scales > 0 ? o.qscale.data() : nullptr); /* 0 f32, 1 bf16, 2 int8 */
     };
     kernel_thread().Run(step);
+    return ffi::Error::Success();
+}
+
+/* The prompt: ids and positions (R, T) into cache slots [0, T) through gpt2_prefill; logits
+   (R, V) of each row's last token. bias (R, L) must be finite (a fully padded query row
+   stays uniform, as the model's own mask). */
+static ffi::Error PrefillImpl(I32Matrix ids, I32Matrix positions, F32Matrix bias,
+                              F32Vector scales, ffi::RemainingArgs rest,
+                              ffi::Result<F32Matrix> logits, ffi::RemainingRets caches, float eps,
+                              int64_t act, int64_t head_kn, int64_t n_head, int64_t threads,
+                              int64_t wq) {
+    const std::string name = "gpt2_prefill";
+    const int64_t R = ids.dimensions()[0], T = ids.dimensions()[1], L = bias.dimensions()[1];
+    const int64_t n_layer = scales.dimensions()[0];
+    if (positions.dimensions()[0] != R || positions.dimensions()[1] != T ||
+        bias.dimensions()[0] != R)
+        return ffi::Error::InvalidArgument(name + ": ids, positions, bias shapes differ");
+    if (T < 1 || T > L)
+        return ffi::Error::InvalidArgument(name + ": prompt of " + std::to_string(T) +
+                                           " tokens does not fit " + std::to_string(L) +
+                                           " cache slots");
+    Operands o;
+    ffi::Error err = Gather(name, R, L, n_layer, wq, rest, caches, o);
+    if (err.failure()) return err;
+    std::vector<int64_t> id64, pos64;
+    err = Tokens(name, ids.typed_data(), positions.typed_data(), R * T, o, id64, pos64);
+    if (err.failure()) return err;
+    const int nt = threads < 1 ? 1 : static_cast<int>(threads);
+    std::vector<float> work(static_cast<size_t>(gpt2_prefill_work_floats(R, T, o.C, L, o.F, nt)));
+    float *out = logits->typed_data();
+    const float *sc = scales.typed_data(), *bi = bias.typed_data();
+    const std::function<void()> run = [&] {
+        gpt2_prefill(id64.data(), pos64.data(), o.glob.data(), o.layers.data(), sc, bi, T, R,
+                     o.C, n_head, L, o.F, o.V, n_layer, eps, static_cast<int>(act),
+                     static_cast<int>(head_kn), out, work.data(), nt, static_cast<int>(wq),
+                     o.n_scales > 0 ? o.qscale.data() : nullptr);
+    };
+    kernel_thread().Run(run);
     return ffi::Error::Success();
 }
 
@@ -209,4 +288,20 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(Gpt2DecodeStep, DecodeStepImpl,
                                   .Attr<int64_t>("threads")
                                   .Attr<int64_t>("wq"));
 
-extern "C" int gpt2_xla_ffi_abi(void) { return 3; }
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Gpt2Prefill, PrefillImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<I32Matrix>()  // ids (R, T)
+                                  .Arg<I32Matrix>()  // positions (R, T)
+                                  .Arg<F32Matrix>()  // bias (R, L)
+                                  .Arg<F32Vector>()  // scales
+                                  .RemainingArgs()   // weights, caches, int8 scales
+                                  .Ret<F32Matrix>()  // logits
+                                  .RemainingRets()   // caches (aliased)
+                                  .Attr<float>("eps")
+                                  .Attr<int64_t>("act")
+                                  .Attr<int64_t>("head_kn")
+                                  .Attr<int64_t>("n_head")
+                                  .Attr<int64_t>("threads")
+                                  .Attr<int64_t>("wq"));
+
+extern "C" int gpt2_xla_ffi_abi(void) { return 4; }

@@ -95,12 +95,18 @@ def test_kernel_generation_honours_config(monkeypatch, overrides):
 
 def test_bf16_weights_decode_on_the_kernel(monkeypatch):
     cfg, sd, _ = build("lm", seed=3)
+    # without native bf16 products the prompt goes through the kernel's prefill handler too
+    monkeypatch.setattr(cpu_kernels, "native_bf16", lambda: False)
+    prefills = []
+    real = K.prefill_forward
+    monkeypatch.setattr(K, "prefill_forward", lambda *a: prefills.append(a[1:]) or real(*a))
     # bf16 weights, fp32 compute: XLA widens each weight as the kernel does, so same tokens
     m = gf.GPT2LMHeadModel.from_state_dict(cfg, sd, param_dtype=jnp.bfloat16)
     fast, ref = _both(
         m, monkeypatch, PROMPT, attention_mask=MASK, max_new_tokens=8, eos_token_id=None
     )
     np.testing.assert_array_equal(fast, ref)
+    assert prefills and prefills[0][0] == 2  # (rows, cache length): the 2 prompts at once
     # bf16 compute too: the kernel keeps fp32 activations (as torch's), XLA rounds them
     m = gf.GPT2LMHeadModel.from_state_dict(cfg, sd, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
     assert K.unsupported_reason(m, 2, 32) is None
@@ -172,6 +178,31 @@ def test_kernel_rejects_out_of_range_ids(model):
     assert step(state, jnp.array([3])).shape == (1, cfg.vocab_size)
     with pytest.raises(Exception, match="out of range"):
         step(state, jnp.array([cfg.vocab_size + 5])).block_until_ready()
+
+
+def test_prefill_handler_checks_ids_and_prompt_length(model):
+    """The prefill handler checks every prompt token and position at run time, and that the
+    prompt fits the cache."""
+    from gpt2_flax.modeling import StaticCache
+
+    cfg = model.config
+    graphdef, state = generation.nnx.split(model)
+
+    def run(ids, slots=16):
+        @jax.jit
+        def prefill(state, ids):
+            fwd = K.prefill_forward(generation.nnx.merge(graphdef, state), 1, slots)
+            cache = StaticCache.allocate(cfg, 1, slots, jnp.float32)
+            pos = jnp.arange(ids.shape[1])[None]
+            return fwd(ids, cache, pos, jnp.ones((1, slots), jnp.int32))[0]
+
+        return prefill(state, jnp.asarray(ids)).block_until_ready()
+
+    assert run([[3, 4, 5]]).shape == (1, cfg.vocab_size)
+    with pytest.raises(Exception, match="gpt2_prefill: token id 1000 or position 1 out of range"):
+        run([[3, 1000, 5]])
+    with pytest.raises(Exception, match="prompt of 5 tokens does not fit 4 cache slots"):
+        run([[1, 2, 3, 4, 5]], slots=4)
 
 
 def test_fp32_weights_take_the_xla_loop_by_default(model, monkeypatch):

@@ -152,16 +152,23 @@ def test_tf_int8_decodes_through_the_fused_kernel(ckpt_dir, monkeypatch):
 
 
 @pytest.mark.skipif(K.load() is None, reason=f"CPU kernels: {K.status()}")
-@pytest.mark.parametrize("fw", ["torch", "tf"])
+@pytest.mark.parametrize("fw", sorted(BACKENDS))
 def test_int8_prompt_through_the_kernel_prefill_beams_and_padding(fw, ckpt_dir, monkeypatch):
-    """The int8 prompt runs through the kernel's prefill (one call for every row and token), with
-    left padding and beams that share the prompt's cache: the same sequences as the all-framework
-    int8 path (no kernel at all)."""
+    """The int8 prompt runs through the kernel's prefill (one call for every row and token; in
+    Flax the jax.ffi prefill handler inside the jitted program), with left padding and beams
+    that share the prompt's cache: the same sequences as the all-framework int8 path (no
+    kernel at all)."""
     calls = []
-    prefill = K.DecodeStep.prefill
-    monkeypatch.setattr(
-        K.DecodeStep, "prefill", lambda self, *a, **k: calls.append(1) or prefill(self, *a, **k)
-    )
+    if fw == "flax":
+        from gpt2_flax import _cpu_kernels as FK
+
+        prefill = FK.prefill_forward
+        monkeypatch.setattr(FK, "prefill_forward", lambda *a: calls.append(1) or prefill(*a))
+    else:
+        prefill = K.DecodeStep.prefill
+        monkeypatch.setattr(
+            K.DecodeStep, "prefill", lambda self, *a, **k: calls.append(1) or prefill(self, *a, **k)
+        )
     model, _, _ = BACKENDS[fw](ckpt_dir, quantize="int8")
     ids = np.array([[5, 17, 200, 3, 99], [0, 0, 8, 9, 10]])
     mask = (np.arange(5) >= np.array([[0], [2]])).astype(np.int64)
@@ -174,10 +181,17 @@ def test_int8_prompt_through_the_kernel_prefill_beams_and_padding(fw, ckpt_dir, 
                 return model.generate(
                     torch.tensor(ids), attention_mask=torch.tensor(mask), **kw
                 ).numpy()
-    else:
+    elif fw == "tf":
 
         def run():
             return np.asarray(model.generate(ids, attention_mask=mask, **kw))
+    else:
+        import jax.numpy as jnp
+
+        def run():
+            return np.asarray(
+                model.generate(jnp.asarray(ids), attention_mask=jnp.asarray(mask), **kw)
+            )
 
     got = run()
     assert calls, "the prompt did not go through DecodeStep.prefill"
