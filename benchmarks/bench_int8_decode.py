@@ -10,8 +10,9 @@ Two parts, both with random weights (transformers' init; no real GPT-2 weights o
 * ``generate``: each framework's ``model.generate`` (greedy, batch 1, a 16-token prompt,
   ``min_new_tokens`` forcing N new tokens), GPT-2 small shapes, fp32 against
   ``quantize_model`` (the same code ``from_pretrained(quantize="int8")`` runs). tok/s counts
-  the N tokens over the whole call, prefill included. Flax multiplies by the dequantized
-  matrices inside jit (no int8 kernel there yet): its ratio is reported as measured.
+  the N tokens over the whole call, prefill included. Each framework runs in its own
+  process (as its users run it), fp32 and int8 models alternating within it. On a CPU, int8
+  prompts and decoding steps both run on the kernel in all three (Flax through jax.ffi).
 
 Every round times each variant once, in alternating order, so drifts in the machine's memory
 bandwidth (and other processes) hit all of them; the figures are per-round medians and the
@@ -191,6 +192,26 @@ def generate_part(framework: str, rounds: int, new: int) -> dict:
     }
 
 
+def _in_subprocess(framework: str, args: argparse.Namespace) -> dict:
+    """generate_part(framework) in a fresh interpreter: torch's, TF's and XLA's thread pools
+    and OpenMP teams of the earlier parts would otherwise share the 2 cores with it."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "part.json"
+        cmd = [sys.executable, __file__, "--parts", framework, "--json", str(out)]
+        cmd += ["--rounds", str(args.rounds), "--new-tokens", str(args.new_tokens)]
+        cmd += ["--threads", str(args.threads)] + (["--quick"] if args.quick else [])
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+        for line in proc.stdout.splitlines():
+            if line.startswith("  generate "):
+                print(line, flush=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{framework} part failed ({proc.returncode}):\n{proc.stdout}")
+        return json.loads(out.read_text())["generate"][0]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -238,9 +259,12 @@ def main() -> None:
             results["kernel"].append(
                 kernel_part(preset, ["fp32", "bf16", "int8"], rounds, new, args.threads)
             )
-    for fw in ("torch", "tf", "flax"):
-        if fw in args.parts:
+    frameworks = [fw for fw in ("torch", "tf", "flax") if fw in args.parts]
+    for fw in frameworks:
+        if len(args.parts) == 1:
             results["generate"].append(generate_part(fw, rounds, new))
+        else:  # one framework per process, as its users run it (no other thread pools)
+            results["generate"].append(_in_subprocess(fw, args))
     results["max_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print("\nmedian tok/s (batch 1, greedy); ratios are medians of per-round ratios")
     for r in results["kernel"]:
