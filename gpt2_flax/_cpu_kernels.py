@@ -164,13 +164,21 @@ def _reset() -> None:
         _tried, _lib, _status = False, None, "not loaded"
 
 
-def _weights(model: Any) -> dict[str, jax.Array]:
+def _weights(model: Any, state: Any = None) -> dict[str, jax.Array]:
     """Canonical name -> the model's own parameter array (kernels in their (in, out) layout).
     For an int8 model (:mod:`gpt2_flax.quantize`): the int8 matrices under the float names,
-    and their float32 scales under ``<name>_scale`` (the tied head reads wte's)."""
+    and their float32 scales under ``<name>_scale`` (the tied head reads wte's). ``state``:
+    the model's ``nnx.split`` state when the caller has it (0.3 ms to read, where walking the
+    module graph again costs ~14 ms per ``generate`` call)."""
+    from flax import nnx
+
     from gpt2_flax import weights as W
 
-    out = {W.canonical_key(path): var.get_value() for path, var in W._params(model)}
+    if state is None:
+        params = W._params(model)
+    else:
+        params = [(p, v) for p, v in nnx.to_flat_state(state) if isinstance(v, nnx.Param)]
+    out = {W.canonical_key(path): var.get_value() for path, var in params}
     if getattr(model, "quantization", None) == "int8":
         from gpt2_flax import quantize as Q
 
@@ -192,17 +200,19 @@ def _weights(model: Any) -> dict[str, jax.Array]:
     return out
 
 
-#: the environment variable that puts fp32 weights on the kernel too (read on each
-#: ``generate``). Measured (bench_flax_generate.py --vs-torch, GPT-2 small, 2 threads, 10
-#: rotated rounds): the kernel 35 tok/s against XLA's own loop 42 tok/s (0.85x) for fp32
-#: weights, but 51 against 39 tok/s (1.31x) for bf16 weights, where XLA widens every weight on
-#: each step and the kernel reads bf16 directly. So by default the kernel serves bf16 only.
+#: the environment variable that keeps fp32 weights off the kernel (``=0``: XLA's own loop;
+#: read on each ``generate``). Measured (bench_flax_generate.py --vs-torch, GPT-2 small, 2
+#: threads, 5 rotated rounds, 2026-12-04): the kernel 52.3 tok/s against XLA's own loop 45.8
+#: (1.15x, every round 1.10-1.29x) for fp32 weights, 87.1 against 43.0 for bf16 weights. (Before
+#: the kernel's LM head read four rows at a time, fp32 was the other way round, 35 against 42,
+#: and fp32 defaulted to XLA's loop.)
 FP32_KERNEL_ENV = "GPT2_ZOO_FLAX_FP32_KERNEL"
 
 
-def unsupported_reason(model: Any, rows: int, cache_len: int) -> str | None:
+def unsupported_reason(model: Any, rows: int, cache_len: int, state: Any = None) -> str | None:
     """``None`` when ``generate`` may decode ``rows`` rows over a ``cache_len``-slot cache on
-    the kernel, else why not. Called outside ``jit``, on the concrete model."""
+    the kernel, else why not. Called outside ``jit``, on the concrete model (``state``: its
+    ``nnx.split`` state, if at hand)."""
     config = model.config
     quantization = getattr(model, "quantization", None)
     if quantization not in (None, "int8"):
@@ -217,7 +227,7 @@ def unsupported_reason(model: Any, rows: int, cache_len: int) -> str | None:
         return reason
     if load() is None:
         return status()
-    params = _weights(model)
+    params = _weights(model, state)
     matrices = {
         params[k].dtype
         for k in params
@@ -235,8 +245,8 @@ def unsupported_reason(model: Any, rows: int, cache_len: int) -> str | None:
             return f"{name} is on {sorted(str(d) for d in devices)}, not one CPU device"
     if next(iter(matrices)) == jnp.float32 and jnp.dtype(model.transformer.dtype) != jnp.float32:
         return f"compute dtype {jnp.dtype(model.transformer.dtype).name} over float32 weights"
-    if next(iter(matrices)) == jnp.float32 and os.environ.get(FP32_KERNEL_ENV, "") != "1":
-        return f"float32 weights: XLA's own loop is faster ({FP32_KERNEL_ENV}=1 to override)"
+    if next(iter(matrices)) == jnp.float32 and os.environ.get(FP32_KERNEL_ENV, "1") == "0":
+        return f"float32 weights and {FP32_KERNEL_ENV}=0"
     return None
 
 

@@ -459,7 +459,7 @@ def decode_engine(model: Any, rows: int = 1, cache_len: int = 128) -> str:
 
     Example:
         >>> decode_engine(model)                                        # doctest: +SKIP
-        "xla loop (float32 weights: XLA's own loop is faster ...)"
+        'cpu kernel'
     """
     reason = _cpu_kernels.unsupported_reason(model, rows, cache_len)
     return "cpu kernel" if reason is None else f"xla loop ({reason})"
@@ -532,7 +532,8 @@ class GenerationMixin:
         mask_b = np.zeros((B, Tb), np.int32)
         mask_b[:, Tb - Tu :] = mask
         opts = _Options.of(gen, config.vocab_size, M, stream=streamer is not None)
-        reason = _cpu_kernels.unsupported_reason(self, B * opts.rows, M)
+        graphdef, state = nnx.split(self)
+        reason = _cpu_kernels.unsupported_reason(self, B * opts.rows, M, state)
         logger.debug("gpt2_flax generate: CPU kernel %s", reason or "in use")
         opts = dataclasses.replace(opts, cpu_kernel=reason is None)
         if opts.mode == "sample" and gen.num_return_sequences > 1:
@@ -547,7 +548,6 @@ class GenerationMixin:
             stream_id = next(_STREAM_IDS)
             _STREAMERS[stream_id] = streamer
             streamer.put(ids)
-        graphdef, state = nnx.split(self)
         try:
             seqs, n_new = _program(
                 graphdef,

@@ -25,8 +25,8 @@ MASK = np.array([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]])
 
 @pytest.fixture(autouse=True)
 def fp32_on_kernel(monkeypatch):
-    """These tests check the kernel on fp32 models too (by default fp32 takes XLA's loop)."""
-    monkeypatch.setenv(K.FP32_KERNEL_ENV, "1")
+    """These tests check the kernel on fp32 models (the default; the variable could say 0)."""
+    monkeypatch.delenv(K.FP32_KERNEL_ENV, raising=False)
 
 
 @pytest.fixture(scope="module")
@@ -205,10 +205,18 @@ def test_prefill_handler_checks_ids_and_prompt_length(model):
         run([[1, 2, 3, 4, 5]], slots=4)
 
 
-def test_fp32_weights_take_the_xla_loop_by_default(model, monkeypatch):
-    """The measured default: fp32 weights decode in XLA's loop, bf16 weights on the kernel."""
-    monkeypatch.delenv(K.FP32_KERNEL_ENV)
+def test_fp32_weights_take_the_kernel_by_default(model, monkeypatch):
+    """The measured default: fp32 and bf16 weights decode on the kernel; the environment
+    variable at 0 sends fp32 to XLA's loop. The reason computed from the split state is the
+    one computed from the module."""
+    assert K.unsupported_reason(model, 1, 32) is None
+    assert generation.decode_engine(model) == "cpu kernel"
+    monkeypatch.setenv(K.FP32_KERNEL_ENV, "0")
     assert "float32 weights" in K.unsupported_reason(model, 1, 32)
+    state = generation.nnx.split(model)[1]
+    assert K.unsupported_reason(model, 1, 32, state) == K.unsupported_reason(model, 1, 32)
+    assert set(K._weights(model, state)) == set(K._weights(model))
+    monkeypatch.delenv(K.FP32_KERNEL_ENV)
     cfg, sd, _ = build("lm", seed=3)
     bf16 = gf.GPT2LMHeadModel.from_state_dict(cfg, sd, param_dtype=jnp.bfloat16)
     assert K.unsupported_reason(bf16, 1, 32) is None
