@@ -11,9 +11,9 @@ fp32, 249 MB in bf16), so the ceiling of the ratio is 2x. Target (issue 16): >= 
 
 Two figures per round: ``generate`` tok/s (64 tokens over the whole call, the 16-token prefill
 included, as bench_torch_generate.py counts it) and the decoding steps alone (a 65-token
-generate minus a 1-token one, public API only). On a CPU without native bf16, torch feeds the
-bf16 prompt through the kernel one token at a time (torch's emulated bf16 GEMM is far slower),
-which costs 16 steps; TF runs its XLA prefill in bf16.
+generate minus a 1-token one, public API only). On a CPU without native bf16, torch and TF
+run the bf16 prompt through the kernel's prefill (one call; their emulated bf16 GEMMs are far
+slower); the fp32 prompt runs on MKL (torch) or XLA (TF).
 
     python benchmarks/bench_bf16_decode.py                  # torch, 5 rounds
     python benchmarks/bench_bf16_decode.py --framework tf   # gpt2_tf

@@ -4,8 +4,10 @@ Decoding one token multiplies a handful of rows by every weight matrix: the work
 weights, so speed is memory bandwidth. Framework GEMVs for one row (MKL under torch, XLA's dot)
 stream well below what this machine can read; the loops in ``csrc/gpt2_kernels.c`` stream close
 to the limit, and :class:`DecodeStep` runs a whole GPT-2 token (embeddings, every block, the LM
-head) in one call, so no per-op dispatch is paid either. The torch and TF backends use them for
-fp32 generation on CPU; everything else keeps the framework's own ops.
+head) in one call, so no per-op dispatch is paid either; :meth:`DecodeStep.prefill` runs a
+whole prompt the same way (a small GEMM that widens bf16 / int8 weights once per prompt). The
+three backends use them for fp32, bf16 and int8 generation on CPU (gpt2_flax through
+``jax.ffi``); everything else keeps the framework's own ops.
 
 The C file is compiled once with the system compiler (``cc -O3 -march=native -fopenmp``),
 cached under ``$GPT2_ZOO_CACHE`` (default ``~/.cache/gpt2_zoo``) keyed by source, flags and CPU,
@@ -103,7 +105,7 @@ def native_bf16() -> bool:
 
     Without it, frameworks emulate bf16 matrix products: torch's bf16 prefill of a 16-token
     prompt for GPT-2 small takes 3.3 s on this AVX2 machine against 0.2 s in fp32, so
-    ``generate`` feeds short prompts of bf16 models through the kernel token by token instead.
+    ``generate`` runs the prompts of bf16 models through :meth:`DecodeStep.prefill` instead.
     """
     flags = set(_cpu_signature().replace(":", " ").split())
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
@@ -495,6 +497,7 @@ class DecodeStep:
         F = config.inner_dim
         self.C, self.H, self.F, self.V, self.n_layer = C, H, F, V, config.n_layer
         self.M = batch
+        self.P = config.n_positions
         self.L = keys[0].shape[2]
         self.eps = float(config.layer_norm_epsilon)
         self.act = ACTIVATION_CODES[config.activation_function]
@@ -591,10 +594,11 @@ class DecodeStep:
     ) -> np.ndarray:
         """Logits (B, V) after feeding ``ids`` (B,) at ``positions`` (B,) into cache ``slot``;
         ``bias`` (B, L) is the additive padding mask over cache slots (slots after ``slot`` are
-        never read). Ids and positions must be valid (the caller produced them)."""
+        never read). An id outside the vocabulary or a position outside wpe is a ValueError."""
         M, L = self.M, self.L
         ids = np.ascontiguousarray(ids, np.int64).reshape(M)
         positions = np.ascontiguousarray(positions, np.int64).reshape(M)
+        self._check_tokens(ids, positions)
         bias = np.ascontiguousarray(bias, np.float32).reshape(M, L)
         if not 0 <= slot < L:
             raise ValueError(f"cache slot {slot} outside [0, {L})")
@@ -654,6 +658,7 @@ class DecodeStep:
         T = ids.shape[1]
         if not 0 < T <= L:
             raise ValueError(f"prompt of {T} tokens does not fit cache slots [0, {L})")
+        self._check_tokens(ids, positions)
         bias = np.ascontiguousarray(bias, np.float32).reshape(M, L)
         if out is None:
             out = np.empty((M, self.V), np.float32)
@@ -687,6 +692,17 @@ class DecodeStep:
             self._qscales,
         )
         return out
+
+    def _check_tokens(self, ids: np.ndarray, positions: np.ndarray) -> None:
+        """The kernel indexes wte and wpe with these: out of range would read other memory."""
+        bad = (ids < 0) | (ids >= self.V)
+        if bad.any():
+            raise ValueError(f"token id {int(ids[bad][0])} outside the vocabulary [0, {self.V})")
+        bad = (positions < 0) | (positions >= self.P)
+        if bad.any():
+            raise ValueError(
+                f"position {int(positions[bad][0])} outside [0, {self.P}) (n_positions)"
+            )
 
     @property
     def wbf16(self) -> int:

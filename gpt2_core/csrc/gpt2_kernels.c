@@ -1,5 +1,6 @@
 /*
- * gpt2_zoo CPU kernels: fp32 matrix x few-rows products for single-token decoding.
+ * gpt2_zoo CPU kernels: fp32 matrix x few-rows products for single-token decoding, the whole
+ * single-token step (gpt2_decode_step) and the whole prompt (gpt2_prefill, a small GEMM).
  *
  * Decoding one token reads every weight once and does two flops per weight, so it is bound by
  * memory bandwidth. On the 2-core AMD EPYC this project is measured on, MKL's GEMV for one row

@@ -259,6 +259,16 @@ def test_prefill_checks_its_inputs():
         step.prefill(np.ones((1, 3)), np.ones((1, 3)), bias)
     with pytest.raises(ValueError, match=r"prompt of 5 tokens does not fit cache slots \[0, 4\)"):
         step.prefill(np.ones((2, 5)), np.ones((2, 5)), bias)
+    ids = np.ones((2, 3), np.int64)
+    ids[1, 2] = cfg.vocab_size
+    with pytest.raises(ValueError, match=f"token id {cfg.vocab_size} outside the vocabulary"):
+        step.prefill(ids, np.zeros((2, 3)), bias)
+    with pytest.raises(ValueError, match=r"position -1 outside"):
+        step.prefill(np.ones((2, 3)), -np.ones((2, 3)), bias)
+    with pytest.raises(ValueError, match=r"token id -3 outside"):
+        step(np.array([1, -3]), np.zeros(2), bias, 0)
+    with pytest.raises(ValueError, match=f"position {cfg.n_positions} outside"):
+        step(np.array([1, 2]), np.full(2, cfg.n_positions), bias, 0)
 
 
 def test_bf16_matrices_must_not_mix_with_fp32():
