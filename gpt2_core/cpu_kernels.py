@@ -606,18 +606,24 @@ class DecodeStep:
             out = np.empty((M, self.V), np.float32)
         else:
             _f32(out, "out", (M, self.V))
-        self._lib.gpt2_decode_step(
+        self._run(self._lib.gpt2_decode_step, ids, positions, bias, slot, out, self._work)
+        return out
+
+    def _run(self, fn, ids, positions, bias, slot_or_len: int, out, work) -> None:
+        """``fn`` (gpt2_decode_step or gpt2_prefill: the same arguments) over this step's
+        weights and caches."""
+        fn(
             ids.ctypes.data,
             positions.ctypes.data,
             self._glob,
             self._layers,
             self._scales.ctypes.data,
             bias.ctypes.data,
-            slot,
-            M,
+            slot_or_len,
+            self.M,
             self.C,
             self.H,
-            L,
+            self.L,
             self.F,
             self.V,
             self.n_layer,
@@ -625,12 +631,11 @@ class DecodeStep:
             self.act,
             self.head_kn,
             out.ctypes.data,
-            self._work.ctypes.data,
+            work.ctypes.data,
             self.nt,
             self.wq,
             self._qscales,
         )
-        return out
 
     def prefill(
         self,
@@ -667,30 +672,7 @@ class DecodeStep:
         work = np.empty(
             self._lib.gpt2_prefill_work_floats(M, T, self.C, L, self.F, self.nt), np.float32
         )
-        self._lib.gpt2_prefill(
-            ids.ctypes.data,
-            positions.ctypes.data,
-            self._glob,
-            self._layers,
-            self._scales.ctypes.data,
-            bias.ctypes.data,
-            T,
-            M,
-            self.C,
-            self.H,
-            L,
-            self.F,
-            self.V,
-            self.n_layer,
-            self.eps,
-            self.act,
-            self.head_kn,
-            out.ctypes.data,
-            work.ctypes.data,
-            self.nt,
-            self.wq,
-            self._qscales,
-        )
+        self._run(self._lib.gpt2_prefill, ids, positions, bias, T, out, work)
         return out
 
     def _check_tokens(self, ids: np.ndarray, positions: np.ndarray) -> None:

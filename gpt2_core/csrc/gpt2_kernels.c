@@ -593,6 +593,37 @@ static void layer_norm(const float *x, const float *w, const float *b, float *y,
 }
 
 
+/* h = the embedding of token `id` (wte row, widened or dequantized) + wpe row `pos` */
+static inline void embed(float *h, const void *wte, int wq, const float *wte_s, const float *wpe,
+                         int64_t id, int64_t pos, int64_t C) {
+    for (int64_t i = 0; i < C; ++i)
+        h[i] = (wq == WQ_INT8   ? (float)((const int8_t *)wte)[id * C + i] * wte_s[id]
+                : wq == WQ_BF16 ? bf(((const uint16_t *)wte)[id * C + i])
+                                : ((const float *)wte)[id * C + i]) +
+               wpe[pos * C + i];
+}
+
+/* o (D) = softmax(q . k_j * scale + bias_j, j < n) weighted sum of v_j; s: n floats of scratch */
+static inline void attend(const float *q, const float *kh, const float *vh, const float *bm,
+                          int64_t n, float scale, float *s, float *o, int64_t D) {
+    float mx = -INFINITY, sum = 0.f;
+    for (int64_t j = 0; j < n; ++j) {
+        s[j] = dot(q, kh + j * D, D) * scale + bm[j];
+        if (s[j] > mx) mx = s[j];
+    }
+    for (int64_t j = 0; j < n; ++j) {
+        s[j] = expf(s[j] - mx);
+        sum += s[j];
+    }
+    for (int64_t d = 0; d < D; ++d) o[d] = 0.f;
+    const float inv = 1.0f / sum;
+    for (int64_t j = 0; j < n; ++j) {
+        const float w = s[j] * inv;
+        const float *vj = vh + j * D;
+        for (int64_t d = 0; d < D; ++d) o[d] += w * vj[d];
+    }
+}
+
 /*
  * logits (M, V) for one new token per row.
  *   ids, positions (M): token ids and position ids (already validated by the caller)
@@ -618,21 +649,16 @@ void gpt2_decode_step(const int64_t *ids, const int64_t *positions, void *const 
     const int64_t D = C / H;
     float *h = work, *x = h + M * C, *qkv = x + M * C, *att = qkv + M * 3 * C,
           *f = att + M * C, *tmp = f + M * F, *scores = tmp + M * C, *part = scores + M * H * L;
-    const float *wte = glob[0], *wpe = glob[1], *lnf_w = glob[2], *lnf_b = glob[3];
+    const void *wte = glob[0];
+    const float *wpe = glob[1], *lnf_w = glob[2], *lnf_b = glob[3];
     const void *head = glob[4];
-    const uint16_t *wte_h = glob[0];
-    const int8_t *wte_q = glob[0];
     const float *wte_s = wq == WQ_INT8 ? qscale[0] : 0, *head_s = wq == WQ_INT8 ? qscale[1] : 0;
     if (nt < 1) nt = 1;
 #pragma omp parallel num_threads(nt)
     {
         TEAM_ID;
         for (int64_t m = t; m < M; m += T)
-            for (int64_t i = 0; i < C; ++i)
-                h[m * C + i] = (wq == WQ_INT8  ? (float)wte_q[ids[m] * C + i] * wte_s[ids[m]]
-                                : wq == WQ_BF16 ? bf(wte_h[ids[m] * C + i])
-                                                : wte[ids[m] * C + i]) +
-                               wpe[positions[m] * C + i];
+            embed(h + m * C, wte, wq, wte_s, wpe, ids[m], positions[m], C);
         BARRIER
         for (int64_t l = 0; l < n_layer; ++l) {
             void *const *p = layers + l * 14;
@@ -651,24 +677,8 @@ void gpt2_decode_step(const int64_t *ids, const int64_t *positions, void *const 
                 float *kh = kc + pr * L * D, *vh = vc + pr * L * D;
                 memcpy(kh + pos * D, qkv + m * 3 * C + C + hh * D, D * sizeof(float));
                 memcpy(vh + pos * D, qkv + m * 3 * C + 2 * C + hh * D, D * sizeof(float));
-                float *s = scores + pr * L, mx = -INFINITY, sum = 0.f;
-                const float *bm = bias + m * L;
-                for (int64_t j = 0; j <= pos; ++j) {
-                    s[j] = dot(q, kh + j * D, D) * scale + bm[j];
-                    if (s[j] > mx) mx = s[j];
-                }
-                for (int64_t j = 0; j <= pos; ++j) {
-                    s[j] = expf(s[j] - mx);
-                    sum += s[j];
-                }
-                float *o = att + m * C + hh * D;
-                for (int64_t d = 0; d < D; ++d) o[d] = 0.f;
-                const float inv = 1.0f / sum;
-                for (int64_t j = 0; j <= pos; ++j) {
-                    const float w = s[j] * inv;
-                    const float *vj = vh + j * D;
-                    for (int64_t d = 0; d < D; ++d) o[d] += w * vj[d];
-                }
+                attend(q, kh, vh, bias + m * L, pos + 1, scale, scores + pr * L,
+                       att + m * C + hh * D, D);
             }
             BARRIER
             kn_team(att, C, p[4], wq, QS(1), p[5], tmp, C, part, h, ACT_LINEAR, M, C, C, t, T);
@@ -839,10 +849,9 @@ void gpt2_prefill(const int64_t *ids, const int64_t *positions, void *const *glo
     float *h = work, *x = h + R * C, *qkv = x + R * C, *att = qkv + R * 3 * C, *f = att + R * C,
           *tmp = f + R * F, *last = tmp + R * C, *scores = last + M * C;
     float *packs = scores + (int64_t)(nt < 1 ? 1 : nt) * L;
-    const float *wte = glob[0], *wpe = glob[1], *lnf_w = glob[2], *lnf_b = glob[3];
+    const void *wte = glob[0];
+    const float *wpe = glob[1], *lnf_w = glob[2], *lnf_b = glob[3];
     const void *head = glob[4];
-    const uint16_t *wte_h = glob[0];
-    const int8_t *wte_q = glob[0];
     const float *wte_s = wq == WQ_INT8 ? qscale[0] : 0, *head_s = wq == WQ_INT8 ? qscale[1] : 0;
     if (nt < 1) nt = 1;
 #pragma omp parallel num_threads(nt)
@@ -850,11 +859,7 @@ void gpt2_prefill(const int64_t *ids, const int64_t *positions, void *const *glo
         TEAM_ID;
         float *pack = packs + (int64_t)t * PF_KC * PF_NC, *s = scores + (int64_t)t * L;
         for (int64_t r = t; r < R; r += T)
-            for (int64_t i = 0; i < C; ++i)
-                h[r * C + i] = (wq == WQ_INT8  ? (float)wte_q[ids[r] * C + i] * wte_s[ids[r]]
-                                : wq == WQ_BF16 ? bf(wte_h[ids[r] * C + i])
-                                                : wte[ids[r] * C + i]) +
-                               wpe[positions[r] * C + i];
+            embed(h + r * C, wte, wq, wte_s, wpe, ids[r], positions[r], C);
         BARRIER
         for (int64_t l = 0; l < n_layer; ++l) {
             void *const *p = layers + l * 14;
@@ -878,24 +883,8 @@ void gpt2_prefill(const int64_t *ids, const int64_t *positions, void *const *glo
             for (int64_t job = t; job < M * H * P; job += T) { /* (row, head, query) */
                 const int64_t pr = job / P, i = job % P, m = pr / H, hh = pr % H;
                 const float *q = qkv + (m * P + i) * 3 * C + hh * D;
-                const float *kh = kc + pr * L * D, *vh = vc + pr * L * D, *bm = bias + m * L;
-                float mx = -INFINITY, sum = 0.f;
-                for (int64_t j = 0; j <= i; ++j) {
-                    s[j] = dot(q, kh + j * D, D) * scale + bm[j];
-                    if (s[j] > mx) mx = s[j];
-                }
-                for (int64_t j = 0; j <= i; ++j) {
-                    s[j] = expf(s[j] - mx);
-                    sum += s[j];
-                }
-                float *o = att + (m * P + i) * C + hh * D;
-                for (int64_t d = 0; d < D; ++d) o[d] = 0.f;
-                const float inv = 1.0f / sum;
-                for (int64_t j = 0; j <= i; ++j) {
-                    const float w = s[j] * inv;
-                    const float *vj = vh + j * D;
-                    for (int64_t d = 0; d < D; ++d) o[d] += w * vj[d];
-                }
+                attend(q, kc + pr * L * D, vc + pr * L * D, bias + m * L, i + 1, scale, s,
+                       att + (m * P + i) * C + hh * D, D);
             }
             BARRIER
             gemm_team(att, C, p[4], wq, QS(1), p[5], tmp, C, h, ACT_LINEAR, R, C, C, pack, t, T);

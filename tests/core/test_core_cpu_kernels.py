@@ -22,6 +22,26 @@ def _canonical(cfg, seed=0):
     return sd
 
 
+def _padded_batch(cfg, B, T, L, pads, seed):
+    """Left-padded prompts (row b has pads[b] pads): ids, mask, position ids, the kernel's
+    additive slot bias (B, L), and zeroed key / value caches (B, H, L, D) per layer."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, cfg.vocab_size, (B, T))
+    mask = np.ones((B, T), np.int64)
+    for b, n in enumerate(pads):
+        mask[b, :n] = 0
+    positions = np.where(mask == 1, np.cumsum(mask, 1) - 1, 1)
+    H, D = cfg.n_head, cfg.n_embd // cfg.n_head
+    keys = [np.zeros((B, H, L, D), np.float32) for _ in range(cfg.n_layer)]
+    values = [np.zeros((B, H, L, D), np.float32) for _ in range(cfg.n_layer)]
+    bias = np.where(
+        np.pad(mask, [(0, 0), (0, L - T)], constant_values=1) == 1,
+        0.0,
+        np.finfo(np.float32).min / 2,
+    ).astype(np.float32)
+    return ids, mask, positions, bias, keys, values
+
+
 @pytest.mark.parametrize("nt", [1, 2])
 @pytest.mark.parametrize(
     "overrides",
@@ -37,22 +57,9 @@ def test_decode_steps_equal_the_numpy_reference(nt, overrides):
     reference's full forward over the same prefix."""
     cfg = tiny_config(**overrides)
     sd = _canonical(cfg)
-    rng = np.random.default_rng(0)
     B, T, L = 3, 7, 8
-    ids = rng.integers(0, cfg.vocab_size, (B, T))
-    mask = np.ones((B, T), np.int64)
-    mask[1, :2] = 0
-    mask[2, :5] = 0
-    positions = np.where(mask == 1, np.cumsum(mask, 1) - 1, 1)
-    H, D = cfg.n_head, cfg.n_embd // cfg.n_head
-    keys = [np.zeros((B, H, L, D), np.float32) for _ in range(cfg.n_layer)]
-    values = [np.zeros((B, H, L, D), np.float32) for _ in range(cfg.n_layer)]
+    ids, mask, positions, bias, keys, values = _padded_batch(cfg, B, T, L, [0, 2, 5], seed=0)
     step = K.DecodeStep(cfg, sd, keys, values, B, nt=nt)
-    bias = np.where(
-        np.pad(mask, [(0, 0), (0, L - T)], constant_values=1) == 1,
-        0.0,
-        np.finfo(np.float32).min / 2,
-    ).astype(np.float32)
     ref = reference.lm_logits(sd, cfg, ids, attention_mask=mask, position_ids=positions)
     for t in range(T):
         logits = step(ids[:, t], positions[:, t], bias, t)
@@ -152,22 +159,10 @@ def test_bf16_gemv_equal_numpy_over_the_rounded_weights(nt):
 def test_bf16_decode_steps_equal_the_numpy_reference(nt, overrides):
     cfg = tiny_config(**overrides)
     sd = _bf16(_canonical(cfg, seed=3))
-    rng = np.random.default_rng(3)
     B, T, L = 2, 6, 8
-    ids = rng.integers(0, cfg.vocab_size, (B, T))
-    mask = np.ones((B, T), np.int64)
-    mask[1, :3] = 0
-    positions = np.where(mask == 1, np.cumsum(mask, 1) - 1, 1)
-    H, D = cfg.n_head, cfg.n_embd // cfg.n_head
-    keys = [np.zeros((B, H, L, D), np.float32) for _ in range(cfg.n_layer)]
-    values = [np.zeros((B, H, L, D), np.float32) for _ in range(cfg.n_layer)]
+    ids, mask, positions, bias, keys, values = _padded_batch(cfg, B, T, L, [0, 3], seed=3)
     step = K.DecodeStep(cfg, sd, keys, values, B, nt=nt)
     assert step.wbf16 == 1
-    bias = np.where(
-        np.pad(mask, [(0, 0), (0, L - T)], constant_values=1) == 1,
-        0.0,
-        np.finfo(np.float32).min / 2,
-    ).astype(np.float32)
     ref = reference.lm_logits(_widened(sd), cfg, ids, attention_mask=mask, position_ids=positions)
     for t in range(T):
         logits = step(ids[:, t], positions[:, t], bias, t)
@@ -209,22 +204,9 @@ def test_prefill_equals_the_numpy_reference(nt, kind, overrides):
         sd, ref_sd = _int8(sd)
     else:
         ref_sd = sd
-    rng = np.random.default_rng(5)
-    B, T, P, L = 3, 11, 8, 12  # 8 prompt tokens (of 11) then 3 steps
-    ids = rng.integers(0, cfg.vocab_size, (B, T))
-    mask = np.ones((B, T), np.int64)
-    mask[1, :2] = 0
-    mask[2, :7] = 0  # one real prompt token
-    positions = np.where(mask == 1, np.cumsum(mask, 1) - 1, 1)
-    H, D = cfg.n_head, cfg.n_embd // cfg.n_head
-    keys = [np.zeros((B, H, L, D), np.float32) for _ in range(cfg.n_layer)]
-    values = [np.zeros((B, H, L, D), np.float32) for _ in range(cfg.n_layer)]
+    B, T, P, L = 3, 11, 8, 12  # 8 prompt tokens (of 11) then 3 steps; row 2: one real token
+    ids, mask, positions, bias, keys, values = _padded_batch(cfg, B, T, L, [0, 2, 7], seed=5)
     step = K.DecodeStep(cfg, sd, keys, values, B, nt=nt)
-    bias = np.where(
-        np.pad(mask, [(0, 0), (0, L - T)], constant_values=1) == 1,
-        0.0,
-        np.finfo(np.float32).min / 2,
-    ).astype(np.float32)
     ref = reference.lm_logits(ref_sd, cfg, ids, attention_mask=mask, position_ids=positions)
     logits = step.prefill(ids[:, :P], positions[:, :P], bias)
     for b in range(B):
