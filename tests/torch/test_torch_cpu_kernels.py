@@ -292,6 +292,8 @@ def test_bf16_prompt_runs_on_the_kernel_prefill_without_native_bf16(monkeypatch)
             want = ref.prefill(ids)
         got = fast.prefill(ids)
         assert got.dtype == torch.float32 and _rel(got, want) < 1e-5
+        fast.step(ids[:, -1])
+        assert fast._head_w is None  # no transposed bf16 head copy (0.1 s) when unused
         for a, b in zip(fast.cache.keys, ref.cache.keys):
             assert _rel(a[1, :, :6], b[1, :, :6]) < 1e-5  # the unpadded row's keys
             assert _rel(a[0, :, 4:6], b[0, :, 4:6]) < 1e-5
