@@ -314,11 +314,8 @@ def _ffi_call(target: str, config: Any, rows: int, cache_len: int, first_cache: 
 
 def kernel_prefill(model: Any) -> bool:
     """Whether ``generate`` runs the prompt through the kernel's prefill too (when it decodes on
-    the kernel): int8 matrices (XLA dequantizes every weight per call: ~200 ms for a 16-token
-    GPT-2 small prompt here), and bf16 ones on a CPU without native bf16 products. Float32
-    prompts keep XLA's own GEMMs (the two cost about the same). As in gpt2_torch and gpt2_tf."""
-    kind = np.dtype(_weights(model)["transformer.wte.weight"].dtype)
-    return kind == np.int8 or (kind == core.BF16 and not core.native_bf16())
+    the kernel): :func:`gpt2_core.cpu_kernels.kernel_prefill` for the model's matrices."""
+    return core.kernel_prefill(_weights(model)["transformer.wte.weight"].dtype)
 
 
 def prefill_forward(model: Any, rows: int, cache_len: int):

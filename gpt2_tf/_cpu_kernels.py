@@ -2,7 +2,7 @@
 
 With fp32 or bf16 weights on a CPU and no accelerator visible, ``generate`` runs the prompt
 (XLA's prefill in the model's compute dtype; bf16 and int8 matrices through the kernel's own
-prefill, :func:`kernel_prefill`) and
+prefill, :func:`gpt2_core.cpu_kernels.kernel_prefill`) and
 the compiled token choice (``_generation_functions(spec)["select"]``: processors, sampling or
 beam search, stopping) and does each token's forward here, on the host, through
 :class:`gpt2_core.cpu_kernels.DecodeStep` over zero-copy views of the Keras variables (bf16
@@ -57,16 +57,6 @@ def unsupported_reason(model: Any, rows: int, slots: int) -> str | None:
     return None
 
 
-def kernel_prefill(weight_dtype: np.dtype) -> bool:
-    """Whether the prompt goes through the kernel's prefill (:meth:`DecodeStep.prefill`)
-    instead of XLA's: for int8 matrices (XLA would dequantize every weight per call), and bf16
-    ones on a CPU without native bf16 products (XLA's bf16 program for a 16-token GPT-2 small
-    prompt took 206 ms here, against 67 ms in fp32 and ~55 ms for the kernel's). fp32 keeps
-    XLA's prompt (the two cost about the same)."""
-    kind = np.dtype(weight_dtype)
-    return kind == np.int8 or (kind == cpu_kernels.BF16 and not cpu_kernels.native_bf16())
-
-
 def kernel_weights(model: Any) -> tuple[dict[str, np.ndarray], bool, list]:
     """Canonical name -> zero-copy numpy view of each variable (a read of the variable: later
     assignments copy-on-write, so the views stay valid and unchanged), whether the LM head is
@@ -101,13 +91,14 @@ def generate(
     max_new: int,
     min_new: int,
 ) -> tuple[np.ndarray, int]:
-    """The prefill (XLA's, or the kernel's: see :func:`kernel_prefill`), then per token one
+    """The prefill (XLA's, or the kernel's: see :func:`gpt2_core.cpu_kernels.kernel_prefill`), then per token one
     compiled ``select`` and one kernel forward. Returns the (R, S) sequences and the number of
     new tokens."""
     fns = model._generation_functions(spec)
     Tb, R = spec.prompt_len, spec.rows
     weights, head_transposed, keep = kernel_weights(model)
-    if kernel_prefill(weights["transformer.wte.weight"].dtype):
+    prompt = None
+    if cpu_kernels.kernel_prefill(weights["transformer.wte.weight"].dtype):
         cfg, B, S = model.config, spec.batch, spec.slots
         shape = (B, cfg.n_head, S, cfg.n_embd // cfg.n_head)
         keys = [np.zeros(shape, np.float32) for _ in range(cfg.n_layer)]
@@ -120,19 +111,17 @@ def generate(
             ids_t.numpy(), positions.numpy(), slot_bias(np.pad(mask, [(0, 0), (0, S - Tb)]))
         )
         state = dict(fns["prefill_state"](ids_t, mask_t, positions, sc, tf.constant(logits)))
-        if spec.expand == 1:
-            step_fn = prompt
-        else:  # the beams / return sequences of each prompt share its cache
+        if spec.expand > 1:  # the beams / return sequences of each prompt share its cache
             keys = [np.repeat(k, spec.expand, axis=0) for k in keys]
             values = [np.repeat(v, spec.expand, axis=0) for v in values]
-            step_fn = None
     else:
         state = dict(fns["prefill"](ids_t, mask_t, positions, sc))
         cache = state.pop("cache")
         keys = [np.array(k.numpy(), np.float32) for k, _ in cache]  # writable (R, H, S, D)
         values = [np.array(v.numpy(), np.float32) for _, v in cache]
-        step_fn = None
-    if step_fn is None:
+    if prompt is not None and spec.expand == 1:
+        step_fn = prompt  # its B rows are the R rows
+    else:
         step_fn = cpu_kernels.DecodeStep(
             model.config, weights, keys, values, R, head_transposed=head_transposed
         )

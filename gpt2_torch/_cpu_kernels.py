@@ -69,6 +69,12 @@ def linear_nk(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(y).view(*x.shape[:-1], y.shape[1])
 
 
+def weight_dtype(model: torch.nn.Module):
+    """The numpy dtype of the matrices the fused step reads (wte's: float32, bfloat16 or, for an
+    int8 model, int8)."""
+    return _view(model.transformer.wte.weight).dtype
+
+
 def _view(t: torch.Tensor):
     """A numpy view of a CPU tensor (no copy; the core checks dtype, layout and shape);
     bfloat16 becomes ``ml_dtypes.bfloat16``, which numpy cannot get from torch directly."""

@@ -179,9 +179,8 @@ class _Decoder:
                 logger.debug("generate: torch modules for decoding (%s)", reason)
         # the prompt through the kernel's prefill too, where torch's own products are slow:
         # bf16 without native bf16 instructions (emulated GEMM), and int8 (dequantized per call)
-        self.fused_prompt = self.fused is not None and (
-            (fused_bf16 and not _cpu_kernels.core.native_bf16())
-            or bool(getattr(model, "quantization", None))
+        self.fused_prompt = self.fused is not None and _cpu_kernels.core.kernel_prefill(
+            _cpu_kernels.weight_dtype(model)
         )
         if self.fused is None and cache_dtype != dtype:  # the modules want the model's dtype
             self.cache = _static_cache().allocate(model.config, batch, max_length, dtype, device)
