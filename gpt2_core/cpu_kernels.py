@@ -322,15 +322,32 @@ WEIGHT_KINDS = {np.dtype(np.float32): 0, BF16: 1, np.dtype(np.int8): 2}
 INT8 = 2
 
 
-def kernel_prefill(weight_dtype: Any) -> bool:
-    """Whether ``generate`` should run the prompt through :meth:`DecodeStep.prefill` rather than
-    the framework's own forward, for weight matrices of ``weight_dtype``: int8 (the frameworks
-    dequantize every weight per call: ~200 ms for a 16-token GPT-2 small prompt in XLA), and
-    bf16 on a CPU without native bf16 products (torch's emulated bf16 GEMM took 3.3 s, XLA's
-    bf16 program 206 ms, the kernel's prefill ~55 ms). fp32 prompts keep the frameworks' GEMMs
-    (about the kernel's cost). The one rule of all three backends."""
+# prompt rows (batch x prompt length) up to which a bf16 prompt runs on the kernel's prefill
+# even where the CPU multiplies bf16 natively (see kernel_prefill)
+NATIVE_BF16_PREFILL_ROWS = 32
+
+
+def kernel_prefill(weight_dtype: Any, rows: int) -> bool:
+    """Whether ``generate`` should run a prompt of ``rows`` (batch x prompt length) tokens
+    through :meth:`DecodeStep.prefill` rather than the framework's own forward, for weight
+    matrices of ``weight_dtype``. The one rule of all three backends:
+
+    * int8: always (the frameworks dequantize every weight per call: ~200 ms for a 16-token
+      GPT-2 small prompt in XLA, the kernel's prefill ~40-55 ms);
+    * bf16 on a CPU without native bf16 products: always (torch's emulated bf16 GEMM took
+      3.3 s, XLA's bf16 program 206 ms);
+    * bf16 with native bf16 (AVX512-BF16): up to :data:`NATIVE_BF16_PREFILL_ROWS` rows. On the
+      2-core AVX512-BF16 EPYC, the prompt plus one token for GPT-2 small took (kernel /
+      framework) torch 40 / 69 ms at 16 rows, 59 / 76 at 32, 101 / 90 at 64; TF 47 / 56,
+      66 / 74, 115 / 106: the frameworks' bf16 GEMMs win from ~48 rows on;
+    * fp32: never (the frameworks' fp32 GEMMs cost about the kernel's: torch 50 / 62 ms at 16
+      rows, 77 / 78 at 32; XLA faster from 32 rows)."""
     kind = np.dtype(weight_dtype)
-    return kind == np.int8 or (kind == BF16 and not native_bf16())
+    if kind == np.int8:
+        return True
+    if kind != BF16:
+        return False
+    return not native_bf16() or rows <= NATIVE_BF16_PREFILL_ROWS
 
 
 def _f32(a: np.ndarray, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:

@@ -312,10 +312,11 @@ def _ffi_call(target: str, config: Any, rows: int, cache_len: int, first_cache: 
     )
 
 
-def kernel_prefill(model: Any) -> bool:
-    """Whether ``generate`` runs the prompt through the kernel's prefill too (when it decodes on
-    the kernel): :func:`gpt2_core.cpu_kernels.kernel_prefill` for the model's matrices."""
-    return core.kernel_prefill(_weights(model)["transformer.wte.weight"].dtype)
+def kernel_prefill(model: Any, rows: int) -> bool:
+    """Whether ``generate`` runs a prompt of ``rows`` (batch x prompt length) tokens through
+    the kernel's prefill too (when it decodes on the kernel):
+    :func:`gpt2_core.cpu_kernels.kernel_prefill` for the model's matrices."""
+    return core.kernel_prefill(_weights(model)["transformer.wte.weight"].dtype, rows)
 
 
 def prefill_forward(model: Any, rows: int, cache_len: int):

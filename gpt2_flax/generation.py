@@ -251,7 +251,7 @@ def _generate_program(
     cache = StaticCache.allocate(
         config, B, M, jnp.float32 if opts.cpu_kernel else model.transformer.dtype
     )
-    if opts.cpu_kernel and _cpu_kernels.kernel_prefill(model):  # int8 / emulated bf16
+    if opts.cpu_kernel and _cpu_kernels.kernel_prefill(model, B * Tb):  # int8 / bf16
         prefill = _cpu_kernels.prefill_forward(model, B, M)
         logits, cache = prefill(ids, cache, prompt_pos, full_mask)  # (B, V)
     else:

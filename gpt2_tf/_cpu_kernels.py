@@ -98,7 +98,7 @@ def generate(
     Tb, R = spec.prompt_len, spec.rows
     weights, head_transposed, keep = kernel_weights(model)
     prompt = None
-    if cpu_kernels.kernel_prefill(weights["transformer.wte.weight"].dtype):
+    if cpu_kernels.kernel_prefill(weights["transformer.wte.weight"].dtype, spec.batch * Tb):
         cfg, B, S = model.config, spec.batch, spec.slots
         shape = (B, cfg.n_head, S, cfg.n_embd // cfg.n_head)
         keys = [np.zeros(shape, np.float32) for _ in range(cfg.n_layer)]

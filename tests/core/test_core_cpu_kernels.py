@@ -103,6 +103,51 @@ def test_gemv_equal_numpy(nt):
         )
 
 
+@pytest.mark.parametrize("nt", [1, 2])
+@pytest.mark.parametrize("kind", ["float32", "bfloat16", "int8"])
+def test_decoding_gemvs_equal_numpy(nt, kind):
+    """One row of X (the decoding loops: a few rows of W per pass, the next block prefetched):
+    rows shorter and longer than int8's 1.5 KB switch, row counts that leave 1-3 rows over
+    after the passes and each thread's share, column counts off the vector width, and a W
+    ending right after the last pass (a prefetch past it would read outside the buffer)."""
+    rng = np.random.default_rng(11)
+    for Kd, N in [(37, 19), (45, 1601), (70, 2304), (9, 1536), (23, 48)]:
+        x = rng.standard_normal((1, Kd), dtype=np.float32)
+        w = rng.standard_normal((Kd, N), dtype=np.float32)
+        b = rng.standard_normal(N, dtype=np.float32)
+        scale = None
+        if kind == "bfloat16":
+            w = w.astype(K.BF16)
+            wide = w.astype(np.float64)
+        elif kind == "int8":
+            w = rng.integers(-127, 128, (Kd, N), dtype=np.int8)
+            scale = rng.uniform(0.5, 2.0, N).astype(np.float32)
+            wide = w.astype(np.float64) * scale
+        else:
+            wide = w.astype(np.float64)
+        want = x.astype(np.float64) @ wide + b
+        got = K.linear_kn(x, w.copy(), b, nt=nt, scale=scale)
+        np.testing.assert_allclose(
+            got, want, rtol=0, atol=2e-6 * np.abs(want).max(), err_msg=f"{Kd}x{N}"
+        )
+        want = x.astype(np.float64) @ wide
+        got = K.linear_nk(x, np.ascontiguousarray(w.T), nt=nt, scale=scale)
+        np.testing.assert_allclose(
+            got, want, rtol=0, atol=2e-6 * np.abs(want).max(), err_msg=f"{N}x{Kd}"
+        )
+
+
+def test_kernel_prefill_rule(monkeypatch):
+    """Which prompts run on the kernel's prefill (the rule all three backends call): int8
+    always, fp32 never, bf16 always without native bf16 and up to 32 rows with it."""
+    for native in (False, True):
+        monkeypatch.setattr(K, "native_bf16", lambda native=native: native)
+        assert K.kernel_prefill(np.int8, 1) and K.kernel_prefill(np.int8, 4096)
+        assert not K.kernel_prefill(np.float32, 1)
+        assert K.kernel_prefill(K.BF16, K.NATIVE_BF16_PREFILL_ROWS)
+        assert K.kernel_prefill(K.BF16, K.NATIVE_BF16_PREFILL_ROWS + 1) is not native
+
+
 def test_bad_inputs_are_named():
     cfg = tiny_config()
     sd = _canonical(cfg)

@@ -297,6 +297,9 @@ def test_bf16_prompt_runs_on_the_kernel_prefill_without_native_bf16(monkeypatch)
         for a, b in zip(fast.cache.keys, ref.cache.keys):
             assert _rel(a[1, :, :6], b[1, :, :6]) < 1e-5  # the unpadded row's keys
             assert _rel(a[0, :, 4:6], b[0, :, 4:6]) < 1e-5
+    # with native bf16 only short prompts (batch x length <= 32 rows) stay on the kernel
     monkeypatch.setattr(K.core, "native_bf16", lambda: True)
     with torch.no_grad():
-        assert not _Decoder(model, 2, 10, mask, compile=False).fused_prompt
+        assert _Decoder(model, 2, 10, mask, compile=False).fused_prompt
+        long_mask = torch.ones(2, 17, dtype=torch.long)
+        assert not _Decoder(model, 2, 20, long_mask, compile=False).fused_prompt
