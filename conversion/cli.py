@@ -217,9 +217,68 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _quiet_frameworks() -> None:
     """Keep TensorFlow's C++ and absl start-up banners out of the command's output (a user's
-    own setting wins; -v shows them)."""
+    own setting wins; -v shows them). ``TF_CPP_MIN_LOG_LEVEL`` silences TF's own logging, but
+    on CPUs where TF turns its oneDNN custom ops on (AVX512-VNNI / BF16 / AMX) the "oneDNN
+    custom operations are on" banner is written through absl before absl's logging is set up,
+    which no variable silences: so the one import of ``tensorflow`` (whichever command makes
+    it) runs with file descriptor 2 pointed at /dev/null. Its Python errors still surface as
+    exceptions."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    if "tensorflow" not in sys.modules and not any(
+        isinstance(f, _QuietImport) for f in sys.meta_path
+    ):
+        sys.meta_path.insert(0, _QuietImport("tensorflow"))
+
+
+class _QuietImport:
+    """A meta path finder for one top-level package: the import runs as usual, except that the
+    package's ``__init__`` executes with file descriptor 2 on /dev/null (see
+    :func:`_quiet_frameworks`). It removes itself on first use."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def find_spec(self, name, path=None, target=None):
+        import importlib.machinery
+
+        if name != self.name:
+            return None
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _QuietLoader(spec.loader)
+        return spec
+
+
+class _QuietLoader:
+    """Wraps a loader: ``exec_module`` with file descriptor 2 on /dev/null, then puts the
+    original loader back on the module; anything else goes to the original."""
+
+    def __init__(self, loader) -> None:
+        self._loader = loader
+
+    def __getattr__(self, attr):
+        return getattr(self._loader, attr)
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        sys.stderr.flush()
+        saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+        try:
+            self._loader.exec_module(module)
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            module.__loader__ = self._loader
+            if getattr(module, "__spec__", None) is not None:
+                module.__spec__.loader = self._loader
 
 
 def main(argv: Sequence[str] | None = None) -> int:
