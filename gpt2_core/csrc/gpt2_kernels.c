@@ -91,6 +91,29 @@ static inline __attribute__((always_inline)) void pf_step(pf_t *f, int l1) {
     }
 }
 
+/* The decoding pass of kn_rows, kn_rows_bf16 and kn_rows_i8 (one row of X; uses their k, k1,
+   X, W, Y, N): four rows of W per pass over Y, the next four prefetched into L2. `Wt` is the
+   weight type, `vt` / `LDY` / `STY` the vector type and its load and store of Y, `LDW` the
+   widening load of `WIDTH` weights, `SCALAR` one weight as a float (the ragged columns). */
+#define KN_DECODE_FOUR_ROWS(Wt, vt, LDY, STY, LDW, WIDTH, SCALAR)                                 \
+    for (; k + 4 <= k1; k += 4) {                                                                 \
+        const Wt *w = W + k * N;                                                                  \
+        const vt x0 = (vt){0} + X[k], x1 = (vt){0} + X[k + 1], x2 = (vt){0} + X[k + 2],           \
+                 x3 = (vt){0} + X[k + 3];                                                         \
+        const int64_t Nw = N / (WIDTH) * (WIDTH);                                                 \
+        pf_t pf = pf_begin(w + 4 * N, k + 8 <= k1 ? 4 * N * (int64_t)sizeof(Wt) : 0, N / (WIDTH)); \
+        for (int64_t n = 0; n < Nw; n += (WIDTH)) {                                               \
+            pf_step(&pf, 0);                                                                      \
+            vt a0 = LDY(Y + n) + x0 * LDW(w + n), a1 = x1 * LDW(w + N + n);                       \
+            a0 += x2 * LDW(w + 2 * N + n);                                                        \
+            a1 += x3 * LDW(w + 3 * N + n);                                                        \
+            STY(Y + n, a0 + a1);                                                                  \
+        }                                                                                         \
+        for (int64_t n = Nw; n < N; ++n)                                                          \
+            for (int i = 0; i < 4; ++i) Y[n] += X[k + i] * SCALAR(w[i * N + n]);                  \
+    }
+#define AS_FLOAT(v) ((float)(v))
+
 /* Y[m, :] += sum_{k0 <= k < k1} X[m, k] * W[k, :]; streams rows k0..k1 of W contiguously,
    several rows of W per pass, their broadcast x values hoisted out of the column loop. */
 #define KN_MB 8 /* rows of X per pass over a block of W */
@@ -100,22 +123,7 @@ static void kn_rows(const float *restrict X, int64_t ldx, const float *restrict 
     const int64_t Nv = N / VL * VL;
     int64_t k = k0;
     if (M == 1) /* the decoding case: four rows of W per pass over Y, the next four prefetched */
-        for (; k + 4 <= k1; k += 4) {
-            const float *w = W + k * N;
-            const vf x0 = (vf){0} + X[k], x1 = (vf){0} + X[k + 1], x2 = (vf){0} + X[k + 2],
-                     x3 = (vf){0} + X[k + 3];
-            pf_t pf = pf_begin(w + 4 * N, k + 8 <= k1 ? 4 * N * 4 : 0, Nv / VL);
-            for (int64_t n = 0; n < Nv; n += VL) {
-                pf_step(&pf, 0);
-                vf a0 = ld(Y + n) + x0 * ld(w + n), a1 = x1 * ld(w + N + n);
-                a0 += x2 * ld(w + 2 * N + n);
-                a1 += x3 * ld(w + 3 * N + n);
-                st(Y + n, a0 + a1);
-            }
-            for (int64_t n = Nv; n < N; ++n)
-                Y[n] += X[k] * w[n] + X[k + 1] * w[N + n] + X[k + 2] * w[2 * N + n] +
-                        X[k + 3] * w[3 * N + n];
-        }
+        KN_DECODE_FOUR_ROWS(float, vf, ld, st, ld, VL, AS_FLOAT)
     for (; k + 4 <= k1; k += 4) {
         const float *w0 = W + k * N, *w1 = w0 + N, *w2 = w1 + N, *w3 = w2 + N;
         for (int64_t mb = 0; mb < M; mb += KN_MB) {
@@ -223,21 +231,7 @@ static void kn_rows_bf16(const float *restrict X, int64_t ldx, const uint16_t *r
     }
 #endif
     if (M == 1) /* the decoding case: four rows of W per pass over Y, the next four prefetched */
-        for (; k + 4 <= k1; k += 4) {
-            const uint16_t *w = W + k * N;
-            const vn x0 = (vn){0} + X[k], x1 = (vn){0} + X[k + 1], x2 = (vn){0} + X[k + 2],
-                     x3 = (vn){0} + X[k + 3];
-            pf_t pf = pf_begin(w + 4 * N, k + 8 <= k1 ? 4 * N * 2 : 0, Nv / NW);
-            for (int64_t n = 0; n < Nv; n += NW) {
-                pf_step(&pf, 0);
-                vn a0 = ldn(Y + n) + x0 * ldnh(w + n), a1 = x1 * ldnh(w + N + n);
-                a0 += x2 * ldnh(w + 2 * N + n);
-                a1 += x3 * ldnh(w + 3 * N + n);
-                stn(Y + n, a0 + a1);
-            }
-            for (int64_t n = Nv; n < N; ++n)
-                for (int i = 0; i < 4; ++i) Y[n] += X[k + i] * bf(w[i * N + n]);
-        }
+        KN_DECODE_FOUR_ROWS(uint16_t, vn, ldn, stn, ldnh, NW, bf)
     for (; k + 4 <= k1; k += 4) {
         const uint16_t *w0 = W + k * N, *w1 = w0 + N, *w2 = w1 + N, *w3 = w2 + N;
         for (int64_t m = 0; m < M; ++m) {
@@ -297,21 +291,7 @@ static void kn_rows_i8(const float *restrict X, int64_t ldx, const int8_t *restr
                 for (int i = 0; i < 8; ++i) Y[n] += X[k + i] * (float)w[i * N + n];
         }
     if (M == 1) /* decoding: four rows per pass, the next four into L2 */
-        for (; k + 4 <= k1; k += 4) {
-            const int8_t *w = W + k * N;
-            const vn x0 = (vn){0} + X[k], x1 = (vn){0} + X[k + 1], x2 = (vn){0} + X[k + 2],
-                     x3 = (vn){0} + X[k + 3];
-            pf_t pf = pf_begin(w + 4 * N, k + 8 <= k1 ? 4 * N : 0, Nv / NW);
-            for (int64_t n = 0; n < Nv; n += NW) {
-                pf_step(&pf, 0);
-                vn a0 = ldn(Y + n) + x0 * ldn8(w + n), a1 = x1 * ldn8(w + N + n);
-                a0 += x2 * ldn8(w + 2 * N + n);
-                a1 += x3 * ldn8(w + 3 * N + n);
-                stn(Y + n, a0 + a1);
-            }
-            for (int64_t n = Nv; n < N; ++n)
-                for (int i = 0; i < 4; ++i) Y[n] += X[k + i] * (float)w[i * N + n];
-        }
+        KN_DECODE_FOUR_ROWS(int8_t, vn, ldn, stn, ldn8, NW, AS_FLOAT)
     for (; k + 4 <= k1; k += 4) {
         const int8_t *w0 = W + k * N, *w1 = w0 + N, *w2 = w1 + N, *w3 = w2 + N;
         for (int64_t m = 0; m < M; ++m) {
