@@ -259,11 +259,8 @@ class _QuietLoader:
     def __init__(self, loader) -> None:
         self._loader = loader
 
-    def __getattr__(self, attr):
+    def __getattr__(self, attr):  # create_module, get_resource_reader, ...
         return getattr(self._loader, attr)
-
-    def create_module(self, spec):
-        return self._loader.create_module(spec)
 
     def exec_module(self, module) -> None:
         sys.stderr.flush()

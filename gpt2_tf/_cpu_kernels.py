@@ -91,8 +91,8 @@ def generate(
     max_new: int,
     min_new: int,
 ) -> tuple[np.ndarray, int]:
-    """The prefill (XLA's, or the kernel's: see :func:`gpt2_core.cpu_kernels.kernel_prefill`), then per token one
-    compiled ``select`` and one kernel forward. Returns the (R, S) sequences and the number of
+    """The prefill (XLA's, or the kernel's: see :func:`gpt2_core.cpu_kernels.kernel_prefill`),
+    then per token one compiled ``select`` and one kernel forward. Returns the (R, S) sequences and the number of
     new tokens."""
     fns = model._generation_functions(spec)
     Tb, R = spec.prompt_len, spec.rows

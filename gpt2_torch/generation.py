@@ -180,7 +180,7 @@ class _Decoder:
         # the prompt through the kernel's prefill too, where torch's own products are slower
         # (int8, bf16: gpt2_core.cpu_kernels.kernel_prefill)
         self.fused_prompt = self.fused is not None and _cpu_kernels.core.kernel_prefill(
-            _cpu_kernels.weight_dtype(model), batch * prompt_mask.shape[1]
+            _cpu_kernels.weight_dtype(model), batch * T0
         )
         if self.fused is None and cache_dtype != dtype:  # the modules want the model's dtype
             self.cache = _static_cache().allocate(model.config, batch, max_length, dtype, device)

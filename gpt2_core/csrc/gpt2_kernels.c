@@ -71,7 +71,7 @@ static inline float bf(uint16_t h) {
  * measured on, the hardware prefetcher alone leaves W's short rows (GPT-2 small's are 0.75-12
  * KB) mostly unfetched when the pass reaches them. Measured with benchmarks/gemv_bandwidth.c
  * (2 threads, AVX-512 and AVX2 builds): four rows per pass with the next four prefetched into
- * L2 streams 1.04-1.46x (fp32), 1.14-1.71x (bf16) and, for rows of 1.5 KB and more, 1.1-1.3x
+ * L2 streams 1.04-1.46x (fp32), 1.14-1.71x (bf16) and, for rows of 1.5 KB and more, 1.1-1.4x
  * (int8) faster than eight rows with no prefetch or with an L1 prefetch; int8's shorter rows
  * (GPT-2 small's 768 B) stream best eight at a time with the next eight prefetched into L1.
  */
